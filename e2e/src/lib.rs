@@ -1,0 +1,3 @@
+//! The end-to-end harness: the real parts the tests run against — network namespaces as sites and
+//! nodes, strongSwan peers, the real control plane (kube-apiserver + etcd) and the kernel VM — each
+//! with cleanup that runs even when a test fails.
