@@ -1,0 +1,2 @@
+//! Placeholder until the XFRM benchmark lands.
+fn main() {}
