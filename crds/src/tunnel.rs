@@ -1,0 +1,327 @@
+//! The `IPsecTunnel` resource: spec (what the admin wants) and status (what the agents report).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// A site-to-site IPsec tunnel between this cluster and a remote gateway.
+///
+/// Cluster-scoped: a tunnel changes node routing, so only cluster admins create one. Secrets it
+/// names are read from the operator's own namespace.
+// kube's printcolumn(...) repeats `type_ = "string"` by design; clippy mistakes it for a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strait.dev",
+    version = "v1alpha1",
+    kind = "IPsecTunnel",
+    plural = "ipsectunnels",
+    singular = "ipsectunnel",
+    shortname = "ipsec",
+    category = "strait",
+    status = "IPsecTunnelStatus",
+    derive = "PartialEq",
+    doc = "A site-to-site IPsec tunnel negotiated with IKEv2 by Strait's agents.",
+    printcolumn(
+        name = "Remote",
+        type_ = "string",
+        json_path = ".spec.remote.address",
+        description = "The remote gateway"
+    ),
+    printcolumn(
+        name = "Gateway",
+        type_ = "string",
+        json_path = ".status.activeGateway",
+        description = "The node that terminates the tunnel"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPsecTunnelSpec {
+    /// Which nodes may terminate the tunnel (cluster mode only; ignored in standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+    /// This side of the tunnel.
+    pub local: LocalEndpoint,
+    /// The remote site.
+    pub remote: RemoteEndpoint,
+    /// How both sides authenticate: exactly one of a pre-shared key or a certificate.
+    pub auth: AuthSpec,
+    /// IKE SA proposals and lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<ProposalSpec>,
+    /// ESP (CHILD SA) proposals and lifetime; a key-exchange group in a proposal means PFS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esp: Option<ProposalSpec>,
+    /// Dead peer detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpd: Option<DpdSpec>,
+    /// NAT traversal behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_traversal: Option<NatTraversalSpec>,
+    /// Whether this side starts the tunnel: `start` (at once), `onTraffic` (when the kernel sees
+    /// matching traffic) or `respond` (wait for the peer).
+    #[serde(default)]
+    pub initiation: Initiation,
+    /// MTU of the inner packets; derived from the path MTU and ESP overhead when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 576, max = 9000))]
+    pub mtu: Option<u32>,
+}
+
+/// Where the tunnel may be terminated.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Nodes whose labels match are gateway candidates; one of them is elected active.
+    pub node_selector: LabelSelector,
+}
+
+/// This side's identity, address and protected subnets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEndpoint {
+    /// IKE identity: an IP address, an FQDN, `user@fqdn` or an X.500 DN (`C=CH, O=Example, CN=gw1`).
+    #[schemars(length(min = 1, max = 255))]
+    pub id: String,
+    /// The local IKE address; the gateway node's IP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Local subnets protected by the tunnel, in CIDR notation.
+    #[schemars(length(min = 1))]
+    pub subnets: Vec<String>,
+}
+
+/// The remote site's identity, address and subnets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteEndpoint {
+    /// The identity the peer must prove (same forms as `local.id`).
+    #[schemars(length(min = 1, max = 255))]
+    pub id: String,
+    /// The remote IKE address: an IP address or a DNS name.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+    /// Remote subnets reachable through the tunnel, in CIDR notation.
+    #[schemars(length(min = 1))]
+    pub subnets: Vec<String>,
+}
+
+/// Authentication: exactly one of `psk` or `certificate`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.psk) != has(self.certificate)").message("set exactly one of auth.psk or auth.certificate"))]
+#[x_kube(validation = Rule::new("!has(self.certificate) || has(self.ca)").message("auth.certificate needs auth.ca to verify the peer's certificate"))]
+pub struct AuthSpec {
+    /// A pre-shared key, read from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<SecretKeySource>,
+    /// Our certificate and private key, from a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<SecretSource>,
+    /// The CA certificate(s) that must have signed the peer's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeySource>,
+}
+
+/// A reference to one key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySource {
+    /// The Secret and key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A Secret name and a key in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name (in the operator's namespace, or a directory under `--secrets-dir`).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A reference to a whole Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSource {
+    /// The Secret.
+    pub secret_ref: SecretRef,
+}
+
+/// A Secret name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Secret name (in the operator's namespace, or a directory under `--secrets-dir`).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Proposals and lifetime, strongSwan style.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProposalSpec {
+    /// Proposals in strongSwan notation, most preferred first, e.g. `aes256gcm16-prfsha384-x25519`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proposals: Vec<String>,
+    /// How long an SA lives before it is rekeyed (IKE default 24h, ESP default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<Duration>,
+}
+
+/// Dead peer detection timers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DpdSpec {
+    /// Idle time after which a liveness check is sent (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Time without an answer after which the peer is declared dead (default 150s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// NAT traversal.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NatTraversalSpec {
+    /// Encapsulate ESP in UDP/4500 even when no NAT is detected.
+    #[serde(default)]
+    pub force_encapsulation: bool,
+}
+
+/// Who starts the tunnel.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Initiation {
+    /// Initiate as soon as the tunnel is configured, and keep it up.
+    #[default]
+    Start,
+    /// Install trap policies and initiate when matching traffic appears.
+    OnTraffic,
+    /// Never initiate; wait for the peer.
+    Respond,
+}
+
+/// What the operator and the agents report.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IPsecTunnelStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `IkeEstablished`, `ChildSasInstalled`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The node currently elected to terminate the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_gateway: Option<String>,
+    /// One entry per gateway node, each written by that node's agent under its own field manager.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub gateways: Vec<GatewayStatus>,
+}
+
+/// One gateway node's view of the tunnel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// The node name (the list-map key).
+    pub node: String,
+    /// IKE SA state: `Connecting`, `Established`, `Rekeying`, `Deleting` or `Down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_state: Option<String>,
+    /// The negotiated IKE proposal, strongSwan notation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_proposal: Option<String>,
+    /// IKE SPIs, initiator and responder, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_spis: Option<String>,
+    /// Local and remote IKE endpoints as `addr:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_endpoint: Option<String>,
+    /// The remote IKE endpoint as `addr:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_endpoint: Option<String>,
+    /// Whether a NAT was detected between the peers (ESP then travels in UDP/4500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_detected: Option<bool>,
+    /// When the IKE SA was established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_at: Option<Time>,
+    /// When the IKE SA will next be rekeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey_at: Option<Time>,
+    /// Installed CHILD SAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub child_sas: Vec<ChildSaStatus>,
+    /// The last error this agent saw, if the tunnel is not up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+}
+
+/// One CHILD SA pair.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildSaStatus {
+    /// Inbound SPI, hex.
+    pub spi_in: String,
+    /// Outbound SPI, hex.
+    pub spi_out: String,
+    /// The negotiated ESP proposal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
+    /// Local traffic selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_ts: Vec<String>,
+    /// Remote traffic selectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ts: Vec<String>,
+    /// `tunnel` or `transport`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Whether ESP is encapsulated in UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encapsulated: Option<bool>,
+    /// When it was installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_at: Option<Time>,
+    /// When it will be rekeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekey_at: Option<Time>,
+}
+
+/// An error a person can act on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LastError {
+    /// CamelCase reason, e.g. `AuthenticationFailed`.
+    pub reason: String,
+    /// What happened, for a person.
+    pub message: String,
+    /// When it happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}

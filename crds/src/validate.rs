@@ -1,0 +1,227 @@
+//! Checks that need no API server: what CEL cannot express or what standalone mode must check
+//! itself because no API server stands in front of its config file.
+
+use std::net::IpAddr;
+
+use crate::{DpdSpec, IPsecTunnelSpec};
+
+/// One problem with a spec, named by its field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The JSON path of the field, e.g. `spec.remote.subnets[0]`.
+    pub field: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+/// An IPv4 or IPv6 prefix in CIDR notation, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits are zero).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not in CIDR notation (e.g. 10.0.0.0/24)"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix length {p:?} is not between 0 and {max}"))?;
+        let host_bits = match addr {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)) & low_bits(32 - u32::from(prefix)),
+            IpAddr::V6(v6) => u128::from(v6) & low_bits(128 - u32::from(prefix)),
+        };
+        if host_bits != 0 {
+            return Err(format!("{s:?} has host bits set"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+fn low_bits(n: u32) -> u128 {
+    if n >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << n) - 1
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Whether `s` is a plausible DNS name (RFC 1123 labels).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Every problem in `spec` that can be seen without the network or secrets. Proposal strings
+/// are checked by the IKE crate, which owns their grammar.
+pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let mut err = |field: String, message: String| errs.push(FieldError { field, message });
+
+    for (side, subnets) in [
+        ("local", &spec.local.subnets),
+        ("remote", &spec.remote.subnets),
+    ] {
+        if subnets.is_empty() {
+            err(
+                format!("spec.{side}.subnets"),
+                "at least one subnet is required".into(),
+            );
+        }
+        for (i, s) in subnets.iter().enumerate() {
+            if let Err(m) = s.parse::<Cidr>() {
+                err(format!("spec.{side}.subnets[{i}]"), m);
+            }
+        }
+    }
+    if let Some(a) = &spec.local.address
+        && a.parse::<IpAddr>().is_err()
+    {
+        err(
+            "spec.local.address".into(),
+            format!("{a:?} is not an IP address"),
+        );
+    }
+    let ra = &spec.remote.address;
+    if ra.parse::<IpAddr>().is_err() && !is_dns_name(ra) {
+        err(
+            "spec.remote.address".into(),
+            format!("{ra:?} is neither an IP address nor a DNS name"),
+        );
+    }
+    for (side, id) in [("local", &spec.local.id), ("remote", &spec.remote.id)] {
+        if id.trim().is_empty() {
+            err(format!("spec.{side}.id"), "must not be empty".into());
+        }
+    }
+    match (&spec.auth.psk, &spec.auth.certificate) {
+        (Some(_), Some(_)) | (None, None) => err(
+            "spec.auth".into(),
+            "set exactly one of auth.psk or auth.certificate".into(),
+        ),
+        (None, Some(_)) if spec.auth.ca.is_none() => err(
+            "spec.auth.ca".into(),
+            "auth.certificate needs auth.ca to verify the peer's certificate".into(),
+        ),
+        _ => {}
+    }
+    for (name, p, min) in [("ike", &spec.ike, 60), ("esp", &spec.esp, 60)] {
+        if let Some(l) = p.as_ref().and_then(|p| p.lifetime)
+            && l.as_secs() < min
+        {
+            err(
+                format!("spec.{name}.lifetime"),
+                format!("{l} is shorter than the minimum of {min}s"),
+            );
+        }
+    }
+    if let Some(DpdSpec {
+        interval: Some(i),
+        timeout: Some(t),
+    }) = &spec.dpd
+        && t < i
+    {
+        err(
+            "spec.dpd.timeout".into(),
+            format!("timeout {t} is shorter than the interval {i}"),
+        );
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IPsecTunnel;
+
+    fn example() -> IPsecTunnel {
+        let yaml = include_str!("../../deploy/examples/psk-tunnel.yaml");
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let t = example();
+        assert_eq!(t.spec.remote.address, "192.0.2.2");
+        assert_eq!(
+            t.spec.ike.as_ref().unwrap().lifetime.unwrap().as_secs(),
+            86_400
+        );
+        assert_eq!(validate(&t.spec), vec![]);
+    }
+
+    #[test]
+    fn each_mistake_is_named_by_its_field() {
+        let mut t = example();
+        t.spec.remote.subnets = vec!["203.0.113.1/24".into(), "nonsense".into()];
+        t.spec.remote.address = "not an address!".into();
+        t.spec.auth.certificate = Some(crate::SecretSource {
+            secret_ref: crate::SecretRef { name: "x".into() },
+        });
+        t.spec.dpd = Some(crate::DpdSpec {
+            interval: Some(crate::Duration::from_secs(60)),
+            timeout: Some(crate::Duration::from_secs(10)),
+        });
+        let fields: Vec<_> = validate(&t.spec).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.remote.subnets[0]",
+                "spec.remote.subnets[1]",
+                "spec.remote.address",
+                "spec.auth",
+                "spec.dpd.timeout"
+            ]
+        );
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().prefix, 8);
+        assert!("2001:db8::/32".parse::<Cidr>().is_ok());
+        assert!("0.0.0.0/0".parse::<Cidr>().is_ok());
+        assert!("10.0.0.1/33".parse::<Cidr>().is_err());
+        assert!(
+            "10.0.0.1/24"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .contains("host bits")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_enums_are_refused() {
+        let yaml = include_str!("../../deploy/examples/psk-tunnel.yaml")
+            .replace("initiation: start", "initiation: sometimes");
+        let e = serde_yaml::from_str::<IPsecTunnel>(&yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes"), "{e}");
+    }
+}

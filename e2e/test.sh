@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The whole test suite, every tier, against real parts. Installs what it needs first.
+#   sudo e2e/test.sh                 all tiers
+#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e fuzz
+# Prints one closing line "N passed, N failed" and exits non-zero on any failure.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+need_root "e2e/test.sh"
+cd "$REPO"
+
+tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e fuzz)
+LOGS=${STRAIT_LOGS:-$(mktemp -d /tmp/strait-test.XXXXXX)}
+mkdir -p "$LOGS"
+passed=0 failed=0 ignored=0 failures=()
+
+# Sum cargo's "test result:" lines of one log into the totals.
+count() {
+  local p f i
+  read -r p f i < <(awk '/^test result:/{for(k=1;k<=NF;k++){if($(k+1)~/^passed/)p+=$k; if($(k+1)~/^failed/)f+=$k; if($(k+1)~/^ignored/)i+=$k}} END{print p+0, f+0, i+0}' "$1")
+  passed=$((passed + p)); failed=$((failed + f)); ignored=$((ignored + i))
+}
+
+# step NAME CMD...: run, tee the log, count tests, remember failures.
+step() {
+  local name=$1; shift
+  local log="$LOGS/$name.log" start=$SECONDS
+  say "$name: $*"
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  count "$log"
+  if [ "$rc" -ne 0 ]; then
+    failures+=("$name (exit $rc, log $log)")
+    # A step that fails before running any test still counts as one failure.
+    grep -q '^test result:' "$log" || failed=$((failed + 1))
+  fi
+  say "$name: exit $rc after $((SECONDS - start)) s"
+}
+
+# Kernel objects and processes the tests could leave behind if cleanup failed.
+leftovers() {
+  ip netns list 2>/dev/null | grep -E '^strait-' || true
+  pgrep -af '/strait-(agent|operator)|kube-apiserver|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
+    | grep -v -E "pgrep|$$" || true
+}
+xfrm_root() { echo "$(ip xfrm state 2>/dev/null | wc -l) $(ip xfrm policy 2>/dev/null | wc -l)"; }
+
+before_xfrm=$(xfrm_root)
+say "logs: $LOGS"
+step install e2e/setup/install.sh
+
+for t in "${tiers[@]}"; do
+  case $t in
+    lint)
+      step fmt cargo fmt --all -- --check
+      step clippy cargo clippy --workspace --all-targets --locked -- -D warnings ;;
+    unit)
+      step unit cargo test --workspace --locked --no-fail-fast ;;
+    e2e)
+      # Tests that create namespaces, charons, API servers and VMs run one at a time.
+      step e2e cargo test -p strait-e2e --locked --no-fail-fast -- --test-threads=1 ;;
+    fuzz)
+      if [ -x fuzz/run.sh ]; then step fuzz fuzz/run.sh --short; else
+        say "fuzz: no fuzz targets in this tree yet (fuzz/run.sh)"; fi ;;
+    *) die "unknown tier '$t' (lint unit e2e fuzz)" ;;
+  esac
+done
+
+say "checking that the tests left nothing behind"
+left=$(leftovers)
+if [ -n "$left" ]; then
+  failures+=("leftovers: $left"); failed=$((failed + 1))
+  printf 'left behind:\n%s\n' "$left"
+fi
+after_xfrm=$(xfrm_root)
+if [ "$before_xfrm" != "$after_xfrm" ]; then
+  failures+=("root-namespace XFRM changed: before $before_xfrm, after $after_xfrm (states policies)")
+  failed=$((failed + 1))
+fi
+
+if [ "$ignored" -gt 0 ]; then
+  warn "$ignored test(s) were ignored: they are not counted as passed"
+fi
+if [ ${#failures[@]} -gt 0 ]; then
+  printf '\nFAILED:\n'; printf '  %s\n' "${failures[@]}"
+fi
+echo
+echo "$passed passed, $failed failed"
+[ ${#failures[@]} -eq 0 ] && [ "$failed" -eq 0 ]
