@@ -1,0 +1,1 @@
+//! RFC 7427 signatures (in progress).
