@@ -1,3 +1,8 @@
 //! The end-to-end harness: the real parts the tests run against — network namespaces as sites and
 //! nodes, strongSwan peers, the real control plane (kube-apiserver + etcd) and the kernel VM — each
 //! with cleanup that runs even when a test fails.
+
+pub mod cmd;
+pub mod netns;
+pub mod strongswan;
+pub mod vm;

@@ -1,0 +1,136 @@
+//! Running external commands (`ip`, `nft`, `swanctl`, `pki`, ...) with errors that say what ran,
+//! how it ended and what it printed, so a failing test explains itself.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// What a finished command printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl Output {
+    /// `true` when the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// Renders a command line for messages: program and arguments, quoted where needed.
+pub fn display(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            let _ = write!(s, "{}={} ", name.to_string_lossy(), quote(value));
+        }
+    }
+    s.push_str(&quote(cmd.get_program()));
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&quote(arg));
+    }
+    s
+}
+
+fn quote(word: &OsStr) -> String {
+    let w = word.to_string_lossy();
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        w.into_owned()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs `cmd` to completion (stdin from /dev/null) and returns its output, whatever its exit
+/// status. Fails only when the program cannot be started.
+pub fn output(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    Ok(Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `cmd` and fails, quoting the command line, exit status and both outputs, unless it
+/// exits with status 0.
+pub fn check(cmd: &mut Command) -> Result<Output> {
+    let out = output(cmd)?;
+    if !out.success() {
+        bail!(
+            "`{}` failed ({}){}{}",
+            display(cmd),
+            out.status,
+            section("stdout", &out.stdout),
+            section("stderr", &out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// [`check`] for `program args...`.
+pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
+    check(Command::new(program).args(args))
+}
+
+/// `ip ARGS...`, checked.
+pub fn ip<S: AsRef<OsStr>>(args: &[S]) -> Result<Output> {
+    run("ip", args)
+}
+
+fn section(name: &str, text: &str) -> String {
+    let text = text.trim_end();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("\n--- {name}:\n{text}")
+    }
+}
+
+/// Fails with a message naming `setup` (the script that installs it) unless `path` exists.
+pub fn require_file(path: &Path, setup: &str) -> Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        bail!("{} is missing: run {setup} (as root)", path.display())
+    }
+}
+
+/// Fails with a message naming `setup` unless `program` is found on `PATH`.
+pub fn require_program(program: &str, setup: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    if found {
+        Ok(())
+    } else {
+        bail!("`{program}` is not installed: run {setup} (as root)")
+    }
+}
+
+/// Fails unless the process runs as root (namespaces, veth, nftables and charon all need it).
+pub fn require_root() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    // /proc/self belongs to the effective uid of the reading process
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    if uid == 0 {
+        Ok(())
+    } else {
+        bail!("this test needs root (network namespaces); it runs as uid {uid}")
+    }
+}

@@ -1,0 +1,116 @@
+//! The kernel data-plane VM: a stock Debian kernel (with ESP, XFRM, AES-GCM) under qemu TCG,
+//! through `e2e/vm/run.sh`. The host's root filesystem is shared read-only, so host binaries —
+//! including freshly built test binaries — run inside as they are; the guest's `/tmp` is its own.
+//!
+//! The pieces come from `e2e/setup/packages.sh` and `e2e/setup/vm.sh`. A boot takes 20-60 s on
+//! the 2-core machines (TCG, no KVM): put several checks into one guest command where possible.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+const SETUP: &str = "e2e/setup/vm.sh (after e2e/setup/packages.sh)";
+
+/// `e2e/vm/run.sh` of this checkout.
+pub fn run_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/run.sh")
+}
+
+/// `e2e/vm/<name>`: a guest script of this checkout.
+pub fn guest_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("vm").join(name)
+}
+
+/// `${STRAIT_CACHE:-/var/cache/strait}/vm`
+pub fn cache_dir() -> PathBuf {
+    let cache = std::env::var_os("STRAIT_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/var/cache/strait"), PathBuf::from);
+    cache.join("vm")
+}
+
+/// Fails, naming the setup scripts, unless qemu, the extracted kernel and virtme-ng are in place.
+pub fn require_ready() -> Result<()> {
+    cmd::require_root()?;
+    cmd::require_program("qemu-system-x86_64", "e2e/setup/packages.sh")?;
+    cmd::require_program("busybox", "e2e/setup/packages.sh")?;
+    let vm = cache_dir();
+    cmd::require_file(&vm.join("venv/bin/vng"), SETUP)?;
+    let current = vm.join("current");
+    cmd::require_file(&current, SETUP)?;
+    let kernel = std::fs::read_to_string(&current)
+        .with_context(|| format!("reading {}", current.display()))?;
+    cmd::require_file(Path::new(kernel.trim()), SETUP)?;
+    Ok(())
+}
+
+/// Options for [`run_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Host directories the guest may write to (everything else is read-only or guest tmpfs).
+    pub rwdirs: Vec<PathBuf>,
+    /// Kill the VM after this long (default: run.sh's 300 s).
+    pub timeout: Option<Duration>,
+    /// Guest memory, e.g. `"512M"` (default: run.sh's).
+    pub memory: Option<String>,
+}
+
+/// The result of a VM run.
+#[derive(Debug)]
+pub struct VmOutput {
+    /// The guest command's exit status (124: the VM timed out; 3: VM pieces or modules missing).
+    pub status: ExitStatus,
+    /// Everything the VM and the guest command printed (stdout and stderr together).
+    pub output: String,
+    /// Wall time of the whole run (boot + command).
+    pub elapsed: Duration,
+}
+
+impl VmOutput {
+    /// `true` when the guest command exited 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// Boots the VM and runs `cmd` (program and arguments) inside as root, in this process's
+/// working directory. `Err` only when the VM could not be started at all.
+pub fn run(cmd: &[&str]) -> Result<VmOutput> {
+    run_with(&Options::default(), cmd)
+}
+
+/// [`run`] with options.
+pub fn run_with(opts: &Options, cmd: &[&str]) -> Result<VmOutput> {
+    require_ready()?;
+    if cmd.is_empty() {
+        bail!("vm::run: empty command");
+    }
+    let mut c = Command::new(run_script());
+    for dir in &opts.rwdirs {
+        c.arg("--rwdir").arg(dir);
+    }
+    if let Some(t) = opts.timeout {
+        c.arg("--timeout").arg(t.as_secs().max(1).to_string());
+    }
+    if let Some(m) = &opts.memory {
+        c.arg("--mem").arg(m);
+    }
+    c.arg("--").args(cmd);
+    let start = Instant::now();
+    // run.sh merges the VM's console into its stdout; its own errors go to stderr
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", cmd::display(&c)))?;
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok(VmOutput {
+        status: out.status,
+        output,
+        elapsed: start.elapsed(),
+    })
+}
