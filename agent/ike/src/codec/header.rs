@@ -178,3 +178,77 @@ impl Header {
         at
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn bytes(version: u8, length: u32) -> Vec<u8> {
+        let mut b = vec![
+            1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0, 33, version, 34, 0x08,
+        ];
+        b.extend_from_slice(&7u32.to_be_bytes());
+        b.extend_from_slice(&length.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn peeks_a_header() {
+        let w = Header::peek(&bytes(0x20, 28)).unwrap();
+        assert_eq!(w.next_payload, PayloadType::SA);
+        assert_eq!(w.header.exchange_type, ExchangeType::IKE_SA_INIT);
+        assert!(w.header.flags.is_initiator() && !w.header.flags.is_response());
+        assert!(w.header.responder_spi.is_zero());
+        assert_eq!(w.header.message_id, 7);
+        assert_eq!(format!("{:?}", w.header.initiator_spi), "0102030405060708");
+        // Minor version is ignored.
+        assert!(Header::peek(&bytes(0x2f, 28)).is_ok());
+    }
+
+    #[test]
+    fn wrong_major_version_keeps_the_header_for_the_answer() {
+        for v in [0x10, 0x30, 0xf0] {
+            match Header::peek(&bytes(v, 28)) {
+                Err(e @ DecodeError::InvalidMajorVersion { major, header }) => {
+                    assert_eq!(major, v >> 4);
+                    assert_eq!(header.message_id, 7);
+                    assert_eq!(
+                        e.notify_type(),
+                        crate::codec::NotifyType::INVALID_MAJOR_VERSION
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn length_must_match_the_datagram() {
+        assert!(matches!(
+            Header::peek(&bytes(0x20, 29)),
+            Err(DecodeError::BadLength {
+                declared: 29,
+                available: 28,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Header::peek(&bytes(0x20, 27)),
+            Err(DecodeError::BadLength { declared: 27, .. })
+        ));
+        let mut long = bytes(0x20, 28);
+        long.push(0);
+        assert!(matches!(
+            Header::peek(&long),
+            Err(DecodeError::TrailingData { len: 1, .. })
+        ));
+        assert!(matches!(
+            Header::peek(&bytes(0x20, u32::MAX)),
+            Err(DecodeError::BadLength { .. })
+        ));
+        for n in 0..28 {
+            assert!(Header::peek(&bytes(0x20, 28)[..n]).is_err());
+        }
+    }
+}

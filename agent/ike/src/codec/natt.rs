@@ -39,3 +39,24 @@ pub fn with_non_esp_marker(ike: &[u8]) -> Vec<u8> {
     out.extend_from_slice(ike);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_port_4500_datagrams() {
+        assert_eq!(classify_udp4500(&[0xff]), Udp4500::Keepalive);
+        assert_eq!(classify_udp4500(&[0, 0, 0, 0, 9, 9]), Udp4500::Ike(&[9, 9]));
+        let esp = [0, 0, 1, 0, 0, 0, 0, 1];
+        assert_eq!(classify_udp4500(&esp), Udp4500::Esp(&esp));
+        assert_eq!(classify_udp4500(&[]), Udp4500::Invalid);
+        assert_eq!(classify_udp4500(&[0, 0, 0]), Udp4500::Invalid);
+        assert_eq!(classify_udp4500(&[0xfe]), Udp4500::Invalid);
+        let ike = [1, 2, 3];
+        assert_eq!(
+            classify_udp4500(&with_non_esp_marker(&ike)),
+            Udp4500::Ike(&ike)
+        );
+    }
+}

@@ -218,3 +218,78 @@ pub fn strip_padding(decrypted: &[u8]) -> Result<&[u8], DecodeError> {
     rest.get(..keep)
         .ok_or(DecodeError::InvalidField { what: "pad length" })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::codec::{ExchangeType, Flags, Spi};
+
+    #[test]
+    fn pads_to_the_block_and_strips_again() {
+        for block in [0, 1, 8, 16, 300] {
+            for len in 0..40 {
+                let mut p = vec![0xaa; len];
+                pad(&mut p, block);
+                assert_eq!(p.len() % block.clamp(1, 256), 0, "block {block} len {len}");
+                assert_eq!(strip_padding(&p).unwrap(), &vec![0xaa; len][..]);
+            }
+        }
+        assert!(strip_padding(&[]).is_err());
+        assert!(strip_padding(&[1]).is_err());
+        assert_eq!(strip_padding(&[7, 9, 1]).unwrap(), &[7]);
+    }
+
+    #[test]
+    fn skeleton_and_locate_agree() {
+        let header = Header {
+            initiator_spi: Spi([1; 8]),
+            responder_spi: Spi([2; 8]),
+            exchange_type: ExchangeType::IKE_AUTH,
+            flags: Flags::INITIATOR,
+            message_id: 1,
+        };
+        let sizes = SkSizes {
+            iv: 8,
+            ciphertext: 33,
+            icv: 16,
+        };
+        for fragment in [
+            None,
+            Some(Fragment {
+                number: 2,
+                total: 3,
+            }),
+        ] {
+            let (bytes, layout) =
+                encode_protected(&header, PayloadType::IDI, fragment, sizes).unwrap();
+            let extra = if fragment.is_some() { 4 } else { 0 };
+            assert_eq!(layout.associated_data, 0..32 + extra);
+            assert_eq!(layout.iv.len(), 8);
+            assert_eq!(layout.ciphertext.len(), 33);
+            assert_eq!(layout.icv.end, bytes.len());
+            assert_eq!(layout.integrity_covered(), 0..bytes.len() - 16);
+            assert_eq!(SkLayout::locate(&bytes, 8, 16).unwrap(), layout);
+            // Wrong sizes for the negotiated algorithm: no room for ciphertext.
+            assert!(SkLayout::locate(&bytes, 8, bytes.len()).is_err());
+        }
+        assert!(
+            encode_protected(
+                &header,
+                PayloadType::NONE,
+                Some(Fragment {
+                    number: 0,
+                    total: 1
+                }),
+                sizes
+            )
+            .is_err()
+        );
+        let huge = SkSizes {
+            iv: 0,
+            ciphertext: 70_000,
+            icv: 0,
+        };
+        assert!(encode_protected(&header, PayloadType::NONE, None, huge).is_err());
+    }
+}

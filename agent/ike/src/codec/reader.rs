@@ -115,3 +115,44 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_bounded_and_checked() {
+        let mut r = Reader::new(&[1, 2, 3, 4, 5, 6, 7], "test");
+        assert_eq!(r.u8().unwrap(), 1);
+        assert_eq!(r.u16().unwrap(), 0x0203);
+        assert_eq!(r.offset(), 3);
+        let mut sub = r.sub(2, "inner").unwrap();
+        assert_eq!(sub.offset(), 3);
+        assert_eq!(sub.u32(), Err(DecodeError::Truncated { what: "inner" }));
+        assert_eq!(sub.take(2).unwrap(), &[4, 5]);
+        assert!(sub.finish().is_ok());
+        assert_eq!(
+            r.finish(),
+            Err(DecodeError::TrailingData {
+                what: "test",
+                len: 2
+            })
+        );
+        assert_eq!(
+            r.sub(3, "lie").unwrap_err(),
+            DecodeError::BadLength {
+                what: "lie",
+                declared: 3,
+                available: 2
+            }
+        );
+        // A failed read consumes nothing.
+        assert_eq!(r.rest(), &[6, 7]);
+        assert!(r.is_empty());
+        assert_eq!(
+            r.take(usize::MAX),
+            Err(DecodeError::Truncated { what: "test" })
+        );
+    }
+}

@@ -101,3 +101,28 @@ impl Writer {
         Some(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_patches_lengths_and_refuses_overflow() {
+        let mut w = Writer::new();
+        w.put_u8(9);
+        let start = w.len();
+        w.put_u16(0xabcd);
+        let mark = w.begin_len16(start, "thing");
+        w.put_u32(1);
+        w.end_len16(mark).unwrap();
+        assert_eq!(w.into_inner(), [9, 0xab, 0xcd, 0, 8, 0, 0, 0, 1]);
+
+        let mut w = Writer::new();
+        let mark = w.begin_len16(0, "big");
+        w.put_zeros(usize::from(u16::MAX));
+        assert_eq!(w.end_len16(mark), Err(EncodeError::TooLong { what: "big" }));
+        assert!(w.patch(usize::MAX, &[1]).is_none());
+        assert!(Writer::new().put_len8_bytes(&[0; 256], "spi").is_err());
+    }
+}

@@ -213,3 +213,49 @@ impl TrafficSelectors {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_become_ranges() {
+        let r = TsRange::subnet("198.51.100.77".parse().unwrap(), 24).unwrap();
+        assert_eq!(
+            r.addrs,
+            AddrRange::V4 {
+                start: Ipv4Addr::new(198, 51, 100, 0),
+                end: Ipv4Addr::new(198, 51, 100, 255)
+            }
+        );
+        assert_eq!((r.start_port, r.end_port, r.ip_protocol), (0, 65535, 0));
+        let all = TsRange::subnet("10.0.0.1".parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            all.addrs,
+            AddrRange::V4 {
+                start: Ipv4Addr::UNSPECIFIED,
+                end: Ipv4Addr::BROADCAST
+            }
+        );
+        let host = TsRange::subnet("10.0.0.1".parse().unwrap(), 32).unwrap();
+        assert_eq!(
+            host.addrs,
+            AddrRange::V4 {
+                start: Ipv4Addr::new(10, 0, 0, 1),
+                end: Ipv4Addr::new(10, 0, 0, 1)
+            }
+        );
+        assert!(TsRange::subnet("10.0.0.1".parse().unwrap(), 33).is_none());
+        let v6 = TsRange::subnet("2001:db8::1".parse().unwrap(), 64).unwrap();
+        assert_eq!(
+            v6.addrs,
+            AddrRange::V6 {
+                start: "2001:db8::".parse().unwrap(),
+                end: "2001:db8::ffff:ffff:ffff:ffff".parse().unwrap()
+            }
+        );
+        assert!(TsRange::subnet("::".parse().unwrap(), 128).is_some());
+        assert!(TsRange::subnet("::".parse().unwrap(), 129).is_none());
+    }
+}
