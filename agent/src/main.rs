@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod standalone;
+use strait_agent::standalone;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]

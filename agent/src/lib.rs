@@ -1,0 +1,4 @@
+//! `strait-agent`: the per-node daemon, as a library so integration tests can drive its parts.
+//! The binary (`main.rs`) only parses arguments and reports errors.
+
+pub mod standalone;
