@@ -28,6 +28,8 @@ use crate::netns;
 /// The charon binary of Debian's `strongswan-charon`.
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 const SETUP: &str = "e2e/setup/packages.sh";
+/// Prefix of the temporary directories (`strait-charon-<pid>-XXXXXX` in the temp dir).
+const DIR_PREFIX: &str = "strait-charon-";
 /// How long charon may take to open its vici socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long charon gets to exit after SIGTERM before SIGKILL.
@@ -244,6 +246,30 @@ pub struct CharonConfig {
     pub log_level: i32,
     /// Raw lines added inside `charon { }`, e.g. `"retransmit_tries = 2"`.
     pub extra_charon: Vec<String>,
+    /// Files copied into `swanctl/` before the first `--load-all`: certificates, keys.
+    pub files: Vec<SwanctlFile>,
+}
+
+/// A file to copy into the instance's `swanctl/<subdir>/`.
+#[derive(Debug, Clone)]
+pub struct SwanctlFile {
+    /// The file to copy.
+    pub src: PathBuf,
+    /// `x509` (own certificates), `x509ca` (trusted CAs), `private` (keys), ...
+    pub subdir: String,
+    /// The name in `subdir`; referenced by `certs = ` in [`Auth::Pubkey`].
+    pub name: String,
+}
+
+impl SwanctlFile {
+    /// `src` into `swanctl/<subdir>/<name>`.
+    pub fn new(src: &Path, subdir: &str, name: &str) -> Self {
+        Self {
+            src: src.to_owned(),
+            subdir: subdir.to_owned(),
+            name: name.to_owned(),
+        }
+    }
 }
 
 impl Default for CharonConfig {
@@ -258,6 +284,7 @@ impl Default for CharonConfig {
             init_limit_half_open: None,
             log_level: 2,
             extra_charon: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -267,6 +294,21 @@ fn list(items: &[String]) -> String {
 }
 
 impl CharonConfig {
+    /// Adds the files for certificate authentication with `own` (signed by `pki`'s CA): the CA
+    /// as trusted, `own`'s certificate as `<name>.crt` and its key. Use
+    /// `Endpoint::pubkey(id, Some("<name>.crt"))` for `local`.
+    pub fn add_cert_auth(&mut self, pki: &TestPki, own: &CertFiles, name: &str) {
+        self.files
+            .push(SwanctlFile::new(&pki.ca.cert, "x509ca", "ca.crt"));
+        self.files
+            .push(SwanctlFile::new(&own.cert, "x509", &format!("{name}.crt")));
+        self.files.push(SwanctlFile::new(
+            &own.key,
+            "private",
+            &format!("{name}.key"),
+        ));
+    }
+
     fn strongswan_conf(&self, dir: &Path) -> String {
         let vici = dir.join("charon.vici");
         let log = dir.join("charon.log");
@@ -578,6 +620,27 @@ fn counters(text: &str) -> (u64, u64) {
     (bytes, packets)
 }
 
+/// Removes charon directories left in the temp dir by test processes that died without
+/// unwinding (their charons died with their namespaces, see [`netns::sweep_stale`]).
+pub fn sweep_stale_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A running charon in a network namespace.
 #[derive(Debug)]
 pub struct Charon {
@@ -591,8 +654,9 @@ impl Charon {
     /// connections and secrets (`swanctl --load-all`).
     pub fn start(ns: &str, config: &CharonConfig) -> Result<Self> {
         require_installed()?;
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("strait-charon-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("creating charon directory")?;
         let root = dir.path();
@@ -604,6 +668,11 @@ impl Charon {
         }
         fs::write(root.join("strongswan.conf"), config.strongswan_conf(root))?;
         fs::write(root.join("swanctl/swanctl.conf"), config.swanctl_conf())?;
+        for f in &config.files {
+            let dst = root.join("swanctl").join(&f.subdir).join(&f.name);
+            fs::copy(&f.src, &dst)
+                .with_context(|| format!("copying {} to {}", f.src.display(), dst.display()))?;
+        }
         let mut charon = Self {
             ns: ns.to_owned(),
             dir,

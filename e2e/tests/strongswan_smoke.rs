@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, ListSas, Secret,
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, Secret, TestPki,
 };
 
 const PSK: &str = "0sv+NkxY9LLZvwj4qCC2o/gGrWDF2d21jL";
@@ -143,10 +143,62 @@ fn psk_pair_across_nat_router() {
     pair_up_and_ping(true);
 }
 
+/// Certificates from the `pki` helper: left ECDSA P-256, right RSA 2048, CA RSA 2048.
+#[test]
+fn pubkey_pair_with_test_certificates() {
+    let _serial = netns::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), KeyType::Rsa(2048)).expect("CA");
+    let pair = SitePair::new(false).expect("topology");
+    let certs = [
+        pki.issue("left", pair.left.id, KeyType::Ecdsa(256))
+            .expect("left cert"),
+        pki.issue("right", pair.right.id, KeyType::Rsa(2048))
+            .expect("right cert"),
+    ];
+    let mut charons = Vec::new();
+    for (me, peer, cert, remote) in [
+        (&pair.right, &pair.left, &certs[1], None),
+        (
+            &pair.left,
+            &pair.right,
+            &certs[0],
+            Some(pair.right.addr.to_string()),
+        ),
+    ] {
+        let mut cfg = config(me, peer, remote);
+        cfg.secrets.clear();
+        cfg.add_cert_auth(&pki, cert, me.node);
+        let conn = &mut cfg.connections[0];
+        conn.local = Endpoint::pubkey(me.id, Some(&format!("{}.crt", me.node)));
+        conn.remote = Endpoint::pubkey(peer.id, None);
+        charons.push(Charon::start(&me.ns, &cfg).expect("start charon"));
+    }
+    let (right, left) = (&charons[0], &charons[1]);
+    left.initiate("gw", "net", 20)
+        .unwrap_or_else(|e| panic!("initiate failed: {e:#}\n--- right's log:\n{}", right.log()));
+    assert_up("left", &left.list_sas().unwrap());
+    assert_up(
+        "right",
+        &right.wait_up("gw", "net", Duration::from_secs(10)).unwrap(),
+    );
+    pair.topology
+        .ping("left", Some(pair.left.inner), pair.right.inner, 2)
+        .expect("ping through the tunnel");
+}
+
 #[test]
 fn nothing_left_behind() {
     let _serial = netns::serial();
-    let before = netns::list();
+    // only this process's namespaces: other test runs may come and go meanwhile
+    let mine = format!("{}{}-", netns::PREFIX, std::process::id());
+    let ours = || -> Vec<String> {
+        netns::list()
+            .into_iter()
+            .filter(|n| n.starts_with(&mine))
+            .collect()
+    };
+    let before = ours();
     let pid;
     {
         let pair = SitePair::new(true).expect("topology");
@@ -156,7 +208,7 @@ fn nothing_left_behind() {
         let id = pair.topology.id().to_owned();
         assert!(netns::list().iter().any(|n| n.starts_with(&id)));
     }
-    let after = netns::list();
+    let after = ours();
     let leaked: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
     assert!(leaked.is_empty(), "namespaces left behind: {leaked:?}");
     assert!(
