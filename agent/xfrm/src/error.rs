@@ -137,8 +137,8 @@ pub enum Error {
         /// The kernel's extended-ack message, when it sent one.
         detail: Option<String>,
     },
-    /// The netlink socket itself failed.
-    #[error("{op}: netlink socket: {source}")]
+    /// A socket call failed (the netlink socket, or a socket option).
+    #[error("{op}: {source}")]
     Io {
         /// The operation that failed.
         op: &'static str,

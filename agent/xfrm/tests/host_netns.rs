@@ -1,6 +1,13 @@
 //! Tests against the machine's own kernel (XFRM and policies work; no ESP), each in a network
 //! namespace of its own.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::net::{IpAddr, UdpSocket};

@@ -1,6 +1,6 @@
 //! Test helpers: run a test body in a fresh network namespace of its own.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
 use std::process::Command;
