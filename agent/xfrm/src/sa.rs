@@ -635,7 +635,7 @@ pub struct SaInfo {
     pub mode: Mode,
     /// Inner selector, when it has one.
     pub selector: Option<Selector>,
-    /// Kernel algorithm names ("rfc4106(gcm(aes))", "cbc(aes)", "hmac(sha256)").
+    /// Kernel algorithm names, encryption first ("rfc4106(gcm(aes))"; "cbc(aes)", "hmac(sha256)").
     pub algorithms: Vec<String>,
     /// ESN.
     pub esn: bool,
@@ -662,15 +662,15 @@ impl SaInfo {
         let dst = ip_from_raw(&info.id.daddr, info.family)?;
         let src = ip_from_raw(&info.saddr, info.family)?;
         let mut algorithms = Vec::new();
+        let mut auth = Vec::new();
         let mut replay_window = u32::from(info.replay_window);
         let mut nat_t = None;
         for a in &m.nlas {
             match a {
                 XfrmAttrs::EncryptionAlgAead(alg) => algorithms.push(name_of(&alg.alg_name)),
-                XfrmAttrs::EncryptionAlg(alg) | XfrmAttrs::AuthenticationAlg(alg) => {
-                    algorithms.push(name_of(&alg.alg_name))
-                }
-                XfrmAttrs::AuthenticationAlgTrunc(alg) => algorithms.push(name_of(&alg.alg_name)),
+                XfrmAttrs::EncryptionAlg(alg) => algorithms.push(name_of(&alg.alg_name)),
+                XfrmAttrs::AuthenticationAlg(alg) => auth.push(name_of(&alg.alg_name)),
+                XfrmAttrs::AuthenticationAlgTrunc(alg) => auth.push(name_of(&alg.alg_name)),
                 XfrmAttrs::ReplayStateEsn(r) => replay_window = r.replay_window,
                 XfrmAttrs::EncapsulationTemplate(e) => {
                     nat_t = Some(NatT {
@@ -681,8 +681,10 @@ impl SaInfo {
                 _ => {}
             }
         }
-        // The kernel reports both "auth" and "auth-trunc" for one algorithm.
-        algorithms.dedup();
+        // Encryption first, then integrity; the kernel reports both "auth" and "auth-trunc"
+        // for one algorithm.
+        auth.dedup();
+        algorithms.extend(auth);
         let id = SaId {
             dst,
             spi: info.id.spi,

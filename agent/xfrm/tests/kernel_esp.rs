@@ -182,8 +182,12 @@ fn ip_counters(ns: &str) -> HashMap<u32, (u64, u64)> {
     let mut lines = out.lines();
     while let Some(l) = lines.next() {
         if let Some(i) = l.find("spi 0x") {
-            let hex = l[i + 6..].split_whitespace().next().unwrap();
-            spi = Some(u32::from_str_radix(hex, 16).unwrap());
+            // `ip -s` prints "spi 0x00001001(4097)".
+            let hex: String = l[i + 6..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            spi = Some(u32::from_str_radix(&hex, 16).unwrap());
         }
         if l.trim() == "lifetime current:" {
             let v = lines.next().unwrap();
