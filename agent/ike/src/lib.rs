@@ -5,5 +5,25 @@
 //! clock (the quinn-proto model).
 
 pub mod codec;
+pub mod config;
 pub mod crypto;
+pub mod endpoint;
+pub mod event;
+pub mod natd;
 pub mod proposal;
+pub mod reason;
+pub(crate) mod sa;
+pub mod timers;
+pub mod ts;
+pub(crate) mod window;
+
+pub use config::{
+    AuthConfig, CertificateAuth, ConfigError, Dpd, EndpointConfig, Identity, Lifetime, PeerConfig,
+    RetransmitConfig, Role,
+};
+pub use endpoint::{Endpoint, Stats};
+pub use event::{
+    ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, IkeSpis, Mode, NatState,
+    PeerId, Transmit, UdpEncap,
+};
+pub use reason::Reason;

@@ -1,0 +1,319 @@
+//! What the driver configures: the endpoint as a whole ([`EndpointConfig`]) and one tunnel to a
+//! peer ([`PeerConfig`]). Secrets live in zeroizing buffers and never print.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::time::Duration;
+
+use crate::codec::{IdType, Identification, TsRange};
+use crate::crypto::keys::SecretBytes;
+use crate::proposal::{EspProposal, IkeProposal};
+
+/// Retransmission schedule of our requests (strongSwan's `retransmit_*` settings): the k-th
+/// retransmission is sent `timeout × base^(k-1)` after the previous send; after `tries`
+/// retransmissions and one more wait we give up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetransmitConfig {
+    /// First timeout (strongSwan: 4 s).
+    pub timeout: Duration,
+    /// Backoff factor (strongSwan: 1.8). Clamped to 1.0..=10.0.
+    pub base: f64,
+    /// Retransmissions before giving up (strongSwan: 5). Clamped to at most 20.
+    pub tries: u32,
+}
+
+impl Default for RetransmitConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(4),
+            base: 1.8,
+            tries: 5,
+        }
+    }
+}
+
+/// Endpoint-wide settings.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The IKE port (500).
+    pub ike_port: u16,
+    /// The NAT-T port (4500): datagrams received on it carry the non-ESP marker.
+    pub natt_port: u16,
+    /// Retransmission schedule.
+    pub retransmit: RetransmitConfig,
+    /// How long a responder keeps an IKE SA whose IKE_AUTH never came (strongSwan: 30 s).
+    pub half_open_timeout: Duration,
+    /// Half-open IKE SAs (all peers) above which IKE_SA_INIT requests must carry a cookie.
+    pub cookie_threshold: usize,
+    /// Half-open IKE SAs from one IP address above which a cookie is required (charon: 3).
+    pub cookie_threshold_per_ip: usize,
+    /// How long a cookie secret is used before it is replaced (the previous one is still
+    /// accepted for one more period).
+    pub cookie_secret_lifetime: Duration,
+    /// Largest IKE message (IP payload of the UDP datagram) sent unfragmented once the peer
+    /// supports RFC 7383 fragmentation (strongSwan: 1280).
+    pub fragment_size: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            ike_port: 500,
+            natt_port: 4500,
+            retransmit: RetransmitConfig::default(),
+            half_open_timeout: Duration::from_secs(30),
+            cookie_threshold: 30,
+            cookie_threshold_per_ip: 3,
+            cookie_secret_lifetime: Duration::from_secs(120),
+            fragment_size: 1280,
+        }
+    }
+}
+
+/// An IKE identity (RFC 7296 §3.5), as strongSwan writes them.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity {
+    /// ID_IPV4_ADDR.
+    Ipv4(Ipv4Addr),
+    /// ID_IPV6_ADDR.
+    Ipv6(Ipv6Addr),
+    /// ID_FQDN.
+    Fqdn(String),
+    /// ID_RFC822_ADDR (`user@fqdn`).
+    UserFqdn(String),
+    /// ID_DER_ASN1_DN: the DER of an X.500 Name.
+    DerDn(Vec<u8>),
+    /// Accept any identity from the peer (only meaningful as a remote identity).
+    Any,
+}
+
+impl core::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Ipv4(a) => write!(f, "{a}"),
+            Self::Ipv6(a) => write!(f, "{a}"),
+            Self::Fqdn(s) => write!(f, "{s}"),
+            Self::UserFqdn(s) => write!(f, "{s}"),
+            Self::DerDn(d) => write!(f, "DN({} bytes)", d.len()),
+            Self::Any => f.write_str("%any"),
+        }
+    }
+}
+
+impl Identity {
+    /// The identity for an IP address.
+    pub fn ip(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::Ipv4(a),
+            IpAddr::V6(a) => Self::Ipv6(a),
+        }
+    }
+
+    /// The ID payload we send for this identity (`None` for [`Identity::Any`]).
+    pub fn to_payload(&self) -> Option<Identification> {
+        Some(match self {
+            Self::Ipv4(a) => Identification::ipv4(*a),
+            Self::Ipv6(a) => Identification::ipv6(*a),
+            Self::Fqdn(s) => Identification::fqdn(s),
+            Self::UserFqdn(s) => Identification::rfc822(s),
+            Self::DerDn(d) => Identification::der_dn(d),
+            Self::Any => return None,
+        })
+    }
+
+    /// Whether a received ID payload names this identity (FQDN and user@FQDN compare
+    /// case-insensitively, as DNS names do).
+    pub fn matches(&self, id: &Identification) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Fqdn(s) => {
+                id.id_type == IdType::FQDN && id.data.eq_ignore_ascii_case(s.as_bytes())
+            }
+            Self::UserFqdn(s) => {
+                id.id_type == IdType::RFC822_ADDR && id.data.eq_ignore_ascii_case(s.as_bytes())
+            }
+            _ => self.to_payload().is_some_and(|p| &p == id),
+        }
+    }
+}
+
+/// How this end authenticates and how it checks the peer.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AuthConfig {
+    /// A pre-shared key (AUTH method 2), used in both directions.
+    Psk(SecretBytes),
+    /// Certificates (RFC 7427 signatures). Not implemented yet: an IKE SA configured this way
+    /// fails with [`crate::Reason::InternalError`].
+    Certificate(CertificateAuth),
+}
+
+impl core::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Psk(_) => f.write_str("Psk(<redacted>)"),
+            Self::Certificate(c) => f.debug_tuple("Certificate").field(c).finish(),
+        }
+    }
+}
+
+/// Certificate authentication material (DER), for when signature AUTH lands.
+#[derive(Clone)]
+pub struct CertificateAuth {
+    /// Our certificate, then any intermediates.
+    pub chain: Vec<Vec<u8>>,
+    /// Our private key (PKCS#8 DER).
+    pub private_key: SecretBytes,
+    /// Trust anchors for the peer's certificate.
+    pub ca: Vec<Vec<u8>>,
+}
+
+impl core::fmt::Debug for CertificateAuth {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CertificateAuth")
+            .field("chain_len", &self.chain.len())
+            .field("ca_len", &self.ca.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// When the tunnel is brought up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Initiate as soon as the driver calls [`crate::Endpoint::initiate`].
+    Start,
+    /// Only answer the peer.
+    Respond,
+    /// Initiate when the kernel reports traffic ([`crate::Endpoint::acquire`]).
+    OnTraffic,
+}
+
+/// Rekey timing of an SA (strongSwan's `rekey_time`, `rand_time`, `life_time`): rekeying starts
+/// `rekey_time` minus a random jitter in `0..rand_time` after installation; `life_time` is the
+/// hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Nominal rekey time.
+    pub rekey_time: Duration,
+    /// Up to this much is subtracted at random from `rekey_time`.
+    pub rand_time: Duration,
+    /// Hard lifetime.
+    pub life_time: Duration,
+}
+
+impl Lifetime {
+    /// strongSwan's derivation from one lifetime: rekey at `lifetime`, jitter 10 %, hard
+    /// limit 110 %.
+    pub fn from_rekey(rekey_time: Duration) -> Self {
+        Self {
+            rekey_time,
+            rand_time: rekey_time / 10,
+            life_time: rekey_time.saturating_add(rekey_time / 10),
+        }
+    }
+}
+
+/// Dead peer detection: an empty INFORMATIONAL when nothing was heard for `interval`; the peer
+/// is declared unreachable when no answer came within `timeout` (or retransmissions ran out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dpd {
+    /// Quiet time before a liveness check.
+    pub interval: Duration,
+    /// How long a liveness check may go unanswered.
+    pub timeout: Duration,
+}
+
+/// One tunnel to one peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Our address for this tunnel (the port is the IKE port, usually 500).
+    pub local_addr: SocketAddr,
+    /// The peer's address; an unspecified IP accepts any peer (responder only).
+    pub remote_addr: SocketAddr,
+    /// Our identity.
+    pub local_id: Identity,
+    /// The identity the peer must prove.
+    pub remote_id: Identity,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// IKE proposals, preferred first.
+    pub ike_proposals: Vec<IkeProposal>,
+    /// ESP proposals, preferred first; a key exchange group means PFS on CHILD SA rekeys.
+    pub esp_proposals: Vec<EspProposal>,
+    /// IKE SA lifetime.
+    pub ike_lifetime: Lifetime,
+    /// CHILD SA lifetime.
+    pub child_lifetime: Lifetime,
+    /// Dead peer detection, if wanted.
+    pub dpd: Option<Dpd>,
+    /// Our protected subnets.
+    pub local_ts: Vec<TsRange>,
+    /// The peer's protected subnets.
+    pub remote_ts: Vec<TsRange>,
+    /// When to initiate.
+    pub role: Role,
+    /// Encapsulate ESP in UDP even without a NAT (we fake the NAT-D hash, as strongSwan does).
+    pub force_encapsulation: bool,
+}
+
+/// A configuration the endpoint cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No IKE proposal.
+    #[error("no IKE proposal")]
+    NoIkeProposal,
+    /// An IKE proposal without a key exchange method, PRF or cipher.
+    #[error("incomplete IKE proposal")]
+    IncompleteIkeProposal,
+    /// No ESP proposal.
+    #[error("no ESP proposal")]
+    NoEspProposal,
+    /// No traffic selector on one side.
+    #[error("no traffic selectors")]
+    NoTrafficSelectors,
+    /// Our identity cannot be `%any`.
+    #[error("local identity cannot be %any")]
+    LocalIdAny,
+    /// An initiating peer needs a concrete remote address.
+    #[error("an initiator needs a remote address")]
+    NoRemoteAddress,
+    /// The remote address family differs from the local one.
+    #[error("local and remote address families differ")]
+    AddressFamilyMismatch,
+}
+
+impl PeerConfig {
+    /// Checks what the endpoint relies on.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ike_proposals.is_empty() {
+            return Err(ConfigError::NoIkeProposal);
+        }
+        if self
+            .ike_proposals
+            .iter()
+            .any(|p| p.ke.is_empty() || p.prf.is_empty() || p.encr.is_empty())
+        {
+            return Err(ConfigError::IncompleteIkeProposal);
+        }
+        if self.esp_proposals.is_empty() {
+            return Err(ConfigError::NoEspProposal);
+        }
+        if self.local_ts.is_empty() || self.remote_ts.is_empty() {
+            return Err(ConfigError::NoTrafficSelectors);
+        }
+        if self.local_id == Identity::Any {
+            return Err(ConfigError::LocalIdAny);
+        }
+        if self.role != Role::Respond && self.remote_addr.ip().is_unspecified() {
+            return Err(ConfigError::NoRemoteAddress);
+        }
+        if self.local_addr.is_ipv4() != self.remote_addr.is_ipv4() {
+            return Err(ConfigError::AddressFamilyMismatch);
+        }
+        Ok(())
+    }
+}

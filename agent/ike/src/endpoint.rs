@@ -1,0 +1,725 @@
+//! The sans-IO endpoint (quinn-proto style): the driver feeds datagrams and time in, and polls
+//! datagrams, timeouts and events out. No sockets, no clock, no OS randomness.
+//!
+//! Datagrams are whole UDP payloads both ways: on the NAT-T port (4500 by default) received
+//! ones still carry the non-ESP marker and sent ones have it added
+//! ([`Transmit::non_esp_marker`]).
+//!
+//! Unauthenticated or malformed input never changes an established SA and is never answered
+//! except where RFC 7296 §2.21 wants it (INVALID_SYNTAX on an authenticated request; COOKIE,
+//! INVALID_KE_PAYLOAD and NO_PROPOSAL_CHOSEN to IKE_SA_INIT). Unknown SPIs are not answered
+//! with INVALID_IKE_SPI (a MAY in §2.21.4): they are counted in [`Stats`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use core::net::SocketAddr;
+
+use crate::codec::{
+    ExchangeType, Header, Message, Notify, NotifyType, Payload, Spi, Udp4500, classify_udp4500,
+};
+use crate::config::{ConfigError, EndpointConfig, PeerConfig};
+use crate::crypto::alg::Prf;
+use crate::crypto::kdf;
+use crate::crypto::rng::Rng;
+use crate::event::{ChildSaId, EspSpi, Event, PeerId, Transmit};
+use crate::reason::Reason;
+use crate::sa::established::{self, child_delete_event};
+use crate::sa::ike_init::{InitRefused, InitReplied, InitSent};
+use crate::sa::protect::{self, ProtectError};
+use crate::sa::{Ctx, IkeSa, Req, State, informational, init_error_response};
+use crate::window::RequestCheck;
+
+/// Counters of input that was dropped or answered without state (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that did not parse as IKE (or were keepalives/ESP on the NAT-T port).
+    pub malformed: u64,
+    /// Messages for an IKE SA we do not have.
+    pub unknown_spi: u64,
+    /// Protected messages whose integrity check failed.
+    pub integrity_failed: u64,
+    /// Messages dropped for their message ID or an unexpected state.
+    pub unexpected: u64,
+    /// Retransmitted requests answered from the response cache.
+    pub retransmits_answered: u64,
+    /// COOKIE challenges sent.
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests from addresses no peer is configured for.
+    pub no_peer_config: u64,
+}
+
+#[derive(Debug)]
+struct CookieSecret {
+    version: u8,
+    secret: [u8; 32],
+}
+
+#[derive(Debug, Default)]
+struct Cookies {
+    current: Option<CookieSecret>,
+    previous: Option<CookieSecret>,
+    rotated_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    cfg: Arc<PeerConfig>,
+}
+
+/// An IKEv2 endpoint: every configured tunnel and every IKE SA.
+pub struct Endpoint {
+    config: EndpointConfig,
+    rng: Box<dyn Rng + Send>,
+    peers: BTreeMap<PeerId, Peer>,
+    next_peer: u64,
+    sas: BTreeMap<u64, IkeSa>,
+    next_sa: u64,
+    /// (our SPI, we are the original initiator) → SA.
+    by_spi: HashMap<(Spi, bool), u64>,
+    /// Responder: (peer address, initiator SPI) → SA, for IKE_SA_INIT retransmissions.
+    by_init: HashMap<(SocketAddr, Spi), u64>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_child: u64,
+    cookies: Cookies,
+    stats: Stats,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("ike_sas", &self.sas.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint drawing all randomness from `rng`.
+    pub fn new(config: EndpointConfig, rng: Box<dyn Rng + Send>) -> Self {
+        Self {
+            config,
+            rng,
+            peers: BTreeMap::new(),
+            next_peer: 0,
+            sas: BTreeMap::new(),
+            next_sa: 0,
+            by_spi: HashMap::new(),
+            by_init: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_child: 0,
+            cookies: Cookies::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
+    ///
+    /// # Errors
+    /// The configuration is unusable.
+    pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<PeerId, ConfigError> {
+        cfg.validate()?;
+        self.next_peer = self.next_peer.wrapping_add(1);
+        let id = PeerId(self.next_peer);
+        self.peers.insert(id, Peer { cfg: Arc::new(cfg) });
+        Ok(id)
+    }
+
+    /// Starts an IKE SA (with its first CHILD SA) to a configured peer. Unknown peers are
+    /// ignored.
+    pub fn initiate(&mut self, now: Instant, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let cfg = Arc::clone(&p.cfg);
+        let spi = self.fresh_spi(true);
+        let others = self
+            .sas
+            .values()
+            .any(|s| s.c.peer == peer && s.established().is_some());
+        let (config, sa_id) = (&self.config, self.next_sa.wrapping_add(1));
+        let mut ctx = Ctx {
+            now,
+            rng: &mut *self.rng,
+            cfg: config,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            next_child: &mut self.next_child,
+        };
+        match InitSent::start(&mut ctx, peer, cfg, spi) {
+            Ok(mut sa) => {
+                sa.c.initial_contact = !others;
+                self.next_sa = sa_id;
+                self.by_spi.insert((spi, true), sa_id);
+                self.sas.insert(sa_id, sa);
+            }
+            Err(reason) => self.events.push_back(Event::IkeSaDown {
+                peer,
+                spis: crate::event::IkeSpis {
+                    initiator: spi,
+                    responder: Spi::ZERO,
+                },
+                reason,
+            }),
+        }
+    }
+
+    /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA exists.
+    pub fn acquire(&mut self, now: Instant, peer: PeerId) {
+        if !self.sas.values().any(|s| s.c.peer == peer) {
+            self.initiate(now, peer);
+        }
+    }
+
+    /// Removes a tunnel: every IKE SA with it is deleted (DELETE sent, CHILD SAs reported
+    /// gone at once).
+    pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
+        self.peers.remove(&peer);
+        let ids: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.c.peer == peer)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            self.with_sa(now, id, established::delete_locally);
+        }
+        self.cleanup(now);
+    }
+
+    /// The kernel reports a CHILD SA's lifetime expiry (by either of its SPIs). A hard expiry
+    /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry would start a
+    /// rekey, which is not implemented yet, so it is ignored.
+    pub fn expire_child(&mut self, now: Instant, peer: PeerId, spi: EspSpi, hard: bool) {
+        if !hard {
+            return;
+        }
+        let found = self.sas.iter().find_map(|(k, s)| {
+            let e = s.established()?;
+            (s.c.peer == peer
+                && e.children
+                    .iter()
+                    .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0))
+            .then_some(*k)
+        });
+        let Some(id) = found else { return };
+        self.with_sa(now, id, |sa, ctx| {
+            let State::Established(e) = &mut sa.state else {
+                return;
+            };
+            if let Some(pos) = e
+                .children
+                .iter()
+                .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+            {
+                let ch = e.children.remove(pos);
+                ctx.events.push_back(child_delete_event(&sa.c, &ch));
+                e.queue.push_back(Req::DeleteChild(vec![ch.spi_in]));
+                let _ = e.flush(&mut sa.c, ctx);
+            }
+        });
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sas.values().filter_map(IkeSa::next_timeout).min()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.sas.keys().copied().collect();
+        for id in ids {
+            self.with_sa(now, id, IkeSa::on_timeout);
+        }
+        self.cleanup(now);
+    }
+
+    /// Counters of dropped and statelessly answered input.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The CHILD SAs currently installed for `peer` (ids).
+    pub fn children(&self, peer: PeerId) -> Vec<ChildSaId> {
+        self.sas
+            .values()
+            .filter(|s| s.c.peer == peer)
+            .filter_map(IkeSa::established)
+            .flat_map(|e| e.children.iter().map(|c| c.id))
+            .collect()
+    }
+
+    /// Number of IKE SAs held (any state), for tests and metrics.
+    pub fn ike_sa_count(&self) -> usize {
+        self.sas.len()
+    }
+
+    /// Handles one received UDP payload.
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
+        let ike = if local.port() == self.config.natt_port {
+            match classify_udp4500(datagram) {
+                Udp4500::Ike(b) => b,
+                _ => {
+                    self.stats.malformed += 1;
+                    return;
+                }
+            }
+        } else {
+            datagram
+        };
+        let Ok(wire) = Header::peek(ike) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let h = wire.header;
+        if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.is_response() {
+            if h.flags.is_initiator() && h.responder_spi.is_zero() && h.message_id == 0 {
+                self.on_init_request(now, local, remote, ike);
+            } else {
+                self.stats.malformed += 1;
+            }
+            self.cleanup(now);
+            return;
+        }
+        // Flags say who sent it: from the original initiator, so we are the responder.
+        let we_initiator = !h.flags.is_initiator();
+        let our_spi = if we_initiator {
+            h.initiator_spi
+        } else {
+            h.responder_spi
+        };
+        let Some(&id) = self.by_spi.get(&(our_spi, we_initiator)) else {
+            self.stats.unknown_spi += 1;
+            return;
+        };
+        let mut outcome = Outcome::Handled;
+        self.with_sa(now, id, |sa, ctx| {
+            outcome = on_message(sa, ctx, local, remote, ike, &h);
+        });
+        match outcome {
+            Outcome::Handled => {}
+            Outcome::Integrity => self.stats.integrity_failed += 1,
+            Outcome::Unexpected => self.stats.unexpected += 1,
+            Outcome::Retransmit => self.stats.retransmits_answered += 1,
+        }
+        self.cleanup(now);
+    }
+
+    fn fresh_spi(&mut self, initiator: bool) -> Spi {
+        loop {
+            let mut b = [0u8; 8];
+            self.rng.fill(&mut b);
+            let spi = Spi(b);
+            if !spi.is_zero() && !self.by_spi.contains_key(&(spi, initiator)) {
+                return spi;
+            }
+        }
+    }
+
+    fn with_sa(&mut self, now: Instant, id: u64, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.config,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            next_child: &mut self.next_child,
+        };
+        f(sa, &mut ctx);
+        if let State::Established(e) = &mut sa.state
+            && e.initial_contact
+        {
+            e.initial_contact = false;
+            let peer = sa.c.peer;
+            self.replace_older(now, id, peer);
+        }
+    }
+
+    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it is stale. Their
+    /// CHILD SAs are removed without any message.
+    fn replace_older(&mut self, now: Instant, keep: u64, peer: PeerId) {
+        for (id, sa) in &mut self.sas {
+            if *id == keep || sa.c.peer != peer {
+                continue;
+            }
+            if let State::Established(e) = &mut sa.state {
+                for ch in e.children.drain(..) {
+                    self.events.push_back(child_delete_event(&sa.c, &ch));
+                }
+                self.events.push_back(Event::IkeSaDown {
+                    peer,
+                    spis: sa.c.spis(),
+                    reason: Reason::Replaced,
+                });
+                sa.c.win.abandon();
+                sa.state = State::Closing {
+                    keys: None,
+                    until: now,
+                };
+            }
+        }
+    }
+
+    fn cleanup(&mut self, now: Instant) {
+        let done: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.finished(now))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in done {
+            if let Some(sa) = self.sas.remove(&id) {
+                self.by_spi.remove(&(sa.c.our_spi(), sa.c.initiator));
+                if !sa.c.initiator {
+                    self.by_init.remove(&(sa.c.remote, sa.c.spi_i));
+                    // The SA may have floated to another port since IKE_SA_INIT.
+                    self.by_init.retain(|_, v| *v != id);
+                }
+            }
+        }
+    }
+
+    fn find_responder_config(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<(PeerId, Arc<PeerConfig>)> {
+        let fits = |c: &PeerConfig| {
+            (c.local_addr.ip().is_unspecified() || c.local_addr.ip() == local.ip())
+                && c.local_addr.is_ipv4() == remote.is_ipv4()
+        };
+        self.peers
+            .iter()
+            .find(|(_, p)| fits(&p.cfg) && p.cfg.remote_addr.ip() == remote.ip())
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .find(|(_, p)| fits(&p.cfg) && p.cfg.remote_addr.ip().is_unspecified())
+            })
+            .map(|(id, p)| (*id, Arc::clone(&p.cfg)))
+    }
+
+    fn on_init_request(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, raw: &[u8]) {
+        let Ok(msg) = Message::parse(raw) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let key = (remote, msg.header.initiator_spi);
+        if let Some(id) = self.by_init.get(&key).copied() {
+            // A retransmission (or a retry with a cookie that crossed our answer): resend ours.
+            if let Some(sa) = self.sas.get(&id)
+                && matches!(sa.state, State::InitReplied(_))
+                && let Some(cached) = sa.c.win.cached_response()
+            {
+                let cached = cached.to_vec();
+                let mut ctx = Ctx {
+                    now,
+                    rng: &mut *self.rng,
+                    cfg: &self.config,
+                    transmits: &mut self.transmits,
+                    events: &mut self.events,
+                    next_child: &mut self.next_child,
+                };
+                sa.c.transmit(&mut ctx, &cached);
+                self.stats.retransmits_answered += 1;
+            } else {
+                self.stats.unexpected += 1;
+            }
+            return;
+        }
+        let Some((peer, cfg)) = self.find_responder_config(local, remote) else {
+            self.stats.no_peer_config += 1;
+            return;
+        };
+        if self.cookie_required(remote) && !self.cookie_valid(now, &msg, remote) {
+            let cookie = self.make_cookie(now, &msg, remote, true);
+            if let Some(cookie) = cookie {
+                let answer =
+                    init_error_response(&msg.header, Notify::new(NotifyType::COOKIE, cookie));
+                self.send_stateless(local, remote, &answer);
+                self.stats.cookies_sent += 1;
+            }
+            return;
+        }
+        let spi_r = self.fresh_spi(false);
+        let mut ctx = Ctx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.config,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            next_child: &mut self.next_child,
+        };
+        match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
+            Ok(sa) => {
+                self.next_sa = self.next_sa.wrapping_add(1);
+                let id = self.next_sa;
+                self.by_spi.insert((spi_r, false), id);
+                self.by_init.insert(key, id);
+                self.sas.insert(id, sa);
+            }
+            Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
+            Err(InitRefused::Drop) => self.stats.unexpected += 1,
+        }
+    }
+
+    fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        let Ok(bytes) = msg.encode() else { return };
+        let natt = local.port() == self.config.natt_port;
+        self.transmits.push_back(Transmit {
+            local,
+            remote,
+            payload: if natt {
+                crate::codec::with_non_esp_marker(&bytes)
+            } else {
+                bytes
+            },
+            non_esp_marker: natt,
+        });
+    }
+
+    fn cookie_required(&self, remote: SocketAddr) -> bool {
+        let half: Vec<&IkeSa> = self.sas.values().filter(|s| s.half_open()).collect();
+        half.len() >= self.config.cookie_threshold
+            || half
+                .iter()
+                .filter(|s| s.c.remote.ip() == remote.ip())
+                .count()
+                >= self.config.cookie_threshold_per_ip
+    }
+
+    fn rotate_cookie_secret(&mut self, now: Instant) {
+        let due = match self.cookies.rotated_at {
+            None => true,
+            Some(t) => now >= t + self.config.cookie_secret_lifetime,
+        };
+        if !due {
+            return;
+        }
+        let mut secret = [0u8; 32];
+        self.rng.fill(&mut secret);
+        let version = self
+            .cookies
+            .current
+            .as_ref()
+            .map_or(0, |c| c.version.wrapping_add(1));
+        self.cookies.previous = self.cookies.current.take();
+        self.cookies.current = Some(CookieSecret { version, secret });
+        self.cookies.rotated_at = Some(now);
+    }
+
+    /// `Cookie = VersionIDofSecret | prf(secret, Ni | IPi | SPIi)` (RFC 7296 §2.6), with
+    /// HMAC-SHA-256 as the PRF.
+    fn make_cookie(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        remote: SocketAddr,
+        current: bool,
+    ) -> Option<Vec<u8>> {
+        self.rotate_cookie_secret(now);
+        let s = if current {
+            self.cookies.current.as_ref()?
+        } else {
+            self.cookies.previous.as_ref()?
+        };
+        cookie_for(s, msg, remote)
+    }
+
+    fn cookie_valid(&mut self, now: Instant, msg: &Message, remote: SocketAddr) -> bool {
+        // RFC 7296 §2.6: the cookie must be the first payload.
+        let Some(Payload::Notify(n)) = msg.payloads.first() else {
+            return false;
+        };
+        if n.ty != NotifyType::COOKIE {
+            return false;
+        }
+        self.rotate_cookie_secret(now);
+        [
+            self.cookies.current.as_ref(),
+            self.cookies.previous.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| cookie_for(s, msg, remote))
+        .any(|c| aws_lc_rs::constant_time::verify_slices_are_equal(&c, &n.data).is_ok())
+    }
+}
+
+fn cookie_for(s: &CookieSecret, msg: &Message, remote: SocketAddr) -> Option<Vec<u8>> {
+    let ni = msg.payloads.iter().find_map(|p| match p {
+        Payload::Nonce(n) => Some(n.as_bytes()),
+        _ => None,
+    })?;
+    let mut data = ni.to_vec();
+    match remote.ip() {
+        core::net::IpAddr::V4(a) => data.extend_from_slice(&a.octets()),
+        core::net::IpAddr::V6(a) => data.extend_from_slice(&a.octets()),
+    }
+    data.extend_from_slice(&msg.header.initiator_spi.0);
+    let mac = kdf::prf(Prf::HmacSha256, &s.secret, &data);
+    let mut out = vec![s.version];
+    out.extend_from_slice(mac.as_bytes());
+    Some(out)
+}
+
+/// What became of a message for an existing SA (for [`Stats`]).
+enum Outcome {
+    Handled,
+    Integrity,
+    Unexpected,
+    Retransmit,
+}
+
+/// Routes a message for an existing SA through its state.
+fn on_message(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    raw: &[u8],
+    h: &Header,
+) -> Outcome {
+    let theirs_ok = if sa.c.initiator {
+        h.responder_spi == sa.c.spi_r || matches!(sa.state, State::InitSent(_))
+    } else {
+        h.initiator_spi == sa.c.spi_i
+    };
+    if !theirs_ok {
+        return Outcome::Unexpected;
+    }
+    if h.exchange_type == ExchangeType::IKE_SA_INIT {
+        // Only the initiator waiting for the answer cares.
+        if !h.flags.is_response() || sa.c.win.outstanding().is_none_or(|o| o.id != 0) {
+            return Outcome::Unexpected;
+        }
+        let State::InitSent(_) = sa.state else {
+            return Outcome::Unexpected;
+        };
+        let Ok(msg) = Message::parse(raw) else {
+            return Outcome::Unexpected;
+        };
+        if remote.ip() != sa.c.remote.ip() {
+            return Outcome::Unexpected;
+        }
+        let State::InitSent(st) = core::mem::replace(&mut sa.state, State::Gone) else {
+            return Outcome::Unexpected;
+        };
+        sa.state = st.on_response(&mut sa.c, ctx, &msg, raw);
+        return Outcome::Handled;
+    }
+    let keys = match &sa.state {
+        State::InitReplied(s) => &s.init.keys,
+        State::AuthSent(s) => &s.init.keys,
+        State::Established(e) => &e.keys,
+        State::Closing { keys: Some(k), .. } => k,
+        _ => return Outcome::Unexpected,
+    };
+    let payloads = match protect::open(raw, &keys.inn) {
+        Ok(p) => p,
+        Err(ProtectError::Syntax(e)) => {
+            // Authentic but malformed: a request gets INVALID_SYNTAX (or
+            // UNSUPPORTED_CRITICAL_PAYLOAD), a response ends the exchange.
+            if !h.flags.is_response() && sa.c.win.check_request(h.message_id) == RequestCheck::New {
+                let mut n = Notify::empty(e.notify_type());
+                if let crate::codec::DecodeError::UnsupportedCriticalPayload(t) = e {
+                    n.data = vec![t.0];
+                }
+                let _ = sa.c.send_response(
+                    ctx,
+                    keys,
+                    h.exchange_type,
+                    h.message_id,
+                    &[Payload::Notify(n)],
+                );
+                if matches!(sa.state, State::InitReplied(_)) {
+                    sa.c.down(ctx, Reason::InvalidSyntax);
+                    sa.close(ctx);
+                }
+            }
+            return Outcome::Handled;
+        }
+        Err(_) => return Outcome::Integrity,
+    };
+    sa.c.last_heard = ctx.now;
+    if (local, remote) != (sa.c.local, sa.c.remote)
+        && (sa.c.nat.encapsulate() || local.port() == ctx.cfg.natt_port)
+    {
+        sa.c.local = local;
+        sa.c.remote = remote;
+    }
+    if h.flags.is_response() {
+        let Some(out) = sa.c.win.take_response(h.message_id) else {
+            return Outcome::Unexpected;
+        };
+        match core::mem::replace(&mut sa.state, State::Gone) {
+            State::AuthSent(s)
+                if out.kind == Req::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
+            {
+                sa.state = s.on_response(&mut sa.c, ctx, &payloads);
+            }
+            State::Established(e) => {
+                sa.state = State::Established(e);
+                informational::on_response(sa, ctx, out.kind, &payloads);
+            }
+            other => sa.state = other,
+        }
+        if let State::Established(e) = &mut sa.state
+            && e.flush(&mut sa.c, ctx).is_err()
+        {
+            e.delete_all_children(&sa.c, ctx);
+            sa.c.down(ctx, Reason::InternalError);
+            sa.state = State::Gone;
+        }
+        return Outcome::Handled;
+    }
+    match sa.c.win.check_request(h.message_id) {
+        RequestCheck::Drop => return Outcome::Unexpected,
+        RequestCheck::Retransmitted => {
+            if let Some(d) = sa.c.win.cached_response() {
+                let d = d.to_vec();
+                sa.c.transmit(ctx, &d);
+            }
+            return Outcome::Retransmit;
+        }
+        RequestCheck::New => {}
+    }
+    match core::mem::replace(&mut sa.state, State::Gone) {
+        State::InitReplied(s) if h.exchange_type == ExchangeType::IKE_AUTH => {
+            match s.on_auth_request(&mut sa.c, ctx, h.message_id, &payloads) {
+                Ok(next) => sa.state = next,
+                Err(e) => {
+                    let (_, keys) = *e;
+                    sa.state = State::Closing {
+                        keys,
+                        until: ctx.now,
+                    };
+                    sa.close(ctx);
+                }
+            }
+        }
+        State::Established(e) => {
+            sa.state = State::Established(e);
+            informational::on_request(sa, ctx, h.exchange_type, h.message_id, &payloads);
+        }
+        other => sa.state = other,
+    }
+    Outcome::Handled
+}

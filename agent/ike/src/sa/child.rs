@@ -1,0 +1,207 @@
+//! CHILD SAs: keying material for ESP (RFC 7296 §2.17), the install event, and the responder's
+//! side of negotiating one (proposal selection and traffic selector narrowing).
+
+use std::time::Instant;
+
+use super::proposals;
+use super::{Common, Ctx, Keys};
+use crate::codec::{Notify, NotifyType, Payload, Sa, TrafficSelectors, TsRange};
+use crate::config::EndpointConfig;
+use crate::crypto::kdf;
+use crate::event::{
+    ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, Mode, UdpEncap,
+};
+use crate::proposal::{EspChoice, select_esp};
+use crate::reason::Reason;
+use crate::timers;
+use crate::ts;
+
+/// One installed CHILD SA.
+// Algorithms, selectors and the rekey time are read by CHILD SA rekeying (not yet written).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(crate) struct Child {
+    pub id: ChildSaId,
+    pub spi_in: [u8; 4],
+    pub spi_out: [u8; 4],
+    pub choice: EspChoice,
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
+    /// When rekeying should start (our own timer; the kernel's soft expiry may come first).
+    pub rekey_at: Instant,
+}
+
+/// Derives a CHILD SA's keys, emits [`Event::ChildSaInstall`] and returns its record.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn install(
+    c: &Common,
+    ctx: &mut Ctx<'_>,
+    keys: &Keys,
+    choice: EspChoice,
+    spi_in: [u8; 4],
+    spi_out: [u8; 4],
+    nonces: (&[u8], &[u8]),
+    g_ir: Option<&[u8]>,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+    replaces: Option<ChildSaId>,
+) -> Result<Child, Reason> {
+    let km = kdf::derive_child_sa_keys(
+        keys.prf(),
+        keys.sk.sk_d.as_bytes(),
+        g_ir,
+        nonces.0,
+        nonces.1,
+        choice.encr,
+        choice.integ,
+    )
+    .map_err(|_| Reason::InternalError)?;
+    let (out, inn) = if c.initiator {
+        (km.initiator_to_responder, km.responder_to_initiator)
+    } else {
+        (km.responder_to_initiator, km.initiator_to_responder)
+    };
+    let id = ctx.child_id();
+    let random = u64::from_be_bytes(ctx.random());
+    let lt = &c.cfg.child_lifetime;
+    let soft = timers::rekey_after(lt, random);
+    let hard = lt.life_time.max(soft);
+    ctx.events
+        .push_back(Event::ChildSaInstall(Box::new(ChildSaInstall {
+            peer: c.peer,
+            child: id,
+            spi_in: EspSpi(spi_in),
+            spi_out: EspSpi(spi_out),
+            keys: ChildKeys {
+                encr_in: inn.encr,
+                integ_in: inn.integ,
+                encr_out: out.encr,
+                integ_out: out.integ,
+            },
+            encr: choice.encr,
+            integ: choice.integ,
+            esn: choice.esn,
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            mode: Mode::Tunnel,
+            encapsulation: encapsulation(c, ctx.cfg),
+            local_addr: c.local,
+            remote_addr: c.remote,
+            lifetimes: ChildLifetimes { soft, hard },
+            replaces,
+        })));
+    Ok(Child {
+        id,
+        spi_in,
+        spi_out,
+        choice,
+        local_ts,
+        remote_ts,
+        rekey_at: ctx.now + soft,
+    })
+}
+
+fn encapsulation(c: &Common, cfg: &EndpointConfig) -> Option<UdpEncap> {
+    (c.nat.encapsulate() || c.local.port() == cfg.natt_port).then(|| UdpEncap {
+        local_port: c.local.port(),
+        remote_port: c.remote.port(),
+    })
+}
+
+/// The initiator's CHILD SA request payloads: SA, TSi, TSr.
+pub(crate) fn request_payloads(c: &Common, spi_in: [u8; 4], with_ke: bool) -> [Payload; 3] {
+    [
+        Payload::Sa(proposals::esp_offer(&c.cfg.esp_proposals, spi_in, with_ke)),
+        Payload::TsInitiator(ts::payload(&c.cfg.local_ts)),
+        Payload::TsResponder(ts::payload(&c.cfg.remote_ts)),
+    ]
+}
+
+/// What the responder agreed to for a requested CHILD SA.
+#[derive(Debug)]
+pub(crate) struct Agreed {
+    pub number: u8,
+    pub choice: EspChoice,
+    pub spi_out: [u8; 4],
+    /// Narrowed TSi (the initiator's side).
+    pub tsi: Vec<TsRange>,
+    /// Narrowed TSr (our side).
+    pub tsr: Vec<TsRange>,
+}
+
+/// Responder: picks an ESP proposal and narrows the selectors; an error notification type when
+/// the CHILD SA cannot be created.
+pub(crate) fn respond(
+    c: &Common,
+    sa: Option<&Sa>,
+    tsi: Option<&TrafficSelectors>,
+    tsr: Option<&TrafficSelectors>,
+    ignore_ke: bool,
+) -> Result<Agreed, NotifyType> {
+    let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
+        return Err(NotifyType::INVALID_SYNTAX);
+    };
+    let mut theirs = Vec::new();
+    let mut meta = Vec::new();
+    for p in &sa.proposals {
+        if let Some((prop, spi)) = proposals::esp_from_wire(p) {
+            theirs.push(prop);
+            meta.push((p.number, spi));
+        }
+    }
+    let (idx, choice) = select_esp(&c.cfg.esp_proposals, &theirs, ignore_ke)
+        .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
+    let (number, spi_out) = meta
+        .get(idx)
+        .copied()
+        .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
+    let tsi = ts::narrow(&ts::ranges(tsi), &c.cfg.remote_ts);
+    let tsr = ts::narrow(&ts::ranges(tsr), &c.cfg.local_ts);
+    if tsi.is_empty() || tsr.is_empty() {
+        return Err(NotifyType::TS_UNACCEPTABLE);
+    }
+    Ok(Agreed {
+        number,
+        choice,
+        spi_out,
+        tsi,
+        tsr,
+    })
+}
+
+/// The responder's CHILD SA answer payloads.
+pub(crate) fn answer_payloads(a: &Agreed, spi_in: [u8; 4]) -> [Payload; 3] {
+    [
+        Payload::Sa(proposals::esp_answer(a.number, &a.choice, spi_in)),
+        Payload::TsInitiator(ts::payload(&a.tsi)),
+        Payload::TsResponder(ts::payload(&a.tsr)),
+    ]
+}
+
+/// An error notification for a CHILD SA.
+pub(crate) fn error_payload(ty: NotifyType) -> Payload {
+    Payload::Notify(Notify::empty(ty))
+}
+
+/// The initiator's view of an accepted CHILD SA: transforms, outbound SPI, TSi, TSr.
+pub(crate) type AcceptedChild = (EspChoice, [u8; 4], Vec<TsRange>, Vec<TsRange>);
+
+/// Initiator: checks the responder's CHILD SA answer against what we offered.
+pub(crate) fn accepted(
+    c: &Common,
+    sa: Option<&Sa>,
+    tsi: Option<&TrafficSelectors>,
+    tsr: Option<&TrafficSelectors>,
+    with_ke: bool,
+) -> Result<AcceptedChild, Reason> {
+    let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
+        return Err(Reason::InvalidSyntax);
+    };
+    let (choice, spi_out) = proposals::esp_accepted(sa, &c.cfg.esp_proposals, with_ke)
+        .ok_or(Reason::NoProposalChosen)?;
+    let (tsi, tsr) = (ts::ranges(tsi), ts::ranges(tsr));
+    if !ts::all_within(&tsi, &c.cfg.local_ts) || !ts::all_within(&tsr, &c.cfg.remote_ts) {
+        return Err(Reason::TsUnacceptable);
+    }
+    Ok((choice, spi_out, tsi, tsr))
+}

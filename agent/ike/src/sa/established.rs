@@ -1,0 +1,148 @@
+//! An established IKE SA: its CHILD SAs, the queue of requests waiting for the window, and
+//! dead peer detection.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::child::Child;
+use super::{Common, Ctx, IkeSa, Keys, Req, State};
+use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
+use crate::event::{EspSpi, Event};
+use crate::reason::Reason;
+
+/// The established state.
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub keys: Keys,
+    pub children: Vec<Child>,
+    /// Read by RFC 7383 fragmentation (not yet written).
+    #[allow(dead_code)]
+    pub peer_fragmentation: bool,
+    /// Requests waiting for the window (one outstanding at a time).
+    pub queue: VecDeque<Req>,
+    /// The peer sent INITIAL_CONTACT: the endpoint drops older IKE SAs with it.
+    pub initial_contact: bool,
+}
+
+impl Established {
+    pub fn new(keys: Keys, peer_fragmentation: bool) -> Self {
+        Self {
+            keys,
+            children: Vec::new(),
+            peer_fragmentation,
+            queue: VecDeque::new(),
+            initial_contact: false,
+        }
+    }
+
+    /// The next DPD-related time: a liveness check due, or an outstanding one timing out.
+    pub fn next_timeout(&self, c: &Common) -> Option<Instant> {
+        if !self.queue.is_empty() && !c.win.busy() {
+            return Some(c.last_heard);
+        }
+        let dpd = c.cfg.dpd?;
+        match c.win.outstanding() {
+            Some(o) if o.kind == Req::Dpd => Some(o.first_sent + dpd.timeout),
+            Some(_) => None,
+            None => Some(c.last_heard + dpd.interval),
+        }
+    }
+
+    /// Emits [`Event::ChildSaDelete`] for every CHILD SA and forgets them.
+    pub fn delete_all_children(&mut self, c: &Common, ctx: &mut Ctx<'_>) {
+        for ch in self.children.drain(..) {
+            ctx.events.push_back(child_delete_event(c, &ch));
+        }
+    }
+
+    /// Sends the next queued request if the window is free.
+    pub fn flush(&mut self, c: &mut Common, ctx: &mut Ctx<'_>) -> Result<(), Reason> {
+        while !c.win.busy() {
+            let Some(req) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            let payloads = match &req {
+                Req::Dpd | Req::Notify => Vec::new(),
+                Req::DeleteIke => vec![Payload::Delete(Delete::ike())],
+                Req::DeleteChild(spis) => {
+                    vec![Payload::Delete(Delete::child(ProtocolId::ESP, spis))]
+                }
+                Req::Init | Req::Auth => continue,
+            };
+            c.send_request(ctx, &self.keys, ExchangeType::INFORMATIONAL, &payloads, req)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn child_delete_event(c: &Common, ch: &Child) -> Event {
+    Event::ChildSaDelete {
+        peer: c.peer,
+        child: ch.id,
+        spi_in: EspSpi(ch.spi_in),
+        spi_out: EspSpi(ch.spi_out),
+    }
+}
+
+/// Timers of an established SA: DPD timeout and scheduling, queued requests.
+pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let State::Established(e) = &mut sa.state else {
+        return;
+    };
+    if let Some(dpd) = sa.c.cfg.dpd {
+        let timed_out =
+            sa.c.win
+                .outstanding()
+                .is_some_and(|o| o.kind == Req::Dpd && ctx.now >= o.first_sent + dpd.timeout);
+        if timed_out {
+            sa.c.win.abandon();
+            e.delete_all_children(&sa.c, ctx);
+            sa.c.down(ctx, Reason::PeerUnreachable);
+            sa.state = State::Gone;
+            return;
+        }
+        if !sa.c.win.busy() && e.queue.is_empty() && ctx.now >= sa.c.last_heard + dpd.interval {
+            e.queue.push_back(Req::Dpd);
+        }
+    }
+    if e.flush(&mut sa.c, ctx).is_err() {
+        e.delete_all_children(&sa.c, ctx);
+        sa.c.down(ctx, Reason::InternalError);
+        sa.state = State::Gone;
+    }
+}
+
+/// Deletes the IKE SA on our initiative (configuration removed): CHILD SAs are reported gone
+/// at once, then a Delete(IKE) is sent and retransmitted until answered or given up.
+pub(crate) fn delete_locally(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    match core::mem::replace(&mut sa.state, State::Gone) {
+        State::Established(mut e) => {
+            e.delete_all_children(&sa.c, ctx);
+            sa.c.down(ctx, Reason::DeletedLocally);
+            // Whatever was outstanding is moot; the Delete takes the window.
+            sa.c.win.abandon();
+            let payloads = [Payload::Delete(Delete::ike())];
+            let _ = sa.c.send_request(
+                ctx,
+                &e.keys,
+                ExchangeType::INFORMATIONAL,
+                &payloads,
+                Req::DeleteIke,
+            );
+            sa.state = State::Closing {
+                keys: Some(e.keys),
+                until: ctx.now,
+            };
+        }
+        State::InitSent(_) | State::AuthSent(_) => {
+            sa.c.win.abandon();
+            sa.c.down(ctx, Reason::DeletedLocally);
+            sa.state = State::Gone;
+        }
+        other => {
+            sa.state = other;
+            sa.close(ctx);
+            sa.c.win.abandon();
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! IKE_AUTH (RFC 7296 §1.2, §2.15): PSK authentication both ways and the first CHILD SA.
+//! The initiator's [`AuthSent`] state, and the responder's transition out of
+//! [`super::ike_init::InitReplied`].
+
+use super::child::{self, Child};
+use super::established::Established;
+use super::ike_init::{InitDone, InitReplied};
+use super::{Common, Ctx, Req, State};
+use crate::codec::{
+    AuthMethod, Authentication, ExchangeType, Identification, Notify, NotifyType, Payload, Sa,
+    TrafficSelectors, message::notifies,
+};
+use crate::config::AuthConfig;
+use crate::crypto::auth;
+use crate::crypto::keys::SecretBytes;
+use crate::event::Event;
+use crate::reason::Reason;
+
+/// The payloads of a decrypted message, first of each kind.
+#[derive(Debug, Default)]
+pub(crate) struct Inner<'a> {
+    pub idi: Option<&'a Identification>,
+    pub idr: Option<&'a Identification>,
+    pub auth: Option<&'a Authentication>,
+    pub sa: Option<&'a Sa>,
+    pub tsi: Option<&'a TrafficSelectors>,
+    pub tsr: Option<&'a TrafficSelectors>,
+    pub nonce: Option<&'a crate::codec::Nonce>,
+    pub ke: Option<&'a crate::codec::KeyExchange>,
+}
+
+impl<'a> Inner<'a> {
+    pub fn of(payloads: &'a [Payload]) -> Self {
+        let mut s = Self::default();
+        for p in payloads {
+            match p {
+                Payload::IdInitiator(x) => s.idi = s.idi.or(Some(x)),
+                Payload::IdResponder(x) => s.idr = s.idr.or(Some(x)),
+                Payload::Auth(x) => s.auth = s.auth.or(Some(x)),
+                Payload::Sa(x) => s.sa = s.sa.or(Some(x)),
+                Payload::TsInitiator(x) => s.tsi = s.tsi.or(Some(x)),
+                Payload::TsResponder(x) => s.tsr = s.tsr.or(Some(x)),
+                Payload::Nonce(x) => s.nonce = s.nonce.or(Some(x)),
+                Payload::KeyExchange(x) => s.ke = s.ke.or(Some(x)),
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// Initiator: IKE_AUTH sent, waiting for the answer.
+#[derive(Debug)]
+pub(crate) struct AuthSent {
+    pub init: InitDone,
+    spi_in: [u8; 4],
+}
+
+fn psk(c: &Common) -> Result<&SecretBytes, Reason> {
+    match &c.cfg.auth {
+        AuthConfig::Psk(k) => Ok(k),
+        // Certificate authentication is not implemented yet.
+        _ => Err(Reason::InternalError),
+    }
+}
+
+/// Our AUTH payload: `prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | NonceOfPeer |
+/// prf(SK_p, IDpayload))`.
+fn our_auth(c: &Common, init: &InitDone, id: &Identification) -> Result<Authentication, Reason> {
+    let (real, peer_nonce, sk_p) = if c.initiator {
+        (&init.request, &init.nr, &init.keys.sk.sk_pi)
+    } else {
+        (&init.response, &init.ni, &init.keys.sk.sk_pr)
+    };
+    let octets = auth::signed_octets(
+        init.keys.prf(),
+        real,
+        peer_nonce,
+        sk_p.as_bytes(),
+        &id.auth_octets(),
+    );
+    let data = auth::psk_auth(init.keys.prf(), psk(c)?.as_bytes(), &octets);
+    Ok(Authentication {
+        method: AuthMethod::SHARED_KEY_MIC,
+        data: data.as_bytes().to_vec(),
+    })
+}
+
+/// Checks the peer's identity and AUTH payload.
+fn verify_peer(
+    c: &Common,
+    init: &InitDone,
+    id: Option<&Identification>,
+    auth_p: Option<&Authentication>,
+) -> Result<(), Reason> {
+    let (Some(id), Some(auth_p)) = (id, auth_p) else {
+        return Err(Reason::InvalidSyntax);
+    };
+    if !c.cfg.remote_id.matches(id) || auth_p.method != AuthMethod::SHARED_KEY_MIC {
+        return Err(Reason::AuthenticationFailed);
+    }
+    let (real, peer_nonce, sk_p) = if c.initiator {
+        (&init.response, &init.ni, &init.keys.sk.sk_pr)
+    } else {
+        (&init.request, &init.nr, &init.keys.sk.sk_pi)
+    };
+    let octets = auth::signed_octets(
+        init.keys.prf(),
+        real,
+        peer_nonce,
+        sk_p.as_bytes(),
+        &id.auth_octets(),
+    );
+    if auth::verify_psk_auth(init.keys.prf(), psk(c)?.as_bytes(), &octets, &auth_p.data) {
+        Ok(())
+    } else {
+        Err(Reason::AuthenticationFailed)
+    }
+}
+
+/// Initiator: sends IKE_AUTH right after IKE_SA_INIT completed.
+pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> State {
+    let result = (|| {
+        let idi = c.cfg.local_id.to_payload().ok_or(Reason::InternalError)?;
+        let auth_p = our_auth(c, &init, &idi)?;
+        let spi_in = ctx.esp_spi();
+        let mut payloads = vec![Payload::IdInitiator(idi)];
+        if c.initial_contact {
+            payloads.push(Payload::Notify(Notify::empty(NotifyType::INITIAL_CONTACT)));
+        }
+        if let Some(idr) = c.cfg.remote_id.to_payload() {
+            payloads.push(Payload::IdResponder(idr));
+        }
+        payloads.push(Payload::Auth(auth_p));
+        payloads.extend(child::request_payloads(c, spi_in, false));
+        c.send_request(
+            ctx,
+            &init.keys,
+            ExchangeType::IKE_AUTH,
+            &payloads,
+            Req::Auth,
+        )?;
+        Ok(spi_in)
+    })();
+    match result {
+        Ok(spi_in) => State::AuthSent(AuthSent { init, spi_in }),
+        Err(r) => {
+            c.win.abandon();
+            c.down(ctx, r);
+            State::Gone
+        }
+    }
+}
+
+fn up(c: &Common, ctx: &mut Ctx<'_>, e: &Established) {
+    ctx.events.push_back(Event::IkeSaUp {
+        peer: c.peer,
+        proposal: e.keys.choice,
+        spis: c.spis(),
+        nat: c.nat,
+        initiator: c.initiator,
+        local_addr: c.local,
+        remote_addr: c.remote,
+    });
+}
+
+impl AuthSent {
+    /// Handles the IKE_AUTH response.
+    pub fn on_response(self, c: &mut Common, ctx: &mut Ctx<'_>, payloads: &[Payload]) -> State {
+        let inner = Inner::of(payloads);
+        if inner.auth.is_none() {
+            let reason = notifies(payloads)
+                .find(|n| n.ty.is_error())
+                .map_or(Reason::InvalidSyntax, |n| Reason::from_notify(n.ty));
+            c.down(ctx, reason);
+            return State::Gone;
+        }
+        if let Err(r) = verify_peer(c, &self.init, inner.idr, inner.auth) {
+            // Tell the responder, once, without waiting for an answer (RFC 7296 §2.21.2).
+            let n = [Payload::Notify(Notify::empty(
+                NotifyType::AUTHENTICATION_FAILED,
+            ))];
+            let _ = c.send_request(
+                ctx,
+                &self.init.keys,
+                ExchangeType::INFORMATIONAL,
+                &n,
+                Req::Notify,
+            );
+            c.win.abandon();
+            c.down(ctx, r);
+            return State::Gone;
+        }
+        let mut est = Established::new(self.init.keys, self.init.peer_fragmentation);
+        up(c, ctx, &est);
+        match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
+            Ok((choice, spi_out, tsi, tsr)) => {
+                match child::install(
+                    c,
+                    ctx,
+                    &est.keys,
+                    choice,
+                    self.spi_in,
+                    spi_out,
+                    (&self.init.ni, &self.init.nr),
+                    None,
+                    tsi,
+                    tsr,
+                    None,
+                ) {
+                    Ok(ch) => est.children.push(ch),
+                    Err(r) => child_failed(c, ctx, r),
+                }
+            }
+            Err(r) => {
+                let reason = notifies(payloads)
+                    .find(|n| n.ty.is_error())
+                    .map_or(r, |n| Reason::from_notify(n.ty));
+                child_failed(c, ctx, reason);
+                if inner.sa.is_some() {
+                    // The responder installed something we cannot accept: delete it.
+                    est.queue.push_back(Req::DeleteChild(vec![self.spi_in]));
+                }
+            }
+        }
+        State::Established(est)
+    }
+}
+
+fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
+    ctx.events.push_back(Event::ChildSaFailed {
+        peer: c.peer,
+        reason,
+    });
+}
+
+impl InitReplied {
+    /// Responder: handles the IKE_AUTH request.
+    pub fn on_auth_request(
+        self,
+        c: &mut Common,
+        ctx: &mut Ctx<'_>,
+        id: u32,
+        payloads: &[Payload],
+    ) -> Result<State, Box<(Reason, Option<super::Keys>)>> {
+        let init = self.init;
+        let inner = Inner::of(payloads);
+        let check = verify_peer(c, &init, inner.idi, inner.auth).and_then(|()| {
+            match (inner.idr, c.cfg.local_id.to_payload()) {
+                (Some(want), Some(ours)) if !c.cfg.local_id.matches(want) && want != &ours => {
+                    Err(Reason::AuthenticationFailed)
+                }
+                _ => Ok(()),
+            }
+        });
+        if let Err(r) = check {
+            let ty = if r == Reason::InvalidSyntax {
+                NotifyType::INVALID_SYNTAX
+            } else {
+                NotifyType::AUTHENTICATION_FAILED
+            };
+            let n = [Payload::Notify(Notify::empty(ty))];
+            let _ = c.send_response(ctx, &init.keys, ExchangeType::IKE_AUTH, id, &n);
+            c.down(ctx, r);
+            return Err(Box::new((r, Some(init.keys))));
+        }
+        let Some(idr) = c.cfg.local_id.to_payload() else {
+            return Err(Box::new((Reason::InternalError, Some(init.keys))));
+        };
+        let auth_p = match our_auth(c, &init, &idr) {
+            Ok(a) => a,
+            Err(r) => return Err(Box::new((r, Some(init.keys)))),
+        };
+        let mut est = Established::new(init.keys, init.peer_fragmentation);
+        est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
+        let mut out = vec![Payload::IdResponder(idr), Payload::Auth(auth_p)];
+        let mut new_child: Option<Child> = None;
+        let mut failure = None;
+        if inner.sa.is_some() {
+            match child::respond(c, inner.sa, inner.tsi, inner.tsr, true) {
+                Ok(agreed) => {
+                    let spi_in = ctx.esp_spi();
+                    out.extend(child::answer_payloads(&agreed, spi_in));
+                    match child::install(
+                        c,
+                        ctx,
+                        &est.keys,
+                        agreed.choice,
+                        spi_in,
+                        agreed.spi_out,
+                        (&init.ni, &init.nr),
+                        None,
+                        agreed.tsr,
+                        agreed.tsi,
+                        None,
+                    ) {
+                        Ok(ch) => new_child = Some(ch),
+                        Err(r) => failure = Some(r),
+                    }
+                }
+                Err(ty) => {
+                    out.push(child::error_payload(ty));
+                    failure = Some(Reason::from_notify(ty));
+                }
+            }
+        }
+        // The install event was queued before IkeSaUp: put IkeSaUp first.
+        let pending: Vec<Event> = if new_child.is_some() {
+            ctx.events.pop_back().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(r) = c.send_response(ctx, &est.keys, ExchangeType::IKE_AUTH, id, &out) {
+            return Err(Box::new((r, Some(est.keys))));
+        }
+        up(c, ctx, &est);
+        ctx.events.extend(pending);
+        if let Some(r) = failure {
+            child_failed(c, ctx, r);
+        }
+        est.children.extend(new_child);
+        Ok(State::Established(est))
+    }
+}

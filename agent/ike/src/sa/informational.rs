@@ -1,0 +1,96 @@
+//! Requests and responses on an established IKE SA (RFC 7296 §1.4): DELETE of IKE and CHILD
+//! SAs, liveness checks, error notifications; CREATE_CHILD_SA is refused for now.
+
+use super::established::child_delete_event;
+use super::{Ctx, IkeSa, Req, State};
+use crate::codec::message::notifies;
+use crate::codec::{Delete, ExchangeType, Notify, NotifyType, Payload, ProtocolId};
+use crate::reason::Reason;
+
+/// Handles a new request from the peer on an established SA.
+pub(crate) fn on_request(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    exchange: ExchangeType,
+    id: u32,
+    payloads: &[Payload],
+) {
+    let State::Established(e) = &mut sa.state else {
+        return;
+    };
+    let c = &mut sa.c;
+    if exchange == ExchangeType::CREATE_CHILD_SA {
+        // Rekeying and additional CHILD SAs are not implemented yet.
+        let n = [Payload::Notify(Notify::empty(
+            NotifyType::NO_ADDITIONAL_SAS,
+        ))];
+        let _ = c.send_response(ctx, &e.keys, exchange, id, &n);
+        return;
+    }
+    if exchange != ExchangeType::INFORMATIONAL {
+        // An exchange that has no place here (e.g. a second IKE_AUTH).
+        let n = [Payload::Notify(Notify::empty(NotifyType::INVALID_SYNTAX))];
+        let _ = c.send_response(ctx, &e.keys, exchange, id, &n);
+        return;
+    }
+    let mut delete_ike = false;
+    let mut ours = Vec::new();
+    for p in payloads {
+        let Payload::Delete(d) = p else { continue };
+        if d.protocol == ProtocolId::IKE {
+            delete_ike = true;
+        } else if d.protocol == ProtocolId::ESP || d.protocol == ProtocolId::AH {
+            for spi in &d.spis {
+                let Ok(spi) = <[u8; 4]>::try_from(spi.as_slice()) else {
+                    continue;
+                };
+                if let Some(pos) = e.children.iter().position(|ch| ch.spi_out == spi) {
+                    let ch = e.children.remove(pos);
+                    ctx.events.push_back(child_delete_event(c, &ch));
+                    ours.push(ch.spi_in);
+                }
+            }
+        }
+    }
+    let auth_failed = notifies(payloads).any(|n| n.ty == NotifyType::AUTHENTICATION_FAILED);
+    if delete_ike || auth_failed {
+        let _ = c.send_response(ctx, &e.keys, exchange, id, &[]);
+        e.delete_all_children(c, ctx);
+        c.down(
+            ctx,
+            if delete_ike {
+                Reason::DeletedByPeer
+            } else {
+                Reason::AuthenticationFailed
+            },
+        );
+        c.win.abandon();
+        sa.close(ctx);
+        return;
+    }
+    let answer = if ours.is_empty() {
+        Vec::new()
+    } else {
+        vec![Payload::Delete(Delete::child(ProtocolId::ESP, &ours))]
+    };
+    let _ = c.send_response(ctx, &e.keys, exchange, id, &answer);
+}
+
+/// Handles the answer to one of our requests on an established SA.
+pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads: &[Payload]) {
+    let State::Established(e) = &mut sa.state else {
+        return;
+    };
+    match kind {
+        Req::DeleteIke => sa.state = State::Gone,
+        Req::Dpd | Req::DeleteChild(_) | Req::Notify | Req::Init | Req::Auth => {
+            if let Some(n) = notifies(payloads).find(|n| n.ty == NotifyType::AUTHENTICATION_FAILED)
+            {
+                let _ = n;
+                e.delete_all_children(&sa.c, ctx);
+                sa.c.down(ctx, Reason::AuthenticationFailed);
+                sa.close(ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! IKE SA state machines. Each protocol state is its own type and a transition consumes it
+//! (rustls style); [`IkeSa`] holds what every state shares (SPIs, addresses, message-ID window)
+//! and the current [`State`].
+//!
+//! - initiator: [`ike_init::InitSent`] → [`ike_auth::AuthSent`] → [`established::Established`]
+//! - responder: [`ike_init::InitReplied`] → [`established::Established`]
+//! - both: [`State::Closing`] (answering retransmissions of our last response, or waiting for
+//!   the peer's answer to our DELETE) until the SA is dropped.
+
+pub(crate) mod child;
+pub(crate) mod established;
+pub(crate) mod ike_auth;
+pub(crate) mod ike_init;
+pub(crate) mod informational;
+pub(crate) mod proposals;
+pub(crate) mod protect;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use core::net::SocketAddr;
+
+use crate::codec::{
+    ExchangeType, Flags, Header, Message, Notify, Payload, Spi, with_non_esp_marker,
+};
+use crate::config::{EndpointConfig, PeerConfig};
+use crate::crypto::alg::Prf;
+use crate::crypto::keys::IkeSaKeys;
+use crate::crypto::rng::Rng;
+use crate::crypto::sk::SkCipher;
+use crate::event::{Event, IkeSpis, NatState, PeerId, Transmit};
+use crate::proposal::IkeChoice;
+use crate::reason::Reason;
+use crate::window::Window;
+
+/// What one of our requests was for (the kind of the outstanding request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Req {
+    /// IKE_SA_INIT.
+    Init,
+    /// IKE_AUTH.
+    Auth,
+    /// Empty INFORMATIONAL (liveness check).
+    Dpd,
+    /// INFORMATIONAL with Delete(IKE).
+    DeleteIke,
+    /// INFORMATIONAL with Delete(ESP) for these inbound SPIs of ours.
+    DeleteChild(Vec<[u8; 4]>),
+    /// INFORMATIONAL carrying an error notification, e.g. AUTHENTICATION_FAILED.
+    Notify,
+}
+
+/// What the transitions need from the endpoint: the time, randomness, configuration, and the
+/// queues they append to.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    pub rng: &'a mut dyn Rng,
+    pub cfg: &'a EndpointConfig,
+    pub transmits: &'a mut VecDeque<Transmit>,
+    pub events: &'a mut VecDeque<Event>,
+    pub next_child: &'a mut u64,
+}
+
+impl Ctx<'_> {
+    /// Random bytes.
+    pub fn random<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.rng.fill(&mut b);
+        b
+    }
+
+    /// A random non-zero ESP SPI (values below 256 are reserved, RFC 4303 §2.1).
+    pub fn esp_spi(&mut self) -> [u8; 4] {
+        loop {
+            let s: [u8; 4] = self.random();
+            if u32::from_be_bytes(s) >= 256 {
+                return s;
+            }
+        }
+    }
+
+    /// A fresh nonce (32 bytes, at least half the PRF key size of every PRF we support).
+    pub fn nonce(&mut self) -> Vec<u8> {
+        self.random::<32>().to_vec()
+    }
+
+    /// A fresh CHILD SA id.
+    pub fn child_id(&mut self) -> crate::event::ChildSaId {
+        *self.next_child = self.next_child.wrapping_add(1);
+        crate::event::ChildSaId(*self.next_child)
+    }
+}
+
+/// Keys and ciphers of an IKE SA after IKE_SA_INIT.
+pub(crate) struct Keys {
+    pub choice: IkeChoice,
+    pub sk: IkeSaKeys,
+    /// Protects what we send.
+    pub out: SkCipher,
+    /// Opens what we receive.
+    pub inn: SkCipher,
+}
+
+impl core::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Keys")
+            .field("choice", &self.choice)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    pub fn prf(&self) -> Prf {
+        self.choice.prf
+    }
+}
+
+/// What every state shares.
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub peer: PeerId,
+    pub cfg: Arc<PeerConfig>,
+    pub initiator: bool,
+    pub spi_i: Spi,
+    pub spi_r: Spi,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub nat: NatState,
+    pub win: Window<Req>,
+    /// Last time an authenticated message (or, before IKE_AUTH, any valid one) arrived.
+    pub last_heard: Instant,
+    /// Send INITIAL_CONTACT in IKE_AUTH (no other IKE SA with this peer exists).
+    pub initial_contact: bool,
+}
+
+impl Common {
+    pub fn spis(&self) -> IkeSpis {
+        IkeSpis {
+            initiator: self.spi_i,
+            responder: self.spi_r,
+        }
+    }
+
+    /// Our own SPI (the one the peer's messages are routed by).
+    pub fn our_spi(&self) -> Spi {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    /// A header for a message of ours.
+    pub fn header(&self, exchange_type: ExchangeType, response: bool, message_id: u32) -> Header {
+        let mut flags = Flags(0);
+        if self.initiator {
+            flags = flags | Flags::INITIATOR;
+        }
+        if response {
+            flags = flags | Flags::RESPONSE;
+        }
+        Header {
+            initiator_spi: self.spi_i,
+            responder_spi: self.spi_r,
+            exchange_type,
+            flags,
+            message_id,
+        }
+    }
+
+    /// Queues IKE messages for the wire, adding the non-ESP marker on the NAT-T port.
+    pub fn transmit(&self, ctx: &mut Ctx<'_>, datagrams: &[Vec<u8>]) {
+        let natt = self.local.port() == ctx.cfg.natt_port;
+        for d in datagrams {
+            ctx.transmits.push_back(Transmit {
+                local: self.local,
+                remote: self.remote,
+                payload: if natt {
+                    with_non_esp_marker(d)
+                } else {
+                    d.clone()
+                },
+                non_esp_marker: natt,
+            });
+        }
+    }
+
+    /// Moves IKE to the NAT-T port (RFC 7296 §2.23) when NAT was detected or forced.
+    pub fn float_if_natted(&mut self, cfg: &EndpointConfig) {
+        if self.nat.encapsulate() && self.local.port() != cfg.natt_port {
+            self.local.set_port(cfg.natt_port);
+            self.remote.set_port(cfg.natt_port);
+        }
+    }
+
+    /// Encrypts and sends a request of ours and starts its retransmission timer.
+    pub fn send_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        keys: &Keys,
+        exchange: ExchangeType,
+        payloads: &[Payload],
+        kind: Req,
+    ) -> Result<(), Reason> {
+        let header = self.header(exchange, false, self.win.next_id());
+        let msg = protect::seal(&header, payloads, &keys.out, &mut *ctx.rng)
+            .map_err(|_| Reason::InternalError)?;
+        let datagrams = vec![msg];
+        self.transmit(ctx, &datagrams);
+        self.win.sent(ctx.now, &ctx.cfg.retransmit, datagrams, kind);
+        Ok(())
+    }
+
+    /// Encrypts and sends our response to request `id`, caching it for retransmissions.
+    pub fn send_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        keys: &Keys,
+        exchange: ExchangeType,
+        id: u32,
+        payloads: &[Payload],
+    ) -> Result<(), Reason> {
+        let header = self.header(exchange, true, id);
+        let msg = protect::seal(&header, payloads, &keys.out, &mut *ctx.rng)
+            .map_err(|_| Reason::InternalError)?;
+        let datagrams = vec![msg];
+        self.transmit(ctx, &datagrams);
+        self.win.responded(id, datagrams);
+        Ok(())
+    }
+
+    /// Sends an unprotected message (IKE_SA_INIT and its error answers).
+    pub fn send_plain(&self, ctx: &mut Ctx<'_>, msg: &Message) -> Option<Vec<u8>> {
+        let bytes = msg.encode().ok()?;
+        self.transmit(ctx, core::slice::from_ref(&bytes));
+        Some(bytes)
+    }
+
+    pub fn down(&self, ctx: &mut Ctx<'_>, reason: Reason) {
+        ctx.events.push_back(Event::IkeSaDown {
+            peer: self.peer,
+            spis: self.spis(),
+            reason,
+        });
+    }
+}
+
+/// The protocol state of an IKE SA. (Variants differ in size; there is one per IKE SA, so
+/// boxing would only add allocations.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum State {
+    InitSent(ike_init::InitSent),
+    InitReplied(ike_init::InitReplied),
+    AuthSent(ike_auth::AuthSent),
+    Established(established::Established),
+    /// Going away: answers retransmissions from the cache (and, when we sent a DELETE, waits
+    /// for its answer) until `until`; then it is dropped.
+    Closing {
+        keys: Option<Keys>,
+        until: Instant,
+    },
+    /// Transient placeholder while a transition runs; never observed outside one.
+    Gone,
+}
+
+/// One IKE SA.
+#[derive(Debug)]
+pub(crate) struct IkeSa {
+    pub c: Common,
+    pub state: State,
+}
+
+impl IkeSa {
+    /// Whether the SA is done and can be dropped.
+    pub fn finished(&self, now: Instant) -> bool {
+        match &self.state {
+            State::Gone => true,
+            State::Closing { until, .. } => now >= *until && !self.c.win.busy(),
+            _ => false,
+        }
+    }
+
+    /// Whether it is a responder's half-open SA.
+    pub fn half_open(&self) -> bool {
+        matches!(self.state, State::InitReplied(_))
+    }
+
+    pub fn established(&self) -> Option<&established::Established> {
+        match &self.state {
+            State::Established(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The earliest time this SA wants [`IkeSa::on_timeout`].
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let state = match &self.state {
+            State::InitReplied(s) => Some(s.expires),
+            State::Established(e) => e.next_timeout(&self.c),
+            State::Closing { until, .. } => Some(*until),
+            _ => None,
+        };
+        match (self.c.win.deadline(), state) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves the SA to closing, keeping its keys to answer retransmitted requests.
+    pub fn close(&mut self, ctx: &Ctx<'_>) {
+        let keys = match core::mem::replace(&mut self.state, State::Gone) {
+            State::InitReplied(s) => Some(s.init.keys),
+            State::AuthSent(s) => Some(s.init.keys),
+            State::Established(e) => Some(e.keys),
+            State::Closing { keys, .. } => keys,
+            State::InitSent(_) | State::Gone => None,
+        };
+        let linger = crate::timers::retransmit_wait(&ctx.cfg.retransmit, 0);
+        self.state = State::Closing {
+            keys,
+            until: ctx.now + linger,
+        };
+    }
+
+    /// Retransmission and state timers.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        use crate::window::Timeout;
+        match self.c.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
+            Timeout::Nothing => {}
+            Timeout::Resend => {
+                if let Some(o) = self.c.win.outstanding() {
+                    let d = o.datagrams.clone();
+                    self.c.transmit(ctx, &d);
+                }
+            }
+            Timeout::GiveUp => {
+                let kind = self.c.win.abandon().map(|o| o.kind);
+                match &mut self.state {
+                    State::Closing { .. } => {}
+                    State::Established(e) => {
+                        e.delete_all_children(&self.c, ctx);
+                        self.c.down(ctx, Reason::PeerUnreachable);
+                        self.state = State::Gone;
+                    }
+                    _ => {
+                        if kind.is_some() {
+                            self.c.down(ctx, Reason::PeerUnreachable);
+                        }
+                        self.state = State::Gone;
+                    }
+                }
+                return;
+            }
+        }
+        match &mut self.state {
+            State::InitReplied(s) if ctx.now >= s.expires => {
+                // Never authenticated: nothing was reported up, nothing to report down.
+                self.state = State::Gone;
+            }
+            State::Established(_) => established::on_timeout(self, ctx),
+            _ => {}
+        }
+    }
+}
+
+/// An unprotected error answer to an IKE_SA_INIT request (no state kept): the request's SPIs
+/// with a zero responder SPI, as RFC 7296 §2.6 / §1.2 want for COOKIE and INVALID_KE_PAYLOAD.
+pub(crate) fn init_error_response(request: &Header, notify: Notify) -> Message {
+    Message {
+        header: Header {
+            initiator_spi: request.initiator_spi,
+            responder_spi: Spi::ZERO,
+            exchange_type: ExchangeType::IKE_SA_INIT,
+            flags: Flags::RESPONSE,
+            message_id: 0,
+        },
+        payloads: vec![Payload::Notify(notify)],
+    }
+}

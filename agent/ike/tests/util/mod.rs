@@ -1,0 +1,311 @@
+//! Test harness (after quinn-proto's tests/util.rs): two endpoints, a simulated clock and a fake
+//! network that can drop, duplicate, delay and NAT datagrams.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use strait_ike::codec::TsRange;
+use strait_ike::crypto::keys::SecretBytes;
+use strait_ike::crypto::rng::DeterministicRng;
+use strait_ike::proposal::{parse_esp_list, parse_ike_list};
+use strait_ike::{
+    AuthConfig, Endpoint, EndpointConfig, Event, Identity, Lifetime, PeerConfig, PeerId, Role,
+    Transmit,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Deliver,
+    Drop,
+    Duplicate,
+    /// Deliver after everything else currently in flight (reordering).
+    Delay,
+}
+
+/// One datagram as it travelled.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub from: Side,
+    pub at: Instant,
+    pub t: Transmit,
+    pub fate: Fate,
+}
+
+pub type Filter = Box<dyn FnMut(Side, &Transmit, usize) -> Fate>;
+
+pub struct Pair {
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub a_peer: PeerId,
+    pub b_peer: PeerId,
+    pub t0: Instant,
+    pub now: Instant,
+    pub ev_a: Vec<(Instant, Event)>,
+    pub ev_b: Vec<(Instant, Event)>,
+    pub log: Vec<Sent>,
+    pub filter: Filter,
+    /// A sits behind a NAT whose public address is this IP (ports + 1000).
+    pub nat_a: Option<IpAddr>,
+    sent_count: usize,
+}
+
+pub const A_IP: &str = "192.0.2.1";
+pub const B_IP: &str = "198.51.100.2";
+
+pub fn net(s: &str) -> TsRange {
+    let (a, p) = s.split_once('/').unwrap();
+    TsRange::subnet(a.parse().unwrap(), p.parse().unwrap()).unwrap()
+}
+
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A's side of the tunnel (initiator by default); B's is [`mirror`].
+pub fn config_a() -> PeerConfig {
+    PeerConfig {
+        local_addr: addr(A_IP, 500),
+        remote_addr: addr(B_IP, 500),
+        local_id: Identity::Fqdn("a.example.com".into()),
+        remote_id: Identity::Fqdn("b.example.com".into()),
+        auth: AuthConfig::Psk(SecretBytes::from_slice(b"correct horse battery staple")),
+        ike_proposals: parse_ike_list(&["aes256gcm16-prfsha384-x25519"]).unwrap(),
+        esp_proposals: parse_esp_list(&["aes256gcm16-x25519"]).unwrap(),
+        ike_lifetime: Lifetime::from_rekey(Duration::from_secs(24 * 3600)),
+        child_lifetime: Lifetime::from_rekey(Duration::from_secs(3600)),
+        dpd: None,
+        local_ts: vec![net("10.1.0.0/16")],
+        remote_ts: vec![net("10.2.0.0/16")],
+        role: Role::Start,
+        force_encapsulation: false,
+    }
+}
+
+/// The same tunnel seen from B.
+pub fn mirror(a: &PeerConfig) -> PeerConfig {
+    PeerConfig {
+        local_addr: a.remote_addr,
+        remote_addr: a.local_addr,
+        local_id: a.remote_id.clone(),
+        remote_id: a.local_id.clone(),
+        local_ts: a.remote_ts.clone(),
+        remote_ts: a.local_ts.clone(),
+        role: Role::Respond,
+        ..a.clone()
+    }
+}
+
+impl Pair {
+    pub fn new(a_cfg: PeerConfig, b_cfg: PeerConfig) -> Self {
+        Self::with_endpoint_config(
+            a_cfg,
+            b_cfg,
+            EndpointConfig::default(),
+            EndpointConfig::default(),
+        )
+    }
+
+    pub fn with_endpoint_config(
+        a_cfg: PeerConfig,
+        b_cfg: PeerConfig,
+        ea: EndpointConfig,
+        eb: EndpointConfig,
+    ) -> Self {
+        let mut a = Endpoint::new(ea, Box::new(DeterministicRng::new(1)));
+        let mut b = Endpoint::new(eb, Box::new(DeterministicRng::new(2)));
+        let a_peer = a.add_peer(a_cfg).unwrap();
+        let b_peer = b.add_peer(b_cfg).unwrap();
+        let t0 = Instant::now();
+        Self {
+            a,
+            b,
+            a_peer,
+            b_peer,
+            t0,
+            now: t0,
+            ev_a: Vec::new(),
+            ev_b: Vec::new(),
+            log: Vec::new(),
+            filter: Box::new(|_, _, _| Fate::Deliver),
+            nat_a: None,
+            sent_count: 0,
+        }
+    }
+
+    pub fn secs(&self) -> f64 {
+        (self.now - self.t0).as_secs_f64()
+    }
+
+    pub fn initiate(&mut self) {
+        self.a.initiate(self.now, self.a_peer);
+    }
+
+    fn collect(&mut self) {
+        while let Some(e) = self.a.poll_event() {
+            self.ev_a.push((self.now, e));
+        }
+        while let Some(e) = self.b.poll_event() {
+            self.ev_b.push((self.now, e));
+        }
+    }
+
+    /// Delivers everything in flight (and what it triggers) at the current time.
+    pub fn settle(&mut self) {
+        let mut delayed: VecDeque<(Side, Transmit)> = VecDeque::new();
+        for _ in 0..10_000 {
+            let mut batch: Vec<(Side, Transmit)> = Vec::new();
+            while let Some(t) = self.a.poll_transmit() {
+                batch.push((Side::A, t));
+            }
+            while let Some(t) = self.b.poll_transmit() {
+                batch.push((Side::B, t));
+            }
+            self.collect();
+            if batch.is_empty() {
+                match delayed.pop_front() {
+                    Some((from, t)) => self.deliver(from, &t),
+                    None => return,
+                }
+                continue;
+            }
+            for (from, t) in batch {
+                self.sent_count += 1;
+                let fate = (self.filter)(from, &t, self.sent_count);
+                self.log.push(Sent {
+                    from,
+                    at: self.now,
+                    t: t.clone(),
+                    fate,
+                });
+                match fate {
+                    Fate::Deliver => self.deliver(from, &t),
+                    Fate::Drop => {}
+                    Fate::Duplicate => {
+                        self.deliver(from, &t);
+                        self.deliver(from, &t);
+                    }
+                    Fate::Delay => delayed.push_back((from, t)),
+                }
+            }
+        }
+        panic!("network never settled");
+    }
+
+    fn deliver(&mut self, from: Side, t: &Transmit) {
+        let now = self.now;
+        match from {
+            Side::A => {
+                let mut src = t.local;
+                if let Some(public) = self.nat_a {
+                    src = SocketAddr::new(public, t.local.port() + 1000);
+                }
+                self.b.handle(now, t.remote, src, &t.payload);
+            }
+            Side::B => {
+                let mut dst = t.remote;
+                if let Some(public) = self.nat_a {
+                    if dst.ip() != public {
+                        return;
+                    }
+                    dst = SocketAddr::new(A_IP.parse().unwrap(), dst.port() - 1000);
+                }
+                self.a.handle(now, dst, t.local, &t.payload);
+            }
+        }
+        self.collect();
+    }
+
+    /// Runs the simulation (settling the network, then jumping to the next timer) until
+    /// `limit` simulated time has passed.
+    pub fn run_for(&mut self, limit: Duration) {
+        let end = self.now + limit;
+        loop {
+            self.settle();
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                }
+                _ => {
+                    self.now = end;
+                    self.settle();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn installs(ev: &[(Instant, Event)]) -> Vec<strait_ike::ChildSaInstall> {
+        ev.iter()
+            .filter_map(|(_, e)| match e {
+                Event::ChildSaInstall(i) => Some((**i).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn downs(ev: &[(Instant, Event)]) -> Vec<(Instant, strait_ike::Reason)> {
+        ev.iter()
+            .filter_map(|(t, e)| match e {
+                Event::IkeSaDown { reason, .. } => Some((*t, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn ups(ev: &[(Instant, Event)]) -> usize {
+        ev.iter()
+            .filter(|(_, e)| matches!(e, Event::IkeSaUp { .. }))
+            .count()
+    }
+
+    pub fn child_failures(ev: &[(Instant, Event)]) -> Vec<strait_ike::Reason> {
+        ev.iter()
+            .filter_map(|(_, e)| match e {
+                Event::ChildSaFailed { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn child_deletes(ev: &[(Instant, Event)]) -> usize {
+        ev.iter()
+            .filter(|(_, e)| matches!(e, Event::ChildSaDelete { .. }))
+            .count()
+    }
+
+    /// Asserts one CHILD SA on each side and that they mirror each other.
+    pub fn assert_children_match(
+        &self,
+    ) -> (strait_ike::ChildSaInstall, strait_ike::ChildSaInstall) {
+        let ia = Self::installs(&self.ev_a);
+        let ib = Self::installs(&self.ev_b);
+        assert_eq!(ia.len(), 1, "A installs: {ia:?}");
+        assert_eq!(ib.len(), 1, "B installs: {ib:?}");
+        let (x, y) = (ia[0].clone(), ib[0].clone());
+        assert_eq!(x.spi_in, y.spi_out);
+        assert_eq!(x.spi_out, y.spi_in);
+        assert_ne!(x.spi_in, x.spi_out);
+        assert_eq!(x.keys.encr_in.as_bytes(), y.keys.encr_out.as_bytes());
+        assert_eq!(x.keys.encr_out.as_bytes(), y.keys.encr_in.as_bytes());
+        assert_eq!(x.keys.integ_in.as_bytes(), y.keys.integ_out.as_bytes());
+        assert_ne!(x.keys.encr_in.as_bytes(), x.keys.encr_out.as_bytes());
+        assert_eq!((x.encr, x.integ, x.esn), (y.encr, y.integ, y.esn));
+        assert_eq!(x.local_ts, y.remote_ts);
+        assert_eq!(x.remote_ts, y.local_ts);
+        (x, y)
+    }
+}
