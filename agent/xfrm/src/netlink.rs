@@ -239,15 +239,18 @@ impl Conn {
         kind: Kind,
         alg: Option<&str>,
     ) -> Result<Replies> {
-        let mut guard = self.inner.lock().await;
-        let Inner { sock, seq, buf } = &mut *guard;
-        *seq = seq.wrapping_add(1).max(1);
-        let seq = *seq;
         let flags = match kind {
             Kind::Ack => NLM_F_REQUEST | NLM_F_ACK,
             Kind::Dump => NLM_F_REQUEST | NLM_F_DUMP,
         };
-        let out = encode(msg, flags, seq);
+        // Encode (and scrub the message's keys) before waiting for the lock, so a future
+        // dropped while it waits leaves no unwiped copy behind.
+        let mut out = encode(msg, flags, 0);
+        let mut guard = self.inner.lock().await;
+        let Inner { sock, seq, buf } = &mut *guard;
+        *seq = seq.wrapping_add(1).max(1);
+        let seq = *seq;
+        NetlinkBuffer::new(&mut out[..]).set_sequence_number(seq);
         sock.send_to(&out, &SocketAddr::new(0, 0))
             .await
             .map_err(|e| Error::io(op, e))?;
