@@ -3,6 +3,7 @@
 //! with cleanup that runs even when a test fails.
 
 pub mod cmd;
+pub mod controlplane;
 pub mod netns;
 pub mod strongswan;
 pub mod vm;

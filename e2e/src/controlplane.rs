@@ -1,0 +1,646 @@
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver as child processes on
+//! loopback, the envtest model. The API server is the real one (CRD validation, CEL, status
+//! subresource, server-side apply, `kubectl wait`); controllers and "nodes" are our own processes.
+//!
+//! The binaries come from `e2e/setup/controlplane.sh`, which builds them from pinned Go module
+//! versions into `${STRAIT_CACHE:-/var/cache/strait}/bin`.
+//!
+//! Lifetime: every process this module starts runs in one process group, led by a small watchdog
+//! shell. Dropping [`ControlPlane`] (also while a test panics) terminates the whole group and removes
+//! the temporary directory. If the test process dies without unwinding (SIGKILL, abort), the
+//! watchdog notices within a second and kills the group, so nothing outlives the test.
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// How long etcd may take to answer `/health`.
+const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long kube-apiserver may take to answer `/readyz` (slow on a busy 2-core machine).
+const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the processes get to exit after SIGTERM before they get SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often a start is retried when a port picked as free was taken in the meantime.
+const START_ATTEMPTS: usize = 3;
+
+/// The directory holding the control-plane binaries: `${STRAIT_CACHE:-/var/cache/strait}/bin`.
+pub fn bin_dir() -> PathBuf {
+    let cache = std::env::var_os("STRAIT_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/var/cache/strait"), PathBuf::from);
+    cache.join("bin")
+}
+
+/// Paths of the installed control-plane binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `kube-apiserver`
+    pub kube_apiserver: PathBuf,
+    /// `etcd`
+    pub etcd: PathBuf,
+    /// `kubectl`, the same version as the API server
+    pub kubectl: PathBuf,
+    /// `helm`
+    pub helm: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the binaries in [`bin_dir`]. Fails, naming every missing one and the script that
+    /// installs them, when any is absent: tests that need the control plane must fail, not skip.
+    pub fn find() -> Result<Self> {
+        let dir = bin_dir();
+        let path = |name: &str| dir.join(name);
+        let bins = Self {
+            kube_apiserver: path("kube-apiserver"),
+            etcd: path("etcd"),
+            kubectl: path("kubectl"),
+            helm: path("helm"),
+        };
+        let missing: Vec<String> = [&bins.kube_apiserver, &bins.etcd, &bins.kubectl, &bins.helm]
+            .into_iter()
+            .filter(|p| !is_executable(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "control-plane binaries missing: {}. Run `e2e/setup/controlplane.sh` (as root, or with \
+                 STRAIT_CACHE pointing at a writable directory) to build and install them",
+                missing.join(", ")
+            );
+        }
+        Ok(bins)
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A running etcd + kube-apiserver pair on loopback, with an admin kubeconfig.
+///
+/// Stopped (process group killed, temp dir removed) on drop.
+#[derive(Debug)]
+pub struct ControlPlane {
+    // Field order matters for drop: `group` stops the processes before `dir` is deleted.
+    group: ProcessGroup,
+    dir: TempDir,
+    bins: Binaries,
+    server_url: String,
+    kubeconfig: PathBuf,
+    etcd_url: String,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits until `/readyz` is ok.
+    pub fn start() -> Result<Self> {
+        let bins = Binaries::find()?;
+        let mut last_err = None;
+        for attempt in 1..=START_ATTEMPTS {
+            match Self::start_once(&bins) {
+                Ok(cp) => return Ok(cp),
+                Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!("control plane: a port was taken meanwhile, retrying: {e:#}");
+                    last_err = Some(e);
+                }
+                Err(StartError::PortTaken(e) | StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("control plane did not start")))
+    }
+
+    fn start_once(bins: &Binaries) -> Result<Self, StartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("strait-controlplane-")
+            .tempdir()
+            .context("creating the control-plane temp dir")?;
+        let root = dir.path();
+        let mut group = ProcessGroup::new(root)?;
+
+        // ---- etcd ----
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        let mut etcd = Command::new(&bins.etcd);
+        etcd.arg("--name=strait-test")
+            .arg(format!("--data-dir={}", root.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=strait-test={peer_url}"))
+            // Test data is disposable; fsync on a shared disk only makes tests slow.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        group.spawn("etcd", etcd)?;
+        wait_for_etcd(&mut group, etcd_client)?;
+
+        // ---- credentials ----
+        let token = random_hex(24)?;
+        let token_file = root.join("tokens.csv");
+        fs::write(
+            &token_file,
+            format!("{token},strait-admin,strait-admin-uid,\"system:masters\"\n"),
+        )
+        .context("writing the token file")?;
+        let sa_key = root.join("sa.key");
+        let sa_pub = root.join("sa.pub");
+        run_quiet(
+            Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
+                .arg(&sa_key),
+            "generating the service-account signing key with openssl",
+        )?;
+        run_quiet(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&sa_key)
+                .arg("-out")
+                .arg(&sa_pub),
+            "extracting the service-account public key with openssl",
+        )?;
+
+        // ---- kube-apiserver ----
+        let port = free_port()?;
+        let cert_dir = root.join("apiserver-certs");
+        let server_url = format!("https://127.0.0.1:{port}");
+        let mut apiserver = Command::new(&bins.kube_apiserver);
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            // No kubelet or Service network here; a loopback advertise address is only valid
+            // without the `kubernetes` Service endpoint reconciler.
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--secure-port={port}"))
+            // No --tls-cert-file: the server writes a self-signed CA and serving cert here.
+            .arg(format!("--cert-dir={}", cert_dir.display()))
+            .arg(format!("--token-auth-file={}", token_file.display()))
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", sa_pub.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .arg("--allow-privileged=true")
+            .arg("--v=1");
+        group.spawn("kube-apiserver", apiserver)?;
+
+        // The serving certificate file holds the leaf and its self-signed CA.
+        let ca_file = cert_dir.join("apiserver.crt");
+        let kubeconfig = root.join("kubeconfig");
+        let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
+        while !ca_file.exists() {
+            group.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(group
+                    .failure(format!(
+                        "kube-apiserver did not write {} within {APISERVER_READY_TIMEOUT:?}",
+                        ca_file.display()
+                    ))
+                    .into());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        fs::write(&kubeconfig, kubeconfig_yaml(&server_url, &ca_file, &token))
+            .context("writing the kubeconfig")?;
+
+        let mut cp = Self {
+            group,
+            dir,
+            bins: bins.clone(),
+            server_url,
+            kubeconfig,
+            etcd_url,
+        };
+        cp.wait_ready(deadline)?;
+        Ok(cp)
+    }
+
+    fn wait_ready(&mut self, deadline: Instant) -> Result<(), StartError> {
+        loop {
+            self.group.check_alive()?;
+            let out = self
+                .kubectl_command(["get", "--raw", "/readyz", "--request-timeout=5s"])
+                .output()
+                .context("running kubectl")?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self
+                    .group
+                    .failure(format!(
+                        "kube-apiserver /readyz not ok within {APISERVER_READY_TIMEOUT:?}; last answer: {}{}",
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                    .into());
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The API server's URL, `https://127.0.0.1:PORT`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// etcd's client URL, `http://127.0.0.1:PORT`.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// A kubeconfig for an admin user (group `system:masters`) that verifies the server's
+    /// self-signed certificate.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The binaries this control plane runs with (use `kubectl`/`helm` from here).
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// A scratch directory that lives as long as the control plane.
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `kubectl` command preset with this control plane's kubeconfig.
+    pub fn kubectl_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(&self.bins.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `kubectl ARGS`; returns its stdout, or an error with its stderr if it failed.
+    pub fn kubectl<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_checked(self.kubectl_command(args), None)
+    }
+
+    /// Runs `kubectl ARGS` with `stdin` as its input (e.g. `apply -f -`).
+    pub fn kubectl_stdin<I, S>(&self, args: I, stdin: &str) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_checked(self.kubectl_command(args), Some(stdin))
+    }
+
+    /// Runs `kubectl ARGS` and returns its full output whatever the exit status, for tests that
+    /// expect a failure.
+    pub fn kubectl_output<I, S>(&self, args: I, stdin: Option<&str>) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_output(self.kubectl_command(args), stdin)
+    }
+
+    /// A `helm` command preset with this control plane's kubeconfig and helm's own config, cache
+    /// and data directories inside the control plane's temp dir (nothing is written to `$HOME`).
+    pub fn helm_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let helm_home = self.dir.path().join("helm");
+        let mut cmd = Command::new(&self.bins.helm);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CONFIG_HOME", helm_home.join("config"))
+            .env("HELM_CACHE_HOME", helm_home.join("cache"))
+            .env("HELM_DATA_HOME", helm_home.join("data"))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `helm ARGS`; returns its stdout, or an error with its stderr if it failed.
+    pub fn helm<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_checked(self.helm_command(args), None)
+    }
+
+    /// Process ids of everything this control plane runs (watchdog, etcd, kube-apiserver).
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.group.watchdog.id())
+            .chain(self.group.children.iter().map(|(_, c, _)| c.id()))
+            .collect()
+    }
+
+    /// The last `lines` lines of each process's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.group.log_tail(lines)
+    }
+}
+
+/// Why one start attempt failed.
+enum StartError {
+    /// A port picked as free was bound by someone else before our process got it: retry.
+    PortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        let text = format!("{e:#}");
+        if text.contains("address already in use") {
+            Self::PortTaken(e)
+        } else {
+            Self::Other(e)
+        }
+    }
+}
+
+/// Processes in one process group, led by a watchdog shell that kills the group if the test
+/// process goes away without running our `Drop`.
+#[derive(Debug)]
+struct ProcessGroup {
+    pgid: Pid,
+    watchdog: Child,
+    children: Vec<(String, Child, PathBuf)>,
+    log_dir: PathBuf,
+}
+
+impl ProcessGroup {
+    fn new(log_dir: &Path) -> Result<Self> {
+        let me = std::process::id();
+        // `kill -0` polls our own pid; once it is gone, kill the whole group (ourselves included).
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -KILL 0 2>/dev/null; exit 0"
+        );
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("spawning the watchdog shell")?;
+        let pgid = i32::try_from(watchdog.id())
+            .map(Pid::from_raw)
+            .context("watchdog pid out of range")?;
+        Ok(Self {
+            pgid,
+            watchdog,
+            children: Vec::new(),
+            log_dir: log_dir.to_path_buf(),
+        })
+    }
+
+    fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<()> {
+        let log_path = self.log_dir.join(format!("{name}.log"));
+        let log = fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log2 = log.try_clone().context("cloning a log file handle")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(self.pgid.as_raw())
+            .spawn()
+            .with_context(|| format!("spawning {name} ({:?})", cmd.get_program()))?;
+        self.children.push((name.to_owned(), child, log_path));
+        Ok(())
+    }
+
+    /// Fails with the process's log when one of the processes has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        let mut dead = None;
+        for (name, child, _) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                dead = Some(format!("{name} exited early ({status})"));
+                break;
+            }
+        }
+        match dead {
+            Some(msg) => Err(self.failure(msg)),
+            None => Ok(()),
+        }
+    }
+
+    fn failure(&self, msg: String) -> anyhow::Error {
+        anyhow!("{msg}\n{}", self.log_tail(25))
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (name, _, path) in &self.children {
+            let text = fs::read_to_string(path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all.get(all.len().saturating_sub(lines)..).unwrap_or(&[]);
+            let _ = writeln!(out, "--- last {} lines of {name} log ---", tail.len());
+            for line in tail {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+
+    fn all_exited(&mut self) -> bool {
+        self.children
+            .iter_mut()
+            .all(|(_, c, _)| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "control plane stopped while panicking; process logs:\n{}",
+                self.log_tail(40)
+            );
+        }
+        // Ask politely (etcd and the API server shut down cleanly on SIGTERM), then insist.
+        let _ = killpg(self.pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.all_exited() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        for (_, child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("binding 127.0.0.1:0 to find a port")?;
+    Ok(listener
+        .local_addr()
+        .context("reading the bound port")?
+        .port())
+}
+
+fn wait_for_etcd(group: &mut ProcessGroup, port: u16) -> Result<(), StartError> {
+    let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+    loop {
+        group.check_alive()?;
+        if etcd_healthy(port) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(group
+                .failure(format!(
+                    "etcd on 127.0.0.1:{port} not healthy within {ETCD_READY_TIMEOUT:?}"
+                ))
+                .into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /health` on etcd's plain-HTTP client port.
+fn etcd_healthy(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.take(64 * 1024).read_to_string(&mut response);
+    response.starts_with("HTTP/1.") && response.contains("\"health\":\"true\"")
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+fn kubeconfig_yaml(server: &str, ca_file: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: strait-test
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: strait-admin
+  user:
+    token: {token}
+contexts:
+- name: strait-test
+  context:
+    cluster: strait-test
+    user: strait-admin
+current-context: strait-test
+",
+        ca = ca_file.display()
+    )
+}
+
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: could not run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn run_output(mut cmd: Command, stdin: Option<&str>) -> Result<Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not run {program}"))?;
+    if let Some(input) = stdin {
+        let mut pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin pipe for {program}"))?;
+        pipe.write_all(input.as_bytes())
+            .with_context(|| format!("writing stdin of {program}"))?;
+    }
+    child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {program}"))
+}
+
+fn run_checked(cmd: Command, stdin: Option<&str>) -> Result<String> {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = run_output(cmd, stdin)?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).context("command output is not UTF-8")
+}
