@@ -401,15 +401,19 @@ struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    fn new(log_dir: &Path) -> Result<Self> {
+    fn new(root: &Path) -> Result<Self> {
         let me = std::process::id();
-        // `kill -0` polls our own pid; once it is gone, kill the whole group (ourselves included).
+        // Polls our pid with `kill -0`; once we are gone (killed without unwinding, so no Drop),
+        // kills every other member of its group and removes the temp dir ($1).
         let script = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -KILL 0 2>/dev/null; exit 0"
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+             kill -KILL $(pgrep -g $$ | grep -vx $$) 2>/dev/null; sleep 1; rm -rf -- \"$1\""
         );
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(script)
+            .arg("strait-controlplane-watchdog")
+            .arg(root)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -423,7 +427,7 @@ impl ProcessGroup {
             pgid,
             watchdog,
             children: Vec::new(),
-            log_dir: log_dir.to_path_buf(),
+            log_dir: root.to_path_buf(),
         })
     }
 
