@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, every tier, against real parts. Installs what it needs first.
 #   sudo e2e/test.sh                 all tiers
-#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e fuzz
+#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e vm fuzz
 # Prints one closing line "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root "e2e/test.sh"
 cd "$REPO"
 
-tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e fuzz)
+tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz)
 LOGS=${STRAIT_LOGS:-$(mktemp -d /tmp/strait-test.XXXXXX)}
 mkdir -p "$LOGS"
 passed=0 failed=0 ignored=0 failures=()
@@ -58,10 +58,13 @@ for t in "${tiers[@]}"; do
     e2e)
       # Tests that create namespaces, charons, API servers and VMs run one at a time.
       step e2e cargo test -p strait-e2e --locked --no-fail-fast -- --test-threads=1 ;;
+    vm)
+      # Tests that need a kernel with ESP, all in one boot of the Debian kernel under qemu.
+      step vm e2e/vm/tier.sh ;;
     fuzz)
       if [ -x fuzz/run.sh ]; then step fuzz fuzz/run.sh --short; else
         say "fuzz: no fuzz targets in this tree yet (fuzz/run.sh)"; fi ;;
-    *) die "unknown tier '$t' (lint unit e2e fuzz)" ;;
+    *) die "unknown tier '$t' (lint unit e2e vm fuzz)" ;;
   esac
 done
 

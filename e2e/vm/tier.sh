@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The kernel data-plane tier: builds every test binary that needs a kernel with ESP and runs them
+# all in ONE boot of the VM (a boot costs ~30 s under TCG). Binaries are staged in a directory
+# the guest can see, because the guest mounts its own tmpfs over /tmp and /var/cache, where a
+# CARGO_TARGET_DIR may live.
+#   e2e/vm/tier.sh          exit status: non-zero if any binary failed or the VM did not run
+set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
+need_root "e2e/vm/tier.sh"
+cd "$REPO"
+
+# package:feature:test-target triples whose tests run only in the VM.
+SUITES=("strait-xfrm:kernel-esp-tests:kernel_esp")
+LOCKED=${STRAIT_CARGO_LOCKED---locked}
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/strait-vmtier.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+bins=()
+for s in "${SUITES[@]}"; do
+  IFS=: read -r pkg feat target <<<"$s"
+  say "vm tier: building $pkg --test $target --features $feat"
+  exe=$(cargo test -p "$pkg" --features "$feat" --test "$target" $LOCKED --no-run --message-format=json \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$target")
+  [ -n "$exe" ] || die "vm tier: cargo built no binary for $pkg --test $target"
+  cp "$exe" "$stage/$target"; bins+=("$stage/$target")
+done
+[ ${#bins[@]} -gt 0 ] || die "vm tier: no VM test binaries were built"
+
+# The guest runs each binary serially and reports each one's status; the host exits non-zero if
+# any failed.
+cat > "$stage/run-all.sh" <<'GUEST'
+#!/bin/bash
+rc=0
+for b in "$@"; do
+  echo "===== vm tier: $(basename "$b")"
+  "$b" --test-threads=1 || rc=1
+done
+exit $rc
+GUEST
+chmod +x "$stage/run-all.sh"
+say "vm tier: ${#bins[@]} binaries, one VM boot"
+e2e/vm/run.sh --rwdir "$stage" -- "$stage/run-all.sh" "${bins[@]}"
