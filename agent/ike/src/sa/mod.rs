@@ -299,7 +299,8 @@ impl IkeSa {
         let state = match &self.state {
             State::InitReplied(s) => Some(s.expires),
             State::Established(e) => e.next_timeout(&self.c),
-            State::Closing { until, .. } => Some(*until),
+            // While a request is in flight only its timer matters.
+            State::Closing { until, .. } if !self.c.win.busy() => Some(*until),
             _ => None,
         };
         match (self.c.win.deadline(), state) {

@@ -1,0 +1,243 @@
+//! INVALID_KE_PAYLOAD and COOKIE retries, DELETE both ways, DPD.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+mod util;
+
+use std::time::Duration;
+
+use strait_ike::crypto::alg::KeGroup;
+use strait_ike::proposal::parse_ike_list;
+use strait_ike::{Dpd, EndpointConfig, Event, Reason};
+use util::{Fate, Pair, Side, config_a, mirror};
+
+#[test]
+fn invalid_ke_payload_makes_the_initiator_retry_with_the_asked_group() {
+    let mut a = config_a();
+    a.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-x25519-ecp256"]).unwrap();
+    let mut b = mirror(&a);
+    b.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-ecp256"]).unwrap();
+    let mut p = Pair::new(a, b);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    p.assert_children_match();
+    let group = p
+        .ev_a
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::IkeSaUp { proposal, .. } => Some(proposal.ke),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(group, KeGroup::Ecp256);
+    // INIT, INVALID_KE, INIT again, answer, AUTH, answer.
+    assert_eq!(p.log.len(), 6);
+    assert_eq!(p.b.ike_sa_count(), 1, "the refused attempt left no state");
+}
+
+#[test]
+fn invalid_ke_for_a_group_we_do_not_offer_fails() {
+    let mut a = config_a();
+    a.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-x25519"]).unwrap();
+    let mut b = mirror(&a);
+    b.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-x25519-ecp256"]).unwrap();
+    // B prefers x25519 too, so it accepts; make B insist on ecp256 only to trigger the case.
+    b.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-ecp256"]).unwrap();
+    let mut p = Pair::new(a, b);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::NoProposalChosen);
+}
+
+#[test]
+fn cookie_challenge_is_answered_and_verified() {
+    let a = config_a();
+    let eb = EndpointConfig {
+        cookie_threshold_per_ip: 0,
+        ..EndpointConfig::default()
+    };
+    let mut p = Pair::with_endpoint_config(a.clone(), mirror(&a), EndpointConfig::default(), eb);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    p.assert_children_match();
+    assert_eq!(p.b.stats().cookies_sent, 1);
+    assert_eq!(p.log.len(), 6);
+    // The retried request starts with the cookie B handed out.
+    let retry = &p.log[2].t.payload;
+    let msg = strait_ike::codec::Message::parse(retry).unwrap();
+    match &msg.payloads[0] {
+        strait_ike::codec::Payload::Notify(n) => {
+            assert_eq!(n.ty, strait_ike::codec::NotifyType::COOKIE);
+            assert_eq!(n.data.len(), 33);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forged_or_stale_cookies_are_refused() {
+    let a = config_a();
+    let eb = EndpointConfig {
+        cookie_threshold_per_ip: 0,
+        cookie_secret_lifetime: Duration::from_secs(10),
+        ..EndpointConfig::default()
+    };
+    let mut p = Pair::with_endpoint_config(a.clone(), mirror(&a), EndpointConfig::default(), eb);
+    // Hold B's cookie answer back for two secret lifetimes: then it no longer verifies and B
+    // asks again.
+    let mut held = true;
+    p.filter = Box::new(move |from, _, _| {
+        if from == Side::B && held {
+            held = false;
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.b.stats().cookies_sent, 1);
+    assert_eq!(p.b.ike_sa_count(), 0);
+    // A retransmits (no cookie yet), B challenges again, A answers: up.
+    p.run_for(Duration::from_secs(10));
+    p.assert_children_match();
+    assert_eq!(p.b.stats().cookies_sent, 2);
+
+    // A replayed cookie from another initiator SPI does not verify.
+    let mut q = Pair::with_endpoint_config(
+        a.clone(),
+        mirror(&a),
+        EndpointConfig::default(),
+        EndpointConfig {
+            cookie_threshold_per_ip: 0,
+            ..EndpointConfig::default()
+        },
+    );
+    q.initiate();
+    q.run_for(Duration::from_secs(1));
+    let mut forged = strait_ike::codec::Message::parse(&q.log[2].t.payload).unwrap();
+    forged.header.initiator_spi = strait_ike::codec::Spi([9; 8]);
+    let before = q.b.stats().cookies_sent;
+    q.b.handle(
+        q.now,
+        q.log[2].t.remote,
+        q.log[2].t.local,
+        &forged.encode().unwrap(),
+    );
+    assert_eq!(q.b.stats().cookies_sent, before + 1, "challenged again");
+}
+
+#[test]
+fn deleting_the_ike_sa_reaches_both_sides() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    p.assert_children_match();
+    p.a.remove_peer(p.now, p.a_peer);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+    assert_eq!(Pair::child_deletes(&p.ev_b), 1);
+    assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::DeletedLocally);
+    assert_eq!(Pair::downs(&p.ev_b)[0].1, Reason::DeletedByPeer);
+    assert_eq!(p.a.ike_sa_count(), 0);
+    p.run_for(Duration::from_secs(10));
+    assert_eq!(p.b.ike_sa_count(), 0);
+    // The CHILD SA deletes name the installed SPIs.
+    let inst = Pair::installs(&p.ev_b)[0].clone();
+    assert!(p.ev_b.iter().any(|(_, e)| matches!(e,
+        Event::ChildSaDelete { spi_in, spi_out, .. } if *spi_in == inst.spi_in && *spi_out == inst.spi_out)));
+}
+
+#[test]
+fn responder_can_delete_too_and_lost_delete_is_retransmitted() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let n0 = p.log.len();
+    p.filter = Box::new(move |_, _, n| {
+        if n == n0 + 1 {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    p.b.remove_peer(p.now, p.b_peer);
+    p.run_for(Duration::from_secs(10));
+    assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::DeletedByPeer);
+    assert_eq!(Pair::downs(&p.ev_b)[0].1, Reason::DeletedLocally);
+    assert_eq!(p.a.ike_sa_count() + p.b.ike_sa_count(), 0);
+}
+
+#[test]
+fn hard_expiry_deletes_the_child_sa_on_both_sides() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let (x, _) = p.assert_children_match();
+    // A soft expiry (rekey) is not acted on yet.
+    p.a.expire_child(p.now, p.a_peer, x.spi_in, false);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 0);
+    p.a.expire_child(p.now, p.a_peer, x.spi_in, true);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+    assert_eq!(Pair::child_deletes(&p.ev_b), 1);
+    assert!(Pair::downs(&p.ev_a).is_empty() && Pair::downs(&p.ev_b).is_empty());
+    assert!(p.a.children(p.a_peer).is_empty() && p.b.children(p.b_peer).is_empty());
+}
+
+#[test]
+fn dpd_keeps_a_live_peer_and_detects_a_dead_one() {
+    let mut a = config_a();
+    a.dpd = Some(Dpd {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(150),
+    });
+    let mut p = Pair::new(a.clone(), mirror(&config_a()));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    p.assert_children_match();
+    let n0 = p.log.len();
+    p.run_for(Duration::from_secs(95));
+    // Three liveness checks (at 30, 60, 90 s), each answered.
+    assert_eq!(p.log.len() - n0, 6);
+    assert!(Pair::downs(&p.ev_a).is_empty());
+    // Now B disappears.
+    p.filter = Box::new(|from, _, _| {
+        if from == Side::A {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let gone = p.now;
+    p.run_for(Duration::from_secs(400));
+    let d = Pair::downs(&p.ev_a);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, Reason::PeerUnreachable);
+    // Last answer at 90 s, next check at 120 s, given up 150 s later (before the 165 s
+    // retransmission schedule would end).
+    assert_eq!(d[0].0 - p.t0, Duration::from_secs(270));
+    assert!(d[0].0 > gone);
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+}
+
+#[test]
+fn dpd_gives_up_when_retransmissions_run_out_first() {
+    let mut a = config_a();
+    a.dpd = Some(Dpd {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(3600),
+    });
+    let mut p = Pair::new(a.clone(), mirror(&config_a()));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    p.filter = Box::new(|_, _, _| Fate::Drop);
+    p.run_for(Duration::from_secs(400));
+    let d = Pair::downs(&p.ev_a);
+    assert_eq!(d[0].1, Reason::PeerUnreachable);
+    let t = (d[0].0 - p.t0).as_secs_f64();
+    assert!((t - (10.0 + 165.06112)).abs() < 1e-6, "{t}");
+}
