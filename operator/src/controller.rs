@@ -1,0 +1,500 @@
+//! The IPsecTunnel controller: gateway election, conditions, events, the agent DaemonSet, and the
+//! deletion handshake with the agents.
+//!
+//! Reconcile is small and idempotent: it reads the tunnel, the Nodes and the agents' heartbeat
+//! Leases (from watch caches), elects a gateway, computes the conditions, and server-side applies
+//! the fields the operator owns (`observedGeneration`, `conditions`, `activeGateway`) under the
+//! field manager `strait-operator` — only when they changed, and never `gateways[]`, whose entries
+//! belong to the agents.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::core::{Selector, SelectorExt as _};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource as _, ResourceExt as _};
+use strait_crds::IPsecTunnel;
+
+use crate::conditions::{self, Situation};
+use crate::daemonset::{self, AgentTemplate};
+use crate::election::elect;
+use crate::error::Error;
+use crate::heartbeat;
+use crate::metrics::{Metrics, READY_STATUSES};
+
+/// The finalizer that holds a deleted tunnel until its agents removed their kernel objects.
+pub const FINALIZER: &str = "strait.dev/cleanup";
+/// The operator's field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "strait-operator";
+/// How often the DaemonSet is re-applied even when nothing changed (repairs manual edits).
+const DAEMONSET_RESYNC: Duration = Duration::from_secs(300);
+/// How often a tunnel is reconciled when no event and no lease expiry comes first.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the controller needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The operator's namespace: heartbeat Leases, Secrets, the agent DaemonSet.
+    pub namespace: String,
+    /// How long a deleted tunnel waits for its agents before the finalizer is released anyway.
+    pub deletion_timeout: Duration,
+    /// The agent DaemonSet's pod template; `None` when the DaemonSet is managed elsewhere.
+    pub agent: Option<AgentTemplate>,
+    /// This replica's identity, reported on Events.
+    pub identity: String,
+}
+
+/// Shared state of all reconciles.
+struct Context {
+    client: Client,
+    settings: Settings,
+    recorder: Recorder,
+    metrics: Metrics,
+    nodes: Store<Node>,
+    leases: Store<Lease>,
+    tunnels: Store<IPsecTunnel>,
+    ready_by_tunnel: Mutex<BTreeMap<String, String>>,
+    last_daemonset: Mutex<Option<(String, Instant)>>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let wc = watcher::Config::default().any_semantic();
+    let (nodes, nodes_writer) = reflector::store();
+    let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(nodes_writer)
+        .touched_objects()
+        .map_ok(|_| ());
+    let (leases, leases_writer) = reflector::store();
+    let lease_events = watcher(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        wc.clone(),
+    )
+    .default_backoff()
+    .reflect(leases_writer)
+    .touched_objects()
+    .try_filter(|l| std::future::ready(heartbeat::node_of_lease(&l.name_any()).is_some()))
+    .map_ok(|_| ());
+    // Any Node or heartbeat change may move a gateway: re-reconcile every tunnel (there are few).
+    let triggers = futures::stream::select(node_events, lease_events).filter_map(|r| async {
+        r.map_err(|e| tracing::warn!(error = %e, "watching nodes or leases failed"))
+            .ok()
+    });
+
+    let controller = Controller::new(Api::<IPsecTunnel>::all(client.clone()), wc);
+    let reporter = Reporter {
+        controller: "strait-operator".to_owned(),
+        instance: Some(settings.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        metrics,
+        nodes,
+        leases,
+        tunnels: controller.store(),
+        ready_by_tunnel: Mutex::new(BTreeMap::new()),
+        last_daemonset: Mutex::new(None),
+    });
+
+    // With no tunnel there is no reconcile: bring the DaemonSet in line once at start.
+    let start_ctx = ctx.clone();
+    tokio::spawn(async move {
+        if start_ctx.tunnels.wait_until_ready().await.is_ok()
+            && let Err(e) = start_ctx.sync_daemonset(None).await
+        {
+            tracing::warn!(error = %e, "initial agent DaemonSet sync failed");
+        }
+    });
+
+    controller
+        .reconcile_all_on(triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(tunnel = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(tunnel: Arc<IPsecTunnel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    // Decide nothing from half-filled caches: an empty Node cache would look like "no gateway".
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.leases.wait_until_ready().await;
+    let api = Api::<IPsecTunnel>::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, tunnel, |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(&t, &ctx).await,
+            Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+
+    let m = &ctx.metrics;
+    m.reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => m.reconciles.with_label_values(&["success"]).inc(),
+        Err(e) if e.kind() == "waiting_for_agents" => {
+            m.reconciles.with_label_values(&["waiting"]).inc();
+        }
+        Err(e) => {
+            m.reconciles.with_label_values(&["error"]).inc();
+            m.reconcile_errors.with_label_values(&[e.kind()]).inc();
+        }
+    }
+    result
+}
+
+fn error_policy(tunnel: Arc<IPsecTunnel>, err: &Error, _ctx: Arc<Context>) -> Action {
+    match err {
+        Error::WaitingForAgents { nodes } => {
+            tracing::info!(tunnel = %tunnel.name_any(), ?nodes, "deletion waits for agents");
+            Action::requeue(Duration::from_secs(1))
+        }
+        _ => {
+            tracing::warn!(tunnel = %tunnel.name_any(), kind = err.kind(), error = %err, "reconcile failed");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// The outcome of the election for one tunnel.
+struct Election {
+    active: Option<String>,
+    /// When the active gateway's heartbeat runs out, if nothing renews it.
+    active_expires: Option<Timestamp>,
+    matching_nodes: usize,
+}
+
+async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let name = t.name_any();
+    let status = t.status.clone().unwrap_or_default();
+    let previous = status.active_gateway.clone();
+
+    ctx.sync_daemonset(None).await?;
+
+    let selector = t
+        .spec
+        .gateway
+        .as_ref()
+        .map(|g| Selector::try_from(g.node_selector.clone()));
+    let (election, bad_selector) = match selector {
+        None => (
+            None,
+            Some((
+                "NoGatewaySelector",
+                "spec.gateway.nodeSelector is required when the operator manages the tunnel"
+                    .to_owned(),
+            )),
+        ),
+        Some(Err(e)) => (
+            None,
+            Some((
+                "InvalidGatewaySelector",
+                format!("spec.gateway.nodeSelector cannot be evaluated: {e}"),
+            )),
+        ),
+        Some(Ok(sel)) => (Some((ctx.elect(&sel, previous.as_deref(), now), sel)), None),
+    };
+    let situation = match (&election, &bad_selector) {
+        (Some((e, _)), _) => match &e.active {
+            Some(node) => Situation::Active {
+                node,
+                entry: status.gateways.iter().find(|g| g.node == *node),
+            },
+            None => Situation::NoGateway {
+                matching_nodes: e.matching_nodes,
+            },
+        },
+        (None, Some((reason, message))) => Situation::BadSelector { reason, message },
+        (None, None) => Situation::NoGateway { matching_nodes: 0 },
+    };
+    let active = election.as_ref().and_then(|(e, _)| e.active.clone());
+    let generation = t.metadata.generation;
+    let conditions = conditions::to_api(
+        conditions::compute(situation),
+        &status.conditions,
+        generation,
+        now,
+    );
+
+    let changed = status.observed_generation != generation
+        || status.active_gateway != active
+        || sorted(&status.conditions) != sorted(&conditions);
+    if changed {
+        let mut body = serde_json::json!({
+            "apiVersion": "strait.dev/v1alpha1",
+            "kind": "IPsecTunnel",
+            "status": {"observedGeneration": generation, "conditions": conditions},
+        });
+        if let (Some(node), Some(s)) = (&active, body.get_mut("status")) {
+            s["activeGateway"] = serde_json::Value::String(node.clone());
+        }
+        let api = Api::<IPsecTunnel>::all(ctx.client.clone());
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        ctx.announce(
+            t,
+            previous.as_deref(),
+            active.as_deref(),
+            election.as_ref().map(|(_, s)| s),
+            &status.conditions,
+            &conditions,
+            now,
+        )
+        .await;
+    }
+    ctx.set_ready(&name, conditions::ready_status(&conditions));
+
+    // A heartbeat that runs out is no event: wake up when the active one would.
+    let wake = election
+        .and_then(|(e, _)| e.active_expires)
+        .and_then(|exp| exp.duration_since(now).try_into().ok())
+        .map_or(RESYNC, |d: Duration| {
+            (d + Duration::from_millis(200)).min(RESYNC)
+        });
+    Ok(Action::requeue(wake))
+}
+
+async fn cleanup(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
+    let name = t.name_any();
+    let now = Timestamp::now();
+    let pending: Vec<String> = t
+        .status
+        .iter()
+        .flat_map(|s| &s.gateways)
+        .filter(|g| g.ike_state.as_deref() != Some(conditions::IKE_STATE_DELETED))
+        .map(|g| g.node.clone())
+        .collect();
+    if !pending.is_empty() {
+        let since = t.metadata.deletion_timestamp.as_ref().map_or(now, |d| d.0);
+        let timeout =
+            SignedDuration::try_from(ctx.settings.deletion_timeout).unwrap_or(SignedDuration::MAX);
+        if now.duration_since(since) < timeout {
+            return Err(Error::WaitingForAgents { nodes: pending });
+        }
+        ctx.publish(
+            t,
+            EventType::Warning,
+            "CleanupTimedOut",
+            format!(
+                "the agents on {} did not confirm removing the tunnel within {}s; releasing the \
+                 finalizer anyway. Kernel state may remain on those nodes until their agent runs again",
+                pending.join(", "),
+                ctx.settings.deletion_timeout.as_secs()
+            ),
+        )
+        .await;
+    }
+    tracing::info!(tunnel = %name, "agents are done; releasing the finalizer");
+    if let Ok(mut m) = ctx.ready_by_tunnel.lock() {
+        m.remove(&name);
+    }
+    ctx.update_tunnel_gauges();
+    ctx.sync_daemonset(Some(&name)).await?;
+    Ok(Action::await_change())
+}
+
+/// Conditions in a comparable order.
+fn sorted(c: &[Condition]) -> Vec<&Condition> {
+    let mut v: Vec<&Condition> = c.iter().collect();
+    v.sort_by(|a, b| a.type_.cmp(&b.type_));
+    v
+}
+
+impl Context {
+    fn elect(&self, sel: &Selector, previous: Option<&str>, now: Timestamp) -> Election {
+        let mut matching_nodes = 0;
+        let mut alive: BTreeMap<String, Timestamp> = BTreeMap::new();
+        for node in self.nodes.state() {
+            if node.metadata.deletion_timestamp.is_some() || !sel.matches(node.labels()) {
+                continue;
+            }
+            matching_nodes += 1;
+            let node_name = node.name_any();
+            let lease_ref =
+                ObjectRef::new(&heartbeat::lease_name(&node_name)).within(&self.settings.namespace);
+            let expires = self
+                .leases
+                .get(&lease_ref)
+                .and_then(|l| heartbeat::expires_at(&l));
+            if let Some(exp) = expires.filter(|exp| *exp > now) {
+                alive.insert(node_name, exp);
+            }
+        }
+        let candidates: BTreeSet<String> = alive.keys().cloned().collect();
+        let active = elect(previous, &candidates);
+        Election {
+            active_expires: active.as_ref().and_then(|a| alive.get(a).copied()),
+            active,
+            matching_nodes,
+        }
+    }
+
+    /// Why `node` stopped being a candidate, for the failover Event.
+    fn why_lost(&self, node: &str, sel: Option<&Selector>) -> String {
+        match self.nodes.get(&ObjectRef::new(node)) {
+            None => format!("node {node} was removed"),
+            Some(n) if n.metadata.deletion_timestamp.is_some() => {
+                format!("node {node} is being deleted")
+            }
+            Some(n) if sel.is_some_and(|s| !s.matches(n.labels())) => {
+                format!("node {node} no longer matches spec.gateway.nodeSelector")
+            }
+            Some(_) => format!("the agent on {node} stopped renewing its heartbeat Lease"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn announce(
+        &self,
+        t: &IPsecTunnel,
+        previous: Option<&str>,
+        active: Option<&str>,
+        sel: Option<&Selector>,
+        old: &[Condition],
+        new: &[Condition],
+        _now: Timestamp,
+    ) {
+        match (previous, active) {
+            (None, Some(n)) => {
+                let note = format!("node {n} elected as the active gateway");
+                self.publish(t, EventType::Normal, "GatewayElected", note)
+                    .await;
+            }
+            (Some(p), Some(n)) if p != n => {
+                self.metrics
+                    .failovers
+                    .with_label_values(&[] as &[&str])
+                    .inc();
+                let note = format!(
+                    "active gateway moved from {p} to {n}: {}",
+                    self.why_lost(p, sel)
+                );
+                self.publish(t, EventType::Warning, "GatewayFailover", note)
+                    .await;
+            }
+            (Some(p), None) => {
+                let note = format!("{}; no other node can take over", self.why_lost(p, sel));
+                self.publish(t, EventType::Warning, "GatewayLost", note)
+                    .await;
+            }
+            _ => {}
+        }
+        let ready = |c: &[Condition]| {
+            c.iter()
+                .find(|c| c.type_ == conditions::READY)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        };
+        match (ready(old), ready(new)) {
+            (old, Some((s, _, msg)))
+                if s == "True" && old.as_ref().is_none_or(|o| o.0 != "True") =>
+            {
+                self.publish(t, EventType::Normal, "Ready", msg).await;
+            }
+            (Some((os, or, _)), Some((s, r, msg))) if s != "True" && (os == "True" || or != r) => {
+                self.publish(t, EventType::Warning, "NotReady", format!("{r}: {msg}"))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn publish(&self, t: &IPsecTunnel, type_: EventType, reason: &str, note: String) {
+        let ev = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &t.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+
+    fn set_ready(&self, tunnel: &str, status: &str) {
+        if let Ok(mut m) = self.ready_by_tunnel.lock() {
+            m.insert(tunnel.to_owned(), status.to_owned());
+        }
+        self.update_tunnel_gauges();
+    }
+
+    fn update_tunnel_gauges(&self) {
+        let Ok(m) = self.ready_by_tunnel.lock() else {
+            return;
+        };
+        for s in READY_STATUSES {
+            let n = m.values().filter(|v| v.as_str() == s).count();
+            self.metrics
+                .tunnels
+                .with_label_values(&[s])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Applies the agent DaemonSet for the current tunnels (all but `exclude`, whose finalizer is
+    /// being released). Tunnels being deleted still count: their agents must stay to clean up.
+    async fn sync_daemonset(&self, exclude: Option<&str>) -> Result<(), Error> {
+        let Some(tpl) = &self.settings.agent else {
+            return Ok(());
+        };
+        let tunnels = self.tunnels.state();
+        let selectors: Vec<&LabelSelector> = tunnels
+            .iter()
+            .filter(|t| exclude.is_none_or(|x| t.metadata.name.as_deref() != Some(x)))
+            .filter_map(|t| t.spec.gateway.as_ref().map(|g| &g.node_selector))
+            .collect();
+        let terms = daemonset::terms(selectors);
+        let key = serde_json::to_string(&terms).map_err(Error::Serialize)?;
+        let fresh = self
+            .last_daemonset
+            .lock()
+            .ok()
+            .and_then(|g| {
+                g.as_ref()
+                    .map(|(k, at)| *k == key && at.elapsed() < DAEMONSET_RESYNC)
+            })
+            .unwrap_or(false);
+        if fresh {
+            return Ok(());
+        }
+        let api = Api::<DaemonSet>::namespaced(self.client.clone(), &self.settings.namespace);
+        daemonset::sync(&api, &self.settings.namespace, tpl, &terms).await?;
+        if let Ok(mut g) = self.last_daemonset.lock() {
+            *g = Some((key, Instant::now()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! `strait-operator`: the controller that elects a gateway node for each `IPsecTunnel`, manages
+//! the agent DaemonSet, and turns the agents' reports into the tunnel's conditions.
+//!
+//! See `docs/operator.md` for the contracts with the agent (heartbeat Lease, `status.gateways[]`
+//! entries, deletion) and the RBAC the chart grants.
+
+pub mod conditions;
+pub mod controller;
+pub mod daemonset;
+pub mod election;
+pub mod error;
+pub mod heartbeat;
+pub mod leader;
+pub mod metrics;
+
+pub use error::Error;

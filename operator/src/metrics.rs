@@ -1,0 +1,214 @@
+//! Prometheus metrics (`strait_operator_*`) and the small HTTP server for `/metrics`, `/healthz`
+//! and `/readyz`. Label values come from fixed sets only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Reconcile outcomes (`result` label).
+pub const RESULTS: [&str; 3] = ["success", "error", "waiting"];
+/// Ready condition statuses (`ready` label).
+pub const READY_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
+/// The operator's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `strait_operator_reconciles_total{result}`
+    pub reconciles: IntCounterVec,
+    /// `strait_operator_reconcile_errors_total{kind}`
+    pub reconcile_errors: IntCounterVec,
+    /// `strait_operator_reconcile_duration_seconds`
+    pub reconcile_duration: HistogramVec,
+    /// `strait_operator_tunnels{ready}`
+    pub tunnels: IntGaugeVec,
+    /// `strait_operator_gateway_failovers_total`
+    pub failovers: IntCounterVec,
+    /// `strait_operator_leader`: 1 while this replica holds the leader Lease.
+    pub leader: IntGauge,
+    ready: Arc<AtomicBool>,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "strait_operator_reconciles_total",
+                "IPsecTunnel reconciles by result.",
+            ),
+            &["result"],
+        )?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "strait_operator_reconcile_errors_total",
+                "Failed reconciles by error kind.",
+            ),
+            &["kind"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strait_operator_reconcile_duration_seconds",
+                "Time spent in one IPsecTunnel reconcile.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &[],
+        )?;
+        let tunnels = IntGaugeVec::new(
+            Opts::new(
+                "strait_operator_tunnels",
+                "IPsecTunnels by the status of their Ready condition.",
+            ),
+            &["ready"],
+        )?;
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "strait_operator_gateway_failovers_total",
+                "Active gateway changes away from a failed node.",
+            ),
+            &[],
+        )?;
+        let leader = IntGauge::new(
+            "strait_operator_leader",
+            "1 while this replica is the leader.",
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(tunnels.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
+        // Fixed label sets: export every series from the start, at zero.
+        for r in RESULTS {
+            reconciles.with_label_values(&[r]);
+        }
+        for s in READY_STATUSES {
+            tunnels.with_label_values(&[s]);
+        }
+        failovers.with_label_values(&[] as &[&str]);
+        Ok(Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            tunnels,
+            failovers,
+            leader,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Marks the process ready (`/readyz` answers `ok`).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Serves `/metrics` (and, when `health` is true, `/healthz` and `/readyz`) on `addr` forever.
+pub async fn serve(addr: SocketAddr, metrics: Metrics, health: bool) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, health, "serving HTTP");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &metrics, health).await {
+                tracing::debug!(error = %e, "HTTP request failed");
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 request, answered and closed. Enough for probes and scrapers.
+async fn answer(mut stream: TcpStream, metrics: &Metrics, health: bool) -> std::io::Result<()> {
+    let mut buf = vec![0_u8; 4096];
+    let mut len = 0;
+    let read = async {
+        loop {
+            let n = stream.read(buf.get_mut(len..).unwrap_or_default()).await?;
+            len += n;
+            if n == 0
+                || buf
+                    .get(..len)
+                    .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
+                || len == buf.len()
+            {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (code, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        ("GET", "/healthz") if health => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") if health => {
+            if metrics.ready.load(Ordering::Relaxed) {
+                ("200 OK", "text/plain", "ok\n".to_owned())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_owned(),
+                )
+            }
+        }
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fixed_series() {
+        let m = Metrics::new().unwrap();
+        m.reconciles.with_label_values(&["success"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains("strait_operator_reconciles_total{result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strait_operator_tunnels{ready=\"Unknown\"} 0"),
+            "{text}"
+        );
+    }
+}
