@@ -26,8 +26,20 @@ if [ "${1:-}" = --in-guest ]; then
   # all: under TCG every module costs (signature check), so load only what is needed; the rest
   # (nftables NAT, tun, ...) the kernel autoloads on first use.
   required=(esp4 esp6 xfrm_user veth gcm cbc hmac sha256_generic sha512_generic authenc seqiv)
-  optional=(af_key xfrm_interface aesni_intel ghash_clmulni_intel)
+  optional=(af_key xfrm_interface aesni_intel ghash_clmulni_intel virtio_rng)
   t0=$(cut -d' ' -f1 /proc/uptime)
+  # virtme links /lib/modules/<ver> to the kernel tree on 9p, where every file access is a slow
+  # round trip under TCG; each modprobe (also those the kernel runs itself, e.g. when charon or
+  # the af_alg plugin asks for a crypto algorithm) reads the index files. Copy the indexes to
+  # the guest's tmpfs and reach the .ko files through a symlink.
+  kv=$(uname -r)
+  if [ -L "/lib/modules/$kv" ]; then
+    src=$(readlink -f "/lib/modules/$kv")
+    rm "/lib/modules/$kv" && mkdir "/lib/modules/$kv" &&
+      cp "$src"/modules.*.bin "$src"/modules.builtin* "$src"/modules.softdep "$src"/modules.order \
+        "/lib/modules/$kv/" && ln -s "$src/kernel" "/lib/modules/$kv/kernel" ||
+      { rm -rf "/lib/modules/$kv"; ln -sfn "$src" "/lib/modules/$kv"; }
+  fi
   if ! modprobe -a "${required[@]}"; then
     echo "strait-vm: FAILED to load required modules (${required[*]})" >&2
     exit 3
@@ -81,10 +93,11 @@ start=$(date +%s.%N)
 # - output through cat: qemu re-opens a regular-file stdout with O_TRUNC and clobbers it
 # - --rodir for the kernel tree: the guest mounts a tmpfs over /var/cache (and /tmp, /var/tmp),
 #   which would hide the modules virtme links into /lib/modules
+# - virtio-rng: entropy for the guest's /dev/random (charon's random plugin reads it)
 # - timeout -k: TERM first, then KILL; qemu under TCG can hang on a wedged guest
 timeout -k 10 "$TIMEOUT" vng --run "$KERNEL" --disable-kvm --force-9p \
   --memory "$MEM" --cpus "$CPUS" --user root "${rw[@]}" --rodir="$VM/kernel" \
-  --exec "$guest_cmd" </dev/null 2>&1 | cat
+  --qemu-opts="-device virtio-rng-pci" --exec "$guest_cmd" </dev/null 2>&1 | cat
 rc=${PIPESTATUS[0]}
 end=$(date +%s.%N)
 secs=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')
