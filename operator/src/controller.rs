@@ -60,7 +60,7 @@ pub struct Settings {
 struct Context {
     client: Client,
     settings: Settings,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Metrics,
     nodes: Store<Node>,
     leases: Store<Lease>,
@@ -105,7 +105,7 @@ pub async fn run(
         instance: Some(settings.identity.clone()),
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client,
         settings,
         metrics,
@@ -439,7 +439,10 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &t.object_ref(&())).await {
+        // A fresh Recorder per Event: the shared one folds Events with the same reason into one
+        // series that keeps the first note, and each transition here has its own message.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &t.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "publishing an Event failed");
         }
     }

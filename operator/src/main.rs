@@ -223,9 +223,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut stop_rx2 = stop_rx.clone();
     let shutdown = async move {
+        // A closed channel (no leader election, so nothing to lose) must not stop the controller.
+        let stop = async {
+            if stop_rx2.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let lost = async {
+            if lost_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            _ = stop_rx2.changed() => {}
-            _ = lost_rx.changed() => {}
+            () = stop => {}
+            () = lost => {}
         }
     };
     tracing::info!(namespace = %settings.namespace, "starting the IPsecTunnel controller");
