@@ -85,6 +85,8 @@ pub struct Endpoint {
     next_child: u64,
     cookies: Cookies,
     stats: Stats,
+    /// IKE SAs created by a rekey during the current transition.
+    spawned: Vec<IkeSa>,
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -114,6 +116,7 @@ impl Endpoint {
             next_child: 0,
             cookies: Cookies::default(),
             stats: Stats::default(),
+            spawned: Vec::new(),
         }
     }
 
@@ -149,6 +152,8 @@ impl Endpoint {
             transmits: &mut self.transmits,
             events: &mut self.events,
             next_child: &mut self.next_child,
+            by_spi: &self.by_spi,
+            spawned: &mut self.spawned,
         };
         match InitSent::start(&mut ctx, peer, cfg, spi) {
             Ok(mut sa) => {
@@ -192,10 +197,23 @@ impl Endpoint {
     }
 
     /// The kernel reports a CHILD SA's lifetime expiry (by either of its SPIs). A hard expiry
-    /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry would start a
-    /// rekey, which is not implemented yet, so it is ignored.
+    /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry starts its rekey
+    /// now (unless one is already queued or running, or the SA was already replaced).
     pub fn expire_child(&mut self, now: Instant, peer: PeerId, spi: EspSpi, hard: bool) {
         if !hard {
+            let found = self.sas.iter().find_map(|(k, s)| {
+                (s.c.peer == peer
+                    && s.established()?
+                        .children
+                        .iter()
+                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0))
+                .then_some(*k)
+            });
+            if let Some(id) = found {
+                self.with_sa(now, id, |sa, ctx| {
+                    crate::sa::rekey::soft_expire(sa, ctx, spi.0);
+                });
+            }
             return;
         }
         let found = self.sas.iter().find_map(|(k, s)| {
@@ -341,6 +359,8 @@ impl Endpoint {
             transmits: &mut self.transmits,
             events: &mut self.events,
             next_child: &mut self.next_child,
+            by_spi: &self.by_spi,
+            spawned: &mut self.spawned,
         };
         f(sa, &mut ctx);
         if let State::Established(e) = &mut sa.state
@@ -349,6 +369,14 @@ impl Endpoint {
             e.initial_contact = false;
             let peer = sa.c.peer;
             self.replace_older(now, id, peer);
+        }
+        // IKE SAs born from a rekey get their own routing entry.
+        for born in core::mem::take(&mut self.spawned) {
+            self.next_sa = self.next_sa.wrapping_add(1);
+            let new_id = self.next_sa;
+            self.by_spi
+                .insert((born.c.our_spi(), born.c.initiator), new_id);
+            self.sas.insert(new_id, born);
         }
     }
 
@@ -436,6 +464,8 @@ impl Endpoint {
                     transmits: &mut self.transmits,
                     events: &mut self.events,
                     next_child: &mut self.next_child,
+                    by_spi: &self.by_spi,
+                    spawned: &mut self.spawned,
                 };
                 sa.c.transmit(&mut ctx, &cached);
                 self.stats.retransmits_answered += 1;
@@ -466,6 +496,8 @@ impl Endpoint {
             transmits: &mut self.transmits,
             events: &mut self.events,
             next_child: &mut self.next_child,
+            by_spi: &self.by_spi,
+            spawned: &mut self.spawned,
         };
         match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
             Ok(sa) => {
@@ -718,6 +750,20 @@ fn on_message(
         State::Established(e) => {
             sa.state = State::Established(e);
             informational::on_request(sa, ctx, h.exchange_type, h.message_id, &payloads);
+        }
+        State::Closing {
+            keys: Some(keys),
+            until,
+        } => {
+            sa.state = crate::sa::rekey::closing_request(
+                &mut sa.c,
+                ctx,
+                keys,
+                until,
+                h.exchange_type,
+                h.message_id,
+                &payloads,
+            );
         }
         other => sa.state = other,
     }

@@ -16,8 +16,19 @@ use crate::reason::Reason;
 use crate::timers;
 use crate::ts;
 
+/// Where a CHILD SA is in its life (RFC 7296 §2.8, §2.25.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildState {
+    /// In use; may be rekeyed.
+    Installed,
+    /// Replaced by a rekey: stays installed until a Delete (ours or the peer's) removes it.
+    Rekeyed,
+    /// Our Delete for it is queued or in flight; it is reported gone when answered.
+    Deleting,
+}
+
 /// One installed CHILD SA.
-// Algorithms, selectors and the rekey time are read by CHILD SA rekeying (not yet written).
+// Algorithms and selectors are kept for the record (rekeys re-propose the configuration).
 #[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub(crate) struct Child {
@@ -28,10 +39,13 @@ pub(crate) struct Child {
     pub local_ts: Vec<TsRange>,
     pub remote_ts: Vec<TsRange>,
     /// When rekeying should start (our own timer; the kernel's soft expiry may come first).
-    pub rekey_at: Instant,
+    /// `None` once a rekey is queued or running, or the SA is on its way out.
+    pub rekey_at: Option<Instant>,
+    pub state: ChildState,
 }
 
-/// Derives a CHILD SA's keys, emits [`Event::ChildSaInstall`] and returns its record.
+/// Derives a CHILD SA's keys, emits [`Event::ChildSaInstall`] and returns its record. For the
+/// CHILD SA of IKE_AUTH, whose exchange initiator is the IKE SA's initiator.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn install(
     c: &Common,
@@ -46,6 +60,39 @@ pub(crate) fn install(
     remote_ts: Vec<TsRange>,
     replaces: Option<ChildSaId>,
 ) -> Result<Child, Reason> {
+    let spis = (spi_in, spi_out);
+    let ts = (local_ts, remote_ts);
+    install_as(
+        c,
+        ctx,
+        keys,
+        choice,
+        spis,
+        nonces,
+        g_ir,
+        ts,
+        replaces,
+        c.initiator,
+    )
+}
+
+/// [`install`] for any exchange: `nonces` are (Ni, Nr) of the exchange that creates the SA and
+/// `exchange_initiator` says whether we sent its request. RFC 7296 §2.17 takes the
+/// initiator-to-responder keys first, "initiator" being the initiator of that exchange (for a
+/// CREATE_CHILD_SA it need not be the IKE SA's original initiator).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn install_as(
+    c: &Common,
+    ctx: &mut Ctx<'_>,
+    keys: &Keys,
+    choice: EspChoice,
+    (spi_in, spi_out): ([u8; 4], [u8; 4]),
+    nonces: (&[u8], &[u8]),
+    g_ir: Option<&[u8]>,
+    (local_ts, remote_ts): (Vec<TsRange>, Vec<TsRange>),
+    replaces: Option<ChildSaId>,
+    exchange_initiator: bool,
+) -> Result<Child, Reason> {
     let km = kdf::derive_child_sa_keys(
         keys.prf(),
         keys.sk.sk_d.as_bytes(),
@@ -56,7 +103,7 @@ pub(crate) fn install(
         choice.integ,
     )
     .map_err(|_| Reason::InternalError)?;
-    let (out, inn) = if c.initiator {
+    let (out, inn) = if exchange_initiator {
         (km.initiator_to_responder, km.responder_to_initiator)
     } else {
         (km.responder_to_initiator, km.initiator_to_responder)
@@ -97,7 +144,8 @@ pub(crate) fn install(
         choice,
         local_ts,
         remote_ts,
-        rekey_at: ctx.now + soft,
+        rekey_at: Some(ctx.now + soft),
+        state: ChildState::Installed,
     })
 }
 

@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::child::Child;
+use super::child::{Child, ChildState};
+use super::rekey::{self, ChildRekeyOut, IkeRekeyOut};
 use super::{Common, Ctx, IkeSa, Keys, Req, State};
 use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
 use crate::event::{EspSpi, Event};
@@ -22,6 +23,12 @@ pub(crate) struct Established {
     pub queue: VecDeque<Req>,
     /// The peer sent INITIAL_CONTACT: the endpoint drops older IKE SAs with it.
     pub initial_contact: bool,
+    /// Our CHILD SA rekey in flight.
+    pub child_rekey: Option<ChildRekeyOut>,
+    /// Our IKE SA rekey in flight.
+    pub ike_rekey: Option<IkeRekeyOut>,
+    /// When to rekey the IKE SA; `None` while a rekey is queued or running.
+    pub ike_rekey_at: Option<Instant>,
 }
 
 impl Established {
@@ -32,6 +39,9 @@ impl Established {
             peer_fragmentation,
             queue: VecDeque::new(),
             initial_contact: false,
+            child_rekey: None,
+            ike_rekey: None,
+            ike_rekey_at: None,
         }
     }
 
@@ -40,11 +50,21 @@ impl Established {
         if !self.queue.is_empty() && !c.win.busy() {
             return Some(c.last_heard);
         }
-        let dpd = c.cfg.dpd?;
-        match c.win.outstanding() {
+        let rekey = self
+            .children
+            .iter()
+            .filter(|ch| ch.state == ChildState::Installed)
+            .filter_map(|ch| ch.rekey_at)
+            .chain(self.ike_rekey_at)
+            .min();
+        let dpd = c.cfg.dpd.and_then(|dpd| match c.win.outstanding() {
             Some(o) if o.kind == Req::Dpd => Some(o.first_sent + dpd.timeout),
             Some(_) => None,
             None => Some(c.last_heard + dpd.interval),
+        });
+        match (rekey, dpd) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -66,6 +86,14 @@ impl Established {
                 Req::DeleteIke => vec![Payload::Delete(Delete::ike())],
                 Req::DeleteChild(spis) => {
                     vec![Payload::Delete(Delete::child(ProtocolId::ESP, spis))]
+                }
+                Req::RekeyChild { old, group } => {
+                    rekey::start_child(self, c, ctx, *old, *group)?;
+                    continue;
+                }
+                Req::RekeyIke { group } => {
+                    rekey::start_ike(self, c, ctx, *group)?;
+                    continue;
                 }
                 Req::Init | Req::Auth => continue,
             };
@@ -105,6 +133,7 @@ pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             e.queue.push_back(Req::Dpd);
         }
     }
+    rekey::schedule(e, ctx.now);
     if e.flush(&mut sa.c, ctx).is_err() {
         e.delete_all_children(&sa.c, ctx);
         sa.c.down(ctx, Reason::InternalError);

@@ -192,6 +192,7 @@ impl AuthSent {
             return State::Gone;
         }
         let mut est = Established::new(self.init.keys, self.init.peer_fragmentation);
+        est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         up(c, ctx, &est);
         match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
             Ok((choice, spi_out, tsi, tsr)) => {
@@ -272,6 +273,7 @@ impl InitReplied {
             Err(r) => return Err(Box::new((r, Some(init.keys)))),
         };
         let mut est = Established::new(init.keys, init.peer_fragmentation);
+        est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
         let mut out = vec![Payload::IdResponder(idr), Payload::Auth(auth_p)];
         let mut new_child: Option<Child> = None;

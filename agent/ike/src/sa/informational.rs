@@ -1,6 +1,7 @@
 //! Requests and responses on an established IKE SA (RFC 7296 §1.4): DELETE of IKE and CHILD
-//! SAs, liveness checks, error notifications; CREATE_CHILD_SA is refused for now.
+//! SAs, liveness checks, error notifications; CREATE_CHILD_SA goes to [`super::rekey`].
 
+use super::child::ChildState;
 use super::established::child_delete_event;
 use super::{Ctx, IkeSa, Req, State};
 use crate::codec::message::notifies;
@@ -20,11 +21,7 @@ pub(crate) fn on_request(
     };
     let c = &mut sa.c;
     if exchange == ExchangeType::CREATE_CHILD_SA {
-        // Rekeying and additional CHILD SAs are not implemented yet.
-        let n = [Payload::Notify(Notify::empty(
-            NotifyType::NO_ADDITIONAL_SAS,
-        ))];
-        let _ = c.send_response(ctx, &e.keys, exchange, id, &n);
+        super::rekey::on_request(sa, ctx, id, payloads);
         return;
     }
     if exchange != ExchangeType::INFORMATIONAL {
@@ -47,12 +44,22 @@ pub(crate) fn on_request(
                 if let Some(pos) = e.children.iter().position(|ch| ch.spi_out == spi) {
                     let ch = e.children.remove(pos);
                     ctx.events.push_back(child_delete_event(c, &ch));
-                    ours.push(ch.spi_in);
+                    // Deletes that crossed: our own request already names it (§1.4.1).
+                    if ch.state != ChildState::Deleting {
+                        ours.push(ch.spi_in);
+                    }
                 }
             }
         }
     }
     let auth_failed = notifies(payloads).any(|n| n.ty == NotifyType::AUTHENTICATION_FAILED);
+    if delete_ike && super::rekey::adopt_on_delete(sa, ctx, exchange, id) {
+        return;
+    }
+    let State::Established(e) = &mut sa.state else {
+        return;
+    };
+    let c = &mut sa.c;
     if delete_ike || auth_failed {
         let _ = c.send_response(ctx, &e.keys, exchange, id, &[]);
         e.delete_all_children(c, ctx);
@@ -83,7 +90,22 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads
     };
     match kind {
         Req::DeleteIke => sa.state = State::Gone,
-        Req::Dpd | Req::DeleteChild(_) | Req::Notify | Req::Init | Req::Auth => {
+        Req::RekeyChild { .. } => super::rekey::on_child_response(sa, ctx, payloads),
+        Req::RekeyIke { .. } => super::rekey::on_ike_response(sa, ctx, payloads),
+        Req::DeleteChild(spis) => {
+            // Our Delete is answered: the peer stopped using them, so they go now.
+            for spi in spis {
+                if let Some(pos) = e
+                    .children
+                    .iter()
+                    .position(|ch| ch.spi_in == spi && ch.state == ChildState::Deleting)
+                {
+                    let ch = e.children.remove(pos);
+                    ctx.events.push_back(child_delete_event(&sa.c, &ch));
+                }
+            }
+        }
+        Req::Dpd | Req::Notify | Req::Init | Req::Auth => {
             if let Some(n) = notifies(payloads).find(|n| n.ty == NotifyType::AUTHENTICATION_FAILED)
             {
                 let _ = n;

@@ -14,8 +14,9 @@ pub(crate) mod ike_init;
 pub(crate) mod informational;
 pub(crate) mod proposals;
 pub(crate) mod protect;
+pub(crate) mod rekey;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,11 +26,11 @@ use crate::codec::{
     ExchangeType, Flags, Header, Message, Notify, Payload, Spi, with_non_esp_marker,
 };
 use crate::config::{EndpointConfig, PeerConfig};
-use crate::crypto::alg::Prf;
+use crate::crypto::alg::{KeGroup, Prf};
 use crate::crypto::keys::IkeSaKeys;
 use crate::crypto::rng::Rng;
 use crate::crypto::sk::SkCipher;
-use crate::event::{Event, IkeSpis, NatState, PeerId, Transmit};
+use crate::event::{ChildSaId, Event, IkeSpis, NatState, PeerId, Transmit};
 use crate::proposal::IkeChoice;
 use crate::reason::Reason;
 use crate::window::Window;
@@ -49,6 +50,14 @@ pub(crate) enum Req {
     DeleteChild(Vec<[u8; 4]>),
     /// INFORMATIONAL carrying an error notification, e.g. AUTHENTICATION_FAILED.
     Notify,
+    /// CREATE_CHILD_SA rekeying this CHILD SA; `group` overrides the PFS group (after
+    /// INVALID_KE_PAYLOAD).
+    RekeyChild {
+        old: ChildSaId,
+        group: Option<KeGroup>,
+    },
+    /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`Req::RekeyChild`].
+    RekeyIke { group: Option<KeGroup> },
 }
 
 /// What the transitions need from the endpoint: the time, randomness, configuration, and the
@@ -60,6 +69,10 @@ pub(crate) struct Ctx<'a> {
     pub transmits: &'a mut VecDeque<Transmit>,
     pub events: &'a mut VecDeque<Event>,
     pub next_child: &'a mut u64,
+    /// The endpoint's SPI routing table (to draw unused SPIs for rekeyed IKE SAs).
+    pub by_spi: &'a HashMap<(Spi, bool), u64>,
+    /// IKE SAs born in this transition (IKE SA rekeys), for the endpoint to take over.
+    pub spawned: &'a mut Vec<IkeSa>,
 }
 
 impl Ctx<'_> {
@@ -83,6 +96,21 @@ impl Ctx<'_> {
     /// A fresh nonce (32 bytes, at least half the PRF key size of every PRF we support).
     pub fn nonce(&mut self) -> Vec<u8> {
         self.random::<32>().to_vec()
+    }
+
+    /// A fresh IKE SPI, unused by any IKE SA where we play `initiator`.
+    pub fn ike_spi(&mut self, initiator: bool) -> Spi {
+        loop {
+            let spi = Spi(self.random());
+            let taken = self.by_spi.contains_key(&(spi, initiator))
+                || self
+                    .spawned
+                    .iter()
+                    .any(|s| s.c.initiator == initiator && s.c.our_spi() == spi);
+            if !spi.is_zero() && !taken {
+                return spi;
+            }
+        }
     }
 
     /// A fresh CHILD SA id.

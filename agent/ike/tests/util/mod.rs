@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use strait_ike::codec::TsRange;
+use strait_ike::codec::{ExchangeType, Header, Spi, TsRange};
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
@@ -119,8 +119,19 @@ impl Pair {
         ea: EndpointConfig,
         eb: EndpointConfig,
     ) -> Self {
-        let mut a = Endpoint::new(ea, Box::new(DeterministicRng::new(1)));
-        let mut b = Endpoint::new(eb, Box::new(DeterministicRng::new(2)));
+        Self::with_seeds(a_cfg, b_cfg, ea, eb, (1, 2))
+    }
+
+    /// Like [`Pair::with_endpoint_config`] with the two endpoints' RNG seeds.
+    pub fn with_seeds(
+        a_cfg: PeerConfig,
+        b_cfg: PeerConfig,
+        ea: EndpointConfig,
+        eb: EndpointConfig,
+        seeds: (u64, u64),
+    ) -> Self {
+        let mut a = Endpoint::new(ea, Box::new(DeterministicRng::new(seeds.0)));
+        let mut b = Endpoint::new(eb, Box::new(DeterministicRng::new(seeds.1)));
         let a_peer = a.add_peer(a_cfg).unwrap();
         let b_peer = b.add_peer(b_cfg).unwrap();
         let t0 = Instant::now();
@@ -247,6 +258,28 @@ impl Pair {
             }
         }
         panic!("timers never let time advance");
+    }
+
+    /// (sender, exchange type, is response, message ID, initiator SPI) of every datagram sent.
+    pub fn exchanges(&self) -> Vec<(Side, ExchangeType, bool, u32, Spi)> {
+        self.log
+            .iter()
+            .map(|s| {
+                let raw = if s.t.non_esp_marker {
+                    &s.t.payload[4..]
+                } else {
+                    &s.t.payload[..]
+                };
+                let h = Header::peek(raw).unwrap().header;
+                (
+                    s.from,
+                    h.exchange_type,
+                    h.flags.is_response(),
+                    h.message_id,
+                    h.initiator_spi,
+                )
+            })
+            .collect()
     }
 
     pub fn installs(ev: &[(Instant, Event)]) -> Vec<strait_ike::ChildSaInstall> {
