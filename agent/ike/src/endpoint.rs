@@ -299,9 +299,31 @@ impl Endpoint {
         } else {
             datagram
         };
-        let Ok(wire) = Header::peek(ike) else {
-            self.stats.malformed += 1;
-            return;
+        let wire = match Header::peek(ike) {
+            Ok(w) => w,
+            Err(crate::codec::DecodeError::InvalidMajorVersion { major, header }) => {
+                self.stats.malformed += 1;
+                // RFC 7296 §2.5: a request with a higher major version is answered, unprotected,
+                // with INVALID_MAJOR_VERSION in a header carrying our version (2.0).
+                if major > 2 && !header.flags.is_response() {
+                    let mut flags = crate::codec::Flags::RESPONSE;
+                    if !header.flags.is_initiator() {
+                        flags = flags | crate::codec::Flags::INITIATOR;
+                    }
+                    let answer = Message {
+                        header: Header { flags, ..header },
+                        payloads: vec![Payload::Notify(Notify::empty(
+                            NotifyType::INVALID_MAJOR_VERSION,
+                        ))],
+                    };
+                    self.send_stateless(local, remote, &answer);
+                }
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
         };
         let h = wire.header;
         if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.is_response() {

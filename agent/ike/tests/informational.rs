@@ -237,3 +237,36 @@ fn dpd_gives_up_when_retransmissions_run_out_first() {
     let t = (d[0].0 - p.t0).as_secs_f64();
     assert!((t - (10.0 + 165.06112)).abs() < 1e-6, "{t}");
 }
+
+#[test]
+fn a_request_with_a_higher_major_version_is_answered_with_invalid_major_version() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    let t = p.a.poll_transmit().unwrap();
+    let mut v3 = t.payload.clone();
+    v3[17] = 0x30;
+    p.b.handle(p.now, t.remote, t.local, &v3);
+    let answer = p.b.poll_transmit().unwrap();
+    assert_eq!(answer.remote, t.local);
+    let msg = strait_ike::codec::Message::parse(&answer.payload).unwrap();
+    assert!(msg.header.flags.is_response() && !msg.header.flags.is_initiator());
+    assert_eq!(msg.header.initiator_spi.0, v3[..8]);
+    assert_eq!(msg.header.message_id, 0);
+    assert_eq!(answer.payload[17], 0x20);
+    match &msg.payloads[..] {
+        [strait_ike::codec::Payload::Notify(n)] => {
+            assert_eq!(n.ty, strait_ike::codec::NotifyType::INVALID_MAJOR_VERSION)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.b.ike_sa_count(), 0);
+    // IKEv1 (a lower major version) and responses are dropped silently.
+    v3[17] = 0x10;
+    p.b.handle(p.now, t.remote, t.local, &v3);
+    v3[17] = 0x30;
+    v3[19] |= 0x20;
+    p.b.handle(p.now, t.remote, t.local, &v3);
+    assert!(p.b.poll_transmit().is_none());
+    assert_eq!(p.b.stats().malformed, 3);
+}
