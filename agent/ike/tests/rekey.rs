@@ -526,3 +526,23 @@ fn a_child_rekey_colliding_with_an_ike_rekey_gets_temporary_failure_and_retries(
     assert_eq!(requests(&p, Side::A, ExchangeType::CREATE_CHILD_SA), 2);
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
 }
+
+#[test]
+fn a_child_rekey_retries_with_the_pfs_group_the_responder_asks_for() {
+    let mut a = config_a();
+    a.esp_proposals = strait_ike::proposal::parse_esp_list(&["aes256gcm16-ecp256-x25519"]).unwrap();
+    a.child_lifetime = lifetime(100);
+    let mut b = mirror(&a);
+    b.esp_proposals = strait_ike::proposal::parse_esp_list(&["aes256gcm16-x25519"]).unwrap();
+    b.child_lifetime = lifetime(1000);
+    let mut p = up(&a, &b, (1, 2));
+    let (old_a, old_b) = p.assert_children_match();
+    let n0 = p.log.len();
+    p.run_for(Duration::from_secs(100));
+    let (new_a, new_b) = assert_one_matching_child(&p);
+    assert_make_before_break(&p.ev_a, &old_a, &new_a);
+    assert_make_before_break(&p.ev_b, &old_b, &new_b);
+    // INVALID_KE_PAYLOAD round trip, then the rekey and the Delete.
+    assert_eq!(p.log.len() - n0, 6);
+    assert_eq!(requests(&p, Side::A, ExchangeType::CREATE_CHILD_SA), 2);
+}
