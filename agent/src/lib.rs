@@ -1,4 +1,9 @@
 //! `strait-agent`: the per-node daemon, as a library so integration tests can drive its parts.
 //! The binary (`main.rs`) only parses arguments and reports errors.
 
+pub mod dataplane;
+pub mod driver;
+pub mod peer;
+pub mod rng;
 pub mod standalone;
+pub mod status;

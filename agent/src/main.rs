@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::standalone;
+use strait_agent::{dataplane, standalone, status};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -17,9 +17,42 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run tunnels from a YAML file of IPsecTunnel documents, without Kubernetes.
-    Standalone(StandaloneArgs),
+    Standalone(RunArgs),
     /// Check a standalone config and its secrets, print what would run, and exit.
     Check(StandaloneArgs),
+    /// Ask a running agent for the state of its tunnels (like `swanctl --list-sas`).
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: StandaloneArgs,
+    /// Unix socket on which status is served.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// UDP port for IKE.
+    #[arg(long, default_value_t = 500)]
+    ike_port: u16,
+    /// UDP port for NAT traversal (IKE with the non-ESP marker, ESP in UDP).
+    #[arg(long, default_value_t = 4500)]
+    natt_port: u16,
+    /// The node name reported in status (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Unix socket of the running agent.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// Print the raw JSON (the shape of the CRD's per-gateway status).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,6 +97,53 @@ fn check(args: &StandaloneArgs) -> anyhow::Result<Vec<strait_crds::IPsecTunnel>>
     Ok(tunnels)
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "standalone".into())
+}
+
+fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    // refuse a broken file before anything binds
+    check(&args.common)?;
+    let opts = standalone::run::Options {
+        config: args.common.config.clone(),
+        secrets_dir: args.common.secrets_dir.clone(),
+        dataplane: match args.common.dataplane {
+            Dataplane::Kernel => dataplane::Kind::Kernel,
+            Dataplane::None => dataplane::Kind::None,
+        },
+        status_socket: args.status_socket.clone(),
+        ike_port: args.ike_port,
+        natt_port: args.natt_port,
+        node: args.node.clone().unwrap_or_else(hostname),
+    };
+    runtime()?.block_on(standalone::run::run(opts))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -80,11 +160,15 @@ fn main() -> ExitCode {
             }
             println!("{} tunnel(s), config and secrets OK", tunnels.len());
         }),
-        Command::Standalone(args) => check(args).and_then(|_| {
-            anyhow::bail!(
-                "config OK, but this build has no IKE driver yet: negotiation with {:?} data plane is not implemented",
-                args.dataplane
-            )
+        Command::Standalone(args) => run_standalone(args),
+        Command::Status(args) => runtime().and_then(|rt| {
+            let s = rt.block_on(status::query(&args.status_socket))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(())
         }),
     };
     match result {

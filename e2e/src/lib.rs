@@ -2,6 +2,7 @@
 //! nodes, strongSwan peers, the real control plane (kube-apiserver + etcd) and the kernel VM — each
 //! with cleanup that runs even when a test fails.
 
+pub mod agent;
 pub mod cmd;
 pub mod controlplane;
 pub mod netns;

@@ -2,4 +2,5 @@
 //! documents, with Secrets read from a directory laid out like a mounted Secret volume.
 
 pub mod config;
+pub mod run;
 pub mod secrets;

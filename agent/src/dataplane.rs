@@ -1,0 +1,564 @@
+//! Where negotiated CHILD SAs go: nowhere ([`NoDataplane`], `--dataplane none`) or into the
+//! kernel's XFRM ([`KernelDataplane`], `--dataplane kernel`).
+//!
+//! Kernel order on install: inbound SA, outbound SA, then the policies out/in/fwd, all tagged
+//! with the tunnel's reqid from Strait's reserved range, so nothing of another daemon is ever
+//! touched and a restart can sweep what is ours.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use strait_ike::codec::{AddrRange, TsRange};
+use strait_ike::crypto::alg::{Encr, Esn, Integ};
+use strait_ike::proposal::EspProposal;
+use strait_ike::{ChildSaId, ChildSaInstall};
+use strait_xfrm::{
+    Direction, Integrity, Key, Lifetimes, Limits, Mode, NatT, Policy, Prefix, Reqid, Sa, SaCrypto,
+    SaId, Selector, Template, Transform, Xfrm,
+};
+use tokio::net::UdpSocket;
+
+/// Which data plane the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Kernel XFRM.
+    Kernel,
+    /// Nothing is installed.
+    None,
+}
+
+impl Kind {
+    /// `kernel` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kernel => "kernel",
+            Kind::None => "none",
+        }
+    }
+}
+
+/// An error of the data plane, for a person (never with key material).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DataplaneError {
+    /// CamelCase reason for status (`KernelUnsupported`, `DataplaneError`).
+    pub reason: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+impl DataplaneError {
+    fn kernel(context: &str, e: &strait_xfrm::Error) -> Self {
+        let reason = match e {
+            strait_xfrm::Error::Unsupported(_) => "KernelUnsupported",
+            _ => "DataplaneError",
+        };
+        Self {
+            reason,
+            message: format!("{context}: {e}"),
+        }
+    }
+}
+
+/// What the driver asks of a data plane. `tunnel` is the tunnel's small index (its reqid is
+/// derived from it).
+pub trait Dataplane: Send {
+    /// Which one this is.
+    fn kind(&self) -> Kind;
+
+    /// Whether trap policies (initiation `onTraffic`) are available.
+    fn supports_on_traffic(&self) -> bool {
+        false
+    }
+
+    /// Prepares a freshly bound IKE socket (ESP-in-UDP on the NAT-T port, bypass policies).
+    ///
+    /// # Errors
+    /// The socket options could not be set.
+    fn prepare_socket(&self, sock: &UdpSocket, natt: bool) -> Result<(), DataplaneError>;
+
+    /// Checks before a tunnel starts that its ESP proposals can be installed.
+    fn preflight(
+        &mut self,
+        esp: &[EspProposal],
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Installs one CHILD SA.
+    fn install(
+        &mut self,
+        tunnel: u32,
+        sa: &ChildSaInstall,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Removes one CHILD SA (and the tunnel's policies with its last one).
+    fn delete(
+        &mut self,
+        child: ChildSaId,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Removes everything this agent installed.
+    fn shutdown(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+}
+
+/// A CHILD SA as the `none` data plane recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The tunnel index.
+    pub tunnel: u32,
+    /// Inbound SPI.
+    pub spi_in: u32,
+    /// Outbound SPI.
+    pub spi_out: u32,
+    /// What would have been installed, in words.
+    pub summary: String,
+}
+
+/// Installs nothing; records what would have been installed.
+#[derive(Debug, Default)]
+pub struct NoDataplane {
+    /// The CHILD SAs that would be in the kernel now.
+    pub installed: BTreeMap<ChildSaId, Recorded>,
+}
+
+fn summary(sa: &ChildSaInstall) -> String {
+    let ts = |v: &[TsRange]| v.iter().map(ts_string).collect::<Vec<_>>().join(",");
+    format!(
+        "{} {} -> {} in {:?} out {:?} {} === {}{}",
+        esp_name(sa.encr, sa.integ),
+        sa.local_addr,
+        sa.remote_addr,
+        sa.spi_in,
+        sa.spi_out,
+        ts(&sa.local_ts),
+        ts(&sa.remote_ts),
+        if sa.encapsulation.is_some() {
+            " (UDP-encapsulated)"
+        } else {
+            ""
+        }
+    )
+}
+
+impl Dataplane for NoDataplane {
+    fn kind(&self) -> Kind {
+        Kind::None
+    }
+
+    fn prepare_socket(&self, _sock: &UdpSocket, _natt: bool) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    async fn preflight(&mut self, _esp: &[EspProposal]) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), DataplaneError> {
+        let summary = summary(sa);
+        tracing::info!(child = sa.child.0, %summary, "dataplane none: not installing CHILD SA");
+        self.installed.insert(
+            sa.child,
+            Recorded {
+                tunnel,
+                spi_in: u32::from_be_bytes(sa.spi_in.0),
+                spi_out: u32::from_be_bytes(sa.spi_out.0),
+                summary,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&mut self, child: ChildSaId) -> Result<(), DataplaneError> {
+        self.installed.remove(&child);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), DataplaneError> {
+        self.installed.clear();
+        Ok(())
+    }
+}
+
+/// What the kernel data plane installed for one CHILD SA.
+#[derive(Debug, Clone)]
+struct Installed {
+    tunnel: u32,
+    sa_in: SaId,
+    sa_out: SaId,
+    policies: Vec<Policy>,
+}
+
+/// Kernel XFRM through strait-xfrm.
+#[derive(Debug)]
+pub struct KernelDataplane {
+    xfrm: Result<Xfrm, DataplaneError>,
+    installed: BTreeMap<ChildSaId, Installed>,
+}
+
+impl KernelDataplane {
+    /// Opens the XFRM netlink socket (inside a tokio runtime). A failure is kept and reported
+    /// by every later call, so the agent keeps serving status.
+    pub fn open() -> Self {
+        Self {
+            xfrm: Xfrm::open().map_err(|e| DataplaneError::kernel("opening XFRM netlink", &e)),
+            installed: BTreeMap::new(),
+        }
+    }
+
+    fn xfrm(&self) -> Result<&Xfrm, DataplaneError> {
+        self.xfrm.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// The tunnel's reqid (and ownership tag).
+pub fn reqid(tunnel: u32) -> Result<Reqid, DataplaneError> {
+    Reqid::ours(tunnel).map_err(|e| DataplaneError::kernel("reqid", &e))
+}
+
+fn integrity(i: Integ) -> Option<Integrity> {
+    match i {
+        Integ::HmacSha256_128 => Some(Integrity::HmacSha256),
+        Integ::HmacSha384_192 => Some(Integrity::HmacSha384),
+        Integ::HmacSha512_256 => Some(Integrity::HmacSha512),
+        _ => None,
+    }
+}
+
+fn key_bits(e: Encr) -> Option<u16> {
+    match e {
+        Encr::AesGcm16_128 | Encr::AesCbc128 => Some(128),
+        Encr::AesGcm16_256 | Encr::AesCbc256 => Some(256),
+        _ => None,
+    }
+}
+
+fn unsupported(what: String) -> DataplaneError {
+    DataplaneError {
+        reason: "KernelUnsupported",
+        message: format!("{what} has no kernel transform in this agent"),
+    }
+}
+
+/// The kernel transforms an ESP proposal list may end up using.
+pub fn transforms(esp: &[EspProposal]) -> Vec<Transform> {
+    let mut out = Vec::new();
+    for p in esp {
+        for e in &p.encr {
+            let Some(bits) = key_bits(*e) else { continue };
+            let ts: Vec<Transform> = if e.is_aead() {
+                vec![Transform::AesGcm16 { key_bits: bits }]
+            } else {
+                p.integ
+                    .iter()
+                    .filter_map(|i| integrity(*i))
+                    .map(|integrity| Transform::AesCbc {
+                        key_bits: bits,
+                        integrity,
+                    })
+                    .collect()
+            };
+            for t in ts {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// strongSwan-style name of a negotiated ESP transform (`aes256gcm16`, `aes256-sha256`).
+pub fn esp_name(encr: Encr, integ: Option<Integ>) -> String {
+    use strait_ike::proposal::Keyword;
+    match integ {
+        Some(i) => format!("{}-{}", encr.keyword(), i.keyword()),
+        None => encr.keyword().to_owned(),
+    }
+}
+
+/// A traffic selector as text: `198.51.100.0/24` when it is a prefix, else `a-b`, with
+/// protocol and ports when restricted.
+pub fn ts_string(ts: &TsRange) -> String {
+    let addrs = match prefix_of(ts) {
+        Some((a, len)) => format!("{a}/{len}"),
+        None => match ts.addrs {
+            AddrRange::V4 { start, end } => format!("{start}-{end}"),
+            AddrRange::V6 { start, end } => format!("{start}-{end}"),
+        },
+    };
+    let any_port = ts.start_port == 0 && ts.end_port == u16::MAX;
+    match (ts.ip_protocol, any_port) {
+        (0, true) => addrs,
+        (p, true) => format!("{addrs}[{p}]"),
+        (p, false) if ts.start_port == ts.end_port => format!("{addrs}[{p}/{}]", ts.start_port),
+        (p, false) => format!("{addrs}[{p}/{}-{}]", ts.start_port, ts.end_port),
+    }
+}
+
+/// The prefix a selector's address range is, if it is one.
+pub fn prefix_of(ts: &TsRange) -> Option<(IpAddr, u8)> {
+    let (start, end, bits) = match ts.addrs {
+        AddrRange::V4 { start, end } => (
+            u128::from(u32::from(start)),
+            u128::from(u32::from(end)),
+            32u32,
+        ),
+        AddrRange::V6 { start, end } => (u128::from(start), u128::from(end), 128u32),
+    };
+    let host = start ^ end;
+    // host bits must be a run of ones at the bottom, and start must have them clear
+    if host & host.wrapping_add(1) != 0 || start & host != 0 {
+        return None;
+    }
+    let len = bits - (128 - host.leading_zeros()).min(bits);
+    let addr = match ts.addrs {
+        AddrRange::V4 { start, .. } => IpAddr::V4(start),
+        AddrRange::V6 { start, .. } => IpAddr::V6(start),
+    };
+    u8::try_from(len).ok().map(|l| (addr, l))
+}
+
+fn crypto(
+    encr: Encr,
+    integ: Option<Integ>,
+    ekey: &[u8],
+    ikey: &[u8],
+) -> Result<SaCrypto, DataplaneError> {
+    let r = match integ {
+        None => SaCrypto::aes_gcm16(Key::from_slice(ekey)),
+        Some(i) => {
+            let integ = integrity(i).ok_or_else(|| unsupported(esp_name(encr, Some(i))))?;
+            SaCrypto::aes_cbc(Key::from_slice(ekey), integ, Key::from_slice(ikey))
+        }
+    };
+    r.map_err(|e| DataplaneError::kernel("CHILD SA keys", &e))
+}
+
+/// The kernel objects for one CHILD SA: inbound SA, outbound SA, policies (out, in, fwd).
+fn kernel_objects(
+    tunnel: u32,
+    sa: &ChildSaInstall,
+) -> Result<(Sa, Sa, Vec<Policy>), DataplaneError> {
+    let reqid = reqid(tunnel)?;
+    let (l, r) = (sa.local_addr.ip(), sa.remote_addr.ip());
+    let lifetimes = Lifetimes {
+        soft: Limits {
+            add_seconds: Some(sa.lifetimes.soft.as_secs().max(1)),
+            ..Limits::default()
+        },
+        hard: Limits {
+            add_seconds: Some(sa.lifetimes.hard.as_secs().max(2)),
+            ..Limits::default()
+        },
+    };
+    let k = &sa.keys;
+    let mut sa_in = Sa::new(
+        r,
+        l,
+        u32::from_be_bytes(sa.spi_in.0),
+        reqid,
+        Mode::Tunnel,
+        crypto(
+            sa.encr,
+            sa.integ,
+            k.encr_in.as_bytes(),
+            k.integ_in.as_bytes(),
+        )?,
+    );
+    let mut sa_out = Sa::new(
+        l,
+        r,
+        u32::from_be_bytes(sa.spi_out.0),
+        reqid,
+        Mode::Tunnel,
+        crypto(
+            sa.encr,
+            sa.integ,
+            k.encr_out.as_bytes(),
+            k.integ_out.as_bytes(),
+        )?,
+    );
+    for (s, replay) in [(&mut sa_in, 32), (&mut sa_out, 0)] {
+        s.lifetimes = lifetimes;
+        s.esn = sa.esn == Esn::Yes;
+        s.replay_window = if s.esn { replay.max(32) } else { replay };
+    }
+    if let Some(e) = sa.encapsulation {
+        sa_in.nat_t = Some(NatT {
+            sport: e.remote_port,
+            dport: e.local_port,
+        });
+        sa_out.nat_t = Some(NatT {
+            sport: e.local_port,
+            dport: e.remote_port,
+        });
+    }
+    let prefix = |ts: &TsRange| -> Result<Prefix, DataplaneError> {
+        let (a, len) = prefix_of(ts).ok_or_else(|| DataplaneError {
+            reason: "KernelUnsupported",
+            message: format!(
+                "traffic selector {} is not a prefix; XFRM policies need one",
+                ts_string(ts)
+            ),
+        })?;
+        Prefix::new(a, len).map_err(|e| DataplaneError::kernel("traffic selector", &e))
+    };
+    let mut policies = Vec::new();
+    for lt in &sa.local_ts {
+        for rt in &sa.remote_ts {
+            let (lp, rp) = (prefix(lt)?, prefix(rt)?);
+            let out = Selector::between(lp, rp);
+            let inn = Selector::between(rp, lp);
+            policies.push(Policy::protect(
+                out,
+                Direction::Out,
+                PRIORITY,
+                Template::esp(l, r, Mode::Tunnel, reqid),
+            ));
+            for dir in [Direction::In, Direction::Fwd] {
+                policies.push(Policy::protect(
+                    inn,
+                    dir,
+                    PRIORITY,
+                    Template::esp(r, l, Mode::Tunnel, reqid),
+                ));
+            }
+        }
+    }
+    Ok((sa_in, sa_out, policies))
+}
+
+/// Priority of our tunnel policies (strongSwan's default range for subnet policies).
+const PRIORITY: u32 = 375_423;
+
+impl Dataplane for KernelDataplane {
+    fn kind(&self) -> Kind {
+        Kind::Kernel
+    }
+
+    fn prepare_socket(&self, sock: &UdpSocket, natt: bool) -> Result<(), DataplaneError> {
+        let family = match sock.local_addr() {
+            Ok(a) if a.is_ipv6() => strait_xfrm::Family::V6,
+            _ => strait_xfrm::Family::V4,
+        };
+        if natt {
+            strait_xfrm::socket::set_udp_encap(sock)
+                .map_err(|e| DataplaneError::kernel("UDP_ENCAP on the NAT-T socket", &e))?;
+        }
+        strait_xfrm::socket::bypass_policies(sock, family)
+            .map_err(|e| DataplaneError::kernel("IKE socket bypass policies", &e))
+    }
+
+    async fn preflight(&mut self, esp: &[EspProposal]) -> Result<(), DataplaneError> {
+        let xfrm = self.xfrm()?.clone();
+        xfrm.preflight(&transforms(esp))
+            .await
+            .map(|_| ())
+            .map_err(|e| DataplaneError::kernel("kernel preflight", &e))
+    }
+
+    async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), DataplaneError> {
+        let xfrm = self.xfrm()?.clone();
+        let (sa_in, sa_out, policies) = kernel_objects(tunnel, sa)?;
+        xfrm.add_sa(&sa_in)
+            .await
+            .map_err(|e| DataplaneError::kernel("installing the inbound SA", &e))?;
+        if let Err(e) = xfrm.add_sa(&sa_out).await {
+            let _ = xfrm.delete_sa(&sa_in.id()).await;
+            return Err(DataplaneError::kernel("installing the outbound SA", &e));
+        }
+        for p in &policies {
+            if let Err(e) = xfrm.update_policy(p).await {
+                let _ = xfrm.delete_sa(&sa_out.id()).await;
+                let _ = xfrm.delete_sa(&sa_in.id()).await;
+                return Err(DataplaneError::kernel("installing a policy", &e));
+            }
+        }
+        self.installed.insert(
+            sa.child,
+            Installed {
+                tunnel,
+                sa_in: sa_in.id(),
+                sa_out: sa_out.id(),
+                policies,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&mut self, child: ChildSaId) -> Result<(), DataplaneError> {
+        let Some(ins) = self.installed.remove(&child) else {
+            return Ok(());
+        };
+        let xfrm = self.xfrm()?.clone();
+        let mut first_err = None;
+        let last_of_tunnel = !self.installed.values().any(|i| i.tunnel == ins.tunnel);
+        if last_of_tunnel {
+            for p in &ins.policies {
+                if let Err(e) = xfrm.delete_policy(&p.id()).await
+                    && !matches!(e, strait_xfrm::Error::NotFound { .. })
+                {
+                    first_err.get_or_insert(DataplaneError::kernel("deleting a policy", &e));
+                }
+            }
+        }
+        for id in [ins.sa_out, ins.sa_in] {
+            if let Err(e) = xfrm.delete_sa(&id).await
+                && !matches!(e, strait_xfrm::Error::NotFound { .. })
+            {
+                first_err.get_or_insert(DataplaneError::kernel("deleting an SA", &e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn shutdown(&mut self) -> Result<(), DataplaneError> {
+        self.installed.clear();
+        let xfrm = self.xfrm()?.clone();
+        xfrm.flush_ours()
+            .await
+            .map(|_| ())
+            .map_err(|e| DataplaneError::kernel("removing our XFRM objects", &e))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_ranges() {
+        let ts = TsRange::subnet("198.51.100.0".parse().unwrap(), 24).unwrap();
+        assert_eq!(ts_string(&ts), "198.51.100.0/24");
+        let host = TsRange::subnet("192.0.2.1".parse().unwrap(), 32).unwrap();
+        assert_eq!(ts_string(&host), "192.0.2.1/32");
+        let all = TsRange::subnet("0.0.0.0".parse().unwrap(), 0).unwrap();
+        assert_eq!(ts_string(&all), "0.0.0.0/0");
+        let odd = TsRange {
+            addrs: AddrRange::V4 {
+                start: "10.0.0.1".parse().unwrap(),
+                end: "10.0.0.5".parse().unwrap(),
+            },
+            ..all
+        };
+        assert_eq!(prefix_of(&odd), None);
+        assert_eq!(ts_string(&odd), "10.0.0.1-10.0.0.5");
+    }
+
+    #[test]
+    fn transforms_of_proposals() {
+        let esp =
+            strait_ike::proposal::parse_esp_list(&["aes256gcm16-x25519", "aes256-sha256"]).unwrap();
+        assert_eq!(
+            transforms(&esp),
+            vec![
+                Transform::AesGcm16 { key_bits: 256 },
+                Transform::AesCbc {
+                    key_bits: 256,
+                    integrity: Integrity::HmacSha256
+                }
+            ]
+        );
+    }
+}

@@ -1,0 +1,676 @@
+//! The driver (quinn's `ConnectionDriver` shape): one task owns the sans-IO [`Endpoint`] and
+//! feeds it datagrams from the UDP sockets, the clock (only read here), and commands; after
+//! every input it drains `poll_transmit` onto the sockets and `poll_event` into the data plane,
+//! the status and the logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use strait_crds::{ChildSaStatus, GatewayStatus, IPsecTunnelSpec, LastError};
+use strait_ike::proposal::{IkeChoice, Keyword};
+use strait_ike::{
+    ChildSaId, ChildSaInstall, Endpoint, EndpointConfig, Event, IkeSpis, PeerConfig, PeerId,
+    Reason, Role,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::dataplane::{self, Dataplane};
+use crate::status::{AgentStatus, StatusRequest, TunnelStatus};
+
+/// First re-initiation delay after a failure; doubled up to [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest re-initiation delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the peers to acknowledge our DELETEs.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// One tunnel as the driver gets it: the spec (to notice changes) and what it maps to.
+#[derive(Debug)]
+pub struct TunnelDef {
+    /// The `IPsecTunnel` name.
+    pub name: String,
+    /// The spec as written.
+    pub spec: IPsecTunnelSpec,
+    /// A digest of the secrets it uses (to notice a changed PSK without keeping it twice).
+    pub secret_digest: Vec<u8>,
+    /// The endpoint configuration, or why there is none (reason, message).
+    pub peer: Result<PeerConfig, (&'static str, String)>,
+    /// Remarks for the status.
+    pub notes: Vec<String>,
+}
+
+impl TunnelDef {
+    fn same_as(&self, other: &TunnelDef) -> bool {
+        self.spec == other.spec
+            && self.secret_digest == other.secret_digest
+            && self.notes == other.notes
+            && self.peer.is_ok() == other.peer.is_ok()
+    }
+}
+
+/// What the rest of the agent can ask of the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// Replace the tunnel set: added, changed and removed tunnels are applied, the others are
+    /// left alone.
+    Reload(Vec<TunnelDef>),
+    /// Delete every IKE SA, wait briefly for the DELETEs to go out, clean the data plane, stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Ports and names.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The IKE port we listen on (500).
+    pub ike_port: u16,
+    /// The NAT-T port (4500).
+    pub natt_port: u16,
+    /// This node's name, for the status.
+    pub node: String,
+    /// The endpoint's settings (ports are overwritten from the two above).
+    pub endpoint: EndpointConfig,
+}
+
+struct Datagram {
+    local: SocketAddr,
+    remote: SocketAddr,
+    data: Vec<u8>,
+}
+
+struct Socket {
+    local: SocketAddr,
+    sock: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+struct Tunnel {
+    def: TunnelDef,
+    index: u32,
+    peer: Option<PeerId>,
+    role: Option<Role>,
+    current: Option<IkeSpis>,
+    status: TunnelStatus,
+    children: BTreeMap<ChildSaId, ChildSaStatus>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The driver task's state.
+pub struct Driver<D: Dataplane> {
+    settings: Settings,
+    endpoint: Endpoint,
+    dp: D,
+    sockets: Vec<Socket>,
+    dgram_tx: mpsc::Sender<Datagram>,
+    dgram_rx: mpsc::Receiver<Datagram>,
+    tunnels: BTreeMap<String, Tunnel>,
+    by_peer: HashMap<PeerId, String>,
+    next_index: u32,
+}
+
+impl<D: Dataplane> core::fmt::Debug for Driver<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Driver")
+            .field("endpoint", &self.endpoint)
+            .field("tunnels", &self.tunnels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Dataplane> Drop for Driver<D> {
+    fn drop(&mut self) {
+        for s in &self.sockets {
+            s.reader.abort();
+        }
+    }
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn time_in(d: Duration) -> Option<Time> {
+    let d = k8s_openapi::jiff::SignedDuration::try_from(d).ok()?;
+    k8s_openapi::jiff::Timestamp::now()
+        .checked_add(d)
+        .ok()
+        .map(Time)
+}
+
+/// The IKE proposal in strongSwan's notation.
+pub fn ike_choice_name(c: &IkeChoice) -> String {
+    let mut parts = vec![c.encr.keyword()];
+    if let Some(i) = c.integ {
+        parts.push(i.keyword());
+    }
+    parts.push(c.prf.keyword());
+    parts.push(c.ke.keyword());
+    parts.join("-")
+}
+
+fn spis_string(s: &IkeSpis) -> String {
+    format!("{:?}_i {:?}_r", s.initiator, s.responder)
+}
+
+/// A sentence for a person, per reason.
+pub fn reason_message(r: Reason) -> &'static str {
+    match r {
+        Reason::NoProposalChosen => {
+            "no proposal chosen: the peer and this tunnel have no algorithm set in common (compare spec.ike/spec.esp proposals with the peer's)"
+        }
+        Reason::AuthenticationFailed => {
+            "authentication failed: the peer rejected our AUTH or its AUTH/identity did not verify (check the pre-shared key and both identities)"
+        }
+        Reason::PeerUnreachable => {
+            "the peer did not answer (retransmissions or dead peer detection timed out)"
+        }
+        Reason::TsUnacceptable => "the peer did not accept the traffic selectors (subnets)",
+        Reason::InvalidSyntax => "the peer sent, or reported, a malformed message",
+        Reason::DeletedByPeer => "the peer deleted the SA",
+        Reason::DeletedLocally => "deleted by this agent",
+        Reason::HalfOpenTimeout => "the peer never completed IKE_AUTH",
+        Reason::Replaced => "replaced by a newer SA",
+        Reason::CertificateNotYetValid => "the peer's certificate is not yet valid",
+        Reason::CertificateExpired => "the peer's certificate has expired",
+        Reason::PeerError => "the peer answered with an error notification",
+        _ => "internal error in this agent",
+    }
+}
+
+fn last_error(reason: &str, message: String) -> Option<LastError> {
+    Some(LastError {
+        reason: reason.to_owned(),
+        message,
+        time: Some(now_time()),
+    })
+}
+
+impl<D: Dataplane> Driver<D> {
+    /// A driver with no tunnel yet.
+    pub fn new(settings: Settings, dp: D) -> Self {
+        let mut ep = settings.endpoint.clone();
+        ep.ike_port = settings.ike_port;
+        ep.natt_port = settings.natt_port;
+        let endpoint = Endpoint::new(ep, Box::new(crate::rng::OsRng::new()));
+        let (dgram_tx, dgram_rx) = mpsc::channel(1024);
+        Self {
+            settings,
+            endpoint,
+            dp,
+            sockets: Vec::new(),
+            dgram_tx,
+            dgram_rx,
+            tunnels: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            next_index: 0,
+        }
+    }
+
+    /// The data plane (for tests).
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// Runs until [`Command::Shutdown`] (or until every command sender is gone).
+    pub async fn run(
+        mut self,
+        initial: Vec<TunnelDef>,
+        mut commands: mpsc::Receiver<Command>,
+        mut status: mpsc::Receiver<StatusRequest>,
+    ) {
+        self.reload(initial).await;
+        loop {
+            let deadline = self.next_deadline();
+            let timer = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(d) = self.dgram_rx.recv() => {
+                    self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
+                }
+                () = timer => self.on_timer(),
+                Some(req) = status.recv() => {
+                    let _ = req.send(self.status());
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Reload(defs)) => self.reload(defs).await,
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+            }
+            self.flush().await;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let retry = self.tunnels.values().filter_map(|t| t.retry_at).min();
+        match (self.endpoint.poll_timeout(), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        self.endpoint.handle_timeout(now);
+        for t in self.tunnels.values_mut() {
+            if t.retry_at.is_some_and(|r| r <= now) {
+                t.retry_at = None;
+                if let Some(peer) = t.peer {
+                    tracing::info!(tunnel = %t.def.name, "re-initiating");
+                    t.status.gateway.ike_state = Some("Connecting".into());
+                    self.endpoint.initiate(now, peer);
+                }
+            }
+        }
+    }
+
+    /// Sends every queued datagram and acts on every queued event, until both are empty.
+    async fn flush(&mut self) {
+        loop {
+            let mut idle = true;
+            while let Some(t) = self.endpoint.poll_transmit() {
+                idle = false;
+                self.send(t).await;
+            }
+            while let Some(ev) = self.endpoint.poll_event() {
+                idle = false;
+                self.on_event(ev).await;
+            }
+            if idle {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, t: strait_ike::Transmit) {
+        let sock = self
+            .sockets
+            .iter()
+            .find(|s| s.local == t.local)
+            .or_else(|| {
+                self.sockets.iter().find(|s| {
+                    s.local.port() == t.local.port() && s.local.is_ipv4() == t.remote.is_ipv4()
+                })
+            });
+        let Some(s) = sock else {
+            tracing::warn!(local = %t.local, remote = %t.remote, "no socket to send from");
+            return;
+        };
+        if let Err(e) = s.sock.send_to(&t.payload, t.remote).await {
+            tracing::warn!(local = %t.local, remote = %t.remote, error = %e, "send failed");
+        }
+    }
+
+    fn ensure_sockets(&mut self, ip: IpAddr) -> Result<(), String> {
+        for (port, natt) in [
+            (self.settings.ike_port, false),
+            (self.settings.natt_port, true),
+        ] {
+            let want = SocketAddr::new(ip, port);
+            if self.sockets.iter().any(|s| s.local == want) {
+                continue;
+            }
+            let std_sock = std::net::UdpSocket::bind(want)
+                .map_err(|e| format!("cannot bind UDP {want}: {e}"))?;
+            std_sock
+                .set_nonblocking(true)
+                .map_err(|e| format!("UDP {want}: {e}"))?;
+            let sock = UdpSocket::from_std(std_sock).map_err(|e| format!("UDP {want}: {e}"))?;
+            self.dp.prepare_socket(&sock, natt).map_err(|e| e.message)?;
+            let sock = Arc::new(sock);
+            let reader = tokio::spawn(read_loop(Arc::clone(&sock), want, self.dgram_tx.clone()));
+            tracing::info!(local = %want, "listening");
+            self.sockets.push(Socket {
+                local: want,
+                sock,
+                reader,
+            });
+        }
+        Ok(())
+    }
+
+    async fn reload(&mut self, defs: Vec<TunnelDef>) {
+        let now = Instant::now();
+        let mut incoming: BTreeMap<String, TunnelDef> =
+            defs.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let names: Vec<String> = self.tunnels.keys().cloned().collect();
+        for name in names {
+            let keep = match (incoming.get(&name), self.tunnels.get(&name)) {
+                (Some(new), Some(old)) => new.same_as(&old.def),
+                _ => false,
+            };
+            if keep {
+                incoming.remove(&name);
+                continue;
+            }
+            if let Some(t) = self.tunnels.remove(&name) {
+                tracing::info!(tunnel = %name, "removing tunnel");
+                if let Some(peer) = t.peer {
+                    self.endpoint.remove_peer(now, peer);
+                }
+            }
+            // events of the removed peer (CHILD SA deletes) reach the data plane here
+            self.flush().await;
+        }
+        for (_, def) in incoming {
+            self.add_tunnel(def).await;
+        }
+    }
+
+    async fn add_tunnel(&mut self, def: TunnelDef) {
+        self.next_index = self.next_index.wrapping_add(1);
+        let name = def.name.clone();
+        let mut t = Tunnel {
+            index: self.next_index,
+            peer: None,
+            role: None,
+            current: None,
+            status: TunnelStatus {
+                name: name.clone(),
+                initiation: format!("{:?}", def.spec.initiation),
+                local_id: def.spec.local.id.clone(),
+                remote_id: def.spec.remote.id.clone(),
+                notes: def.notes.clone(),
+                gateway: GatewayStatus {
+                    node: self.settings.node.clone(),
+                    ike_state: Some("Down".into()),
+                    ..GatewayStatus::default()
+                },
+                ..TunnelStatus::default()
+            },
+            children: BTreeMap::new(),
+            retry_at: None,
+            backoff: RETRY_MIN,
+            def,
+        };
+        t.status.initiation = match t.def.spec.initiation {
+            strait_crds::Initiation::Start => "start",
+            strait_crds::Initiation::Respond => "respond",
+            strait_crds::Initiation::OnTraffic => "onTraffic",
+        }
+        .into();
+        match self.start_tunnel(&t).await {
+            Ok((peer, role)) => {
+                t.peer = Some(peer);
+                t.role = Some(role);
+                self.by_peer.insert(peer, name.clone());
+                if role == Role::Start {
+                    tracing::info!(tunnel = %name, "initiating");
+                    t.status.gateway.ike_state = Some("Connecting".into());
+                    self.endpoint.initiate(Instant::now(), peer);
+                } else {
+                    tracing::info!(tunnel = %name, ?role, "waiting for the peer");
+                }
+            }
+            Err((reason, message)) => {
+                tracing::error!(tunnel = %name, reason, %message, "tunnel cannot start");
+                t.status.gateway.last_error = last_error(reason, message);
+            }
+        }
+        self.tunnels.insert(name, t);
+    }
+
+    async fn start_tunnel(&mut self, t: &Tunnel) -> Result<(PeerId, Role), (&'static str, String)> {
+        let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
+        self.ensure_sockets(cfg.local_addr.ip())
+            .map_err(|m| ("SocketError", m))?;
+        self.dp
+            .preflight(&cfg.esp_proposals)
+            .await
+            .map_err(|e| (e.reason, e.message))?;
+        let role = cfg.role;
+        let peer = self
+            .endpoint
+            .add_peer(cfg.clone())
+            .map_err(|e| ("InvalidConfig", e.to_string()))?;
+        Ok((peer, role))
+    }
+
+    async fn shutdown(&mut self) {
+        let now = Instant::now();
+        let peers: Vec<PeerId> = self.tunnels.values().filter_map(|t| t.peer).collect();
+        tracing::info!(tunnels = peers.len(), "shutting down: deleting IKE SAs");
+        for p in peers {
+            self.endpoint.remove_peer(now, p);
+        }
+        self.flush().await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.endpoint.ike_sa_count() > 0 {
+            tokio::select! {
+                Some(d) = self.dgram_rx.recv() => {
+                    self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+            self.flush().await;
+        }
+        if let Err(e) = self.dp.shutdown().await {
+            tracing::warn!(reason = e.reason, message = %e.message, "data plane cleanup");
+        }
+    }
+
+    fn tunnel_of(&mut self, peer: PeerId) -> Option<&mut Tunnel> {
+        let name = self.by_peer.get(&peer)?;
+        self.tunnels.get_mut(name)
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::ChildSaInstall(sa) => self.on_child_install(&sa).await,
+            Event::ChildSaDelete {
+                peer,
+                child,
+                spi_in,
+                spi_out,
+            } => {
+                if let Err(e) = self.dp.delete(child).await {
+                    tracing::warn!(reason = e.reason, message = %e.message, "CHILD SA removal");
+                }
+                if let Some(t) = self.tunnel_of(peer) {
+                    tracing::info!(tunnel = %t.def.name, spi_in = ?spi_in, spi_out = ?spi_out, "CHILD SA deleted");
+                    t.children.remove(&child);
+                    t.refresh();
+                }
+            }
+            Event::ChildSaFailed { peer, reason } => {
+                if let Some(t) = self.tunnel_of(peer) {
+                    tracing::warn!(tunnel = %t.def.name, reason = reason.as_str(), "CHILD SA failed");
+                    t.status.gateway.last_error = last_error(
+                        reason.as_str(),
+                        format!("CHILD SA: {}", reason_message(reason)),
+                    );
+                }
+            }
+            Event::IkeSaUp {
+                peer,
+                proposal,
+                spis,
+                nat,
+                initiator,
+                local_addr,
+                remote_addr,
+            } => {
+                if let Some(t) = self.tunnel_of(peer) {
+                    let g = &mut t.status.gateway;
+                    g.ike_state = Some("Established".into());
+                    g.ike_proposal = Some(ike_choice_name(&proposal));
+                    g.ike_spis = Some(spis_string(&spis));
+                    g.local_endpoint = Some(local_addr.to_string());
+                    g.remote_endpoint = Some(remote_addr.to_string());
+                    g.nat_detected = Some(nat.local_behind_nat || nat.remote_behind_nat);
+                    g.established_at = Some(now_time());
+                    g.last_error = None;
+                    t.status.initiator = Some(initiator);
+                    t.current = Some(spis);
+                    t.retry_at = None;
+                    t.backoff = RETRY_MIN;
+                    tracing::info!(
+                        tunnel = %t.def.name,
+                        proposal = %ike_choice_name(&proposal),
+                        local = %local_addr,
+                        remote = %remote_addr,
+                        local_behind_nat = nat.local_behind_nat,
+                        remote_behind_nat = nat.remote_behind_nat,
+                        initiator,
+                        "IKE SA established"
+                    );
+                    t.refresh();
+                }
+            }
+            Event::IkeSaDown { peer, spis, reason } => {
+                if let Some(t) = self.tunnel_of(peer) {
+                    t.on_ike_down(spis, reason);
+                }
+            }
+            Event::IkeSaRekeyed {
+                peer,
+                old,
+                new,
+                proposal,
+            } => {
+                if let Some(t) = self.tunnel_of(peer)
+                    && t.current == Some(old)
+                {
+                    tracing::info!(tunnel = %t.def.name, "IKE SA rekeyed");
+                    t.current = Some(new);
+                    t.status.gateway.ike_spis = Some(spis_string(&new));
+                    t.status.gateway.ike_proposal = Some(ike_choice_name(&proposal));
+                }
+            }
+            other => tracing::debug!(event = ?other, "unhandled event"),
+        }
+    }
+
+    async fn on_child_install(&mut self, sa: &ChildSaInstall) {
+        let Some(index) = self.tunnel_of(sa.peer).map(|t| t.index) else {
+            return;
+        };
+        let result = self.dp.install(index, sa).await;
+        let Some(t) = self.tunnel_of(sa.peer) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    tunnel = %t.def.name,
+                    spi_in = ?sa.spi_in,
+                    spi_out = ?sa.spi_out,
+                    proposal = %dataplane::esp_name(sa.encr, sa.integ),
+                    encapsulated = sa.encapsulation.is_some(),
+                    "CHILD SA installed"
+                );
+                let ts =
+                    |v: &[strait_ike::codec::TsRange]| v.iter().map(dataplane::ts_string).collect();
+                t.children.insert(
+                    sa.child,
+                    ChildSaStatus {
+                        spi_in: format!("{:?}", sa.spi_in),
+                        spi_out: format!("{:?}", sa.spi_out),
+                        proposal: Some(dataplane::esp_name(sa.encr, sa.integ)),
+                        local_ts: ts(&sa.local_ts),
+                        remote_ts: ts(&sa.remote_ts),
+                        mode: Some("tunnel".into()),
+                        encapsulated: Some(sa.encapsulation.is_some()),
+                        established_at: Some(now_time()),
+                        rekey_at: time_in(sa.lifetimes.soft),
+                    },
+                );
+                t.refresh();
+            }
+            Err(e) => {
+                tracing::error!(tunnel = %t.def.name, reason = e.reason, message = %e.message, "CHILD SA not installed");
+                t.status.gateway.last_error = last_error(e.reason, e.message);
+            }
+        }
+    }
+
+    /// The current status of every tunnel.
+    pub fn status(&self) -> AgentStatus {
+        AgentStatus {
+            node: self.settings.node.clone(),
+            dataplane: self.dp.kind().as_str().into(),
+            tunnels: self.tunnels.values().map(|t| t.status.clone()).collect(),
+        }
+    }
+}
+
+impl Tunnel {
+    fn refresh(&mut self) {
+        self.status.gateway.child_sas = self.children.values().cloned().collect();
+        self.status.ready = self.status.gateway.ike_state.as_deref() == Some("Established")
+            && !self.children.is_empty();
+    }
+
+    fn on_ike_down(&mut self, spis: IkeSpis, reason: Reason) {
+        let current = self.current.is_none_or(|c| c == spis);
+        if !current || reason == Reason::Replaced {
+            tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
+            return;
+        }
+        tracing::warn!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "IKE SA down");
+        self.current = None;
+        let g = &mut self.status.gateway;
+        g.ike_spis = None;
+        g.ike_proposal = None;
+        g.established_at = None;
+        g.nat_detected = None;
+        self.status.initiator = None;
+        self.children.clear();
+        if reason != Reason::DeletedLocally {
+            g.last_error = last_error(reason.as_str(), reason_message(reason).to_owned());
+        }
+        let retry = self.role == Some(Role::Start) && reason != Reason::DeletedLocally;
+        if retry {
+            let delay = self.backoff;
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            self.retry_at = Some(Instant::now() + delay);
+            g.ike_state = Some("Connecting".into());
+            tracing::info!(tunnel = %self.def.name, delay_secs = delay.as_secs(), "will re-initiate");
+        } else {
+            g.ike_state = Some("Down".into());
+        }
+        self.refresh();
+    }
+}
+
+async fn read_loop(sock: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, remote)) => {
+                let data = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
+                if tx
+                    .send(Datagram {
+                        local,
+                        remote,
+                        data,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%local, error = %e, "receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `strait-agent standalone`: tunnels from a file, the driver, the status socket, signals
+//! (SIGHUP reloads, SIGTERM/SIGINT delete every IKE SA and exit).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use strait_crds::IPsecTunnel;
+use strait_ike::EndpointConfig;
+use strait_ike::crypto::keys::SecretBytes;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
+use crate::driver::{Command, Driver, Settings, TunnelDef};
+use crate::peer::{self, Inputs};
+use crate::standalone::{config, secrets};
+use crate::status;
+
+/// The options of `strait-agent standalone`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The IPsecTunnel file.
+    pub config: PathBuf,
+    /// The secrets directory.
+    pub secrets_dir: PathBuf,
+    /// Kernel or none.
+    pub dataplane: Kind,
+    /// Where status is served.
+    pub status_socket: PathBuf,
+    /// Our IKE port.
+    pub ike_port: u16,
+    /// Our NAT-T port.
+    pub natt_port: u16,
+    /// The node name reported in status.
+    pub node: String,
+}
+
+/// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
+/// cannot be had still gets a definition (with the error), so status shows it.
+///
+/// # Errors
+/// The file itself is unreadable or invalid.
+pub async fn definitions(opts: &Options, kind: Kind) -> anyhow::Result<Vec<TunnelDef>> {
+    let tunnels = config::load(&opts.config)?;
+    let mut out = Vec::new();
+    for t in tunnels {
+        out.push(definition(opts, kind, t).await);
+    }
+    Ok(out)
+}
+
+async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {
+    let name = t.metadata.name.clone().unwrap_or_default();
+    let spec = t.spec;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let psk = match &spec.auth.psk {
+        Some(r) => match secrets::read(&opts.secrets_dir, &r.secret_ref) {
+            Ok(s) => {
+                digest.update(s.expose());
+                Ok(Some(SecretBytes::from_slice(s.expose())))
+            }
+            Err(e) => Err(("SecretUnavailable", e.to_string())),
+        },
+        None => Ok(None),
+    };
+    let secret_digest = digest.finish().as_ref().to_vec();
+    let mut notes = Vec::new();
+    let peer = match psk {
+        Err(e) => Err(e),
+        Ok(psk) => match addresses(&spec).await {
+            Err(m) => Err(("AddressUnresolved", m)),
+            Ok((local_ip, remote_ip)) => peer::build(
+                &spec,
+                Inputs {
+                    local_ip,
+                    remote_ip,
+                    ike_port: opts.ike_port,
+                    remote_port: 500,
+                    psk,
+                    // trap policies + acquire are not implemented yet
+                    on_traffic_supported: false,
+                },
+            )
+            .map(|b| {
+                notes = b.notes;
+                b.config
+            })
+            .map_err(|e| (e.reason(), e.to_string())),
+        },
+    };
+    TunnelDef {
+        name,
+        spec,
+        secret_digest,
+        peer,
+        notes,
+    }
+}
+
+/// Our address (configured, or the source address the routing table picks towards the peer)
+/// and the peer's (an IP, or the first address its DNS name resolves to).
+async fn addresses(spec: &strait_crds::IPsecTunnelSpec) -> Result<(IpAddr, IpAddr), String> {
+    let remote = match spec.remote.address.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => tokio::net::lookup_host((spec.remote.address.as_str(), 500))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", spec.remote.address))?
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| format!("{} has no address", spec.remote.address))?,
+    };
+    let local = match &spec.local.address {
+        Some(a) => a
+            .parse::<IpAddr>()
+            .map_err(|_| format!("spec.local.address {a:?} is not an IP address"))?,
+        None => {
+            let any: SocketAddr = if remote.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from(([0u16; 8], 0))
+            };
+            let s = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
+            s.connect(SocketAddr::new(remote, 500))
+                .map_err(|e| format!("no route to {remote}: {e}"))?;
+            s.local_addr().map_err(|e| e.to_string())?.ip()
+        }
+    };
+    Ok((local, remote))
+}
+
+/// Runs standalone mode until SIGTERM/SIGINT.
+///
+/// # Errors
+/// The config is invalid at start, or the status socket cannot be bound.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    match opts.dataplane {
+        Kind::None => run_with(opts, NoDataplane::default()).await,
+        Kind::Kernel => {
+            let dp = KernelDataplane::open();
+            run_with(opts, dp).await
+        }
+    }
+}
+
+async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Result<()> {
+    let kind = dp.kind();
+    let defs = definitions(&opts, kind).await?;
+    let listener = status::bind(&opts.status_socket).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot serve status at {}: {e}",
+            opts.status_socket.display()
+        )
+    })?;
+    let _socket_file = status::SocketFile(opts.status_socket.clone());
+    let settings = Settings {
+        ike_port: opts.ike_port,
+        natt_port: opts.natt_port,
+        node: opts.node.clone(),
+        endpoint: EndpointConfig::default(),
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let (status_tx, status_rx) = mpsc::channel(16);
+    tokio::spawn(status::serve(listener, status_tx));
+    tracing::info!(
+        tunnels = defs.len(),
+        dataplane = kind.as_str(),
+        status_socket = %opts.status_socket.display(),
+        "standalone agent starting"
+    );
+    let config_path = opts.config.clone();
+    let signals = tokio::spawn(async move {
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!(config = %config_path.display(), "SIGHUP: reloading");
+                    match definitions(&opts, kind).await {
+                        Ok(defs) => {
+                            if cmd_tx.send(Command::Reload(defs)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "reload refused; keeping the running tunnels"),
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stopping");
+        let (done_tx, done_rx) = oneshot::channel();
+        if cmd_tx.send(Command::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    });
+    // The driver owns the endpoint (not `Sync`), so it runs on this task rather than a spawned one.
+    Driver::new(settings, dp).run(defs, cmd_rx, status_rx).await;
+    signals.abort();
+    Ok(())
+}
