@@ -30,7 +30,7 @@ use strait_crds::IPsecTunnel;
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
 use crate::election::elect;
-use crate::error::Error;
+use crate::error::{Error, Fault};
 use crate::heartbeat;
 use crate::metrics::{Metrics, READY_STATUSES};
 
@@ -160,7 +160,7 @@ async fn reconcile(tunnel: Arc<IPsecTunnel>, ctx: Arc<Context>) -> Result<Action
         .observe(started.elapsed().as_secs_f64());
     match &result {
         Ok(_) => m.reconciles.with_label_values(&["success"]).inc(),
-        Err(e) if e.kind() == "waiting_for_agents" => {
+        Err(e) if e.fault() == Fault::Waiting => {
             m.reconciles.with_label_values(&["waiting"]).inc();
         }
         Err(e) => {
@@ -172,9 +172,9 @@ async fn reconcile(tunnel: Arc<IPsecTunnel>, ctx: Arc<Context>) -> Result<Action
 }
 
 fn error_policy(tunnel: Arc<IPsecTunnel>, err: &Error, _ctx: Arc<Context>) -> Action {
-    match err {
-        Error::WaitingForAgents { nodes } => {
-            tracing::info!(tunnel = %tunnel.name_any(), ?nodes, "deletion waits for agents");
+    match err.fault() {
+        Fault::Waiting => {
+            tracing::info!(tunnel = %tunnel.name_any(), "{err}");
             Action::requeue(Duration::from_secs(1))
         }
         _ => {
