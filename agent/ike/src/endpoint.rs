@@ -304,8 +304,13 @@ impl Endpoint {
             Err(crate::codec::DecodeError::InvalidMajorVersion { major, header }) => {
                 self.stats.malformed += 1;
                 // RFC 7296 §2.5: a request with a higher major version is answered, unprotected,
-                // with INVALID_MAJOR_VERSION in a header carrying our version (2.0).
-                if major > 2 && !header.flags.is_response() {
+                // with INVALID_MAJOR_VERSION in a header carrying our version (2.0). As charon
+                // does, only an IKE_SA_INIT request (nothing else can come from a peer that
+                // does not speak our version).
+                if major > 2
+                    && !header.flags.is_response()
+                    && header.exchange_type == ExchangeType::IKE_SA_INIT
+                {
                     let mut flags = crate::codec::Flags::RESPONSE;
                     if !header.flags.is_initiator() {
                         flags = flags | crate::codec::Flags::INITIATOR;

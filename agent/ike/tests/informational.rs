@@ -267,6 +267,10 @@ fn a_request_with_a_higher_major_version_is_answered_with_invalid_major_version(
     v3[17] = 0x30;
     v3[19] |= 0x20;
     p.b.handle(p.now, t.remote, t.local, &v3);
+    // So are other exchanges (only IKE_SA_INIT can come from a peer of another version).
+    v3[19] &= !0x20;
+    v3[18] = 35;
+    p.b.handle(p.now, t.remote, t.local, &v3);
     assert!(p.b.poll_transmit().is_none());
-    assert_eq!(p.b.stats().malformed, 3);
+    assert_eq!(p.b.stats().malformed, 4);
 }
