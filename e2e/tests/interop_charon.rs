@@ -304,3 +304,398 @@ fn charon_initiates_agent_responds() {
     assert_eq!(ours["initiator"], false);
     assert_eq!(ours["initiation"], "respond");
 }
+
+#[test]
+fn through_nat_agent_behind_nat_initiates() {
+    agent_initiates(&Case::default(), true, "aes256gcm16-prfsha256-x25519");
+}
+
+#[test]
+fn through_nat_charon_behind_nat_initiates() {
+    let _serial = netns::serial();
+    let case = Case::default();
+    let pair = SitePair::new(true).expect("topology");
+    // the agent knows the peer only by the NAT's outside address
+    let agent = start_agent(
+        &case,
+        &pair.right,
+        &pair.left,
+        &pair.left.public_addr.to_string(),
+        "respond",
+    );
+    let charon = Charon::start(
+        &pair.left.ns,
+        &charon_config(
+            &case,
+            &pair.left,
+            &pair.right,
+            Some(pair.right.addr.to_string()),
+        ),
+    )
+    .expect("start charon");
+    charon
+        .initiate(TUNNEL, "net", 20)
+        .unwrap_or_else(|e| panic!("charon initiate: {e:#}\n{}", dump(&agent, &charon)));
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    assert_agree(
+        &charon.list_sas().unwrap(),
+        &ours,
+        "aes256gcm16-prfsha256-x25519",
+    );
+    assert_eq!(ours["natDetected"], true);
+    let remote = ours["remoteEndpoint"].as_str().unwrap();
+    assert!(
+        remote.starts_with(&format!("{}:", pair.left.public_addr)) && !remote.ends_with(":500"),
+        "we see charon at {remote}"
+    );
+}
+
+/// The proposal matrix: each row negotiated agent → charon with exactly these proposals on
+/// both sides.
+#[test]
+fn proposal_table() {
+    let rows: [(&str, &str); 5] = [
+        ("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519"),
+        ("aes128gcm16-prfsha256-ecp256", "aes128gcm16-ecp256"),
+        ("aes256-sha256-modp2048", "aes256-sha256"),
+        ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-ecp384"),
+        ("aes256-sha512-modp3072", "aes256-sha512-modp3072"),
+    ];
+    for (ike, esp) in rows {
+        let case = Case {
+            agent_ike: vec![ike],
+            agent_esp: vec![esp],
+            charon_ike: vec![ike],
+            charon_esp: vec![esp],
+            ..Case::default()
+        };
+        // our status names the PRF explicitly; for the CBC rows it equals the integrity hash
+        let expect = match ike {
+            "aes256-sha256-modp2048" => "aes256-sha256-prfsha256-modp2048",
+            "aes256-sha512-modp3072" => "aes256-sha512-prfsha512-modp3072",
+            other => other,
+        };
+        eprintln!("proposal row: ike {ike} / esp {esp}");
+        agent_initiates(&case, false, expect);
+    }
+}
+
+#[test]
+fn wrong_psk_is_authentication_failed_on_both_sides() {
+    let _serial = netns::serial();
+    let case = Case {
+        agent_psk: "this-is-not-the-key-charon-has",
+        ..Case::default()
+    };
+    let pair = SitePair::new(false).expect("topology");
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&case, &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let agent = start_agent(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
+            t["lastError"]["reason"] == "AuthenticationFailed"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    assert_ne!(ours["ikeState"], "Established");
+    assert!(!agent.log().contains(case.agent_psk), "PSK in our log");
+    assert!(
+        !agent.status_json().unwrap().contains(case.agent_psk),
+        "PSK in status"
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("AUTH_FAILED") || log.contains("AUTHENTICATION_FAILED"),
+        "charon's log does not show the authentication failure:\n{log}"
+    );
+    assert!(
+        charon
+            .list_sas()
+            .unwrap()
+            .ike(TUNNEL)
+            .is_none_or(|s| s.state != "ESTABLISHED")
+    );
+}
+
+#[test]
+fn mismatched_proposals_are_no_proposal_chosen_on_both_sides() {
+    let _serial = netns::serial();
+    let case = Case {
+        agent_ike: vec!["aes256gcm16-prfsha384-ecp384"],
+        charon_ike: vec!["aes128-sha256-modp3072"],
+        ..Case::default()
+    };
+    let pair = SitePair::new(false).expect("topology");
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&case, &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let agent = start_agent(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
+            t["lastError"]["reason"] == "NoProposalChosen"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    assert_ne!(ours["ikeState"], "Established");
+    let log = charon.log();
+    assert!(
+        log.contains("NO_PROP") || log.contains("NO_PROPOSAL_CHOSEN"),
+        "charon's log does not show NO_PROPOSAL_CHOSEN:\n{log}"
+    );
+}
+
+#[test]
+fn dpd_declares_a_killed_charon_unreachable() {
+    let _serial = netns::serial();
+    let case = Case {
+        dpd: Some(("2s", "6s")),
+        ..Case::default()
+    };
+    let pair = SitePair::new(false).expect("topology");
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&case, &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let agent = start_agent(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let pid = charon.pid().expect("charon runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = std::time::Instant::now();
+    // quiet for up to `interval`, then unanswered for `timeout`: 2 s + 6 s, plus slack
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(12), |t| {
+            t["lastError"]["reason"] == "PeerUnreachable"
+        })
+        .unwrap();
+    let took = killed.elapsed();
+    eprintln!("PeerUnreachable {took:?} after charon was killed");
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+    assert_ne!(ours["ikeState"], "Established");
+    assert_eq!(ours["ready"], false);
+    assert!(
+        ours["childSas"].as_array().is_none_or(Vec::is_empty),
+        "{ours}"
+    );
+}
+
+/// A capture of a whole agent lifetime (IKE_SA_INIT, IKE_AUTH on 4500, and the DELETE that
+/// SIGTERM sends) dissected by tshark: no malformed packet; and SIGTERM exits 0 with charon's
+/// IKE SA gone.
+#[test]
+fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
+    let _serial = netns::serial();
+    let case = Case::default();
+    let mut pair = SitePair::new(false).expect("topology");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("agent.pcap");
+    let iface = pair.topology.interface("left", "right").unwrap();
+    let tcpdump = pair
+        .topology
+        .spawn(
+            "left",
+            &[
+                "tcpdump",
+                "-i",
+                &iface,
+                "-U",
+                "-n",
+                "-w",
+                pcap.to_str().unwrap(),
+                "udp",
+            ],
+            &dir.path().join("tcpdump.log"),
+        )
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&case, &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let mut agent = start_agent(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    let status = agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "agent exit status {status}\n{}",
+        agent.log()
+    );
+    // charon got our DELETE: its IKE SA is gone
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while charon.list_sas().unwrap().ike(TUNNEL).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "charon still has the IKE SA after our SIGTERM:\n{}\n{}",
+            charon.list_sas().unwrap().raw,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(tcpdump).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out =
+        strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap(), "-V"]).expect("tshark");
+    let text = out.stdout;
+    for exchange in ["IKE_SA_INIT", "IKE_AUTH", "INFORMATIONAL"] {
+        assert!(
+            text.contains(exchange),
+            "no {exchange} in the capture:\n{}",
+            strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap()])
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        );
+    }
+    let malformed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Malformed") || l.contains("Expert Info (Error"))
+        .collect();
+    assert!(malformed.is_empty(), "tshark: {malformed:?}");
+    let summary = strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap()]).unwrap();
+    eprintln!("{}", summary.stdout);
+}
+
+#[test]
+fn kernel_dataplane_on_esp_less_host_reports_kernel_unsupported() {
+    let _serial = netns::serial();
+    let case = Case::default();
+    let pair = SitePair::new(false).expect("topology");
+    let agent = Agent::start(
+        &pair.left.ns,
+        &agent_config(
+            &case,
+            &pair.left,
+            &pair.right,
+            &pair.right.addr.to_string(),
+            "start",
+        ),
+        &[SecretFile {
+            name: "gw-psk".into(),
+            key: "psk".into(),
+            value: PSK.into(),
+        }],
+        "kernel",
+        &[],
+    )
+    .expect("start agent");
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(10), |t| {
+            t["lastError"]["reason"] == "KernelUnsupported"
+        })
+        .unwrap();
+    let msg = ours["lastError"]["message"].as_str().unwrap();
+    assert!(msg.contains("ESP"), "{msg}");
+    assert!(msg.contains("--dataplane none"), "{msg}");
+    // no retry storm: still the same single error, and status keeps answering
+    std::thread::sleep(Duration::from_secs(2));
+    let again = agent.tunnel(TUNNEL).unwrap();
+    assert_eq!(again["lastError"], ours["lastError"]);
+    assert_eq!(again["ikeState"], "Down");
+    let text = agent.status_text().unwrap();
+    assert!(text.contains("KernelUnsupported"), "{text}");
+    eprintln!("{text}");
+}
+
+#[test]
+fn sighup_adds_and_removes_tunnels_without_disturbing_others() {
+    let _serial = netns::serial();
+    let case = Case::default();
+    let pair = SitePair::new(false).expect("topology");
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&case, &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let base = agent_config(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    let agent = start_agent(
+        &case,
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    let before = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let extra = base
+        .replace("name: gw}", "name: other}")
+        .replace(
+            &format!("address: {}", pair.right.addr),
+            "address: 192.0.2.99",
+        )
+        .replace("initiation: start", "initiation: respond");
+    std::fs::write(
+        agent.dir().join("tunnels.yaml"),
+        format!("{base}---\n{extra}"),
+    )
+    .unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    agent
+        .wait_tunnel("other", Duration::from_secs(5), |t| {
+            t["initiation"] == "respond"
+        })
+        .unwrap();
+    let during = agent.tunnel(TUNNEL).unwrap();
+    assert_eq!(during["ikeSpis"], before["ikeSpis"], "gw was disturbed");
+    std::fs::write(agent.dir().join("tunnels.yaml"), &base).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent.tunnel("other").is_ok() {
+        assert!(std::time::Instant::now() < deadline, "other not removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = agent.tunnel(TUNNEL).unwrap();
+    assert_eq!(after["ikeSpis"], before["ikeSpis"], "gw was disturbed");
+    assert!(charon.list_sas().unwrap().is_up(TUNNEL, "net"));
+}
