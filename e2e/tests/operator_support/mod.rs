@@ -85,6 +85,16 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator against `cp` with `extra` arguments.
     pub fn start(cp: &ControlPlane, name: &str, extra: &[&str]) -> Self {
+        Self::start_with_kubeconfig(cp, name, cp.kubeconfig_path(), extra)
+    }
+
+    /// Starts the operator with another kubeconfig (e.g. a ServiceAccount's).
+    pub fn start_with_kubeconfig(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Self {
         let bin = operator_binary();
         let (metrics_port, health_port) = (free_port(), free_port());
         let log = cp.scratch_dir().join(format!("operator-{name}.log"));
@@ -107,7 +117,7 @@ impl Operator {
             .arg(format!("--health-addr=127.0.0.1:{health_port}"))
             .arg(format!("--identity={name}"))
             .args(extra)
-            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn,strait_operator=debug")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
