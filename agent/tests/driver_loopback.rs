@@ -1,0 +1,232 @@
+//! Two drivers (the agent's real event loop, sockets and `none` data plane) talk IKEv2 to each
+//! other over loopback: no root, no namespaces. One initiates, the other responds; then the
+//! initiator's tunnel is removed by a reload and both see the SA go.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use strait_agent::dataplane::NoDataplane;
+use strait_agent::driver::{Command, Driver, Settings, TunnelDef};
+use strait_agent::peer::{self, Inputs};
+use strait_agent::status::AgentStatus;
+use strait_crds::IPsecTunnelSpec;
+use strait_ike::EndpointConfig;
+use strait_ike::crypto::keys::SecretBytes;
+use tokio::sync::{mpsc, oneshot};
+
+fn def(name: &str, yaml: &str, local_port: u16, remote_port: u16, psk: &[u8]) -> TunnelDef {
+    let spec: IPsecTunnelSpec = serde_yaml::from_str(yaml).unwrap();
+    let built = peer::build(
+        &spec,
+        Inputs {
+            local_ip: "127.0.0.1".parse().unwrap(),
+            remote_ip: "127.0.0.1".parse().unwrap(),
+            ike_port: local_port,
+            remote_port,
+            psk: Some(SecretBytes::from_slice(psk)),
+            on_traffic_supported: false,
+        },
+    )
+    .unwrap();
+    TunnelDef {
+        name: name.into(),
+        spec,
+        secret_digest: psk.to_vec(),
+        peer: Ok(built.config),
+        notes: built.notes,
+    }
+}
+
+fn yaml(local: &str, remote: &str, lnet: &str, rnet: &str, initiation: &str) -> String {
+    format!(
+        "local: {{id: {local}, address: 127.0.0.1, subnets: [{lnet}]}}
+remote: {{id: {remote}, address: 127.0.0.1, subnets: [{rnet}]}}
+auth: {{psk: {{secretRef: {{name: p, key: psk}}}}}}
+initiation: {initiation}
+"
+    )
+}
+
+struct Handle {
+    cmd: mpsc::Sender<Command>,
+    status: mpsc::Sender<oneshot::Sender<AgentStatus>>,
+}
+
+impl Handle {
+    async fn status(&self) -> AgentStatus {
+        let (tx, rx) = oneshot::channel();
+        self.status.send(tx).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn wait(&self, what: &str, pred: impl Fn(&AgentStatus) -> bool) -> AgentStatus {
+        for _ in 0..200 {
+            let s = self.status().await;
+            if pred(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: {:#?}", self.status().await);
+    }
+}
+
+fn driver(ike_port: u16, defs: Vec<TunnelDef>) -> (Handle, impl std::future::Future<Output = ()>) {
+    let settings = Settings {
+        ike_port,
+        natt_port: ike_port + 1,
+        node: format!("node-{ike_port}"),
+        endpoint: EndpointConfig::default(),
+    };
+    let (cmd, cmd_rx) = mpsc::channel(4);
+    let (status, status_rx) = mpsc::channel(4);
+    let fut = Driver::new(settings, NoDataplane::default()).run(defs, cmd_rx, status_rx);
+    (Handle { cmd, status }, fut)
+}
+
+#[tokio::test]
+async fn two_drivers_establish_and_tear_down_over_loopback() {
+    // ports unlikely to be in use; both drivers in this one task (the endpoint is not Sync)
+    let (pa, pb) = (25_500u16, 25_600u16);
+    let a_def = || {
+        def(
+            "ab",
+            &yaml(
+                "a.example",
+                "b.example",
+                "10.1.0.0/16",
+                "10.2.0.0/16",
+                "start",
+            ),
+            pa,
+            pb,
+            b"loopback-psk",
+        )
+    };
+    let b_def = def(
+        "ab",
+        &yaml(
+            "b.example",
+            "a.example",
+            "10.2.0.0/16",
+            "10.1.0.0/16",
+            "respond",
+        ),
+        pb,
+        pa,
+        b"loopback-psk",
+    );
+    let (a, a_run) = driver(pa, vec![a_def()]);
+    let (b, b_run) = driver(pb, vec![b_def]);
+    let test = async {
+        let up = |s: &AgentStatus| s.tunnels.first().is_some_and(|t| t.ready);
+        let sa = a.wait("a up", up).await;
+        let sb = b.wait("b up", up).await;
+        let (ta, tb) = (&sa.tunnels[0], &sb.tunnels[0]);
+        assert_eq!(ta.initiator, Some(true));
+        assert_eq!(tb.initiator, Some(false));
+        assert_eq!(ta.gateway.ike_spis, tb.gateway.ike_spis);
+        assert_eq!(ta.gateway.ike_proposal, tb.gateway.ike_proposal);
+        assert_eq!(ta.gateway.nat_detected, Some(false));
+        let (ca, cb) = (&ta.gateway.child_sas[0], &tb.gateway.child_sas[0]);
+        assert_eq!(ca.spi_in, cb.spi_out);
+        assert_eq!(ca.spi_out, cb.spi_in);
+        assert_eq!(ca.local_ts, vec!["10.1.0.0/16"]);
+        assert_eq!(cb.local_ts, vec!["10.2.0.0/16"]);
+
+        // reload with the same definition: nothing changes
+        a.cmd.send(Command::Reload(vec![a_def()])).await.unwrap();
+        let again = a.status().await;
+        assert_eq!(again.tunnels[0].gateway.ike_spis, ta.gateway.ike_spis);
+
+        // reload without it: a deletes, b hears the DELETE
+        a.cmd.send(Command::Reload(vec![])).await.unwrap();
+        a.wait("a removed", |s| s.tunnels.is_empty()).await;
+        let sb = b
+            .wait("b down", |s| {
+                s.tunnels[0].gateway.ike_state.as_deref() == Some("Down")
+            })
+            .await;
+        let err = sb.tunnels[0].gateway.last_error.as_ref().unwrap();
+        assert_eq!(err.reason, "DeletedByPeer");
+        assert!(sb.tunnels[0].gateway.child_sas.is_empty());
+
+        for h in [&a, &b] {
+            let (tx, rx) = oneshot::channel();
+            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            rx.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(a_run, b_run, test);
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn wrong_psk_reports_authentication_failed_and_retries() {
+    let (pa, pb) = (25_700u16, 25_800u16);
+    let a_def = def(
+        "ab",
+        &yaml(
+            "a.example",
+            "b.example",
+            "10.1.0.0/16",
+            "10.2.0.0/16",
+            "start",
+        ),
+        pa,
+        pb,
+        b"one-key",
+    );
+    let b_def = def(
+        "ab",
+        &yaml(
+            "b.example",
+            "a.example",
+            "10.2.0.0/16",
+            "10.1.0.0/16",
+            "respond",
+        ),
+        pb,
+        pa,
+        b"another-key",
+    );
+    let (a, a_run) = driver(pa, vec![a_def]);
+    let (b, b_run) = driver(pb, vec![b_def]);
+    let test = async {
+        let s = a
+            .wait("a fails", |s| {
+                s.tunnels[0]
+                    .gateway
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|e| e.reason == "AuthenticationFailed")
+            })
+            .await;
+        // a start tunnel keeps trying
+        assert_eq!(
+            s.tunnels[0].gateway.ike_state.as_deref(),
+            Some("Connecting")
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("one-key") && !json.contains("another-key"));
+        for h in [&a, &b] {
+            let (tx, rx) = oneshot::channel();
+            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            rx.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(a_run, b_run, test);
+    })
+    .await
+    .expect("timed out");
+}
