@@ -49,8 +49,14 @@ pub struct EndpointConfig {
     /// How long a cookie secret is used before it is replaced (the previous one is still
     /// accepted for one more period).
     pub cookie_secret_lifetime: Duration,
-    /// Largest IKE message (IP payload of the UDP datagram) sent unfragmented once the peer
-    /// supports RFC 7383 fragmentation (strongSwan: 1280).
+    /// RFC 7383 fragmentation: announce IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT, fragment
+    /// our large messages when the peer announced it too, and reassemble the peer's fragments
+    /// (dropped when this is off). strongSwan: `fragmentation = yes`.
+    pub fragmentation: bool,
+    /// Largest IP datagram (IP and UDP headers, non-ESP marker and IKE message) we send for a
+    /// protected IKE message when fragmentation is in use; longer messages are sent as
+    /// fragments that fit (strongSwan's `fragment_size`, 1280). IP options are not counted.
+    /// IKE_SA_INIT is never fragmented.
     pub fragment_size: usize,
 }
 
@@ -64,6 +70,7 @@ impl Default for EndpointConfig {
             cookie_threshold: 30,
             cookie_threshold_per_ip: 3,
             cookie_secret_lifetime: Duration::from_secs(120),
+            fragmentation: true,
             fragment_size: 1280,
         }
     }

@@ -26,8 +26,9 @@ use crate::crypto::rng::Rng;
 use crate::event::{ChildSaId, EspSpi, Event, PeerId, Transmit};
 use crate::reason::Reason;
 use crate::sa::established::{self, child_delete_event};
+use crate::sa::fragments::Added;
 use crate::sa::ike_init::{InitRefused, InitReplied, InitSent};
-use crate::sa::protect::{self, ProtectError};
+use crate::sa::protect::{self, Opened, ProtectError};
 use crate::sa::{Ctx, IkeSa, Req, State, informational, init_error_response};
 use crate::window::RequestCheck;
 
@@ -647,6 +648,60 @@ enum Outcome {
     Retransmit,
 }
 
+/// Takes an authenticated fragment (RFC 7383 §2.6): a fragment of the response we wait for or
+/// of the peer's next request is stored, and once all are in, the whole inner payload chain is
+/// parsed. Fragment 1 of a retransmitted request resends our cached response (§2.6.1); other
+/// fragments of it are ignored. `Err` carries what became of a fragment that completed
+/// nothing.
+fn on_fragment(
+    c: &mut crate::sa::Common,
+    ctx: &mut Ctx<'_>,
+    h: &Header,
+    fragment: crate::codec::Fragment,
+    first_payload: crate::codec::PayloadType,
+    plain: zeroize::Zeroizing<Vec<u8>>,
+) -> Result<Result<Vec<Payload>, ProtectError>, Outcome> {
+    if !ctx.cfg.fragmentation {
+        // We did not announce support: fragments are not ours to take.
+        return Err(Outcome::Unexpected);
+    }
+    let response = h.flags.is_response();
+    if response {
+        if c.win.outstanding().is_none_or(|o| o.id != h.message_id) {
+            return Err(Outcome::Unexpected);
+        }
+    } else {
+        match c.win.check_request(h.message_id) {
+            RequestCheck::Drop => return Err(Outcome::Unexpected),
+            RequestCheck::Retransmitted if fragment.number == 1 => {
+                c.last_heard = ctx.now;
+                if let Some(d) = c.win.cached_response() {
+                    let d = d.to_vec();
+                    c.transmit(ctx, &d);
+                }
+                return Err(Outcome::Retransmit);
+            }
+            RequestCheck::Retransmitted => return Err(Outcome::Handled),
+            RequestCheck::New => {}
+        }
+    }
+    c.last_heard = ctx.now;
+    match c.frags.add(
+        response,
+        h.message_id,
+        h.exchange_type,
+        fragment,
+        first_payload,
+        plain,
+    ) {
+        Added::Pending => Err(Outcome::Handled),
+        Added::Refused => Err(Outcome::Unexpected),
+        Added::Complete(first, plain) => {
+            Ok(crate::codec::parse_inner(first, &plain).map_err(ProtectError::Syntax))
+        }
+    }
+}
+
 /// Routes a message for an existing SA through its state.
 fn on_message(
     sa: &mut IkeSa,
@@ -691,7 +746,19 @@ fn on_message(
         State::Closing { keys: Some(k), .. } => k,
         _ => return Outcome::Unexpected,
     };
-    let payloads = match protect::open(raw, &keys.inn) {
+    let opened = match protect::open(raw, &keys.inn) {
+        Ok(Opened::Whole(p)) => Ok(p),
+        Ok(Opened::Fragment {
+            fragment,
+            first_payload,
+            plain,
+        }) => match on_fragment(&mut sa.c, ctx, h, fragment, first_payload, plain) {
+            Ok(p) => p,
+            Err(outcome) => return outcome,
+        },
+        Err(e) => Err(e),
+    };
+    let payloads = match opened {
         Ok(p) => p,
         Err(ProtectError::Syntax(e)) => {
             // Authentic but malformed: a request gets INVALID_SYNTAX (or

@@ -16,9 +16,6 @@ use crate::reason::Reason;
 pub(crate) struct Established {
     pub keys: Keys,
     pub children: Vec<Child>,
-    /// Read by RFC 7383 fragmentation (not yet written).
-    #[allow(dead_code)]
-    pub peer_fragmentation: bool,
     /// Requests waiting for the window (one outstanding at a time).
     pub queue: VecDeque<Req>,
     /// The peer sent INITIAL_CONTACT: the endpoint drops older IKE SAs with it.
@@ -32,11 +29,10 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    pub fn new(keys: Keys, peer_fragmentation: bool) -> Self {
+    pub fn new(keys: Keys) -> Self {
         Self {
             keys,
             children: Vec::new(),
-            peer_fragmentation,
             queue: VecDeque::new(),
             initial_contact: false,
             child_rekey: None,

@@ -191,7 +191,7 @@ impl AuthSent {
             c.down(ctx, r);
             return State::Gone;
         }
-        let mut est = Established::new(self.init.keys, self.init.peer_fragmentation);
+        let mut est = Established::new(self.init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         up(c, ctx, &est);
         match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
@@ -272,7 +272,7 @@ impl InitReplied {
             Ok(a) => a,
             Err(r) => return Err(Box::new((r, Some(init.keys)))),
         };
-        let mut est = Established::new(init.keys, init.peer_fragmentation);
+        let mut est = Established::new(init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
         let mut out = vec![Payload::IdResponder(idr), Payload::Auth(auth_p)];

@@ -44,8 +44,6 @@ pub(crate) struct InitDone {
     pub request: Vec<u8>,
     /// The IKE_SA_INIT response exactly as sent (the responder's RealMessage2).
     pub response: Vec<u8>,
-    /// The peer announced RFC 7383 fragmentation.
-    pub peer_fragmentation: bool,
 }
 
 /// Initiator: IKE_SA_INIT request sent, waiting for the answer.
@@ -66,10 +64,12 @@ pub(crate) struct InitReplied {
     pub expires: Instant,
 }
 
-fn common_notifies(payloads: &mut Vec<Payload>) {
-    payloads.push(Payload::Notify(Notify::empty(
-        NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
-    )));
+fn common_notifies(payloads: &mut Vec<Payload>, fragmentation: bool) {
+    if fragmentation {
+        payloads.push(Payload::Notify(Notify::empty(
+            NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+        )));
+    }
     payloads.push(Payload::Notify(Notify::signature_hash_algorithms(
         &SIGNATURE_HASHES,
     )));
@@ -83,7 +83,7 @@ fn first_group(cfg: &PeerConfig) -> Result<KeGroup, Reason> {
 }
 
 impl InitSent {
-    fn message(&self, c: &Common, cfg: &PeerConfig) -> Message {
+    fn message(&self, c: &Common, cfg: &PeerConfig, fragmentation: bool) -> Message {
         let mut payloads = Vec::new();
         if let Some(cookie) = &self.cookie {
             payloads.push(Payload::Notify(Notify::new(
@@ -102,7 +102,7 @@ impl InitSent {
         for n in natd::natd_notifies(c.spi_i, Spi::ZERO, c.local, c.remote, self.fake_natd) {
             payloads.push(Payload::Notify(n));
         }
-        common_notifies(&mut payloads);
+        common_notifies(&mut payloads, fragmentation);
         Message {
             header: Header {
                 initiator_spi: c.spi_i,
@@ -137,6 +137,8 @@ impl InitSent {
             win: Window::new(0, 0),
             last_heard: ctx.now,
             initial_contact: true,
+            peer_fragmentation: false,
+            frags: Default::default(),
         };
         c.local.set_port(ctx.cfg.ike_port);
         let st = InitSent {
@@ -150,7 +152,7 @@ impl InitSent {
         let mut st = st;
         let cfg = Arc::clone(&c.cfg);
         let bytes = c
-            .send_plain(ctx, &st.message(&c, &cfg))
+            .send_plain(ctx, &st.message(&c, &cfg, ctx.cfg.fragmentation))
             .ok_or(Reason::InternalError)?;
         st.request = bytes.clone();
         c.win
@@ -163,7 +165,7 @@ impl InitSent {
 
     fn resend(mut self, c: &mut Common, ctx: &mut Ctx<'_>) -> State {
         let cfg = Arc::clone(&c.cfg);
-        match c.send_plain(ctx, &self.message(c, &cfg)) {
+        match c.send_plain(ctx, &self.message(c, &cfg, ctx.cfg.fragmentation)) {
             Some(bytes) => {
                 self.request = bytes.clone();
                 c.win
@@ -250,6 +252,10 @@ impl InitSent {
         }
         c.win.take_response(0);
         c.spi_r = msg.header.responder_spi;
+        c.peer_fragmentation = ctx.cfg.fragmentation
+            && msg
+                .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+                .is_some();
         c.last_heard = ctx.now;
         let nr = nonce.as_bytes().to_vec();
         let keys = derive_keys(choice, &self.ke, &ke.data, &self.ni, &nr, c, true)?;
@@ -269,9 +275,6 @@ impl InitSent {
             nr,
             request: self.request,
             response: raw.to_vec(),
-            peer_fragmentation: msg
-                .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
-                .is_some(),
         })
     }
 }
@@ -388,6 +391,11 @@ impl InitReplied {
             win: Window::new(0, 1),
             last_heard: ctx.now,
             initial_contact: false,
+            peer_fragmentation: ctx.cfg.fragmentation
+                && msg
+                    .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+                    .is_some(),
+            frags: Default::default(),
         };
         let keys = match derive_keys(choice, &ke, &ke_p.data, &ni, &nr, &c, false) {
             Ok(k) => k,
@@ -422,7 +430,7 @@ impl InitReplied {
         for n in natd::natd_notifies(c.spi_i, c.spi_r, local, remote, fake) {
             payloads.push(Payload::Notify(n));
         }
-        common_notifies(&mut payloads);
+        common_notifies(&mut payloads, ctx.cfg.fragmentation);
         let response = Message {
             header: c.header(ExchangeType::IKE_SA_INIT, true, 0),
             payloads,
@@ -437,9 +445,6 @@ impl InitReplied {
                     nr,
                     request: raw.to_vec(),
                     response: bytes,
-                    peer_fragmentation: msg
-                        .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
-                        .is_some(),
                 },
                 expires: ctx.now + ctx.cfg.half_open_timeout,
             }),

@@ -9,6 +9,7 @@
 
 pub(crate) mod child;
 pub(crate) mod established;
+pub(crate) mod fragments;
 pub(crate) mod ike_auth;
 pub(crate) mod ike_init;
 pub(crate) mod informational;
@@ -160,6 +161,11 @@ pub(crate) struct Common {
     pub last_heard: Instant,
     /// Send INITIAL_CONTACT in IKE_AUTH (no other IKE SA with this peer exists).
     pub initial_contact: bool,
+    /// The peer announced RFC 7383 fragmentation in IKE_SA_INIT: our large messages are sent
+    /// as fragments.
+    pub peer_fragmentation: bool,
+    /// Received fragments being put back together.
+    pub frags: fragments::Reassembly,
 }
 
 impl Common {
@@ -214,6 +220,23 @@ impl Common {
         }
     }
 
+    /// The longest IKE message (header included, non-ESP marker excluded) we send in one
+    /// datagram, or `None` when the peer cannot take fragments. `fragment_size` counts the whole
+    /// IP datagram, as strongSwan's setting does: the IP header (20 octets for IPv4, 40 for IPv6,
+    /// no options), the UDP header (8) and, on the NAT-T port, the non-ESP marker (4) come off.
+    pub fn max_message_len(&self, cfg: &EndpointConfig) -> Option<usize> {
+        if !self.peer_fragmentation {
+            return None;
+        }
+        let ip = if self.remote.is_ipv4() { 20 } else { 40 };
+        let marker = if self.local.port() == cfg.natt_port {
+            4
+        } else {
+            0
+        };
+        Some(cfg.fragment_size.saturating_sub(ip + 8 + marker))
+    }
+
     /// Moves IKE to the NAT-T port (RFC 7296 §2.23) when NAT was detected or forced.
     pub fn float_if_natted(&mut self, cfg: &EndpointConfig) {
         if self.nat.encapsulate() && self.local.port() != cfg.natt_port {
@@ -222,7 +245,8 @@ impl Common {
         }
     }
 
-    /// Encrypts and sends a request of ours and starts its retransmission timer.
+    /// Encrypts and sends a request of ours (fragmented if it is too long and the peer takes
+    /// fragments) and starts its retransmission timer.
     pub fn send_request(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -232,9 +256,14 @@ impl Common {
         kind: Req,
     ) -> Result<(), Reason> {
         let header = self.header(exchange, false, self.win.next_id());
-        let msg = protect::seal(&header, payloads, &keys.out, &mut *ctx.rng)
-            .map_err(|_| Reason::InternalError)?;
-        let datagrams = vec![msg];
+        let datagrams = protect::seal_datagrams(
+            &header,
+            payloads,
+            &keys.out,
+            &mut *ctx.rng,
+            self.max_message_len(ctx.cfg),
+        )
+        .map_err(|_| Reason::InternalError)?;
         self.transmit(ctx, &datagrams);
         self.win.sent(ctx.now, &ctx.cfg.retransmit, datagrams, kind);
         Ok(())
@@ -250,9 +279,14 @@ impl Common {
         payloads: &[Payload],
     ) -> Result<(), Reason> {
         let header = self.header(exchange, true, id);
-        let msg = protect::seal(&header, payloads, &keys.out, &mut *ctx.rng)
-            .map_err(|_| Reason::InternalError)?;
-        let datagrams = vec![msg];
+        let datagrams = protect::seal_datagrams(
+            &header,
+            payloads,
+            &keys.out,
+            &mut *ctx.rng,
+            self.max_message_len(ctx.cfg),
+        )
+        .map_err(|_| Reason::InternalError)?;
         self.transmit(ctx, &datagrams);
         self.win.responded(id, datagrams);
         Ok(())

@@ -513,7 +513,6 @@ fn rekeyed_keys(
 /// The new IKE SA (no CHILD SAs yet): same peer and path, message IDs from 0.
 fn new_ike_sa(
     old: &Common,
-    old_e: &Established,
     ctx: &mut Ctx<'_>,
     keys: Keys,
     spis: IkeSpis,
@@ -531,8 +530,10 @@ fn new_ike_sa(
         win: Window::new(0, 0),
         last_heard: ctx.now,
         initial_contact: false,
+        peer_fragmentation: old.peer_fragmentation,
+        frags: Default::default(),
     };
-    let mut e = Established::new(keys, old_e.peer_fragmentation);
+    let mut e = Established::new(keys);
     e.ike_rekey_at = Some(ike_rekey_time(&c, ctx));
     IkeSa {
         c,
@@ -745,7 +746,7 @@ fn answer_ike_rekey(
     };
     let keys = rekeyed_keys(&e.keys, choice, shared.as_bytes(), &ni, &nr, spis, false)
         .map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
-    let new = new_ike_sa(c, e, ctx, keys, spis, false);
+    let new = new_ike_sa(c, ctx, keys, spis, false);
     let mut out = vec![Payload::Sa(proposals::ike_answer(
         prop.number,
         &choice,
@@ -846,7 +847,7 @@ fn complete_ike(
         responder: Spi(spi_r),
     };
     let keys = rekeyed_keys(&e.keys, choice, shared.as_bytes(), &p.ni, &nr, spis, true)?;
-    Ok((new_ike_sa(c, e, ctx, keys, spis, true), nr))
+    Ok((new_ike_sa(c, ctx, keys, spis, true), nr))
 }
 
 /// §2.25.2: the peer deletes the IKE SA we are rekeying. If we already answered its own rekey
