@@ -78,6 +78,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<StatusRequest>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // e.g. out of file descriptors: do not spin
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let (tx, rx) = oneshot::channel();
