@@ -528,6 +528,7 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
                 "-i",
                 &iface,
                 "-U",
+                "--immediate-mode",
                 "-n",
                 "-w",
                 pcap.to_str().unwrap(),
@@ -536,7 +537,20 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
             &dir.path().join("tcpdump.log"),
         )
         .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(500));
+    // tcpdump says "listening on IFACE" once the capture runs
+    let tcpdump_log = dir.path().join("tcpdump.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&tcpdump_log)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump did not start: {}",
+            std::fs::read_to_string(&tcpdump_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let charon = Charon::start(
         &pair.right.ns,
         &charon_config(&case, &pair.right, &pair.left, None),
@@ -578,14 +592,18 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // tcpdump -U writes each packet as it comes; give the last ones and the exit a moment
+    std::thread::sleep(Duration::from_millis(1000));
     let out =
         strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap(), "-V"]).expect("tshark");
-    let text = out.stdout;
+    let text = out.stdout.clone();
     for exchange in ["IKE_SA_INIT", "IKE_AUTH", "INFORMATIONAL"] {
         assert!(
             text.contains(exchange),
-            "no {exchange} in the capture:\n{}",
+            "no {exchange} in the capture ({} bytes; tshark stderr {:?}; tcpdump: {}):\n{}",
+            std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0),
+            out.stderr,
+            std::fs::read_to_string(dir.path().join("tcpdump.log")).unwrap_or_default(),
             strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap()])
                 .map(|o| o.stdout)
                 .unwrap_or_default()
