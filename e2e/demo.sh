@@ -9,4 +9,6 @@ cd "$REPO"
 e2e/setup/install.sh packages controlplane
 say "building"
 cargo build --release --locked -p strait-agent -p strait-operator -p strait-e2e --bin strait-demo
-exec "${CARGO_TARGET_DIR:-$REPO/target}/release/strait-demo"
+target=${CARGO_TARGET_DIR:-$REPO/target}/release
+export STRAIT_AGENT_BIN=$target/strait-agent
+exec "$target/strait-demo"
