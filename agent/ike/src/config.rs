@@ -4,8 +4,12 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 
+use std::sync::Arc;
+
 use crate::codec::{IdType, Identification, TsRange};
 use crate::crypto::keys::SecretBytes;
+use crate::crypto::sign::SigningKey;
+use crate::crypto::x509::Certificate;
 use crate::proposal::{EspProposal, IkeProposal};
 
 /// Retransmission schedule of our requests (strongSwan's `retransmit_*` settings): the k-th
@@ -150,8 +154,8 @@ impl Identity {
 pub enum AuthConfig {
     /// A pre-shared key (AUTH method 2), used in both directions.
     Psk(SecretBytes),
-    /// Certificates (RFC 7427 signatures). Not implemented yet: an IKE SA configured this way
-    /// fails with [`crate::Reason::InternalError`].
+    /// Certificates: we sign with our key (RFC 7427 Digital Signature, AUTH method 14) and send
+    /// our chain; the peer's chain must lead to one of our trust anchors.
     Certificate(CertificateAuth),
 }
 
@@ -164,23 +168,61 @@ impl core::fmt::Debug for AuthConfig {
     }
 }
 
-/// Certificate authentication material (DER), for when signature AUTH lands.
+/// Certificate authentication material.
+///
+/// The private key stays inside aws-lc, which clears it when the last clone of this value is
+/// dropped; it never prints.
 #[derive(Clone)]
 pub struct CertificateAuth {
-    /// Our certificate, then any intermediates.
-    pub chain: Vec<Vec<u8>>,
-    /// Our private key (PKCS#8 DER).
-    pub private_key: SecretBytes,
-    /// Trust anchors for the peer's certificate.
-    pub ca: Vec<Vec<u8>>,
+    /// Our certificate, then any intermediates to send with it (CERT payloads, in this order).
+    pub chain: Vec<Certificate>,
+    /// Our private key; it must match the first certificate of `chain`.
+    pub key: Arc<SigningKey>,
+    /// Trust anchors for the peer's certificate (also announced in CERTREQ).
+    pub ca: Vec<Certificate>,
+}
+
+impl CertificateAuth {
+    /// Builds the material from PEM text as a `kubernetes.io/tls` Secret holds it: `tls.crt`
+    /// (our certificate, then intermediates), `tls.key`, and the CA bundle for the peer.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidCertificate`] when something does not parse or the key does not
+    /// match the certificate.
+    pub fn from_pem(chain: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, ConfigError> {
+        let me = Self {
+            chain: Certificate::from_pem(chain).map_err(|_| ConfigError::InvalidCertificate)?,
+            key: Arc::new(SigningKey::from_pem(key).map_err(|_| ConfigError::InvalidCertificate)?),
+            ca: Certificate::from_pem(ca).map_err(|_| ConfigError::InvalidCertificate)?,
+        };
+        me.validate()?;
+        Ok(me)
+    }
+
+    /// Checks that there is a certificate, that the key belongs to it and that there is at
+    /// least one trust anchor.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidCertificate`] for the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let leaf = self.chain.first().ok_or(ConfigError::InvalidCertificate)?;
+        let public = leaf
+            .public_key()
+            .map_err(|_| ConfigError::InvalidCertificate)?;
+        if public != self.key.public_key() || self.ca.is_empty() {
+            return Err(ConfigError::InvalidCertificate);
+        }
+        Ok(())
+    }
 }
 
 impl core::fmt::Debug for CertificateAuth {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CertificateAuth")
-            .field("chain_len", &self.chain.len())
-            .field("ca_len", &self.ca.len())
-            .finish_non_exhaustive()
+            .field("chain", &self.chain)
+            .field("key", &self.key)
+            .field("ca", &self.ca)
+            .finish()
     }
 }
 
@@ -288,6 +330,10 @@ pub enum ConfigError {
     /// The remote address family differs from the local one.
     #[error("local and remote address families differ")]
     AddressFamilyMismatch,
+    /// Certificate authentication without a usable certificate, a key that matches it, or a
+    /// trust anchor.
+    #[error("unusable certificate, private key or CA")]
+    InvalidCertificate,
 }
 
 impl PeerConfig {
@@ -320,6 +366,9 @@ impl PeerConfig {
         }
         if self.local_addr.is_ipv4() != self.remote_addr.is_ipv4() {
             return Err(ConfigError::AddressFamilyMismatch);
+        }
+        if let AuthConfig::Certificate(c) = &self.auth {
+            c.validate()?;
         }
         Ok(())
     }

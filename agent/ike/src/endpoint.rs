@@ -88,6 +88,8 @@ pub struct Endpoint {
     stats: Stats,
     /// IKE SAs created by a rekey during the current transition.
     spawned: Vec<IkeSa>,
+    /// A monotonic instant and the wall-clock time (Unix seconds) it corresponds to.
+    wall_clock: Option<(Instant, u64)>,
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -118,7 +120,26 @@ impl Endpoint {
             cookies: Cookies::default(),
             stats: Stats::default(),
             spawned: Vec::new(),
+            wall_clock: None,
         }
+    }
+
+    /// Tells the endpoint what wall-clock time (Unix seconds, UTC) the monotonic instant `at`
+    /// is; later times are derived from the `now` of each call. Certificate validity is checked
+    /// against it. Call it once at start and again whenever the system clock is corrected.
+    /// Without it, a peer's certificate cannot be checked and certificate authentication
+    /// fails with [`Reason::InternalError`].
+    pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
+        self.wall_clock = Some((at, unix_time));
+    }
+
+    /// The wall-clock time at `now`, in Unix seconds.
+    fn unix_time(&self, now: Instant) -> Option<i64> {
+        let (at, base) = self.wall_clock?;
+        let base = i64::try_from(base).ok()?;
+        let since = i64::try_from(now.saturating_duration_since(at).as_secs()).ok()?;
+        let before = i64::try_from(at.saturating_duration_since(now).as_secs()).ok()?;
+        base.checked_add(since)?.checked_sub(before)
     }
 
     /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
@@ -145,6 +166,7 @@ impl Endpoint {
             .sas
             .values()
             .any(|s| s.c.peer == peer && s.established().is_some());
+        let unix_time = self.unix_time(now);
         let (config, sa_id) = (&self.config, self.next_sa.wrapping_add(1));
         let mut ctx = Ctx {
             now,
@@ -155,6 +177,7 @@ impl Endpoint {
             next_child: &mut self.next_child,
             by_spi: &self.by_spi,
             spawned: &mut self.spawned,
+            unix_time,
         };
         match InitSent::start(&mut ctx, peer, cfg, spi) {
             Ok(mut sa) => {
@@ -377,6 +400,7 @@ impl Endpoint {
     }
 
     fn with_sa(&mut self, now: Instant, id: u64, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
+        let unix_time = self.unix_time(now);
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
@@ -389,6 +413,7 @@ impl Endpoint {
             next_child: &mut self.next_child,
             by_spi: &self.by_spi,
             spawned: &mut self.spawned,
+            unix_time,
         };
         f(sa, &mut ctx);
         if let State::Established(e) = &mut sa.state
@@ -473,6 +498,7 @@ impl Endpoint {
     }
 
     fn on_init_request(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, raw: &[u8]) {
+        let unix_time = self.unix_time(now);
         let Ok(msg) = Message::parse(raw) else {
             self.stats.malformed += 1;
             return;
@@ -494,6 +520,7 @@ impl Endpoint {
                     next_child: &mut self.next_child,
                     by_spi: &self.by_spi,
                     spawned: &mut self.spawned,
+                    unix_time,
                 };
                 sa.c.transmit(&mut ctx, &cached);
                 self.stats.retransmits_answered += 1;
@@ -526,6 +553,7 @@ impl Endpoint {
             next_child: &mut self.next_child,
             by_spi: &self.by_spi,
             spawned: &mut self.spawned,
+            unix_time,
         };
         match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
             Ok(sa) => {

@@ -219,6 +219,29 @@ pub fn verify(scheme: SignatureScheme, key: &PublicKey, msg: &[u8], sig: &[u8]) 
         .map_err(|_| Error::BadSignature)
 }
 
+/// Verifies an RFC 4754 ECDSA AUTH payload (methods 9, 10 and 11): a fixed-length `r || s`
+/// signature, with the hash that belongs to `curve` (SHA-256 for P-256, SHA-384 for P-384,
+/// SHA-512 for P-521). The key must be on `curve`.
+///
+/// # Errors
+/// [`Error::BadSignature`] if it does not verify or the key is not on `curve`.
+pub fn verify_ecdsa_fixed(curve: Curve, key: &PublicKey, msg: &[u8], sig: &[u8]) -> Result<()> {
+    let PublicKey::Ec { curve: c, point } = key else {
+        return Err(Error::BadSignature);
+    };
+    if *c != curve {
+        return Err(Error::BadSignature);
+    }
+    let alg = match curve {
+        Curve::P256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Curve::P384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Curve::P521 => &signature::ECDSA_P521_SHA512_FIXED,
+    };
+    signature::UnparsedPublicKey::new(alg, point)
+        .verify(msg, sig)
+        .map_err(|_| Error::BadSignature)
+}
+
 /// Our private key for signing AUTH payloads.
 pub struct SigningKey {
     inner: SigningInner,
@@ -469,6 +492,35 @@ mod tests {
             .is_err()
         );
         assert!(parse_auth_data(&[200, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn rfc4754_fixed_signatures_verify() {
+        for (curve, signing) in [
+            (Curve::P256, &signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+            (Curve::P384, &signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+            (Curve::P521, &signature::ECDSA_P521_SHA512_FIXED_SIGNING),
+        ] {
+            let k = EcdsaKeyPair::generate(signing).unwrap();
+            let public = PublicKey::Ec {
+                curve,
+                point: k.public_key().as_ref().to_vec(),
+            };
+            let rng = SystemRandom::new();
+            let sig = k.sign(&rng, b"octets").unwrap();
+            verify_ecdsa_fixed(curve, &public, b"octets", sig.as_ref()).unwrap();
+            assert!(verify_ecdsa_fixed(curve, &public, b"other", sig.as_ref()).is_err());
+            let wrong = if curve == Curve::P256 {
+                Curve::P384
+            } else {
+                Curve::P256
+            };
+            assert!(verify_ecdsa_fixed(wrong, &public, b"octets", sig.as_ref()).is_err());
+            assert!(
+                verify_ecdsa_fixed(curve, &PublicKey::Rsa(vec![1]), b"octets", sig.as_ref())
+                    .is_err()
+            );
+        }
     }
 
     /// Wycheproof ECDSA (DER signatures) on our three curve/hash pairings.

@@ -161,6 +161,20 @@ impl Certificate {
         Err(Error::Certificate("unsupported public key type"))
     }
 
+    /// The SHA-1 hash of the SubjectPublicKeyInfo, as a CERTREQ payload names a trusted CA
+    /// (RFC 7296 §3.7). SHA-1 is fixed by that format; nothing is signed with it.
+    ///
+    /// # Errors
+    /// [`Error::Certificate`] if the certificate does not parse.
+    pub fn public_key_sha1(&self) -> Result<[u8; 20]> {
+        let c = self.parsed()?;
+        let d = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            c.public_key().raw,
+        );
+        d.as_ref().try_into().map_err(|_| Error::Internal)
+    }
+
     /// Whether `unix_time` (seconds) lies within notBefore..=notAfter.
     ///
     /// # Errors
@@ -369,6 +383,17 @@ mod tests {
             &sig,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn certreq_hash_is_sha1_of_the_spki() {
+        let ca = one(CA);
+        let spki = ca.parsed().unwrap().public_key().raw.to_vec();
+        // An EC SubjectPublicKeyInfo is a SEQUENCE.
+        assert_eq!(spki[0], 0x30);
+        let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &spki);
+        assert_eq!(&ca.public_key_sha1().unwrap()[..], want.as_ref());
+        assert_ne!(ca.public_key_sha1(), one(OTHER_CA).public_key_sha1());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! IKE_AUTH (RFC 7296 §1.2, §2.15): PSK authentication both ways and the first CHILD SA.
+//! IKE_AUTH (RFC 7296 §1.2, §2.15): PSK or certificate authentication both ways and the first
+//! CHILD SA.
 //! The initiator's [`AuthSent`] state, and the responder's transition out of
 //! [`super::ike_init::InitReplied`].
 
+use super::cert_auth;
 use super::child::{self, Child};
 use super::established::Established;
 use super::ike_init::{InitDone, InitReplied};
@@ -12,7 +14,6 @@ use crate::codec::{
 };
 use crate::config::AuthConfig;
 use crate::crypto::auth;
-use crate::crypto::keys::SecretBytes;
 use crate::event::Event;
 use crate::reason::Reason;
 
@@ -56,16 +57,8 @@ pub(crate) struct AuthSent {
     spi_in: [u8; 4],
 }
 
-fn psk(c: &Common) -> Result<&SecretBytes, Reason> {
-    match &c.cfg.auth {
-        AuthConfig::Psk(k) => Ok(k),
-        // Certificate authentication is not implemented yet.
-        _ => Err(Reason::InternalError),
-    }
-}
-
-/// Our AUTH payload: `prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | NonceOfPeer |
-/// prf(SK_p, IDpayload))`.
+/// Our AUTH payload over `RealMessage | NonceOfPeer | prf(SK_p, IDpayload)`: with a PSK,
+/// `prf(prf(PSK, "Key Pad for IKEv2"), octets)`; with a certificate, a Digital Signature.
 fn our_auth(c: &Common, init: &InitDone, id: &Identification) -> Result<Authentication, Reason> {
     let (real, peer_nonce, sk_p) = if c.initiator {
         (&init.request, &init.nr, &init.keys.sk.sk_pi)
@@ -79,24 +72,44 @@ fn our_auth(c: &Common, init: &InitDone, id: &Identification) -> Result<Authenti
         sk_p.as_bytes(),
         &id.auth_octets(),
     );
-    let data = auth::psk_auth(init.keys.prf(), psk(c)?.as_bytes(), &octets);
-    Ok(Authentication {
-        method: AuthMethod::SHARED_KEY_MIC,
-        data: data.as_bytes().to_vec(),
-    })
+    match &c.cfg.auth {
+        AuthConfig::Psk(psk) => {
+            let data = auth::psk_auth(init.keys.prf(), psk.as_bytes(), &octets);
+            Ok(Authentication {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: data.as_bytes().to_vec(),
+            })
+        }
+        AuthConfig::Certificate(a) => cert_auth::our_auth(a, &init.peer_hashes, &octets),
+    }
 }
 
-/// Checks the peer's identity and AUTH payload.
+/// What we send before AUTH besides the ID: our certificates, and (initiator) a CERTREQ.
+fn cert_payloads(c: &Common) -> Vec<Payload> {
+    let AuthConfig::Certificate(a) = &c.cfg.auth else {
+        return Vec::new();
+    };
+    let mut out = cert_auth::cert_payloads(a);
+    if c.initiator {
+        out.extend(cert_auth::certreq(a));
+    }
+    out
+}
+
+/// Checks the peer's identity and AUTH payload (and, with certificates, its chain at the
+/// wall-clock time `unix_time`).
 fn verify_peer(
     c: &Common,
     init: &InitDone,
+    payloads: &[Payload],
     id: Option<&Identification>,
     auth_p: Option<&Authentication>,
+    unix_time: Option<i64>,
 ) -> Result<(), Reason> {
     let (Some(id), Some(auth_p)) = (id, auth_p) else {
         return Err(Reason::InvalidSyntax);
     };
-    if !c.cfg.remote_id.matches(id) || auth_p.method != AuthMethod::SHARED_KEY_MIC {
+    if !c.cfg.remote_id.matches(id) {
         return Err(Reason::AuthenticationFailed);
     }
     let (real, peer_nonce, sk_p) = if c.initiator {
@@ -111,10 +124,26 @@ fn verify_peer(
         sk_p.as_bytes(),
         &id.auth_octets(),
     );
-    if auth::verify_psk_auth(init.keys.prf(), psk(c)?.as_bytes(), &octets, &auth_p.data) {
-        Ok(())
-    } else {
-        Err(Reason::AuthenticationFailed)
+    match &c.cfg.auth {
+        AuthConfig::Psk(psk) => {
+            if auth_p.method == AuthMethod::SHARED_KEY_MIC
+                && auth::verify_psk_auth(init.keys.prf(), psk.as_bytes(), &octets, &auth_p.data)
+            {
+                Ok(())
+            } else {
+                Err(Reason::AuthenticationFailed)
+            }
+        }
+        AuthConfig::Certificate(a) => {
+            let certs: Vec<&crate::codec::Certificate> = payloads
+                .iter()
+                .filter_map(|p| match p {
+                    Payload::Certificate(x) => Some(x),
+                    _ => None,
+                })
+                .collect();
+            cert_auth::verify_peer(a, unix_time, id, &certs, auth_p, &octets)
+        }
     }
 }
 
@@ -125,6 +154,7 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
         let auth_p = our_auth(c, &init, &idi)?;
         let spi_in = ctx.esp_spi();
         let mut payloads = vec![Payload::IdInitiator(idi)];
+        payloads.extend(cert_payloads(c));
         if c.initial_contact {
             payloads.push(Payload::Notify(Notify::empty(NotifyType::INITIAL_CONTACT)));
         }
@@ -175,7 +205,14 @@ impl AuthSent {
             c.down(ctx, reason);
             return State::Gone;
         }
-        if let Err(r) = verify_peer(c, &self.init, inner.idr, inner.auth) {
+        if let Err(r) = verify_peer(
+            c,
+            &self.init,
+            payloads,
+            inner.idr,
+            inner.auth,
+            ctx.unix_time,
+        ) {
             // Tell the responder, once, without waiting for an answer (RFC 7296 §2.21.2).
             let n = [Payload::Notify(Notify::empty(
                 NotifyType::AUTHENTICATION_FAILED,
@@ -246,14 +283,15 @@ impl InitReplied {
     ) -> Result<State, Box<(Reason, Option<super::Keys>)>> {
         let init = self.init;
         let inner = Inner::of(payloads);
-        let check = verify_peer(c, &init, inner.idi, inner.auth).and_then(|()| {
-            match (inner.idr, c.cfg.local_id.to_payload()) {
-                (Some(want), Some(ours)) if !c.cfg.local_id.matches(want) && want != &ours => {
-                    Err(Reason::AuthenticationFailed)
+        let check =
+            verify_peer(c, &init, payloads, inner.idi, inner.auth, ctx.unix_time).and_then(|()| {
+                match (inner.idr, c.cfg.local_id.to_payload()) {
+                    (Some(want), Some(ours)) if !c.cfg.local_id.matches(want) && want != &ours => {
+                        Err(Reason::AuthenticationFailed)
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            }
-        });
+            });
         if let Err(r) = check {
             let ty = if r == Reason::InvalidSyntax {
                 NotifyType::INVALID_SYNTAX
@@ -275,7 +313,9 @@ impl InitReplied {
         let mut est = Established::new(init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
-        let mut out = vec![Payload::IdResponder(idr), Payload::Auth(auth_p)];
+        let mut out = vec![Payload::IdResponder(idr)];
+        out.extend(cert_payloads(c));
+        out.push(Payload::Auth(auth_p));
         let mut new_child: Option<Child> = None;
         let mut failure = None;
         if inner.sa.is_some() {

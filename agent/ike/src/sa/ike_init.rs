@@ -12,7 +12,7 @@ use crate::codec::{
     ExchangeType, Flags, HashAlgorithm, Header, KeyExchange as KePayload, Message, Nonce, Notify,
     NotifyType, Payload, Spi,
 };
-use crate::config::PeerConfig;
+use crate::config::{AuthConfig, PeerConfig};
 use crate::crypto::alg::KeGroup;
 use crate::crypto::kdf;
 use crate::crypto::ke::KeyExchange;
@@ -44,6 +44,8 @@ pub(crate) struct InitDone {
     pub request: Vec<u8>,
     /// The IKE_SA_INIT response exactly as sent (the responder's RealMessage2).
     pub response: Vec<u8>,
+    /// The hash algorithms the peer accepts for RFC 7427 signatures (SIGNATURE_HASH_ALGORITHMS).
+    pub peer_hashes: Vec<HashAlgorithm>,
 }
 
 /// Initiator: IKE_SA_INIT request sent, waiting for the answer.
@@ -73,6 +75,13 @@ fn common_notifies(payloads: &mut Vec<Payload>, fragmentation: bool) {
     payloads.push(Payload::Notify(Notify::signature_hash_algorithms(
         &SIGNATURE_HASHES,
     )));
+}
+
+/// The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS notify (none if absent).
+fn peer_hashes(msg: &Message) -> Vec<HashAlgorithm> {
+    msg.notify(NotifyType::SIGNATURE_HASH_ALGORITHMS)
+        .and_then(Notify::hash_algorithms)
+        .unwrap_or_default()
 }
 
 fn first_group(cfg: &PeerConfig) -> Result<KeGroup, Reason> {
@@ -275,6 +284,7 @@ impl InitSent {
             nr,
             request: self.request,
             response: raw.to_vec(),
+            peer_hashes: peer_hashes(msg),
         })
     }
 }
@@ -430,6 +440,9 @@ impl InitReplied {
         for n in natd::natd_notifies(c.spi_i, c.spi_r, local, remote, fake) {
             payloads.push(Payload::Notify(n));
         }
+        if let AuthConfig::Certificate(a) = &c.cfg.auth {
+            payloads.extend(super::cert_auth::certreq(a));
+        }
         common_notifies(&mut payloads, ctx.cfg.fragmentation);
         let response = Message {
             header: c.header(ExchangeType::IKE_SA_INIT, true, 0),
@@ -445,6 +458,7 @@ impl InitReplied {
                     nr,
                     request: raw.to_vec(),
                     response: bytes,
+                    peer_hashes: peer_hashes(msg),
                 },
                 expires: ctx.now + ctx.cfg.half_open_timeout,
             }),

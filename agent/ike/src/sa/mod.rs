@@ -7,6 +7,7 @@
 //! - both: [`State::Closing`] (answering retransmissions of our last response, or waiting for
 //!   the peer's answer to our DELETE) until the SA is dropped.
 
+pub(crate) mod cert_auth;
 pub(crate) mod child;
 pub(crate) mod established;
 pub(crate) mod fragments;
@@ -74,6 +75,8 @@ pub(crate) struct Ctx<'a> {
     pub by_spi: &'a HashMap<(Spi, bool), u64>,
     /// IKE SAs born in this transition (IKE SA rekeys), for the endpoint to take over.
     pub spawned: &'a mut Vec<IkeSa>,
+    /// The wall-clock time (Unix seconds), if the driver told us (certificate validity).
+    pub unix_time: Option<i64>,
 }
 
 impl Ctx<'_> {
