@@ -364,12 +364,17 @@ impl Context {
 
     /// Why `node` stopped being a candidate, for the failover Event.
     fn why_lost(&self, node: &str, sel: Option<&Selector>) -> String {
+        let Some(sel) = sel else {
+            return format!(
+                "spec.gateway.nodeSelector no longer selects {node} (missing or invalid)"
+            );
+        };
         match self.nodes.get(&ObjectRef::new(node)) {
             None => format!("node {node} was removed"),
             Some(n) if n.metadata.deletion_timestamp.is_some() => {
                 format!("node {node} is being deleted")
             }
-            Some(n) if sel.is_some_and(|s| !s.matches(n.labels())) => {
+            Some(n) if !sel.matches(n.labels()) => {
                 format!("node {node} no longer matches spec.gateway.nodeSelector")
             }
             Some(_) => format!("the agent on {node} stopped renewing its heartbeat Lease"),
