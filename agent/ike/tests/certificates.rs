@@ -317,3 +317,44 @@ fn certificates_travel_in_fragments_at_realistic_sizes() {
         assert_eq!(fragmented, if size == 576 { 2 } else { 1 }, "{size}");
     }
 }
+
+#[test]
+fn the_initiators_authentication_failed_notice_is_retransmitted() {
+    for drop_all in [false, true] {
+        let (mut a, mut b) = configs("rsa", "ecdsa");
+        b.local_id = fqdn("expired.example.com");
+        b.auth = AuthConfig::Certificate(material("expired", "ca.pem"));
+        a.remote_id = b.local_id.clone();
+        let mut p = pair(a, b, EndpointConfig::default(), EndpointConfig::default());
+        let mut dropped = false;
+        p.filter = Box::new(move |from, t, _| {
+            if from == Side::A && kind(t).0 == ExchangeType::INFORMATIONAL && (drop_all || !dropped)
+            {
+                dropped = true;
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        });
+        p.initiate();
+        p.run_for(Duration::from_secs(300));
+        assert_eq!(reasons(&p.ev_a), vec![Reason::CertificateExpired]);
+        let notices = p
+            .log
+            .iter()
+            .filter(|s| s.from == Side::A && kind(&s.t).0 == ExchangeType::INFORMATIONAL)
+            .count();
+        if drop_all {
+            // Sent and retransmitted on the usual schedule, then given up without a second
+            // event.
+            assert_eq!(notices, 6);
+            // B never heard: it still holds the SA it established (DPD would find out).
+            assert!(reasons(&p.ev_b).is_empty());
+            assert_eq!(Pair::ups(&p.ev_b), 1);
+        } else {
+            assert_eq!(notices, 2);
+            assert_eq!(reasons(&p.ev_b), vec![Reason::AuthenticationFailed]);
+        }
+        assert_eq!(p.a.ike_sa_count(), 0);
+    }
+}

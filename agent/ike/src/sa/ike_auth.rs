@@ -213,20 +213,28 @@ impl AuthSent {
             inner.auth,
             ctx.unix_time,
         ) {
-            // Tell the responder, once, without waiting for an answer (RFC 7296 §2.21.2).
+            // Tell the responder (RFC 7296 §2.21.2) in an INFORMATIONAL retransmitted like any
+            // request; the SA lingers, closing, until it is answered or retransmissions run out.
             let n = [Payload::Notify(Notify::empty(
                 NotifyType::AUTHENTICATION_FAILED,
             ))];
-            let _ = c.send_request(
+            c.down(ctx, r);
+            if c.send_request(
                 ctx,
                 &self.init.keys,
                 ExchangeType::INFORMATIONAL,
                 &n,
                 Req::Notify,
-            );
-            c.win.abandon();
-            c.down(ctx, r);
-            return State::Gone;
+            )
+            .is_err()
+            {
+                c.win.abandon();
+                return State::Gone;
+            }
+            return State::Closing {
+                keys: Some(self.init.keys),
+                until: ctx.now,
+            };
         }
         let mut est = Established::new(self.init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
