@@ -433,11 +433,16 @@ impl Endpoint {
         }
     }
 
-    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it is stale. Their
-    /// CHILD SAs are removed without any message.
+    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it (same tunnel,
+    /// same authenticated identity: a tunnel that accepts several peers keeps the others) is
+    /// stale. Their CHILD SAs are removed without any message.
     fn replace_older(&mut self, now: Instant, keep: u64, peer: PeerId) {
+        let identity = self
+            .sas
+            .get(&keep)
+            .and_then(|s| s.c.remote_identity.clone());
         for (id, sa) in &mut self.sas {
-            if *id == keep || sa.c.peer != peer {
+            if *id == keep || sa.c.peer != peer || sa.c.remote_identity != identity {
                 continue;
             }
             if let State::Established(e) = &mut sa.state {

@@ -236,6 +236,7 @@ impl AuthSent {
                 until: ctx.now,
             };
         }
+        c.remote_identity = inner.idr.cloned();
         let mut est = Established::new(self.init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         up(c, ctx, &est);
@@ -318,6 +319,7 @@ impl InitReplied {
             Ok(a) => a,
             Err(r) => return Err(Box::new((r, Some(init.keys)))),
         };
+        c.remote_identity = inner.idi.cloned();
         let mut est = Established::new(init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);

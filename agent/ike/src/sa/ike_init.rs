@@ -148,6 +148,7 @@ impl InitSent {
             initial_contact: true,
             peer_fragmentation: false,
             frags: Default::default(),
+            remote_identity: None,
         };
         c.local.set_port(ctx.cfg.ike_port);
         let st = InitSent {
@@ -406,6 +407,7 @@ impl InitReplied {
                     .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
                     .is_some(),
             frags: Default::default(),
+            remote_identity: None,
         };
         let keys = match derive_keys(choice, &ke, &ke_p.data, &ni, &nr, &c, false) {
             Ok(k) => k,

@@ -169,6 +169,8 @@ pub(crate) struct Common {
     pub peer_fragmentation: bool,
     /// Received fragments being put back together.
     pub frags: fragments::Reassembly,
+    /// The identity the peer proved in IKE_AUTH (`None` before).
+    pub remote_identity: Option<crate::codec::Identification>,
 }
 
 impl Common {

@@ -532,6 +532,7 @@ fn new_ike_sa(
         initial_contact: false,
         peer_fragmentation: old.peer_fragmentation,
         frags: Default::default(),
+        remote_identity: old.remote_identity.clone(),
     };
     let mut e = Established::new(keys);
     e.ike_rekey_at = Some(ike_rekey_time(&c, ctx));

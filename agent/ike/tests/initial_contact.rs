@@ -1,0 +1,57 @@
+//! INITIAL_CONTACT (RFC 7296 §2.4): a peer that lost its state replaces the IKE SAs it had with
+//! us, and only those it authenticated as.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+mod util;
+
+use std::time::Duration;
+
+use strait_ike::crypto::rng::DeterministicRng;
+use strait_ike::{Endpoint, EndpointConfig, Identity, Reason};
+use util::{Pair, config_a, mirror};
+
+#[test]
+fn a_restarted_peer_replaces_its_old_ike_sa() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    // A loses all state and starts again.
+    p.a = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(9)),
+    );
+    p.a_peer = p.a.add_peer(a).unwrap();
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
+    assert_eq!(downs, vec![Reason::Replaced]);
+    assert_eq!(Pair::installs(&p.ev_b).len(), 2);
+    assert_eq!(Pair::child_deletes(&p.ev_b), 1);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(p.b.ike_sa_count(), 1);
+}
+
+#[test]
+fn initial_contact_from_another_identity_leaves_the_first_alone() {
+    // B accepts any identity on one tunnel; A brings up two tunnels with two identities.
+    let a = config_a();
+    let mut b = mirror(&a);
+    b.remote_id = Identity::Any;
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let mut a2 = a.clone();
+    a2.local_id = Identity::Fqdn("a2.example.com".into());
+    let second = p.a.add_peer(a2).unwrap();
+    // A's second tunnel has no other IKE SA, so its IKE_AUTH carries INITIAL_CONTACT.
+    let now = p.now;
+    p.a.initiate(now, second);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::ups(&p.ev_b), 2);
+    assert!(Pair::downs(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert_eq!(p.b.children(p.b_peer).len(), 2);
+    assert_eq!(p.b.ike_sa_count(), 2);
+}
