@@ -9,15 +9,18 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 
+use futures::StreamExt;
+
 use strait_ike::codec::{AddrRange, TsRange};
 use strait_ike::crypto::alg::{Encr, Esn, Integ};
 use strait_ike::proposal::EspProposal;
 use strait_ike::{ChildSaId, ChildSaInstall};
 use strait_xfrm::{
-    Direction, Integrity, Key, Lifetimes, Limits, Mode, NatT, Policy, Prefix, Reqid, Sa, SaCrypto,
-    SaId, Selector, Template, Transform, Xfrm,
+    Direction, Integrity, KeepSet, Key, Lifetimes, Limits, Mode, NatT, Policy, PolicyId, Prefix,
+    Reqid, Sa, SaCrypto, SaId, Selector, Template, Transform, Xfrm,
 };
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 /// Which data plane the agent drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +102,67 @@ pub trait Dataplane: Send {
 
     /// Removes everything this agent installed.
     fn shutdown(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// The kernel's notifications (expiries, acquires) for our objects, once: the driver takes
+    /// the receiver at start. `None`: this data plane has none.
+    fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {
+        None
+    }
+
+    /// Traffic per tunnel index: what the tunnel's CHILD SAs carried, including CHILD SAs
+    /// already deleted (so the sums only grow while the tunnel exists).
+    fn traffic(&mut self) -> impl Future<Output = BTreeMap<u32, Traffic>> + Send {
+        async { BTreeMap::new() }
+    }
+
+    /// At start: notes the objects of ours a previous run left behind (after a crash) and keeps
+    /// them, so traffic keeps flowing until the new CHILD SAs are up. Returns how many.
+    fn adopt(&mut self) -> impl Future<Output = usize> + Send {
+        async { 0 }
+    }
+
+    /// Whether objects adopted at start are still waiting to be swept.
+    fn adopting(&self) -> bool {
+        false
+    }
+
+    /// Removes every object of ours the agent has not installed itself in this run (the
+    /// adopted ones the new CHILD SAs replaced).
+    fn sweep_adopted(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A kernel notification about one of our SAs, by tunnel index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A CHILD SA reached its soft (rekey now) or hard (the kernel deleted it) limit.
+    Expire {
+        /// The tunnel index (from the reqid).
+        tunnel: u32,
+        /// The SA's SPI (either direction).
+        spi: u32,
+        /// Hard or soft.
+        hard: bool,
+    },
+    /// Outbound traffic found one of the tunnel's policies without an SA.
+    Acquire {
+        /// The tunnel index.
+        tunnel: u32,
+    },
+}
+
+/// Bytes and packets of a tunnel's CHILD SAs, by direction (kernel counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes received (decrypted by inbound SAs).
+    pub bytes_in: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Bytes sent (encrypted by outbound SAs).
+    pub bytes_out: u64,
+    /// Packets sent.
+    pub packets_out: u64,
 }
 
 /// A CHILD SA as the `none` data plane recorded it.
@@ -193,20 +257,80 @@ struct Installed {
 pub struct KernelDataplane {
     xfrm: Result<Xfrm, DataplaneError>,
     installed: BTreeMap<ChildSaId, Installed>,
+    events: Option<mpsc::Receiver<KernelEvent>>,
+    /// Counters of deleted CHILD SAs, per tunnel index.
+    retired: BTreeMap<u32, Traffic>,
+    /// Objects found at start (a previous run's), kept until [`Dataplane::sweep_adopted`].
+    adopted: Option<(usize, usize)>,
 }
 
 impl KernelDataplane {
-    /// Opens the XFRM netlink socket (inside a tokio runtime). A failure is kept and reported
-    /// by every later call, so the agent keeps serving status.
+    /// Opens the XFRM netlink socket (inside a tokio runtime) and subscribes to its expire and
+    /// acquire notifications. A failure is kept and reported by every later call, so the agent
+    /// keeps serving status.
     pub fn open() -> Self {
+        let events = match Xfrm::event_stream() {
+            Ok(stream) => {
+                let (tx, rx) = mpsc::channel(256);
+                tokio::spawn(forward_events(stream, tx));
+                Some(rx)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no XFRM notifications: rekeys run on the IKE timers only");
+                None
+            }
+        };
         Self {
             xfrm: Xfrm::open().map_err(|e| DataplaneError::kernel("opening XFRM netlink", &e)),
             installed: BTreeMap::new(),
+            events,
+            retired: BTreeMap::new(),
+            adopted: None,
         }
     }
 
     fn xfrm(&self) -> Result<&Xfrm, DataplaneError> {
         self.xfrm.as_ref().map_err(Clone::clone)
+    }
+}
+
+async fn forward_events(mut stream: strait_xfrm::EventStream, tx: mpsc::Sender<KernelEvent>) {
+    while let Some(item) = stream.next().await {
+        let ev = match item {
+            Ok(strait_xfrm::Event::Expire { sa, reqid, hard }) => {
+                reqid.index().map(|tunnel| KernelEvent::Expire {
+                    tunnel,
+                    spi: sa.spi,
+                    hard,
+                })
+            }
+            Ok(strait_xfrm::Event::Acquire { template, .. }) => template
+                .reqid
+                .index()
+                .map(|tunnel| KernelEvent::Acquire { tunnel }),
+            Ok(_) => None,
+            Err(e) => {
+                // lost notifications: the IKE timers still rekey; hard expiries show as
+                // missing SAs on the next delete
+                tracing::warn!(error = %e, "XFRM notifications lost");
+                None
+            }
+        };
+        if let Some(ev) = ev
+            && tx.send(ev).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn add_traffic(t: &mut Traffic, inbound: bool, bytes: u64, packets: u64) {
+    if inbound {
+        t.bytes_in = t.bytes_in.saturating_add(bytes);
+        t.packets_in = t.packets_in.saturating_add(packets);
+    } else {
+        t.bytes_out = t.bytes_out.saturating_add(bytes);
+        t.packets_out = t.packets_out.saturating_add(packets);
     }
 }
 
@@ -491,6 +615,13 @@ impl Dataplane for KernelDataplane {
             return Ok(());
         };
         let xfrm = self.xfrm()?.clone();
+        for (id, inbound) in [(ins.sa_in, true), (ins.sa_out, false)] {
+            if let Ok(Some(info)) = xfrm.get_sa(&id).await {
+                let c = info.counters;
+                let t = self.retired.entry(ins.tunnel).or_default();
+                add_traffic(t, inbound, c.bytes, c.packets);
+            }
+        }
         let mut first_err = None;
         let last_of_tunnel = !self.installed.values().any(|i| i.tunnel == ins.tunnel);
         if last_of_tunnel {
@@ -514,11 +645,97 @@ impl Dataplane for KernelDataplane {
 
     async fn shutdown(&mut self) -> Result<(), DataplaneError> {
         self.installed.clear();
+        self.adopted = None;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
             .await
             .map(|_| ())
             .map_err(|e| DataplaneError::kernel("removing our XFRM objects", &e))
+    }
+
+    fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {
+        self.events.take()
+    }
+
+    async fn traffic(&mut self) -> BTreeMap<u32, Traffic> {
+        let mut out = self.retired.clone();
+        let Ok(xfrm) = self.xfrm().cloned() else {
+            return out;
+        };
+        let counters = match xfrm.counters().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading XFRM counters");
+                return out;
+            }
+        };
+        let by_id: BTreeMap<(IpAddr, u32), (u64, u64)> = counters
+            .iter()
+            .map(|c| ((c.id.dst, c.id.spi), (c.bytes, c.packets)))
+            .collect();
+        for ins in self.installed.values() {
+            for (id, inbound) in [(ins.sa_in, true), (ins.sa_out, false)] {
+                if let Some((bytes, packets)) = by_id.get(&(id.dst, id.spi)) {
+                    add_traffic(
+                        out.entry(ins.tunnel).or_default(),
+                        inbound,
+                        *bytes,
+                        *packets,
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    async fn adopt(&mut self) -> usize {
+        let Ok(xfrm) = self.xfrm().cloned() else {
+            return 0;
+        };
+        let sas = xfrm.list_our_sas().await.map(|v| v.len()).unwrap_or(0);
+        let policies = xfrm.list_our_policies().await.map(|v| v.len()).unwrap_or(0);
+        if sas + policies > 0 {
+            tracing::info!(
+                sas,
+                policies,
+                "found XFRM objects of a previous run: keeping them until the new CHILD SAs are up"
+            );
+            self.adopted = Some((sas, policies));
+        }
+        sas + policies
+    }
+
+    fn adopting(&self) -> bool {
+        self.adopted.is_some()
+    }
+
+    async fn sweep_adopted(&mut self) -> Result<(), DataplaneError> {
+        if self.adopted.take().is_none() {
+            return Ok(());
+        }
+        let xfrm = self.xfrm()?.clone();
+        let mut keep = KeepSet::new();
+        for ins in self.installed.values() {
+            keep.sas.insert(ins.sa_in);
+            keep.sas.insert(ins.sa_out);
+            keep.policies.extend(
+                ins.policies
+                    .iter()
+                    .map(Policy::id)
+                    .collect::<Vec<PolicyId>>(),
+            );
+        }
+        let report = xfrm
+            .sweep(&keep)
+            .await
+            .map_err(|e| DataplaneError::kernel("sweeping a previous run's XFRM objects", &e))?;
+        tracing::info!(
+            sas = report.sas_deleted.len(),
+            policies = report.policies_deleted.len(),
+            already_gone = report.already_gone,
+            "swept the previous run's XFRM objects"
+        );
+        Ok(())
     }
 }
 

@@ -19,7 +19,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::dataplane::{self, Dataplane};
+use crate::dataplane::{self, Dataplane, KernelEvent};
+use crate::metrics::{Metrics, MetricsRequest};
 use crate::status::{AgentStatus, StatusRequest, TunnelStatus};
 
 /// First re-initiation delay after a failure; doubled up to [`RETRY_MAX`].
@@ -28,6 +29,14 @@ pub const RETRY_MIN: Duration = Duration::from_secs(2);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the peers to acknowledge our DELETEs.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// After a restart, XFRM objects of the previous run are kept until every tunnel is up again
+/// (plus [`ADOPT_SETTLE`], for packets already in flight on the old SAs), at most this long.
+pub const ADOPT_MAX: Duration = Duration::from_secs(90);
+/// See [`ADOPT_MAX`].
+pub const ADOPT_SETTLE: Duration = Duration::from_secs(2);
+/// For tests only: `STRAIT_TEST_LIFETIME_SCALE=F` (0 < F ≤ 1) multiplies every IKE and CHILD SA
+/// lifetime by F, so rekeys can be exercised in seconds (the API's minimum lifetime is 60 s).
+pub const LIFETIME_SCALE_ENV: &str = "STRAIT_TEST_LIFETIME_SCALE";
 
 /// One tunnel as the driver gets it: the spec (to notice changes) and what it maps to.
 #[derive(Debug)]
@@ -98,6 +107,8 @@ struct Tunnel {
     children: BTreeMap<ChildSaId, ChildSaStatus>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// When we sent the first IKE_SA_INIT of the handshake under way (for its duration).
+    initiated_at: Option<Instant>,
 }
 
 /// The driver task's state.
@@ -111,6 +122,16 @@ pub struct Driver<D: Dataplane> {
     tunnels: BTreeMap<String, Tunnel>,
     by_peer: HashMap<PeerId, String>,
     next_index: u32,
+    kernel_events: Option<mpsc::Receiver<KernelEvent>>,
+    metrics: Option<Metrics>,
+    scrapes: Option<mpsc::Receiver<MetricsRequest>>,
+    /// Hashes of recently sent datagrams (to count retransmissions).
+    recent_sends: std::collections::VecDeque<u64>,
+    /// Adopted objects of a previous run: sweep them at the latest then.
+    adopt_until: Option<Instant>,
+    /// Every tunnel was up at this time; sweep [`ADOPT_SETTLE`] later.
+    adopt_ready_at: Option<Instant>,
+    lifetime_scale: Option<f64>,
 }
 
 impl<D: Dataplane> core::fmt::Debug for Driver<D> {
@@ -198,6 +219,18 @@ impl<D: Dataplane> Driver<D> {
         ep.natt_port = settings.natt_port;
         let endpoint = Endpoint::new(ep, Box::new(crate::rng::OsRng::new()));
         let (dgram_tx, dgram_rx) = mpsc::channel(1024);
+        let mut dp = dp;
+        let kernel_events = dp.take_events();
+        let lifetime_scale = std::env::var(LIFETIME_SCALE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| *f > 0.0 && *f <= 1.0);
+        if let Some(f) = lifetime_scale {
+            tracing::warn!(
+                scale = f,
+                "{LIFETIME_SCALE_ENV} is set: SA lifetimes are scaled down (for tests only)"
+            );
+        }
         Self {
             settings,
             endpoint,
@@ -208,7 +241,29 @@ impl<D: Dataplane> Driver<D> {
             tunnels: BTreeMap::new(),
             by_peer: HashMap::new(),
             next_index: 0,
+            kernel_events,
+            metrics: Metrics::new()
+                .map_err(|e| tracing::error!(error = %e, "metrics unavailable"))
+                .ok(),
+            scrapes: None,
+            recent_sends: std::collections::VecDeque::new(),
+            adopt_until: None,
+            adopt_ready_at: None,
+            lifetime_scale,
         }
+    }
+
+    /// Serves the metrics: each request on `scrapes` is answered with the exposition text
+    /// (see [`crate::metrics::serve`]).
+    #[must_use]
+    pub fn with_metrics(mut self, scrapes: mpsc::Receiver<MetricsRequest>) -> Self {
+        self.scrapes = Some(scrapes);
+        self
+    }
+
+    /// The metrics as they are now (without a kernel counter refresh).
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     /// The data plane (for tests).
@@ -223,8 +278,12 @@ impl<D: Dataplane> Driver<D> {
         mut commands: mpsc::Receiver<Command>,
         mut status: mpsc::Receiver<StatusRequest>,
     ) {
+        if self.dp.adopt().await > 0 {
+            self.adopt_until = Some(Instant::now() + ADOPT_MAX);
+        }
         self.reload(initial).await;
         loop {
+            self.check_adopted().await;
             let deadline = self.next_deadline();
             let timer = async move {
                 match deadline {
@@ -239,6 +298,11 @@ impl<D: Dataplane> Driver<D> {
                 () = timer => self.on_timer(),
                 Some(req) = status.recv() => {
                     let _ = req.send(self.status());
+                }
+                Some(ev) = recv_opt(&mut self.kernel_events) => self.on_kernel_event(ev),
+                Some(req) = recv_opt(&mut self.scrapes) => {
+                    let text = self.scrape().await;
+                    let _ = req.send(text);
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(defs)) => self.reload(defs).await,
@@ -259,10 +323,104 @@ impl<D: Dataplane> Driver<D> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let retry = self.tunnels.values().filter_map(|t| t.retry_at).min();
-        match (self.endpoint.poll_timeout(), retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let adopt = match (self.adopt_until, self.adopt_ready_at) {
+            (Some(until), Some(ready)) => Some(until.min(ready + ADOPT_SETTLE)),
+            (until, _) => until,
+        };
+        [self.endpoint.poll_timeout(), retry, adopt]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Sweeps what a previous run left in the kernel once every tunnel has its CHILD SAs again
+    /// (make-before-break across a restart), or at [`ADOPT_MAX`].
+    async fn check_adopted(&mut self) {
+        let Some(until) = self.adopt_until else {
+            return;
+        };
+        let now = Instant::now();
+        let all_up = self
+            .tunnels
+            .values()
+            .filter(|t| t.peer.is_some())
+            .all(|t| t.status.ready);
+        if !all_up {
+            self.adopt_ready_at = None;
+        } else if self.adopt_ready_at.is_none() {
+            self.adopt_ready_at = Some(now);
         }
+        let settled = self.adopt_ready_at.is_some_and(|r| now >= r + ADOPT_SETTLE);
+        if !settled && now < until {
+            return;
+        }
+        if !settled {
+            tracing::warn!(
+                "not every tunnel came back in time: sweeping the previous run's XFRM objects anyway"
+            );
+        }
+        self.adopt_until = None;
+        self.adopt_ready_at = None;
+        if let Err(e) = self.dp.sweep_adopted().await {
+            tracing::warn!(reason = e.reason, message = %e.message, "sweep after restart");
+        }
+    }
+
+    fn on_kernel_event(&mut self, ev: KernelEvent) {
+        let now = Instant::now();
+        let index = match ev {
+            KernelEvent::Expire { tunnel, .. } | KernelEvent::Acquire { tunnel } => tunnel,
+        };
+        let Some(t) = self.tunnels.values().find(|t| t.index == index) else {
+            return;
+        };
+        let Some(peer) = t.peer else { return };
+        match ev {
+            KernelEvent::Expire { spi, hard, .. } => {
+                tracing::debug!(tunnel = %t.def.name, spi = format_args!("{spi:08x}"), hard, "kernel: CHILD SA lifetime expired");
+                self.endpoint
+                    .expire_child(now, peer, strait_ike::EspSpi(spi.to_be_bytes()), hard);
+            }
+            KernelEvent::Acquire { .. } => {
+                if t.role == Some(Role::OnTraffic) {
+                    tracing::info!(tunnel = %t.def.name, "kernel: traffic without an SA, initiating");
+                    self.endpoint.acquire(now, peer);
+                }
+            }
+        }
+    }
+
+    /// Refreshes the gauges and the kernel's traffic counters and encodes every metric.
+    async fn scrape(&mut self) -> String {
+        let Some(m) = self.metrics.clone() else {
+            return String::new();
+        };
+        for s in crate::metrics::IKE_STATES {
+            let n = self
+                .tunnels
+                .values()
+                .filter(|t| {
+                    t.status
+                        .gateway
+                        .ike_state
+                        .as_deref()
+                        .is_some_and(|st| st.eq_ignore_ascii_case(s))
+                })
+                .count();
+            m.ike_sas
+                .with_label_values(&[s])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let children: usize = self.tunnels.values().map(|t| t.children.len()).sum();
+        m.child_sas.set(i64::try_from(children).unwrap_or(i64::MAX));
+        let traffic = self.dp.traffic().await;
+        let by_name = self
+            .tunnels
+            .values()
+            .filter_map(|t| traffic.get(&t.index).map(|x| (t.def.name.clone(), *x)))
+            .collect();
+        m.set_traffic(&by_name);
+        m.encode()
     }
 
     fn on_timer(&mut self) {
@@ -274,6 +432,7 @@ impl<D: Dataplane> Driver<D> {
                 if let Some(peer) = t.peer {
                     tracing::info!(tunnel = %t.def.name, "re-initiating");
                     t.status.gateway.ike_state = Some("Connecting".into());
+                    t.initiated_at = Some(now);
                     self.endpoint.initiate(now, peer);
                 }
             }
@@ -298,7 +457,25 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
-    async fn send(&self, t: strait_ike::Transmit) {
+    async fn send(&mut self, t: strait_ike::Transmit) {
+        // a datagram sent again unchanged is a retransmission (NAT keepalives excepted)
+        if t.payload.len() > 1 {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            t.payload.hash(&mut h);
+            t.remote.hash(&mut h);
+            let h = h.finish();
+            if self.recent_sends.contains(&h) {
+                if let Some(m) = &self.metrics {
+                    m.retransmissions.inc();
+                }
+            } else {
+                if self.recent_sends.len() >= 256 {
+                    self.recent_sends.pop_front();
+                }
+                self.recent_sends.push_back(h);
+            }
+        }
         let sock = self
             .sockets
             .iter()
@@ -397,6 +574,7 @@ impl<D: Dataplane> Driver<D> {
             children: BTreeMap::new(),
             retry_at: None,
             backoff: RETRY_MIN,
+            initiated_at: None,
             def,
         };
         t.status.initiation = match t.def.spec.initiation {
@@ -413,7 +591,9 @@ impl<D: Dataplane> Driver<D> {
                 if role == Role::Start {
                     tracing::info!(tunnel = %name, "initiating");
                     t.status.gateway.ike_state = Some("Connecting".into());
-                    self.endpoint.initiate(Instant::now(), peer);
+                    let now = Instant::now();
+                    t.initiated_at = Some(now);
+                    self.endpoint.initiate(now, peer);
                 } else {
                     tracing::info!(tunnel = %name, ?role, "waiting for the peer");
                 }
@@ -435,9 +615,17 @@ impl<D: Dataplane> Driver<D> {
             .await
             .map_err(|e| (e.reason, e.message))?;
         let role = cfg.role;
+        let mut cfg = cfg.clone();
+        if let Some(f) = self.lifetime_scale {
+            for l in [&mut cfg.ike_lifetime, &mut cfg.child_lifetime] {
+                l.rekey_time = l.rekey_time.mul_f64(f);
+                l.rand_time = l.rand_time.mul_f64(f);
+                l.life_time = l.life_time.mul_f64(f);
+            }
+        }
         let peer = self
             .endpoint
-            .add_peer(cfg.clone())
+            .add_peer(cfg)
             .map_err(|e| ("InvalidConfig", e.to_string()))?;
         Ok((peer, role))
     }
@@ -506,7 +694,17 @@ impl<D: Dataplane> Driver<D> {
                 local_addr,
                 remote_addr,
             } => {
+                let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
+                    let started = t.initiated_at.take();
+                    if let Some(m) = &metrics {
+                        m.handshakes.with_label_values(&["success", "none"]).inc();
+                        if let Some(at) = started
+                            && initiator
+                        {
+                            m.handshake_duration.observe(at.elapsed().as_secs_f64());
+                        }
+                    }
                     let g = &mut t.status.gateway;
                     g.ike_state = Some("Established".into());
                     g.ike_proposal = Some(ike_choice_name(&proposal));
@@ -534,7 +732,25 @@ impl<D: Dataplane> Driver<D> {
                 }
             }
             Event::IkeSaDown { peer, spis, reason } => {
+                let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
+                    let established = t.current == Some(spis);
+                    if let Some(m) = &metrics
+                        && established
+                        && reason == Reason::PeerUnreachable
+                    {
+                        m.dpd_failures.inc();
+                    }
+                    if t.current.is_none()
+                        && !matches!(reason, Reason::DeletedLocally | Reason::Replaced)
+                    {
+                        if let Some(m) = &metrics {
+                            m.handshakes
+                                .with_label_values(&["failure", reason.as_str()])
+                                .inc();
+                        }
+                        t.initiated_at = None;
+                    }
                     t.on_ike_down(spis, reason);
                 }
             }
@@ -544,6 +760,9 @@ impl<D: Dataplane> Driver<D> {
                 new,
                 proposal,
             } => {
+                if let Some(m) = &self.metrics {
+                    m.rekeys.with_label_values(&["ike"]).inc();
+                }
                 if let Some(t) = self.tunnel_of(peer)
                     && t.current == Some(old)
                 {
@@ -562,6 +781,12 @@ impl<D: Dataplane> Driver<D> {
             return;
         };
         let result = self.dp.install(index, sa).await;
+        if let Some(m) = &self.metrics
+            && result.is_ok()
+            && sa.replaces.is_some()
+        {
+            m.rekeys.with_label_values(&["child"]).inc();
+        }
         let Some(t) = self.tunnel_of(sa.peer) else {
             return;
         };
@@ -646,6 +871,14 @@ impl Tunnel {
             g.ike_state = Some("Down".into());
         }
         self.refresh();
+    }
+}
+
+/// `rx.recv()`, or never when there is no receiver.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 pub mod driver;
+pub mod metrics;
 pub mod peer;
 pub mod rng;
 pub mod standalone;

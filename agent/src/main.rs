@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::{dataplane, standalone, status};
+use strait_agent::{dataplane, metrics, standalone, status};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -43,6 +43,9 @@ struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    metrics_addr: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +144,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         ike_port: args.ike_port,
         natt_port: args.natt_port,
         node: args.node.clone().unwrap_or_else(hostname),
+        metrics_addr: metrics::parse_addr(&args.metrics_addr).map_err(anyhow::Error::msg)?,
     };
     runtime()?.block_on(standalone::run::run(opts))
 }

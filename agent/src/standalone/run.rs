@@ -33,6 +33,8 @@ pub struct Options {
     pub natt_port: u16,
     /// The node name reported in status.
     pub node: String,
+    /// Where metrics are served (`None`: not at all).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
@@ -168,6 +170,7 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
         "standalone agent starting"
     );
     let config_path = opts.config.clone();
+    let metrics_addr = opts.metrics_addr;
     let signals = tokio::spawn(async move {
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::hangup()),
@@ -200,8 +203,21 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
             let _ = done_rx.await;
         }
     });
+    let mut driver = Driver::new(settings, dp);
+    if let Some(addr) = metrics_addr {
+        // a busy port must not take the tunnels down: say so and run without metrics
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let (scrape_tx, scrape_rx) = mpsc::channel(4);
+                tokio::spawn(crate::metrics::serve(l, scrape_tx));
+                tracing::info!(%addr, "serving metrics");
+                driver = driver.with_metrics(scrape_rx);
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
+        }
+    }
     // The driver owns the endpoint (not `Sync`), so it runs on this task rather than a spawned one.
-    Driver::new(settings, dp).run(defs, cmd_rx, status_rx).await;
+    driver.run(defs, cmd_rx, status_rx).await;
     signals.abort();
     Ok(())
 }

@@ -1,0 +1,330 @@
+//! Prometheus metrics (`--metrics-addr`, served on `GET /metrics`).
+//!
+//! Every name is `strait_…` with its unit in the name; label values come from fixed sets (IKE
+//! states, CamelCase reasons, `ike`/`child`, `in`/`out`) or are tunnel names — never a `Debug`
+//! rendering, never key material. The driver owns the [`Metrics`]; a scrape asks the driver
+//! (over a channel) to refresh the gauges and the kernel's per-CHILD-SA counters and to encode.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dataplane::Traffic;
+
+/// The default listen address.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:9470";
+
+/// A scrape: the driver answers with the exposition text.
+pub type MetricsRequest = oneshot::Sender<String>;
+
+/// IKE SA states as labelled (`strait_ike_sas{state}`): per tunnel, its `ikeState` in lower case.
+pub const IKE_STATES: [&str; 3] = ["established", "connecting", "down"];
+
+/// The agent's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Tunnels by IKE state.
+    pub ike_sas: IntGaugeVec,
+    /// CHILD SAs installed.
+    pub child_sas: IntGauge,
+    /// Completed and failed initial handshakes (IKE_SA_INIT + IKE_AUTH).
+    pub handshakes: IntCounterVec,
+    /// Rekeys, by kind (`ike`, `child`).
+    pub rekeys: IntCounterVec,
+    /// Established IKE SAs declared dead (the peer stopped answering).
+    pub dpd_failures: IntCounter,
+    /// Datagrams sent again unchanged (our retransmitted requests and repeated answers).
+    pub retransmissions: IntCounter,
+    /// Time from our first IKE_SA_INIT to the established IKE SA (initiator side).
+    pub handshake_duration: Histogram,
+    /// Bytes carried by a tunnel's CHILD SAs (kernel counters), by direction.
+    pub child_sa_bytes: IntCounterVec,
+    /// Packets carried by a tunnel's CHILD SAs, by direction.
+    pub child_sa_packets: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<T>,
+) -> prometheus::Result<T> {
+    let m = m?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl Metrics {
+    /// A fresh set on its own registry.
+    ///
+    /// # Errors
+    /// Only on a programming error (a duplicate or invalid name).
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let m = Self {
+            ike_sas: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("strait_ike_sas", "Tunnels by the state of their IKE SA."),
+                    &["state"],
+                ),
+            )?,
+            child_sas: reg(
+                &r,
+                IntGauge::new("strait_child_sas", "CHILD SAs currently installed."),
+            )?,
+            handshakes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_handshakes_total",
+                        "Initial IKE handshakes, by result (success/failure) and reason.",
+                    ),
+                    &["result", "reason"],
+                ),
+            )?,
+            rekeys: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_rekeys_total",
+                        "Completed rekeys, by kind (ike/child).",
+                    ),
+                    &["kind"],
+                ),
+            )?,
+            dpd_failures: reg(
+                &r,
+                IntCounter::new(
+                    "strait_dpd_failures_total",
+                    "Established IKE SAs declared dead because the peer stopped answering.",
+                ),
+            )?,
+            retransmissions: reg(
+                &r,
+                IntCounter::new(
+                    "strait_retransmissions_total",
+                    "IKE datagrams sent again unchanged.",
+                ),
+            )?,
+            handshake_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "strait_handshake_duration_seconds",
+                        "Time from the first IKE_SA_INIT to the established IKE SA (as initiator).",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                ),
+            )?,
+            child_sa_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_child_sa_bytes_total",
+                        "Bytes carried by the tunnel's CHILD SAs (kernel counters), by direction.",
+                    ),
+                    &["tunnel", "direction"],
+                ),
+            )?,
+            child_sa_packets: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_child_sa_packets_total",
+                        "Packets carried by the tunnel's CHILD SAs (kernel counters), by direction.",
+                    ),
+                    &["tunnel", "direction"],
+                ),
+            )?,
+            registry: r,
+        };
+        for s in IKE_STATES {
+            m.ike_sas.with_label_values(&[s]).set(0);
+        }
+        for k in ["ike", "child"] {
+            m.rekeys.with_label_values(&[k]);
+        }
+        Ok(m)
+    }
+
+    /// Sets the per-tunnel traffic counters to the kernel's sums (a counter that went down —
+    /// the tunnel was re-created — starts again from the new value). Tunnels not in `traffic`
+    /// lose their series.
+    pub fn set_traffic(&self, traffic: &BTreeMap<String, Traffic>) {
+        for (name, t) in traffic {
+            for (dir, bytes, packets) in [
+                ("in", t.bytes_in, t.packets_in),
+                ("out", t.bytes_out, t.packets_out),
+            ] {
+                for (vec, v) in [
+                    (&self.child_sa_bytes, bytes),
+                    (&self.child_sa_packets, packets),
+                ] {
+                    let c = vec.with_label_values(&[name.as_str(), dir]);
+                    let have = c.get();
+                    if v >= have {
+                        c.inc_by(v - have);
+                    } else {
+                        let _ = vec.remove_label_values(&[name.as_str(), dir]);
+                        vec.with_label_values(&[name.as_str(), dir]).inc_by(v);
+                    }
+                }
+            }
+        }
+        for vec in [&self.child_sa_bytes, &self.child_sa_packets] {
+            let stale: Vec<String> = prometheus::core::Collector::collect(vec)
+                .iter()
+                .flat_map(|mf| mf.get_metric().iter())
+                .filter_map(|m| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == "tunnel")
+                        .map(|l| l.value().to_owned())
+                })
+                .filter(|n| !traffic.contains_key(n))
+                .collect();
+            for n in stale {
+                for dir in ["in", "out"] {
+                    let _ = vec.remove_label_values(&[n.as_str(), dir]);
+                }
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Parses `--metrics-addr`: an address, or `off`.
+///
+/// # Errors
+/// Neither.
+pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("--metrics-addr {s:?}: expected HOST:PORT or off"))
+}
+
+/// Serves `GET /metrics` (HTTP/1.x, one request per connection) until the driver is gone.
+pub async fn serve(listener: TcpListener, scrape: mpsc::Sender<MetricsRequest>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let scrape = scrape.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), answer(stream, scrape)).await;
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if scrape.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, scrape: mpsc::Sender<MetricsRequest>) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+        if buf.len() > 8192 {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (words.next(), words.next());
+    let path = target.map(|t| t.split('?').next().unwrap_or_default());
+    let (code, ctype, body) = match (method, path) {
+        (Some("GET" | "HEAD"), Some("/metrics")) => {
+            let (tx, rx) = oneshot::channel();
+            match scrape.send(tx).await {
+                Ok(()) => match rx.await {
+                    Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                    Err(_) => ("503 Service Unavailable", "text/plain", "stopping\n".into()),
+                },
+                Err(_) => ("503 Service Unavailable", "text/plain", "stopping\n".into()),
+            }
+        }
+        (Some(_), Some(_)) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        _ => ("400 Bad Request", "text/plain", "bad request\n".into()),
+    };
+    let body = if method == Some("HEAD") {
+        String::new()
+    } else {
+        body
+    };
+    let resp = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_traffic() {
+        let m = Metrics::new().unwrap();
+        let mut t = BTreeMap::new();
+        t.insert(
+            "gw".to_owned(),
+            Traffic {
+                bytes_in: 100,
+                packets_in: 1,
+                bytes_out: 200,
+                packets_out: 2,
+            },
+        );
+        m.set_traffic(&t);
+        let text = m.encode();
+        assert!(text.contains("strait_child_sa_bytes_total{direction=\"out\",tunnel=\"gw\"} 200"));
+        assert!(text.contains("strait_ike_sas{state=\"established\"} 0"));
+        // a re-created tunnel starts again from the kernel's value
+        if let Some(x) = t.get_mut("gw") {
+            x.bytes_out = 50;
+        }
+        m.set_traffic(&t);
+        assert!(m.encode().contains("direction=\"out\",tunnel=\"gw\"} 50"));
+        // a removed tunnel loses its series
+        m.set_traffic(&BTreeMap::new());
+        assert!(!m.encode().contains("tunnel=\"gw\""));
+    }
+
+    #[test]
+    fn addr() {
+        assert_eq!(parse_addr("off"), Ok(None));
+        assert!(parse_addr("127.0.0.1:9470").unwrap().is_some());
+        assert!(parse_addr("nope").is_err());
+    }
+}
