@@ -34,9 +34,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const ADOPT_MAX: Duration = Duration::from_secs(90);
 /// See [`ADOPT_MAX`].
 pub const ADOPT_SETTLE: Duration = Duration::from_secs(2);
-/// For tests only: `STRAIT_TEST_LIFETIME_SCALE=F` (0 < F ≤ 1) multiplies every IKE and CHILD SA
-/// lifetime by F, so rekeys can be exercised in seconds (the API's minimum lifetime is 60 s).
-pub const LIFETIME_SCALE_ENV: &str = "STRAIT_TEST_LIFETIME_SCALE";
 
 /// One tunnel as the driver gets it: the spec (to notice changes) and what it maps to.
 #[derive(Debug)]
@@ -221,16 +218,6 @@ impl<D: Dataplane> Driver<D> {
         let (dgram_tx, dgram_rx) = mpsc::channel(1024);
         let mut dp = dp;
         let kernel_events = dp.take_events();
-        let lifetime_scale = std::env::var(LIFETIME_SCALE_ENV)
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|f| *f > 0.0 && *f <= 1.0);
-        if let Some(f) = lifetime_scale {
-            tracing::warn!(
-                scale = f,
-                "{LIFETIME_SCALE_ENV} is set: SA lifetimes are scaled down (for tests only)"
-            );
-        }
         Self {
             settings,
             endpoint,
@@ -249,8 +236,23 @@ impl<D: Dataplane> Driver<D> {
             recent_sends: std::collections::VecDeque::new(),
             adopt_until: None,
             adopt_ready_at: None,
-            lifetime_scale,
+            lifetime_scale: None,
         }
+    }
+
+    /// For tests only (`--test-lifetime-scale`): multiplies every IKE and CHILD SA lifetime by
+    /// `f` (0 < f ≤ 1), so rekeys happen within seconds (the API's minimum lifetime is 60 s).
+    /// Other values are ignored.
+    #[must_use]
+    pub fn with_lifetime_scale(mut self, f: Option<f64>) -> Self {
+        self.lifetime_scale = f.filter(|f| *f > 0.0 && *f <= 1.0);
+        if let Some(f) = self.lifetime_scale {
+            tracing::warn!(
+                scale = f,
+                "SA lifetimes are scaled down (--test-lifetime-scale, for tests only)"
+            );
+        }
+        self
     }
 
     /// Serves the metrics: each request on `scrapes` is answered with the exposition text

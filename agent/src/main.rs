@@ -46,6 +46,9 @@ struct RunArgs {
     /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
     #[arg(long, default_value = metrics::DEFAULT_ADDR)]
     metrics_addr: String,
+    /// For tests only: multiply every SA lifetime by this factor (0 < F <= 1).
+    #[arg(long, hide = true)]
+    test_lifetime_scale: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -145,6 +148,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         natt_port: args.natt_port,
         node: args.node.clone().unwrap_or_else(hostname),
         metrics_addr: metrics::parse_addr(&args.metrics_addr).map_err(anyhow::Error::msg)?,
+        lifetime_scale: args.test_lifetime_scale,
     };
     runtime()?.block_on(standalone::run::run(opts))
 }

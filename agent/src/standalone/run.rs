@@ -35,6 +35,8 @@ pub struct Options {
     pub node: String,
     /// Where metrics are served (`None`: not at all).
     pub metrics_addr: Option<SocketAddr>,
+    /// For tests only: SA lifetimes scaled by this factor.
+    pub lifetime_scale: Option<f64>,
 }
 
 /// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
@@ -171,6 +173,7 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
     );
     let config_path = opts.config.clone();
     let metrics_addr = opts.metrics_addr;
+    let opts_lifetime_scale = opts.lifetime_scale;
     let signals = tokio::spawn(async move {
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::hangup()),
@@ -203,7 +206,7 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
             let _ = done_rx.await;
         }
     });
-    let mut driver = Driver::new(settings, dp);
+    let mut driver = Driver::new(settings, dp).with_lifetime_scale(opts_lifetime_scale);
     if let Some(addr) = metrics_addr {
         // a busy port must not take the tunnels down: say so and run without metrics
         match tokio::net::TcpListener::bind(addr).await {
