@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::{dataplane, metrics, standalone, status};
+use strait_agent::{cluster, dataplane, metrics, standalone, status};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -22,6 +22,46 @@ enum Command {
     Check(StandaloneArgs),
     /// Ask a running agent for the state of its tunnels (like `swanctl --list-sas`).
     Status(StatusArgs),
+    /// Run on a gateway node of a Kubernetes cluster: the tunnels the operator elects this node
+    /// for, status written to each IPsecTunnel (API access: KUBECONFIG, or in-cluster).
+    Cluster(ClusterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// This node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The operator's namespace: tunnel Secrets and heartbeat Leases live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "strait-system")]
+    namespace: String,
+    /// `kernel` installs SAs and policies; `none` negotiates but installs nothing.
+    #[arg(long, value_enum, default_value_t = Dataplane::Kernel)]
+    dataplane: Dataplane,
+    /// Unix socket on which status is also served locally (`strait-agent status`).
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// UDP port for IKE.
+    #[arg(long, default_value_t = 500)]
+    ike_port: u16,
+    /// UDP port for NAT traversal.
+    #[arg(long, default_value_t = 4500)]
+    natt_port: u16,
+    /// How long one heartbeat renewal keeps this agent alive for the operator.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: i32,
+    /// How often the heartbeat Lease is renewed, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    renew_interval: f64,
+    /// At most one status write per tunnel per this many seconds.
+    #[arg(long, default_value_t = 1.0)]
+    status_interval: f64,
+    /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
+    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+    metrics_addr: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,6 +193,33 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
     runtime()?.block_on(standalone::run::run(opts))
 }
 
+fn seconds(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--{name} {v}: a positive number of seconds, please"))
+}
+
+fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    let opts = cluster::Options {
+        node: args.node.clone(),
+        namespace: args.namespace.clone(),
+        dataplane: match args.dataplane {
+            Dataplane::Kernel => dataplane::Kind::Kernel,
+            Dataplane::None => dataplane::Kind::None,
+        },
+        status_socket: Some(args.status_socket.clone()),
+        ike_port: args.ike_port,
+        natt_port: args.natt_port,
+        lease_duration_seconds: args.lease_duration_seconds,
+        renew_interval: seconds("renew-interval", args.renew_interval)?,
+        status_interval: seconds("status-interval", args.status_interval)?,
+        metrics_addr: metrics::parse_addr(&args.metrics_addr).map_err(anyhow::Error::msg)?,
+    };
+    runtime()?.block_on(cluster::run(opts))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -170,6 +237,7 @@ fn main() -> ExitCode {
             println!("{} tunnel(s), config and secrets OK", tunnels.len());
         }),
         Command::Standalone(args) => run_standalone(args),
+        Command::Cluster(args) => run_cluster(args),
         Command::Status(args) => runtime().and_then(|rt| {
             let s = rt.block_on(status::query(&args.status_socket))?;
             if args.json {

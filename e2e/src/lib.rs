@@ -3,8 +3,10 @@
 //! with cleanup that runs even when a test fails.
 
 pub mod agent;
+pub mod apiforward;
 pub mod cmd;
 pub mod controlplane;
 pub mod netns;
+pub mod product;
 pub mod strongswan;
 pub mod vm;

@@ -1,18 +1,18 @@
 //! `strait-agent standalone`: tunnels from a file, the driver, the status socket, signals
 //! (SIGHUP reloads, SIGTERM/SIGINT delete every IKE SA and exit).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use strait_crds::IPsecTunnel;
 use strait_ike::EndpointConfig;
-use strait_ike::crypto::keys::SecretBytes;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
 use crate::driver::{Command, Driver, Settings, TunnelDef};
-use crate::peer::{self, Inputs};
+use crate::defs::{self, SecretSource};
 use crate::standalone::{config, secrets};
 use crate::status;
 
@@ -53,83 +53,26 @@ pub async fn definitions(opts: &Options, kind: Kind) -> anyhow::Result<Vec<Tunne
     Ok(out)
 }
 
-async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {
-    let name = t.metadata.name.clone().unwrap_or_default();
-    let spec = t.spec;
-    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let psk = match &spec.auth.psk {
-        Some(r) => match secrets::read(&opts.secrets_dir, &r.secret_ref) {
-            Ok(s) => {
-                digest.update(s.expose());
-                Ok(Some(SecretBytes::from_slice(s.expose())))
-            }
-            Err(e) => Err(("SecretUnavailable", e.to_string())),
-        },
-        None => Ok(None),
-    };
-    let secret_digest = digest.finish().as_ref().to_vec();
-    let mut notes = Vec::new();
-    let peer = match psk {
-        Err(e) => Err(e),
-        Ok(psk) => match addresses(&spec).await {
-            Err(m) => Err(("AddressUnresolved", m)),
-            Ok((local_ip, remote_ip)) => peer::build(
-                &spec,
-                Inputs {
-                    local_ip,
-                    remote_ip,
-                    ike_port: opts.ike_port,
-                    remote_port: 500,
-                    psk,
-                    // trap policies + acquire are not implemented yet
-                    on_traffic_supported: false,
-                },
-            )
-            .map(|b| {
-                notes = b.notes;
-                b.config
-            })
-            .map_err(|e| (e.reason(), e.to_string())),
-        },
-    };
-    TunnelDef {
-        name,
-        spec,
-        secret_digest,
-        peer,
-        notes,
+/// Secrets from `--secrets-dir` (`DIR/<name>/<key>`).
+struct DirSecrets<'a>(&'a std::path::Path);
+
+impl SecretSource for DirSecrets<'_> {
+    fn read(&mut self, r: &strait_crds::SecretKeyRef) -> Result<Zeroizing<Vec<u8>>, String> {
+        secrets::read(self.0, r)
+            .map(|s| Zeroizing::new(s.expose().to_vec()))
+            .map_err(|e| e.to_string())
     }
 }
 
-/// Our address (configured, or the source address the routing table picks towards the peer)
-/// and the peer's (an IP, or the first address its DNS name resolves to).
-async fn addresses(spec: &strait_crds::IPsecTunnelSpec) -> Result<(IpAddr, IpAddr), String> {
-    let remote = match spec.remote.address.parse::<IpAddr>() {
-        Ok(ip) => ip,
-        Err(_) => tokio::net::lookup_host((spec.remote.address.as_str(), 500))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", spec.remote.address))?
-            .next()
-            .map(|a| a.ip())
-            .ok_or_else(|| format!("{} has no address", spec.remote.address))?,
-    };
-    let local = match &spec.local.address {
-        Some(a) => a
-            .parse::<IpAddr>()
-            .map_err(|_| format!("spec.local.address {a:?} is not an IP address"))?,
-        None => {
-            let any: SocketAddr = if remote.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], 0))
-            } else {
-                SocketAddr::from(([0u16; 8], 0))
-            };
-            let s = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
-            s.connect(SocketAddr::new(remote, 500))
-                .map_err(|e| format!("no route to {remote}: {e}"))?;
-            s.local_addr().map_err(|e| e.to_string())?.ip()
-        }
-    };
-    Ok((local, remote))
+async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {
+    let name = t.metadata.name.clone().unwrap_or_default();
+    defs::definition(
+        name,
+        t.spec,
+        opts.ike_port,
+        &mut DirSecrets(&opts.secrets_dir),
+    )
+    .await
 }
 
 /// Runs standalone mode until SIGTERM/SIGINT.

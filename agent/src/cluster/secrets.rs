@@ -1,0 +1,45 @@
+//! Secrets from the API (the operator's namespace), through the watch cache.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{ObjectRef, Store};
+use strait_crds::SecretKeyRef;
+use zeroize::Zeroizing;
+
+use crate::defs::{self, SecretSource};
+
+/// Reads `secretRef`s from the watched Secrets of one namespace.
+#[derive(Debug)]
+pub struct StoreSecrets<'a> {
+    /// The watch cache.
+    pub store: &'a Store<Secret>,
+    /// The namespace the Secrets live in.
+    pub namespace: &'a str,
+}
+
+impl SecretSource for StoreSecrets<'_> {
+    fn read(&mut self, r: &SecretKeyRef) -> Result<Zeroizing<Vec<u8>>, String> {
+        let secret = self
+            .store
+            .get(&ObjectRef::new(&r.name).within(self.namespace))
+            .ok_or_else(|| format!("Secret {}/{} not found", self.namespace, r.name))?;
+        let mut bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .map(|v| Zeroizing::new(v.0.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "Secret {}/{} has no key {:?}",
+                    self.namespace, r.name, r.key
+                )
+            })?;
+        defs::trim_newline(&mut bytes);
+        if bytes.is_empty() {
+            return Err(format!(
+                "Secret {}/{} key {:?} is empty",
+                self.namespace, r.name, r.key
+            ));
+        }
+        Ok(bytes)
+    }
+}

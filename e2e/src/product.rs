@@ -1,0 +1,262 @@
+//! The product's own processes against a [`ControlPlane`]: `strait-operator run` and
+//! `strait-agent cluster` (the latter inside a network namespace acting as a node, reaching the
+//! API server through an [`apiforward::PortForward`]). Each runs under a watchdog shell that
+//! kills it if this process dies without unwinding; dropping the handle kills it too.
+
+use std::fs;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::apiforward::PortForward;
+use crate::controlplane::ControlPlane;
+
+/// The operator's namespace used by the tests and the demo.
+pub const NAMESPACE: &str = "strait-system";
+
+/// `$STRAIT_OPERATOR_BIN`, else `<target>/debug/strait-operator`.
+///
+/// # Errors
+/// It has not been built.
+pub fn operator_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("STRAIT_OPERATOR_BIN") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("STRAIT_OPERATOR_BIN={} does not exist", p.display());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let p = target.join("debug/strait-operator");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!(
+            "{} is missing: build it first with `cargo build -p strait-operator`",
+            p.display()
+        )
+    }
+}
+
+/// The watchdog: runs "$@", kills it when our process (its parent) is gone.
+const WATCHDOG: &str = r#""$@" & c=$!; p=$PPID
+trap 'kill -TERM "$c" 2>/dev/null; wait "$c"; exit $?' TERM
+while kill -0 "$c" 2>/dev/null; do
+  kill -0 "$p" 2>/dev/null || { kill -9 "$c"; exit 1; }
+  sleep 1 & wait $!
+done
+wait "$c""#;
+
+/// One product process (with its watchdog), logging to a file.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    _forward: Option<PortForward>,
+}
+
+impl Daemon {
+    fn spawn(
+        name: &str,
+        ns: Option<&str>,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: PathBuf,
+        forward: Option<PortForward>,
+    ) -> Result<Self> {
+        let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "bash"]);
+                c
+            }
+            None => Command::new("bash"),
+        };
+        c.arg("-c")
+            .arg(WATCHDOG)
+            .arg(format!("{name}-watchdog"))
+            .arg(program)
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+            _forward: forward,
+        })
+    }
+
+    /// `strait-operator run --namespace strait-system` in the root namespace, with `extra`.
+    ///
+    /// # Errors
+    /// The binary is missing or cannot start.
+    pub fn operator(cp: &ControlPlane, extra: &[&str]) -> Result<Self> {
+        let bin = operator_binary()?;
+        let mut args: Vec<String> = [
+            "run",
+            "--namespace",
+            NAMESPACE,
+            "--metrics-addr=127.0.0.1:0",
+            "--health-addr=127.0.0.1:0",
+            "--manage-agent-daemonset=false",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::spawn(
+            "operator",
+            None,
+            &bin,
+            &args,
+            &[("KUBECONFIG", cp.kubeconfig_path())],
+            cp.scratch_dir().join("operator.log"),
+            None,
+        )
+    }
+
+    /// `strait-agent cluster --node NODE` inside namespace `ns`, reaching the API server at the
+    /// same `127.0.0.1:PORT` through a port forward, with `extra` arguments.
+    ///
+    /// # Errors
+    /// The binary is missing, the forward cannot be set up, or the process cannot start.
+    pub fn cluster_agent(cp: &ControlPlane, ns: &str, node: &str, extra: &[&str]) -> Result<Self> {
+        let bin = crate::agent::binary()?;
+        let api: std::net::SocketAddr = cp
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("API server URL {}", cp.server_url()))?;
+        let forward = PortForward::start(ns, api)?;
+        let sock = cp.scratch_dir().join(format!("agent-{node}.sock"));
+        let mut args: Vec<String> = vec![
+            "cluster".into(),
+            "--node".into(),
+            node.into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--status-socket".into(),
+            sock.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = cp.scratch_dir().join(format!("agent-{node}.log"));
+        // append: a restarted agent keeps the earlier log above
+        let earlier = fs::read_to_string(&log).unwrap_or_default();
+        let d = Self::spawn(
+            &format!("agent-{node}"),
+            Some(ns),
+            &bin,
+            &args,
+            &[("KUBECONFIG", cp.kubeconfig_path())],
+            log.clone(),
+            Some(forward),
+        )?;
+        if !earlier.is_empty() {
+            let _ = fs::write(log.with_extension("log.previous"), earlier);
+        }
+        Ok(d)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn pgid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .map(Pid::from_raw)
+    }
+
+    /// SIGKILL to the process and its watchdog: no goodbye (no DELETE, Lease not released).
+    pub fn kill(&mut self) {
+        if let Some(pg) = self.pgid() {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // the node's port forward goes with it (a restarted agent brings its own)
+        self._forward = None;
+    }
+
+    /// SIGTERM, then the exit status within `grace` (SIGKILL after it).
+    ///
+    /// # Errors
+    /// It did not stop in time.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        let pg = self
+            .pgid()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let _ = killpg(pg, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                self.child = None;
+                self._forward = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("{} ignored SIGTERM for {grace:?}", self.name);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- {} log (tail) ----\n{}",
+                self.name,
+                lines
+                    .get(lines.len().saturating_sub(60)..)
+                    .unwrap_or(&[])
+                    .join("\n")
+            );
+        }
+        self.kill();
+    }
+}

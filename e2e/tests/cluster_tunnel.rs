@@ -1,0 +1,474 @@
+//! The whole product on the real control plane: kube-apiserver + etcd, the operator as a
+//! process, two gateway "nodes" as network namespaces each running `strait-agent cluster
+//! --dataplane none` (the host kernel has no ESP), and a strongSwan remote site (charon,
+//! kernel-libipsec) in a third namespace. The agents reach the API server at the same
+//! `127.0.0.1:PORT` through a port forward into their namespace (`strait_e2e::apiforward`).
+//!
+//! ```text
+//!  gw1 192.0.2.1/30 ---- 192.0.2.2/30 \
+//!                                      remote (charon), IKE address 192.0.2.100 on lo
+//!  gw2 192.0.2.5/30 ---- 192.0.2.6/30 /
+//! ```
+//!
+//! Needs root, `e2e/setup/controlplane.sh`, `e2e/setup/packages.sh`, and built binaries
+//! (`cargo build -p strait-agent -p strait-operator`). Run:
+//! `cargo test -p strait-e2e --test cluster_tunnel -- --test-threads=1 --nocapture`
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_e2e::controlplane::ControlPlane;
+use strait_e2e::netns::{self, Topology};
+use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+
+const TUNNEL: &str = "dc1-to-dc2";
+const PSK: &str = "strait-cluster-test-psk-4b9e1d";
+const LOCAL_ID: &str = "dc1.strait.example";
+const REMOTE_ID: &str = "dc2.strait.example";
+const REMOTE_ADDR: &str = "192.0.2.100";
+const IKE: &str = "aes256gcm16-prfsha256-x25519";
+const ESP: &str = "aes256gcm16-x25519";
+/// Short heartbeat so failover is quick: lease 6 s, renewed every 2 s.
+const AGENT_ARGS: &[&str] = &[
+    "--dataplane",
+    "none",
+    "--lease-duration-seconds",
+    "6",
+    "--renew-interval",
+    "2",
+];
+
+fn build_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = std::process::Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
+        .output()
+        .expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn topology() -> Topology {
+    Topology::builder()
+        .node("gw1")
+        .node("gw2")
+        .node("remote")
+        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
+        .link("gw2", "192.0.2.5/30", "remote", "192.0.2.6/30")
+        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
+        .subnet("remote", "203.0.113.1/32")
+        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
+        .route("gw2", &[REMOTE_ADDR, "via", "192.0.2.6"])
+        .build()
+        .expect("building the namespaces")
+}
+
+fn charon_config() -> CharonConfig {
+    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
+    conn.local_addrs = vec![REMOTE_ADDR.into()];
+    conn.proposals = vec![IKE.into()];
+    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
+    child.esp_proposals = vec![ESP.into()];
+    conn.children.push(child);
+    CharonConfig {
+        connections: vec![conn],
+        secrets: vec![Secret::Ike {
+            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
+            secret: PSK.into(),
+        }],
+        ..CharonConfig::default()
+    }
+}
+
+fn tunnel_yaml(ike: &str) -> String {
+    format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {{name: {TUNNEL}}}
+spec:
+  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
+  local:  {{id: {LOCAL_ID}, subnets: [198.51.100.0/24]}}
+  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
+  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
+  ike:    {{proposals: [{ike}]}}
+  esp:    {{proposals: [{ESP}]}}
+"#
+    )
+}
+
+fn secret_yaml(psk: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{psk}\"}}\n"
+    )
+}
+
+fn status(cp: &ControlPlane) -> Value {
+    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .map(|v| v["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn ready(s: &Value) -> (String, String) {
+    s["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn entry<'a>(s: &'a Value, node: &str) -> Option<&'a Value> {
+    s["gateways"]
+        .as_array()
+        .and_then(|g| g.iter().find(|e| e["node"] == node))
+}
+
+/// Polls the tunnel's status until `pred` holds; panics with the status and logs otherwise.
+fn wait_status(
+    cp: &ControlPlane,
+    what: &str,
+    timeout: Duration,
+    agents: &[&Daemon],
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = status(cp);
+        if pred(&s) {
+            return s;
+        }
+        if start.elapsed() > timeout {
+            let logs: String = agents
+                .iter()
+                .map(|a| format!("--- {}:\n{}\n", a.log_path().display(), a.log()))
+                .collect();
+            panic!("timed out after {timeout:?} waiting for {what}; status: {s:#}\n{logs}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// charon's proposal (`AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519`) in strongSwan's
+/// proposal-string notation, for comparison with the status entry.
+fn charon_to_ours(p: &str) -> String {
+    p.split('/')
+        .filter_map(|t| {
+            Some(match t.trim() {
+                "AES_GCM_16-128" | "AES_GCM_16_128" => "aes128gcm16",
+                "AES_GCM_16-256" | "AES_GCM_16_256" => "aes256gcm16",
+                "PRF_HMAC_SHA2_256" => "prfsha256",
+                "PRF_HMAC_SHA2_384" => "prfsha384",
+                "CURVE_25519" => "x25519",
+                "ECP_256" => "ecp256",
+                "ECP_384" => "ecp384",
+                // the ESP line has no key exchange unless PFS was negotiated on a rekey
+                "ESP:AES_GCM_16-256" | "ESP:AES_GCM_16_256" => "aes256gcm16",
+                "" => return None,
+                other => other,
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[test]
+fn cluster_mode_end_to_end() {
+    let _serial = netns::serial();
+    strait_e2e::cmd::require_root().expect("root");
+    build_binaries();
+    let cp = ControlPlane::start().expect("control plane");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
+    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/ipsectunnels.strait.dev",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    for node in ["gw1", "gw2"] {
+        cp.kubectl_stdin(
+            ["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let topo = topology();
+    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let _operator = Daemon::operator(&cp, &[]).expect("operator");
+    let mut gw1 =
+        Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
+    let gw2 =
+        Daemon::cluster_agent(&cp, topo.ns("gw2").unwrap(), "gw2", AGENT_ARGS).expect("agent gw2");
+    // both heartbeats present before the tunnel exists, so the election has two candidates
+    let start = Instant::now();
+    while cp
+        .kubectl([
+            "get",
+            "lease",
+            "-n",
+            NAMESPACE,
+            "strait-agent-gw1",
+            "strait-agent-gw2",
+        ])
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "agents wrote no heartbeat Lease:\n{}\n{}",
+            gw1.log(),
+            gw2.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // ---- apply → Ready ----
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml(PSK))
+        .unwrap();
+    let applied = Instant::now();
+    cp.kubectl_stdin(["apply", "-f", "-"], &tunnel_yaml(IKE))
+        .unwrap();
+    let out = cp.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        &format!("ipsectunnel/{TUNNEL}"),
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.is_ok(),
+        "kubectl wait Ready: {out:?}\nstatus: {:#}\n{}\n{}",
+        status(&cp),
+        gw1.log(),
+        gw2.log()
+    );
+    let apply_to_ready = applied.elapsed();
+    println!("apply -> Ready: {:.2} s", apply_to_ready.as_secs_f64());
+    let s = status(&cp);
+    assert_eq!(s["activeGateway"], "gw1", "first candidate by name: {s:#}");
+    let e = entry(&s, "gw1").expect("gw1's entry");
+    assert!(
+        entry(&s, "gw2").is_none(),
+        "the standby writes no entry: {s:#}"
+    );
+    let sas = charon.list_sas().unwrap();
+    let ike = sas
+        .ike(TUNNEL)
+        .unwrap_or_else(|| panic!("charon has no IKE SA:\n{}", sas.raw));
+    assert_eq!(ike.state, "ESTABLISHED", "{}", sas.raw);
+    assert_eq!(
+        e["ikeProposal"].as_str().unwrap(),
+        charon_to_ours(ike.proposal.as_deref().unwrap_or_default()),
+        "IKE algorithms: ours vs charon's\n{}",
+        sas.raw
+    );
+    let child = ike.children.first().expect("charon's CHILD SA");
+    assert_eq!(
+        e["childSas"][0]["proposal"].as_str().unwrap(),
+        charon_to_ours(child.proposal.as_deref().unwrap_or_default()),
+        "ESP algorithms: ours vs charon's\n{}",
+        sas.raw
+    );
+    assert!(
+        ike.remote
+            .as_deref()
+            .unwrap_or_default()
+            .contains("192.0.2.1"),
+        "{}",
+        sas.raw
+    );
+    // ownership: the entry belongs to the agent's field manager only
+    let managers = cp
+        .kubectl([
+            "get",
+            "ipsectunnel",
+            TUNNEL,
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}{\" \"}{.subresource}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(managers.contains("strait-agent/gw1 status"), "{managers}");
+    println!(
+        "{}",
+        cp.kubectl(["get", "ipsectunnels", "-o", "wide"]).unwrap()
+    );
+
+    // ---- wrong PSK → AuthenticationFailed; fixed → Ready, nothing restarted ----
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml("not-the-right-key"))
+        .unwrap();
+    let t = Instant::now();
+    let s = wait_status(
+        &cp,
+        "Ready=False AuthenticationFailed",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s) == ("False".into(), "AuthenticationFailed".into()),
+    );
+    println!(
+        "wrong PSK -> AuthenticationFailed: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let msg = entry(&s, "gw1").unwrap()["lastError"]["message"].to_string();
+    assert!(
+        !msg.contains("not-the-right-key") && !msg.contains(PSK),
+        "{msg}"
+    );
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml(PSK))
+        .unwrap();
+    let t = Instant::now();
+    wait_status(
+        &cp,
+        "Ready again after the Secret was fixed",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s).0 == "True",
+    );
+    println!("Secret fixed -> Ready: {:.2} s", t.elapsed().as_secs_f64());
+
+    // ---- proposal mismatch → NoProposalChosen; restored → Ready ----
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &tunnel_yaml("aes128gcm16-prfsha256-ecp256"),
+    )
+    .unwrap();
+    let t = Instant::now();
+    wait_status(
+        &cp,
+        "Ready=False NoProposalChosen",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s) == ("False".into(), "NoProposalChosen".into()),
+    );
+    println!(
+        "proposal mismatch -> NoProposalChosen: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    cp.kubectl_stdin(["apply", "-f", "-"], &tunnel_yaml(IKE))
+        .unwrap();
+    wait_status(
+        &cp,
+        "Ready again with matching proposals",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s).0 == "True",
+    );
+
+    // ---- the active agent dies → the standby takes over ----
+    let killed = Instant::now();
+    gw1.kill();
+    let s = wait_status(
+        &cp,
+        "failover to gw2 and Ready",
+        Duration::from_secs(90),
+        &[&gw2],
+        |s| s["activeGateway"] == "gw2" && ready(s).0 == "True",
+    );
+    let failover = killed.elapsed();
+    println!(
+        "active agent SIGKILLed -> Ready on gw2: {:.2} s (heartbeat lease 6 s)",
+        failover.as_secs_f64()
+    );
+    assert!(entry(&s, "gw2").is_some(), "{s:#}");
+    let sas = charon.list_sas().unwrap();
+    assert!(
+        sas.ike_sas.iter().any(|sa| sa.state == "ESTABLISHED"
+            && sa
+                .remote
+                .as_deref()
+                .unwrap_or_default()
+                .contains("192.0.2.5")),
+        "charon has no IKE SA with gw2:\n{}",
+        sas.raw
+    );
+    // gw1 comes back as a standby: it removes the stale entry of the SA it no longer has
+    let mut gw1 =
+        Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
+    wait_status(
+        &cp,
+        "gw1's stale entry cleared",
+        Duration::from_secs(30),
+        &[&gw1],
+        |s| entry(s, "gw1").is_none(),
+    );
+    assert_eq!(status(&cp)["activeGateway"], "gw2", "no move back to gw1");
+
+    // ---- deletion: DELETE to charon, entry cleared, finalizer released ----
+    let t = Instant::now();
+    let out = cp.kubectl([
+        "delete",
+        "ipsectunnel",
+        TUNNEL,
+        "--wait=true",
+        "--timeout=30s",
+    ]);
+    assert!(out.is_ok(), "delete: {out:?}\n{}", gw2.log());
+    println!(
+        "delete -> finalizer released: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    loop {
+        let sas = charon.list_sas().unwrap();
+        let left: Vec<_> = sas
+            .ike_sas
+            .iter()
+            .filter(|sa| {
+                sa.remote
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("192.0.2.5")
+            })
+            .collect();
+        if left.is_empty() {
+            if !sas.ike_sas.is_empty() {
+                println!(
+                    "charon still holds SAs of the SIGKILLed agent (no DELETE possible):\n{}",
+                    sas.raw
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "charon still has gw2's IKE SA after the deletion:\n{}",
+            sas.raw
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gw2.log().contains("no longer active here (or deleted)"),
+        "{}",
+        gw2.log()
+    );
+    // a clean stop exits 0
+    let st = gw1.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "gw1 exit status {st}\n{}", gw1.log());
+    println!(
+        "summary: apply->Ready {:.2} s, failover {:.2} s",
+        apply_to_ready.as_secs_f64(),
+        failover.as_secs_f64()
+    );
+}
