@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's demo: installs what it needs, builds, and runs the whole product on this machine
 # (real API server, gateway nodes and a strongSwan remote site in network namespaces).
-# Exit status: 0 tunnel Ready; 3 stopped where the product ends today (it says where); else failed.
+# The operator and two gateway-node agents in cluster mode, `kubectl wait --for=condition=Ready`.
+# This host's kernel has no ESP: the agents negotiate with charon but install no kernel SAs.
+# Exit status: 0 when the tunnel is Ready; anything else: failed (the output says where).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root "e2e/demo.sh"
@@ -11,4 +13,5 @@ say "building"
 cargo build --release --locked -p strait-agent -p strait-operator -p strait-e2e --bin strait-demo
 target=${CARGO_TARGET_DIR:-$REPO/target}/release
 export STRAIT_AGENT_BIN=$target/strait-agent
+export STRAIT_OPERATOR_BIN=$target/strait-operator
 exec "$target/strait-demo"
