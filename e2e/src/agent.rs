@@ -120,7 +120,12 @@ impl Agent {
             child: Some(child),
             bin,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // `STRAIT_AGENT_START_TIMEOUT_SECS` (default 10): the kernel VM under TCG needs longer
+        let secs = std::env::var("STRAIT_AGENT_START_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10u64);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(st) = agent.try_wait()? {
                 bail!(
@@ -133,7 +138,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "strait-agent did not serve status within 10 s:\n{}",
+                    "strait-agent did not serve status within {secs} s:\n{}",
                     agent.log()
                 );
             }

@@ -10,7 +10,7 @@ need_root "e2e/vm/tier.sh"
 cd "$REPO"
 
 # package:feature:test-target triples whose tests run only in the VM.
-SUITES=("strait-xfrm:kernel-esp-tests:kernel_esp")
+SUITES=("strait-xfrm:kernel-esp-tests:kernel_esp" "strait-e2e:vm-tests:vm_agent")
 LOCKED=${STRAIT_CARGO_LOCKED---locked}
 
 stage=$(mktemp -d "${TMPDIR:-/tmp}/strait-vmtier.XXXXXX")
@@ -32,17 +32,34 @@ for line in sys.stdin:
 done
 [ ${#bins[@]} -gt 0 ] || die "vm tier: no VM test binaries were built"
 
+# the agent binary the agent suites run (found through STRAIT_AGENT_BIN in the guest)
+say "vm tier: building strait-agent"
+agent=$(cargo build -p strait-agent --bin strait-agent $LOCKED --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "strait-agent":
+        print(m["executable"])')
+[ -n "$agent" ] || die "vm tier: cargo built no strait-agent"
+# stripped: the guest reads it over 9p under TCG, and a debug build is ~200 MB
+strip -o "$stage/strait-agent" "$agent"
+
 # The guest runs each binary serially and reports each one's status; the host exits non-zero if
 # any failed.
 cat > "$stage/run-all.sh" <<'GUEST'
 #!/bin/bash
 rc=0
+# run the agent from the guest's tmpfs, not over 9p; a cold start under TCG is slow
+cp "$(dirname "$0")/strait-agent" /tmp/strait-agent && export STRAIT_AGENT_BIN=/tmp/strait-agent
+export STRAIT_AGENT_START_TIMEOUT_SECS=${STRAIT_AGENT_START_TIMEOUT_SECS:-60}
 for b in "$@"; do
   echo "===== vm tier: $(basename "$b")"
-  "$b" --test-threads=1 || rc=1
+  "$b" --test-threads=1 --nocapture || rc=1
 done
 exit $rc
 GUEST
 chmod +x "$stage/run-all.sh"
 say "vm tier: ${#bins[@]} binaries, one VM boot"
-e2e/vm/run.sh --rwdir "$stage" -- "$stage/run-all.sh" "${bins[@]}"
+e2e/vm/run.sh --timeout "${STRAIT_VM_TIMEOUT:-1500}" --mem 1G --rwdir "$stage" -- "$stage/run-all.sh" "${bins[@]}"

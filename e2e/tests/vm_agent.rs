@@ -1,0 +1,588 @@
+//! The agent's kernel data plane with real ESP: runs INSIDE the kernel VM only (feature
+//! `vm-tests`; `e2e/vm/tier.sh` builds it and runs it in one boot with `STRAIT_AGENT_BIN` set).
+//! Every case uses `--dataplane kernel` and judges by the kernel (`ip -s xfrm state/policy`),
+//! by ping through the tunnel, and by our status and `/metrics`.
+//!
+//! Tests run in name order (`--test-threads=1`): the charon case comes first because the first
+//! charon start of a boot is the slow one.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::netns::{self, Site, SitePair};
+use strait_e2e::strongswan::{
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
+};
+
+const PSK: &str = "strait-vm-psk-5e0b7d21c94a";
+const TUNNEL: &str = "gw";
+const METRICS: &str = "127.0.0.1:9470";
+
+/// The agent's IPsecTunnel; `extra` is more YAML under `spec:` (two-space indented lines).
+fn yaml(me: &Site, peer: &Site, peer_addr: &str, initiation: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {{name: {TUNNEL}}}
+spec:
+  local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
+  remote: {{id: {rid}, address: {peer_addr}, subnets: [{rnet}]}}
+  auth: {{psk: {{secretRef: {{name: gw-psk, key: psk}}}}}}
+  ike: {{proposals: [aes256gcm16-prfsha256-x25519]}}
+  esp: {{proposals: [aes256gcm16-x25519]}}
+  initiation: {initiation}
+{extra}",
+        lid = me.id,
+        laddr = me.addr,
+        lnet = me.subnet,
+        rid = peer.id,
+        rnet = peer.subnet,
+    )
+}
+
+fn start(me: &Site, config: &str, extra_args: &[&str]) -> Agent {
+    let mut args = vec!["--metrics-addr", METRICS];
+    args.extend_from_slice(extra_args);
+    Agent::start(
+        &me.ns,
+        config,
+        &[SecretFile {
+            name: "gw-psk".into(),
+            key: "psk".into(),
+            value: PSK.into(),
+        }],
+        "kernel",
+        &args,
+    )
+    .expect("start strait-agent")
+}
+
+fn up(t: &Value) -> bool {
+    t["ikeState"] == "Established" && t["ready"] == true
+}
+
+/// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source: the agent
+/// installs no routes (strongSwan puts them in table 220).
+fn route(pair: &SitePair, site: &Site, dst: &str, gw: &str) {
+    pair.topology
+        .exec(
+            site.node,
+            &[
+                "ip",
+                "route",
+                "replace",
+                dst,
+                "via",
+                gw,
+                "src",
+                &site.inner.to_string(),
+            ],
+        )
+        .expect("route");
+}
+
+/// One SA of `ip -s xfrm state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct XState {
+    src: String,
+    dst: String,
+    spi: String,
+    bytes: u64,
+    packets: u64,
+    encap: bool,
+}
+
+fn xfrm_states(ns: &str) -> Vec<XState> {
+    let out = netns::exec(ns, &["ip", "-s", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    let mut v: Vec<XState> = Vec::new();
+    let mut lines = out.lines().peekable();
+    while let Some(l) = lines.next() {
+        if let Some(rest) = l.strip_prefix("src ") {
+            let mut w = rest.split_whitespace();
+            let src = w.next().unwrap_or_default().to_owned();
+            let dst = w.nth(1).unwrap_or_default().to_owned();
+            v.push(XState {
+                src,
+                dst,
+                spi: String::new(),
+                bytes: 0,
+                packets: 0,
+                encap: false,
+            });
+            continue;
+        }
+        let Some(cur) = v.last_mut() else { continue };
+        let t = l.trim();
+        if let Some(i) = t.find("spi 0x") {
+            // "spi 0xcb514180(3411100032)" on newer iproute2
+            cur.spi = t[i + 6..]
+                .split(|c: char| c.is_whitespace() || c == '(')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        } else if t.starts_with("encap type espinudp") {
+            cur.encap = true;
+        } else if t == "lifetime current:"
+            && let Some(next) = lines.next()
+        {
+            // "84(bytes), 1(packets)"
+            let nums: Vec<u64> = next
+                .split(',')
+                .filter_map(|p| p.trim().split('(').next()?.parse().ok())
+                .collect();
+            cur.bytes = nums.first().copied().unwrap_or(0);
+            cur.packets = nums.get(1).copied().unwrap_or(0);
+        }
+    }
+    v
+}
+
+/// Our policies (`ip xfrm policy` lines starting with `src`), socket policies excluded.
+fn xfrm_policies(ns: &str) -> Vec<String> {
+    netns::exec(ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("src "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `GET /metrics` from inside `ns`, the body.
+fn metrics(ns: &str) -> String {
+    let (host, port) = METRICS.split_once(':').unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = netns::exec(ns, &["bash", "-c", &script]).unwrap().stdout;
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
+}
+
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn traffic_metric(body: &str, what: &str, dir: &str) -> u64 {
+    metric(
+        body,
+        &format!("strait_child_sa_{what}_total{{direction=\"{dir}\",tunnel=\"{TUNNEL}\"}}"),
+    )
+    .map_or(0, |v| v as u64)
+}
+
+/// Our SAs agree with our status (SPIs), carried traffic, and `/metrics` shows the kernel's
+/// counters. Returns (bytes in, bytes out).
+fn check_counters(agent: &Agent) -> (u64, u64) {
+    let t = agent.tunnel(TUNNEL).unwrap();
+    let c = &t["childSas"][0];
+    let (spi_in, spi_out) = (c["spiIn"].as_str().unwrap(), c["spiOut"].as_str().unwrap());
+    let states = xfrm_states(agent.ns());
+    let find = |spi: &str| {
+        states
+            .iter()
+            .find(|s| s.spi == spi)
+            .cloned()
+            .unwrap_or_else(|| panic!("SPI {spi} of our status is not in the kernel: {states:?}"))
+    };
+    let (sin, sout) = (find(spi_in), find(spi_out));
+    assert!(
+        sin.packets > 0 && sout.packets > 0,
+        "no traffic counted: {sin:?} {sout:?}"
+    );
+    let body = metrics(agent.ns());
+    assert_eq!(traffic_metric(&body, "bytes", "in"), sin.bytes, "{body}");
+    assert_eq!(traffic_metric(&body, "bytes", "out"), sout.bytes, "{body}");
+    assert_eq!(
+        traffic_metric(&body, "packets", "in"),
+        sin.packets,
+        "{body}"
+    );
+    assert_eq!(
+        traffic_metric(&body, "packets", "out"),
+        sout.packets,
+        "{body}"
+    );
+    assert!(!body.contains(PSK));
+    (sin.bytes, sout.bytes)
+}
+
+/// Exactly the tunnel's current CHILD SA in the kernel (two SAs, the status's SPIs) and its three
+/// policies: nothing duplicated, nothing orphaned.
+fn assert_exact_objects(agent: &Agent) {
+    let t = agent.tunnel(TUNNEL).unwrap();
+    let children = t["childSas"].as_array().unwrap();
+    assert_eq!(children.len(), 1, "{t}");
+    let mut want: Vec<String> = vec![
+        children[0]["spiIn"].as_str().unwrap().to_owned(),
+        children[0]["spiOut"].as_str().unwrap().to_owned(),
+    ];
+    want.sort();
+    let mut have: Vec<String> = xfrm_states(agent.ns()).into_iter().map(|s| s.spi).collect();
+    have.sort();
+    assert_eq!(have, want, "kernel SAs vs status");
+    let pols = xfrm_policies(agent.ns());
+    assert_eq!(pols.len(), 3, "out/in/fwd expected: {pols:?}");
+}
+
+/// A steady ping (`interval` s) from `from`'s inner host to `to`'s; returns the child.
+fn ping_flood(from: &Site, to: &Site, interval: &str, count: u32) -> Child {
+    netns::exec_command(
+        &from.ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            interval,
+            "-c",
+            &count.to_string(),
+            "-W",
+            "2",
+            "-I",
+            &from.inner.to_string(),
+            &to.inner.to_string(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("ping")
+}
+
+/// (transmitted, received) from ping's summary.
+fn ping_result(child: Child) -> (u64, u64, String) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let nums: Vec<u64> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1], text)
+}
+
+fn ping(pair: &SitePair, from: &Site, to: &Site) {
+    pair.topology
+        .ping(from.node, Some(from.inner), to.inner, 3)
+        .unwrap_or_else(|e| panic!("ping {} -> {}: {e:#}", from.inner, to.inner));
+}
+
+fn charon_config(me: &Site, peer: &Site) -> CharonConfig {
+    let mut conn = Connection::new(TUNNEL, Endpoint::psk(me.id), Endpoint::psk(peer.id));
+    conn.local_addrs = vec![me.addr.to_string()];
+    conn.remote_addrs = vec![peer.addr.to_string()];
+    conn.dpd_delay = Some("5s".into());
+    conn.children
+        .push(ChildConfig::new("net", me.subnet, peer.subnet));
+    CharonConfig {
+        plugins: Plugins::KernelNetlink,
+        connections: vec![conn],
+        secrets: vec![Secret::Ike {
+            ids: vec![me.id.to_owned(), peer.id.to_owned()],
+            secret: PSK.to_owned(),
+        }],
+        ..CharonConfig::default()
+    }
+}
+
+/// `cargo`'s name order puts this first: the boot's first (slow) charon start happens here.
+#[test]
+fn a_charon_both_directions_and_counters() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let t0 = Instant::now();
+    let charon = Charon::start(&right.ns, &charon_config(right, left)).expect("charon");
+    eprintln!("charon started in {:?}", t0.elapsed());
+    route(&pair, left, right.subnet, &right.addr.to_string());
+
+    // 1. the agent initiates
+    let mut agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "start", ""),
+        &[],
+    );
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
+    assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let (bin, bout) = check_counters(&agent);
+    assert_exact_objects(&agent);
+    // the peer's kernel counted the same packets
+    let theirs = xfrm_states(&right.ns);
+    assert!(
+        theirs.iter().all(|s| s.packets > 0),
+        "charon's SAs: {theirs:?}"
+    );
+    let their_in = theirs
+        .iter()
+        .find(|s| s.dst == right.addr.to_string())
+        .unwrap();
+    assert_eq!(their_in.bytes, bout, "what we sent is what charon received");
+    let their_out = theirs
+        .iter()
+        .find(|s| s.dst == left.addr.to_string())
+        .unwrap();
+    assert_eq!(their_out.bytes, bin, "what charon sent is what we received");
+    println!(
+        "agent->charon: ping both ways; bytes in {bin} out {bout} agree with ip -s xfrm state and charon"
+    );
+    // SIGTERM cleans every XFRM object of ours
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(xfrm_states(&left.ns).is_empty(), "SAs left after SIGTERM");
+    assert!(
+        xfrm_policies(&left.ns).is_empty(),
+        "policies left after SIGTERM"
+    );
+    drop(agent);
+
+    // 2. charon initiates
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "respond", ""),
+        &[],
+    );
+    charon
+        .initiate(TUNNEL, "net", 30)
+        .unwrap_or_else(|e| panic!("initiate: {e:#}\n{}", agent.log()));
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap();
+    assert_eq!(t["initiator"], false, "{t}");
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let (bin, bout) = check_counters(&agent);
+    assert_exact_objects(&agent);
+    println!("charon->agent: ping both ways; bytes in {bin} out {bout} agree");
+}
+
+#[test]
+fn b_agents_through_nat() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(true).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    route(&pair, right, left.subnet, &left.public_addr.to_string());
+    let r = start(
+        right,
+        &yaml(right, left, &left.public_addr.to_string(), "respond", ""),
+        &[],
+    );
+    let l = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "start", ""),
+        &[],
+    );
+    let t = l
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- right:\n{}", r.log()));
+    r.wait_tunnel(TUNNEL, Duration::from_secs(10), up).unwrap();
+    assert_eq!(t["natDetected"], true, "{t}");
+    assert_eq!(t["childSas"][0]["encapsulated"], true, "{t}");
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    for a in [&l, &r] {
+        check_counters(a);
+        assert_exact_objects(a);
+        assert!(
+            xfrm_states(a.ns()).iter().all(|s| s.encap),
+            "ESP in UDP 4500 expected"
+        );
+    }
+    println!("agent<->agent through NAT: ESP in UDP, ping both ways, counters agree");
+}
+
+/// Rekeys on both sides (same lifetimes: collisions happen too) under a steady 50 packets/s.
+#[test]
+fn c_rekeys_lose_nothing() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    // API lifetimes 60 s (ESP) and 120 s (IKE), scaled by 0.15: CHILD rekeys every ~8-9 s,
+    // IKE every ~16-18 s
+    let lifetimes = "  ike: {proposals: [aes256gcm16-prfsha256-x25519], lifetime: 2m}\n  esp: {proposals: [aes256gcm16-x25519], lifetime: 1m}\n";
+    let scale = ["--test-lifetime-scale", "0.15"];
+    let cfg = |me: &Site, peer: &Site, init: &str| {
+        yaml(me, peer, &peer.addr.to_string(), init, "")
+            .replace("  ike: {proposals: [aes256gcm16-prfsha256-x25519]}\n  esp: {proposals: [aes256gcm16-x25519]}\n", lifetimes)
+    };
+    let r = start(right, &cfg(right, left, "respond"), &scale);
+    let l = start(left, &cfg(left, right, "start"), &scale);
+    l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
+    r.wait_tunnel(TUNNEL, Duration::from_secs(10), up).unwrap();
+    let rekeys = |a: &Agent, kind: &str| {
+        metric(
+            &metrics(a.ns()),
+            &format!("strait_rekeys_total{{kind=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let t0 = Instant::now();
+    let count = 3000; // 60 s at 50/s
+    let p = ping_flood(left, right, "0.02", count);
+    let (sent, received, text) = ping_result(p);
+    let elapsed = t0.elapsed();
+    let (child, ike) = (
+        rekeys(&l, "child").max(rekeys(&r, "child")),
+        rekeys(&l, "ike").max(rekeys(&r, "ike")),
+    );
+    println!(
+        "rekeys under 50 pkt/s for {elapsed:?}: {child} CHILD SA rekeys, {ike} IKE SA rekeys; \
+         ping sent {sent}, received {received}, lost {}",
+        sent - received
+    );
+    assert!(child >= 5, "only {child} CHILD SA rekeys\n{}", l.log());
+    assert!(ike >= 2, "only {ike} IKE SA rekeys\n{}", l.log());
+    assert_eq!(sent, received, "packets lost across rekeys:\n{text}");
+    // afterwards: one CHILD SA, no leftovers, on both sides
+    thread::sleep(Duration::from_secs(1));
+    for a in [&l, &r] {
+        let t = a.wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            up(t) && t["childSas"].as_array().is_some_and(|c| c.len() == 1)
+        });
+        t.unwrap();
+    }
+}
+
+/// `kill -9` under traffic: the kernel SAs keep carrying it; the restarted agent brings up new
+/// SAs, then sweeps the old ones.
+#[test]
+fn d_kill9_restart_keeps_traffic_and_leaves_nothing() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let charon = Charon::start(&right.ns, &charon_config(right, left)).expect("charon");
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    let cfg = yaml(left, right, &right.addr.to_string(), "start", "");
+    let mut agent = start(left, &cfg, &[]);
+    let before = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap();
+    let old_spi = before["childSas"][0]["spiIn"].as_str().unwrap().to_owned();
+    let count = 750; // 15 s at 50/s
+    let p = ping_flood(left, right, "0.02", count);
+    thread::sleep(Duration::from_secs(3));
+    agent.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    while agent.try_wait().unwrap().is_none() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Instant::now();
+    drop(agent);
+    let agent = start(left, &cfg, &[]);
+    let after = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), |t| {
+            up(t) && t["childSas"][0]["spiIn"].as_str() != Some(old_spi.as_str())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
+    let reup = killed.elapsed();
+    let (sent, received, text) = ping_result(p);
+    println!(
+        "kill -9 under 50 pkt/s: new SAs {reup:?} after the kill; ping sent {sent}, received {received}, lost {}",
+        sent - received
+    );
+    // the sweep of the old run's objects happens ADOPT_SETTLE after the new SAs are up
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if xfrm_states(&left.ns).len() == 2 || Instant::now() > deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_exact_objects(&agent);
+    assert!(
+        !xfrm_states(&left.ns).iter().any(|s| s.spi == old_spi),
+        "old SA left"
+    );
+    ping(&pair, left, right);
+    assert_eq!(
+        sent, received,
+        "packets lost across kill -9:\n{text}\n{}",
+        after
+    );
+}
+
+/// The peer killed: DPD marks the tunnel down within interval + timeout; the peer back: the
+/// tunnel comes back by itself.
+#[test]
+fn e_dpd_peer_killed_and_back() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    let dpd = "  dpd: {interval: 2s, timeout: 6s}\n";
+    let rcfg = yaml(right, left, &left.addr.to_string(), "respond", dpd);
+    let mut r = start(right, &rcfg, &[]);
+    let l = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "start", dpd),
+        &[],
+    );
+    l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
+    r.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    while r.try_wait().unwrap().is_none() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Instant::now();
+    drop(r);
+    let down = l
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), |t| {
+            t["ikeState"] != "Established"
+        })
+        .unwrap();
+    let dpd_time = killed.elapsed();
+    assert_eq!(down["lastError"]["reason"], "PeerUnreachable", "{down}");
+    let m = metrics(l.ns());
+    assert!(
+        metric(&m, "strait_dpd_failures_total").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    println!("DPD (interval 2 s, timeout 6 s): tunnel down {dpd_time:?} after the peer was killed");
+    assert!(
+        dpd_time <= Duration::from_secs(8 + 3),
+        "DPD took {dpd_time:?}"
+    );
+    let back_at = Instant::now();
+    let r = start(right, &rcfg, &[]);
+    l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
+    r.wait_tunnel(TUNNEL, Duration::from_secs(10), up).unwrap();
+    println!(
+        "peer back: tunnel up again {:?} after its restart",
+        back_at.elapsed()
+    );
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while xfrm_states(&right.ns).len() != 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    for a in [&l, &r] {
+        assert_exact_objects(a);
+    }
+}
