@@ -129,6 +129,10 @@ pub struct ChildSaInstall {
     /// The CHILD SA this one replaces (rekey): delete that one after this one is installed,
     /// when the matching [`Event::ChildSaDelete`] arrives.
     pub replaces: Option<ChildSaId>,
+    /// Whether we sent the request of the exchange that created this CHILD SA. A rekey
+    /// responder should keep sending on the old SA until the old one's Delete arrives: the
+    /// initiator installs the new pair only when it gets the response.
+    pub initiator: bool,
 }
 
 /// Something the driver must act on.

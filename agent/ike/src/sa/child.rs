@@ -132,6 +132,7 @@ pub(crate) fn install_as(
             remote_ts: remote_ts.clone(),
             mode: Mode::Tunnel,
             encapsulation: encapsulation(c, ctx.cfg),
+            initiator: exchange_initiator,
             local_addr: c.local,
             remote_addr: c.remote,
             lifetimes: ChildLifetimes { soft, hard },
