@@ -262,6 +262,10 @@ pub struct KernelDataplane {
     retired: BTreeMap<u32, Traffic>,
     /// Objects found at start (a previous run's), kept until [`Dataplane::sweep_adopted`].
     adopted: Option<(usize, usize)>,
+    /// Rekeys we answered: the new outbound SA, by the CHILD SA it replaces. It is added when the
+    /// old one is deleted (the initiator's Delete arrived), so we keep sending on the old SA
+    /// until the initiator, which installs only on our response, has the new inbound SA.
+    deferred_out: BTreeMap<ChildSaId, (ChildSaId, Sa)>,
 }
 
 impl KernelDataplane {
@@ -286,6 +290,7 @@ impl KernelDataplane {
             events,
             retired: BTreeMap::new(),
             adopted: None,
+            deferred_out: BTreeMap::new(),
         }
     }
 
@@ -587,7 +592,10 @@ impl Dataplane for KernelDataplane {
         xfrm.add_sa(&sa_in)
             .await
             .map_err(|e| DataplaneError::kernel("installing the inbound SA", &e))?;
-        if let Err(e) = xfrm.add_sa(&sa_out).await {
+        let defer = sa.replaces.filter(|_| !sa.initiator);
+        if defer.is_none()
+            && let Err(e) = xfrm.add_sa(&sa_out).await
+        {
             let _ = xfrm.delete_sa(&sa_in.id()).await;
             return Err(DataplaneError::kernel("installing the outbound SA", &e));
         }
@@ -607,14 +615,24 @@ impl Dataplane for KernelDataplane {
                 policies,
             },
         );
+        if let Some(old) = defer {
+            self.deferred_out.insert(old, (sa.child, sa_out));
+        }
         Ok(())
     }
 
     async fn delete(&mut self, child: ChildSaId) -> Result<(), DataplaneError> {
+        self.deferred_out.retain(|_, (new, _)| *new != child);
         let Some(ins) = self.installed.remove(&child) else {
             return Ok(());
         };
         let xfrm = self.xfrm()?.clone();
+        // the replacement's outbound SA goes in before the old one goes out
+        if let Some((_, out)) = self.deferred_out.remove(&child)
+            && let Err(e) = xfrm.add_sa(&out).await
+        {
+            tracing::warn!(error = %e, "installing a rekeyed outbound SA");
+        }
         for (id, inbound) in [(ins.sa_in, true), (ins.sa_out, false)] {
             if let Ok(Some(info)) = xfrm.get_sa(&id).await {
                 let c = info.counters;
@@ -645,6 +663,7 @@ impl Dataplane for KernelDataplane {
 
     async fn shutdown(&mut self) -> Result<(), DataplaneError> {
         self.installed.clear();
+        self.deferred_out.clear();
         self.adopted = None;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
