@@ -221,7 +221,7 @@ fn cluster_mode_end_to_end() {
     let _operator = Daemon::operator(&cp, &[]).expect("operator");
     let mut gw1 =
         Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
-    let gw2 =
+    let mut gw2 =
         Daemon::cluster_agent(&cp, topo.ns("gw2").unwrap(), "gw2", AGENT_ARGS).expect("agent gw2");
     // both heartbeats present before the tunnel exists, so the election has two candidates
     let start = Instant::now();
@@ -415,6 +415,46 @@ fn cluster_mode_end_to_end() {
     );
     assert_eq!(status(&cp)["activeGateway"], "gw2", "no move back to gw1");
 
+    // ---- gw2 stops matching the selector → back to gw1; gw2 sends DELETE, clears its entry ----
+    let t = Instant::now();
+    cp.kubectl([
+        "label",
+        "node",
+        "gw2",
+        "strait.dev/gateway=false",
+        "--overwrite",
+    ])
+    .unwrap();
+    let s = wait_status(
+        &cp,
+        "moved to gw1 and Ready, gw2's entry gone",
+        Duration::from_secs(60),
+        &[&gw1, &gw2],
+        |s| s["activeGateway"] == "gw1" && ready(s).0 == "True" && entry(s, "gw2").is_none(),
+    );
+    println!(
+        "gw2 relabelled -> Ready on gw1: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(entry(&s, "gw1").is_some(), "{s:#}");
+    wait_charon(
+        &charon,
+        "gw2's IKE SA deleted (DELETE from the agent that lost the role)",
+        |sas| {
+            !sas.ike_sas.iter().any(|sa| {
+                sa.remote
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("192.0.2.5")
+            })
+        },
+    );
+    assert!(
+        gw2.log().contains("no longer active here (or deleted)"),
+        "{}",
+        gw2.log()
+    );
+
     // ---- deletion: DELETE to charon, entry cleared, finalizer released ----
     let t = Instant::now();
     let out = cp.kubectl([
@@ -424,51 +464,44 @@ fn cluster_mode_end_to_end() {
         "--wait=true",
         "--timeout=30s",
     ]);
-    assert!(out.is_ok(), "delete: {out:?}\n{}", gw2.log());
+    assert!(out.is_ok(), "delete: {out:?}\n{}", gw1.log());
     println!(
         "delete -> finalizer released: {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    let start = Instant::now();
-    loop {
-        let sas = charon.list_sas().unwrap();
-        let left: Vec<_> = sas
-            .ike_sas
-            .iter()
-            .filter(|sa| {
-                sa.remote
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("192.0.2.5")
-            })
-            .collect();
-        if left.is_empty() {
-            if !sas.ike_sas.is_empty() {
-                println!(
-                    "charon still holds SAs of the SIGKILLed agent (no DELETE possible):\n{}",
-                    sas.raw
-                );
-            }
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "charon still has gw2's IKE SA after the deletion:\n{}",
-            sas.raw
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        gw2.log().contains("no longer active here (or deleted)"),
-        "{}",
-        gw2.log()
+    wait_charon(
+        &charon,
+        "no IKE SA left at charon after the deletion",
+        |sas| sas.ike_sas.is_empty(),
     );
     // a clean stop exits 0
-    let st = gw1.terminate(Duration::from_secs(10)).unwrap();
-    assert!(st.success(), "gw1 exit status {st}\n{}", gw1.log());
+    for (name, agent) in [("gw1", &mut gw1), ("gw2", &mut gw2)] {
+        let st = agent.terminate(Duration::from_secs(10)).unwrap();
+        assert!(st.success(), "{name} exit status {st}\n{}", agent.log());
+    }
     println!(
         "summary: apply->Ready {:.2} s, failover {:.2} s",
         apply_to_ready.as_secs_f64(),
         failover.as_secs_f64()
     );
+}
+
+fn wait_charon(
+    charon: &Charon,
+    what: &str,
+    pred: impl Fn(&strait_e2e::strongswan::ListSas) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        let sas = charon.list_sas().unwrap();
+        if pred(&sas) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "charon: {what}: not after 10 s:\n{}",
+            sas.raw
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
