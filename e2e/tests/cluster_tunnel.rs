@@ -505,3 +505,70 @@ fn wait_charon(
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Reasons that come from the agent before any IKE: the Secret missing (then created: the agent
+/// reacts to the new Secret), and a kernel without ESP under `--dataplane kernel`.
+#[test]
+fn secret_unavailable_then_kernel_unsupported() {
+    let _serial = netns::serial();
+    strait_e2e::cmd::require_root().expect("root");
+    build_binaries();
+    let cp = ControlPlane::start().expect("control plane");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
+    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/ipsectunnels.strait.dev",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: gw1\n  labels: {strait.dev/gateway: \"true\"}\n",
+    )
+    .unwrap();
+    let topo = Topology::builder()
+        .node("gw1")
+        .node("remote")
+        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
+        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
+        .build()
+        .expect("namespaces");
+    let _operator = Daemon::operator(&cp, &[]).expect("operator");
+    let gw1 = Daemon::cluster_agent(
+        &cp,
+        topo.ns("gw1").unwrap(),
+        "gw1",
+        &["--dataplane", "kernel", "--metrics-addr", "off"],
+    )
+    .expect("agent gw1");
+    cp.kubectl_stdin(["apply", "-f", "-"], &tunnel_yaml(IKE))
+        .unwrap();
+    let s = wait_status(
+        &cp,
+        "Ready=False SecretUnavailable",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s) == ("False".into(), "SecretUnavailable".into()),
+    );
+    let msg = entry(&s, "gw1").unwrap()["lastError"]["message"].to_string();
+    assert!(
+        msg.contains("dc2-psk"),
+        "the message names the Secret: {msg}"
+    );
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml(PSK))
+        .unwrap();
+    let s = wait_status(
+        &cp,
+        "Ready=False KernelUnsupported once the Secret exists",
+        Duration::from_secs(60),
+        &[&gw1],
+        |s| ready(s) == ("False".into(), "KernelUnsupported".into()),
+    );
+    let msg = entry(&s, "gw1").unwrap()["lastError"]["message"].to_string();
+    println!("KernelUnsupported: {msg}");
+    assert!(!msg.contains(PSK), "{msg}");
+    assert!(!gw1.log().contains(PSK), "the PSK must never be logged");
+}
