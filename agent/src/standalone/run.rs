@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
-use crate::driver::{Command, Driver, Settings, TunnelDef};
 use crate::defs::{self, SecretSource};
+use crate::driver::{Command, Driver, Settings, TunnelDef};
 use crate::standalone::{config, secrets};
 use crate::status;
 

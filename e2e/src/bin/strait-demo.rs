@@ -129,7 +129,9 @@ fn run() -> Result<()> {
     let charon = Charon::start(topo.ns("remote")?, &config)?;
     println!(
         "charon pid {} listening on {REMOTE_ADDR}:500",
-        charon.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+        charon
+            .pid()
+            .map_or_else(|| "?".to_owned(), |p| p.to_string())
     );
 
     step(
