@@ -114,3 +114,44 @@ pub fn run_with(opts: &Options, cmd: &[&str]) -> Result<VmOutput> {
         elapsed: start.elapsed(),
     })
 }
+
+/// A copy of a host file (e.g. the running test binary) in a directory the guest can see.
+///
+/// The guest mounts its own tmpfs over `/tmp`, `/var/tmp` and `/var/cache`, so a binary built
+/// into a cargo target dir there (CI caches it under `/var/cache/strait`) is invisible inside.
+/// Pass [`Staged::dir`] in [`Options::rwdirs`] and run [`Staged::path`]. Removed on drop.
+#[derive(Debug)]
+pub struct Staged {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Copies `file` into a fresh directory, keeping its name and permissions.
+    ///
+    /// # Errors
+    /// The copy failed.
+    pub fn copy(file: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("strait-vmstage-")
+            .tempdir()
+            .context("creating a staging directory for the VM")?;
+        let name = file
+            .file_name()
+            .with_context(|| format!("{} has no file name", file.display()))?;
+        let path = dir.path().join(name);
+        std::fs::copy(file, &path)
+            .with_context(|| format!("staging {} for the VM", file.display()))?;
+        Ok(Self { dir, path })
+    }
+
+    /// The directory to pass as an rwdir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The staged copy.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -30,15 +30,23 @@ use strait_e2e::vm;
 fn esp_tunnel_sa_carries_ping_in_vm() {
     let script = vm::guest_script("smoke-esp.sh");
     let script = script.to_str().expect("utf-8 path");
-    let me = std::env::current_exe().expect("test binary path");
-    let me = me.to_str().expect("utf-8 path");
-    let out = vm::run(&[
+    // The guest cannot see a target dir under /tmp or /var/cache (CI's): run a staged copy.
+    let staged = vm::Staged::copy(&std::env::current_exe().expect("test binary path")).unwrap();
+    let me = staged.path().to_str().expect("utf-8 path");
+    let opts = vm::Options {
+        rwdirs: vec![staged.dir().to_owned()],
+        ..vm::Options::default()
+    };
+    let out = vm::run_with(
+        &opts,
+        &[
         "sh",
         "-c",
         "\"$0\" && \"$1\" --ignored --exact guest_charon_pair_kernel_esp --nocapture && exit 42",
         script,
         me,
-    ])
+    ],
+    )
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{}", out.output);
     assert!(
