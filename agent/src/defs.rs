@@ -60,6 +60,7 @@ pub async fn definition(
 ) -> TunnelDef {
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut psk = None;
+    let mut certificate = peer::CertificateParts::default();
     let mut missing = None;
     for r in secret_refs(&spec) {
         match secrets.read(&r) {
@@ -73,6 +74,7 @@ pub async fn definition(
                 if spec.auth.psk.as_ref().is_some_and(|p| p.secret_ref == r) {
                     psk = Some(SecretBytes::from_slice(&bytes));
                 }
+                certificate.offer(&spec, &r, &bytes);
             }
             Err(m) => {
                 missing.get_or_insert(m);
@@ -85,7 +87,7 @@ pub async fn definition(
         Some(m) => Err(("SecretUnavailable", m)),
         None => match addresses(&spec).await {
             Err(m) => Err(("AddressUnresolved", m)),
-            Ok((local_ip, remote_ip)) => peer::build(
+            Ok((local_ip, remote_ip)) => peer::build_with(
                 &spec,
                 Inputs {
                     local_ip,
@@ -96,6 +98,7 @@ pub async fn definition(
                     // trap policies + acquire are not implemented yet
                     on_traffic_supported: false,
                 },
+                certificate.complete(),
             )
             .map(|b| {
                 notes = b.notes;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use strait_crds::{ChildSaStatus, GatewayStatus, IPsecTunnelSpec, LastError};
@@ -182,7 +182,7 @@ pub fn reason_message(r: Reason) -> &'static str {
             "no proposal chosen: the peer and this tunnel have no algorithm set in common (compare spec.ike/spec.esp proposals with the peer's)"
         }
         Reason::AuthenticationFailed => {
-            "authentication failed: the peer rejected our AUTH or its AUTH/identity did not verify (check the pre-shared key and both identities)"
+            "authentication failed: the peer rejected our AUTH or its AUTH/identity did not verify (check the pre-shared key or the certificates and CA, and both identities)"
         }
         Reason::PeerUnreachable => {
             "the peer did not answer (retransmissions or dead peer detection timed out)"
@@ -200,6 +200,17 @@ pub fn reason_message(r: Reason) -> &'static str {
     }
 }
 
+/// Tells the endpoint the wall-clock time (for certificate validity). A system clock before
+/// 1970 leaves it unset: certificate authentication then fails with `InternalError`.
+fn set_wall_clock(endpoint: &mut Endpoint) {
+    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => endpoint.set_wall_clock(Instant::now(), d.as_secs()),
+        Err(_) => {
+            tracing::error!("the system clock is before 1970; certificates cannot be checked")
+        }
+    }
+}
+
 fn last_error(reason: &str, message: String) -> Option<LastError> {
     Some(LastError {
         reason: reason.to_owned(),
@@ -214,7 +225,8 @@ impl<D: Dataplane> Driver<D> {
         let mut ep = settings.endpoint.clone();
         ep.ike_port = settings.ike_port;
         ep.natt_port = settings.natt_port;
-        let endpoint = Endpoint::new(ep, Box::new(crate::rng::OsRng::new()));
+        let mut endpoint = Endpoint::new(ep, Box::new(crate::rng::OsRng::new()));
+        set_wall_clock(&mut endpoint);
         let (dgram_tx, dgram_rx) = mpsc::channel(1024);
         let mut dp = dp;
         let kernel_events = dp.take_events();
@@ -525,6 +537,8 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn reload(&mut self, defs: Vec<TunnelDef>) {
+        // certificates are checked against it; a SIGHUP also picks up a corrected clock
+        set_wall_clock(&mut self.endpoint);
         let now = Instant::now();
         let mut incoming: BTreeMap<String, TunnelDef> =
             defs.into_iter().map(|d| (d.name.clone(), d)).collect();

@@ -4,11 +4,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use strait_crds::{IPsecTunnelSpec, Initiation, validate::Cidr};
+use strait_crds::{IPsecTunnelSpec, Initiation, SecretKeyRef, validate::Cidr};
 use strait_ike::codec::TsRange;
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::proposal::{self, EspProposal, IkeProposal};
-use strait_ike::{AuthConfig, Dpd, Identity, Lifetime, PeerConfig, Role};
+use strait_ike::{AuthConfig, CertificateAuth, Dpd, Identity, Lifetime, PeerConfig, Role};
 
 /// Default IKE SA lifetime (strongSwan's `rekey_time` for IKE: 4h; the API documents 24h).
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -64,11 +64,15 @@ pub enum PeerError {
         /// What is wrong.
         message: String,
     },
-    /// Certificate authentication is not available in the IKE engine yet.
+    /// `auth.certificate` without the certificate, key or CA material.
+    #[error("spec.auth.certificate: {0}")]
+    NoCertificate(&'static str),
+    /// The certificate, key or CA does not parse, or the key does not belong to the certificate.
     #[error(
-        "spec.auth.certificate: certificate authentication is not supported by this agent yet; use auth.psk"
+        "spec.auth.certificate: tls.crt, tls.key or the auth.ca bundle is unusable \
+         (not PEM, no certificate, no CA, or the key does not match the first certificate of tls.crt)"
     )]
-    CertificateUnsupported,
+    InvalidCertificate,
     /// No pre-shared key was given.
     #[error("spec.auth.psk: no pre-shared key")]
     NoPsk,
@@ -82,7 +86,7 @@ impl PeerError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::IkeProposal { .. } | Self::EspProposal { .. } => "InvalidProposal",
-            Self::CertificateUnsupported => "CertificateUnsupported",
+            Self::NoCertificate(_) | Self::InvalidCertificate => "InvalidCertificate",
             _ => "InvalidConfig",
         }
     }
@@ -103,6 +107,73 @@ pub struct Inputs {
     pub psk: Option<SecretBytes>,
     /// Whether `onTraffic` can be honoured (kernel data plane with trap policies).
     pub on_traffic_supported: bool,
+}
+
+/// Certificate material as read from the Secrets, in PEM: `tls.crt` (our certificate, then any
+/// intermediates), `tls.key`, and the `auth.ca` bundle. The key never prints.
+pub struct CertificateInputs {
+    /// `tls.crt`.
+    pub chain: Vec<u8>,
+    /// `tls.key`.
+    pub key: SecretBytes,
+    /// The CA bundle that must have issued the peer's certificate.
+    pub ca: Vec<u8>,
+}
+
+impl core::fmt::Debug for CertificateInputs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CertificateInputs")
+            .field("chain", &format_args!("{} bytes", self.chain.len()))
+            .field("key", &"<redacted>")
+            .field("ca", &format_args!("{} bytes", self.ca.len()))
+            .finish()
+    }
+}
+
+/// Collects [`CertificateInputs`] from the Secret keys a caller reads (in any order):
+/// [`CertificateParts::offer`] every key read, then [`CertificateParts::complete`].
+#[derive(Default)]
+pub struct CertificateParts {
+    chain: Option<Vec<u8>>,
+    key: Option<SecretBytes>,
+    ca: Option<Vec<u8>>,
+}
+
+impl core::fmt::Debug for CertificateParts {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CertificateParts")
+            .field("chain", &self.chain.is_some())
+            .field("key", &self.key.is_some())
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+impl CertificateParts {
+    /// Keeps `bytes` if `r` is the spec's `tls.crt`, `tls.key` or `auth.ca`.
+    pub fn offer(&mut self, spec: &IPsecTunnelSpec, r: &SecretKeyRef, bytes: &[u8]) {
+        if let Some(c) = &spec.auth.certificate
+            && c.secret_ref.name == r.name
+        {
+            match r.key.as_str() {
+                "tls.crt" => self.chain = Some(bytes.to_vec()),
+                "tls.key" => self.key = Some(SecretBytes::from_slice(bytes)),
+                _ => {}
+            }
+        }
+        if spec.auth.ca.as_ref().is_some_and(|ca| &ca.secret_ref == r) {
+            self.ca = Some(bytes.to_vec());
+        }
+    }
+
+    /// The material, when all three parts were offered.
+    pub fn complete(self) -> Option<CertificateInputs> {
+        Some(CertificateInputs {
+            chain: self.chain?,
+            key: self.key?,
+            ca: self.ca?,
+        })
+    }
 }
 
 /// A peer configuration and remarks for the operator (e.g. "onTraffic treated as respond").
@@ -166,20 +237,46 @@ pub fn esp_proposals(spec: &IPsecTunnelSpec) -> Result<Vec<EspProposal>, PeerErr
         .collect()
 }
 
-/// Assembles the endpoint's configuration for one tunnel.
+/// Assembles the endpoint's configuration for one tunnel authenticated with a PSK (a spec with
+/// `auth.certificate` needs [`build_with`]).
 ///
 /// # Errors
 /// The first problem found.
 pub fn build(spec: &IPsecTunnelSpec, inputs: Inputs) -> Result<Built, PeerError> {
+    build_with(spec, inputs, None)
+}
+
+/// Assembles the endpoint's configuration for one tunnel; `certificate` is the material of
+/// `auth.certificate` and `auth.ca` when the spec uses them.
+///
+/// # Errors
+/// The first problem found.
+pub fn build_with(
+    spec: &IPsecTunnelSpec,
+    inputs: Inputs,
+    certificate: Option<CertificateInputs>,
+) -> Result<Built, PeerError> {
     let mut notes = Vec::new();
     let ike = ike_proposals(spec)?;
     let esp = esp_proposals(spec)?;
     let local_id = identity("local", &spec.local.id)?;
     let remote_id = identity("remote", &spec.remote.id)?;
-    if spec.auth.certificate.is_some() {
-        return Err(PeerError::CertificateUnsupported);
-    }
-    let psk = inputs.psk.ok_or(PeerError::NoPsk)?;
+    let auth = if spec.auth.certificate.is_some() {
+        if spec.auth.ca.is_none() {
+            return Err(PeerError::NoCertificate(
+                "auth.ca is needed to verify the peer's certificate",
+            ));
+        }
+        let c = certificate.ok_or(PeerError::NoCertificate(
+            "the certificate Secret (tls.crt, tls.key) or the CA could not be read",
+        ))?;
+        AuthConfig::Certificate(
+            CertificateAuth::from_pem(&c.chain, c.key.as_bytes(), &c.ca)
+                .map_err(|_| PeerError::InvalidCertificate)?,
+        )
+    } else {
+        AuthConfig::Psk(inputs.psk.ok_or(PeerError::NoPsk)?)
+    };
     let lifetime = |p: &Option<strait_crds::ProposalSpec>, d: Duration| {
         Lifetime::from_rekey(
             p.as_ref()
@@ -213,7 +310,7 @@ pub fn build(spec: &IPsecTunnelSpec, inputs: Inputs) -> Result<Built, PeerError>
         remote_addr: SocketAddr::new(inputs.remote_ip, inputs.remote_port),
         local_id,
         remote_id,
-        auth: AuthConfig::Psk(psk),
+        auth,
         ike_proposals: ike,
         esp_proposals: esp,
         ike_lifetime: lifetime(&spec.ike, DEFAULT_IKE_LIFETIME),
@@ -417,6 +514,75 @@ auth: {psk: {secretRef: {name: p, key: psk}}}
             psk: Some(SecretBytes::from_slice(b"secret")),
             on_traffic_supported: false,
         }
+    }
+
+    fn ike_data(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/ike/tests/data/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    const CERT_BASE: &str = "
+local: {id: 'C=CH, O=Example, CN=gw1', address: 192.0.2.1, subnets: [198.51.100.0/24]}
+remote: {id: right.strait.example, address: 192.0.2.2, subnets: [203.0.113.0/24]}
+auth:
+  certificate: {secretRef: {name: tls}}
+  ca: {secretRef: {name: ca, key: ca.crt}}
+";
+
+    #[test]
+    fn certificate_maps_to_certificate_auth() {
+        let s = spec(CERT_BASE);
+        let mut i = inputs();
+        i.psk = None;
+        let mut parts = CertificateParts::default();
+        let r = |name: &str, key: &str| SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        };
+        parts.offer(&s, &r("tls", "tls.key"), &ike_data("rsa.key"));
+        parts.offer(&s, &r("other", "tls.crt"), b"ignored");
+        parts.offer(&s, &r("ca", "ca.crt"), &ike_data("ca.pem"));
+        assert!(!format!("{parts:?}").contains("PRIVATE"));
+        parts.offer(&s, &r("tls", "tls.crt"), &ike_data("rsa.pem"));
+        let c = parts.complete().unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            dbg.contains("<redacted>") && !dbg.contains("PRIVATE"),
+            "{dbg}"
+        );
+        let b = build_with(&s, i, Some(c)).unwrap();
+        assert!(matches!(b.config.auth, AuthConfig::Certificate(_)));
+        assert!(matches!(b.config.local_id, Identity::DerDn(_)));
+        assert!(!format!("{:?}", b.config).contains("PRIVATE"));
+    }
+
+    #[test]
+    fn certificate_problems_are_invalid_certificate() {
+        let s = spec(CERT_BASE);
+        let e = build(&s, inputs()).unwrap_err();
+        assert_eq!(e.reason(), "InvalidCertificate", "{e}");
+        // a key that is not the certificate's
+        let c = CertificateInputs {
+            chain: ike_data("rsa.pem"),
+            key: SecretBytes::new(ike_data("ecdsa.key")),
+            ca: ike_data("ca.pem"),
+        };
+        let e = build_with(&s, inputs(), Some(c)).unwrap_err();
+        assert_eq!(e.reason(), "InvalidCertificate", "{e}");
+        assert!(e.to_string().contains("tls.key"), "{e}");
+        // garbage instead of PEM
+        let c = CertificateInputs {
+            chain: b"not pem".to_vec(),
+            key: SecretBytes::new(ike_data("rsa.key")),
+            ca: ike_data("ca.pem"),
+        };
+        assert_eq!(
+            build_with(&s, inputs(), Some(c)).unwrap_err().reason(),
+            "InvalidCertificate"
+        );
     }
 
     #[test]
