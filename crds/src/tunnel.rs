@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::Duration;
 
+// CEL rules the API server runs. Kept beside `validate.rs`, which checks the same in standalone
+// mode; the tokens are exactly those `strait_ike::proposal` accepts (weak ones are absent).
+const SUBNETS_RULE: &str = "self.all(s, isCIDR(s) && cidr(s) == cidr(s).masked())";
+const SUBNETS_MESSAGE: &str =
+    "each subnet must be in CIDR notation with no host bits set, e.g. 10.0.0.0/24";
+const REMOTE_ADDRESS_RULE: &str = "isIP(self) || self.matches('^[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?([.][a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*[.]?$')";
+const PROPOSALS_RULE: &str = "self.all(p, p.lowerAscii().split('-').all(t, t in ['aes128', 'aes256', 'aes128gcm16', 'aes128gcm128', 'aes256gcm16', 'aes256gcm128', 'sha256', 'sha2_256', 'sha384', 'sha2_384', 'sha512', 'sha2_512', 'prfsha256', 'prfsha384', 'prfsha512', 'modp2048', 'modp3072', 'modp4096', 'ecp256', 'ecp384', 'ecp521', 'x25519', 'curve25519', 'esn', 'noesn']))";
+const PROPOSALS_MESSAGE: &str = "unknown or weak algorithm in a proposal: use strongSwan names such as aes256gcm16-prfsha384-x25519 or aes256-sha256-modp3072; 3des, des, md5, sha1, modp768/1024/1536 and null are refused as weak";
+
 /// A site-to-site IPsec tunnel between this cluster and a remote gateway.
 ///
 /// Cluster-scoped: a tunnel changes node routing, so only cluster admins create one. Secrets it
@@ -95,7 +104,7 @@ pub struct GatewaySpec {
 }
 
 /// This side's identity, address and protected subnets.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalEndpoint {
     /// IKE identity: an IP address, an FQDN, `user@fqdn` or an X.500 DN (`C=CH, O=Example, CN=gw1`).
@@ -103,14 +112,17 @@ pub struct LocalEndpoint {
     pub id: String,
     /// The local IKE address; the gateway node's IP when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("local.address must be an IP address"))]
     pub address: Option<String>,
     /// Local subnets protected by the tunnel, in CIDR notation.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 49)))]
+    #[x_kube(validation = Rule::new(SUBNETS_RULE).message(SUBNETS_MESSAGE))]
     pub subnets: Vec<String>,
 }
 
 /// The remote site's identity, address and subnets.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteEndpoint {
     /// The identity the peer must prove (same forms as `local.id`).
@@ -118,9 +130,11 @@ pub struct RemoteEndpoint {
     pub id: String,
     /// The remote IKE address: an IP address or a DNS name.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(REMOTE_ADDRESS_RULE).message("remote.address must be an IP address or a DNS name"))]
     pub address: String,
     /// Remote subnets reachable through the tunnel, in CIDR notation.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 49)))]
+    #[x_kube(validation = Rule::new(SUBNETS_RULE).message(SUBNETS_MESSAGE))]
     pub subnets: Vec<String>,
 }
 
@@ -179,11 +193,13 @@ pub struct SecretRef {
 }
 
 /// Proposals and lifetime, strongSwan style.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ProposalSpec {
     /// Proposals in strongSwan notation, most preferred first, e.g. `aes256gcm16-prfsha384-x25519`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 128)))]
+    #[x_kube(validation = Rule::new(PROPOSALS_RULE).message(PROPOSALS_MESSAGE))]
     pub proposals: Vec<String>,
     /// How long an SA lives before it is rekeyed (IKE default 24h, ESP default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
