@@ -37,6 +37,8 @@ targets=$(cargo fuzz list)
 failed=0
 for t in $targets; do
   corpus="corpus/$t"; mkdir -p "$corpus"
+  # committed seeds (fuzz/seeds/<target>/) start the corpus; corpus/ itself is not committed
+  if [ -d "seeds/$t" ]; then cp -n "seeds/$t"/* "$corpus"/; fi
   say "fuzz $t: $runs runs"
   log=$(mktemp)
   if cargo fuzz run --sanitizer "$sanitizer" --target-dir "$TARGET_DIR" "$t" "$corpus" -- -runs="$runs" -max_total_time=300 2>&1 | tee "$log" | grep -E '^(#[0-9]+\s+(DONE|INITED)|==[0-9]+==|SUMMARY|thread .* panicked)'; then :; fi
