@@ -10,7 +10,7 @@ use strait_ike::crypto::alg::{Encr, KeGroup};
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
 use strait_ike::{AuthConfig, EndpointConfig, Event, Reason};
-use util::{Fate, Pair, Side, config_a, mirror, net};
+use util::{A_IP, B_IP, Fate, Pair, Side, addr, config_a, mirror, net};
 
 fn exchange_of(t: &strait_ike::Transmit) -> (ExchangeType, bool) {
     let ike = if t.non_esp_marker {
@@ -456,4 +456,37 @@ fn garbage_never_panics_and_is_never_answered() {
     // The established SA is untouched.
     assert!(Pair::downs(&p.ev_b).is_empty());
     while p.b.poll_event().is_some() {}
+}
+
+/// strongSwan with MOBIKE (its default) moves IKE to port 4500 after IKE_SA_INIT even when there
+/// is no NAT between the peers, and then sends plain ESP: ESP is UDP-encapsulated only when a NAT
+/// was detected (RFC 7296 §2.23, RFC 3948). A responder that encapsulated because IKE_AUTH came
+/// on 4500 sent ESP-in-UDP to a peer expecting plain ESP, and nothing got through (issue #5).
+#[test]
+fn responder_does_not_encapsulate_when_ike_floats_without_nat() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    let init = p.a.poll_transmit().unwrap();
+    p.b.handle(p.now, init.remote, init.local, &init.payload);
+    let resp = p.b.poll_transmit().unwrap();
+    p.a.handle(p.now, resp.remote, resp.local, &resp.payload);
+    let auth = p.a.poll_transmit().unwrap();
+    assert!(!auth.non_esp_marker, "no NAT: our initiator stays on 500");
+    // what a floating initiator sends: the same message, 4500 to 4500, behind the non-ESP marker
+    let mut floated = vec![0u8; 4];
+    floated.extend_from_slice(&auth.payload);
+    p.b.handle(p.now, addr(B_IP, 4500), addr(A_IP, 4500), &floated);
+    let answer = p.b.poll_transmit().unwrap();
+    assert_eq!((answer.local.port(), answer.remote.port()), (4500, 4500));
+    assert!(answer.non_esp_marker);
+    let mut installs = Vec::new();
+    while let Some(e) = p.b.poll_event() {
+        if let Event::ChildSaInstall(sa) = e {
+            installs.push(sa);
+        }
+    }
+    assert_eq!(installs.len(), 1, "{installs:?}");
+    assert_eq!(installs[0].encapsulation, None, "no NAT: plain ESP");
+    assert!(!installs[0].initiator && installs[0].replaces.is_none());
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use super::proposals;
 use super::{Common, Ctx, Keys};
 use crate::codec::{Notify, NotifyType, Payload, Sa, TrafficSelectors, TsRange};
-use crate::config::EndpointConfig;
 use crate::crypto::kdf;
 use crate::event::{
     ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, Mode, UdpEncap,
@@ -131,7 +130,7 @@ pub(crate) fn install_as(
             local_ts: local_ts.clone(),
             remote_ts: remote_ts.clone(),
             mode: Mode::Tunnel,
-            encapsulation: encapsulation(c, ctx.cfg),
+            encapsulation: encapsulation(c),
             initiator: exchange_initiator,
             local_addr: c.local,
             remote_addr: c.remote,
@@ -150,8 +149,11 @@ pub(crate) fn install_as(
     })
 }
 
-fn encapsulation(c: &Common, cfg: &EndpointConfig) -> Option<UdpEncap> {
-    (c.nat.encapsulate() || c.local.port() == cfg.natt_port).then(|| UdpEncap {
+/// UDP encapsulation of the CHILD SA's ESP: only when a NAT was detected (or faked, to force
+/// it), as RFC 7296 §2.23 and RFC 3948 say. Not because IKE runs on the NAT-T port: a MOBIKE
+/// peer (strongSwan's default) moves IKE to 4500 without a NAT and sends plain ESP.
+fn encapsulation(c: &Common) -> Option<UdpEncap> {
+    c.nat.encapsulate().then(|| UdpEncap {
         local_port: c.local.port(),
         remote_port: c.remote.port(),
     })
