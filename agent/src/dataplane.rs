@@ -557,6 +557,27 @@ fn kernel_objects(
     Ok((sa_in, sa_out, policies))
 }
 
+/// When a CHILD SA's outbound SA goes into the kernel (which sends on the newest one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outbound {
+    /// With the inbound SA: a CHILD SA of IKE_AUTH (either role), an additional one, or a rekey
+    /// we started (the peer installed the new pair before answering).
+    Now,
+    /// A rekey we answered: when the old SA's Delete arrives (the peer installs the new pair
+    /// only on our answer).
+    AfterDeleteOf(ChildSaId),
+    /// The redundant SA of a rekey collision, deleted at once: never sent on.
+    Never,
+}
+
+fn outbound_plan(replaces: Option<ChildSaId>, initiator: bool, redundant: bool) -> Outbound {
+    match (redundant, replaces) {
+        (true, _) => Outbound::Never,
+        (false, Some(old)) if !initiator => Outbound::AfterDeleteOf(old),
+        _ => Outbound::Now,
+    }
+}
+
 /// Priority of our tunnel policies (strongSwan's default range for subnet policies).
 const PRIORITY: u32 = 375_423;
 
@@ -592,8 +613,8 @@ impl Dataplane for KernelDataplane {
         xfrm.add_sa(&sa_in)
             .await
             .map_err(|e| DataplaneError::kernel("installing the inbound SA", &e))?;
-        let defer = sa.replaces.filter(|_| !sa.initiator);
-        if defer.is_none()
+        let plan = outbound_plan(sa.replaces, sa.initiator, sa.redundant);
+        if plan == Outbound::Now
             && let Err(e) = xfrm.add_sa(&sa_out).await
         {
             let _ = xfrm.delete_sa(&sa_in.id()).await;
@@ -615,7 +636,7 @@ impl Dataplane for KernelDataplane {
                 policies,
             },
         );
-        if let Some(old) = defer {
+        if let Outbound::AfterDeleteOf(old) = plan {
             self.deferred_out.insert(old, (sa.child, sa_out));
         }
         Ok(())
@@ -780,6 +801,22 @@ mod tests {
         };
         assert_eq!(prefix_of(&odd), None);
         assert_eq!(ts_string(&odd), "10.0.0.1-10.0.0.5");
+    }
+
+    #[test]
+    fn outbound_sa_timing_by_role() {
+        let old = ChildSaId(7);
+        // IKE_AUTH's CHILD SA: at once, as initiator and as responder
+        assert_eq!(outbound_plan(None, true, false), Outbound::Now);
+        assert_eq!(outbound_plan(None, false, false), Outbound::Now);
+        // a rekey we started: at once; one we answered: when the old one's Delete arrives
+        assert_eq!(outbound_plan(Some(old), true, false), Outbound::Now);
+        assert_eq!(
+            outbound_plan(Some(old), false, false),
+            Outbound::AfterDeleteOf(old)
+        );
+        // the redundant SA of a collision: never
+        assert_eq!(outbound_plan(Some(old), true, true), Outbound::Never);
     }
 
     #[test]

@@ -133,6 +133,12 @@ pub struct ChildSaInstall {
     /// responder should keep sending on the old SA until the old one's Delete arrives: the
     /// initiator installs the new pair only when it gets the response.
     pub initiator: bool,
+    /// This CHILD SA is the redundant one of a rekey collision (RFC 7296 §2.8.1): we created it,
+    /// we already queued its Delete, and the peer deletes it on receipt. Install the inbound SA
+    /// only and never send on it: packets sent on it while the Delete is in flight would reach a
+    /// peer that has already removed it. The old SA carries traffic until the surviving one's
+    /// outbound SA is installed.
+    pub redundant: bool,
 }
 
 /// Something the driver must act on.

@@ -320,6 +320,20 @@ fn simultaneous_child_rekeys_keep_exactly_one_new_sa() {
             Side::B
         });
         assert!(ia[1..].iter().all(|i| i.replaces == Some(ia[0].child)));
+        // The loser's own new SA is marked redundant (inbound only, never sent on); nothing else.
+        for (ev, side) in [(&p.ev_a, Side::A), (&p.ev_b, Side::B)] {
+            let marked: Vec<_> = Pair::installs(ev)
+                .into_iter()
+                .filter(|i| i.redundant)
+                .collect();
+            if winners.last() == Some(&side) {
+                assert!(marked.is_empty(), "the winner marks nothing: {marked:?}");
+            } else {
+                assert_eq!(marked.len(), 1, "{marked:?}");
+                assert!(marked[0].initiator && marked[0].replaces.is_some());
+                assert!(alive(ev).iter().all(|i| i.child != marked[0].child));
+            }
+        }
     }
     // The nonces decided differently for different seeds: both outcomes were exercised.
     assert!(

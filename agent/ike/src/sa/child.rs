@@ -136,6 +136,7 @@ pub(crate) fn install_as(
             remote_addr: c.remote,
             lifetimes: ChildLifetimes { soft, hard },
             replaces,
+            redundant: false,
         })));
     Ok(Child {
         id,
@@ -255,4 +256,17 @@ pub(crate) fn accepted(
         return Err(Reason::TsUnacceptable);
     }
     Ok((choice, spi_out, tsi, tsr))
+}
+
+/// Marks the install event of `id` (queued by [`install_as`]) as the redundant SA of a rekey
+/// collision, so the data plane never sends on it.
+pub(crate) fn mark_redundant(ctx: &mut Ctx<'_>, id: ChildSaId) {
+    for ev in ctx.events.iter_mut().rev() {
+        if let Event::ChildSaInstall(sa) = ev
+            && sa.child == id
+        {
+            sa.redundant = true;
+            return;
+        }
+    }
 }

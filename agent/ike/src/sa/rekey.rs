@@ -265,6 +265,7 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
             });
             if lost {
                 // Ours is the redundant one: we made it, we delete it; the peer deletes the old.
+                child::mark_redundant(ctx, new.id);
                 new.state = ChildState::Deleting;
                 new.rekey_at = None;
                 e.queue.push_back(Req::DeleteChild(vec![new.spi_in]));
