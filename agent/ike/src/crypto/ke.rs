@@ -112,8 +112,7 @@ impl KeyExchange {
                 })
             }
             KeGroup::Modp2048 => {
-                let x = exponent_from_bytes(bytes, group)?;
-                let public = modp_pow(&MODP2048, &Uint::from_u8(2), &x, group);
+                let (x, public) = modp_key(&MODP2048, bytes, group)?;
                 Ok(Self {
                     group,
                     private: Private::Modp2048(x),
@@ -121,8 +120,7 @@ impl KeyExchange {
                 })
             }
             KeGroup::Modp3072 => {
-                let x = exponent_from_bytes(bytes, group)?;
-                let public = modp_pow(&MODP3072, &Uint::from_u8(2), &x, group);
+                let (x, public) = modp_key(&MODP3072, bytes, group)?;
                 Ok(Self {
                     group,
                     private: Private::Modp3072(x),
@@ -130,8 +128,7 @@ impl KeyExchange {
                 })
             }
             KeGroup::Modp4096 => {
-                let x = exponent_from_bytes(bytes, group)?;
-                let public = modp_pow(&MODP4096, &Uint::from_u8(2), &x, group);
+                let (x, public) = modp_key(&MODP4096, bytes, group)?;
                 Ok(Self {
                     group,
                     private: Private::Modp4096(x),
@@ -242,6 +239,17 @@ fn exponent_from_bytes<const L: usize>(bytes: &[u8], group: KeGroup) -> Result<Z
 }
 
 /// base^x mod p, serialised big-endian at the full modulus length (so it is left-padded).
+/// A MODP private exponent from `bytes` and its public value g^x mod p (g = 2 in every group).
+fn modp_key<const L: usize>(
+    params: &FixedMontyParams<L>,
+    bytes: &[u8],
+    group: KeGroup,
+) -> Result<(Zeroizing<Uint<L>>, Vec<u8>)> {
+    let x = exponent_from_bytes(bytes, group)?;
+    let public = modp_pow(params, &Uint::from_u8(2), &x, group);
+    Ok((x, public))
+}
+
 fn modp_pow<const L: usize>(
     params: &FixedMontyParams<L>,
     base: &Uint<L>,
