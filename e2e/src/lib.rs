@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiforward;
+pub mod capture;
 pub mod cmd;
 pub mod controlplane;
 pub mod netns;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::capture::{Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
     CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, TestPki,
@@ -610,12 +611,16 @@ fn count(log: &str, what: &str) -> usize {
 
 /// RSA-4096 certificates make IKE_AUTH larger than both ends' fragment sizes: charon's
 /// `fragment_size = 576` and our default 1280. Both ends send fragments, both reassemble, and
-/// the SA comes up. Run in both directions.
+/// the SA comes up. Run in both directions, captured: tshark sees SKF payloads (RFC 7383) from
+/// both ends and finds nothing malformed.
 #[test]
 fn fragmentation_both_ways_with_large_certificates() {
     let _serial = netns::serial();
     for agent_starts in [true, false] {
         let pair = SitePair::new(false).expect("topology");
+        // left's side of the one link: every IKE packet of both ends passes it
+        let iface = pair.topology.interface("left", "right").unwrap();
+        let mut capture = Capture::start(&pair.left.ns, &iface).expect("capture");
         let dir = tempfile::tempdir().unwrap();
         let (pki, left, right) = pki(dir.path(), &pair, KeyType::Rsa(4096));
         let (agent, charon) = if agent_starts {
@@ -664,6 +669,40 @@ fn fragmentation_both_ways_with_large_certificates() {
             .wait_up(TUNNEL, "net", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
         assert_agree(&sas, &ours);
+        let (ours_addr, charon_addr) = if agent_starts {
+            (pair.left.addr, pair.right.addr)
+        } else {
+            (pair.right.addr, pair.left.addr)
+        };
+        // tshark has no keys: it checks each SKF's header and framing (fragment number and
+        // total, IV, ICV), not the reassembled IKE_AUTH inside, which charon judged
+        let seen = capture.stop().expect("tshark");
+        eprintln!(
+            "capture: {}\n  ours {}\n  charon's {}\n  tshark warnings: {:?}",
+            seen.counts(),
+            seen.counts_from(ours_addr.into()),
+            seen.counts_from(charon_addr.into()),
+            seen.warnings
+        );
+        for (who, addr) in [("us", ours_addr), ("charon", charon_addr)] {
+            // one message split: at least two fragments
+            assert!(
+                seen.fragments_from(addr.into()) >= 2,
+                "no SKF fragments from {who} in the capture:\n{}",
+                seen.summary
+            );
+        }
+        for p in seen.packets.iter().filter(|p| p.fragment.is_some()) {
+            assert_eq!(p.exchange, Some(Exchange::IkeAuth), "{p:?}");
+            let (n, total) = p.fragment.unwrap();
+            assert!(n >= 1 && n <= total, "{p:?}");
+        }
+        assert!(
+            seen.errors.is_empty(),
+            "tshark: {:#?}\n{}",
+            seen.errors,
+            seen.summary
+        );
         let log = charon.log();
         // charon fragments its IKE_AUTH message ...
         assert!(

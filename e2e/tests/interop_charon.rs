@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::capture::{Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
     Charon, CharonConfig, ChildConfig, Connection, Endpoint, ListSas, Secret,
@@ -515,42 +516,10 @@ fn dpd_declares_a_killed_charon_unreachable() {
 fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
     let _serial = netns::serial();
     let case = Case::default();
-    let mut pair = SitePair::new(false).expect("topology");
-    let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("agent.pcap");
+    let pair = SitePair::new(false).expect("topology");
+    // on left's side of the one link: every IKE packet of both ends passes it
     let iface = pair.topology.interface("left", "right").unwrap();
-    let tcpdump = pair
-        .topology
-        .spawn(
-            "left",
-            &[
-                "tcpdump",
-                "-i",
-                &iface,
-                "-U",
-                "--immediate-mode",
-                "-n",
-                "-w",
-                pcap.to_str().unwrap(),
-                "udp",
-            ],
-            &dir.path().join("tcpdump.log"),
-        )
-        .expect("tcpdump");
-    // tcpdump says "listening on IFACE" once the capture runs
-    let tcpdump_log = dir.path().join("tcpdump.log");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&tcpdump_log)
-        .unwrap_or_default()
-        .contains("listening on")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tcpdump did not start: {}",
-            std::fs::read_to_string(&tcpdump_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut capture = Capture::start(&pair.left.ns, &iface).expect("capture");
     let charon = Charon::start(
         &pair.right.ns,
         &charon_config(&case, &pair.right, &pair.left, None),
@@ -586,36 +555,27 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // the last DELETE response may still be on its way
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(tcpdump).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    // tcpdump -U writes each packet as it comes; give the last ones and the exit a moment
-    std::thread::sleep(Duration::from_millis(1000));
-    let out =
-        strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap(), "-V"]).expect("tshark");
-    let text = out.stdout.clone();
-    for exchange in ["IKE_SA_INIT", "IKE_AUTH", "INFORMATIONAL"] {
-        assert!(
-            text.contains(exchange),
-            "no {exchange} in the capture ({} bytes; tshark stderr {:?}; tcpdump: {}):\n{}",
-            std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0),
-            out.stderr,
-            std::fs::read_to_string(dir.path().join("tcpdump.log")).unwrap_or_default(),
-            strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap()])
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        );
+    let seen = capture.stop().expect("tshark");
+    eprintln!("{}\n{}", seen.counts(), seen.summary);
+    for exchange in [
+        Exchange::IkeSaInit,
+        Exchange::IkeAuth,
+        Exchange::Informational,
+    ] {
+        for (from, to) in [(&pair.left, &pair.right), (&pair.right, &pair.left)] {
+            assert!(
+                seen.count_from(from.addr.into(), exchange) >= 1,
+                "no {} from {} to {} in the capture:\n{}",
+                exchange.name(),
+                from.node,
+                to.node,
+                seen.summary
+            );
+        }
     }
-    let malformed: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Malformed") || l.contains("Expert Info (Error"))
-        .collect();
-    assert!(malformed.is_empty(), "tshark: {malformed:?}");
-    let summary = strait_e2e::cmd::run("tshark", &["-r", pcap.to_str().unwrap()]).unwrap();
-    eprintln!("{}", summary.stdout);
+    assert!(seen.errors.is_empty(), "tshark: {:#?}", seen.errors);
 }
 
 #[test]

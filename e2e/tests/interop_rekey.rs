@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::capture::{Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
 
@@ -51,6 +52,8 @@ struct Case {
     watch: Duration,
     /// The agent's `--test-lifetime-scale` (hidden, tests only): our lifetimes times this.
     scale: Option<&'static str>,
+    /// Capture the IKE traffic and have tshark judge every packet (see [`judge_capture`]).
+    capture: bool,
 }
 
 impl Default for Case {
@@ -64,6 +67,7 @@ impl Default for Case {
             agent_initiates: true,
             watch: Duration::from_secs(24),
             scale: None,
+            capture: false,
         }
     }
 }
@@ -244,9 +248,48 @@ fn assert_agree_at_rest(agent: &Agent, charon: &Charon) {
     }
 }
 
+/// When the case asks for it, a capture of all IKE traffic from before either end starts.
+fn start_capture(case: &Case, pair: &SitePair) -> Option<Capture> {
+    case.capture.then(|| {
+        // left's side of the one link: every IKE packet of both ends passes it
+        let iface = pair.topology.interface("left", "right").unwrap();
+        Capture::start(&pair.left.ns, &iface).expect("capture")
+    })
+}
+
+/// tshark dissects every packet of the run: CREATE_CHILD_SA went both ways (requests from one
+/// end, responses from the other at least) and nothing is malformed. tshark has no keys, so it
+/// checks the IKE headers, the cleartext IKE_SA_INIT and the framing of every SK payload; what
+/// is inside (SA, KE for PFS, Nonce, N(REKEY_SA), TS) is charon's to judge, and it did.
+fn judge_capture(mut capture: Capture, pair: &SitePair) {
+    let seen = capture.stop().expect("tshark");
+    eprintln!(
+        "capture: {}\n  {}\n  {}\n  tshark warnings: {:?}",
+        seen.counts(),
+        seen.counts_from(pair.left.addr.into()),
+        seen.counts_from(pair.right.addr.into()),
+        seen.warnings
+    );
+    for site in [&pair.left, &pair.right] {
+        assert!(
+            seen.count_from(site.addr.into(), Exchange::CreateChildSa) >= 1,
+            "no CREATE_CHILD_SA from {} in the capture:\n{}",
+            site.node,
+            seen.summary
+        );
+    }
+    assert!(
+        seen.errors.is_empty(),
+        "tshark: {:#?}\n{}",
+        seen.errors,
+        seen.summary
+    );
+}
+
 /// Brings the tunnel up as the case says, watches, and returns what was seen.
 fn run(case: &Case) -> Seen {
     let pair = SitePair::new(false).expect("topology");
+    let capture = start_capture(case, &pair);
     // the agent is always on the left; it initiates or charon (right) does
     let agent = Agent::start(
         &pair.left.ns,
@@ -289,6 +332,9 @@ fn run(case: &Case) -> Seen {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
     let seen = watch(case, &agent, &charon);
     assert_agree_at_rest(&agent, &charon);
+    if let Some(capture) = capture {
+        judge_capture(capture, &pair);
+    }
     let log = agent.log();
     let charon_log = charon.log();
     eprintln!(
@@ -424,6 +470,7 @@ fn child_and_ike_rekeys_by_charon_together() {
         child_rekey: Some("5s"),
         ike_rekey: Some("8s"),
         watch: Duration::from_secs(30),
+        capture: true,
         ..Case::default()
     };
     let pair_seen = run_allowing_temporary_failure(&case);
@@ -436,6 +483,7 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
     // `run` refuses "received TEMPORARY_FAILURE" from charon's log; the combined case instead
     // checks that whatever collided was retried and the two sides agree at the end.
     let pair = SitePair::new(false).expect("topology");
+    let capture = start_capture(case, &pair);
     let agent = Agent::start(
         &pair.left.ns,
         &agent_config(case, &pair.left, &pair.right, "start"),
@@ -458,6 +506,9 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
     let seen = watch(case, &agent, &charon);
     assert_agree_at_rest(&agent, &charon);
+    if let Some(capture) = capture {
+        judge_capture(capture, &pair);
+    }
     let log = agent.log();
     let charon_log = charon.log();
     eprintln!(
@@ -479,7 +530,7 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
     seen
 }
 
-fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool) {
+fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool, capture: bool) {
     let _serial = netns::serial();
     // 60 s (the API's minimum) × 0.1: we rekey the CHILD SA every 5.4-6 s
     let case = Case {
@@ -487,6 +538,7 @@ fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool) {
         our_esp_lifetime: Some("60s"),
         scale: Some("0.1"),
         agent_initiates,
+        capture,
         ..Case::default()
     };
     let seen = run(&case);
@@ -501,18 +553,19 @@ fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool) {
 /// We start CREATE_CHILD_SA as the IKE initiator, with PFS.
 #[test]
 fn child_rekeys_by_us_as_ike_initiator_with_pfs() {
-    child_rekeys_by_us("aes256gcm16-x25519", true);
+    child_rekeys_by_us("aes256gcm16-x25519", true, false);
 }
 
 /// We start CREATE_CHILD_SA as the IKE responder (keys split by our role in this exchange).
 #[test]
 fn child_rekeys_by_us_as_ike_responder_with_pfs() {
-    child_rekeys_by_us("aes256gcm16-x25519", false);
+    child_rekeys_by_us("aes256gcm16-x25519", false, false);
 }
 
+/// Without PFS, and captured: tshark judges the CREATE_CHILD_SA requests we send.
 #[test]
 fn child_rekeys_by_us_as_ike_responder_without_pfs() {
-    child_rekeys_by_us("aes256gcm16", false);
+    child_rekeys_by_us("aes256gcm16", false, true);
 }
 
 fn ike_rekeys_by_us(agent_initiates: bool) {
