@@ -143,6 +143,21 @@ impl Daemon {
     /// # Errors
     /// The binary is missing, the forward cannot be set up, or the process cannot start.
     pub fn cluster_agent(cp: &ControlPlane, ns: &str, node: &str, extra: &[&str]) -> Result<Self> {
+        Self::cluster_agent_as(cp, ns, node, extra, cp.kubeconfig_path())
+    }
+
+    /// [`Daemon::cluster_agent`] with another identity: `kubeconfig` (e.g. a ServiceAccount
+    /// token's) instead of the admin's.
+    ///
+    /// # Errors
+    /// As [`Daemon::cluster_agent`].
+    pub fn cluster_agent_as(
+        cp: &ControlPlane,
+        ns: &str,
+        node: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> Result<Self> {
         let bin = crate::agent::binary()?;
         let api: std::net::SocketAddr = cp
             .server_url()
@@ -169,7 +184,7 @@ impl Daemon {
             Some(ns),
             &bin,
             &args,
-            &[("KUBECONFIG", cp.kubeconfig_path())],
+            &[("KUBECONFIG", kubeconfig)],
             log.clone(),
             Some(forward),
         )?;
@@ -259,4 +274,35 @@ impl Drop for Daemon {
         }
         self.kill();
     }
+}
+
+/// A kubeconfig for ServiceAccount `sa` in `namespace`: the admin kubeconfig with its token
+/// swapped for one from the TokenRequest API, written to the control plane's scratch directory.
+/// Whatever runs with it has exactly that ServiceAccount's RBAC.
+///
+/// # Errors
+/// The token request fails, or the admin kubeconfig has no token line to swap.
+pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, sa: &str) -> Result<PathBuf> {
+    let token = cp.kubectl(["create", "token", sa, "-n", namespace, "--duration=1h"])?;
+    let admin = fs::read_to_string(cp.kubeconfig_path()).context("reading the admin kubeconfig")?;
+    let mut swapped = false;
+    let text: Vec<String> = admin
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("token:") {
+                swapped = true;
+                format!("    token: {}", token.trim())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if !swapped {
+        bail!("no token line in the admin kubeconfig to swap");
+    }
+    let path = cp
+        .scratch_dir()
+        .join(format!("{namespace}-{sa}.kubeconfig"));
+    fs::write(&path, text.join("\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }

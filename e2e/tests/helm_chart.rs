@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use operator_support::*;
 use strait_e2e::controlplane::{Binaries, ControlPlane};
+use strait_e2e::product::service_account_kubeconfig;
 
 fn chart() -> PathBuf {
     workspace().join("charts/strait")
@@ -96,25 +97,7 @@ fn chart_crd_and_rendered_manifests_do_not_drift() {
 
 /// A kubeconfig for the ServiceAccount `sa` in strait-system (token from the TokenRequest API).
 fn sa_kubeconfig(cp: &ControlPlane, sa: &str) -> PathBuf {
-    let token = cp
-        .kubectl(["create", "token", sa, "-n", NS, "--duration=1h"])
-        .unwrap();
-    let admin = std::fs::read_to_string(cp.kubeconfig_path()).unwrap();
-    let swapped: String = admin
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("token:") {
-                format!("    token: {}", token.trim())
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_ne!(swapped, admin, "no token line in the admin kubeconfig");
-    let path = cp.scratch_dir().join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, swapped).unwrap();
-    path
+    service_account_kubeconfig(cp, NS, sa).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn kubectl_as(

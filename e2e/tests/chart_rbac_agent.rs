@@ -1,0 +1,204 @@
+//! The product installed by the chart, run with the chart's identities and nothing more: the real
+//! operator with the `strait-operator` ServiceAccount's token and the real agent (cluster mode,
+//! in a namespace, `--dataplane none` since the host has no ESP) with the `strait-agent`
+//! ServiceAccount's token, against a strongSwan peer. `helm_chart.rs` checks the RBAC rule by
+//! rule with kubectl; this proves the agent's own calls (streaming watch of Secrets without
+//! `list`, heartbeat Lease, status apply) fit inside it end to end.
+//!
+//! Run alone: `cargo test -p strait-e2e --test chart_rbac_agent`
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod operator_support;
+
+use std::time::Duration;
+
+use operator_support::{NS, Operator, node, wait_for, workspace};
+use strait_e2e::controlplane::ControlPlane;
+use strait_e2e::netns::{self, Topology};
+use strait_e2e::product::{Daemon, service_account_kubeconfig};
+use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+
+const TUNNEL: &str = "chart-dc2";
+const PSK: &str = "strait-chart-rbac-psk-71c0aa";
+const LOCAL_ID: &str = "dc1.strait.example";
+const REMOTE_ID: &str = "dc2.strait.example";
+const REMOTE_ADDR: &str = "192.0.2.100";
+const IKE: &str = "aes256gcm16-prfsha256-x25519";
+const ESP: &str = "aes256gcm16-x25519";
+
+fn build_agent() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(&cargo)
+        .current_dir(workspace())
+        .args(["build", "-p", "strait-agent"])
+        .output()
+        .expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "`cargo build -p strait-agent` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn charon_config() -> CharonConfig {
+    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
+    conn.local_addrs = vec![REMOTE_ADDR.into()];
+    conn.proposals = vec![IKE.into()];
+    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
+    child.esp_proposals = vec![ESP.into()];
+    conn.children.push(child);
+    CharonConfig {
+        connections: vec![conn],
+        secrets: vec![Secret::Ike {
+            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
+            secret: PSK.into(),
+        }],
+        ..CharonConfig::default()
+    }
+}
+
+fn manifests() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: dc2-psk, namespace: {NS}}}
+stringData: {{psk: "{PSK}"}}
+---
+apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {{name: {TUNNEL}}}
+spec:
+  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
+  local:  {{id: {LOCAL_ID}, subnets: [198.51.100.0/24]}}
+  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
+  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
+  ike:    {{proposals: [{IKE}]}}
+  esp:    {{proposals: [{ESP}]}}
+"#
+    )
+}
+
+#[test]
+fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
+    let _serial = netns::serial();
+    strait_e2e::cmd::require_root().expect("root");
+    build_agent();
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("control plane: {e:#}"));
+    let chart = workspace().join("charts/strait");
+    // No --wait: without a kubelet the chart's pods never start; the binaries run as processes.
+    let out = cp
+        .helm([
+            "install",
+            "strait",
+            chart.to_str().unwrap(),
+            "--namespace",
+            NS,
+            "--create-namespace",
+        ])
+        .unwrap();
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/ipsectunnels.strait.dev",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    let op_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-operator").unwrap();
+    let agent_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-agent").unwrap();
+    node(&cp, "gw1", &[("strait.dev/gateway", "true")]);
+
+    let topo = Topology::builder()
+        .node("gw1")
+        .node("remote")
+        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
+        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
+        // charon with kernel-libipsec wants an address of its own inside its traffic selector
+        .subnet("remote", "203.0.113.1/32")
+        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
+        .build()
+        .expect("namespaces");
+    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let operator = Operator::start_with_kubeconfig(&cp, "chart-op", &op_kubeconfig, &[]);
+    let agent = Daemon::cluster_agent_as(
+        &cp,
+        topo.ns("gw1").unwrap(),
+        "gw1",
+        &["--dataplane", "none", "--metrics-addr", "off"],
+        &agent_kubeconfig,
+    )
+    .expect("agent gw1");
+    // The heartbeat Lease is written with the agent's token.
+    wait_for(
+        Duration::from_secs(60),
+        "the agent's heartbeat Lease",
+        || {
+            cp.kubectl(["get", "lease", "-n", NS, "strait-agent-gw1"])
+                .ok()
+        },
+    );
+
+    cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
+        .unwrap();
+    let out = cp.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        &format!("ipsectunnel/{TUNNEL}"),
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.is_ok(),
+        "kubectl wait Ready: {out:?}\nagent:\n{}\noperator:\n{}",
+        agent.log(),
+        operator.log_text()
+    );
+    let sas = charon.list_sas().unwrap();
+    let ike = sas
+        .ike(TUNNEL)
+        .unwrap_or_else(|| panic!("charon has no IKE SA:\n{}", sas.raw));
+    assert_eq!(ike.state, "ESTABLISHED", "{}", sas.raw);
+    assert!(
+        !ike.children.is_empty(),
+        "no CHILD SA at charon:\n{}",
+        sas.raw
+    );
+    let managers = cp
+        .kubectl([
+            "get",
+            "ipsectunnel",
+            TUNNEL,
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={range .metadata.managedFields[*]}{.manager}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(managers.contains("strait-agent/gw1"), "{managers}");
+    // Nothing was refused on the way: a 403 would be logged even if a retry then succeeded.
+    for (who, log) in [("agent", agent.log()), ("operator", operator.log_text())] {
+        assert!(
+            !log.contains("forbidden") && !log.contains("Forbidden"),
+            "{who} was refused something by the chart's RBAC:\n{log}"
+        );
+        assert!(!log.contains(PSK), "the PSK is in the {who}'s log");
+    }
+
+    // Deletion: the agent (with its RBAC) clears its entry, the finalizer is released, and the
+    // IKE SA is deleted at charon.
+    cp.kubectl([
+        "delete",
+        "ipsectunnel",
+        TUNNEL,
+        "--wait=true",
+        "--timeout=30s",
+    ])
+    .unwrap_or_else(|e| panic!("delete: {e:#}\n{}", agent.log()));
+    wait_for(Duration::from_secs(10), "charon's IKE SA deleted", || {
+        charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
+    });
+}
