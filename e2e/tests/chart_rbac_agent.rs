@@ -16,9 +16,9 @@
 
 mod operator_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use operator_support::{NS, Operator, node, wait_for, workspace};
+use operator_support::{NS, Operator, node, ready, tunnel_field, wait_for, workspace};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
 use strait_e2e::product::{Daemon, service_account_kubeconfig};
@@ -80,6 +80,7 @@ spec:
   auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
   ike:    {{proposals: [{IKE}]}}
   esp:    {{proposals: [{ESP}]}}
+  dpd:    {{interval: 2s, timeout: 6s}}
 "#
     )
 }
@@ -187,6 +188,44 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
         );
         assert!(!log.contains(PSK), "the PSK is in the {who}'s log");
     }
+
+    // The peer dies: DPD declares it unreachable and the condition says so; when it is back, the
+    // agent brings the tunnel up again by itself.
+    let pid = charon.pid().expect("charon runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    drop(charon);
+    wait_for(
+        Duration::from_secs(30),
+        "Ready=False PeerUnreachable",
+        || (ready(&cp, TUNNEL) == "False/PeerUnreachable").then_some(()),
+    );
+    let message = tunnel_field(
+        &cp,
+        TUNNEL,
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    );
+    println!(
+        "peer killed -> Ready=False PeerUnreachable after {:.1} s (DPD 2 s / 6 s): {message}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!message.is_empty() && !message.contains(PSK), "{message}");
+    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let back = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "Ready again with the peer back",
+        || ready(&cp, TUNNEL).starts_with("True/").then_some(()),
+    );
+    println!(
+        "peer back -> Ready after {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(charon.list_sas().unwrap().ike(TUNNEL).is_some());
 
     // Deletion: the agent (with its RBAC) clears its entry, the finalizer is released, and the
     // IKE SA is deleted at charon.

@@ -218,7 +218,7 @@ fn cluster_mode_end_to_end() {
     }
     let topo = topology();
     let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
-    let _operator = Daemon::operator(&cp, &[]).expect("operator");
+    let operator = Daemon::operator(&cp, &[]).expect("operator");
     let mut gw1 =
         Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
     let mut gw2 =
@@ -403,6 +403,7 @@ fn cluster_mode_end_to_end() {
         "charon has no IKE SA with gw2:\n{}",
         sas.raw
     );
+    let first_gw1_log = gw1.log();
     // gw1 comes back as a standby: it removes the stale entry of the SA it no longer has
     let mut gw1 =
         Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
@@ -455,6 +456,24 @@ fn cluster_mode_end_to_end() {
         gw2.log()
     );
 
+    // ---- secret hygiene: neither key reached a log, an event or the status ----
+    let places = [
+        ("operator log", operator.log()),
+        ("first gw1 agent log", first_gw1_log),
+        ("gw1 agent log", gw1.log()),
+        ("gw2 agent log", gw2.log()),
+        (
+            "events",
+            cp.kubectl(["get", "events", "-A", "-o", "json"]).unwrap(),
+        ),
+        (
+            "IPsecTunnel objects",
+            cp.kubectl(["get", "ipsectunnels", "-A", "-o", "json"])
+                .unwrap(),
+        ),
+    ];
+    assert_no_secret(&places, &[PSK, "not-the-right-key"]);
+
     // ---- deletion: DELETE to charon, entry cleared, finalizer released ----
     let t = Instant::now();
     let out = cp.kubectl([
@@ -483,6 +502,23 @@ fn cluster_mode_end_to_end() {
         "summary: apply->Ready {:.2} s, failover {:.2} s",
         apply_to_ready.as_secs_f64(),
         failover.as_secs_f64()
+    );
+}
+
+/// Fails if any secret occurs in any place, naming the place but not the secret.
+fn assert_no_secret(places: &[(&str, String)], secrets: &[&str]) {
+    for (place, text) in places {
+        // each place must hold something, or the search proves nothing
+        assert!(!text.trim().is_empty(), "{place} is empty");
+        for (i, secret) in secrets.iter().enumerate() {
+            assert!(!text.contains(secret), "secret #{i} found in the {place}");
+        }
+    }
+    println!(
+        "secret hygiene: {} secrets searched in {} places ({} bytes), not found",
+        secrets.len(),
+        places.len(),
+        places.iter().map(|(_, t)| t.len()).sum::<usize>()
     );
 }
 
