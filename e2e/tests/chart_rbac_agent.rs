@@ -22,7 +22,9 @@ use operator_support::{NS, Operator, node, ready, tunnel_field, wait_for, worksp
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
 use strait_e2e::product::{Daemon, service_account_kubeconfig};
-use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+use strait_e2e::strongswan::{
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Secret, TestPki,
+};
 
 const TUNNEL: &str = "chart-dc2";
 const PSK: &str = "strait-chart-rbac-psk-71c0aa";
@@ -63,21 +65,17 @@ fn charon_config() -> CharonConfig {
     }
 }
 
-fn manifests() -> String {
+/// The tunnel, authenticated by `auth` (the YAML of `spec.auth`), identities `local` / `remote`.
+fn tunnel_yaml(auth: &str, local: &str, remote: &str) -> String {
     format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: dc2-psk, namespace: {NS}}}
-stringData: {{psk: "{PSK}"}}
----
-apiVersion: strait.dev/v1alpha1
+        r#"apiVersion: strait.dev/v1alpha1
 kind: IPsecTunnel
 metadata: {{name: {TUNNEL}}}
 spec:
   gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {LOCAL_ID}, subnets: [198.51.100.0/24]}}
-  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
-  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
+  local:  {{id: "{local}", subnets: [198.51.100.0/24]}}
+  remote: {{id: "{remote}", address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
+  auth:   {auth}
   ike:    {{proposals: [{IKE}]}}
   esp:    {{proposals: [{ESP}]}}
   dpd:    {{interval: 2s, timeout: 6s}}
@@ -85,9 +83,29 @@ spec:
     )
 }
 
-#[test]
-fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
-    let _serial = netns::serial();
+fn manifests() -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NS}}}\nstringData: {{psk: \"{PSK}\"}}\n---\n{}",
+        tunnel_yaml(
+            "{psk: {secretRef: {name: dc2-psk, key: psk}}}",
+            LOCAL_ID,
+            REMOTE_ID
+        )
+    )
+}
+
+/// The chart installed, node gw1 labelled, namespaces gw1 and remote with charon (`charon_cfg`)
+/// on remote, the operator and the agent on gw1 running with the chart's ServiceAccounts, and
+/// the agent's heartbeat Lease written.
+struct Installed {
+    agent: Daemon,
+    operator: Operator,
+    charon: Charon,
+    topo: Topology,
+    cp: ControlPlane,
+}
+
+fn install(charon_cfg: &CharonConfig) -> Installed {
     strait_e2e::cmd::require_root().expect("root");
     build_agent();
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("control plane: {e:#}"));
@@ -125,7 +143,7 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
         .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
         .build()
         .expect("namespaces");
-    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let charon = Charon::start(topo.ns("remote").unwrap(), charon_cfg).expect("charon");
     let operator = Operator::start_with_kubeconfig(&cp, "chart-op", &op_kubeconfig, &[]);
     let agent = Daemon::cluster_agent_as(
         &cp,
@@ -144,9 +162,18 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
                 .ok()
         },
     );
+    Installed {
+        agent,
+        operator,
+        charon,
+        topo,
+        cp,
+    }
+}
 
-    cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
-        .unwrap();
+/// `kubectl wait` Ready, then charon's IKE SA with a CHILD SA, the agent's field manager, and
+/// neither log refused anything by RBAC.
+fn assert_ready(cp: &ControlPlane, agent: &Daemon, operator: &Operator, charon: &Charon) {
     let out = cp.kubectl([
         "wait",
         "--for=condition=Ready",
@@ -155,9 +182,10 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
     ]);
     assert!(
         out.is_ok(),
-        "kubectl wait Ready: {out:?}\nagent:\n{}\noperator:\n{}",
+        "kubectl wait Ready: {out:?}\nagent:\n{}\noperator:\n{}\ncharon:\n{}",
         agent.log(),
-        operator.log_text()
+        operator.log_text(),
+        charon.log()
     );
     let sas = charon.list_sas().unwrap();
     let ike = sas
@@ -186,6 +214,24 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
             !log.contains("forbidden") && !log.contains("Forbidden"),
             "{who} was refused something by the chart's RBAC:\n{log}"
         );
+    }
+}
+
+#[test]
+fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
+    let _serial = netns::serial();
+    // bound in this order so they drop in reverse: processes before namespaces before the API
+    let Installed {
+        cp,
+        topo,
+        charon,
+        operator,
+        agent,
+    } = install(&charon_config());
+    cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
+        .unwrap();
+    assert_ready(&cp, &agent, &operator, &charon);
+    for (who, log) in [("agent", agent.log()), ("operator", operator.log_text())] {
         assert!(!log.contains(PSK), "the PSK is in the {who}'s log");
     }
 
@@ -240,4 +286,94 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
     wait_for(Duration::from_secs(10), "charon's IKE SA deleted", || {
         charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
     });
+}
+
+/// A certificate tunnel in cluster mode: our certificate and key from a `kubernetes.io/tls`
+/// Secret (as `kubectl create secret tls` or cert-manager writes it), the peer's CA from another
+/// Secret, both read by the agent with its ServiceAccount; charon authenticates with its own
+/// certificate from the same CA.
+#[test]
+fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
+    let _serial = netns::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), KeyType::Ecdsa(256)).expect("test CA");
+    let ours = pki
+        .issue("dc1", LOCAL_ID, KeyType::Ecdsa(256))
+        .expect("our cert");
+    let theirs = pki
+        .issue("dc2", REMOTE_ID, KeyType::Ecdsa(256))
+        .expect("charon's cert");
+    let mut conn = Connection::new(
+        TUNNEL,
+        Endpoint::pubkey(REMOTE_ID, Some("own.crt")),
+        Endpoint::pubkey(LOCAL_ID, None),
+    );
+    conn.local_addrs = vec![REMOTE_ADDR.into()];
+    conn.proposals = vec![IKE.into()];
+    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
+    child.esp_proposals = vec![ESP.into()];
+    conn.children.push(child);
+    let mut cfg = CharonConfig::default();
+    cfg.connections.push(conn);
+    cfg.add_cert_auth(&pki, &theirs, "own");
+
+    let Installed {
+        cp,
+        topo: _topo,
+        charon,
+        operator,
+        agent,
+    } = install(&cfg);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    cp.kubectl([
+        "create",
+        "secret",
+        "tls",
+        "dc1-tls",
+        "-n",
+        NS,
+        &format!("--cert={}", path(&ours.cert)),
+        &format!("--key={}", path(&ours.key)),
+    ])
+    .unwrap();
+    cp.kubectl([
+        "create",
+        "secret",
+        "generic",
+        "dc2-ca",
+        "-n",
+        NS,
+        &format!("--from-file=ca.crt={}", path(&pki.ca.cert)),
+    ])
+    .unwrap();
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &tunnel_yaml(
+            "{certificate: {secretRef: {name: dc1-tls}}, ca: {secretRef: {name: dc2-ca, key: ca.crt}}}",
+            LOCAL_ID,
+            REMOTE_ID,
+        ),
+    )
+    .unwrap();
+    assert_ready(&cp, &agent, &operator, &charon);
+    // charon's connection accepts only a certificate from the test CA for LOCAL_ID (no PSK is
+    // configured anywhere), so its ESTABLISHED IKE SA is the proof our certificate was accepted.
+    // the private key reached neither log nor status
+    let key = std::fs::read_to_string(&ours.key).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let status = cp
+        .kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
+        .unwrap();
+    for (what, text) in [
+        ("agent log", agent.log()),
+        ("operator log", operator.log_text()),
+        ("tunnel", status),
+    ] {
+        assert!(!text.contains("PRIVATE KEY"), "a key header in the {what}");
+        let flat: String = text.split_whitespace().collect();
+        assert!(
+            !flat.contains(&body[..body.len().min(40)]),
+            "key material in the {what}"
+        );
+    }
 }
