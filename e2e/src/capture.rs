@@ -11,9 +11,11 @@
 //! the wire per exchange type and direction, whether SKF payloads (RFC 7383 fragments) were seen,
 //! and every line where tshark found something malformed.
 //!
-//! tshark gets no keys, so it cannot decrypt SK and SKF payloads: it checks the IKE header, the
+//! Without keys tshark cannot decrypt SK and SKF payloads: it checks the IKE header, the
 //! cleartext payloads of IKE_SA_INIT, and the framing of every SK/SKF payload (lengths, IV,
-//! integrity data, fragment numbers), which is what a malformed encoding would break first.
+//! integrity data, fragment numbers). [`Capture::stop_decrypting`] hands it the IKE SA keys that
+//! charon logs at `ike = 4` ([`charon_ike_keys`]): then it also dissects every payload inside
+//! (and reassembles SKF fragments), which is where our encoder could go wrong unseen.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -103,6 +105,134 @@ pub struct Packet {
     pub payloads: Vec<u8>,
     /// `(number, total)` of an SKF payload.
     pub fragment: Option<(u16, u16)>,
+    /// The header's SPIs (hex), initiator's and responder's.
+    pub spis: (String, String),
+    /// tshark decrypted its SK/SKF payload (only with keys).
+    pub decrypted: bool,
+}
+
+impl Packet {
+    /// Whether it carries an SK or SKF payload.
+    pub fn encrypted(&self) -> bool {
+        self.payloads.first().is_some_and(|&t| t == SK || t == SKF)
+    }
+
+    /// Whether payload type `t` is in it (inside SK only when decrypted).
+    pub fn has(&self, t: u8) -> bool {
+        self.payloads.contains(&t)
+    }
+}
+
+/// The Key Exchange payload type (RFC 7296 §3.4): in CREATE_CHILD_SA it means PFS or an IKE
+/// rekey.
+pub const KE: u8 = 34;
+/// The Security Association payload type (RFC 7296 §3.3).
+pub const SA: u8 = 33;
+
+/// One IKE SA's keys as charon derived them (RFC 7296 §2.14).
+#[derive(Clone, Default)]
+pub struct IkeKeys {
+    /// SK_ai (empty for an AEAD cipher).
+    pub sk_ai: Vec<u8>,
+    /// SK_ar (empty for an AEAD cipher).
+    pub sk_ar: Vec<u8>,
+    /// SK_ei (with the salt for AEAD).
+    pub sk_ei: Vec<u8>,
+    /// SK_er (with the salt for AEAD).
+    pub sk_er: Vec<u8>,
+}
+
+impl std::fmt::Debug for IkeKeys {
+    // test keys, but keys: their sizes are enough in a failure message
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IkeKeys(ai {}, ar {}, ei {}, er {} bytes)",
+            self.sk_ai.len(),
+            self.sk_ar.len(),
+            self.sk_ei.len(),
+            self.sk_er.len()
+        )
+    }
+}
+
+/// The names Wireshark's `ikev2_decryption_table` gives an IKE SA's algorithms.
+#[derive(Debug, Clone, Copy)]
+pub struct Cipher {
+    /// Encryption algorithm.
+    pub encr: &'static str,
+    /// Integrity algorithm.
+    pub integ: &'static str,
+}
+
+/// `aes256gcm16` (ENCR_AES_GCM_16, 256-bit key).
+pub const AES256GCM16: Cipher = Cipher {
+    encr: "AES-GCM-256 with 16 octet ICV [RFC5282]",
+    integ: "NONE [RFC4306]",
+};
+
+/// The IKE SA keys in a charon log written at `ike = 4`, in the order charon derived them
+/// (first IKE SA, then each rekeyed one).
+pub fn charon_ike_keys(log: &str) -> Vec<IkeKeys> {
+    let mut all: Vec<IkeKeys> = Vec::new();
+    let mut lines = log.lines();
+    while let Some(line) = lines.next() {
+        // `HH:MM:SS TT[IKE] Sk_ei secret => 36 bytes @ 0x...`, then hex dump lines of thread TT
+        let Some((head, rest)) = line.split_once("[IKE] ") else {
+            continue;
+        };
+        let Some((name, len)) = rest.split_once(" secret => ") else {
+            continue;
+        };
+        let Some(len) = len
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let thread = head.rsplit(' ').next().unwrap_or("");
+        let mut bytes = Vec::with_capacity(len);
+        for dump in lines.by_ref() {
+            let Some((h, r)) = dump.split_once("[IKE] ") else {
+                continue;
+            };
+            if h.rsplit(' ').next() != Some(thread) {
+                // another thread's line in between
+                continue;
+            }
+            let Some((_, hex)) = r.trim_start().split_once(": ") else {
+                break;
+            };
+            // 16 bytes per line, then two spaces and the ASCII column
+            let hex = hex.get(..48).unwrap_or(hex);
+            bytes.extend(
+                hex.split_whitespace()
+                    .filter_map(|b| u8::from_str_radix(b, 16).ok()),
+            );
+            if bytes.len() >= len {
+                break;
+            }
+        }
+        bytes.truncate(len);
+        match name.trim() {
+            // Sk_d comes first in each derivation
+            "Sk_d" => all.push(IkeKeys::default()),
+            n => {
+                if let Some(k) = all.last_mut() {
+                    match n {
+                        "Sk_ai" => k.sk_ai = bytes,
+                        "Sk_ar" => k.sk_ar = bytes,
+                        "Sk_ei" => k.sk_ei = bytes,
+                        "Sk_er" => k.sk_er = bytes,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    all.retain(|k| !k.sk_ei.is_empty());
+    all
 }
 
 /// What tshark made of a capture.
@@ -116,6 +246,13 @@ pub struct Dissection {
     pub warnings: Vec<String>,
     /// tshark's one-line-per-packet summary, for messages.
     pub summary: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 impl Dissection {
@@ -151,6 +288,22 @@ impl Dissection {
             .count()
     }
 
+    /// Packets with an SK or SKF payload tshark did not decrypt.
+    pub fn undecrypted(&self) -> Vec<&Packet> {
+        self.packets
+            .iter()
+            .filter(|p| p.encrypted() && !p.decrypted)
+            .collect()
+    }
+
+    /// Decrypted packets of `exchange` sent by `src`.
+    pub fn decrypted_from(&self, src: IpAddr, exchange: Exchange) -> Vec<&Packet> {
+        self.packets
+            .iter()
+            .filter(|p| p.src == src && p.exchange == Some(exchange) && p.decrypted)
+            .collect()
+    }
+
     /// Whether any SKF payload was seen.
     pub fn saw_skf(&self) -> bool {
         self.fragments() > 0
@@ -164,9 +317,10 @@ impl Dissection {
         }
         let _ = write!(
             s,
-            "SKF {} (of {} IKE packets)",
+            "SKF {} (of {} IKE packets, {} decrypted)",
             self.fragments(),
-            self.packets.len()
+            self.packets.len(),
+            self.packets.iter().filter(|p| p.decrypted).count()
         );
         s
     }
@@ -264,6 +418,21 @@ impl Capture {
     /// # Errors
     /// tcpdump did not exit in time, or tshark failed.
     pub fn stop(&mut self) -> Result<Dissection> {
+        self.halt()?;
+        dissect(&self.pcap)
+    }
+
+    /// [`Self::stop`], with tshark decrypting: `keys` in the order the IKE SAs were made (as
+    /// [`charon_ike_keys`] returns them), all using `cipher`.
+    ///
+    /// # Errors
+    /// As [`Self::stop`].
+    pub fn stop_decrypting(&mut self, keys: &[IkeKeys], cipher: Cipher) -> Result<Dissection> {
+        self.halt()?;
+        dissect_decrypting(&self.pcap, keys, cipher)
+    }
+
+    fn halt(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             let pid = i32::try_from(child.id()).context("pid")?;
             // `ip netns exec` execs tcpdump: the child is tcpdump itself
@@ -281,7 +450,7 @@ impl Capture {
                 thread::sleep(Duration::from_millis(20));
             }
         }
-        dissect(&self.pcap)
+        Ok(())
     }
 }
 
@@ -299,7 +468,7 @@ impl Drop for Capture {
 }
 
 /// The tshark fields read per packet, in this order.
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 11] = [
     "frame.number",
     "ip.src",
     "ip.dst",
@@ -309,6 +478,8 @@ const FIELDS: [&str; 9] = [
     "isakmp.typepayload",
     "isakmp.frag.number",
     "isakmp.frag.total",
+    "isakmp.ispi",
+    "isakmp.rspi",
 ];
 
 /// Dissects `pcap` with tshark: the IKE packets, and every malformed/expert-error line of the
@@ -317,9 +488,51 @@ const FIELDS: [&str; 9] = [
 /// # Errors
 /// tshark is missing or failed, or printed a line this cannot read.
 pub fn dissect(pcap: &Path) -> Result<Dissection> {
+    run_dissection(pcap, &[])
+}
+
+/// [`dissect`] with tshark decrypting SK/SKF payloads: `keys[i]` belongs to the i-th IKE SA to
+/// appear in the capture (its SPI pair first seen with a responder SPI), as IKE SAs appear in the
+/// order they are made.
+///
+/// # Errors
+/// As [`dissect`].
+pub fn dissect_decrypting(pcap: &Path, keys: &[IkeKeys], cipher: Cipher) -> Result<Dissection> {
+    let plain = run_dissection(pcap, &[])?;
+    let mut order: Vec<&(String, String)> = Vec::new();
+    for p in &plain.packets {
+        if p.spis.1.chars().any(|c| c != '0') && !order.contains(&&p.spis) {
+            order.push(&p.spis);
+        }
+    }
+    let prefs: Vec<String> = order
+        .iter()
+        .zip(keys)
+        .map(|((i, r), k)| {
+            // hex fields unquoted, enum names quoted
+            format!(
+                "uat:ikev2_decryption_table:{i},{r},{},{},\"{}\",{},{},\"{}\"",
+                hex(&k.sk_ei),
+                hex(&k.sk_er),
+                cipher.encr,
+                hex(&k.sk_ai),
+                hex(&k.sk_ar),
+                cipher.integ
+            )
+        })
+        .collect();
+    run_dissection(pcap, &prefs)
+}
+
+fn run_dissection(pcap: &Path, prefs: &[String]) -> Result<Dissection> {
     cmd::require_program("tshark", "e2e/setup/packages.sh")?;
     let file = pcap.display().to_string();
-    let mut args: Vec<&str> = vec!["-n", "-r", &file, "-Y", "isakmp", "-T", "fields"];
+    let mut base: Vec<&str> = vec!["-n", "-r", &file];
+    for p in prefs {
+        base.extend(["-o", p]);
+    }
+    let mut args = base.clone();
+    args.extend(["-Y", "isakmp", "-T", "fields"]);
     args.extend([
         "-E",
         "separator=/t",
@@ -336,7 +549,28 @@ pub fn dissect(pcap: &Path) -> Result<Dissection> {
     for line in fields.stdout.lines().filter(|l| !l.trim().is_empty()) {
         packets.push(parse_line(line).with_context(|| format!("tshark printed {line:?}"))?);
     }
-    let full = cmd::run("tshark", &["-n", "-r", &file, "-V"])?;
+    if !prefs.is_empty() {
+        let mut a = base.clone();
+        a.extend([
+            "-Y",
+            "isakmp.enc.decrypted",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ]);
+        let decrypted: Vec<u32> = cmd::run("tshark", &a)?
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for p in &mut packets {
+            p.decrypted = decrypted.contains(&p.frame);
+        }
+    }
+    let mut a = base.clone();
+    a.push("-V");
+    let full = cmd::run("tshark", &a)?;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut frame = "";
@@ -351,7 +585,7 @@ pub fn dissect(pcap: &Path) -> Result<Dissection> {
             warnings.push(format!("{frame}: {l}"));
         }
     }
-    let summary = cmd::run("tshark", &["-n", "-r", &file])?.stdout;
+    let summary = cmd::run("tshark", &base)?.stdout;
     Ok(Dissection {
         packets,
         errors,
@@ -393,6 +627,11 @@ fn parse_line(line: &str) -> Result<Packet> {
         response: matches!(col(5).split(',').next(), Some("1" | "True" | "true")),
         payloads,
         fragment,
+        spis: (
+            col(9).split(',').next().unwrap_or("").to_owned(),
+            col(10).split(',').next().unwrap_or("").to_owned(),
+        ),
+        decrypted: false,
     })
 }
 
@@ -402,13 +641,42 @@ mod tests {
 
     #[test]
     fn parses_a_fragment_line() -> Result<()> {
-        let p = parse_line("7\t192.0.2.2\t192.0.2.1\t4500\t35\t1\t53\t2\t5")?;
+        let p = parse_line("7\t192.0.2.2\t192.0.2.1\t4500\t35\t1\t53\t2\t5\tab\tcd")?;
+        assert_eq!(p.spis, ("ab".to_owned(), "cd".to_owned()));
+        assert!(p.encrypted());
         assert_eq!(p.frame, 7);
         assert_eq!(p.exchange, Some(Exchange::IkeAuth));
         assert!(p.response);
         assert_eq!(p.payloads, vec![SKF]);
         assert_eq!(p.fragment, Some((2, 5)));
         Ok(())
+    }
+
+    #[test]
+    fn reads_keys_from_a_charon_log() {
+        let log = "\
+12:00:00 14[IKE] Sk_d secret => 4 bytes @ 0x1
+12:00:00 14[IKE]    0: 01 02 03 04                                      ....
+12:00:00 14[IKE] Sk_ei secret => 20 bytes @ 0x2
+12:00:00 09[NET] received packet: from 192.0.2.1[500] to 192.0.2.2[500] (80 bytes)
+12:00:00 14[IKE]    0: 29 27 9B 2A A5 83 91 D0 6E 58 03 C3 5B E0 62 6E  )'.*....nX..[.bn
+12:00:00 14[IKE]   16: DD 15 94 1B                                      ....
+12:00:00 14[IKE] Sk_er secret => 2 bytes @ 0x3
+12:00:00 14[IKE]    0: FF 02                                            ..
+12:00:09 11[IKE] Sk_d secret => 1 bytes @ 0x4
+12:00:09 11[IKE]    0: 00                                               .
+12:00:09 11[IKE] Sk_ei secret => 1 bytes @ 0x5
+12:00:09 11[IKE]    0: 0A                                               .
+";
+        let keys = charon_ike_keys(log);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            hex(&keys[0].sk_ei),
+            "29279b2aa58391d06e5803c35be0626edd15941b"
+        );
+        assert_eq!(keys[0].sk_er, vec![0xff, 0x02]);
+        assert!(keys[0].sk_ai.is_empty());
+        assert_eq!(keys[1].sk_ei, vec![0x0a]);
     }
 
     #[test]

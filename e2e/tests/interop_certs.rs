@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
-use strait_e2e::capture::{Capture, Exchange};
+use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
     CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, TestPki,
@@ -612,7 +612,7 @@ fn count(log: &str, what: &str) -> usize {
 /// RSA-4096 certificates make IKE_AUTH larger than both ends' fragment sizes: charon's
 /// `fragment_size = 576` and our default 1280. Both ends send fragments, both reassemble, and
 /// the SA comes up. Run in both directions, captured: tshark sees SKF payloads (RFC 7383) from
-/// both ends and finds nothing malformed.
+/// both ends, decrypts them with charon's keys and finds nothing malformed.
 #[test]
 fn fragmentation_both_ways_with_large_certificates() {
     let _serial = netns::serial();
@@ -626,6 +626,8 @@ fn fragmentation_both_ways_with_large_certificates() {
         let (agent, charon) = if agent_starts {
             let mut cfg = charon_config(&pair.right, &pair.left, None, Ids::Dn, &pki, &right);
             cfg.extra_charon.push("fragment_size = 576".into());
+            // ike = 4: charon logs the IKE SA keys, which let tshark decrypt the fragments
+            cfg.log_level = 4;
             let charon = Charon::start(&pair.right.ns, &cfg).expect("start charon");
             let agent = start_agent(
                 &pair.left,
@@ -656,6 +658,8 @@ fn fragmentation_both_ways_with_large_certificates() {
                 &left,
             );
             cfg.extra_charon.push("fragment_size = 576".into());
+            // ike = 4: charon logs the IKE SA keys, which let tshark decrypt the fragments
+            cfg.log_level = 4;
             let charon = Charon::start(&pair.left.ns, &cfg).expect("start charon");
             charon
                 .initiate(TUNNEL, "net", 30)
@@ -674,9 +678,10 @@ fn fragmentation_both_ways_with_large_certificates() {
         } else {
             (pair.right.addr, pair.left.addr)
         };
-        // tshark has no keys: it checks each SKF's header and framing (fragment number and
-        // total, IV, ICV), not the reassembled IKE_AUTH inside, which charon judged
-        let seen = capture.stop().expect("tshark");
+        // with charon's keys tshark decrypts every SKF and dissects the reassembled IKE_AUTH
+        // (IDs, CERT, CERTREQ, AUTH, SA, TS) besides each fragment's header and framing
+        let keys = capture::charon_ike_keys(&charon.log());
+        let seen = capture.stop_decrypting(&keys, AES256GCM16).expect("tshark");
         eprintln!(
             "capture: {}\n  ours {}\n  charon's {}\n  tshark warnings: {:?}",
             seen.counts(),
@@ -692,6 +697,11 @@ fn fragmentation_both_ways_with_large_certificates() {
                 seen.summary
             );
         }
+        assert!(
+            seen.undecrypted().is_empty(),
+            "tshark could not decrypt {:?} with {keys:?}",
+            seen.undecrypted()
+        );
         for p in seen.packets.iter().filter(|p| p.fragment.is_some()) {
             assert_eq!(p.exchange, Some(Exchange::IkeAuth), "{p:?}");
             let (n, total) = p.fragment.unwrap();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
-use strait_e2e::capture::{Capture, Exchange};
+use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
     Charon, CharonConfig, ChildConfig, Connection, Endpoint, ListSas, Secret,
@@ -509,9 +509,9 @@ fn dpd_declares_a_killed_charon_unreachable() {
     );
 }
 
-/// A capture of a whole agent lifetime (IKE_SA_INIT, IKE_AUTH on 4500, and the DELETE that
-/// SIGTERM sends) dissected by tshark: no malformed packet; and SIGTERM exits 0 with charon's
-/// IKE SA gone.
+/// A capture of a whole agent lifetime (IKE_SA_INIT, IKE_AUTH, and the DELETE that SIGTERM
+/// sends) dissected by tshark, decrypted with the keys charon logs: no malformed packet; and
+/// SIGTERM exits 0 with charon's IKE SA gone.
 #[test]
 fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
     let _serial = netns::serial();
@@ -520,11 +520,10 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
     // on left's side of the one link: every IKE packet of both ends passes it
     let iface = pair.topology.interface("left", "right").unwrap();
     let mut capture = Capture::start(&pair.left.ns, &iface).expect("capture");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
+    let mut cfg = charon_config(&case, &pair.right, &pair.left, None);
+    // ike = 4: charon logs the IKE SA keys, which let tshark decrypt and dissect SK payloads
+    cfg.log_level = 4;
+    let charon = Charon::start(&pair.right.ns, &cfg).expect("start charon");
     let mut agent = start_agent(
         &case,
         &pair.left,
@@ -557,8 +556,14 @@ fn tshark_finds_nothing_malformed_and_sigterm_deletes() {
     }
     // the last DELETE response may still be on its way
     std::thread::sleep(Duration::from_millis(300));
-    let seen = capture.stop().expect("tshark");
+    let keys = capture::charon_ike_keys(&charon.log());
+    let seen = capture.stop_decrypting(&keys, AES256GCM16).expect("tshark");
     eprintln!("{}\n{}", seen.counts(), seen.summary);
+    assert!(
+        seen.undecrypted().is_empty(),
+        "tshark could not decrypt {:?} with {keys:?}",
+        seen.undecrypted()
+    );
     for exchange in [
         Exchange::IkeSaInit,
         Exchange::IkeAuth,

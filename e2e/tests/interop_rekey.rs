@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
-use strait_e2e::capture::{Capture, Exchange};
+use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange, KE, SA};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
 
@@ -52,8 +52,10 @@ struct Case {
     watch: Duration,
     /// The agent's `--test-lifetime-scale` (hidden, tests only): our lifetimes times this.
     scale: Option<&'static str>,
-    /// Capture the IKE traffic and have tshark judge every packet (see [`judge_capture`]).
-    capture: bool,
+    /// Capture the IKE traffic and have tshark judge every packet (see [`judge_capture`]), and
+    /// whether every CREATE_CHILD_SA carrying an SA then has a KE payload (`Some(true)`: PFS,
+    /// IKE rekeys) or none has (`Some(false)`: CHILD rekeys without PFS only).
+    capture: Option<Option<bool>>,
 }
 
 impl Default for Case {
@@ -67,7 +69,7 @@ impl Default for Case {
             agent_initiates: true,
             watch: Duration::from_secs(24),
             scale: None,
-            capture: false,
+            capture: None,
         }
     }
 }
@@ -120,14 +122,19 @@ fn charon_config(case: &Case, me: &Site, peer: &Site, initiates: bool) -> Charon
         child.extra.push(("rand_time".into(), "1s".into()));
     }
     conn.children.push(child);
-    CharonConfig {
+    let mut cfg = CharonConfig {
         connections: vec![conn],
         secrets: vec![Secret::Ike {
             ids: vec![me.id.to_owned(), peer.id.to_owned()],
             secret: PSK.to_owned(),
         }],
         ..CharonConfig::default()
+    };
+    if case.capture.is_some() {
+        // ike = 4: charon logs each IKE SA's keys, which let tshark decrypt CREATE_CHILD_SA
+        cfg.log_level = 4;
     }
+    cfg
 }
 
 fn up(t: &Value) -> bool {
@@ -250,19 +257,19 @@ fn assert_agree_at_rest(agent: &Agent, charon: &Charon) {
 
 /// When the case asks for it, a capture of all IKE traffic from before either end starts.
 fn start_capture(case: &Case, pair: &SitePair) -> Option<Capture> {
-    case.capture.then(|| {
+    case.capture.map(|_| {
         // left's side of the one link: every IKE packet of both ends passes it
         let iface = pair.topology.interface("left", "right").unwrap();
         Capture::start(&pair.left.ns, &iface).expect("capture")
     })
 }
 
-/// tshark dissects every packet of the run: CREATE_CHILD_SA went both ways (requests from one
-/// end, responses from the other at least) and nothing is malformed. tshark has no keys, so it
-/// checks the IKE headers, the cleartext IKE_SA_INIT and the framing of every SK payload; what
-/// is inside (SA, KE for PFS, Nonce, N(REKEY_SA), TS) is charon's to judge, and it did.
-fn judge_capture(mut capture: Capture, pair: &SitePair) {
-    let seen = capture.stop().expect("tshark");
+/// tshark dissects every packet of the run, decrypted with the keys of every IKE SA charon
+/// logged: CREATE_CHILD_SA went both ways (requests from one end, responses from the other at
+/// least), each carries a KE payload or none does as the case says, and nothing is malformed.
+fn judge_capture(mut capture: Capture, pair: &SitePair, charon: &Charon, ke: Option<bool>) {
+    let keys = capture::charon_ike_keys(&charon.log());
+    let seen = capture.stop_decrypting(&keys, AES256GCM16).expect("tshark");
     eprintln!(
         "capture: {}\n  {}\n  {}\n  tshark warnings: {:?}",
         seen.counts(),
@@ -277,6 +284,29 @@ fn judge_capture(mut capture: Capture, pair: &SitePair) {
             site.node,
             seen.summary
         );
+    }
+    assert!(
+        seen.undecrypted().is_empty(),
+        "tshark could not decrypt {:?} with {} IKE SA keys",
+        seen.undecrypted(),
+        keys.len()
+    );
+    for site in [&pair.left, &pair.right] {
+        let with_sa: Vec<_> = seen
+            .decrypted_from(site.addr.into(), Exchange::CreateChildSa)
+            .into_iter()
+            .filter(|p| p.has(SA))
+            .collect();
+        assert!(
+            !with_sa.is_empty(),
+            "no CREATE_CHILD_SA with an SA from {}",
+            site.node
+        );
+        if let Some(ke) = ke {
+            for p in with_sa {
+                assert_eq!(p.has(KE), ke, "KE payload from {}: {p:?}", site.node);
+            }
+        }
     }
     assert!(
         seen.errors.is_empty(),
@@ -333,7 +363,7 @@ fn run(case: &Case) -> Seen {
     let seen = watch(case, &agent, &charon);
     assert_agree_at_rest(&agent, &charon);
     if let Some(capture) = capture {
-        judge_capture(capture, &pair);
+        judge_capture(capture, &pair, &charon, case.capture.flatten());
     }
     let log = agent.log();
     let charon_log = charon.log();
@@ -470,7 +500,8 @@ fn child_and_ike_rekeys_by_charon_together() {
         child_rekey: Some("5s"),
         ike_rekey: Some("8s"),
         watch: Duration::from_secs(30),
-        capture: true,
+        // PFS on CHILD rekeys, and IKE rekeys always carry KE
+        capture: Some(Some(true)),
         ..Case::default()
     };
     let pair_seen = run_allowing_temporary_failure(&case);
@@ -507,7 +538,7 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
     let seen = watch(case, &agent, &charon);
     assert_agree_at_rest(&agent, &charon);
     if let Some(capture) = capture {
-        judge_capture(capture, &pair);
+        judge_capture(capture, &pair, &charon, case.capture.flatten());
     }
     let log = agent.log();
     let charon_log = charon.log();
@@ -538,7 +569,8 @@ fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool, capture: bool) {
         our_esp_lifetime: Some("60s"),
         scale: Some("0.1"),
         agent_initiates,
-        capture,
+        // without PFS (and no IKE rekey here) no CREATE_CHILD_SA carries KE
+        capture: capture.then_some(Some(esp.contains("x25519"))),
         ..Case::default()
     };
     let seen = run(&case);
