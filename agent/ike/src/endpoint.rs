@@ -818,16 +818,19 @@ fn on_message(
         Err(_) => return Outcome::Integrity,
     };
     sa.c.last_heard = ctx.now;
-    if (local, remote) != (sa.c.local, sa.c.remote)
-        && (sa.c.nat.encapsulate() || local.port() == ctx.cfg.natt_port)
-    {
-        sa.c.local = local;
-        sa.c.remote = remote;
-    }
+    // RFC 7296 §2.23: follow the peer to a new address only for a new message. A replayed
+    // request or a stale response passes the integrity check too, and must not send our
+    // traffic to whoever replayed it.
+    let moved = (local, remote) != (sa.c.local, sa.c.remote)
+        && (sa.c.nat.encapsulate() || local.port() == ctx.cfg.natt_port);
     if h.flags.is_response() {
         let Some(out) = sa.c.win.take_response(h.message_id) else {
             return Outcome::Unexpected;
         };
+        if moved {
+            sa.c.local = local;
+            sa.c.remote = remote;
+        }
         match core::mem::replace(&mut sa.state, State::Gone) {
             State::AuthSent(s)
                 if out.kind == Req::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
@@ -854,11 +857,20 @@ fn on_message(
         RequestCheck::Retransmitted => {
             if let Some(d) = sa.c.win.cached_response() {
                 let d = d.to_vec();
+                // Answered where it came from (the peer may have moved while our answer was
+                // lost), but the SA stays where it is.
+                let keep = (sa.c.local, sa.c.remote);
+                (sa.c.local, sa.c.remote) = (local, remote);
                 sa.c.transmit(ctx, &d);
+                (sa.c.local, sa.c.remote) = keep;
             }
             return Outcome::Retransmit;
         }
         RequestCheck::New => {}
+    }
+    if moved {
+        sa.c.local = local;
+        sa.c.remote = remote;
     }
     match core::mem::replace(&mut sa.state, State::Gone) {
         State::InitReplied(s) if h.exchange_type == ExchangeType::IKE_AUTH => {
