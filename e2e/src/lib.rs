@@ -7,6 +7,7 @@ pub mod apiforward;
 pub mod capture;
 pub mod cmd;
 pub mod controlplane;
+pub mod flood;
 pub mod netns;
 pub mod product;
 pub mod strongswan;
