@@ -5,11 +5,15 @@
 //! The pieces come from `e2e/setup/packages.sh` and `e2e/setup/vm.sh`. A boot takes 20-60 s on
 //! the 2-core machines (TCG, no KVM): put several checks into one guest command where possible.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 use crate::cmd;
 
@@ -57,7 +61,14 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Guest memory, e.g. `"512M"` (default: run.sh's).
     pub memory: Option<String>,
+    /// A NIC on qemu's user-mode network: the guest reaches the host's loopback at
+    /// [`HOST_LOOPBACK`] (run.sh `--net-user`).
+    pub network: bool,
 }
+
+/// The address at which a guest with [`Options::network`] reaches the host's `127.0.0.1`
+/// (qemu user networking maps its gateway address to the host's loopback).
+pub const HOST_LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
 
 /// The result of a VM run.
 #[derive(Debug)]
@@ -83,8 +94,7 @@ pub fn run(cmd: &[&str]) -> Result<VmOutput> {
     run_with(&Options::default(), cmd)
 }
 
-/// [`run`] with options.
-pub fn run_with(opts: &Options, cmd: &[&str]) -> Result<VmOutput> {
+fn command(opts: &Options, cmd: &[&str]) -> Result<Command> {
     require_ready()?;
     if cmd.is_empty() {
         bail!("vm::run: empty command");
@@ -99,7 +109,16 @@ pub fn run_with(opts: &Options, cmd: &[&str]) -> Result<VmOutput> {
     if let Some(m) = &opts.memory {
         c.arg("--mem").arg(m);
     }
+    if opts.network {
+        c.arg("--net-user");
+    }
     c.arg("--").args(cmd);
+    Ok(c)
+}
+
+/// [`run`] with options.
+pub fn run_with(opts: &Options, cmd: &[&str]) -> Result<VmOutput> {
+    let mut c = command(opts, cmd)?;
     let start = Instant::now();
     // run.sh merges the VM's console into its stdout; its own errors go to stderr
     let out = c
@@ -153,5 +172,99 @@ impl Staged {
     /// The staged copy.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// A VM running in the background ([`spawn`]), for tests whose host side acts while the guest
+/// runs. The whole run.sh process group (qemu included) is killed on drop.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+    start: Instant,
+}
+
+/// Boots the VM in the background and runs `cmd` inside, as [`run_with`] does; its console goes
+/// to a file ([`Running::output`]).
+///
+/// # Errors
+/// The VM pieces are missing or run.sh cannot start.
+pub fn spawn(opts: &Options, cmd: &[&str]) -> Result<Running> {
+    let mut c = command(opts, cmd)?;
+    let log = tempfile::Builder::new()
+        .prefix("strait-vm-console-")
+        .tempfile()
+        .context("creating the VM console log")?;
+    let out = log.reopen().context("opening the VM console log")?;
+    let err = out.try_clone().context("opening the VM console log")?;
+    let start = Instant::now();
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // its own group, so drop can stop timeout, vng, qemu and cat together
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", cmd::display(&c)))?;
+    Ok(Running {
+        child: Some(child),
+        log,
+        start,
+    })
+}
+
+impl Running {
+    /// The console so far.
+    pub fn output(&self) -> String {
+        std::fs::read(self.log.path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The exit status once the VM has finished, `None` while it runs.
+    ///
+    /// # Errors
+    /// Waiting on the process failed.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().context("polling the VM"),
+            None => bail!("the VM was already reaped"),
+        }
+    }
+
+    /// Waits for the VM to finish (run.sh enforces its own timeout) and returns what it printed.
+    ///
+    /// # Errors
+    /// Waiting on the process failed.
+    pub fn wait(mut self) -> Result<VmOutput> {
+        let mut child = self.child.take().context("the VM was already reaped")?;
+        let status = child.wait().context("waiting for the VM")?;
+        Ok(VmOutput {
+            status,
+            output: self.output(),
+            elapsed: self.start.elapsed(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if let Ok(pg) = i32::try_from(child.id()).map(Pid::from_raw) {
+            // TERM lets `timeout` pass it on to qemu; KILL after a grace period
+            let _ = killpg(pg, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

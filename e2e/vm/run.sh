@@ -2,7 +2,7 @@
 # Run a command as root inside a stock Debian kernel (which has ESP, XFRM, AES-GCM) booted under
 # qemu TCG by virtme-ng, with the host's root filesystem shared read-only over 9p.
 #
-#   e2e/vm/run.sh [--rwdir DIR]... [--timeout SECS] [--mem SIZE] -- CMD ARGS...
+#   e2e/vm/run.sh [--rwdir DIR]... [--timeout SECS] [--mem SIZE] [--net-user] -- CMD ARGS...
 #
 # Exits with CMD's status; 124 when the VM was killed by the timeout; 2 on usage errors; 3 when
 # the VM pieces are missing (run e2e/setup/vm.sh). Inside the guest, before CMD: the ESP/XFRM/
@@ -10,6 +10,8 @@
 # Guest writes reach the host only under a --rwdir (the rest is read-only or guest tmpfs).
 # The guest has its own empty tmpfs on /tmp, /var/tmp and /var/cache: host files there are not
 # visible inside unless passed with --rwdir.
+# --net-user: a NIC on qemu's user-mode network (slirp, DHCP); the guest reaches the host's
+# loopback at 10.0.2.2 (e.g. a control plane the host runs). Without it the guest has no network.
 #
 # Environment: STRAIT_CACHE (default /var/cache/strait), STRAIT_VM_TIMEOUT (default 300 s),
 # STRAIT_VM_MEM (default 512M), STRAIT_VM_CPUS (default 2).
@@ -47,6 +49,12 @@ if [ "${1:-}" = --in-guest ]; then
   modprobe -a -q "${optional[@]}" 2>/dev/null || true
   echo "strait-vm: modules loaded in $(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN{printf "%.1f", b-a}')s"
   ip link set lo up
+  # --net-user: the guest's init runs no DHCP client; qemu's user network has fixed addresses
+  for d in /sys/class/net/*; do
+    n=${d##*/}
+    [ "$n" != lo ] && [ -e "$d/device" ] || continue
+    ip link set "$n" up && ip addr add 10.0.2.15/24 dev "$n" && echo "strait-vm: $n is 10.0.2.15/24" && break
+  done
   cd "$cwd" 2>/dev/null || cd /
   echo "strait-vm: running $*"
   "$@"
@@ -56,7 +64,7 @@ if [ "${1:-}" = --in-guest ]; then
 fi
 
 # ---------------------------------------------------------------- host side
-usage() { echo "usage: $0 [--rwdir DIR]... [--timeout SECS] [--mem SIZE] -- CMD ARGS..." >&2; exit 2; }
+usage() { echo "usage: $0 [--rwdir DIR]... [--timeout SECS] [--mem SIZE] [--net-user] -- CMD ARGS..." >&2; exit 2; }
 CACHE=${STRAIT_CACHE:-/var/cache/strait}
 VM=$CACHE/vm
 TIMEOUT=${STRAIT_VM_TIMEOUT:-300}
@@ -69,6 +77,7 @@ while [ $# -gt 0 ]; do
     --rwdir=*) rw+=("--rwdir=$(readlink -f "${1#--rwdir=}")"); shift ;;
     --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift 2 ;;
     --mem) [ $# -ge 2 ] || usage; MEM=$2; shift 2 ;;
+    --net-user) rw+=(--network user); shift ;;
     --) shift; break ;;
     *) usage ;;
   esac
