@@ -1,0 +1,675 @@
+//! Cluster mode with real ESP: the control plane (etcd + kube-apiserver) and the operator run on
+//! the host; the gateway node and the remote site run inside the kernel VM, which reaches the
+//! host's API server over qemu user networking (`10.0.2.2` is the host's loopback). Feature
+//! `vm-tests`; `e2e/vm/tier.sh` runs this binary on the host (it boots its own VM).
+//!
+//! Why not the API server inside the guest: under TCG on the 2-core machines kube-apiserver took
+//! ~375 s to answer `/readyz` (measured), too slow for CI.
+//!
+//! ```text
+//!  host: etcd, kube-apiserver 127.0.0.1:PORT, strait-operator, kubectl
+//!   |  slirp: guest 10.0.2.2:PORT -> host 127.0.0.1:PORT
+//!  guest (Debian kernel with ESP):
+//!   gw1: strait-agent cluster --dataplane kernel, 127.0.0.1:PORT forwarded to 10.0.2.2:PORT
+//!        192.0.2.1/30 ---- 192.0.2.2/30 remote (charon, kernel-netlink), IKE 192.0.2.100
+//!        inner 198.51.100.1                 inner 203.0.113.1
+//! ```
+//!
+//! The two halves meet through files in a directory both see (`--rwdir`): the host writes the
+//! kubeconfig and the port; the guest writes `node-up` once charon and the agent run, and
+//! `traffic` once pings passed through ESP. The host applies the tunnel, waits for `Ready`,
+//! waits for `traffic`, deletes the tunnel; the guest then sees charon's IKE SA and its own XFRM
+//! objects go.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_e2e::apiforward::PortForward;
+use strait_e2e::controlplane::ControlPlane;
+use strait_e2e::netns::{self, Topology};
+use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::strongswan::{
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
+};
+use strait_e2e::vm;
+
+const TUNNEL: &str = "dc1-to-dc2";
+const PSK: &str = "strait-vm-cluster-psk-7c31a9e05d";
+const LOCAL_ID: &str = "dc1.strait.example";
+const REMOTE_ID: &str = "dc2.strait.example";
+const REMOTE_ADDR: &str = "192.0.2.100";
+const LOCAL_NET: &str = "198.51.100.0/24";
+const LOCAL_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const REMOTE_NET: &str = "203.0.113.0/24";
+const REMOTE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const IKE: &str = "aes256gcm16-prfsha256-x25519";
+const ESP: &str = "aes256gcm16-x25519";
+const NODE: &str = "gw1";
+/// The guest half finds the shared directory here.
+const SHARED_ENV: &str = "STRAIT_VM_CLUSTER_DIR";
+/// Printed by the guest half when all its checks passed.
+const GUEST_PASS: &str = "VM-CLUSTER GUEST PASS";
+
+fn wait_file(path: &Path, timeout: Duration, vm: &mut vm::Running, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(path) {
+            return s;
+        }
+        if let Some(st) = vm.try_wait().unwrap() {
+            panic!("the VM ended ({st}) before {what}:\n{}", vm.output());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not after {timeout:?}:\n{}",
+            vm.output()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn status(cp: &ControlPlane) -> Value {
+    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .map(|v| v["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A copy of `src` in `dir`, stripped of debug info when `strip` can (the guest reads it over
+/// 9p under TCG).
+fn stage_binary(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(&dst)
+        .arg(src)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(src, &dst).unwrap();
+    }
+    dst
+}
+
+/// The admin kubeconfig with its CA file copied next to it, so the guest can read both.
+fn stage_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
+    let text = fs::read_to_string(cp.kubeconfig_path()).unwrap();
+    let ca_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority:"))
+        .expect("CA line in the kubeconfig");
+    let ca = ca_line.split_once(':').unwrap().1.trim();
+    let staged_ca = dir.join("ca.crt");
+    fs::copy(ca, &staged_ca).unwrap();
+    let text = text.replace(
+        ca_line,
+        &format!("    certificate-authority: {}", staged_ca.display()),
+    );
+    let path = dir.join("kubeconfig");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn build_binaries() {
+    if std::env::var_os("STRAIT_OPERATOR_BIN").is_some()
+        && std::env::var_os("STRAIT_AGENT_BIN").is_some()
+    {
+        return; // tier.sh built them
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(&cargo)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
+        .output()
+        .expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The host half: control plane, operator, the VM; apply → Ready → traffic → delete.
+#[test]
+fn cluster_kernel_dataplane_in_vm() {
+    strait_e2e::cmd::require_root().expect("root");
+    vm::require_ready().expect("VM pieces");
+    build_binaries();
+    let t_cp = Instant::now();
+    let cp = ControlPlane::start().expect("control plane");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
+    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/ipsectunnels.strait.dev",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
+        ),
+    )
+    .unwrap();
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{PSK}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let operator = Daemon::operator(&cp, &[]).expect("operator");
+    println!(
+        "host: control plane + CRD + operator in {:.1} s",
+        t_cp.elapsed().as_secs_f64()
+    );
+
+    // the guest sees this directory at the same path; everything it needs is copied in
+    let shared = tempfile::Builder::new()
+        .prefix("strait-vmcluster-")
+        .tempdir()
+        .unwrap();
+    let dir = shared.path();
+    let me = stage_binary(&std::env::current_exe().unwrap(), dir, "vm_cluster");
+    stage_binary(&strait_e2e::agent::binary().unwrap(), dir, "strait-agent");
+    stage_kubeconfig(&cp, dir);
+    let port = cp
+        .server_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("API server port");
+    fs::write(dir.join("port"), port.to_string()).unwrap();
+
+    let opts = vm::Options {
+        rwdirs: vec![dir.to_owned()],
+        timeout: Some(Duration::from_secs(900)),
+        network: true,
+        ..vm::Options::default()
+    };
+    let env = format!("{SHARED_ENV}={}", dir.display());
+    let t_vm = Instant::now();
+    let mut guest = vm::spawn(
+        &opts,
+        &[
+            "env",
+            &env,
+            me.to_str().unwrap(),
+            "guest_gateway_node",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    )
+    .unwrap();
+
+    wait_file(
+        &dir.join("node-up"),
+        Duration::from_secs(600),
+        &mut guest,
+        "the guest's gateway node and charon up",
+    );
+    println!(
+        "host: guest node up {:.1} s after the VM start",
+        t_vm.elapsed().as_secs_f64()
+    );
+    // the heartbeat makes the node a candidate; without it the operator elects no one
+    let start = Instant::now();
+    while cp
+        .kubectl([
+            "get",
+            "lease",
+            "-n",
+            NAMESPACE,
+            &format!("strait-agent-{NODE}"),
+        ])
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the guest agent wrote no heartbeat Lease:\n{}",
+            guest.output()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+
+    // ---- apply → Ready ----
+    let tunnel = format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {{name: {TUNNEL}}}
+spec:
+  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
+  local:  {{id: {LOCAL_ID}, subnets: [{LOCAL_NET}]}}
+  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [{REMOTE_NET}]}}
+  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
+  ike:    {{proposals: [{IKE}]}}
+  esp:    {{proposals: [{ESP}]}}
+"#
+    );
+    let applied = Instant::now();
+    cp.kubectl_stdin(["apply", "-f", "-"], &tunnel).unwrap();
+    let out = cp.kubectl([
+        "wait",
+        "--for=condition=Ready",
+        &format!("ipsectunnel/{TUNNEL}"),
+        "--timeout=300s",
+    ]);
+    let apply_to_ready = applied.elapsed();
+    assert!(
+        out.is_ok(),
+        "kubectl wait Ready: {out:?}\nstatus: {:#}\n--- operator:\n{}\n--- guest:\n{}",
+        status(&cp),
+        operator.log(),
+        guest.output()
+    );
+    println!(
+        "host: apply -> Ready (agent in the VM, kernel data plane): {:.2} s",
+        apply_to_ready.as_secs_f64()
+    );
+    let s = status(&cp);
+    assert_eq!(s["activeGateway"], NODE, "{s:#}");
+    let entry = s["gateways"]
+        .as_array()
+        .and_then(|g| g.iter().find(|e| e["node"] == NODE))
+        .unwrap_or_else(|| panic!("no status entry of {NODE}: {s:#}"))
+        .clone();
+
+    // ---- traffic through ESP (judged in the guest); its SAs are the ones our status names ----
+    let traffic = wait_file(
+        &dir.join("traffic"),
+        Duration::from_secs(300),
+        &mut guest,
+        "the guest's traffic checks",
+    );
+    let spis: Vec<&str> = traffic.split_whitespace().take(2).collect();
+    let child = &entry["childSas"][0];
+    let ours = |k: &str| {
+        child[k]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("0x")
+    };
+    assert_eq!(
+        (ours("spiIn"), ours("spiOut")),
+        (spis[0], spis[1]),
+        "status SPIs vs the kernel's in the guest: {entry:#}"
+    );
+    println!("host: the status's SPIs are the kernel's SAs that carried the pings: {traffic}");
+
+    // ---- delete: finalizer released; the guest checks charon and the kernel ----
+    let t = Instant::now();
+    let out = cp.kubectl([
+        "delete",
+        "ipsectunnel",
+        TUNNEL,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+    assert!(
+        out.is_ok(),
+        "delete: {out:?}\nstatus: {:#}\n--- guest:\n{}",
+        status(&cp),
+        guest.output()
+    );
+    let delete_time = t.elapsed();
+    println!(
+        "host: delete -> finalizer released: {:.2} s",
+        delete_time.as_secs_f64()
+    );
+    let res = guest.wait().unwrap();
+    println!("---- VM console ----\n{}", res.output);
+    assert!(
+        res.success() && res.output.contains(GUEST_PASS),
+        "guest half failed ({}) after {:?}; console above",
+        res.status,
+        res.elapsed
+    );
+    assert!(
+        !operator.log().contains(PSK),
+        "the PSK reached the operator's log"
+    );
+    println!(
+        "summary: apply->Ready {:.2} s, delete {:.2} s, VM run {:.1} s",
+        apply_to_ready.as_secs_f64(),
+        delete_time.as_secs_f64(),
+        res.elapsed.as_secs_f64()
+    );
+}
+
+// ------------------------------------------------------------------------------- guest half
+
+/// The cluster agent in a node namespace, stopped on drop.
+struct GuestAgent {
+    child: Child,
+    log: PathBuf,
+    _forward: PortForward,
+}
+
+impl GuestAgent {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the agent ignored SIGTERM:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for GuestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One SA of `ip -s xfrm state`: (spi hex, dst, bytes, packets).
+fn sas(ns: &str) -> Vec<(String, String, u64, u64)> {
+    let out = netns::exec(ns, &["ip", "-s", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    let mut v: Vec<(String, String, u64, u64)> = Vec::new();
+    let mut lines = out.lines();
+    while let Some(l) = lines.next() {
+        let t = l.trim();
+        if let Some(rest) = l.strip_prefix("src ") {
+            // "src A dst B"
+            let dst = rest
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned();
+            v.push((String::new(), dst, 0, 0));
+        } else if let (Some(cur), Some(i)) = (v.last_mut(), t.find("spi 0x")) {
+            cur.0 = t[i + 6..]
+                .split(|c: char| c.is_whitespace() || c == '(')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        } else if t == "lifetime current:"
+            && let (Some(cur), Some(next)) = (v.last_mut(), lines.next())
+        {
+            // "84(bytes), 1(packets)"
+            let n: Vec<u64> = next
+                .split(',')
+                .filter_map(|p| p.trim().split('(').next()?.parse().ok())
+                .collect();
+            cur.2 = n.first().copied().unwrap_or(0);
+            cur.3 = n.get(1).copied().unwrap_or(0);
+        }
+    }
+    v
+}
+
+/// `ip xfrm policy` entries other than the IKE sockets' bypass policies.
+fn policies(ns: &str) -> Vec<String> {
+    netns::exec(ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not after {timeout:?}\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The guest half: runs inside the VM only, started by `cluster_kernel_dataplane_in_vm` with the
+/// shared directory in `STRAIT_VM_CLUSTER_DIR`.
+#[test]
+#[ignore = "the guest half of cluster_kernel_dataplane_in_vm: runs inside the VM, started by it"]
+fn guest_gateway_node() {
+    let dir = PathBuf::from(std::env::var_os(SHARED_ENV).unwrap_or_else(|| {
+        panic!(
+            "{SHARED_ENV} unset: this runs inside the VM, started by cluster_kernel_dataplane_in_vm"
+        )
+    }));
+    let t0 = Instant::now();
+    let port: u16 = fs::read_to_string(dir.join("port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _serial = netns::serial();
+    let topo = Topology::builder()
+        .node(NODE)
+        .node("remote")
+        .link(NODE, "192.0.2.1/30", "remote", "192.0.2.2/30")
+        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
+        .subnet("remote", &format!("{REMOTE_HOST}/32"))
+        .subnet(NODE, &format!("{LOCAL_HOST}/32"))
+        .route(NODE, &[REMOTE_ADDR, "via", "192.0.2.2"])
+        // the agent installs no routes: the remote subnet via the link, from our inner address
+        .route(
+            NODE,
+            &[
+                REMOTE_NET,
+                "via",
+                "192.0.2.2",
+                "src",
+                &LOCAL_HOST.to_string(),
+            ],
+        )
+        .build()
+        .expect("namespaces");
+    let gw = topo.ns(NODE).unwrap().to_owned();
+    let remote = topo.ns("remote").unwrap().to_owned();
+
+    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
+    conn.local_addrs = vec![REMOTE_ADDR.into()];
+    conn.proposals = vec![IKE.into()];
+    let mut child = ChildConfig::new("net", REMOTE_NET, LOCAL_NET);
+    child.esp_proposals = vec![ESP.into()];
+    conn.children.push(child);
+    let cfg = CharonConfig {
+        plugins: Plugins::KernelNetlink,
+        connections: vec![conn],
+        secrets: vec![Secret::Ike {
+            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
+            secret: PSK.into(),
+        }],
+        ..CharonConfig::default()
+    };
+    // the boot's first charon start can exceed the harness's 20 s: one retry
+    let charon = Charon::start(&remote, &cfg)
+        .or_else(|e| {
+            println!("guest: first charon start failed, retrying: {e:#}");
+            Charon::start(&remote, &cfg)
+        })
+        .expect("charon");
+    println!("guest: charon up at {:.1} s", t0.elapsed().as_secs_f64());
+
+    // run the agent from the guest's tmpfs, not over 9p
+    let bin = Path::new("/tmp/strait-agent");
+    fs::copy(dir.join("strait-agent"), bin).unwrap();
+    let api = SocketAddr::from((vm::HOST_LOOPBACK, port));
+    let forward = PortForward::start(&gw, api).expect("API forward into the node");
+    let log = PathBuf::from("/tmp/strait-agent-gw1.log");
+    let out = fs::File::create(&log).unwrap();
+    let agent_child = netns::exec_command(
+        &gw,
+        &[
+            bin.to_str().unwrap(),
+            "cluster",
+            "--node",
+            NODE,
+            "--namespace",
+            NAMESPACE,
+            "--status-socket",
+            "/tmp/strait-agent-gw1.sock",
+            "--dataplane",
+            "kernel",
+            "--metrics-addr",
+            "off",
+        ],
+    )
+    .env("KUBECONFIG", dir.join("kubeconfig"))
+    .env("RUST_LOG", "info,kube=warn")
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out)
+    .spawn()
+    .unwrap();
+    let mut agent = GuestAgent {
+        child: agent_child,
+        log,
+        _forward: forward,
+    };
+    fs::write(dir.join("node-up"), "").unwrap();
+    println!(
+        "guest: agent started at {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // ---- the host applies the tunnel: charon and the kernel get the SAs ----
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(600))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n--- agent:\n{}\n--- charon:\n{}",
+                agent.log(),
+                charon.log()
+            )
+        });
+    wait_until(
+        "the agent's two SAs and three policies in the node",
+        Duration::from_secs(60),
+        || sas(&gw).len() == 2 && policies(&gw).len() == 3,
+        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+    );
+    println!("guest: tunnel up at {:.1} s", t0.elapsed().as_secs_f64());
+    for (node, from, to) in [
+        (NODE, LOCAL_HOST, REMOTE_HOST),
+        ("remote", REMOTE_HOST, LOCAL_HOST),
+    ] {
+        if let Err(e) = topo.ping(node, Some(from), to, 3) {
+            panic!(
+                "ping {from} -> {to}: {e:#}\n{:?}\n{:?}\n--- agent:\n{}\n--- charon:\n{}",
+                sas(&gw),
+                sas(&remote),
+                agent.log(),
+                charon.log()
+            );
+        }
+    }
+    let ours = sas(&gw);
+    let theirs = sas(&remote);
+    let gw_addr = "192.0.2.1";
+    let sa_in = ours.iter().find(|s| s.1 == gw_addr).expect("inbound SA");
+    let sa_out = ours
+        .iter()
+        .find(|s| s.1 == REMOTE_ADDR)
+        .expect("outbound SA");
+    let their_in = theirs
+        .iter()
+        .find(|s| s.1 == REMOTE_ADDR)
+        .expect("charon's inbound SA");
+    let their_out = theirs
+        .iter()
+        .find(|s| s.1 == gw_addr)
+        .expect("charon's outbound SA");
+    assert!(sa_in.3 > 0 && sa_out.3 > 0, "no ESP counted: {ours:?}");
+    // the same SPIs and byte counts on both ends: the pings went through these SAs
+    assert_eq!(
+        (&sa_out.0, sa_out.2),
+        (&their_in.0, their_in.2),
+        "{ours:?} {theirs:?}"
+    );
+    assert_eq!(
+        (&sa_in.0, sa_in.2),
+        (&their_out.0, their_out.2),
+        "{ours:?} {theirs:?}"
+    );
+    println!(
+        "guest: ping both ways through ESP; gw in {} B/{} pkts (spi {}), out {} B/{} pkts (spi {}), \
+         equal to charon's kernel counters",
+        sa_in.2, sa_in.3, sa_in.0, sa_out.2, sa_out.3, sa_out.0
+    );
+    fs::write(
+        dir.join("traffic"),
+        format!("{} {} {} {}", sa_in.0, sa_out.0, sa_in.2, sa_out.2),
+    )
+    .unwrap();
+
+    // ---- the host deletes the tunnel: DELETE reaches charon, the node's kernel is clean ----
+    wait_until(
+        "charon's IKE SA gone after the deletion",
+        Duration::from_secs(300),
+        || charon.list_sas().is_ok_and(|s| s.ike_sas.is_empty()),
+        || {
+            format!(
+                "{}\n--- agent:\n{}",
+                charon.list_sas().map(|s| s.raw).unwrap_or_default(),
+                agent.log()
+            )
+        },
+    );
+    let deleted = Instant::now();
+    wait_until(
+        "the node's SAs and policies removed",
+        Duration::from_secs(30),
+        || sas(&gw).is_empty() && policies(&gw).is_empty(),
+        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+    );
+    assert!(
+        charon.log().contains("received DELETE"),
+        "charon got no DELETE:\n{}",
+        charon.log()
+    );
+    println!(
+        "guest: DELETE reached charon; node SAs and policies gone {:?} later",
+        deleted.elapsed()
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit {st}\n{}", agent.log());
+    assert!(
+        !agent.log().contains(PSK),
+        "the PSK reached the agent's log"
+    );
+    println!("{GUEST_PASS} at {:.1} s", t0.elapsed().as_secs_f64());
+}
