@@ -101,6 +101,8 @@ pub struct ControlPlane {
     server_url: String,
     kubeconfig: PathBuf,
     etcd_url: String,
+    /// kube-apiserver's arguments while it is stopped by [`ControlPlane::stop_apiserver`].
+    stopped_apiserver: Option<Vec<std::ffi::OsString>>,
 }
 
 impl ControlPlane {
@@ -234,6 +236,7 @@ impl ControlPlane {
             server_url,
             kubeconfig,
             etcd_url,
+            stopped_apiserver: None,
         };
         cp.wait_ready(deadline)?;
         Ok(cp)
@@ -369,6 +372,117 @@ impl ControlPlane {
     /// The last `lines` lines of each process's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         self.group.log_tail(lines)
+    }
+
+    /// The process id of the running kube-apiserver, if it runs.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.group
+            .children
+            .iter()
+            .find(|(name, _, _)| name == "kube-apiserver")
+            .map(|(_, c, _)| c.id())
+    }
+
+    /// Freezes kube-apiserver (SIGSTOP): its sockets stay open but nothing answers, the way a
+    /// hung or partitioned API server looks to clients. Undo with [`Self::resume_apiserver`].
+    ///
+    /// # Errors
+    /// The API server is not running or the signal failed.
+    pub fn pause_apiserver(&self) -> Result<()> {
+        self.signal_apiserver(Signal::SIGSTOP)
+    }
+
+    /// Lets a paused kube-apiserver run again (SIGCONT).
+    ///
+    /// # Errors
+    /// The API server is not running or the signal failed.
+    pub fn resume_apiserver(&self) -> Result<()> {
+        self.signal_apiserver(Signal::SIGCONT)
+    }
+
+    fn signal_apiserver(&self, sig: Signal) -> Result<()> {
+        let pid = self
+            .apiserver_pid()
+            .ok_or_else(|| anyhow!("kube-apiserver is not running"))?;
+        let pid = i32::try_from(pid).context("pid out of range")?;
+        nix::sys::signal::kill(Pid::from_raw(pid), sig)
+            .with_context(|| format!("sending {sig} to kube-apiserver"))
+    }
+
+    /// Kills kube-apiserver (SIGKILL, no graceful shutdown: clients see connections reset, then
+    /// refused) and waits for it to exit. etcd keeps running, so nothing stored is lost.
+    /// [`Self::start_apiserver`] brings it back with the same arguments, port and certificate.
+    ///
+    /// # Errors
+    /// The API server is not running, or its command line cannot be read.
+    pub fn stop_apiserver(&mut self) -> Result<()> {
+        let idx = self
+            .group
+            .children
+            .iter()
+            .position(|(name, _, _)| name == "kube-apiserver")
+            .ok_or_else(|| anyhow!("kube-apiserver is not running"))?;
+        let pid = self
+            .group
+            .children
+            .get(idx)
+            .map(|(_, c, _)| c.id())
+            .ok_or_else(|| anyhow!("kube-apiserver is not running"))?;
+        // Its own argv is the one source of truth for a restart with the same flags.
+        let raw = fs::read(format!("/proc/{pid}/cmdline"))
+            .context("reading kube-apiserver's command line")?;
+        let argv: Vec<std::ffi::OsString> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a).to_owned())
+            .collect();
+        let (_, mut child, log) = self.group.children.remove(idx);
+        let _ = child.kill();
+        child.wait().context("waiting for kube-apiserver to exit")?;
+        // keep the first run's log next to the next one's
+        let _ = fs::rename(&log, log.with_extension("log.stopped"));
+        self.stopped_apiserver = Some(argv.into_iter().skip(1).collect());
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again after [`Self::stop_apiserver`], with the same arguments (so
+    /// the same port, etcd and serving certificate), and waits until `/readyz` is ok.
+    ///
+    /// # Errors
+    /// It was not stopped, or it did not become ready in time.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        let args = self
+            .stopped_apiserver
+            .take()
+            .ok_or_else(|| anyhow!("kube-apiserver was not stopped by stop_apiserver"))?;
+        let mut cmd = Command::new(&self.bins.kube_apiserver);
+        cmd.args(&args);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.group.spawn("kube-apiserver", cmd)?;
+            match self.wait_ready(Instant::now() + APISERVER_READY_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                // The port can linger for a moment after SIGKILL; a second try then succeeds.
+                Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!("kube-apiserver restart: port still taken, retrying: {e:#}");
+                    if let Some(i) = self
+                        .group
+                        .children
+                        .iter()
+                        .position(|(name, _, _)| name == "kube-apiserver")
+                    {
+                        let (_, mut c, _) = self.group.children.remove(i);
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                    cmd = Command::new(&self.bins.kube_apiserver);
+                    cmd.args(&args);
+                }
+                Err(StartError::PortTaken(e) | StartError::Other(e)) => return Err(e),
+            }
+        }
     }
 }
 
