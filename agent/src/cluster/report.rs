@@ -39,6 +39,11 @@ pub fn has_entry(t: &IPsecTunnel, node: &str) -> bool {
         .is_some_and(|s| s.gateways.iter().any(|g| g.node == node))
 }
 
+/// IKE SA established with at least one CHILD SA: what the operator reports as Ready.
+fn is_up(e: &GatewayStatus) -> bool {
+    e.ike_state.as_deref() == Some("Established") && !e.child_sas.is_empty()
+}
+
 /// On-change, rate-limited writes: remembers what was last written for each tunnel and when the
 /// last attempt was.
 #[derive(Debug)]
@@ -57,12 +62,17 @@ impl Writer {
     }
 
     /// Whether `entry` should be written for `tunnel` now: it differs from what was written,
-    /// and the last attempt is at least the interval ago.
+    /// and the last attempt is at least the interval ago, or the tunnel has just come up after a
+    /// write that took. Coming up is what Ready waits for; it follows the first write
+    /// (`Connecting`) by milliseconds and happens at most once per handshake, so it skips the
+    /// interval. A failed write is still retried only after the interval.
     pub fn due(&self, tunnel: &str, entry: &GatewayStatus, now: Instant) -> bool {
         match self.last.get(tunnel) {
             None => true,
             Some((written, at)) => {
-                written.as_ref() != Some(entry) && now.duration_since(*at) >= self.min_interval
+                written.as_ref() != Some(entry)
+                    && (now.duration_since(*at) >= self.min_interval
+                        || (is_up(entry) && written.as_ref().is_some_and(|w| !is_up(w))))
             }
         }
     }
@@ -112,6 +122,37 @@ mod tests {
         assert!(w.due("t", &entry("Established"), t0 + Duration::from_secs(2)));
         w.forget("t");
         assert!(w.due("t", &entry("Established"), t0));
+    }
+
+    #[test]
+    fn coming_up_is_written_at_once_once() {
+        let up = |spi: &str| GatewayStatus {
+            child_sas: vec![strait_crds::ChildSaStatus {
+                spi_in: spi.into(),
+                spi_out: spi.into(),
+                ..strait_crds::ChildSaStatus::default()
+            }],
+            ..entry("Established")
+        };
+        let t0 = Instant::now();
+        let soon = t0 + Duration::from_millis(30);
+        let mut w = Writer::new(Duration::from_secs(1));
+        w.attempted("t", Some(entry("Connecting")), t0);
+        // established without a CHILD SA is not up: rate-limited
+        assert!(!w.due("t", &entry("Established"), soon));
+        assert!(w.due("t", &up("01"), soon));
+        w.attempted("t", Some(up("01")), soon);
+        // further changes while up wait for the interval
+        assert!(!w.due("t", &up("02"), soon + Duration::from_millis(10)));
+        assert!(w.due("t", &up("02"), soon + Duration::from_secs(1)));
+        // a failed write is retried after the interval, not at once
+        w.attempted("t", Some(entry("Connecting")), t0);
+        w.attempted("t", None, soon);
+        assert!(!w.due("t", &up("01"), soon + Duration::from_millis(10)));
+        assert!(w.due("t", &up("01"), soon + Duration::from_secs(1)));
+        // going down is rate-limited as before
+        w.attempted("t", Some(up("01")), soon);
+        assert!(!w.due("t", &entry("Connecting"), soon + Duration::from_millis(10)));
     }
 
     #[test]
