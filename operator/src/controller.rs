@@ -42,6 +42,51 @@ pub const FIELD_MANAGER: &str = "strait-operator";
 const DAEMONSET_RESYNC: Duration = Duration::from_secs(300);
 /// How often a tunnel is reconciled when no event and no lease expiry comes first.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How long the direct read of a heartbeat Lease may take before the API server counts as away.
+const LEASE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether this operator could see the API server lately. A heartbeat Lease only looks expired
+/// to us because we saw no renewal; while we could not see (the API server down or hung, our
+/// watch broken) and for one lease duration after, a missing renewal proves nothing, so the
+/// active gateway keeps its tunnels. Without this, every tunnel was torn down and rebuilt after
+/// any API outage longer than the lease.
+#[derive(Debug)]
+struct ApiSight {
+    /// A request or watch failed and nothing succeeded since.
+    failing: bool,
+    /// Since when requests succeed again (or since start: a new operator has seen no renewals).
+    ok_since: Instant,
+}
+
+impl ApiSight {
+    fn new(now: Instant) -> Self {
+        Self {
+            failing: false,
+            ok_since: now,
+        }
+    }
+
+    fn failed(&mut self) {
+        self.failing = true;
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        if self.failing {
+            self.failing = false;
+            self.ok_since = now;
+        }
+    }
+
+    /// Until when an expired-looking heartbeat (lease of `grace`) proves nothing; `None` when
+    /// we have seen well enough for long enough to trust it.
+    fn blind_until(&self, grace: Duration, now: Instant) -> Option<Instant> {
+        if self.failing {
+            return Some(now + grace);
+        }
+        let until = self.ok_since + grace;
+        (until > now).then_some(until)
+    }
+}
 
 /// What the controller needs from the command line.
 #[derive(Debug, Clone)]
@@ -67,6 +112,7 @@ struct Context {
     tunnels: Store<IPsecTunnel>,
     ready_by_tunnel: Mutex<BTreeMap<String, String>>,
     last_daemonset: Mutex<Option<(String, Instant)>>,
+    sight: Arc<Mutex<ApiSight>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -94,9 +140,19 @@ pub async fn run(
     .try_filter(|l| std::future::ready(heartbeat::node_of_lease(&l.name_any()).is_some()))
     .map_ok(|_| ());
     // Any Node or heartbeat change may move a gateway: re-reconcile every tunnel (there are few).
-    let triggers = futures::stream::select(node_events, lease_events).filter_map(|r| async {
-        r.map_err(|e| tracing::warn!(error = %e, "watching nodes or leases failed"))
-            .ok()
+    let sight = Arc::new(Mutex::new(ApiSight::new(Instant::now())));
+    let watch_sight = sight.clone();
+    let triggers = futures::stream::select(node_events, lease_events).filter_map(move |r| {
+        if let Ok(mut s) = watch_sight.lock() {
+            match &r {
+                Ok(()) => s.succeeded(Instant::now()),
+                Err(_) => s.failed(),
+            }
+        }
+        async {
+            r.map_err(|e| tracing::warn!(error = %e, "watching nodes or leases failed"))
+                .ok()
+        }
     });
 
     let controller = Controller::new(Api::<IPsecTunnel>::all(client.clone()), wc);
@@ -114,6 +170,7 @@ pub async fn run(
         tunnels: controller.store(),
         ready_by_tunnel: Mutex::new(BTreeMap::new()),
         last_daemonset: Mutex::new(None),
+        sight,
     });
 
     // With no tunnel there is no reconcile: bring the DaemonSet in line once at start.
@@ -221,7 +278,11 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
                 format!("spec.gateway.nodeSelector cannot be evaluated: {e}"),
             )),
         ),
-        Some(Ok(sel)) => (Some((ctx.elect(&sel, previous.as_deref(), now), sel)), None),
+        Some(Ok(sel)) => {
+            let e = ctx.elect(&sel, previous.as_deref(), now);
+            let e = ctx.confirm_expiry(e, previous.as_deref(), &sel, now).await;
+            (Some((e, sel)), None)
+        }
     };
     let situation = match (&election, &bad_selector) {
         (Some((e, _)), _) => match &e.active {
@@ -360,6 +421,85 @@ impl Context {
             active,
             matching_nodes,
         }
+    }
+
+    /// The current gateway `previous` lost the election: if only because its heartbeat looks
+    /// expired, check that before it loses the tunnel. It keeps the tunnel while this operator
+    /// could not see the API server lately ([`ApiSight`]), or when a direct read of its Lease
+    /// (not the watch cache, which may lag) shows it renewed.
+    async fn confirm_expiry(
+        &self,
+        mut e: Election,
+        previous: Option<&str>,
+        sel: &Selector,
+        now: Timestamp,
+    ) -> Election {
+        let Some(prev) = previous.filter(|p| e.active.as_deref() != Some(*p)) else {
+            return e;
+        };
+        // a node removed, being deleted or deselected loses the role at once
+        match self.nodes.get(&ObjectRef::new(prev)) {
+            Some(n) if n.metadata.deletion_timestamp.is_none() && sel.matches(n.labels()) => {}
+            _ => return e,
+        }
+        let lease_ref =
+            ObjectRef::new(&heartbeat::lease_name(prev)).within(&self.settings.namespace);
+        // no Lease at all: the agent never ran or was removed, not a renewal we missed
+        let Some(cached) = self.leases.get(&lease_ref) else {
+            return e;
+        };
+        let secs = cached
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_duration_seconds)
+            .filter(|s| *s > 0)
+            .unwrap_or(heartbeat::DEFAULT_LEASE_DURATION_SECONDS);
+        let grace = Duration::from_secs(u64::try_from(secs).unwrap_or(15));
+        let lock = |f: &dyn Fn(&mut ApiSight)| {
+            if let Ok(mut s) = self.sight.lock() {
+                f(&mut s);
+            }
+        };
+        let api = Api::<Lease>::namespaced(self.client.clone(), &self.settings.namespace);
+        let read = tokio::time::timeout(LEASE_READ_TIMEOUT, api.get(&lease_ref.name)).await;
+        let fresh = match read {
+            Ok(Ok(l)) => {
+                lock(&|s| s.succeeded(Instant::now()));
+                Some(l)
+            }
+            Ok(Err(kube::Error::Api(ae))) if ae.code == 404 => {
+                lock(&|s| s.succeeded(Instant::now()));
+                None
+            }
+            Ok(Err(_)) | Err(_) => {
+                lock(&|s| s.failed());
+                None
+            }
+        };
+        let renewed = fresh
+            .as_ref()
+            .and_then(heartbeat::expires_at)
+            .filter(|exp| *exp > now);
+        let blind = self
+            .sight
+            .lock()
+            .ok()
+            .and_then(|s| s.blind_until(grace, Instant::now()))
+            .and_then(|until| {
+                let left = until.saturating_duration_since(Instant::now());
+                now.checked_add(SignedDuration::try_from(left).ok()?).ok()
+            });
+        if let Some(until) = renewed.or(blind) {
+            tracing::info!(
+                node = prev,
+                renewed = renewed.is_some(),
+                "the gateway's heartbeat looked expired, but it renewed or the API server was \
+                 not visible lately: keeping the gateway"
+            );
+            e.active = Some(prev.to_owned());
+            e.active_expires = Some(until);
+        }
+        e
     }
 
     /// Why `node` stopped being a candidate, for the failover Event.
@@ -504,5 +644,35 @@ impl Context {
             *g = Some((key, Instant::now()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_proves_nothing_while_and_shortly_after_the_api_is_not_visible() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(6);
+        let mut s = ApiSight::new(t0);
+        // a new operator has seen no renewals yet
+        assert_eq!(s.blind_until(lease, t0), Some(t0 + lease));
+        assert_eq!(s.blind_until(lease, t0 + lease), None);
+        // the API server goes away: blind for as long as it lasts
+        let down = t0 + Duration::from_secs(10);
+        s.failed();
+        assert_eq!(s.blind_until(lease, down), Some(down + lease));
+        let later = down + Duration::from_secs(60);
+        assert_eq!(s.blind_until(lease, later), Some(later + lease));
+        // back: one more lease duration for the agents to renew
+        s.succeeded(later);
+        assert_eq!(
+            s.blind_until(lease, later + Duration::from_secs(1)),
+            Some(later + lease)
+        );
+        // further successes do not extend it
+        s.succeeded(later + Duration::from_secs(3));
+        assert_eq!(s.blind_until(lease, later + lease), None);
     }
 }
