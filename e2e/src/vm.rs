@@ -255,16 +255,52 @@ impl Drop for Running {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        if let Ok(pg) = i32::try_from(child.id()).map(Pid::from_raw) {
-            // TERM lets `timeout` pass it on to qemu; KILL after a grace period
-            let _ = killpg(pg, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(100));
+        // `timeout` in run.sh moves itself (and vng, qemu) into a process group of its own, so
+        // signalling run.sh's group is not enough: kill every descendant, found by parent pid.
+        if let Ok(root) = i32::try_from(child.id()) {
+            let mut all = descendants(root);
+            all.push(root);
+            for pid in all {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            let _ = killpg(pg, Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(root), Signal::SIGKILL);
         }
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Every process below `root` (children, grandchildren, ...), from `/proc/*/stat`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while let Some(&p) = found.get(i) {
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.retain(|&p| p != root);
+    found
 }
