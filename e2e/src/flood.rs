@@ -606,12 +606,14 @@ impl Mutator {
                     .unwrap_or_default();
                 m.resize(HEADER_LEN, 0);
                 // a chain of tiny payloads: Notify (41), Vendor ID (43) or an unknown
-                // non-critical type (200), up to a ~60 KB datagram
+                // non-critical type (200), in a datagram of up to 64,000 bytes (UDP over
+                // IPv4 carries at most 65,507)
                 let ty = [41u8, 43, 200]
                     .get(self.rng.below(3))
                     .copied()
                     .unwrap_or(41);
-                let count = 1000 + self.rng.below(14_000);
+                let size = if ty == 41 { 8 } else { 4 };
+                let count = 1000 + self.rng.below((64_000 - HEADER_LEN) / size - 1000);
                 if let Some(b) = m.get_mut(16) {
                     *b = ty;
                 }

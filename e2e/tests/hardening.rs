@@ -339,7 +339,7 @@ fn receive(sock: UdpSocket, stop: Arc<AtomicBool>, rx: Arc<Received>) -> thread:
 fn malformed_datagrams_leave_the_tunnel_and_the_agent_intact() {
     let _serial = netns::serial();
     let (count, rate) = if long() {
-        (150_000u64, 5_000u64)
+        (200_000u64, 5_000u64)
     } else {
         (20_000, 5_000)
     };
@@ -827,10 +827,12 @@ fn random_loss(ns: &str, percent: u32) {
         "table inet strait_loss {{
   chain input {{
     type filter hook input priority 0; policy accept;
+    udp dport {{ 500, 4500 }} counter
     udp dport {{ 500, 4500 }} numgen random mod 100 < {percent} counter drop
   }}
   chain output {{
     type filter hook output priority 0; policy accept;
+    udp sport {{ 500, 4500 }} counter
     udp sport {{ 500, 4500 }} numgen random mod 100 < {percent} counter drop
   }}
 }}
@@ -841,8 +843,8 @@ fn random_loss(ns: &str, percent: u32) {
     netns::exec(ns, &["nft", "-f", path.path().to_str().unwrap()]).unwrap();
 }
 
-/// Packets each loss rule dropped: (input, output).
-fn loss_counters(ns: &str) -> (u64, u64) {
+/// IKE datagrams seen and dropped by the loss rules: ((seen, dropped) in, (seen, dropped) out).
+fn loss_counters(ns: &str) -> ((u64, u64), (u64, u64)) {
     let out = netns::exec(ns, &["nft", "list", "table", "inet", "strait_loss"]).unwrap();
     let counts: Vec<u64> = out
         .stdout
@@ -852,10 +854,8 @@ fn loss_counters(ns: &str) -> (u64, u64) {
             l[at + 16..].split_whitespace().next()?.parse().ok()
         })
         .collect();
-    (
-        counts.first().copied().unwrap_or(0),
-        counts.get(1).copied().unwrap_or(0),
-    )
+    let c = |i: usize| counts.get(i).copied().unwrap_or(0);
+    ((c(0), c(1)), (c(2), c(3)))
 }
 
 /// 3: 20 % loss on the IKE path both ways; tunnels still establish and rekey.
@@ -952,7 +952,10 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
             let enough = count("strait_rekeys_total{kind=\"child\"}") >= f64::from(CHILD_REKEYS)
                 && count("strait_rekeys_total{kind=\"ike\"}") >= f64::from(IKE_REKEYS)
                 && span(&charon_child) >= CHILD_REKEYS
-                && span(&charon_ike) >= IKE_REKEYS;
+                && span(&charon_ike) >= IKE_REKEYS
+                // and our status was sampled after them too
+                && child_spis.len() >= 2
+                && ike_spis.len() >= 2;
             if stop_early && enough {
                 break;
             }
@@ -996,15 +999,15 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
     let metrics =
         flood::scrape_metrics(&left.ns, "127.0.0.1:9470".parse().unwrap()).unwrap_or_default();
     let m = |n: &str| flood::metric(&metrics, n).unwrap_or(-1.0);
-    let (dropped_in, dropped_out) = loss_counters(&left.ns);
+    let ((seen_in, dropped_in), (seen_out, dropped_out)) = loss_counters(&left.ns);
     let log = agent.log();
     let charon_log = charon.log();
     eprintln!(
         "\n20 % loss: established after {established_after:.1?}; watched {watched:.1?}: our CHILD SPIs \
          {}, our IKE SPIs {}, charon CHILD ids {}, charon IKE ids {}; not-ready samples {}/{}\n  \
          metrics: rekeys child {} ike {}, retransmissions {}; our log: {} CHILD installs, {} IKE \
-         rekeys; charon: {} retransmits\n  nft dropped {dropped_in} inbound, {dropped_out} \
-         outbound IKE datagrams",
+         rekeys; charon: {} retransmits\n  nft dropped {dropped_in} of {seen_in} inbound and \
+         {dropped_out} of {seen_out} outbound IKE datagrams",
         child_spis.len(),
         ike_spis.len(),
         charon_child.len(),
