@@ -300,6 +300,7 @@ spec:
         "the guest's traffic checks",
     );
     let spis: Vec<&str> = traffic.split_whitespace().take(2).collect();
+    assert_eq!(spis.len(), 2, "the guest's traffic file: {traffic:?}");
     let child = &entry["childSas"][0];
     let ours = |k: &str| {
         child[k]
@@ -391,6 +392,13 @@ impl Drop for GuestAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `path` whole: the host polls for it and must never read it half-written.
+fn publish(path: &Path, text: &str) {
+    let tmp = path.with_extension("partial");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
 }
 
 /// One SA of `ip -s xfrm state`: (spi hex, dst, bytes, packets).
@@ -560,7 +568,7 @@ fn guest_gateway_node() {
         log,
         _forward: forward,
     };
-    fs::write(dir.join("node-up"), "").unwrap();
+    publish(&dir.join("node-up"), "up");
     println!(
         "guest: agent started at {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -630,11 +638,10 @@ fn guest_gateway_node() {
          equal to charon's kernel counters",
         sa_in.2, sa_in.3, sa_in.0, sa_out.2, sa_out.3, sa_out.0
     );
-    fs::write(
-        dir.join("traffic"),
-        format!("{} {} {} {}", sa_in.0, sa_out.0, sa_in.2, sa_out.2),
-    )
-    .unwrap();
+    publish(
+        &dir.join("traffic"),
+        &format!("{} {} {} {}", sa_in.0, sa_out.0, sa_in.2, sa_out.2),
+    );
 
     // ---- the host deletes the tunnel: DELETE reaches charon, the node's kernel is clean ----
     wait_until(
