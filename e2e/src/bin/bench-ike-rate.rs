@@ -328,9 +328,13 @@ spec:
     /// Tunnels whose IKE SA is established with a CHILD SA.
     fn established(&self) -> Result<usize> {
         let v = self.status()?;
-        Ok(v["tunnels"]
-            .as_array()
-            .map_or(0, |t| t.iter().filter(|t| t["ready"] == true).count()))
+        Ok(v.get("tunnels")
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, |t| {
+                t.iter()
+                    .filter(|t| t.get("ready") == Some(&serde_json::Value::Bool(true)))
+                    .count()
+            }))
     }
 
     fn log_tail(&self) -> String {
@@ -381,7 +385,10 @@ fn charon_config(proposal: &str) -> CharonConfig {
         block_threshold: None,
         init_limit_half_open: None,
         // strongSwan's default log levels (1)
-        log_level: std::env::var("STRAIT_BENCH_CHARON_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        log_level: std::env::var("STRAIT_BENCH_CHARON_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         extra_charon: vec![
             format!("cookie_threshold_ip = {COOKIE_THRESHOLD_IP}"),
             // no kernel routes per CHILD SA: the agent installs nothing either
