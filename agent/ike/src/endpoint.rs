@@ -511,10 +511,16 @@ impl Endpoint {
         let key = (remote, msg.header.initiator_spi);
         if let Some(id) = self.by_init.get(&key).copied() {
             // A retransmission (or a retry with a cookie that crossed our answer): resend ours.
-            if let Some(sa) = self.sas.get(&id)
-                && matches!(sa.state, State::InitReplied(_))
+            if let Some(sa) = self.sas.get_mut(&id)
+                && let State::InitReplied(replied) = &mut sa.state
+                && same_request(&replied.init.request, raw, &msg)
                 && let Some(cached) = sa.c.win.cached_response()
             {
+                // The initiator signs the request it sent last (RFC 7296 §2.15): after a cookie
+                // retry that is the one with the COOKIE, whichever of its requests we answered.
+                if replied.init.request != raw {
+                    replied.init.request = raw.to_vec();
+                }
                 let cached = cached.to_vec();
                 let mut ctx = Ctx {
                     now,
@@ -679,6 +685,29 @@ enum Outcome {
     Integrity,
     Unexpected,
     Retransmit,
+}
+
+/// Whether `raw` (parsed: `msg`) is the IKE_SA_INIT request we answered (`answered`) again:
+/// byte for byte, or the same request with a COOKIE added in front, which an initiator sends when
+/// our answer to its first request crossed a cookie challenge (§2.6: all other payloads
+/// unchanged).
+fn same_request(answered: &[u8], raw: &[u8], msg: &Message) -> bool {
+    if answered == raw {
+        return true;
+    }
+    let Ok(before) = Message::parse(answered) else {
+        return false;
+    };
+    let without_cookie = |m: &Message| -> Vec<Payload> {
+        m.payloads
+            .iter()
+            .filter(|p| !matches!(p, Payload::Notify(n) if n.ty == NotifyType::COOKIE))
+            .cloned()
+            .collect()
+    };
+    msg.notify(NotifyType::COOKIE).is_some()
+        && before.header == msg.header
+        && without_cookie(&before) == without_cookie(msg)
 }
 
 /// Takes an authenticated fragment (RFC 7383 §2.6): a fragment of the response we wait for or

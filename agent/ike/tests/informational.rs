@@ -126,6 +126,96 @@ fn forged_or_stale_cookies_are_refused() {
     assert_eq!(q.b.stats().cookies_sent, before + 1, "challenged again");
 }
 
+/// Our answer to A's first IKE_SA_INIT crosses a COOKIE challenge (the half-open count fell
+/// below the threshold between A's two requests): A retries with the cookie and signs that
+/// retry (RFC 7296 §2.15), so B must verify A's AUTH over the retry, not over the request it
+/// first answered. Seen at the end of a 5,000-SA benchmark run as AuthenticationFailed.
+#[test]
+fn an_answer_that_crosses_a_cookie_retry_still_authenticates() {
+    use strait_ike::codec::{
+        ExchangeType, Flags, Header, Message, Notify, NotifyType, Payload, Spi,
+    };
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    let first = p.a.poll_transmit().unwrap();
+    // B answers the first request in full; the answer is held in the network for now.
+    p.b.handle(p.now, first.remote, first.local, &first.payload);
+    let answer = p.b.poll_transmit().unwrap();
+    // Meanwhile a COOKIE challenge for that request (from when B was busy) reaches A.
+    let request = Message::parse(&first.payload).unwrap();
+    let challenge = Message {
+        header: Header {
+            initiator_spi: request.header.initiator_spi,
+            responder_spi: Spi::ZERO,
+            exchange_type: ExchangeType::IKE_SA_INIT,
+            flags: Flags::RESPONSE,
+            message_id: 0,
+        },
+        payloads: vec![Payload::Notify(Notify::new(
+            NotifyType::COOKIE,
+            vec![7; 33],
+        ))],
+    };
+    p.a.handle(
+        p.now,
+        answer.remote,
+        answer.local,
+        &challenge.encode().unwrap(),
+    );
+    let retry = p.a.poll_transmit().unwrap();
+    assert!(
+        Message::parse(&retry.payload)
+            .unwrap()
+            .notify(NotifyType::COOKIE)
+            .is_some()
+    );
+    // B sees the retry as the same request (same SPI, KE and nonce) and answers it again.
+    p.b.handle(p.now, retry.remote, retry.local, &retry.payload);
+    assert_eq!(p.b.ike_sa_count(), 1, "still one half-open SA at B");
+    let again = p.b.poll_transmit().unwrap();
+    assert_eq!(again.payload, answer.payload, "the cached answer, resent");
+    // A takes the answer; IKE_AUTH must now succeed on both sides.
+    p.a.handle(p.now, answer.remote, answer.local, &answer.payload);
+    p.run_for(Duration::from_secs(1));
+    assert!(
+        Pair::downs(&p.ev_b).is_empty(),
+        "{:?}",
+        Pair::downs(&p.ev_b)
+    );
+    assert!(
+        Pair::downs(&p.ev_a).is_empty(),
+        "{:?}",
+        Pair::downs(&p.ev_a)
+    );
+    p.assert_children_match();
+}
+
+/// A request with the same initiator SPI from the same address but other content (not a cookie
+/// retry of it) is not taken for a retransmission: B does not answer it with the cached answer.
+#[test]
+fn a_different_request_with_a_known_spi_is_not_a_retransmission() {
+    use strait_ike::codec::{Message, Payload};
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    let first = p.a.poll_transmit().unwrap();
+    p.b.handle(p.now, first.remote, first.local, &first.payload);
+    let _answer = p.b.poll_transmit().unwrap();
+    let mut other = Message::parse(&first.payload).unwrap();
+    for pl in &mut other.payloads {
+        if let Payload::Nonce(n) = pl {
+            *n = strait_ike::codec::Nonce::new(vec![0x5a; 32]).unwrap();
+        }
+    }
+    p.b.handle(p.now, first.remote, first.local, &other.encode().unwrap());
+    assert!(
+        p.b.poll_transmit().is_none(),
+        "answered a different request"
+    );
+    assert_eq!(p.b.ike_sa_count(), 1);
+}
+
 #[test]
 fn deleting_the_ike_sa_reaches_both_sides() {
     let a = config_a();
