@@ -1,7 +1,7 @@
 //! The driver (quinn's `ConnectionDriver` shape): one task owns the sans-IO [`Endpoint`] and
 //! feeds it datagrams from the UDP sockets, the clock (only read here), and commands; after
-//! every input it drains `poll_transmit` onto the sockets and `poll_event` into the data plane,
-//! the status and the logs.
+//! every input it drains `poll_event` into the data plane, the status and the logs, then
+//! `poll_transmit` onto the sockets (kernel state before the peer hears of it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +25,8 @@ use crate::status::{AgentStatus, StatusRequest, TunnelStatus};
 
 /// First re-initiation delay after a failure; doubled up to [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Under `--test-lifetime-scale`, the least time between a scheduled rekey and the hard limit.
+const TEST_MIN_HARD_MARGIN: Duration = Duration::from_secs(5);
 /// Longest re-initiation delay.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the peers to acknowledge our DELETEs.
@@ -453,17 +455,22 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
-    /// Sends every queued datagram and acts on every queued event, until both are empty.
+    /// Acts on every queued event, then sends every queued datagram, until both are empty.
+    ///
+    /// Events first: the kernel must hold a new CHILD SA before the peer hears of it. As a
+    /// responder, our answer makes the peer send on the new SA at once, so our inbound SA must
+    /// already be installed (RFC 7296 §2.8); as a rekey initiator, the DELETE of the old SA
+    /// must not leave before the new one is in (make before break).
     async fn flush(&mut self) {
         loop {
             let mut idle = true;
-            while let Some(t) = self.endpoint.poll_transmit() {
-                idle = false;
-                self.send(t).await;
-            }
             while let Some(ev) = self.endpoint.poll_event() {
                 idle = false;
                 self.on_event(ev).await;
+            }
+            while let Some(t) = self.endpoint.poll_transmit() {
+                idle = false;
+                self.send(t).await;
             }
             if idle {
                 return;
@@ -634,9 +641,13 @@ impl<D: Dataplane> Driver<D> {
         let mut cfg = cfg.clone();
         if let Some(f) = self.lifetime_scale {
             for l in [&mut cfg.ike_lifetime, &mut cfg.child_lifetime] {
+                // The schedule is compressed, but not the time a rekey may take before the
+                // hard limit: a real margin is minutes (10 % of an hour), far above any
+                // exchange, and a scaled one under a second would test the machine's speed.
+                let margin = l.life_time.saturating_sub(l.rekey_time).mul_f64(f);
                 l.rekey_time = l.rekey_time.mul_f64(f);
                 l.rand_time = l.rand_time.mul_f64(f);
-                l.life_time = l.life_time.mul_f64(f);
+                l.life_time = l.rekey_time + margin.max(TEST_MIN_HARD_MARGIN);
             }
         }
         let peer = self
