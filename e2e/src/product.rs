@@ -306,3 +306,62 @@ pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, sa: &str) 
     fs::write(&path, text.join("\n")).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
+
+/// Builds the agent and operator binaries the tests run as processes (a no-op when current),
+/// unless `STRAIT_AGENT_BIN` and `STRAIT_OPERATOR_BIN` already name built ones.
+///
+/// # Errors
+/// cargo cannot run or the build fails (its stderr is in the error).
+pub fn build_binaries() -> Result<()> {
+    if std::env::var_os("STRAIT_OPERATOR_BIN").is_some()
+        && std::env::var_os("STRAIT_AGENT_BIN").is_some()
+    {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(&cargo)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
+        .output()
+        .with_context(|| format!("running {cargo} build"))?;
+    if !out.status.success() {
+        bail!(
+            "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The generated CRD (`crds/ipsectunnel.yaml`), applied server-side; returns once the API server
+/// serves the kind. Then the operator's namespace.
+///
+/// # Errors
+/// kubectl fails, or the CRD is not Established within 60 s.
+pub fn install_crd(cp: &ControlPlane) -> Result<String> {
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
+    let out = cp.kubectl(["apply", "--server-side", "-f", crd])?;
+    cp.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/ipsectunnels.strait.dev",
+        "--timeout=60s",
+    ])?;
+    cp.kubectl(["create", "namespace", NAMESPACE])?;
+    Ok(out)
+}
+
+/// A Node object `name` labelled `strait.dev/gateway=true` (there is no kubelet: the object is
+/// all the operator needs to elect it).
+///
+/// # Errors
+/// kubectl fails.
+pub fn gateway_node(cp: &ControlPlane, name: &str) -> Result<()> {
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
+        ),
+    )?;
+    Ok(())
+}

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
-use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
 
 const PSK: &str = "strait-outage-test-psk-7c2f90";
@@ -135,18 +135,7 @@ fn outage(default_secs: u64) -> Duration {
 }
 
 fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
-        .output()
-        .expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn tunnel(cp: &ControlPlane, name: &str) -> Value {
@@ -295,21 +284,8 @@ fn apiserver_outage_leaves_the_tunnel_alone(outage: Duration) {
     strait_e2e::cmd::require_root().expect("root");
     build_binaries();
     let mut cp = ControlPlane::start().expect("control plane");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
-    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: gw1\n  labels: {strait.dev/gateway: \"true\"}\n",
-    )
-    .unwrap();
+    product::install_crd(&cp).unwrap();
+    product::gateway_node(&cp, "gw1").unwrap();
     cp.kubectl_stdin(
         ["apply", "-f", "-"],
         &format!(

@@ -8,19 +8,10 @@
 
 use std::process::Command;
 
+use strait_e2e::product;
+
 fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
-        .output()
-        .expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

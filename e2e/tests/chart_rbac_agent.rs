@@ -34,20 +34,6 @@ const REMOTE_ADDR: &str = "192.0.2.100";
 const IKE: &str = "aes256gcm16-prfsha256-x25519";
 const ESP: &str = "aes256gcm16-x25519";
 
-fn build_agent() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = std::process::Command::new(&cargo)
-        .current_dir(workspace())
-        .args(["build", "-p", "strait-agent"])
-        .output()
-        .expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p strait-agent` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn charon_config() -> CharonConfig {
     let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
     conn.local_addrs = vec![REMOTE_ADDR.into()];
@@ -107,7 +93,7 @@ struct Installed {
 
 fn install(charon_cfg: &CharonConfig) -> Installed {
     strait_e2e::cmd::require_root().expect("root");
-    build_agent();
+    strait_e2e::product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("control plane: {e:#}"));
     let chart = workspace().join("charts/strait");
     // No --wait: without a kubelet the chart's pods never start; the binaries run as processes.

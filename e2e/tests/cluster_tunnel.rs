@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
-use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
 
 const TUNNEL: &str = "dc1-to-dc2";
@@ -48,18 +48,7 @@ const AGENT_ARGS: &[&str] = &[
 ];
 
 fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = std::process::Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
-        .output()
-        .expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn topology() -> Topology {
@@ -197,24 +186,9 @@ fn cluster_mode_end_to_end() {
     strait_e2e::cmd::require_root().expect("root");
     build_binaries();
     let cp = ControlPlane::start().expect("control plane");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
-    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    product::install_crd(&cp).unwrap();
     for node in ["gw1", "gw2"] {
-        cp.kubectl_stdin(
-            ["apply", "-f", "-"],
-            &format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
-            ),
-        )
-        .unwrap();
+        product::gateway_node(&cp, node).unwrap();
     }
     let topo = topology();
     let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
@@ -550,21 +524,8 @@ fn secret_unavailable_then_kernel_unsupported() {
     strait_e2e::cmd::require_root().expect("root");
     build_binaries();
     let cp = ControlPlane::start().expect("control plane");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
-    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: gw1\n  labels: {strait.dev/gateway: \"true\"}\n",
-    )
-    .unwrap();
+    product::install_crd(&cp).unwrap();
+    product::gateway_node(&cp, "gw1").unwrap();
     let topo = Topology::builder()
         .node("gw1")
         .node("remote")

@@ -39,7 +39,7 @@ use serde_json::Value;
 use strait_e2e::apiforward::PortForward;
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
-use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{
     Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
 };
@@ -124,22 +124,7 @@ fn stage_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
 }
 
 fn build_binaries() {
-    if std::env::var_os("STRAIT_OPERATOR_BIN").is_some()
-        && std::env::var_os("STRAIT_AGENT_BIN").is_some()
-    {
-        return; // tier.sh built them
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = Command::new(&cargo)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
-        .output()
-        .expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The host half: control plane, operator, the VM; apply → Ready → traffic → delete.
@@ -150,23 +135,8 @@ fn cluster_kernel_dataplane_in_vm() {
     build_binaries();
     let t_cp = Instant::now();
     let cp = ControlPlane::start().expect("control plane");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-    cp.kubectl(["apply", "--server-side", "-f", crd]).unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
-    cp.kubectl(["create", "namespace", NAMESPACE]).unwrap();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
-        ),
-    )
-    .unwrap();
+    product::install_crd(&cp).unwrap();
+    product::gateway_node(&cp, NODE).unwrap();
     cp.kubectl_stdin(
         ["apply", "-f", "-"],
         &format!(

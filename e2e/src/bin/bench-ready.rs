@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
-use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{
     self, Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret,
 };
@@ -478,22 +478,9 @@ impl Bench {
     fn setup(plan: Plan) -> Result<Self> {
         let t = Instant::now();
         let cp = ControlPlane::start()?;
-        let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-        cp.kubectl(["apply", "--server-side", "-f", crd])?;
-        cp.kubectl([
-            "wait",
-            "--for=condition=Established",
-            "crd/ipsectunnels.strait.dev",
-            "--timeout=60s",
-        ])?;
-        cp.kubectl(["create", "namespace", NAMESPACE])?;
+        product::install_crd(&cp)?;
         for node in NODES {
-            cp.kubectl_stdin(
-                ["apply", "-f", "-"],
-                &format!(
-                    "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
-                ),
-            )?;
+            product::gateway_node(&cp, node)?;
         }
         cp.kubectl_stdin(
             ["apply", "-f", "-"],
