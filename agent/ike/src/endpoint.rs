@@ -32,6 +32,9 @@ use crate::sa::protect::{self, Opened, ProtectError};
 use crate::sa::{Ctx, IkeSa, Req, State, informational, init_error_response};
 use crate::window::RequestCheck;
 
+mod index;
+use index::SaIndex;
+
 /// Counters of input that was dropped or answered without state (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -81,6 +84,10 @@ pub struct Endpoint {
     by_spi: HashMap<(Spi, bool), u64>,
     /// Responder: (peer address, initiator SPI) → SA, for IKE_SA_INIT retransmissions.
     by_init: HashMap<(SocketAddr, Spi), u64>,
+    /// Timers, half-open counts and SAs per tunnel.
+    index: SaIndex,
+    /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
+    dirty: Vec<u64>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_child: u64,
@@ -114,6 +121,8 @@ impl Endpoint {
             next_sa: 0,
             by_spi: HashMap::new(),
             by_init: HashMap::new(),
+            index: SaIndex::default(),
+            dirty: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_child: 0,
@@ -163,9 +172,11 @@ impl Endpoint {
         let cfg = Arc::clone(&p.cfg);
         let spi = self.fresh_spi(true);
         let others = self
-            .sas
-            .values()
-            .any(|s| s.c.peer == peer && s.established().is_some());
+            .index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
+            .any(|s| s.established().is_some());
         let unix_time = self.unix_time(now);
         let (config, sa_id) = (&self.config, self.next_sa.wrapping_add(1));
         let mut ctx = Ctx {
@@ -183,8 +194,7 @@ impl Endpoint {
             Ok(mut sa) => {
                 sa.c.initial_contact = !others;
                 self.next_sa = sa_id;
-                self.by_spi.insert((spi, true), sa_id);
-                self.sas.insert(sa_id, sa);
+                self.insert_sa(sa_id, sa);
             }
             Err(reason) => self.events.push_back(Event::IkeSaDown {
                 peer,
@@ -195,11 +205,12 @@ impl Endpoint {
                 reason,
             }),
         }
+        self.settle(now);
     }
 
     /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA exists.
     pub fn acquire(&mut self, now: Instant, peer: PeerId) {
-        if !self.sas.values().any(|s| s.c.peer == peer) {
+        if self.index.of_peer(peer).is_empty() {
             self.initiate(now, peer);
         }
     }
@@ -208,47 +219,34 @@ impl Endpoint {
     /// gone at once).
     pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
         self.peers.remove(&peer);
-        let ids: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.c.peer == peer)
-            .map(|(k, _)| *k)
-            .collect();
-        for id in ids {
+        for id in self.index.of_peer(peer) {
             self.with_sa(now, id, established::delete_locally);
         }
-        self.cleanup(now);
+        self.settle(now);
     }
 
     /// The kernel reports a CHILD SA's lifetime expiry (by either of its SPIs). A hard expiry
     /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry starts its rekey
     /// now (unless one is already queued or running, or the SA was already replaced).
     pub fn expire_child(&mut self, now: Instant, peer: PeerId, spi: EspSpi, hard: bool) {
-        if !hard {
-            let found = self.sas.iter().find_map(|(k, s)| {
-                (s.c.peer == peer
-                    && s.established()?
-                        .children
+        let found = self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| {
+                    e.children
                         .iter()
-                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0))
-                .then_some(*k)
-            });
-            if let Some(id) = found {
-                self.with_sa(now, id, |sa, ctx| {
-                    crate::sa::rekey::soft_expire(sa, ctx, spi.0);
-                });
-            }
-            return;
-        }
-        let found = self.sas.iter().find_map(|(k, s)| {
-            let e = s.established()?;
-            (s.c.peer == peer
-                && e.children
-                    .iter()
-                    .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0))
-            .then_some(*k)
+                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                })
         });
         let Some(id) = found else { return };
+        if !hard {
+            self.with_sa(now, id, |sa, ctx| {
+                crate::sa::rekey::soft_expire(sa, ctx, spi.0);
+            });
+            self.settle(now);
+            return;
+        }
         self.with_sa(now, id, |sa, ctx| {
             let State::Established(e) = &mut sa.state else {
                 return;
@@ -264,6 +262,7 @@ impl Endpoint {
                 let _ = e.flush(&mut sa.c, ctx);
             }
         });
+        self.settle(now);
     }
 
     /// The next datagram to send.
@@ -278,16 +277,20 @@ impl Endpoint {
 
     /// When [`Endpoint::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::next_timeout).min()
+        debug_assert_eq!(
+            self.index.next_deadline(),
+            self.sas.values().filter_map(IkeSa::next_timeout).min(),
+            "the timer index is out of date"
+        );
+        self.index.next_deadline()
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let ids: Vec<u64> = self.sas.keys().copied().collect();
-        for id in ids {
+        for id in self.index.due(now) {
             self.with_sa(now, id, IkeSa::on_timeout);
         }
-        self.cleanup(now);
+        self.settle(now);
     }
 
     /// Counters of dropped and statelessly answered input.
@@ -297,9 +300,10 @@ impl Endpoint {
 
     /// The CHILD SAs currently installed for `peer` (ids).
     pub fn children(&self, peer: PeerId) -> Vec<ChildSaId> {
-        self.sas
-            .values()
-            .filter(|s| s.c.peer == peer)
+        self.index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
             .filter_map(IkeSa::established)
             .flat_map(|e| e.children.iter().map(|c| c.id))
             .collect()
@@ -361,7 +365,7 @@ impl Endpoint {
             } else {
                 self.stats.malformed += 1;
             }
-            self.cleanup(now);
+            self.settle(now);
             return;
         }
         // Flags say who sent it: from the original initiator, so we are the responder.
@@ -385,7 +389,7 @@ impl Endpoint {
             Outcome::Unexpected => self.stats.unexpected += 1,
             Outcome::Retransmit => self.stats.retransmits_answered += 1,
         }
-        self.cleanup(now);
+        self.settle(now);
     }
 
     fn fresh_spi(&mut self, initiator: bool) -> Spi {
@@ -404,6 +408,7 @@ impl Endpoint {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
+        self.dirty.push(id);
         let mut ctx = Ctx {
             now,
             rng: &mut *self.rng,
@@ -427,10 +432,14 @@ impl Endpoint {
         for born in core::mem::take(&mut self.spawned) {
             self.next_sa = self.next_sa.wrapping_add(1);
             let new_id = self.next_sa;
-            self.by_spi
-                .insert((born.c.our_spi(), born.c.initiator), new_id);
-            self.sas.insert(new_id, born);
+            self.insert_sa(new_id, born);
         }
+    }
+
+    fn insert_sa(&mut self, id: u64, sa: IkeSa) {
+        self.by_spi.insert((sa.c.our_spi(), sa.c.initiator), id);
+        self.sas.insert(id, sa);
+        self.dirty.push(id);
     }
 
     /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it (same tunnel,
@@ -441,11 +450,15 @@ impl Endpoint {
             .sas
             .get(&keep)
             .and_then(|s| s.c.remote_identity.clone());
-        for (id, sa) in &mut self.sas {
-            if *id == keep || sa.c.peer != peer || sa.c.remote_identity != identity {
+        for id in self.index.of_peer(peer) {
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
+            if id == keep || sa.c.remote_identity != identity {
                 continue;
             }
             if let State::Established(e) = &mut sa.state {
+                self.dirty.push(id);
                 for ch in e.children.drain(..) {
                     self.events.push_back(child_delete_event(&sa.c, &ch));
                 }
@@ -463,21 +476,27 @@ impl Endpoint {
         }
     }
 
-    fn cleanup(&mut self, now: Instant) {
-        let done: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.finished(now))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in done {
-            if let Some(sa) = self.sas.remove(&id) {
-                self.by_spi.remove(&(sa.c.our_spi(), sa.c.initiator));
-                if !sa.c.initiator {
-                    self.by_init.remove(&(sa.c.remote, sa.c.spi_i));
-                    // The SA may have floated to another port since IKE_SA_INIT.
-                    self.by_init.retain(|_, v| *v != id);
-                }
+    /// Removes the changed SAs that are finished and re-indexes the others. Every public
+    /// method that can change an SA ends with it.
+    fn settle(&mut self, now: Instant) {
+        let mut dirty = core::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty {
+            let Some(sa) = self.sas.get(&id) else {
+                continue;
+            };
+            if !sa.finished(now) {
+                self.index.update(id, sa);
+                continue;
+            }
+            self.by_spi.remove(&(sa.c.our_spi(), sa.c.initiator));
+            self.sas.remove(&id);
+            // Keyed by the address IKE_SA_INIT came from: the SA may have floated since.
+            if let Some(key) = self.index.remove(id)
+                && self.by_init.get(&key) == Some(&id)
+            {
+                self.by_init.remove(&key);
             }
         }
     }
@@ -522,6 +541,7 @@ impl Endpoint {
                     replied.init.request = raw.to_vec();
                 }
                 let cached = cached.to_vec();
+                self.dirty.push(id);
                 let mut ctx = Ctx {
                     now,
                     rng: &mut *self.rng,
@@ -570,9 +590,11 @@ impl Endpoint {
             Ok(sa) => {
                 self.next_sa = self.next_sa.wrapping_add(1);
                 let id = self.next_sa;
-                self.by_spi.insert((spi_r, false), id);
+                self.insert_sa(id, sa);
                 self.by_init.insert(key, id);
-                self.sas.insert(id, sa);
+                // Indexed now, so that the key is remembered with it.
+                self.settle(now);
+                self.index.set_init_key(id, key);
             }
             Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
             Err(InitRefused::Drop) => self.stats.unexpected += 1,
@@ -595,13 +617,13 @@ impl Endpoint {
     }
 
     fn cookie_required(&self, remote: SocketAddr) -> bool {
-        let half: Vec<&IkeSa> = self.sas.values().filter(|s| s.half_open()).collect();
-        half.len() >= self.config.cookie_threshold
-            || half
-                .iter()
-                .filter(|s| s.c.remote.ip() == remote.ip())
-                .count()
-                >= self.config.cookie_threshold_per_ip
+        let (all, from_ip) = self.index.half_open(remote.ip());
+        debug_assert_eq!(
+            all,
+            self.sas.values().filter(|s| s.half_open()).count(),
+            "the half-open count is out of date"
+        );
+        all >= self.config.cookie_threshold || from_ip >= self.config.cookie_threshold_per_ip
     }
 
     fn rotate_cookie_secret(&mut self, now: Instant) {
