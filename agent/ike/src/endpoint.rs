@@ -10,11 +10,11 @@
 //! INVALID_KE_PAYLOAD and NO_PROPOSAL_CHOSEN to IKE_SA_INIT). Unknown SPIs are not answered
 //! with INVALID_IKE_SPI (a MAY in §2.21.4): they are counted in [`Stats`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 
 use crate::codec::{
     ExchangeType, Header, Message, Notify, NotifyType, Payload, Spi, Udp4500, classify_udp4500,
@@ -77,6 +77,8 @@ pub struct Endpoint {
     config: EndpointConfig,
     rng: Box<dyn Rng + Send>,
     peers: BTreeMap<PeerId, Peer>,
+    /// Tunnels by their remote address (`None`: any address), for IKE_SA_INIT requests.
+    peers_by_remote: HashMap<Option<IpAddr>, BTreeSet<PeerId>>,
     next_peer: u64,
     sas: BTreeMap<u64, IkeSa>,
     next_sa: u64,
@@ -116,6 +118,7 @@ impl Endpoint {
             config,
             rng,
             peers: BTreeMap::new(),
+            peers_by_remote: HashMap::new(),
             next_peer: 0,
             sas: BTreeMap::new(),
             next_sa: 0,
@@ -159,6 +162,10 @@ impl Endpoint {
         cfg.validate()?;
         self.next_peer = self.next_peer.wrapping_add(1);
         let id = PeerId(self.next_peer);
+        self.peers_by_remote
+            .entry(remote_key(&cfg))
+            .or_default()
+            .insert(id);
         self.peers.insert(id, Peer { cfg: Arc::new(cfg) });
         Ok(id)
     }
@@ -218,7 +225,15 @@ impl Endpoint {
     /// Removes a tunnel: every IKE SA with it is deleted (DELETE sent, CHILD SAs reported
     /// gone at once).
     pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
-        self.peers.remove(&peer);
+        if let Some(p) = self.peers.remove(&peer) {
+            let key = remote_key(&p.cfg);
+            if let Some(set) = self.peers_by_remote.get_mut(&key) {
+                set.remove(&peer);
+                if set.is_empty() {
+                    self.peers_by_remote.remove(&key);
+                }
+            }
+        }
         for id in self.index.of_peer(peer) {
             self.with_sa(now, id, established::delete_locally);
         }
@@ -510,15 +525,18 @@ impl Endpoint {
             (c.local_addr.ip().is_unspecified() || c.local_addr.ip() == local.ip())
                 && c.local_addr.is_ipv4() == remote.is_ipv4()
         };
-        self.peers
-            .iter()
-            .find(|(_, p)| fits(&p.cfg) && p.cfg.remote_addr.ip() == remote.ip())
-            .or_else(|| {
-                self.peers
-                    .iter()
-                    .find(|(_, p)| fits(&p.cfg) && p.cfg.remote_addr.ip().is_unspecified())
-            })
-            .map(|(id, p)| (*id, Arc::clone(&p.cfg)))
+        // The first fitting tunnel for exactly this address, else the first for any address.
+        let first = |key: Option<IpAddr>| {
+            self.peers_by_remote
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .find_map(|id| {
+                    let p = self.peers.get(id)?;
+                    fits(&p.cfg).then(|| (*id, Arc::clone(&p.cfg)))
+                })
+        };
+        first(Some(remote.ip())).or_else(|| first(None))
     }
 
     fn on_init_request(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, raw: &[u8]) {
@@ -682,6 +700,12 @@ impl Endpoint {
         .filter_map(|s| cookie_for(s, msg, remote))
         .any(|c| aws_lc_rs::constant_time::verify_slices_are_equal(&c, &n.data).is_ok())
     }
+}
+
+/// Where [`Endpoint::peers_by_remote`] files a tunnel.
+fn remote_key(cfg: &PeerConfig) -> Option<IpAddr> {
+    let ip = cfg.remote_addr.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn cookie_for(s: &CookieSecret, msg: &Message, remote: SocketAddr) -> Option<Vec<u8>> {

@@ -260,3 +260,61 @@ fn half_open_counts_follow_creation_and_expiry() {
     assert_eq!(fleet.responder.stats().retransmits_answered, answered);
     assert!(fleet.responder.poll_transmit().is_some());
 }
+
+/// An IKE_SA_INIT request goes to the first tunnel for exactly its source address whose local
+/// address fits, else to the first tunnel for any address; once neither exists it is counted
+/// as having no configuration.
+#[test]
+fn requests_find_the_tunnel_for_their_address_before_the_wildcard() {
+    let mut fleet = Fleet::new(3, |_| {}, EndpointConfig::default());
+    let any = PeerId(1);
+    let specific = |i: usize, local: &str| {
+        let mut c = mirror(&config_a());
+        c.remote_addr = SocketAddr::new(initiator_ip(i), 500);
+        c.remote_id = Identity::ip(initiator_ip(i));
+        c.local_addr = SocketAddr::new(local.parse().unwrap(), 500);
+        c
+    };
+    let for_0 = fleet.responder.add_peer(specific(0, util::B_IP)).unwrap();
+    // For initiator 1's address, but on a local address the requests do not arrive at.
+    let elsewhere = fleet
+        .responder
+        .add_peer(specific(1, "203.0.113.1"))
+        .unwrap();
+    fleet.initiate_all();
+    fleet.run_for(Duration::from_secs(5));
+
+    let mut by_initiator: Vec<(IpAddr, PeerId)> = fleet
+        .responder_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaUp {
+                peer, remote_addr, ..
+            } => Some((remote_addr.ip(), *peer)),
+            _ => None,
+        })
+        .collect();
+    by_initiator.sort();
+    assert_eq!(
+        by_initiator,
+        vec![
+            (initiator_ip(0), for_0),
+            (initiator_ip(1), any),
+            (initiator_ip(2), any),
+        ]
+    );
+
+    for peer in [any, for_0, elsewhere] {
+        fleet.responder.remove_peer(fleet.now, peer);
+    }
+    fleet.run_for(Duration::from_secs(5));
+    let (e, peer) = &mut fleet.initiators[2];
+    e.initiate(fleet.now, *peer);
+    let t = e.poll_transmit().unwrap();
+    let before = fleet.responder.stats().no_peer_config;
+    fleet
+        .responder
+        .handle(fleet.now, t.remote, t.local, &t.payload);
+    assert_eq!(fleet.responder.stats().no_peer_config, before + 1);
+    assert_eq!(fleet.responder.ike_sa_count(), 0);
+}
