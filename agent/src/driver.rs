@@ -3,7 +3,8 @@
 //! every input it drains `poll_event` into the data plane, the status and the logs, then
 //! `poll_transmit` onto the sockets (kernel state before the peer hears of it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -120,6 +121,9 @@ pub struct Driver<D: Dataplane> {
     dgram_rx: mpsc::Receiver<Datagram>,
     tunnels: BTreeMap<String, Tunnel>,
     by_peer: HashMap<PeerId, String>,
+    /// Tunnels waiting to re-initiate, earliest first, so that no wakeup scans every tunnel.
+    /// An entry whose tunnel no longer has that `retry_at` is stale and skipped.
+    retries: BinaryHeap<Reverse<(Instant, String)>>,
     next_index: u32,
     kernel_events: Option<mpsc::Receiver<KernelEvent>>,
     metrics: Option<Metrics>,
@@ -241,6 +245,7 @@ impl<D: Dataplane> Driver<D> {
             dgram_rx,
             tunnels: BTreeMap::new(),
             by_peer: HashMap::new(),
+            retries: BinaryHeap::new(),
             next_index: 0,
             kernel_events,
             metrics: Metrics::new()
@@ -338,7 +343,7 @@ impl<D: Dataplane> Driver<D> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let retry = self.tunnels.values().filter_map(|t| t.retry_at).min();
+        let retry = self.retries.peek().map(|Reverse((at, _))| *at);
         let adopt = match (self.adopt_until, self.adopt_ready_at) {
             (Some(until), Some(ready)) => Some(until.min(ready + ADOPT_SETTLE)),
             (until, _) => until,
@@ -442,15 +447,24 @@ impl<D: Dataplane> Driver<D> {
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.endpoint.handle_timeout(now);
-        for t in self.tunnels.values_mut() {
-            if t.retry_at.is_some_and(|r| r <= now) {
-                t.retry_at = None;
-                if let Some(peer) = t.peer {
-                    tracing::info!(tunnel = %t.def.name, "re-initiating");
-                    t.status.gateway.ike_state = Some("Connecting".into());
-                    t.initiated_at = Some(now);
-                    self.endpoint.initiate(now, peer);
-                }
+        while let Some(Reverse((at, _))) = self.retries.peek()
+            && *at <= now
+        {
+            let Some(Reverse((at, name))) = self.retries.pop() else {
+                break;
+            };
+            let Some(t) = self.tunnels.get_mut(&name) else {
+                continue;
+            };
+            if t.retry_at != Some(at) {
+                continue;
+            }
+            t.retry_at = None;
+            if let Some(peer) = t.peer {
+                tracing::info!(tunnel = %t.def.name, "re-initiating");
+                t.status.gateway.ike_state = Some("Connecting".into());
+                t.initiated_at = Some(now);
+                self.endpoint.initiate(now, peer);
             }
         }
     }
@@ -779,6 +793,10 @@ impl<D: Dataplane> Driver<D> {
                         t.initiated_at = None;
                     }
                     t.on_ike_down(spis, reason);
+                    if let Some(at) = t.retry_at {
+                        let name = t.def.name.clone();
+                        self.retries.push(Reverse((at, name)));
+                    }
                 }
             }
             Event::IkeSaRekeyed {

@@ -218,6 +218,16 @@ async fn wrong_psk_reports_authentication_failed_and_retries() {
         );
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains("one-key") && !json.contains("another-key"));
+        // ...and does try again: after the retry delay a later attempt fails the same way.
+        let first = s.tunnels[0].gateway.last_error.clone().unwrap();
+        a.wait("a retries and fails again", |s| {
+            s.tunnels[0]
+                .gateway
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.reason == "AuthenticationFailed" && e.time > first.time)
+        })
+        .await;
         for h in [&a, &b] {
             let (tx, rx) = oneshot::channel();
             h.cmd.send(Command::Shutdown(tx)).await.unwrap();
