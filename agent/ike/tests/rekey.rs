@@ -544,6 +544,43 @@ fn a_child_rekey_colliding_with_an_ike_rekey_gets_temporary_failure_and_retries(
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
 }
 
+/// The same refusal when the CHILD SA's hard expiry is only 4 s after its rekey time: the retry
+/// must not wait the usual 10-20 s, or the kernel would drop the SA (and its traffic) first.
+#[test]
+fn a_refused_child_rekey_is_retried_before_the_hard_expiry() {
+    let mut a = config_a();
+    a.child_lifetime = Lifetime {
+        rekey_time: Duration::from_secs(100),
+        rand_time: Duration::ZERO,
+        life_time: Duration::from_secs(104),
+    };
+    a.ike_lifetime = lifetime(10_000);
+    let mut b = mirror(&a);
+    b.child_lifetime = lifetime(1000);
+    b.ike_lifetime = lifetime(100);
+    let mut p = up(&a, &b, (1, 2));
+    let installed = p.now - Duration::from_secs(1);
+    let (old_a, _) = p.assert_children_match();
+    p.run_for(Duration::from_secs(120));
+    assert_eq!(rekeyed(&p.ev_a).len(), 1, "the IKE rekey happened");
+    assert_eq!(requests(&p, Side::A, ExchangeType::CREATE_CHILD_SA), 2);
+    let (new_a, _) = assert_one_matching_child(&p);
+    assert_make_before_break(&p.ev_a, &old_a, &new_a);
+    let at = p
+        .ev_a
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::ChildSaInstall(i) if i.replaces.is_some() => Some(*t),
+            _ => None,
+        })
+        .unwrap();
+    let after = at - installed;
+    assert!(
+        after < Duration::from_secs(104),
+        "the new CHILD SA came {after:?} after the old one, past its hard expiry (104 s)"
+    );
+}
+
 #[test]
 fn a_child_rekey_retries_with_the_pfs_group_the_responder_asks_for() {
     let mut a = config_a();

@@ -40,6 +40,8 @@ pub(crate) struct Child {
     /// When rekeying should start (our own timer; the kernel's soft expiry may come first).
     /// `None` once a rekey is queued or running, or the SA is on its way out.
     pub rekey_at: Option<Instant>,
+    /// When the kernel removes the SA by itself (its hard lifetime): a rekey must be done by then.
+    pub hard_at: Instant,
     pub state: ChildState,
 }
 
@@ -146,6 +148,7 @@ pub(crate) fn install_as(
         local_ts,
         remote_ts,
         rekey_at: Some(ctx.now + soft),
+        hard_at: ctx.now + hard,
         state: ChildState::Installed,
     })
 }

@@ -40,6 +40,8 @@ use crate::window::Window;
 const RETRY_MIN: Duration = Duration::from_secs(10);
 /// Random extra wait on top of [`RETRY_MIN`], so both ends do not retry in lockstep.
 const RETRY_JITTER_MS: u64 = 10_000;
+/// Shortest wait before retrying a refused CHILD SA rekey whose hard expiry is near.
+const RETRY_FLOOR: Duration = Duration::from_millis(500);
 
 /// Our CHILD SA rekey in flight.
 #[derive(Debug)]
@@ -212,15 +214,24 @@ fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
     });
 }
 
-/// Retries the rekey of `old` later, if it is still ours to rekey.
-fn retry_child_later(e: &mut Established, ctx: &mut Ctx<'_>, old: ChildSaId) {
+/// Retries the rekey of `old` later, if it is still ours to rekey, after the usual random
+/// delay. A `transient` refusal (TEMPORARY_FAILURE: an exchange in flight, done in a round
+/// trip) is retried no later than halfway to the SA's hard expiry, when the kernel drops the
+/// SA and its traffic with it; a lasting one (a proposal mismatch) is not hurried.
+fn retry_child_later(e: &mut Established, ctx: &mut Ctx<'_>, old: ChildSaId, transient: bool) {
     let at = retry_time(ctx);
+    let now = ctx.now;
     if let Some(ch) = e
         .children
         .iter_mut()
         .find(|ch| ch.id == old && ch.state == ChildState::Installed)
     {
-        ch.rekey_at = Some(at);
+        ch.rekey_at = Some(if transient {
+            let halfway = now + ch.hard_at.saturating_duration_since(now) / 2;
+            at.min(halfway).max(now + RETRY_FLOOR)
+        } else {
+            at
+        });
     }
 }
 
@@ -252,10 +263,11 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
             // The peer's rekey of the same SA succeeded: it stands, the peer deletes the old.
             return;
         }
-        if n.ty != NotifyType::TEMPORARY_FAILURE && n.ty != NotifyType::CHILD_SA_NOT_FOUND {
+        let transient = n.ty == NotifyType::TEMPORARY_FAILURE;
+        if !transient && n.ty != NotifyType::CHILD_SA_NOT_FOUND {
             child_failed(c, ctx, Reason::from_notify(n.ty));
         }
-        retry_child_later(e, ctx, p.old);
+        retry_child_later(e, ctx, p.old, transient);
         return;
     }
     match complete_child(e, c, ctx, &p, payloads) {
@@ -288,7 +300,7 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
             // The peer installed what it answered (no error came back): have it removed.
             e.queue.push_back(Req::DeleteChild(vec![p.spi_in]));
             if p.collision.is_none() {
-                retry_child_later(e, ctx, p.old);
+                retry_child_later(e, ctx, p.old, false);
             }
         }
     }
