@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod tunnel;
 pub mod validate;
+pub mod watch;
 
 pub use duration::Duration;
 pub use tunnel::*;

@@ -26,6 +26,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use strait_crds::IPsecTunnel;
+use strait_crds::watch::WatchBackoff;
 
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
@@ -125,7 +126,7 @@ pub async fn run(
     let wc = watcher::Config::default().any_semantic();
     let (nodes, nodes_writer) = reflector::store();
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(nodes_writer)
         .touched_objects()
         .map_ok(|_| ());
@@ -134,7 +135,7 @@ pub async fn run(
         Api::<Lease>::namespaced(client.clone(), &settings.namespace),
         wc.clone(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .reflect(leases_writer)
     .touched_objects()
     .try_filter(|l| std::future::ready(heartbeat::node_of_lease(&l.name_any()).is_some()))
@@ -155,7 +156,8 @@ pub async fn run(
         }
     });
 
-    let controller = Controller::new(Api::<IPsecTunnel>::all(client.clone()), wc);
+    let controller = Controller::new(Api::<IPsecTunnel>::all(client.clone()), wc)
+        .trigger_backoff(WatchBackoff::default());
     let reporter = Reporter {
         controller: "strait-operator".to_owned(),
         instance: Some(settings.identity.clone()),
@@ -190,6 +192,11 @@ pub async fn run(
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(tunnel = %obj.name, "reconciled"),
+                // A failed watch of IPsecTunnels is retried with backoff; say so, as for
+                // Nodes and Leases, so that an operator deaf to the API server is visible.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %e, "watching IPsecTunnels failed");
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
         })

@@ -259,7 +259,7 @@ impl Controller {
         let tunnel_watch = tokio::spawn(drive(
             "ipsectunnels",
             reflector::reflector(tw, watcher(self.api.clone(), watcher::Config::default()))
-                .default_backoff(),
+                .backoff(strait_crds::watch::WatchBackoff::default()),
             Arc::clone(&wake),
         ));
         // Streaming lists need only `watch` on Secrets (the agent's Role has no `list`).
@@ -272,7 +272,7 @@ impl Controller {
                     watcher::Config::default().streaming_lists(),
                 ),
             )
-            .default_backoff(),
+            .backoff(strait_crds::watch::WatchBackoff::default()),
             Arc::clone(&wake),
         ));
         let stopped = tokio::select! {
