@@ -49,7 +49,20 @@ pub struct Metrics {
     pub child_sa_bytes: IntCounterVec,
     /// Packets carried by a tunnel's CHILD SAs, by direction.
     pub child_sa_packets: IntCounterVec,
+    /// IKE datagrams dropped without changing any SA, by reason ([`DROP_REASONS`]).
+    pub ike_dropped: IntCounterVec,
+    /// COOKIE challenges sent (RFC 7296 §2.6: many half-open SAs, likely a flood).
+    pub cookies_sent: IntCounter,
 }
+
+/// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
+pub const DROP_REASONS: [&str; 5] = [
+    "malformed",
+    "unknown_spi",
+    "integrity_failed",
+    "unexpected",
+    "no_peer_config",
+];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
     r: &Registry,
@@ -145,8 +158,28 @@ impl Metrics {
                     &["tunnel", "direction"],
                 ),
             )?,
+            ike_dropped: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_ike_datagrams_dropped_total",
+                        "IKE datagrams dropped without changing any SA, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            )?,
+            cookies_sent: reg(
+                &r,
+                IntCounter::new(
+                    "strait_ike_cookies_sent_total",
+                    "COOKIE challenges sent to IKE_SA_INIT requests (many half-open SAs).",
+                ),
+            )?,
             registry: r,
         };
+        for reason in DROP_REASONS {
+            m.ike_dropped.with_label_values(&[reason]);
+        }
         for s in IKE_STATES {
             m.ike_sas.with_label_values(&[s]).set(0);
         }
@@ -154,6 +187,21 @@ impl Metrics {
             m.rekeys.with_label_values(&[k]);
         }
         Ok(m)
+    }
+
+    /// Brings the drop and cookie counters up to the endpoint's own (which only grow).
+    pub fn set_endpoint_stats(&self, s: &strait_ike::Stats) {
+        let to = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        for (reason, v) in DROP_REASONS.into_iter().zip([
+            s.malformed,
+            s.unknown_spi,
+            s.integrity_failed,
+            s.unexpected,
+            s.no_peer_config,
+        ]) {
+            to(&self.ike_dropped.with_label_values(&[reason]), v);
+        }
+        to(&self.cookies_sent, s.cookies_sent);
     }
 
     /// Sets the per-tunnel traffic counters to the kernel's sums (a counter that went down —

@@ -142,6 +142,15 @@ async fn metrics_are_served_and_promtool_accepts_them() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Two datagrams the endpoint drops: bytes that are no IKE header, and a header for
+        // an IKE SA that does not exist.
+        let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut unknown = vec![7u8; 16];
+        unknown.extend_from_slice(&[0, 0x20, 37, 0x08, 0, 0, 0, 0, 0, 0, 0, 28]);
+        for d in [&b"not ike"[..], &unknown[..]] {
+            junk.send_to(d, ("127.0.0.1", pa)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let resp = get(addr, "/metrics").await;
         let (head, body) = resp.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -173,6 +182,19 @@ async fn metrics_are_served_and_promtool_accepts_them() {
         ] {
             assert_eq!(value(body, name), Some(0.0), "{name}: {body}");
         }
+        for (reason, want) in [
+            ("malformed", 1.0),
+            ("unknown_spi", 1.0),
+            ("no_peer_config", 0.0),
+        ] {
+            let series = format!("strait_ike_datagrams_dropped_total{{reason=\"{reason}\"}}");
+            assert_eq!(value(body, &series), Some(want), "{series}: {body}");
+        }
+        assert_eq!(
+            value(body, "strait_ike_cookies_sent_total"),
+            Some(0.0),
+            "{body}"
+        );
         assert!(!body.contains("metrics-loopback-psk"));
         // promtool: the exposition parses and passes its lint
         let mut p = Process::new(PROMTOOL)
