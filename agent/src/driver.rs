@@ -432,6 +432,7 @@ impl<D: Dataplane> Driver<D> {
                 .with_label_values(&[s])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        m.set_endpoint_stats(&self.endpoint.stats());
         let children: usize = self.tunnels.values().map(|t| t.children.len()).sum();
         m.child_sas.set(i64::try_from(children).unwrap_or(i64::MAX));
         let traffic = self.dp.traffic().await;
