@@ -215,9 +215,17 @@ impl Endpoint {
         self.settle(now);
     }
 
-    /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA exists.
+    /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA for it is
+    /// being set up or is up. One that is closing does not count: the kernel asks only once per
+    /// flow until its acquire times out (30 s), so ignoring it would stall the tunnel that long.
     pub fn acquire(&mut self, now: Instant, peer: PeerId) {
-        if self.index.of_peer(peer).is_empty() {
+        let live = self
+            .index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
+            .any(|s| !s.closing());
+        if !live {
             self.initiate(now, peer);
         }
     }

@@ -349,6 +349,11 @@ impl IkeSa {
         }
     }
 
+    /// Whether it is going away (deleted, replaced or failed): no longer the tunnel's IKE SA.
+    pub fn closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. } | State::Gone)
+    }
+
     /// Whether it is a responder's half-open SA.
     pub fn half_open(&self) -> bool {
         matches!(self.state, State::InitReplied(_))
