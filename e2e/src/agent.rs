@@ -54,6 +54,34 @@ pub struct SecretFile {
     pub value: String,
 }
 
+impl SecretFile {
+    /// The Secrets of certificate authentication, as [`CERT_AUTH_YAML`] names them: `tls`
+    /// (`tls.crt`, `tls.key`: our certificate and key) and `ca` (`ca.crt`: the trust anchor).
+    ///
+    /// # Errors
+    /// A file cannot be read.
+    pub fn certificate(own: &crate::strongswan::CertFiles, ca: &Path) -> Result<Vec<Self>> {
+        let file = |name: &str, key: &str, path: &Path| -> Result<Self> {
+            Ok(Self {
+                name: name.into(),
+                key: key.into(),
+                value: std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            })
+        };
+        Ok(vec![
+            file("tls", "tls.crt", &own.cert)?,
+            file("tls", "tls.key", &own.key)?,
+            file("ca", "ca.crt", ca)?,
+        ])
+    }
+}
+
+/// `spec.auth` for certificate authentication with the Secrets of [`SecretFile::certificate`]
+/// (its lines indented for `auth:`'s children).
+pub const CERT_AUTH_YAML: &str =
+    "certificate: {secretRef: {name: tls}}\n    ca: {secretRef: {name: ca, key: ca.crt}}";
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::agent::{Agent, CERT_AUTH_YAML, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
@@ -69,8 +69,7 @@ spec:
   local: {{id: '{lid}', address: {laddr}, subnets: [{lnet}]}}
   remote: {{id: '{rid}', address: {peer_addr}, subnets: [{rnet}]}}
   auth:
-    certificate: {{secretRef: {{name: tls}}}}
-    ca: {{secretRef: {{name: ca, key: ca.crt}}}}
+    {CERT_AUTH_YAML}
   ike: {{proposals: [aes256gcm16-prfsha256-x25519]}}
   esp: {{proposals: [aes256gcm16-x25519]}}
   initiation: {initiation}
@@ -93,19 +92,10 @@ fn start_agent(
     own: &CertFiles,
     ca: &Path,
 ) -> Agent {
-    let secret = |name: &str, key: &str, path: &Path| SecretFile {
-        name: name.into(),
-        key: key.into(),
-        value: read(path),
-    };
     Agent::start(
         &me.ns,
         &agent_config(me, peer, peer_addr, ids, initiation),
-        &[
-            secret("tls", "tls.crt", &own.cert),
-            secret("tls", "tls.key", &own.key),
-            secret("ca", "ca.crt", ca),
-        ],
+        &SecretFile::certificate(own, ca).expect("certificate files"),
         "none",
         &[],
     )
