@@ -4,6 +4,10 @@
 //! Kernel order on install: inbound SA, outbound SA, then the policies out/in/fwd, all tagged
 //! with the tunnel's reqid from Strait's reserved range, so nothing of another daemon is ever
 //! touched and a restart can sweep what is ours.
+//!
+//! An `onTraffic` tunnel's outbound policies are installed at once, without SAs ("trap"
+//! policies, as strongSwan's `start_action = trap`): traffic they match makes the kernel send
+//! an acquire, which starts the IKE SA. They stay through CHILD SAs coming and going.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,7 +18,7 @@ use futures::StreamExt;
 use strait_ike::codec::{AddrRange, TsRange};
 use strait_ike::crypto::alg::{Encr, Esn, Integ};
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall};
+use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
 use strait_xfrm::{
     Direction, Integrity, KeepSet, Key, Lifetimes, Limits, Mode, NatT, Policy, PolicyId, Prefix,
     Reqid, Sa, SaCrypto, SaId, Selector, Template, Transform, Xfrm,
@@ -102,6 +106,27 @@ pub trait Dataplane: Send {
 
     /// Removes everything this agent installed.
     fn shutdown(&mut self) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Installs the outbound policies of an `onTraffic` tunnel without SAs, so that traffic
+    /// for it raises [`KernelEvent::Acquire`]. Only called when
+    /// [`Dataplane::supports_on_traffic`].
+    fn trap(
+        &mut self,
+        _tunnel: u32,
+        _cfg: &PeerConfig,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send {
+        async {
+            Err(DataplaneError {
+                reason: "KernelUnsupported",
+                message: "trap policies (initiation onTraffic) need the kernel data plane".into(),
+            })
+        }
+    }
+
+    /// Removes a tunnel's trap policies (the tunnel is gone).
+    fn untrap(&mut self, _tunnel: u32) -> impl Future<Output = Result<(), DataplaneError>> + Send {
+        async { Ok(()) }
+    }
 
     /// The kernel's notifications (expiries, acquires) for our objects, once: the driver takes
     /// the receiver at start. `None`: this data plane has none.
@@ -258,6 +283,8 @@ pub struct KernelDataplane {
     xfrm: Result<Xfrm, DataplaneError>,
     installed: BTreeMap<ChildSaId, Installed>,
     events: Option<mpsc::Receiver<KernelEvent>>,
+    /// Whether the kernel's notifications are subscribed to (the driver takes `events`).
+    notified: bool,
     /// Counters of deleted CHILD SAs, per tunnel index.
     retired: BTreeMap<u32, Traffic>,
     /// Objects found at start (a previous run's), kept until [`Dataplane::sweep_adopted`].
@@ -266,6 +293,8 @@ pub struct KernelDataplane {
     /// old one is deleted (the initiator's Delete arrived), so we keep sending on the old SA
     /// until the initiator, which installs only on our response, has the new inbound SA.
     deferred_out: BTreeMap<ChildSaId, (ChildSaId, Sa)>,
+    /// Trap policies of `onTraffic` tunnels, by tunnel index: never removed with a CHILD SA.
+    trapped: BTreeMap<u32, Vec<Policy>>,
 }
 
 impl KernelDataplane {
@@ -287,10 +316,12 @@ impl KernelDataplane {
         Self {
             xfrm: Xfrm::open().map_err(|e| DataplaneError::kernel("opening XFRM netlink", &e)),
             installed: BTreeMap::new(),
+            notified: events.is_some(),
             events,
             retired: BTreeMap::new(),
             adopted: None,
             deferred_out: BTreeMap::new(),
+            trapped: BTreeMap::new(),
         }
     }
 
@@ -522,28 +553,12 @@ fn kernel_objects(
             dport: e.remote_port,
         });
     }
-    let prefix = |ts: &TsRange| -> Result<Prefix, DataplaneError> {
-        let (a, len) = prefix_of(ts).ok_or_else(|| DataplaneError {
-            reason: "KernelUnsupported",
-            message: format!(
-                "traffic selector {} is not a prefix; XFRM policies need one",
-                ts_string(ts)
-            ),
-        })?;
-        Prefix::new(a, len).map_err(|e| DataplaneError::kernel("traffic selector", &e))
-    };
     let mut policies = Vec::new();
     for lt in &sa.local_ts {
         for rt in &sa.remote_ts {
             let (lp, rp) = (prefix(lt)?, prefix(rt)?);
-            let out = Selector::between(lp, rp);
             let inn = Selector::between(rp, lp);
-            policies.push(Policy::protect(
-                out,
-                Direction::Out,
-                PRIORITY,
-                Template::esp(l, r, Mode::Tunnel, reqid),
-            ));
+            policies.push(out_policy(lp, rp, l, r, reqid));
             for dir in [Direction::In, Direction::Fwd] {
                 policies.push(Policy::protect(
                     inn,
@@ -555,6 +570,48 @@ fn kernel_objects(
         }
     }
     Ok((sa_in, sa_out, policies))
+}
+
+fn prefix(ts: &TsRange) -> Result<Prefix, DataplaneError> {
+    let (a, len) = prefix_of(ts).ok_or_else(|| DataplaneError {
+        reason: "KernelUnsupported",
+        message: format!(
+            "traffic selector {} is not a prefix; XFRM policies need one",
+            ts_string(ts)
+        ),
+    })?;
+    Prefix::new(a, len).map_err(|e| DataplaneError::kernel("traffic selector", &e))
+}
+
+/// The outbound policy from `lp` to `rp` through the tunnel `l` → `r`: the same object whether
+/// a CHILD SA installs it or it waits as a trap.
+fn out_policy(lp: Prefix, rp: Prefix, l: IpAddr, r: IpAddr, reqid: Reqid) -> Policy {
+    Policy::protect(
+        Selector::between(lp, rp),
+        Direction::Out,
+        PRIORITY,
+        Template::esp(l, r, Mode::Tunnel, reqid),
+    )
+}
+
+/// The trap policies of an `onTraffic` tunnel: one outbound policy per pair of configured
+/// traffic selectors.
+fn trap_policies(tunnel: u32, cfg: &PeerConfig) -> Result<Vec<Policy>, DataplaneError> {
+    let reqid = reqid(tunnel)?;
+    let (l, r) = (cfg.local_addr.ip(), cfg.remote_addr.ip());
+    if l.is_unspecified() || r.is_unspecified() {
+        return Err(DataplaneError {
+            reason: "InvalidConfig",
+            message: "initiation onTraffic needs both tunnel addresses".into(),
+        });
+    }
+    let mut policies = Vec::new();
+    for lt in &cfg.local_ts {
+        for rt in &cfg.remote_ts {
+            policies.push(out_policy(prefix(lt)?, prefix(rt)?, l, r, reqid));
+        }
+    }
+    Ok(policies)
 }
 
 /// When a CHILD SA's outbound SA goes into the kernel (which sends on the newest one).
@@ -664,7 +721,13 @@ impl Dataplane for KernelDataplane {
         let mut first_err = None;
         let last_of_tunnel = !self.installed.values().any(|i| i.tunnel == ins.tunnel);
         if last_of_tunnel {
-            for p in &ins.policies {
+            // An onTraffic tunnel's outbound policies go back to being traps.
+            let traps: Vec<PolicyId> = self
+                .trapped
+                .get(&ins.tunnel)
+                .map(|v| v.iter().map(Policy::id).collect())
+                .unwrap_or_default();
+            for p in ins.policies.iter().filter(|p| !traps.contains(&p.id())) {
                 if let Err(e) = xfrm.delete_policy(&p.id()).await
                     && !matches!(e, strait_xfrm::Error::NotFound { .. })
                 {
@@ -685,6 +748,7 @@ impl Dataplane for KernelDataplane {
     async fn shutdown(&mut self) -> Result<(), DataplaneError> {
         self.installed.clear();
         self.deferred_out.clear();
+        self.trapped.clear();
         self.adopted = None;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
@@ -695,6 +759,46 @@ impl Dataplane for KernelDataplane {
 
     fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {
         self.events.take()
+    }
+
+    fn supports_on_traffic(&self) -> bool {
+        // Without notifications an acquire would never be heard.
+        self.xfrm.is_ok() && self.notified
+    }
+
+    async fn trap(&mut self, tunnel: u32, cfg: &PeerConfig) -> Result<(), DataplaneError> {
+        let xfrm = self.xfrm()?.clone();
+        let policies = trap_policies(tunnel, cfg)?;
+        for (i, p) in policies.iter().enumerate() {
+            if let Err(e) = xfrm.update_policy(p).await {
+                for done in policies.iter().take(i) {
+                    let _ = xfrm.delete_policy(&done.id()).await;
+                }
+                return Err(DataplaneError::kernel("installing a trap policy", &e));
+            }
+        }
+        self.trapped.insert(tunnel, policies);
+        Ok(())
+    }
+
+    async fn untrap(&mut self, tunnel: u32) -> Result<(), DataplaneError> {
+        let Some(policies) = self.trapped.remove(&tunnel) else {
+            return Ok(());
+        };
+        // With a CHILD SA still installed, its deletion removes them.
+        if self.installed.values().any(|i| i.tunnel == tunnel) {
+            return Ok(());
+        }
+        let xfrm = self.xfrm()?.clone();
+        let mut first_err = None;
+        for p in &policies {
+            if let Err(e) = xfrm.delete_policy(&p.id()).await
+                && !matches!(e, strait_xfrm::Error::NotFound { .. })
+            {
+                first_err.get_or_insert(DataplaneError::kernel("deleting a trap policy", &e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     async fn traffic(&mut self) -> BTreeMap<u32, Traffic> {
@@ -755,6 +859,9 @@ impl Dataplane for KernelDataplane {
         }
         let xfrm = self.xfrm()?.clone();
         let mut keep = KeepSet::new();
+        for traps in self.trapped.values() {
+            keep.policies.extend(traps.iter().map(Policy::id));
+        }
         for ins in self.installed.values() {
             keep.sas.insert(ins.sa_in);
             keep.sas.insert(ins.sa_out);

@@ -95,8 +95,8 @@ pub async fn definition(
                     ike_port,
                     remote_port: 500,
                     psk,
-                    // trap policies + acquire are not implemented yet
-                    on_traffic_supported: false,
+                    // the driver falls back to responding when its data plane has no traps
+                    on_traffic_supported: true,
                 },
                 certificate.complete(),
             )

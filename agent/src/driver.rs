@@ -574,7 +574,8 @@ impl<D: Dataplane> Driver<D> {
                 incoming.remove(&name);
                 continue;
             }
-            if let Some(t) = self.tunnels.remove(&name) {
+            let removed = self.tunnels.remove(&name);
+            if let Some(t) = &removed {
                 tracing::info!(tunnel = %name, "removing tunnel");
                 if let Some(peer) = t.peer {
                     self.endpoint.remove_peer(now, peer);
@@ -582,6 +583,12 @@ impl<D: Dataplane> Driver<D> {
             }
             // events of the removed peer (CHILD SA deletes) reach the data plane here
             self.flush().await;
+            if let Some(t) = removed
+                && t.role == Some(Role::OnTraffic)
+                && let Err(e) = self.dp.untrap(t.index).await
+            {
+                tracing::warn!(tunnel = %name, reason = e.reason, message = %e.message, "removing trap policies");
+            }
         }
         for (_, def) in incoming {
             self.add_tunnel(def).await;
@@ -621,7 +628,7 @@ impl<D: Dataplane> Driver<D> {
             strait_crds::Initiation::OnTraffic => "onTraffic",
         }
         .into();
-        match self.start_tunnel(&t).await {
+        match self.start_tunnel(&mut t).await {
             Ok((peer, role)) => {
                 t.peer = Some(peer);
                 t.role = Some(role);
@@ -644,7 +651,10 @@ impl<D: Dataplane> Driver<D> {
         self.tunnels.insert(name, t);
     }
 
-    async fn start_tunnel(&mut self, t: &Tunnel) -> Result<(PeerId, Role), (&'static str, String)> {
+    async fn start_tunnel(
+        &mut self,
+        t: &mut Tunnel,
+    ) -> Result<(PeerId, Role), (&'static str, String)> {
         let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
         self.ensure_sockets(cfg.local_addr.ip())
             .map_err(|m| ("SocketError", m))?;
@@ -652,8 +662,23 @@ impl<D: Dataplane> Driver<D> {
             .preflight(&cfg.esp_proposals)
             .await
             .map_err(|e| (e.reason, e.message))?;
-        let role = cfg.role;
         let mut cfg = cfg.clone();
+        if cfg.role == Role::OnTraffic {
+            if self.dp.supports_on_traffic() {
+                self.dp
+                    .trap(t.index, &cfg)
+                    .await
+                    .map_err(|e| (e.reason, e.message))?;
+            } else {
+                cfg.role = Role::Respond;
+                t.status.notes.push(format!(
+                    "initiation onTraffic needs kernel trap policies, which the {} data plane \
+                     does not have; this tunnel only responds",
+                    self.dp.kind().as_str()
+                ));
+            }
+        }
+        let role = cfg.role;
         if let Some(f) = self.lifetime_scale {
             for l in [&mut cfg.ike_lifetime, &mut cfg.child_lifetime] {
                 // The schedule is compressed, but not the time a rekey may take before the

@@ -30,7 +30,8 @@ fn def(name: &str, yaml: &str, local_port: u16, remote_port: u16, psk: &[u8]) ->
             ike_port: local_port,
             remote_port,
             psk: Some(SecretBytes::from_slice(psk)),
-            on_traffic_supported: false,
+            // as the agent builds them: the driver decides by its data plane
+            on_traffic_supported: true,
         },
     )
     .unwrap();
@@ -228,6 +229,62 @@ async fn wrong_psk_reports_authentication_failed_and_retries() {
                 .is_some_and(|e| e.reason == "AuthenticationFailed" && e.time > first.time)
         })
         .await;
+        for h in [&a, &b] {
+            let (tx, rx) = oneshot::channel();
+            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            rx.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(a_run, b_run, test);
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn on_traffic_without_kernel_traps_responds_and_says_so() {
+    let (pa, pb) = (25_900u16, 26_000u16);
+    let a_def = def(
+        "ab",
+        &yaml(
+            "a.example",
+            "b.example",
+            "10.1.0.0/16",
+            "10.2.0.0/16",
+            "start",
+        ),
+        pa,
+        pb,
+        b"same-key",
+    );
+    let b_def = def(
+        "ab",
+        &yaml(
+            "b.example",
+            "a.example",
+            "10.2.0.0/16",
+            "10.1.0.0/16",
+            "onTraffic",
+        ),
+        pb,
+        pa,
+        b"same-key",
+    );
+    let (a, a_run) = driver(pa, vec![a_def]);
+    let (b, b_run) = driver(pb, vec![b_def]);
+    let test = async {
+        let s = b.wait("b responds", |s| s.tunnels[0].ready).await;
+        let t = &s.tunnels[0];
+        assert_eq!(t.initiation, "onTraffic");
+        assert_eq!(t.initiator, Some(false));
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.contains("onTraffic") && n.contains("only responds")),
+            "{:?}",
+            t.notes
+        );
         for h in [&a, &b] {
             let (tx, rx) = oneshot::channel();
             h.cmd.send(Command::Shutdown(tx)).await.unwrap();

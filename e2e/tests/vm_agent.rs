@@ -18,18 +18,38 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::agent::{Agent, CERT_AUTH_YAML, SecretFile};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Plugins, Secret, TestPki,
 };
 
 const PSK: &str = "strait-vm-psk-5e0b7d21c94a";
 const TUNNEL: &str = "gw";
 const METRICS: &str = "127.0.0.1:9470";
 
-/// The agent's IPsecTunnel; `extra` is more YAML under `spec:` (two-space indented lines).
+/// The agent's IPsecTunnel with PSK auth; `extra` is more YAML under `spec:` (two-space
+/// indented lines).
 fn yaml(me: &Site, peer: &Site, peer_addr: &str, initiation: &str, extra: &str) -> String {
+    yaml_auth(
+        me,
+        peer,
+        peer_addr,
+        initiation,
+        extra,
+        "psk: {secretRef: {name: gw-psk, key: psk}}",
+    )
+}
+
+/// The same with `auth` as the lines under `spec.auth:`.
+fn yaml_auth(
+    me: &Site,
+    peer: &Site,
+    peer_addr: &str,
+    initiation: &str,
+    extra: &str,
+    auth: &str,
+) -> String {
     format!(
         "apiVersion: strait.dev/v1alpha1
 kind: IPsecTunnel
@@ -37,7 +57,8 @@ metadata: {{name: {TUNNEL}}}
 spec:
   local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
   remote: {{id: {rid}, address: {peer_addr}, subnets: [{rnet}]}}
-  auth: {{psk: {{secretRef: {{name: gw-psk, key: psk}}}}}}
+  auth:
+    {auth}
   ike: {{proposals: [aes256gcm16-prfsha256-x25519]}}
   esp: {{proposals: [aes256gcm16-x25519]}}
   initiation: {initiation}
@@ -51,20 +72,18 @@ spec:
 }
 
 fn start(me: &Site, config: &str, extra_args: &[&str]) -> Agent {
+    let psk = SecretFile {
+        name: "gw-psk".into(),
+        key: "psk".into(),
+        value: PSK.into(),
+    };
+    start_with(me, config, &[psk], extra_args)
+}
+
+fn start_with(me: &Site, config: &str, secrets: &[SecretFile], extra_args: &[&str]) -> Agent {
     let mut args = vec!["--metrics-addr", METRICS];
     args.extend_from_slice(extra_args);
-    Agent::start(
-        &me.ns,
-        config,
-        &[SecretFile {
-            name: "gw-psk".into(),
-            key: "psk".into(),
-            value: PSK.into(),
-        }],
-        "kernel",
-        &args,
-    )
-    .expect("start strait-agent")
+    Agent::start(&me.ns, config, secrets, "kernel", &args).expect("start strait-agent")
 }
 
 fn up(t: &Value) -> bool {
@@ -302,6 +321,17 @@ fn charon_config(me: &Site, peer: &Site) -> CharonConfig {
     }
 }
 
+/// charon (PSK) on the right site, with one retry (the boot's first charon start can exceed the
+/// harness's 20 s), and the left site's route to the right subnet through it.
+fn charon_on_right(pair: &SitePair) -> Charon {
+    let (left, right) = (&pair.left, &pair.right);
+    let charon = Charon::start(&right.ns, &charon_config(right, left))
+        .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
+        .expect("charon");
+    route(pair, left, right.subnet, &right.addr.to_string());
+    charon
+}
+
 /// `cargo`'s name order puts this first: the boot's first (slow) charon start happens here.
 #[test]
 fn a_charon_both_directions_and_counters() {
@@ -516,11 +546,7 @@ fn d_kill9_restart_keeps_traffic_and_leaves_nothing() {
     let _serial = netns::serial();
     let pair = SitePair::new(false).expect("topology");
     let (left, right) = (&pair.left, &pair.right);
-    // the boot's first charon start can exceed the harness's 20 s: one retry
-    let charon = Charon::start(&right.ns, &charon_config(right, left))
-        .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
-        .expect("charon");
-    route(&pair, left, right.subnet, &right.addr.to_string());
+    let charon = charon_on_right(&pair);
     let cfg = yaml(left, right, &right.addr.to_string(), "start", "");
     let mut agent = start(left, &cfg, &[]);
     let before = agent
@@ -731,4 +757,191 @@ fn e_dpd_peer_killed_and_back() {
     for a in [&l, &r] {
         assert_exact_objects(a);
     }
+}
+
+/// Sends `count` pings, 0.2 s apart, and returns (transmitted, received).
+fn ping_some(from: &Site, to: &Site, count: u32) -> (u64, u64) {
+    let (tx, rx, _) = ping_result(ping_flood_timed(from, to, "0.2", count));
+    (tx, rx)
+}
+
+/// `initiation: onTraffic` (strongSwan's `start_action = trap`): the agent installs only the
+/// outbound policy and waits; the first packet makes the kernel ask for an SA and the agent
+/// negotiates it; when the peer closes the IKE SA the policy goes back to waiting, and traffic
+/// brings the tunnel up again.
+#[test]
+fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let charon = charon_on_right(&pair);
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "onTraffic", ""),
+        &[],
+    );
+    let diag = |what: &str| {
+        format!(
+            "{what}\n{}\n--- agent:\n{}\n--- charon:\n{}",
+            kernel_view(&[left, right]),
+            agent.log(),
+            charon.log()
+        )
+    };
+
+    // Waiting: one trap policy, no SA, no IKE SA on either side.
+    let trapped = |agent: &Agent, after: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = agent.tunnel(TUNNEL).unwrap_or(Value::Null);
+            let waiting = t["ikeState"] == "Down"
+                && xfrm_states(&left.ns).is_empty()
+                && xfrm_policies(&left.ns).len() == 1;
+            if waiting {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                diag(&format!("not trapped {after}: {t}"))
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let t = trapped(&agent, "at start");
+    assert_eq!(t["initiation"], "onTraffic", "{t}");
+    assert!(
+        t["notes"].as_array().is_none_or(|n| n.is_empty()),
+        "no fallback note expected: {t}"
+    );
+    let pol = &xfrm_policies(&left.ns)[0];
+    assert!(
+        pol.starts_with(&format!("src {} dst {}", left.subnet, right.subnet)),
+        "the outbound policy expected: {pol}"
+    );
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        charon.list_sas().unwrap().ike(TUNNEL).is_none(),
+        "{}",
+        diag("an IKE SA exists before any traffic")
+    );
+
+    for (n, round) in ["first packet", "after the peer closed the tunnel"]
+        .into_iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        let (tx, rx) = ping_some(left, right, 20);
+        let t = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
+            .unwrap_or_else(|e| panic!("{}", diag(&format!("{round}: {e:#}"))));
+        assert_eq!(t["initiator"], true, "{t}");
+        assert!(
+            rx > 0,
+            "{}",
+            diag(&format!("{round}: {rx} of {tx} pings answered"))
+        );
+        charon
+            .wait_up(TUNNEL, "net", Duration::from_secs(10))
+            .unwrap();
+        if n == 0 {
+            check_counters(&agent);
+        } else {
+            // /metrics now also holds the first CHILD SA's traffic: check the new SA itself
+            let spi = t["childSas"][0]["spiIn"].as_str().unwrap().to_owned();
+            let states = xfrm_states(&left.ns);
+            let new = states.iter().find(|s| s.spi == spi);
+            assert!(
+                new.is_some_and(|s| s.packets > 0),
+                "{}",
+                diag(&format!(
+                    "{round}: the new SA {spi} carried nothing: {states:?}"
+                ))
+            );
+        }
+        assert_exact_objects(&agent);
+        println!(
+            "onTraffic, {round}: up; {rx} of {tx} pings answered (the first ones wait for the \
+             SA), {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        // The peer closes the IKE SA: the CHILD SA goes, the trap stays.
+        charon.terminate(TUNNEL, 20).unwrap();
+        trapped(&agent, "after the peer's DELETE");
+    }
+}
+
+/// Certificate authentication (ECDSA P-256, FQDN identities from the subjectAltName) with real
+/// ESP: the agent initiates to charon, traffic flows both ways, and the counters agree.
+#[test]
+fn g_certificates_carry_traffic() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), KeyType::Ecdsa(256)).expect("test CA");
+    let ours = pki
+        .issue("left", left.id, KeyType::Ecdsa(256))
+        .expect("our certificate");
+    let theirs = pki
+        .issue("right", right.id, KeyType::Ecdsa(256))
+        .expect("charon's certificate");
+    let mut conn = Connection::new(
+        TUNNEL,
+        Endpoint::pubkey(right.id, Some("own.crt")),
+        Endpoint::pubkey(left.id, None),
+    );
+    conn.local_addrs = vec![right.addr.to_string()];
+    conn.remote_addrs = vec![left.addr.to_string()];
+    conn.children
+        .push(ChildConfig::new("net", right.subnet, left.subnet));
+    let mut cfg = CharonConfig {
+        plugins: Plugins::KernelNetlink,
+        connections: vec![conn],
+        ..CharonConfig::default()
+    };
+    cfg.add_cert_auth(&pki, &theirs, "own");
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    let secrets = SecretFile::certificate(&ours, &pki.ca.cert).expect("certificate files");
+    let config = yaml_auth(
+        left,
+        right,
+        &right.addr.to_string(),
+        "start",
+        "",
+        CERT_AUTH_YAML,
+    );
+    let agent = start_with(left, &config, &secrets, &[]);
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n--- agent:\n{}\n--- charon:\n{}",
+                agent.log(),
+                charon.log()
+            )
+        });
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let (bin, bout) = check_counters(&agent);
+    assert_exact_objects(&agent);
+    let theirs = xfrm_states(&right.ns);
+    let their_in = theirs
+        .iter()
+        .find(|s| s.dst == right.addr.to_string())
+        .unwrap();
+    assert_eq!(their_in.bytes, bout, "what we sent is what charon received");
+    let key = std::fs::read_to_string(&ours.key).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let log: String = agent.log().split_whitespace().collect();
+    assert!(!log.contains(&body[..40]), "key material in our log");
+    println!(
+        "certificates (ECDSA P-256): ping both ways; bytes in {bin} out {bout} agree with the kernel and charon"
+    );
 }
