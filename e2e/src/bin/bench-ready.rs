@@ -53,6 +53,9 @@ struct Plan {
     /// Heartbeat lease of the agents, and how often they renew it.
     lease_secs: u32,
     renew_secs: f64,
+    /// Apply the batch with `kubectl apply --server-side` (one PATCH per tunnel) instead of
+    /// client-side apply (a GET, then a create, per tunnel).
+    server_side: bool,
 }
 
 impl Plan {
@@ -63,6 +66,7 @@ impl Plan {
             failovers: 10,
             lease_secs: 3,
             renew_secs: 1.0,
+            server_side: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -80,10 +84,11 @@ impl Plan {
                 "--failovers" => plan.failovers = num(&a)?.parse()?,
                 "--lease" => plan.lease_secs = num(&a)?.parse()?,
                 "--renew" => plan.renew_secs = num(&a)?.parse()?,
+                "--server-side" => plan.server_side = true,
                 "-h" | "--help" => {
                     println!(
                         "bench-ready [--short] [--sequential N] [--batch N] [--failovers N] \
-                         [--lease SECS] [--renew SECS]"
+                         [--lease SECS] [--renew SECS] [--server-side]"
                     );
                     std::process::exit(0);
                 }
@@ -743,8 +748,13 @@ impl Bench {
             pids.iter().map(|(_, p)| p.and_then(rss)).collect();
         let cpu_before: Vec<Option<f64>> = pids.iter().map(|(_, p)| p.and_then(cpu_secs)).collect();
         let writes_before = api_writes(&self.cp)?;
+        let how: &[&str] = if self.plan.server_side {
+            &["apply", "--server-side", "-f", "-"]
+        } else {
+            &["apply", "-f", "-"]
+        };
         let t0 = Instant::now();
-        self.cp.kubectl_stdin(["apply", "-f", "-"], &yaml)?;
+        self.cp.kubectl_stdin(how.iter().copied(), &yaml)?;
         let apply = t0.elapsed();
         eprintln!(
             "  kubectl apply of {n} tunnels returned after {}",
@@ -801,7 +811,8 @@ impl Bench {
         sorted.sort();
         let _ = writeln!(
             out,
-            "### {n} tunnels applied at once (one multi-document `kubectl apply`)\n"
+            "### {n} tunnels applied at once (one multi-document `kubectl {}`)\n",
+            how.join(" ")
         );
         let _ = writeln!(
             out,
