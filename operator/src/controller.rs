@@ -564,22 +564,8 @@ impl Context {
             }
             _ => {}
         }
-        let ready = |c: &[Condition]| {
-            c.iter()
-                .find(|c| c.type_ == conditions::READY)
-                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        };
-        match (ready(old), ready(new)) {
-            (old, Some((s, _, msg)))
-                if s == "True" && old.as_ref().is_none_or(|o| o.0 != "True") =>
-            {
-                self.publish(t, EventType::Normal, "Ready", msg).await;
-            }
-            (Some((os, or, _)), Some((s, r, msg))) if s != "True" && (os == "True" || or != r) => {
-                self.publish(t, EventType::Warning, "NotReady", format!("{r}: {msg}"))
-                    .await;
-            }
-            _ => {}
+        if let Some((type_, reason, note)) = ready_event(old, new) {
+            self.publish(t, type_, reason, note).await;
         }
     }
 
@@ -654,9 +640,83 @@ impl Context {
     }
 }
 
+/// Reasons of a tunnel on its way up rather than of a failure.
+const PROGRESS_REASONS: [&str; 3] = ["WaitingForAgent", "Connecting", "ChildSasPending"];
+
+/// The Event for a change of the Ready condition: `Ready` when it turns True; a `NotReady`
+/// Warning when it stops being True, or changes to a failure. A new tunnel moving from waiting
+/// for its agent to connecting is no Warning: it would put one on every tunnel created (and
+/// cost a write each when hundreds are applied at once).
+fn ready_event(old: &[Condition], new: &[Condition]) -> Option<(EventType, &'static str, String)> {
+    let ready = |c: &[Condition]| {
+        c.iter()
+            .find(|c| c.type_ == conditions::READY)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    match (ready(old), ready(new)) {
+        (old, Some((s, _, msg))) if s == "True" && old.as_ref().is_none_or(|o| o.0 != "True") => {
+            Some((EventType::Normal, "Ready", msg))
+        }
+        (Some((os, or, _)), Some((s, r, msg)))
+            if s != "True"
+                && (os == "True" || (or != r && !PROGRESS_REASONS.contains(&r.as_str()))) =>
+        {
+            Some((EventType::Warning, "NotReady", format!("{r}: {msg}")))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready_cond(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: conditions::READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::UNIX_EPOCH,
+            ),
+            observed_generation: None,
+        }]
+    }
+
+    #[test]
+    fn ready_events_mark_readiness_and_failures_not_progress() {
+        let ev = |old: &[Condition], new: &[Condition]| {
+            ready_event(old, new).map(|(t, r, note)| (t == EventType::Warning, r, note))
+        };
+        let (waiting, connecting) = (
+            ready_cond("False", "WaitingForAgent"),
+            ready_cond("False", "Connecting"),
+        );
+        let (up, failed) = (
+            ready_cond("True", "TunnelEstablished"),
+            ready_cond("False", "AuthenticationFailed"),
+        );
+        // a new tunnel on its way up: no Warning
+        assert_eq!(ev(&[], &waiting), None);
+        assert_eq!(ev(&waiting, &connecting), None);
+        assert_eq!(
+            ev(&connecting, &up),
+            Some((false, "Ready", "TunnelEstablished message".into()))
+        );
+        // a failure, or losing readiness even to a progress reason: a Warning
+        assert_eq!(
+            ev(&connecting, &failed),
+            Some((
+                true,
+                "NotReady",
+                "AuthenticationFailed: AuthenticationFailed message".into()
+            ))
+        );
+        assert!(ev(&up, &connecting).is_some_and(|e| e.0 && e.1 == "NotReady"));
+        assert_eq!(ev(&failed, &failed), None);
+        assert_eq!(ev(&up, &up), None);
+    }
 
     #[test]
     fn a_heartbeat_proves_nothing_while_and_shortly_after_the_api_is_not_visible() {
