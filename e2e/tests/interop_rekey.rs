@@ -505,7 +505,12 @@ fn child_and_ike_rekeys_by_charon_together() {
         ..Case::default()
     };
     let pair_seen = run_allowing_temporary_failure(&case);
-    assert!(pair_seen.child_spis.len() >= 4, "{pair_seen:?}");
+    // At least one CHILD rekey (with KE on the wire, judged by tshark) among the IKE rekeys.
+    // Usually charon does 4-5 in 30 s, but charon 5.9.8 sometimes sends no further CHILD rekey
+    // once an IKE rekey has crossed its CHILD rekey timer: in one CI run it sent one CHILD
+    // rekey and three IKE rekeys in 30 s, every request answered by us. That is charon's
+    // scheduling, not ours; the cases above count CHILD rekeys without IKE rekeys in between.
+    assert!(pair_seen.child_spis.len() >= 2, "{pair_seen:?}");
     assert!(pair_seen.ike_spis.len() >= 3, "{pair_seen:?}");
 }
 
