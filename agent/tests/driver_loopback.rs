@@ -91,38 +91,58 @@ fn driver(ike_port: u16, defs: Vec<TunnelDef>) -> (Handle, impl std::future::Fut
     (Handle { cmd, status }, fut)
 }
 
+/// Tunnel `ab` as A sees it: it initiates, from port `pa` to B at `pb`.
+fn a_side(pa: u16, pb: u16, psk: &[u8]) -> TunnelDef {
+    let spec = yaml(
+        "a.example",
+        "b.example",
+        "10.1.0.0/16",
+        "10.2.0.0/16",
+        "start",
+    );
+    def("ab", &spec, pa, pb, psk)
+}
+
+/// The same tunnel as B sees it, with `initiation`.
+fn b_side(pb: u16, pa: u16, initiation: &str, psk: &[u8]) -> TunnelDef {
+    let spec = yaml(
+        "b.example",
+        "a.example",
+        "10.2.0.0/16",
+        "10.1.0.0/16",
+        initiation,
+    );
+    def("ab", &spec, pb, pa, psk)
+}
+
+/// Stops each driver (DELETE sent, data plane cleaned).
+async fn shutdown(handles: [&Handle; 2]) {
+    for h in handles {
+        let (tx, rx) = oneshot::channel();
+        h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+        rx.await.unwrap();
+    }
+}
+
+/// Runs both drivers beside `test` (which ends with [`shutdown`]), within 30 s.
+async fn run_pair(
+    a_run: impl std::future::Future<Output = ()>,
+    b_run: impl std::future::Future<Output = ()>,
+    test: impl std::future::Future<Output = ()>,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(a_run, b_run, test);
+    })
+    .await
+    .expect("timed out");
+}
+
 #[tokio::test]
 async fn two_drivers_establish_and_tear_down_over_loopback() {
     // ports unlikely to be in use; both drivers in this one task (the endpoint is not Sync)
     let (pa, pb) = (25_500u16, 25_600u16);
-    let a_def = || {
-        def(
-            "ab",
-            &yaml(
-                "a.example",
-                "b.example",
-                "10.1.0.0/16",
-                "10.2.0.0/16",
-                "start",
-            ),
-            pa,
-            pb,
-            b"loopback-psk",
-        )
-    };
-    let b_def = def(
-        "ab",
-        &yaml(
-            "b.example",
-            "a.example",
-            "10.2.0.0/16",
-            "10.1.0.0/16",
-            "respond",
-        ),
-        pb,
-        pa,
-        b"loopback-psk",
-    );
+    let a_def = || a_side(pa, pb, b"loopback-psk");
+    let b_def = b_side(pb, pa, "respond", b"loopback-psk");
     let (a, a_run) = driver(pa, vec![a_def()]);
     let (b, b_run) = driver(pb, vec![b_def]);
     let test = async {
@@ -158,48 +178,16 @@ async fn two_drivers_establish_and_tear_down_over_loopback() {
         assert_eq!(err.reason, "DeletedByPeer");
         assert!(sb.tunnels[0].gateway.child_sas.is_empty());
 
-        for h in [&a, &b] {
-            let (tx, rx) = oneshot::channel();
-            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
-            rx.await.unwrap();
-        }
+        shutdown([&a, &b]).await;
     };
-    tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(a_run, b_run, test);
-    })
-    .await
-    .expect("timed out");
+    run_pair(a_run, b_run, test).await;
 }
 
 #[tokio::test]
 async fn wrong_psk_reports_authentication_failed_and_retries() {
     let (pa, pb) = (25_700u16, 25_800u16);
-    let a_def = def(
-        "ab",
-        &yaml(
-            "a.example",
-            "b.example",
-            "10.1.0.0/16",
-            "10.2.0.0/16",
-            "start",
-        ),
-        pa,
-        pb,
-        b"one-key",
-    );
-    let b_def = def(
-        "ab",
-        &yaml(
-            "b.example",
-            "a.example",
-            "10.2.0.0/16",
-            "10.1.0.0/16",
-            "respond",
-        ),
-        pb,
-        pa,
-        b"another-key",
-    );
+    let a_def = a_side(pa, pb, b"one-key");
+    let b_def = b_side(pb, pa, "respond", b"another-key");
     let (a, a_run) = driver(pa, vec![a_def]);
     let (b, b_run) = driver(pb, vec![b_def]);
     let test = async {
@@ -229,48 +217,16 @@ async fn wrong_psk_reports_authentication_failed_and_retries() {
                 .is_some_and(|e| e.reason == "AuthenticationFailed" && e.time > first.time)
         })
         .await;
-        for h in [&a, &b] {
-            let (tx, rx) = oneshot::channel();
-            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
-            rx.await.unwrap();
-        }
+        shutdown([&a, &b]).await;
     };
-    tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(a_run, b_run, test);
-    })
-    .await
-    .expect("timed out");
+    run_pair(a_run, b_run, test).await;
 }
 
 #[tokio::test]
 async fn on_traffic_without_kernel_traps_responds_and_says_so() {
     let (pa, pb) = (25_900u16, 26_000u16);
-    let a_def = def(
-        "ab",
-        &yaml(
-            "a.example",
-            "b.example",
-            "10.1.0.0/16",
-            "10.2.0.0/16",
-            "start",
-        ),
-        pa,
-        pb,
-        b"same-key",
-    );
-    let b_def = def(
-        "ab",
-        &yaml(
-            "b.example",
-            "a.example",
-            "10.2.0.0/16",
-            "10.1.0.0/16",
-            "onTraffic",
-        ),
-        pb,
-        pa,
-        b"same-key",
-    );
+    let a_def = a_side(pa, pb, b"same-key");
+    let b_def = b_side(pb, pa, "onTraffic", b"same-key");
     let (a, a_run) = driver(pa, vec![a_def]);
     let (b, b_run) = driver(pb, vec![b_def]);
     let test = async {
@@ -285,15 +241,7 @@ async fn on_traffic_without_kernel_traps_responds_and_says_so() {
             "{:?}",
             t.notes
         );
-        for h in [&a, &b] {
-            let (tx, rx) = oneshot::channel();
-            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
-            rx.await.unwrap();
-        }
+        shutdown([&a, &b]).await;
     };
-    tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(a_run, b_run, test);
-    })
-    .await
-    .expect("timed out");
+    run_pair(a_run, b_run, test).await;
 }

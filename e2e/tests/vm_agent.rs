@@ -283,6 +283,19 @@ fn ping(pair: &SitePair, from: &Site, to: &Site) {
         .unwrap_or_else(|e| panic!("ping {} -> {}: {e:#}", from.inner, to.inner));
 }
 
+/// Once charon has the CHILD SA too: ping both ways, then our counters agree with the kernel
+/// and `/metrics`, and exactly our one CHILD SA is installed. Returns (bytes in, bytes out).
+fn carries_traffic(pair: &SitePair, agent: &Agent, charon: &Charon) -> (u64, u64) {
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    ping(pair, &pair.left, &pair.right);
+    ping(pair, &pair.right, &pair.left);
+    let counters = check_counters(agent);
+    assert_exact_objects(agent);
+    counters
+}
+
 /// `ip -s xfrm state`, `ip xfrm policy` and every routing table of each site, for a failure's
 /// message.
 fn kernel_view(sites: &[&Site]) -> String {
@@ -356,13 +369,7 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
-    charon
-        .wait_up(TUNNEL, "net", Duration::from_secs(10))
-        .unwrap();
-    ping(&pair, left, right);
-    ping(&pair, right, left);
-    let (bin, bout) = check_counters(&agent);
-    assert_exact_objects(&agent);
+    let (bin, bout) = carries_traffic(&pair, &agent, &charon);
     // the peer's kernel counted the same packets
     let theirs = xfrm_states(&right.ns);
     assert!(
@@ -926,13 +933,7 @@ fn g_certificates_carry_traffic() {
                 charon.log()
             )
         });
-    charon
-        .wait_up(TUNNEL, "net", Duration::from_secs(10))
-        .unwrap();
-    ping(&pair, left, right);
-    ping(&pair, right, left);
-    let (bin, bout) = check_counters(&agent);
-    assert_exact_objects(&agent);
+    let (bin, bout) = carries_traffic(&pair, &agent, &charon);
     let theirs = xfrm_states(&right.ns);
     let their_in = theirs
         .iter()
