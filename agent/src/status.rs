@@ -147,7 +147,9 @@ pub fn render(s: &AgentStatus) -> String {
             o,
             "{}: {}, IKEv2, {}{}",
             t.name,
-            g.ike_state.as_deref().unwrap_or("Down").to_uppercase(),
+            g.ike_state
+                .map_or("Down", strait_crds::IkeState::as_str)
+                .to_uppercase(),
             g.ike_spis.as_deref().unwrap_or("no IKE SA"),
             match t.initiator {
                 Some(true) => " (initiator)",
@@ -229,7 +231,7 @@ mod tests {
                 notes: vec![],
                 gateway: GatewayStatus {
                     node: "n1".into(),
-                    ike_state: Some("Established".into()),
+                    ike_state: Some(strait_crds::IkeState::Established),
                     ike_proposal: Some("aes256gcm16-prfsha256-x25519".into()),
                     child_sas: vec![ChildSaStatus {
                         spi_in: "c0000001".into(),
@@ -259,7 +261,7 @@ mod tests {
         assert_eq!(back, s);
         // and the gateway part reads as the CRD type on its own
         let g: GatewayStatus = serde_json::from_value(t.clone()).unwrap();
-        assert_eq!(g.ike_state.as_deref(), Some("Established"));
+        assert_eq!(g.ike_state, Some(strait_crds::IkeState::Established));
     }
 
     #[test]

@@ -12,10 +12,11 @@
 use std::time::Duration;
 
 use strait_agent::dataplane::NoDataplane;
-use strait_agent::driver::{Command, Driver, Settings, TunnelDef};
-use strait_agent::peer::{self, Inputs};
+use strait_agent::driver::{Command, Driver, Settings};
+use strait_agent::spec::TunnelDef;
+use strait_agent::spec::peer::{self, Inputs};
 use strait_agent::status::AgentStatus;
-use strait_crds::IPsecTunnelSpec;
+use strait_crds::{IPsecTunnelSpec, IkeState};
 use strait_ike::EndpointConfig;
 use strait_ike::crypto::keys::SecretBytes;
 use tokio::sync::{mpsc, oneshot};
@@ -171,7 +172,7 @@ async fn two_drivers_establish_and_tear_down_over_loopback() {
         a.wait("a removed", |s| s.tunnels.is_empty()).await;
         let sb = b
             .wait("b down", |s| {
-                s.tunnels[0].gateway.ike_state.as_deref() == Some("Down")
+                s.tunnels[0].gateway.ike_state == Some(IkeState::Down)
             })
             .await;
         let err = sb.tunnels[0].gateway.last_error.as_ref().unwrap();
@@ -201,10 +202,7 @@ async fn wrong_psk_reports_authentication_failed_and_retries() {
             })
             .await;
         // a start tunnel keeps trying
-        assert_eq!(
-            s.tunnels[0].gateway.ike_state.as_deref(),
-            Some("Connecting")
-        );
+        assert_eq!(s.tunnels[0].gateway.ike_state, Some(IkeState::Connecting));
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains("one-key") && !json.contains("another-key"));
         // ...and does try again: after the retry delay a later attempt fails the same way.

@@ -14,9 +14,10 @@ use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use strait_agent::dataplane::NoDataplane;
-use strait_agent::driver::{Command, Driver, Settings, TunnelDef};
+use strait_agent::driver::{Command, Driver, Settings};
 use strait_agent::metrics;
-use strait_agent::peer::{self, Inputs};
+use strait_agent::spec::TunnelDef;
+use strait_agent::spec::peer::{self, Inputs};
 use strait_agent::status::AgentStatus;
 use strait_crds::IPsecTunnelSpec;
 use strait_ike::EndpointConfig;

@@ -4,8 +4,14 @@
 //! from the API server, and the agent in standalone mode reads the same documents from a file.
 //! The CRD YAML in `crds/` is generated from them (`cargo run -p strait-crds --bin crdgen`) and a
 //! test fails when the committed file drifts from the Rust types.
+//!
+//! The rest of the contract between the operator and the agents lives here too, so that neither
+//! binary depends on the other: field managers, the IKE states and reasons an agent reports, the
+//! status bodies it applies ([`contract`]) and the heartbeat Lease ([`heartbeat`]).
 
+pub mod contract;
 pub mod duration;
+pub mod heartbeat;
 pub mod tunnel;
 pub mod validate;
 pub mod watch;
@@ -17,6 +23,8 @@ pub use tunnel::*;
 pub const GROUP: &str = "strait.dev";
 /// The served version.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every document of this API.
+pub const API_VERSION: &str = "strait.dev/v1alpha1";
 
 /// The CRD as YAML, exactly as committed in `crds/ipsectunnel.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {

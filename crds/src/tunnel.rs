@@ -266,9 +266,9 @@ pub struct IPsecTunnelStatus {
 pub struct GatewayStatus {
     /// The node name (the list-map key).
     pub node: String,
-    /// IKE SA state: `Connecting`, `Established`, `Rekeying`, `Deleting` or `Down`.
+    /// IKE SA state: `Connecting`, `Established` or `Down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ike_state: Option<String>,
+    pub ike_state: Option<IkeState>,
     /// The negotiated IKE proposal, strongSwan notation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ike_proposal: Option<String>,
@@ -287,15 +287,36 @@ pub struct GatewayStatus {
     /// When the IKE SA was established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub established_at: Option<Time>,
-    /// When the IKE SA will next be rekeyed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rekey_at: Option<Time>,
     /// Installed CHILD SAs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub child_sas: Vec<ChildSaStatus>,
     /// The last error this agent saw, if the tunnel is not up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastError>,
+}
+
+/// The IKE SA's state as an agent reports it. A rekey is not a state of its own: the SA stays
+/// `Established` while its successor is negotiated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IkeState {
+    /// Initiating, or waiting to initiate again after a failure.
+    Connecting,
+    /// An IKE SA is established.
+    Established,
+    /// No IKE SA, and none is being initiated (a responder waiting, or a tunnel that cannot
+    /// start: `lastError` says why).
+    Down,
+}
+
+impl IkeState {
+    /// The name as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "Connecting",
+            Self::Established => "Established",
+            Self::Down => "Down",
+        }
+    }
 }
 
 /// One CHILD SA pair.

@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use strait_crds::GatewayStatus;
+use strait_crds::{GatewayStatus, IkeState};
 
 /// Condition types the operator owns.
 pub const READY: &str = "Ready";
@@ -15,9 +15,6 @@ pub const IKE_ESTABLISHED: &str = "IkeEstablished";
 pub const CHILD_SAS_INSTALLED: &str = "ChildSasInstalled";
 /// Something needs a person's attention.
 pub const DEGRADED: &str = "Degraded";
-
-/// `ikeState` an agent writes once it removed the tunnel's kernel objects (deletion contract).
-pub const IKE_STATE_DELETED: &str = "Deleted";
 
 /// What the operator knows about a tunnel when it computes the conditions.
 #[derive(Debug, Clone, Copy)]
@@ -132,10 +129,10 @@ fn all_down(reason: &str, message: &str, degraded: bool) -> Vec<Cond> {
 }
 
 fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
-    let state = e.ike_state.as_deref().unwrap_or("Unknown");
-    let ike_up = matches!(state, "Established" | "Rekeying");
+    let state = e.ike_state.map_or("Unknown", IkeState::as_str);
+    let ike_up = e.ike_established();
     let children = e.child_sas.len();
-    if ike_up && children > 0 {
+    if e.is_up() {
         let msg = format!("IKE SA and {children} CHILD SA(s) established on gateway {node}");
         return vec![
             cond(READY, true, "TunnelEstablished", msg.clone()),
@@ -186,10 +183,11 @@ fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
             cond(DEGRADED, false, "ChildSasPending", msg),
         ];
     }
-    let reason = match state {
-        "Connecting" => "Connecting",
-        "Deleting" | "Down" | "Deleted" => "IkeSaDown",
-        _ => "IkeStateUnknown",
+    let reason = match e.ike_state {
+        Some(IkeState::Connecting) => "Connecting",
+        Some(IkeState::Down) => "IkeSaDown",
+        // Established returned above; None: an entry that names no state
+        Some(IkeState::Established) | None => "IkeStateUnknown",
     };
     let msg = cap(&format!("IKE SA is {state} on gateway {node}"));
     all_down(reason, &msg, false)
@@ -258,7 +256,7 @@ mod tests {
     fn errors_are_propagated_and_bad_reasons_replaced() {
         let mut e = GatewayStatus {
             node: "gw".into(),
-            ike_state: Some("Connecting".into()),
+            ike_state: Some(IkeState::Connecting),
             last_error: Some(LastError {
                 reason: "AuthenticationFailed".into(),
                 message: "peer sent AUTHENTICATION_FAILED".into(),
@@ -284,7 +282,7 @@ mod tests {
     fn established_with_children_is_ready() {
         let e = GatewayStatus {
             node: "gw".into(),
-            ike_state: Some("Established".into()),
+            ike_state: Some(IkeState::Established),
             child_sas: vec![ChildSaStatus::default()],
             ..GatewayStatus::default()
         };

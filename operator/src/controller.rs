@@ -25,20 +25,18 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
-use strait_crds::IPsecTunnel;
+use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 use strait_crds::watch::WatchBackoff;
+use strait_crds::{IPsecTunnel, heartbeat};
 
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
 use crate::election::elect;
 use crate::error::{Error, Fault};
-use crate::heartbeat;
 use crate::metrics::{Metrics, READY_STATUSES};
 
 /// The finalizer that holds a deleted tunnel until its agents removed their kernel objects.
 pub const FINALIZER: &str = "strait.dev/cleanup";
-/// The operator's field manager for server-side apply.
-pub const FIELD_MANAGER: &str = "strait-operator";
 /// How often the DaemonSet is re-applied even when nothing changed (repairs manual edits).
 const DAEMONSET_RESYNC: Duration = Duration::from_secs(300);
 /// How often a tunnel is reconciled when no event and no lease expiry comes first.
@@ -318,7 +316,7 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
         || sorted(&status.conditions) != sorted(&conditions);
     if changed {
         let mut body = serde_json::json!({
-            "apiVersion": "strait.dev/v1alpha1",
+            "apiVersion": strait_crds::API_VERSION,
             "kind": "IPsecTunnel",
             "status": {"observedGeneration": generation, "conditions": conditions},
         });
@@ -328,7 +326,7 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
         let api = Api::<IPsecTunnel>::all(ctx.client.clone());
         api.patch_status(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
         .await?;
@@ -362,7 +360,6 @@ async fn cleanup(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
         .status
         .iter()
         .flat_map(|s| &s.gateways)
-        .filter(|g| g.ike_state.as_deref() != Some(conditions::IKE_STATE_DELETED))
         .map(|g| g.node.clone())
         .collect();
     if !pending.is_empty() {

@@ -12,11 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 
 /// The DaemonSet's name.
 pub const NAME: &str = "strait-agent";
-/// Field manager of the operator's writes.
-pub const FIELD_MANAGER: &str = "strait-operator";
 
 /// What the agent pods run: from the operator's flags, which the chart sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +144,7 @@ pub async fn sync(
     let body = manifest(namespace, tpl, terms);
     api.patch(
         NAME,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await?;

@@ -9,7 +9,6 @@ pub mod controller;
 pub mod daemonset;
 pub mod election;
 pub mod error;
-pub mod heartbeat;
 pub mod leader;
 pub mod metrics;
 

@@ -1,10 +1,10 @@
 //! `strait-agent cluster`: the agent on a gateway node of a Kubernetes cluster.
 //!
 //! - renews its heartbeat Lease `strait-agent-<node>` (the operator's liveness contract,
-//!   [`strait_operator::heartbeat::renew`]);
+//!   [`strait_crds::heartbeat::renew`]);
 //! - watches `IPsecTunnel`s and runs exactly those whose `status.activeGateway` is this node (the
 //!   operator elects), with the Secrets they name from the operator's namespace, through the
-//!   same spec → peer mapping ([`crate::defs`]) and the same driver as standalone mode;
+//!   same spec → peer mapping ([`crate::spec`]) and the same driver as standalone mode;
 //! - writes its own `status.gateways[]` entry with server-side apply under `strait-agent/<node>`,
 //!   on change and at most once per `--status-interval` per tunnel;
 //! - a changed spec or Secret restarts that tunnel; losing the active role or a deletion removes
@@ -25,15 +25,17 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use strait_crds::IPsecTunnel;
+use strait_crds::heartbeat;
+use strait_crds::{IPsecTunnel, contract};
 use strait_ike::EndpointConfig;
-use strait_operator::heartbeat;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
-use crate::defs;
-use crate::driver::{Command, Driver, Settings, TunnelDef};
+use crate::driver::{Command, Driver, Settings};
+use crate::error::TunnelError;
+use crate::spec;
+use crate::spec::TunnelDef;
 use crate::status::{self, AgentStatus, StatusRequest};
 
 /// How often the driver's state is compared with what was last written.
@@ -207,7 +209,7 @@ where
 struct Fingerprint {
     spec: String,
     secrets: Vec<u8>,
-    problem: Option<(&'static str, String)>,
+    problem: Option<TunnelError>,
 }
 
 fn fingerprint(def: &TunnelDef) -> Fingerprint {
@@ -341,7 +343,7 @@ impl Controller {
                 store: secrets,
                 namespace: &self.opts.namespace,
             };
-            let def = defs::definition(
+            let def = spec::definition(
                 name.clone(),
                 t.spec.clone(),
                 self.opts.ike_port,
@@ -366,8 +368,8 @@ impl Controller {
                     }
                     Some(_) => {}
                 }
-                if let Some((reason, message)) = &p.problem {
-                    tracing::warn!(tunnel = %name, reason, %message, "tunnel cannot start");
+                if let Some(e) = &p.problem {
+                    tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "tunnel cannot start");
                 }
             }
             for name in &gone {
@@ -439,12 +441,12 @@ impl Controller {
             return;
         };
         let now = Instant::now();
-        let pp = PatchParams::apply(&report::field_manager(&self.opts.node)).force();
+        let pp = PatchParams::apply(&contract::agent_field_manager(&self.opts.node)).force();
         for t in st.tunnels {
             if !self.running.contains_key(&t.name) || !self.writer.due(&t.name, &t.gateway, now) {
                 continue;
             }
-            let body = report::entry_body(&t.name, &t.gateway);
+            let body = contract::gateway_entry_body(&t.name, &t.gateway);
             match self
                 .api
                 .patch_status(&t.name, &pp, &Patch::Apply(&body))
@@ -453,7 +455,7 @@ impl Controller {
                 Ok(_) => {
                     tracing::info!(
                         tunnel = %t.name,
-                        ike_state = t.gateway.ike_state.as_deref().unwrap_or(""),
+                        ike_state = t.gateway.ike_state.map_or("", strait_crds::IkeState::as_str),
                         child_sas = t.gateway.child_sas.len(),
                         reason = t.gateway.last_error.as_ref().map_or("", |e| e.reason.as_str()),
                         "status entry written"
@@ -470,10 +472,10 @@ impl Controller {
 
     /// Removes this agent's entry from a tunnel's status (an apply that owns nothing).
     async fn clear(&mut self, name: &str) {
-        let pp = PatchParams::apply(&report::field_manager(&self.opts.node)).force();
+        let pp = PatchParams::apply(&contract::agent_field_manager(&self.opts.node)).force();
         match self
             .api
-            .patch_status(name, &pp, &Patch::Apply(&report::clear_body(name)))
+            .patch_status(name, &pp, &Patch::Apply(&contract::clear_body(name)))
             .await
         {
             Ok(_) => {

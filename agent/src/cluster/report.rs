@@ -1,47 +1,17 @@
-//! The agent's `status.gateways[]` entry: the server-side apply bodies (its entry, or none to
-//! clear it) and when to write (on change, at most once per interval per tunnel).
+//! When the agent writes its `status.gateways[]` entry: on change, at most once per interval per
+//! tunnel, and at once when a tunnel comes up. The bodies and field manager are the contract's
+//! ([`strait_crds::contract`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use strait_crds::{GatewayStatus, IPsecTunnel};
-
-/// The field manager of the agent on `node` (the same one its heartbeat Lease uses).
-pub fn field_manager(node: &str) -> String {
-    format!("strait-agent/{node}")
-}
-
-/// The apply body that makes `entry` this agent's only field in the tunnel's status.
-pub fn entry_body(tunnel: &str, entry: &GatewayStatus) -> Value {
-    json!({
-        "apiVersion": "strait.dev/v1alpha1",
-        "kind": "IPsecTunnel",
-        "metadata": {"name": tunnel},
-        "status": {"gateways": [entry]},
-    })
-}
-
-/// The apply body that owns nothing: server-side apply then removes the entry this manager owned.
-pub fn clear_body(tunnel: &str) -> Value {
-    json!({
-        "apiVersion": "strait.dev/v1alpha1",
-        "kind": "IPsecTunnel",
-        "metadata": {"name": tunnel},
-        "status": {},
-    })
-}
 
 /// Whether the tunnel's status holds an entry for `node`.
 pub fn has_entry(t: &IPsecTunnel, node: &str) -> bool {
     t.status
         .as_ref()
         .is_some_and(|s| s.gateways.iter().any(|g| g.node == node))
-}
-
-/// IKE SA established with at least one CHILD SA: what the operator reports as Ready.
-fn is_up(e: &GatewayStatus) -> bool {
-    e.ike_state.as_deref() == Some("Established") && !e.child_sas.is_empty()
 }
 
 /// On-change, rate-limited writes: remembers what was last written for each tunnel and when the
@@ -72,7 +42,7 @@ impl Writer {
             Some((written, at)) => {
                 written.as_ref() != Some(entry)
                     && (now.duration_since(*at) >= self.min_interval
-                        || (is_up(entry) && written.as_ref().is_some_and(|w| !is_up(w))))
+                        || (entry.is_up() && written.as_ref().is_some_and(|w| !w.is_up())))
             }
         }
     }
@@ -96,11 +66,12 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strait_crds::IkeState;
 
-    fn entry(state: &str) -> GatewayStatus {
+    fn entry(state: IkeState) -> GatewayStatus {
         GatewayStatus {
             node: "gw1".into(),
-            ike_state: Some(state.into()),
+            ike_state: Some(state),
             ..GatewayStatus::default()
         }
     }
@@ -109,19 +80,39 @@ mod tests {
     fn writes_on_change_at_most_once_per_interval() {
         let t0 = Instant::now();
         let mut w = Writer::new(Duration::from_secs(1));
-        assert!(w.due("t", &entry("Connecting"), t0));
-        w.attempted("t", Some(entry("Connecting")), t0);
+        assert!(w.due("t", &entry(IkeState::Connecting), t0));
+        w.attempted("t", Some(entry(IkeState::Connecting)), t0);
         // unchanged: never
-        assert!(!w.due("t", &entry("Connecting"), t0 + Duration::from_secs(5)));
+        assert!(!w.due(
+            "t",
+            &entry(IkeState::Connecting),
+            t0 + Duration::from_secs(5)
+        ));
         // changed, too soon
-        assert!(!w.due("t", &entry("Established"), t0 + Duration::from_millis(300)));
-        assert!(w.due("t", &entry("Established"), t0 + Duration::from_secs(1)));
+        assert!(!w.due(
+            "t",
+            &entry(IkeState::Established),
+            t0 + Duration::from_millis(300)
+        ));
+        assert!(w.due(
+            "t",
+            &entry(IkeState::Established),
+            t0 + Duration::from_secs(1)
+        ));
         // a failed attempt is retried after the interval
         w.attempted("t", None, t0 + Duration::from_secs(1));
-        assert!(!w.due("t", &entry("Established"), t0 + Duration::from_millis(1500)));
-        assert!(w.due("t", &entry("Established"), t0 + Duration::from_secs(2)));
+        assert!(!w.due(
+            "t",
+            &entry(IkeState::Established),
+            t0 + Duration::from_millis(1500)
+        ));
+        assert!(w.due(
+            "t",
+            &entry(IkeState::Established),
+            t0 + Duration::from_secs(2)
+        ));
         w.forget("t");
-        assert!(w.due("t", &entry("Established"), t0));
+        assert!(w.due("t", &entry(IkeState::Established), t0));
     }
 
     #[test]
@@ -132,36 +123,30 @@ mod tests {
                 spi_out: spi.into(),
                 ..strait_crds::ChildSaStatus::default()
             }],
-            ..entry("Established")
+            ..entry(IkeState::Established)
         };
         let t0 = Instant::now();
         let soon = t0 + Duration::from_millis(30);
         let mut w = Writer::new(Duration::from_secs(1));
-        w.attempted("t", Some(entry("Connecting")), t0);
+        w.attempted("t", Some(entry(IkeState::Connecting)), t0);
         // established without a CHILD SA is not up: rate-limited
-        assert!(!w.due("t", &entry("Established"), soon));
+        assert!(!w.due("t", &entry(IkeState::Established), soon));
         assert!(w.due("t", &up("01"), soon));
         w.attempted("t", Some(up("01")), soon);
         // further changes while up wait for the interval
         assert!(!w.due("t", &up("02"), soon + Duration::from_millis(10)));
         assert!(w.due("t", &up("02"), soon + Duration::from_secs(1)));
         // a failed write is retried after the interval, not at once
-        w.attempted("t", Some(entry("Connecting")), t0);
+        w.attempted("t", Some(entry(IkeState::Connecting)), t0);
         w.attempted("t", None, soon);
         assert!(!w.due("t", &up("01"), soon + Duration::from_millis(10)));
         assert!(w.due("t", &up("01"), soon + Duration::from_secs(1)));
         // going down is rate-limited as before
         w.attempted("t", Some(up("01")), soon);
-        assert!(!w.due("t", &entry("Connecting"), soon + Duration::from_millis(10)));
-    }
-
-    #[test]
-    fn bodies_hold_only_the_agents_fields() {
-        let b = entry_body("dc2", &entry("Established"));
-        assert_eq!(b["status"]["gateways"][0]["node"], "gw1");
-        assert!(b["status"].get("conditions").is_none());
-        assert!(b["status"].get("activeGateway").is_none());
-        assert_eq!(clear_body("dc2")["status"], json!({}));
-        assert_eq!(field_manager("gw1"), "strait-agent/gw1");
+        assert!(!w.due(
+            "t",
+            &entry(IkeState::Connecting),
+            soon + Duration::from_millis(10)
+        ));
     }
 }

@@ -5,7 +5,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use strait_crds::SecretKeyRef;
 use zeroize::Zeroizing;
 
-use crate::defs::{self, SecretSource};
+use crate::spec::{self, SecretSource};
 
 /// Reads `secretRef`s from the watched Secrets of one namespace.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl SecretSource for StoreSecrets<'_> {
                     self.namespace, r.name, r.key
                 )
             })?;
-        defs::trim_newline(&mut bytes);
+        spec::trim_newline(&mut bytes);
         if bytes.is_empty() {
             return Err(format!(
                 "Secret {}/{} key {:?} is empty",

@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
-use crate::defs::{self, SecretSource};
-use crate::driver::{Command, Driver, Settings, TunnelDef};
+use crate::driver::{Command, Driver, Settings};
+use crate::spec::TunnelDef;
+use crate::spec::{self, SecretSource};
 use crate::standalone::{config, secrets};
 use crate::status;
 
@@ -66,7 +67,7 @@ impl SecretSource for DirSecrets<'_> {
 
 async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {
     let name = t.metadata.name.clone().unwrap_or_default();
-    defs::definition(
+    spec::definition(
         name,
         t.spec,
         opts.ike_port,

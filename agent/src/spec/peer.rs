@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use strait_crds::contract::StatusReason;
 use strait_crds::{IPsecTunnelSpec, Initiation, SecretKeyRef, validate::Cidr};
 use strait_ike::codec::TsRange;
 use strait_ike::crypto::keys::SecretBytes;
@@ -82,12 +83,14 @@ pub enum PeerError {
 }
 
 impl PeerError {
-    /// A CamelCase reason for status.
-    pub fn reason(&self) -> &'static str {
+    /// The reason for status.
+    pub fn reason(&self) -> StatusReason {
         match self {
-            Self::IkeProposal { .. } | Self::EspProposal { .. } => "InvalidProposal",
-            Self::NoCertificate(_) | Self::InvalidCertificate => "InvalidCertificate",
-            _ => "InvalidConfig",
+            Self::IkeProposal { .. } | Self::EspProposal { .. } => StatusReason::InvalidProposal,
+            Self::NoCertificate(_) | Self::InvalidCertificate => StatusReason::InvalidCertificate,
+            Self::Id { .. } | Self::Subnet { .. } | Self::NoPsk | Self::Config(_) => {
+                StatusReason::InvalidConfig
+            }
         }
     }
 }
@@ -563,7 +566,7 @@ auth:
     fn certificate_problems_are_invalid_certificate() {
         let s = spec(CERT_BASE);
         let e = build(&s, inputs()).unwrap_err();
-        assert_eq!(e.reason(), "InvalidCertificate", "{e}");
+        assert_eq!(e.reason().as_str(), "InvalidCertificate", "{e}");
         // a key that is not the certificate's
         let c = CertificateInputs {
             chain: ike_data("rsa.pem"),
@@ -571,7 +574,7 @@ auth:
             ca: ike_data("ca.pem"),
         };
         let e = build_with(&s, inputs(), Some(c)).unwrap_err();
-        assert_eq!(e.reason(), "InvalidCertificate", "{e}");
+        assert_eq!(e.reason().as_str(), "InvalidCertificate", "{e}");
         assert!(e.to_string().contains("tls.key"), "{e}");
         // garbage instead of PEM
         let c = CertificateInputs {
@@ -580,7 +583,10 @@ auth:
             ca: ike_data("ca.pem"),
         };
         assert_eq!(
-            build_with(&s, inputs(), Some(c)).unwrap_err().reason(),
+            build_with(&s, inputs(), Some(c))
+                .unwrap_err()
+                .reason()
+                .as_str(),
             "InvalidCertificate"
         );
     }

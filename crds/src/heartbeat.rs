@@ -4,7 +4,8 @@
 //! namespace. It renews it (sets `spec.renewTime` to now) every [`DEFAULT_RENEW_INTERVAL`], with
 //! `spec.holderIdentity` = the node name and `spec.leaseDurationSeconds` = how long the operator
 //! may trust one renewal. The agent is alive while `renewTime + leaseDurationSeconds` is in the
-//! future. [`renew`] is the agent side of the contract, written here so both sides share it.
+//! future. [`renew`] is the agent side, [`is_alive`] the operator's: both live here, in the crate
+//! both binaries share, so neither links the other.
 //!
 //! The comparison uses the agent's `renewTime` against the operator's clock, so node clocks must
 //! be synchronised to well under the lease duration (NTP), as for kubelet's own node leases.
@@ -52,7 +53,7 @@ pub fn is_alive(lease: &Lease, now: Timestamp) -> bool {
 }
 
 /// Agent side: creates or renews the heartbeat Lease of `node` (server-side apply under the field
-/// manager `strait-agent/<node>`). Call it every [`DEFAULT_RENEW_INTERVAL`].
+/// manager [`crate::contract::agent_field_manager`]). Call it every [`DEFAULT_RENEW_INTERVAL`].
 pub async fn renew(
     leases: &Api<Lease>,
     node: &str,
@@ -70,7 +71,7 @@ pub async fn renew(
             "renewTime": now,
         },
     });
-    let pp = PatchParams::apply(&format!("strait-agent/{node}")).force();
+    let pp = PatchParams::apply(&crate::contract::agent_field_manager(node)).force();
     leases.patch(&name, &pp, &Patch::Apply(&body)).await?;
     Ok(())
 }

@@ -1,15 +1,46 @@
 //! From an `IPsecTunnel` spec and its secrets to the driver's [`TunnelDef`]: the one mapping both
 //! standalone mode (secrets from files) and cluster mode (secrets from the API) use. Where the
-//! secrets come from is the caller's [`SecretSource`]; everything else is decided here.
+//! secrets come from is the caller's [`SecretSource`]; the addresses are resolved in
+//! [`resolve`]; the pure spec → [`PeerConfig`] translation is [`peer`].
 
-use std::net::{IpAddr, SocketAddr};
+pub mod peer;
+pub mod resolve;
 
+use std::time::Duration;
+
+use strait_crds::contract::StatusReason;
 use strait_crds::{IPsecTunnelSpec, SecretKeyRef};
+use strait_ike::PeerConfig;
 use strait_ike::crypto::keys::SecretBytes;
 use zeroize::Zeroizing;
 
-use crate::driver::TunnelDef;
-use crate::peer::{self, Inputs};
+use crate::error::TunnelError;
+use peer::Inputs;
+
+/// One tunnel as the driver gets it: the spec (to notice changes) and what it maps to.
+#[derive(Debug)]
+pub struct TunnelDef {
+    /// The `IPsecTunnel` name.
+    pub name: String,
+    /// The spec as written.
+    pub spec: IPsecTunnelSpec,
+    /// A digest of the secrets it uses (to notice a changed PSK without keeping it twice).
+    pub secret_digest: Vec<u8>,
+    /// The endpoint configuration, or why there is none.
+    pub peer: Result<PeerConfig, TunnelError>,
+    /// Remarks for the status.
+    pub notes: Vec<String>,
+}
+
+impl TunnelDef {
+    /// Whether `other` asks for the same tunnel (so a reload leaves it running).
+    pub fn same_as(&self, other: &TunnelDef) -> bool {
+        self.spec == other.spec
+            && self.secret_digest == other.secret_digest
+            && self.notes == other.notes
+            && self.peer.is_ok() == other.peer.is_ok()
+    }
+}
 
 /// Reads one key of one Secret. The error is a message for a person: it names the Secret and
 /// key, never the content.
@@ -84,9 +115,9 @@ pub async fn definition(
     let secret_digest = digest.finish().as_ref().to_vec();
     let mut notes = Vec::new();
     let peer = match missing {
-        Some(m) => Err(("SecretUnavailable", m)),
-        None => match addresses(&spec).await {
-            Err(m) => Err(("AddressUnresolved", m)),
+        Some(m) => Err(TunnelError::new(StatusReason::SecretUnavailable, m)),
+        None => match resolve::addresses(&spec).await {
+            Err(m) => Err(TunnelError::new(StatusReason::AddressUnresolved, m)),
             Ok((local_ip, remote_ip)) => peer::build_with(
                 &spec,
                 Inputs {
@@ -104,7 +135,7 @@ pub async fn definition(
                 notes = b.notes;
                 b.config
             })
-            .map_err(|e| (e.reason(), e.to_string())),
+            .map_err(|e| TunnelError::new(e.reason(), e.to_string())),
         },
     };
     TunnelDef {
@@ -116,37 +147,17 @@ pub async fn definition(
     }
 }
 
-/// Our address (configured, or the source address the routing table picks towards the peer —
-/// the node's address in cluster mode) and the peer's (an IP, or the first address its DNS name
-/// resolves to).
+/// Under the agent's test-only `--test-lifetime-scale`: multiplies every IKE and CHILD SA
+/// lifetime by `f`, so rekeys happen within seconds (the API's minimum lifetime is 60 s).
 ///
-/// # Errors
-/// A message for a person.
-pub async fn addresses(spec: &IPsecTunnelSpec) -> Result<(IpAddr, IpAddr), String> {
-    let remote = match spec.remote.address.parse::<IpAddr>() {
-        Ok(ip) => ip,
-        Err(_) => tokio::net::lookup_host((spec.remote.address.as_str(), 500))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", spec.remote.address))?
-            .next()
-            .map(|a| a.ip())
-            .ok_or_else(|| format!("{} has no address", spec.remote.address))?,
-    };
-    let local = match &spec.local.address {
-        Some(a) => a
-            .parse::<IpAddr>()
-            .map_err(|_| format!("spec.local.address {a:?} is not an IP address"))?,
-        None => {
-            let any: SocketAddr = if remote.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], 0))
-            } else {
-                SocketAddr::from(([0u16; 8], 0))
-            };
-            let s = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
-            s.connect(SocketAddr::new(remote, 500))
-                .map_err(|e| format!("no route to {remote}: {e}"))?;
-            s.local_addr().map_err(|e| e.to_string())?.ip()
-        }
-    };
-    Ok((local, remote))
+/// The schedule is compressed, but not the time a rekey may take before the hard limit: a real
+/// margin is minutes (10 % of an hour), far above any exchange, and a scaled one under a second
+/// would test the machine's speed. So at least `min_margin` is kept between rekey and hard limit.
+pub fn scale_lifetimes(cfg: &mut PeerConfig, f: f64, min_margin: Duration) {
+    for l in [&mut cfg.ike_lifetime, &mut cfg.child_lifetime] {
+        let margin = l.life_time.saturating_sub(l.rekey_time).mul_f64(f);
+        l.rekey_time = l.rekey_time.mul_f64(f);
+        l.rand_time = l.rand_time.mul_f64(f);
+        l.life_time = l.rekey_time + margin.max(min_margin);
+    }
 }

@@ -1,7 +1,17 @@
 //! The driver (quinn's `ConnectionDriver` shape): one task owns the sans-IO [`Endpoint`] and
-//! feeds it datagrams from the UDP sockets, the clock (only read here), and commands; after
-//! every input it drains `poll_event` into the data plane, the status and the logs, then
+//! feeds it datagrams from the UDP sockets, the clock (read here, and passed on), and commands;
+//! after every input it drains `poll_event` into the data plane, the status and the logs, then
 //! `poll_transmit` onto the sockets (kernel state before the peer hears of it).
+//!
+//! This file is the loop and its I/O (sockets, data plane calls, metrics). What each event does
+//! to a tunnel is [`tunnel`]; when a previous run's kernel objects are swept is [`adopt`]. Both
+//! are pure and unit-tested.
+
+mod adopt;
+mod tunnel;
+
+pub use adopt::{ADOPT_MAX, ADOPT_SETTLE};
+pub use tunnel::{RETRY_MAX, RETRY_MIN};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -9,58 +19,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use strait_crds::{ChildSaStatus, GatewayStatus, IPsecTunnelSpec, LastError};
-use strait_ike::proposal::{IkeChoice, Keyword};
-use strait_ike::{
-    ChildSaId, ChildSaInstall, Endpoint, EndpointConfig, Event, IkeSpis, PeerConfig, PeerId,
-    Reason, Role,
-};
+use strait_crds::contract::StatusReason;
+use strait_ike::{ChildSaInstall, Endpoint, EndpointConfig, Event, PeerId, Role};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::dataplane::{self, Dataplane, KernelEvent};
+use crate::dataplane::{Dataplane, KernelEvent};
+use crate::error::TunnelError;
 use crate::metrics::{Metrics, MetricsRequest};
-use crate::status::{AgentStatus, StatusRequest, TunnelStatus};
+use crate::notation::esp_name;
+use crate::spec::TunnelDef;
+use crate::status::{AgentStatus, StatusRequest};
+use adopt::{Adoption, Sweep};
+use tunnel::{IkeUp, Tunnel};
 
-/// First re-initiation delay after a failure; doubled up to [`RETRY_MAX`].
-pub const RETRY_MIN: Duration = Duration::from_secs(2);
 /// Under `--test-lifetime-scale`, the least time between a scheduled rekey and the hard limit.
 const TEST_MIN_HARD_MARGIN: Duration = Duration::from_secs(5);
-/// Longest re-initiation delay.
-pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the peers to acknowledge our DELETEs.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// After a restart, XFRM objects of the previous run are kept until every tunnel is up again
-/// (plus [`ADOPT_SETTLE`], for packets already in flight on the old SAs), at most this long.
-pub const ADOPT_MAX: Duration = Duration::from_secs(90);
-/// See [`ADOPT_MAX`].
-pub const ADOPT_SETTLE: Duration = Duration::from_secs(2);
-
-/// One tunnel as the driver gets it: the spec (to notice changes) and what it maps to.
-#[derive(Debug)]
-pub struct TunnelDef {
-    /// The `IPsecTunnel` name.
-    pub name: String,
-    /// The spec as written.
-    pub spec: IPsecTunnelSpec,
-    /// A digest of the secrets it uses (to notice a changed PSK without keeping it twice).
-    pub secret_digest: Vec<u8>,
-    /// The endpoint configuration, or why there is none (reason, message).
-    pub peer: Result<PeerConfig, (&'static str, String)>,
-    /// Remarks for the status.
-    pub notes: Vec<String>,
-}
-
-impl TunnelDef {
-    fn same_as(&self, other: &TunnelDef) -> bool {
-        self.spec == other.spec
-            && self.secret_digest == other.secret_digest
-            && self.notes == other.notes
-            && self.peer.is_ok() == other.peer.is_ok()
-    }
-}
 
 /// What the rest of the agent can ask of the driver.
 #[derive(Debug)]
@@ -97,20 +74,6 @@ struct Socket {
     reader: JoinHandle<()>,
 }
 
-struct Tunnel {
-    def: TunnelDef,
-    index: u32,
-    peer: Option<PeerId>,
-    role: Option<Role>,
-    current: Option<IkeSpis>,
-    status: TunnelStatus,
-    children: BTreeMap<ChildSaId, ChildSaStatus>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    /// When we sent the first IKE_SA_INIT of the handshake under way (for its duration).
-    initiated_at: Option<Instant>,
-}
-
 /// The driver task's state.
 pub struct Driver<D: Dataplane> {
     settings: Settings,
@@ -130,10 +93,8 @@ pub struct Driver<D: Dataplane> {
     scrapes: Option<mpsc::Receiver<MetricsRequest>>,
     /// Hashes of recently sent datagrams (to count retransmissions).
     recent_sends: std::collections::VecDeque<u64>,
-    /// Adopted objects of a previous run: sweep them at the latest then.
-    adopt_until: Option<Instant>,
-    /// Every tunnel was up at this time; sweep [`ADOPT_SETTLE`] later.
-    adopt_ready_at: Option<Instant>,
+    /// A previous run's kernel objects, kept until every tunnel is back.
+    adoption: Adoption,
     lifetime_scale: Option<f64>,
 }
 
@@ -154,58 +115,6 @@ impl<D: Dataplane> Drop for Driver<D> {
     }
 }
 
-fn now_time() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
-fn time_in(d: Duration) -> Option<Time> {
-    let d = k8s_openapi::jiff::SignedDuration::try_from(d).ok()?;
-    k8s_openapi::jiff::Timestamp::now()
-        .checked_add(d)
-        .ok()
-        .map(Time)
-}
-
-/// The IKE proposal in strongSwan's notation.
-pub fn ike_choice_name(c: &IkeChoice) -> String {
-    let mut parts = vec![c.encr.keyword()];
-    if let Some(i) = c.integ {
-        parts.push(i.keyword());
-    }
-    parts.push(c.prf.keyword());
-    parts.push(c.ke.keyword());
-    parts.join("-")
-}
-
-fn spis_string(s: &IkeSpis) -> String {
-    format!("{:?}_i {:?}_r", s.initiator, s.responder)
-}
-
-/// A sentence for a person, per reason.
-pub fn reason_message(r: Reason) -> &'static str {
-    match r {
-        Reason::NoProposalChosen => {
-            "no proposal chosen: the peer and this tunnel have no algorithm set in common (compare spec.ike/spec.esp proposals with the peer's)"
-        }
-        Reason::AuthenticationFailed => {
-            "authentication failed: the peer rejected our AUTH or its AUTH/identity did not verify (check the pre-shared key or the certificates and CA, and both identities)"
-        }
-        Reason::PeerUnreachable => {
-            "the peer did not answer (retransmissions or dead peer detection timed out)"
-        }
-        Reason::TsUnacceptable => "the peer did not accept the traffic selectors (subnets)",
-        Reason::InvalidSyntax => "the peer sent, or reported, a malformed message",
-        Reason::DeletedByPeer => "the peer deleted the SA",
-        Reason::DeletedLocally => "deleted by this agent",
-        Reason::HalfOpenTimeout => "the peer never completed IKE_AUTH",
-        Reason::Replaced => "replaced by a newer SA",
-        Reason::CertificateNotYetValid => "the peer's certificate is not yet valid",
-        Reason::CertificateExpired => "the peer's certificate has expired",
-        Reason::PeerError => "the peer answered with an error notification",
-        _ => "internal error in this agent",
-    }
-}
-
 /// Tells the endpoint the wall-clock time (for certificate validity). A system clock before
 /// 1970 leaves it unset: certificate authentication then fails with `InternalError`.
 fn set_wall_clock(endpoint: &mut Endpoint) {
@@ -215,14 +124,6 @@ fn set_wall_clock(endpoint: &mut Endpoint) {
             tracing::error!("the system clock is before 1970; certificates cannot be checked")
         }
     }
-}
-
-fn last_error(reason: &str, message: String) -> Option<LastError> {
-    Some(LastError {
-        reason: reason.to_owned(),
-        message,
-        time: Some(now_time()),
-    })
 }
 
 impl<D: Dataplane> Driver<D> {
@@ -253,8 +154,7 @@ impl<D: Dataplane> Driver<D> {
                 .ok(),
             scrapes: None,
             recent_sends: std::collections::VecDeque::new(),
-            adopt_until: None,
-            adopt_ready_at: None,
+            adoption: Adoption::default(),
             lifetime_scale: None,
         }
     }
@@ -300,7 +200,7 @@ impl<D: Dataplane> Driver<D> {
         mut status: mpsc::Receiver<StatusRequest>,
     ) {
         if self.dp.adopt().await > 0 {
-            self.adopt_until = Some(Instant::now() + ADOPT_MAX);
+            self.adoption.start(Instant::now());
         }
         self.reload(initial).await;
         loop {
@@ -344,46 +244,37 @@ impl<D: Dataplane> Driver<D> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let retry = self.retries.peek().map(|Reverse((at, _))| *at);
-        let adopt = match (self.adopt_until, self.adopt_ready_at) {
-            (Some(until), Some(ready)) => Some(until.min(ready + ADOPT_SETTLE)),
-            (until, _) => until,
-        };
-        [self.endpoint.poll_timeout(), retry, adopt]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.endpoint.poll_timeout(),
+            retry,
+            self.adoption.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Sweeps what a previous run left in the kernel once every tunnel has its CHILD SAs again
     /// (make-before-break across a restart), or at [`ADOPT_MAX`].
     async fn check_adopted(&mut self) {
-        let Some(until) = self.adopt_until else {
+        if self.adoption.deadline().is_none() {
             return;
-        };
-        let now = Instant::now();
+        }
         let all_up = self
             .tunnels
             .values()
             .filter(|t| t.peer.is_some())
             .all(|t| t.status.ready);
-        if !all_up {
-            self.adopt_ready_at = None;
-        } else if self.adopt_ready_at.is_none() {
-            self.adopt_ready_at = Some(now);
-        }
-        let settled = self.adopt_ready_at.is_some_and(|r| now >= r + ADOPT_SETTLE);
-        if !settled && now < until {
+        let Some(sweep) = self.adoption.check(Instant::now(), all_up) else {
             return;
-        }
-        if !settled {
+        };
+        if sweep == Sweep::TimedOut {
             tracing::warn!(
                 "not every tunnel came back in time: sweeping the previous run's XFRM objects anyway"
             );
         }
-        self.adopt_until = None;
-        self.adopt_ready_at = None;
         if let Err(e) = self.dp.sweep_adopted().await {
-            tracing::warn!(reason = e.reason, message = %e.message, "sweep after restart");
+            tracing::warn!(reason = %e.reason, message = %e.message, "sweep after restart");
         }
     }
 
@@ -424,8 +315,7 @@ impl<D: Dataplane> Driver<D> {
                     t.status
                         .gateway
                         .ike_state
-                        .as_deref()
-                        .is_some_and(|st| st.eq_ignore_ascii_case(s))
+                        .is_some_and(|st| st.as_str().eq_ignore_ascii_case(s))
                 })
                 .count();
             m.ike_sas
@@ -433,7 +323,7 @@ impl<D: Dataplane> Driver<D> {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         m.set_endpoint_stats(&self.endpoint.stats());
-        let children: usize = self.tunnels.values().map(|t| t.children.len()).sum();
+        let children: usize = self.tunnels.values().map(Tunnel::child_count).sum();
         m.child_sas.set(i64::try_from(children).unwrap_or(i64::MAX));
         let traffic = self.dp.traffic().await;
         let by_name = self
@@ -457,14 +347,11 @@ impl<D: Dataplane> Driver<D> {
             let Some(t) = self.tunnels.get_mut(&name) else {
                 continue;
             };
-            if t.retry_at != Some(at) {
-                continue;
-            }
-            t.retry_at = None;
-            if let Some(peer) = t.peer {
+            if t.take_retry(at)
+                && let Some(peer) = t.peer
+            {
                 tracing::info!(tunnel = %t.def.name, "re-initiating");
-                t.status.gateway.ike_state = Some("Connecting".into());
-                t.initiated_at = Some(now);
+                t.initiating(now);
                 self.endpoint.initiate(now, peer);
             }
         }
@@ -530,7 +417,8 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
-    fn ensure_sockets(&mut self, ip: IpAddr) -> Result<(), String> {
+    fn ensure_sockets(&mut self, ip: IpAddr) -> Result<(), TunnelError> {
+        let err = |m: String| TunnelError::new(StatusReason::SocketError, m);
         for (port, natt) in [
             (self.settings.ike_port, false),
             (self.settings.natt_port, true),
@@ -540,12 +428,14 @@ impl<D: Dataplane> Driver<D> {
                 continue;
             }
             let std_sock = std::net::UdpSocket::bind(want)
-                .map_err(|e| format!("cannot bind UDP {want}: {e}"))?;
+                .map_err(|e| err(format!("cannot bind UDP {want}: {e}")))?;
             std_sock
                 .set_nonblocking(true)
-                .map_err(|e| format!("UDP {want}: {e}"))?;
-            let sock = UdpSocket::from_std(std_sock).map_err(|e| format!("UDP {want}: {e}"))?;
-            self.dp.prepare_socket(&sock, natt).map_err(|e| e.message)?;
+                .map_err(|e| err(format!("UDP {want}: {e}")))?;
+            let sock =
+                UdpSocket::from_std(std_sock).map_err(|e| err(format!("UDP {want}: {e}")))?;
+            // a kernel refusal keeps its own reason (a missing CAP_NET_ADMIN says so)
+            self.dp.prepare_socket(&sock, natt)?;
             let sock = Arc::new(sock);
             let reader = tokio::spawn(read_loop(Arc::clone(&sock), want, self.dgram_tx.clone()));
             tracing::info!(local = %want, "listening");
@@ -587,7 +477,7 @@ impl<D: Dataplane> Driver<D> {
                 && t.role == Some(Role::OnTraffic)
                 && let Err(e) = self.dp.untrap(t.index).await
             {
-                tracing::warn!(tunnel = %name, reason = e.reason, message = %e.message, "removing trap policies");
+                tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "removing trap policies");
             }
         }
         for (_, def) in incoming {
@@ -598,77 +488,36 @@ impl<D: Dataplane> Driver<D> {
     async fn add_tunnel(&mut self, def: TunnelDef) {
         self.next_index = self.next_index.wrapping_add(1);
         let name = def.name.clone();
-        let mut t = Tunnel {
-            index: self.next_index,
-            peer: None,
-            role: None,
-            current: None,
-            status: TunnelStatus {
-                name: name.clone(),
-                initiation: format!("{:?}", def.spec.initiation),
-                local_id: def.spec.local.id.clone(),
-                remote_id: def.spec.remote.id.clone(),
-                notes: def.notes.clone(),
-                gateway: GatewayStatus {
-                    node: self.settings.node.clone(),
-                    ike_state: Some("Down".into()),
-                    ..GatewayStatus::default()
-                },
-                ..TunnelStatus::default()
-            },
-            children: BTreeMap::new(),
-            retry_at: None,
-            backoff: RETRY_MIN,
-            initiated_at: None,
-            def,
-        };
-        t.status.initiation = match t.def.spec.initiation {
-            strait_crds::Initiation::Start => "start",
-            strait_crds::Initiation::Respond => "respond",
-            strait_crds::Initiation::OnTraffic => "onTraffic",
-        }
-        .into();
+        let mut t = Tunnel::new(def, self.next_index, &self.settings.node);
         match self.start_tunnel(&mut t).await {
             Ok((peer, role)) => {
-                t.peer = Some(peer);
-                t.role = Some(role);
+                t.started(peer, role);
                 self.by_peer.insert(peer, name.clone());
                 if role == Role::Start {
                     tracing::info!(tunnel = %name, "initiating");
-                    t.status.gateway.ike_state = Some("Connecting".into());
                     let now = Instant::now();
-                    t.initiated_at = Some(now);
+                    t.initiating(now);
                     self.endpoint.initiate(now, peer);
                 } else {
                     tracing::info!(tunnel = %name, ?role, "waiting for the peer");
                 }
             }
-            Err((reason, message)) => {
-                tracing::error!(tunnel = %name, reason, %message, "tunnel cannot start");
-                t.status.gateway.last_error = last_error(reason, message);
+            Err(e) => {
+                tracing::error!(tunnel = %name, reason = %e.reason, message = %e.message, "tunnel cannot start");
+                t.cannot_start(e);
             }
         }
         self.tunnels.insert(name, t);
     }
 
-    async fn start_tunnel(
-        &mut self,
-        t: &mut Tunnel,
-    ) -> Result<(PeerId, Role), (&'static str, String)> {
+    async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
         let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
-        self.ensure_sockets(cfg.local_addr.ip())
-            .map_err(|m| ("SocketError", m))?;
-        self.dp
-            .preflight(&cfg.esp_proposals)
-            .await
-            .map_err(|e| (e.reason, e.message))?;
+        self.ensure_sockets(cfg.local_addr.ip())?;
+        self.dp.preflight(&cfg.esp_proposals).await?;
         let mut cfg = cfg.clone();
         if cfg.role == Role::OnTraffic {
             if self.dp.supports_on_traffic() {
-                self.dp
-                    .trap(t.index, &cfg)
-                    .await
-                    .map_err(|e| (e.reason, e.message))?;
+                self.dp.trap(t.index, &cfg).await?;
             } else {
                 cfg.role = Role::Respond;
                 t.status.notes.push(format!(
@@ -680,20 +529,12 @@ impl<D: Dataplane> Driver<D> {
         }
         let role = cfg.role;
         if let Some(f) = self.lifetime_scale {
-            for l in [&mut cfg.ike_lifetime, &mut cfg.child_lifetime] {
-                // The schedule is compressed, but not the time a rekey may take before the
-                // hard limit: a real margin is minutes (10 % of an hour), far above any
-                // exchange, and a scaled one under a second would test the machine's speed.
-                let margin = l.life_time.saturating_sub(l.rekey_time).mul_f64(f);
-                l.rekey_time = l.rekey_time.mul_f64(f);
-                l.rand_time = l.rand_time.mul_f64(f);
-                l.life_time = l.rekey_time + margin.max(TEST_MIN_HARD_MARGIN);
-            }
+            crate::spec::scale_lifetimes(&mut cfg, f, TEST_MIN_HARD_MARGIN);
         }
         let peer = self
             .endpoint
             .add_peer(cfg)
-            .map_err(|e| ("InvalidConfig", e.to_string()))?;
+            .map_err(|e| TunnelError::new(StatusReason::InvalidConfig, e.to_string()))?;
         Ok((peer, role))
     }
 
@@ -716,7 +557,7 @@ impl<D: Dataplane> Driver<D> {
             self.flush().await;
         }
         if let Err(e) = self.dp.shutdown().await {
-            tracing::warn!(reason = e.reason, message = %e.message, "data plane cleanup");
+            tracing::warn!(reason = %e.reason, message = %e.message, "data plane cleanup");
         }
     }
 
@@ -735,21 +576,17 @@ impl<D: Dataplane> Driver<D> {
                 spi_out,
             } => {
                 if let Err(e) = self.dp.delete(child).await {
-                    tracing::warn!(reason = e.reason, message = %e.message, "CHILD SA removal");
+                    tracing::warn!(reason = %e.reason, message = %e.message, "CHILD SA removal");
                 }
                 if let Some(t) = self.tunnel_of(peer) {
                     tracing::info!(tunnel = %t.def.name, spi_in = ?spi_in, spi_out = ?spi_out, "CHILD SA deleted");
-                    t.children.remove(&child);
-                    t.refresh();
+                    t.on_child_deleted(child);
                 }
             }
             Event::ChildSaFailed { peer, reason } => {
                 if let Some(t) = self.tunnel_of(peer) {
                     tracing::warn!(tunnel = %t.def.name, reason = reason.as_str(), "CHILD SA failed");
-                    t.status.gateway.last_error = last_error(
-                        reason.as_str(),
-                        format!("CHILD SA: {}", reason_message(reason)),
-                    );
+                    t.on_child_failed(reason);
                 }
             }
             Event::IkeSaUp {
@@ -763,31 +600,24 @@ impl<D: Dataplane> Driver<D> {
             } => {
                 let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
-                    let started = t.initiated_at.take();
+                    let up = IkeUp {
+                        proposal: &proposal,
+                        spis,
+                        nat,
+                        initiator,
+                        local_addr,
+                        remote_addr,
+                    };
+                    let took = t.on_ike_up(up, Instant::now());
                     if let Some(m) = &metrics {
                         m.handshakes.with_label_values(&["success", "none"]).inc();
-                        if let Some(at) = started
-                            && initiator
-                        {
-                            m.handshake_duration.observe(at.elapsed().as_secs_f64());
+                        if let Some(d) = took {
+                            m.handshake_duration.observe(d.as_secs_f64());
                         }
                     }
-                    let g = &mut t.status.gateway;
-                    g.ike_state = Some("Established".into());
-                    g.ike_proposal = Some(ike_choice_name(&proposal));
-                    g.ike_spis = Some(spis_string(&spis));
-                    g.local_endpoint = Some(local_addr.to_string());
-                    g.remote_endpoint = Some(remote_addr.to_string());
-                    g.nat_detected = Some(nat.local_behind_nat || nat.remote_behind_nat);
-                    g.established_at = Some(now_time());
-                    g.last_error = None;
-                    t.status.initiator = Some(initiator);
-                    t.current = Some(spis);
-                    t.retry_at = None;
-                    t.backoff = RETRY_MIN;
                     tracing::info!(
                         tunnel = %t.def.name,
-                        proposal = %ike_choice_name(&proposal),
+                        proposal = %crate::notation::ike_choice_name(&proposal),
                         local = %local_addr,
                         remote = %remote_addr,
                         local_behind_nat = nat.local_behind_nat,
@@ -795,30 +625,22 @@ impl<D: Dataplane> Driver<D> {
                         initiator,
                         "IKE SA established"
                     );
-                    t.refresh();
                 }
             }
             Event::IkeSaDown { peer, spis, reason } => {
                 let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
-                    let established = t.current == Some(spis);
-                    if let Some(m) = &metrics
-                        && established
-                        && reason == Reason::PeerUnreachable
-                    {
-                        m.dpd_failures.inc();
-                    }
-                    if t.current.is_none()
-                        && !matches!(reason, Reason::DeletedLocally | Reason::Replaced)
-                    {
-                        if let Some(m) = &metrics {
+                    let down = t.on_ike_down(spis, reason, Instant::now());
+                    if let Some(m) = &metrics {
+                        if down.dpd_failure {
+                            m.dpd_failures.inc();
+                        }
+                        if down.handshake_failed {
                             m.handshakes
                                 .with_label_values(&["failure", reason.as_str()])
                                 .inc();
                         }
-                        t.initiated_at = None;
                     }
-                    t.on_ike_down(spis, reason);
                     if let Some(at) = t.retry_at {
                         let name = t.def.name.clone();
                         self.retries.push(Reverse((at, name)));
@@ -835,12 +657,9 @@ impl<D: Dataplane> Driver<D> {
                     m.rekeys.with_label_values(&["ike"]).inc();
                 }
                 if let Some(t) = self.tunnel_of(peer)
-                    && t.current == Some(old)
+                    && t.on_ike_rekeyed(old, new, &proposal)
                 {
                     tracing::info!(tunnel = %t.def.name, "IKE SA rekeyed");
-                    t.current = Some(new);
-                    t.status.gateway.ike_spis = Some(spis_string(&new));
-                    t.status.gateway.ike_proposal = Some(ike_choice_name(&proposal));
                 }
             }
             other => tracing::debug!(event = ?other, "unhandled event"),
@@ -867,31 +686,15 @@ impl<D: Dataplane> Driver<D> {
                     tunnel = %t.def.name,
                     spi_in = ?sa.spi_in,
                     spi_out = ?sa.spi_out,
-                    proposal = %dataplane::esp_name(sa.encr, sa.integ),
+                    proposal = %esp_name(sa.encr, sa.integ),
                     encapsulated = sa.encapsulation.is_some(),
                     "CHILD SA installed"
                 );
-                let ts =
-                    |v: &[strait_ike::codec::TsRange]| v.iter().map(dataplane::ts_string).collect();
-                t.children.insert(
-                    sa.child,
-                    ChildSaStatus {
-                        spi_in: format!("{:?}", sa.spi_in),
-                        spi_out: format!("{:?}", sa.spi_out),
-                        proposal: Some(dataplane::esp_name(sa.encr, sa.integ)),
-                        local_ts: ts(&sa.local_ts),
-                        remote_ts: ts(&sa.remote_ts),
-                        mode: Some("tunnel".into()),
-                        encapsulated: Some(sa.encapsulation.is_some()),
-                        established_at: Some(now_time()),
-                        rekey_at: time_in(sa.lifetimes.soft),
-                    },
-                );
-                t.refresh();
+                t.on_child_installed(sa);
             }
             Err(e) => {
-                tracing::error!(tunnel = %t.def.name, reason = e.reason, message = %e.message, "CHILD SA not installed");
-                t.status.gateway.last_error = last_error(e.reason, e.message);
+                tracing::error!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "CHILD SA not installed");
+                t.on_child_install_failed(e);
             }
         }
     }
@@ -903,45 +706,6 @@ impl<D: Dataplane> Driver<D> {
             dataplane: self.dp.kind().as_str().into(),
             tunnels: self.tunnels.values().map(|t| t.status.clone()).collect(),
         }
-    }
-}
-
-impl Tunnel {
-    fn refresh(&mut self) {
-        self.status.gateway.child_sas = self.children.values().cloned().collect();
-        self.status.ready = self.status.gateway.ike_state.as_deref() == Some("Established")
-            && !self.children.is_empty();
-    }
-
-    fn on_ike_down(&mut self, spis: IkeSpis, reason: Reason) {
-        let current = self.current.is_none_or(|c| c == spis);
-        if !current || reason == Reason::Replaced {
-            tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
-            return;
-        }
-        tracing::warn!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "IKE SA down");
-        self.current = None;
-        let g = &mut self.status.gateway;
-        g.ike_spis = None;
-        g.ike_proposal = None;
-        g.established_at = None;
-        g.nat_detected = None;
-        self.status.initiator = None;
-        self.children.clear();
-        if reason != Reason::DeletedLocally {
-            g.last_error = last_error(reason.as_str(), reason_message(reason).to_owned());
-        }
-        let retry = self.role == Some(Role::Start) && reason != Reason::DeletedLocally;
-        if retry {
-            let delay = self.backoff;
-            self.backoff = (self.backoff * 2).min(RETRY_MAX);
-            self.retry_at = Some(Instant::now() + delay);
-            g.ike_state = Some("Connecting".into());
-            tracing::info!(tunnel = %self.def.name, delay_secs = delay.as_secs(), "will re-initiate");
-        } else {
-            g.ike_state = Some("Down".into());
-        }
-        self.refresh();
     }
 }
 

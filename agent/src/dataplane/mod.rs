@@ -1,0 +1,166 @@
+//! Where negotiated CHILD SAs go: nowhere ([`NoDataplane`], `--dataplane none`) or into the
+//! kernel's XFRM ([`KernelDataplane`], `--dataplane kernel`). This file is the seam the driver
+//! drives; [`objects`] is the pure translation from negotiated SAs to XFRM objects.
+//!
+//! Kernel order on install: inbound SA, outbound SA, then the policies out/in/fwd, all tagged
+//! with the tunnel's reqid from Strait's reserved range, so nothing of another daemon is ever
+//! touched and a restart can sweep what is ours.
+//!
+//! An `onTraffic` tunnel's outbound policies are installed at once, without SAs ("trap"
+//! policies, as strongSwan's `start_action = trap`): traffic they match makes the kernel send
+//! an acquire, which starts the IKE SA. They stay through CHILD SAs coming and going.
+
+mod kernel;
+mod none;
+pub mod objects;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use strait_crds::contract::StatusReason;
+use strait_ike::proposal::EspProposal;
+use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::error::TunnelError;
+pub use kernel::KernelDataplane;
+pub use none::{NoDataplane, Recorded};
+
+/// Which data plane the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Kernel XFRM.
+    Kernel,
+    /// Nothing is installed.
+    None,
+}
+
+impl Kind {
+    /// `kernel` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kernel => "kernel",
+            Kind::None => "none",
+        }
+    }
+}
+
+/// What the driver asks of a data plane. `tunnel` is the tunnel's small index (its reqid is
+/// derived from it).
+pub trait Dataplane: Send {
+    /// Which one this is.
+    fn kind(&self) -> Kind;
+
+    /// Whether trap policies (initiation `onTraffic`) are available.
+    fn supports_on_traffic(&self) -> bool {
+        false
+    }
+
+    /// Prepares a freshly bound IKE socket (ESP-in-UDP on the NAT-T port, bypass policies).
+    ///
+    /// # Errors
+    /// The socket options could not be set.
+    fn prepare_socket(&self, sock: &UdpSocket, natt: bool) -> Result<(), TunnelError>;
+
+    /// Checks before a tunnel starts that its ESP proposals can be installed.
+    fn preflight(
+        &mut self,
+        esp: &[EspProposal],
+    ) -> impl Future<Output = Result<(), TunnelError>> + Send;
+
+    /// Installs one CHILD SA.
+    fn install(
+        &mut self,
+        tunnel: u32,
+        sa: &ChildSaInstall,
+    ) -> impl Future<Output = Result<(), TunnelError>> + Send;
+
+    /// Removes one CHILD SA (and the tunnel's policies with its last one).
+    fn delete(&mut self, child: ChildSaId) -> impl Future<Output = Result<(), TunnelError>> + Send;
+
+    /// Removes everything this agent installed.
+    fn shutdown(&mut self) -> impl Future<Output = Result<(), TunnelError>> + Send;
+
+    /// Installs the outbound policies of an `onTraffic` tunnel without SAs, so that traffic
+    /// for it raises [`KernelEvent::Acquire`]. Only called when
+    /// [`Dataplane::supports_on_traffic`].
+    fn trap(
+        &mut self,
+        _tunnel: u32,
+        _cfg: &PeerConfig,
+    ) -> impl Future<Output = Result<(), TunnelError>> + Send {
+        async {
+            Err(TunnelError::new(
+                StatusReason::KernelUnsupported,
+                "trap policies (initiation onTraffic) need the kernel data plane",
+            ))
+        }
+    }
+
+    /// Removes a tunnel's trap policies (the tunnel is gone).
+    fn untrap(&mut self, _tunnel: u32) -> impl Future<Output = Result<(), TunnelError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The kernel's notifications (expiries, acquires) for our objects, once: the driver takes
+    /// the receiver at start. `None`: this data plane has none.
+    fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {
+        None
+    }
+
+    /// Traffic per tunnel index: what the tunnel's CHILD SAs carried, including CHILD SAs
+    /// already deleted (so the sums only grow while the tunnel exists).
+    fn traffic(&mut self) -> impl Future<Output = BTreeMap<u32, Traffic>> + Send {
+        async { BTreeMap::new() }
+    }
+
+    /// At start: notes the objects of ours a previous run left behind (after a crash) and keeps
+    /// them, so traffic keeps flowing until the new CHILD SAs are up. Returns how many.
+    fn adopt(&mut self) -> impl Future<Output = usize> + Send {
+        async { 0 }
+    }
+
+    /// Whether objects adopted at start are still waiting to be swept.
+    fn adopting(&self) -> bool {
+        false
+    }
+
+    /// Removes every object of ours the agent has not installed itself in this run (the
+    /// adopted ones the new CHILD SAs replaced).
+    fn sweep_adopted(&mut self) -> impl Future<Output = Result<(), TunnelError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A kernel notification about one of our SAs, by tunnel index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A CHILD SA reached its soft (rekey now) or hard (the kernel deleted it) limit.
+    Expire {
+        /// The tunnel index (from the reqid).
+        tunnel: u32,
+        /// The SA's SPI (either direction).
+        spi: u32,
+        /// Hard or soft.
+        hard: bool,
+    },
+    /// Outbound traffic found one of the tunnel's policies without an SA.
+    Acquire {
+        /// The tunnel index.
+        tunnel: u32,
+    },
+}
+
+/// Bytes and packets of a tunnel's CHILD SAs, by direction (kernel counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes received (decrypted by inbound SAs).
+    pub bytes_in: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Bytes sent (encrypted by outbound SAs).
+    pub bytes_out: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+}

@@ -1,0 +1,487 @@
+//! One tunnel's state in the driver, and how each IKE event changes it: the status entry it
+//! reports, its CHILD SAs, the current IKE SA, and when to initiate again after a failure.
+//!
+//! Pure: no sockets, no tokio, the monotonic clock passed in (the wall clock is read only for the
+//! status's timestamps), so every transition is unit-tested here. The driver asks the endpoint
+//! and the data plane, then tells the tunnel what happened.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use strait_crds::{ChildSaStatus, GatewayStatus, IkeState, Initiation, LastError};
+use strait_ike::proposal::IkeChoice;
+use strait_ike::{ChildSaId, ChildSaInstall, IkeSpis, NatState, PeerId, Reason, Role};
+
+use crate::error::TunnelError;
+use crate::notation::{esp_name, ike_choice_name, reason_message, spis_string, ts_string};
+use crate::spec::TunnelDef;
+use crate::status::TunnelStatus;
+
+/// First re-initiation delay after a failure; doubled up to [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest re-initiation delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// One configured tunnel.
+#[derive(Debug)]
+pub(crate) struct Tunnel {
+    pub(crate) def: TunnelDef,
+    /// Small number of the tunnel in this run: the data plane derives its reqid from it.
+    pub(crate) index: u32,
+    /// The endpoint's handle, once the tunnel started.
+    pub(crate) peer: Option<PeerId>,
+    /// Who initiates, as started (onTraffic falls back to respond without traps).
+    pub(crate) role: Option<Role>,
+    /// The IKE SA the status describes.
+    current: Option<IkeSpis>,
+    pub(crate) status: TunnelStatus,
+    children: BTreeMap<ChildSaId, ChildSaStatus>,
+    /// When to initiate again, after a failure.
+    pub(crate) retry_at: Option<Instant>,
+    backoff: Duration,
+    /// When we sent the first IKE_SA_INIT of the handshake under way (for its duration).
+    initiated_at: Option<Instant>,
+}
+
+/// An IKE SA that came up, as the endpoint reported it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IkeUp<'a> {
+    pub(crate) proposal: &'a IkeChoice,
+    pub(crate) spis: IkeSpis,
+    pub(crate) nat: NatState,
+    pub(crate) initiator: bool,
+    pub(crate) local_addr: std::net::SocketAddr,
+    pub(crate) remote_addr: std::net::SocketAddr,
+}
+
+/// What an IKE SA going down meant, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Down {
+    /// The established SA stopped answering (DPD or retransmissions).
+    pub(crate) dpd_failure: bool,
+    /// A handshake failed (not a deletion of ours, not a replacement).
+    pub(crate) handshake_failed: bool,
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn time_in(d: Duration) -> Option<Time> {
+    let d = k8s_openapi::jiff::SignedDuration::try_from(d).ok()?;
+    k8s_openapi::jiff::Timestamp::now()
+        .checked_add(d)
+        .ok()
+        .map(Time)
+}
+
+impl Tunnel {
+    /// A tunnel not started yet: `Down`, no SA.
+    pub(crate) fn new(def: TunnelDef, index: u32, node: &str) -> Self {
+        let status = TunnelStatus {
+            name: def.name.clone(),
+            initiation: match def.spec.initiation {
+                Initiation::Start => "start",
+                Initiation::Respond => "respond",
+                Initiation::OnTraffic => "onTraffic",
+            }
+            .into(),
+            local_id: def.spec.local.id.clone(),
+            remote_id: def.spec.remote.id.clone(),
+            notes: def.notes.clone(),
+            gateway: GatewayStatus {
+                node: node.to_owned(),
+                ike_state: Some(IkeState::Down),
+                ..GatewayStatus::default()
+            },
+            ..TunnelStatus::default()
+        };
+        Self {
+            def,
+            index,
+            peer: None,
+            role: None,
+            current: None,
+            status,
+            children: BTreeMap::new(),
+            retry_at: None,
+            backoff: RETRY_MIN,
+            initiated_at: None,
+        }
+    }
+
+    /// The endpoint took the tunnel's configuration.
+    pub(crate) fn started(&mut self, peer: PeerId, role: Role) {
+        self.peer = Some(peer);
+        self.role = Some(role);
+    }
+
+    /// The tunnel cannot start: its status says why.
+    pub(crate) fn cannot_start(&mut self, e: TunnelError) {
+        self.status.gateway.last_error = Some(LastError::now(e.reason.as_str(), e.message));
+    }
+
+    /// We are sending a first IKE_SA_INIT.
+    pub(crate) fn initiating(&mut self, now: Instant) {
+        self.status.gateway.ike_state = Some(IkeState::Connecting);
+        self.initiated_at = Some(now);
+    }
+
+    /// A retry is due at `at`: whether it is still this tunnel's (a later failure or success
+    /// replaces the time, leaving stale entries in the driver's heap).
+    pub(crate) fn take_retry(&mut self, at: Instant) -> bool {
+        if self.retry_at != Some(at) {
+            return false;
+        }
+        self.retry_at = None;
+        self.peer.is_some()
+    }
+
+    /// An IKE SA is established. Returns how long the handshake took, when we initiated it.
+    pub(crate) fn on_ike_up(&mut self, up: IkeUp<'_>, now: Instant) -> Option<Duration> {
+        let started = self.initiated_at.take();
+        let g = &mut self.status.gateway;
+        g.ike_state = Some(IkeState::Established);
+        g.ike_proposal = Some(ike_choice_name(up.proposal));
+        g.ike_spis = Some(spis_string(&up.spis));
+        g.local_endpoint = Some(up.local_addr.to_string());
+        g.remote_endpoint = Some(up.remote_addr.to_string());
+        g.nat_detected = Some(up.nat.local_behind_nat || up.nat.remote_behind_nat);
+        g.established_at = Some(now_time());
+        g.last_error = None;
+        self.status.initiator = Some(up.initiator);
+        self.current = Some(up.spis);
+        self.retry_at = None;
+        self.backoff = RETRY_MIN;
+        self.refresh();
+        started
+            .filter(|_| up.initiator)
+            .map(|at| now.saturating_duration_since(at))
+    }
+
+    /// The IKE SA `old` was rekeyed into `new`: whether it was the one the status describes.
+    pub(crate) fn on_ike_rekeyed(
+        &mut self,
+        old: IkeSpis,
+        new: IkeSpis,
+        proposal: &IkeChoice,
+    ) -> bool {
+        if self.current != Some(old) {
+            return false;
+        }
+        self.current = Some(new);
+        self.status.gateway.ike_spis = Some(spis_string(&new));
+        self.status.gateway.ike_proposal = Some(ike_choice_name(proposal));
+        true
+    }
+
+    /// An IKE SA is gone. When it was the current one the tunnel is down: a tunnel that starts
+    /// itself schedules a retry with exponential backoff (read `retry_at` after).
+    pub(crate) fn on_ike_down(&mut self, spis: IkeSpis, reason: Reason, now: Instant) -> Down {
+        let mut out = Down {
+            dpd_failure: self.current == Some(spis) && reason == Reason::PeerUnreachable,
+            handshake_failed: false,
+        };
+        if self.current.is_none() && !matches!(reason, Reason::DeletedLocally | Reason::Replaced) {
+            out.handshake_failed = true;
+            self.initiated_at = None;
+        }
+        let current = self.current.is_none_or(|c| c == spis);
+        if !current || reason == Reason::Replaced {
+            tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
+            return out;
+        }
+        tracing::warn!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "IKE SA down");
+        self.current = None;
+        let g = &mut self.status.gateway;
+        g.ike_spis = None;
+        g.ike_proposal = None;
+        g.established_at = None;
+        g.nat_detected = None;
+        self.status.initiator = None;
+        self.children.clear();
+        if reason != Reason::DeletedLocally {
+            g.last_error = Some(LastError::now(
+                reason.as_str(),
+                reason_message(reason).to_owned(),
+            ));
+        }
+        let retry = self.role == Some(Role::Start) && reason != Reason::DeletedLocally;
+        if retry {
+            let delay = self.backoff;
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            self.retry_at = Some(now + delay);
+            g.ike_state = Some(IkeState::Connecting);
+            tracing::info!(tunnel = %self.def.name, delay_secs = delay.as_secs(), "will re-initiate");
+        } else {
+            g.ike_state = Some(IkeState::Down);
+        }
+        self.refresh();
+        out
+    }
+
+    /// A CHILD SA is in the data plane.
+    pub(crate) fn on_child_installed(&mut self, sa: &ChildSaInstall) {
+        let ts = |v: &[strait_ike::codec::TsRange]| v.iter().map(ts_string).collect();
+        self.children.insert(
+            sa.child,
+            ChildSaStatus {
+                spi_in: format!("{:?}", sa.spi_in),
+                spi_out: format!("{:?}", sa.spi_out),
+                proposal: Some(esp_name(sa.encr, sa.integ)),
+                local_ts: ts(&sa.local_ts),
+                remote_ts: ts(&sa.remote_ts),
+                mode: Some("tunnel".into()),
+                encapsulated: Some(sa.encapsulation.is_some()),
+                established_at: Some(now_time()),
+                rekey_at: time_in(sa.lifetimes.soft),
+            },
+        );
+        self.refresh();
+    }
+
+    /// The data plane could not take a CHILD SA.
+    pub(crate) fn on_child_install_failed(&mut self, e: TunnelError) {
+        self.status.gateway.last_error = Some(LastError::now(e.reason.as_str(), e.message));
+    }
+
+    /// A CHILD SA is gone.
+    pub(crate) fn on_child_deleted(&mut self, child: ChildSaId) {
+        self.children.remove(&child);
+        self.refresh();
+    }
+
+    /// A CHILD SA could not be negotiated.
+    pub(crate) fn on_child_failed(&mut self, reason: Reason) {
+        self.status.gateway.last_error = Some(LastError::now(
+            reason.as_str(),
+            format!("CHILD SA: {}", reason_message(reason)),
+        ));
+    }
+
+    /// How many CHILD SAs the tunnel has.
+    pub(crate) fn child_count(&self) -> usize {
+        self.children.len()
+    }
+
+    fn refresh(&mut self) {
+        self.status.gateway.child_sas = self.children.values().cloned().collect();
+        self.status.ready = self.status.gateway.is_up();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use strait_crds::IPsecTunnelSpec;
+    use strait_ike::codec::Spi;
+    use strait_ike::crypto::alg::{Encr, Esn, KeGroup, Prf};
+    use strait_ike::crypto::keys::SecretBytes;
+    use strait_ike::{ChildKeys, ChildLifetimes, EspSpi, Mode};
+
+    const SPEC: &str = "
+local: {id: a.example, address: 192.0.2.1, subnets: [198.51.100.0/24]}
+remote: {id: b.example, address: 192.0.2.2, subnets: [203.0.113.0/24]}
+auth: {psk: {secretRef: {name: s, key: psk}}}
+";
+
+    fn tunnel() -> Tunnel {
+        let spec: IPsecTunnelSpec = serde_yaml::from_str(SPEC).unwrap();
+        let def = TunnelDef {
+            name: "t".into(),
+            spec,
+            secret_digest: Vec::new(),
+            peer: Err(TunnelError::new(
+                strait_crds::contract::StatusReason::InvalidConfig,
+                "unused",
+            )),
+            notes: Vec::new(),
+        };
+        Tunnel::new(def, 1, "gw1")
+    }
+
+    fn spis(n: u8) -> IkeSpis {
+        IkeSpis {
+            initiator: Spi([n; 8]),
+            responder: Spi([n + 1; 8]),
+        }
+    }
+
+    fn choice() -> IkeChoice {
+        IkeChoice {
+            encr: Encr::AesGcm16_256,
+            prf: Prf::HmacSha256,
+            integ: None,
+            ke: KeGroup::Curve25519,
+        }
+    }
+
+    fn up(t: &mut Tunnel, s: IkeSpis, initiator: bool, now: Instant) -> Option<Duration> {
+        let c = choice();
+        t.on_ike_up(
+            IkeUp {
+                proposal: &c,
+                spis: s,
+                nat: NatState::default(),
+                initiator,
+                local_addr: "192.0.2.1:500".parse().unwrap(),
+                remote_addr: "192.0.2.2:500".parse().unwrap(),
+            },
+            now,
+        )
+    }
+
+    fn child(id: u64) -> ChildSaInstall {
+        ChildSaInstall {
+            peer: PeerId(0),
+            child: ChildSaId(id),
+            spi_in: EspSpi([0, 0, 0, 1]),
+            spi_out: EspSpi([0, 0, 0, 2]),
+            encr: Encr::AesGcm16_256,
+            integ: None,
+            esn: Esn::No,
+            keys: ChildKeys {
+                encr_in: SecretBytes::from_slice(&[]),
+                integ_in: SecretBytes::from_slice(&[]),
+                encr_out: SecretBytes::from_slice(&[]),
+                integ_out: SecretBytes::from_slice(&[]),
+            },
+            mode: Mode::Tunnel,
+            local_addr: "192.0.2.1:500".parse().unwrap(),
+            remote_addr: "192.0.2.2:500".parse().unwrap(),
+            local_ts: vec![],
+            remote_ts: vec![],
+            encapsulation: None,
+            lifetimes: ChildLifetimes {
+                soft: Duration::from_secs(10),
+                hard: Duration::from_secs(20),
+            },
+            replaces: None,
+            initiator: true,
+            redundant: false,
+        }
+    }
+
+    #[test]
+    fn ready_needs_an_ike_sa_and_a_child_sa() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Down));
+        t.started(PeerId(0), Role::Start);
+        t.initiating(t0);
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Connecting));
+        let took = up(&mut t, spis(1), true, t0 + Duration::from_millis(40));
+        assert_eq!(took, Some(Duration::from_millis(40)));
+        assert!(!t.status.ready, "no CHILD SA yet");
+        t.on_child_installed(&child(1));
+        assert!(t.status.ready);
+        assert_eq!(t.status.gateway.child_sas.len(), 1);
+        t.on_child_deleted(ChildSaId(1));
+        assert!(!t.status.ready);
+    }
+
+    #[test]
+    fn a_responder_reports_no_handshake_duration() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Respond);
+        assert_eq!(up(&mut t, spis(1), false, t0), None);
+    }
+
+    #[test]
+    fn a_failed_initiator_backs_off_and_retries() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Start);
+        t.initiating(t0);
+        let d = t.on_ike_down(spis(1), Reason::AuthenticationFailed, t0);
+        assert!(d.handshake_failed && !d.dpd_failure);
+        assert_eq!(t.retry_at, Some(t0 + RETRY_MIN));
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Connecting));
+        let err = t.status.gateway.last_error.clone().unwrap();
+        assert_eq!(err.reason, "AuthenticationFailed");
+        // the next failure doubles the delay, up to the cap
+        t.on_ike_down(spis(2), Reason::PeerUnreachable, t0);
+        assert_eq!(t.retry_at, Some(t0 + RETRY_MIN * 2));
+        for _ in 0..10 {
+            t.on_ike_down(spis(2), Reason::PeerUnreachable, t0);
+        }
+        assert_eq!(t.retry_at, Some(t0 + RETRY_MAX));
+        // a stale heap entry is refused, the current one taken once
+        assert!(!t.take_retry(t0));
+        assert!(t.take_retry(t0 + RETRY_MAX));
+        assert!(!t.take_retry(t0 + RETRY_MAX));
+        // success resets the backoff
+        up(&mut t, spis(3), true, t0);
+        assert_eq!(t.status.gateway.last_error, None);
+        t.on_ike_down(spis(3), Reason::DeletedByPeer, t0);
+        assert_eq!(t.retry_at, Some(t0 + RETRY_MIN));
+    }
+
+    #[test]
+    fn a_responder_goes_down_and_waits() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Respond);
+        up(&mut t, spis(1), false, t0);
+        t.on_child_installed(&child(1));
+        let d = t.on_ike_down(spis(1), Reason::PeerUnreachable, t0);
+        assert!(d.dpd_failure, "an established SA stopped answering");
+        assert!(!d.handshake_failed);
+        assert_eq!(t.retry_at, None);
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Down));
+        assert!(t.status.gateway.child_sas.is_empty());
+        assert_eq!(t.status.gateway.ike_spis, None);
+    }
+
+    #[test]
+    fn an_older_or_replaced_sa_going_leaves_the_tunnel_up() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Start);
+        up(&mut t, spis(1), true, t0);
+        t.on_child_installed(&child(1));
+        assert!(t.on_ike_rekeyed(spis(1), spis(5), &choice()));
+        assert_eq!(t.status.gateway.ike_spis, Some(spis_string(&spis(5))));
+        // the rekeyed SA's own deletion
+        t.on_ike_down(spis(1), Reason::DeletedByPeer, t0);
+        assert!(t.status.ready);
+        // a replacement after INITIAL_CONTACT
+        t.on_ike_down(spis(5), Reason::Replaced, t0);
+        assert!(t.status.ready);
+        // a rekey of an SA we no longer describe changes nothing
+        assert!(!t.on_ike_rekeyed(spis(9), spis(10), &choice()));
+        assert_eq!(t.status.gateway.ike_spis, Some(spis_string(&spis(5))));
+    }
+
+    #[test]
+    fn our_own_deletion_is_no_error_and_no_retry() {
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Start);
+        up(&mut t, spis(1), true, t0);
+        let d = t.on_ike_down(spis(1), Reason::DeletedLocally, t0);
+        assert_eq!(d, Down::default());
+        assert_eq!(t.status.gateway.last_error, None);
+        assert_eq!(t.retry_at, None);
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Down));
+    }
+
+    #[test]
+    fn errors_carry_their_reason() {
+        let mut t = tunnel();
+        t.cannot_start(TunnelError::new(
+            strait_crds::contract::StatusReason::SocketError,
+            "cannot bind UDP 192.0.2.1:500",
+        ));
+        let e = t.status.gateway.last_error.clone().unwrap();
+        assert_eq!(e.reason, "SocketError");
+        t.on_child_failed(Reason::TsUnacceptable);
+        let e = t.status.gateway.last_error.clone().unwrap();
+        assert_eq!(e.reason, "TsUnacceptable");
+        assert!(e.message.starts_with("CHILD SA: "));
+    }
+}

@@ -1,0 +1,105 @@
+//! How the agent writes what IKE negotiated for people: strongSwan's notation for proposals and
+//! traffic selectors, SPIs as status shows them, and a sentence for each reason an SA failed.
+
+use strait_ike::codec::{AddrRange, TsRange};
+use strait_ike::crypto::alg::{Encr, Integ};
+use strait_ike::proposal::{IkeChoice, Keyword};
+use strait_ike::{IkeSpis, Reason};
+
+use crate::dataplane::objects::prefix_of;
+
+/// The IKE proposal in strongSwan's notation.
+pub fn ike_choice_name(c: &IkeChoice) -> String {
+    let mut parts = vec![c.encr.keyword()];
+    if let Some(i) = c.integ {
+        parts.push(i.keyword());
+    }
+    parts.push(c.prf.keyword());
+    parts.push(c.ke.keyword());
+    parts.join("-")
+}
+
+/// IKE SPIs as status shows them: `<initiator>_i <responder>_r`.
+pub fn spis_string(s: &IkeSpis) -> String {
+    format!("{:?}_i {:?}_r", s.initiator, s.responder)
+}
+
+/// A sentence for a person, per reason.
+pub fn reason_message(r: Reason) -> &'static str {
+    match r {
+        Reason::NoProposalChosen => {
+            "no proposal chosen: the peer and this tunnel have no algorithm set in common (compare spec.ike/spec.esp proposals with the peer's)"
+        }
+        Reason::AuthenticationFailed => {
+            "authentication failed: the peer rejected our AUTH or its AUTH/identity did not verify (check the pre-shared key or the certificates and CA, and both identities)"
+        }
+        Reason::PeerUnreachable => {
+            "the peer did not answer (retransmissions or dead peer detection timed out)"
+        }
+        Reason::TsUnacceptable => "the peer did not accept the traffic selectors (subnets)",
+        Reason::InvalidSyntax => "the peer sent, or reported, a malformed message",
+        Reason::DeletedByPeer => "the peer deleted the SA",
+        Reason::DeletedLocally => "deleted by this agent",
+        Reason::HalfOpenTimeout => "the peer never completed IKE_AUTH",
+        Reason::Replaced => "replaced by a newer SA",
+        Reason::CertificateNotYetValid => "the peer's certificate is not yet valid",
+        Reason::CertificateExpired => "the peer's certificate has expired",
+        Reason::PeerError => "the peer answered with an error notification",
+        _ => "internal error in this agent",
+    }
+}
+
+/// strongSwan-style name of a negotiated ESP transform (`aes256gcm16`, `aes256-sha256`).
+pub fn esp_name(encr: Encr, integ: Option<Integ>) -> String {
+    match integ {
+        Some(i) => format!("{}-{}", encr.keyword(), i.keyword()),
+        None => encr.keyword().to_owned(),
+    }
+}
+
+/// A traffic selector as text: `198.51.100.0/24` when it is a prefix, else `a-b`, with
+/// protocol and ports when restricted.
+pub fn ts_string(ts: &TsRange) -> String {
+    let addrs = match prefix_of(ts) {
+        Some((a, len)) => format!("{a}/{len}"),
+        None => match ts.addrs {
+            AddrRange::V4 { start, end } => format!("{start}-{end}"),
+            AddrRange::V6 { start, end } => format!("{start}-{end}"),
+        },
+    };
+    let any_port = ts.start_port == 0 && ts.end_port == u16::MAX;
+    match (ts.ip_protocol, any_port) {
+        (0, true) => addrs,
+        (p, true) => format!("{addrs}[{p}]"),
+        (p, false) if ts.start_port == ts.end_port => format!("{addrs}[{p}/{}]", ts.start_port),
+        (p, false) => format!("{addrs}[{p}/{}-{}]", ts.start_port, ts.end_port),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_with_protocol_and_ports() {
+        let mut ts = TsRange::subnet("198.51.100.0".parse().unwrap(), 24).unwrap();
+        ts.ip_protocol = 47;
+        assert_eq!(ts_string(&ts), "198.51.100.0/24[47]");
+        ts.ip_protocol = 6;
+        ts.start_port = 443;
+        ts.end_port = 443;
+        assert_eq!(ts_string(&ts), "198.51.100.0/24[6/443]");
+        ts.end_port = 444;
+        assert_eq!(ts_string(&ts), "198.51.100.0/24[6/443-444]");
+    }
+
+    #[test]
+    fn proposals_in_strongswan_notation() {
+        assert_eq!(esp_name(Encr::AesGcm16_256, None), "aes256gcm16");
+        assert_eq!(
+            esp_name(Encr::AesCbc128, Some(Integ::HmacSha256_128)),
+            "aes128-sha256"
+        );
+    }
+}
