@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use strait_crds::IkeState;
+
 use crate::dataplane::Traffic;
 
 /// The default listen address.
@@ -187,6 +189,27 @@ impl Metrics {
             m.rekeys.with_label_values(&[k]);
         }
         Ok(m)
+    }
+
+    /// Sets the IKE SA gauge by state (one tunnel, one state) and the CHILD SA gauge.
+    pub fn set_tunnels(&self, states: impl Iterator<Item = Option<IkeState>>, child_sas: usize) {
+        let mut by_state = [0usize; IKE_STATES.len()];
+        for st in states.flatten() {
+            if let Some(n) = IKE_STATES
+                .iter()
+                .position(|s| s.eq_ignore_ascii_case(st.as_str()))
+                .and_then(|i| by_state.get_mut(i))
+            {
+                *n += 1;
+            }
+        }
+        for (s, n) in IKE_STATES.into_iter().zip(by_state) {
+            self.ike_sas
+                .with_label_values(&[s])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.child_sas
+            .set(i64::try_from(child_sas).unwrap_or(i64::MAX));
     }
 
     /// Brings the drop and cookie counters up to the endpoint's own (which only grow).
@@ -367,6 +390,31 @@ mod tests {
         // a removed tunnel loses its series
         m.set_traffic(&BTreeMap::new());
         assert!(!m.encode().contains("tunnel=\"gw\""));
+    }
+
+    #[test]
+    fn tunnels_by_state() {
+        let m = Metrics::new().unwrap();
+        let states = [
+            Some(IkeState::Established),
+            Some(IkeState::Established),
+            Some(IkeState::Connecting),
+            None,
+        ];
+        m.set_tunnels(states.into_iter(), 3);
+        let text = m.encode();
+        assert!(
+            text.contains("strait_ike_sas{state=\"established\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("strait_ike_sas{state=\"connecting\"} 1"));
+        assert!(text.contains("strait_ike_sas{state=\"down\"} 0"));
+        assert!(text.contains("strait_child_sas 3"));
+        m.set_tunnels(std::iter::empty(), 0);
+        assert!(
+            m.encode()
+                .contains("strait_ike_sas{state=\"established\"} 0")
+        );
     }
 
     #[test]

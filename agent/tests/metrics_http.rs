@@ -76,10 +76,12 @@ fn driver(
     scrapes: Option<mpsc::Receiver<metrics::MetricsRequest>>,
 ) -> (Handle, impl std::future::Future<Output = ()>) {
     let settings = Settings {
-        ike_port,
-        natt_port: ike_port + 1,
         node: format!("node-{ike_port}"),
-        endpoint: EndpointConfig::default(),
+        endpoint: EndpointConfig {
+            ike_port,
+            natt_port: ike_port + 1,
+            ..EndpointConfig::default()
+        },
     };
     let (cmd, cmd_rx) = mpsc::channel(4);
     let (status, status_rx) = mpsc::channel(4);

@@ -104,10 +104,12 @@ async fn run_with<D: Dataplane + 'static>(
     dp: D,
 ) -> anyhow::Result<()> {
     let settings = Settings {
-        ike_port: opts.ike_port,
-        natt_port: opts.natt_port,
         node: opts.node.clone(),
-        endpoint: EndpointConfig::default(),
+        endpoint: EndpointConfig {
+            ike_port: opts.ike_port,
+            natt_port: opts.natt_port,
+            ..EndpointConfig::default()
+        },
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = mpsc::channel(16);

@@ -8,6 +8,7 @@
 //! are pure and unit-tested.
 
 mod adopt;
+mod sockets;
 mod tunnel;
 
 pub use adopt::{ADOPT_MAX, ADOPT_SETTLE};
@@ -15,15 +16,11 @@ pub use tunnel::{RETRY_MAX, RETRY_MIN};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use strait_crds::contract::StatusReason;
 use strait_ike::{ChildSaInstall, Endpoint, EndpointConfig, Event, PeerId, Role};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::dataplane::{Dataplane, KernelEvent};
 use crate::error::TunnelError;
@@ -32,6 +29,7 @@ use crate::notation::esp_name;
 use crate::spec::TunnelDef;
 use crate::status::{AgentStatus, StatusRequest};
 use adopt::{Adoption, Sweep};
+use sockets::Sockets;
 use tunnel::{IkeUp, Tunnel};
 
 /// Under `--test-lifetime-scale`, the least time between a scheduled rekey and the hard limit.
@@ -49,29 +47,13 @@ pub enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Ports and names.
+/// What the driver runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The IKE port we listen on (500).
-    pub ike_port: u16,
-    /// The NAT-T port (4500).
-    pub natt_port: u16,
     /// This node's name, for the status.
     pub node: String,
-    /// The endpoint's settings (ports are overwritten from the two above).
+    /// The endpoint's settings; its ports are the ones the driver binds.
     pub endpoint: EndpointConfig,
-}
-
-struct Datagram {
-    local: SocketAddr,
-    remote: SocketAddr,
-    data: Vec<u8>,
-}
-
-struct Socket {
-    local: SocketAddr,
-    sock: Arc<UdpSocket>,
-    reader: JoinHandle<()>,
 }
 
 /// The driver task's state.
@@ -79,9 +61,7 @@ pub struct Driver<D: Dataplane> {
     settings: Settings,
     endpoint: Endpoint,
     dp: D,
-    sockets: Vec<Socket>,
-    dgram_tx: mpsc::Sender<Datagram>,
-    dgram_rx: mpsc::Receiver<Datagram>,
+    sockets: Sockets,
     tunnels: BTreeMap<String, Tunnel>,
     by_peer: HashMap<PeerId, String>,
     /// Tunnels waiting to re-initiate, earliest first, so that no wakeup scans every tunnel.
@@ -107,14 +87,6 @@ impl<D: Dataplane> core::fmt::Debug for Driver<D> {
     }
 }
 
-impl<D: Dataplane> Drop for Driver<D> {
-    fn drop(&mut self) {
-        for s in &self.sockets {
-            s.reader.abort();
-        }
-    }
-}
-
 /// Tells the endpoint the wall-clock time (for certificate validity). A system clock before
 /// 1970 leaves it unset: certificate authentication then fails with `InternalError`.
 fn set_wall_clock(endpoint: &mut Endpoint) {
@@ -129,21 +101,19 @@ fn set_wall_clock(endpoint: &mut Endpoint) {
 impl<D: Dataplane> Driver<D> {
     /// A driver with no tunnel yet.
     pub fn new(settings: Settings, dp: D) -> Self {
-        let mut ep = settings.endpoint.clone();
-        ep.ike_port = settings.ike_port;
-        ep.natt_port = settings.natt_port;
-        let mut endpoint = Endpoint::new(ep, Box::new(crate::rng::OsRng::new()));
+        let sockets = Sockets::new(settings.endpoint.ike_port, settings.endpoint.natt_port);
+        let mut endpoint = Endpoint::new(
+            settings.endpoint.clone(),
+            Box::new(crate::rng::OsRng::new()),
+        );
         set_wall_clock(&mut endpoint);
-        let (dgram_tx, dgram_rx) = mpsc::channel(1024);
         let mut dp = dp;
         let kernel_events = dp.take_events();
         Self {
             settings,
             endpoint,
             dp,
-            sockets: Vec::new(),
-            dgram_tx,
-            dgram_rx,
+            sockets,
             tunnels: BTreeMap::new(),
             by_peer: HashMap::new(),
             retries: BinaryHeap::new(),
@@ -213,7 +183,7 @@ impl<D: Dataplane> Driver<D> {
                 }
             };
             tokio::select! {
-                Some(d) = self.dgram_rx.recv() => {
+                Some(d) = self.sockets.recv() => {
                     self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
                 }
                 () = timer => self.on_timer(),
@@ -307,24 +277,11 @@ impl<D: Dataplane> Driver<D> {
         let Some(m) = self.metrics.clone() else {
             return String::new();
         };
-        for s in crate::metrics::IKE_STATES {
-            let n = self
-                .tunnels
-                .values()
-                .filter(|t| {
-                    t.status
-                        .gateway
-                        .ike_state
-                        .is_some_and(|st| st.as_str().eq_ignore_ascii_case(s))
-                })
-                .count();
-            m.ike_sas
-                .with_label_values(&[s])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
+        m.set_tunnels(
+            self.tunnels.values().map(|t| t.status.gateway.ike_state),
+            self.tunnels.values().map(Tunnel::child_count).sum(),
+        );
         m.set_endpoint_stats(&self.endpoint.stats());
-        let children: usize = self.tunnels.values().map(Tunnel::child_count).sum();
-        m.child_sas.set(i64::try_from(children).unwrap_or(i64::MAX));
         let traffic = self.dp.traffic().await;
         let by_name = self
             .tunnels
@@ -399,53 +356,7 @@ impl<D: Dataplane> Driver<D> {
                 self.recent_sends.push_back(h);
             }
         }
-        let sock = self
-            .sockets
-            .iter()
-            .find(|s| s.local == t.local)
-            .or_else(|| {
-                self.sockets.iter().find(|s| {
-                    s.local.port() == t.local.port() && s.local.is_ipv4() == t.remote.is_ipv4()
-                })
-            });
-        let Some(s) = sock else {
-            tracing::warn!(local = %t.local, remote = %t.remote, "no socket to send from");
-            return;
-        };
-        if let Err(e) = s.sock.send_to(&t.payload, t.remote).await {
-            tracing::warn!(local = %t.local, remote = %t.remote, error = %e, "send failed");
-        }
-    }
-
-    fn ensure_sockets(&mut self, ip: IpAddr) -> Result<(), TunnelError> {
-        let err = |m: String| TunnelError::new(StatusReason::SocketError, m);
-        for (port, natt) in [
-            (self.settings.ike_port, false),
-            (self.settings.natt_port, true),
-        ] {
-            let want = SocketAddr::new(ip, port);
-            if self.sockets.iter().any(|s| s.local == want) {
-                continue;
-            }
-            let std_sock = std::net::UdpSocket::bind(want)
-                .map_err(|e| err(format!("cannot bind UDP {want}: {e}")))?;
-            std_sock
-                .set_nonblocking(true)
-                .map_err(|e| err(format!("UDP {want}: {e}")))?;
-            let sock =
-                UdpSocket::from_std(std_sock).map_err(|e| err(format!("UDP {want}: {e}")))?;
-            // a kernel refusal keeps its own reason (a missing CAP_NET_ADMIN says so)
-            self.dp.prepare_socket(&sock, natt)?;
-            let sock = Arc::new(sock);
-            let reader = tokio::spawn(read_loop(Arc::clone(&sock), want, self.dgram_tx.clone()));
-            tracing::info!(local = %want, "listening");
-            self.sockets.push(Socket {
-                local: want,
-                sock,
-                reader,
-            });
-        }
-        Ok(())
+        self.sockets.send(&t).await;
     }
 
     async fn reload(&mut self, defs: Vec<TunnelDef>) {
@@ -512,7 +423,7 @@ impl<D: Dataplane> Driver<D> {
 
     async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
         let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
-        self.ensure_sockets(cfg.local_addr.ip())?;
+        self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
         let mut cfg = cfg.clone();
         if cfg.role == Role::OnTraffic {
@@ -549,7 +460,7 @@ impl<D: Dataplane> Driver<D> {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while self.endpoint.ike_sa_count() > 0 {
             tokio::select! {
-                Some(d) = self.dgram_rx.recv() => {
+                Some(d) = self.sockets.recv() => {
                     self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
                 }
                 () = tokio::time::sleep_until(deadline) => break,
@@ -714,31 +625,5 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-async fn read_loop(sock: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                let data = buf.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
-                if tx
-                    .send(Datagram {
-                        local,
-                        remote,
-                        data,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%local, error = %e, "receive error");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
     }
 }
