@@ -10,7 +10,10 @@ need_root "e2e/demo.sh"
 cd "$REPO"
 e2e/setup/install.sh packages controlplane
 say "building"
-cargo build --release --locked -p strait-agent -p strait-operator -p strait-e2e --bin strait-demo
+# Two invocations: cargo's --bin filter applies to every -p, so one command that names
+# strait-demo would build only strait-demo and leave the agent and operator unbuilt.
+cargo build --release --locked -p strait-agent -p strait-operator
+cargo build --release --locked -p strait-e2e --bin strait-demo
 target=${CARGO_TARGET_DIR:-$REPO/target}/release
 export STRAIT_AGENT_BIN=$target/strait-agent
 export STRAIT_OPERATOR_BIN=$target/strait-operator
