@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, every tier, against real parts. Installs what it needs first.
 #   sudo e2e/test.sh                 all tiers
-#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e vm fuzz
+#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e vm fuzz demo
 # Prints one closing line "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root "e2e/test.sh"
 cd "$REPO"
 
-tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz)
+tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz demo)
 LOGS=${STRAIT_LOGS:-$(mktemp -d /tmp/strait-test.XXXXXX)}
 mkdir -p "$LOGS"
 passed=0 failed=0 ignored=0 failures=()
@@ -71,7 +71,10 @@ for t in "${tiers[@]}"; do
     fuzz)
       if [ -x fuzz/run.sh ]; then step fuzz fuzz/run.sh --short; else
         say "fuzz: no fuzz targets in this tree yet (fuzz/run.sh)"; fi ;;
-    *) die "unknown tier '$t' (lint unit e2e vm fuzz)" ;;
+    demo)
+      # The README's first command, exactly as a new user runs it, so it cannot break unseen.
+      step demo e2e/demo.sh ;;
+    *) die "unknown tier '$t' (lint unit e2e vm fuzz demo)" ;;
   esac
 done
 
