@@ -38,15 +38,8 @@ struct ClusterArgs {
     /// `kernel` installs SAs and policies; `none` negotiates but installs nothing.
     #[arg(long, value_enum, default_value_t = Dataplane::Kernel)]
     dataplane: Dataplane,
-    /// Unix socket on which status is also served locally (`strait-agent status`).
-    #[arg(long, default_value = status::DEFAULT_SOCKET)]
-    status_socket: PathBuf,
-    /// UDP port for IKE.
-    #[arg(long, default_value_t = 500)]
-    ike_port: u16,
-    /// UDP port for NAT traversal.
-    #[arg(long, default_value_t = 4500)]
-    natt_port: u16,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// How long one heartbeat renewal keeps this agent alive for the operator.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: i32,
@@ -56,6 +49,20 @@ struct ClusterArgs {
     /// At most one status write per tunnel per this many seconds.
     #[arg(long, default_value_t = 1.0)]
     status_interval: f64,
+}
+
+/// What every long-running mode takes: ports, the local status socket, metrics, logs.
+#[derive(clap::Args, Debug)]
+struct DaemonArgs {
+    /// Unix socket on which status is served locally (`strait-agent status`).
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// UDP port for IKE.
+    #[arg(long, default_value_t = 500)]
+    ike_port: u16,
+    /// UDP port for NAT traversal (IKE with the non-ESP marker, ESP in UDP).
+    #[arg(long, default_value_t = 4500)]
+    natt_port: u16,
     /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
     #[arg(long, default_value = metrics::DEFAULT_ADDR)]
     metrics_addr: String,
@@ -68,24 +75,11 @@ struct ClusterArgs {
 struct RunArgs {
     #[command(flatten)]
     common: StandaloneArgs,
-    /// Unix socket on which status is served.
-    #[arg(long, default_value = status::DEFAULT_SOCKET)]
-    status_socket: PathBuf,
-    /// UDP port for IKE.
-    #[arg(long, default_value_t = 500)]
-    ike_port: u16,
-    /// UDP port for NAT traversal (IKE with the non-ESP marker, ESP in UDP).
-    #[arg(long, default_value_t = 4500)]
-    natt_port: u16,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// The node name reported in status (default: the host name).
     #[arg(long)]
     node: Option<String>,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
-    /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
-    #[arg(long, default_value = metrics::DEFAULT_ADDR)]
-    metrics_addr: String,
     /// For tests only: multiply every SA lifetime by this factor (0 < F <= 1).
     #[arg(long, hide = true)]
     test_lifetime_scale: Option<f64>,
@@ -173,7 +167,8 @@ fn hostname() -> String {
 }
 
 fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
-    init_logs(args.log_json);
+    let d = &args.daemon;
+    init_logs(d.log_json);
     // refuse a broken file before anything binds
     check(&args.common)?;
     let opts = standalone::run::Options {
@@ -183,11 +178,11 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
             Dataplane::Kernel => dataplane::Kind::Kernel,
             Dataplane::None => dataplane::Kind::None,
         },
-        status_socket: args.status_socket.clone(),
-        ike_port: args.ike_port,
-        natt_port: args.natt_port,
+        status_socket: d.status_socket.clone(),
+        ike_port: d.ike_port,
+        natt_port: d.natt_port,
         node: args.node.clone().unwrap_or_else(hostname),
-        metrics_addr: metrics::parse_addr(&args.metrics_addr).map_err(anyhow::Error::msg)?,
+        metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         lifetime_scale: args.test_lifetime_scale,
     };
     runtime()?.block_on(standalone::run::run(opts))
@@ -201,7 +196,8 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
 }
 
 fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
-    init_logs(args.log_json);
+    let d = &args.daemon;
+    init_logs(d.log_json);
     let opts = cluster::Options {
         node: args.node.clone(),
         namespace: args.namespace.clone(),
@@ -209,13 +205,13 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
             Dataplane::Kernel => dataplane::Kind::Kernel,
             Dataplane::None => dataplane::Kind::None,
         },
-        status_socket: Some(args.status_socket.clone()),
-        ike_port: args.ike_port,
-        natt_port: args.natt_port,
+        status_socket: Some(d.status_socket.clone()),
+        ike_port: d.ike_port,
+        natt_port: d.natt_port,
         lease_duration_seconds: args.lease_duration_seconds,
         renew_interval: seconds("renew-interval", args.renew_interval)?,
         status_interval: seconds("status-interval", args.status_interval)?,
-        metrics_addr: metrics::parse_addr(&args.metrics_addr).map_err(anyhow::Error::msg)?,
+        metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
     };
     runtime()?.block_on(cluster::run(opts))
 }
