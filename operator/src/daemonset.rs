@@ -112,12 +112,26 @@ pub fn manifest(namespace: &str, tpl: &AgentTemplate, terms: &[NodeSelectorTerm]
                             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                         ],
+                        // NET_ADMIN: XFRM netlink and the IKE sockets' options; NET_BIND_SERVICE:
+                        // UDP 500 in the host's network namespace, where unprivileged ports start
+                        // at 1024 and `drop: ALL` took the capability from uid 0 too. No raw
+                        // sockets are used, so no NET_RAW.
                         "securityContext": {
-                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+                            "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
                             "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
                         },
+                        "ports": [
+                            {"name": "ike", "containerPort": 500, "protocol": "UDP"},
+                            {"name": "ike-natt", "containerPort": 4500, "protocol": "UDP"},
+                            {"name": "metrics", "containerPort": 9470, "protocol": "TCP"},
+                        ],
+                        // the status socket (`kubectl exec ... strait-agent status`) lives here;
+                        // the root file system is read-only
+                        "volumeMounts": [{"name": "run", "mountPath": "/run/strait"}],
                         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
                     }],
+                    "volumes": [{"name": "run", "emptyDir": {"medium": "Memory"}}],
                 },
             },
         },
@@ -152,9 +166,33 @@ pub async fn sync(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn the_agent_can_bind_udp_500_and_serve_its_status_socket() {
+        let tpl = AgentTemplate {
+            image: "strait-agent:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            service_account: "strait-agent".into(),
+            args: vec!["cluster".into()],
+        };
+        let ds = manifest("strait-system", &tpl, &[]);
+        let pod = &ds["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let caps = &c["securityContext"]["capabilities"];
+        assert_eq!(caps["drop"], json!(["ALL"]));
+        assert_eq!(caps["add"], json!(["NET_ADMIN", "NET_BIND_SERVICE"]));
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/run/strait");
+        assert_eq!(pod["volumes"][0]["name"], c["volumeMounts"][0]["name"]);
+        let ports: Vec<_> = c["ports"]
+            .as_array()
+            .map(|v| v.iter().map(|p| p["containerPort"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(ports, vec![json!(500), json!(4500), json!(9470)]);
+    }
 
     #[test]
     fn selectors_become_ored_terms() {
