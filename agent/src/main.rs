@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::{cluster, dataplane, metrics, standalone, status};
+use strait_agent::{cluster, dataplane, metrics, spec, standalone, status};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -137,6 +137,35 @@ fn check(args: &StandaloneArgs) -> anyhow::Result<Vec<strait_crds::IPsecTunnel>>
     Ok(tunnels)
 }
 
+/// Runs the agent's own spec mapping on every tunnel, as `standalone` would: proposals,
+/// identities, subnets, certificates and keys, addresses. `check` used to stop at the schema
+/// and the secret files, and passed specs the agent then refused.
+fn check_mapping(
+    args: &StandaloneArgs,
+    tunnels: &[strait_crds::IPsecTunnel],
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let mut refused = Vec::new();
+    for t in tunnels {
+        let name = t.metadata.name.clone().unwrap_or_default();
+        let mut secrets = standalone::secrets::DirSecrets(&args.secrets_dir);
+        let def = rt.block_on(spec::definition(
+            name.clone(),
+            t.spec.clone(),
+            500,
+            &mut secrets,
+        ));
+        if let Err(e) = def.peer {
+            refused.push(format!("tunnel {name:?}: {} ({})", e.message, e.reason));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", refused.join("\n"))
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -219,7 +248,8 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Check(args) => check(args).map(|tunnels| {
+        Command::Check(args) => check(args).and_then(|tunnels| {
+            check_mapping(args, &tunnels)?;
             for t in &tunnels {
                 println!(
                     "{}: {} -> {} ({}), initiation {:?}",
@@ -231,6 +261,7 @@ fn main() -> ExitCode {
                 );
             }
             println!("{} tunnel(s), config and secrets OK", tunnels.len());
+            Ok(())
         }),
         Command::Standalone(args) => run_standalone(args),
         Command::Cluster(args) => run_cluster(args),

@@ -8,13 +8,13 @@ use strait_crds::IPsecTunnel;
 use strait_ike::EndpointConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use zeroize::Zeroizing;
 
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
 use crate::driver::{Command, Driver, Settings};
+use crate::spec;
 use crate::spec::TunnelDef;
-use crate::spec::{self, SecretSource};
-use crate::standalone::{config, secrets};
+use crate::standalone::config;
+use crate::standalone::secrets::DirSecrets;
 use crate::status;
 
 /// The options of `strait-agent standalone`.
@@ -52,17 +52,6 @@ pub async fn definitions(opts: &Options, kind: Kind) -> anyhow::Result<Vec<Tunne
         out.push(definition(opts, kind, t).await);
     }
     Ok(out)
-}
-
-/// Secrets from `--secrets-dir` (`DIR/<name>/<key>`).
-struct DirSecrets<'a>(&'a std::path::Path);
-
-impl SecretSource for DirSecrets<'_> {
-    fn read(&mut self, r: &strait_crds::SecretKeyRef) -> Result<Zeroizing<Vec<u8>>, String> {
-        secrets::read(self.0, r)
-            .map(|s| Zeroizing::new(s.expose().to_vec()))
-            .map_err(|e| e.to_string())
-    }
 }
 
 async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use strait_crds::SecretKeyRef;
 use zeroize::Zeroizing;
 
+use crate::spec::SecretSource;
+
 /// Secret bytes; zeroized when dropped, never printed.
 pub struct SecretBytes(Zeroizing<Vec<u8>>);
 
@@ -94,6 +96,18 @@ pub fn read(dir: &Path, r: &SecretKeyRef) -> Result<SecretBytes, SecretError> {
         });
     }
     Ok(SecretBytes(bytes))
+}
+
+/// Secrets from `--secrets-dir` (`DIR/<name>/<key>`), for the spec mapping.
+#[derive(Debug)]
+pub struct DirSecrets<'a>(pub &'a Path);
+
+impl SecretSource for DirSecrets<'_> {
+    fn read(&mut self, r: &SecretKeyRef) -> Result<Zeroizing<Vec<u8>>, String> {
+        read(self.0, r)
+            .map(|s| Zeroizing::new(s.expose().to_vec()))
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
