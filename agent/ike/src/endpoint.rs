@@ -29,7 +29,7 @@ use crate::sa::established::{self, child_delete_event};
 use crate::sa::fragments::Added;
 use crate::sa::ike_init::{InitRefused, InitReplied, InitSent};
 use crate::sa::protect::{self, Opened, ProtectError};
-use crate::sa::{Ctx, IkeSa, Req, State, informational, init_error_response};
+use crate::sa::{Ctx, IkeSa, RequestKind, State, informational, init_error_response};
 use crate::window::RequestCheck;
 
 mod index;
@@ -199,7 +199,7 @@ impl Endpoint {
         };
         match InitSent::start(&mut ctx, peer, cfg, spi) {
             Ok(mut sa) => {
-                sa.c.initial_contact = !others;
+                sa.common.initial_contact = !others;
                 self.next_sa = sa_id;
                 self.insert_sa(sa_id, sa);
             }
@@ -280,9 +280,9 @@ impl Endpoint {
                 .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
             {
                 let ch = e.children.remove(pos);
-                ctx.events.push_back(child_delete_event(&sa.c, &ch));
-                e.queue.push_back(Req::DeleteChild(vec![ch.spi_in]));
-                let _ = e.flush(&mut sa.c, ctx);
+                ctx.events.push_back(child_delete_event(&sa.common, &ch));
+                e.queue.push_back(RequestKind::DeleteChild(vec![ch.spi_in]));
+                let _ = e.flush(&mut sa.common, ctx);
             }
         });
         self.settle(now);
@@ -448,7 +448,7 @@ impl Endpoint {
             && e.initial_contact
         {
             e.initial_contact = false;
-            let peer = sa.c.peer;
+            let peer = sa.common.peer;
             self.replace_older(now, id, peer);
         }
         // IKE SAs born from a rekey get their own routing entry.
@@ -460,7 +460,8 @@ impl Endpoint {
     }
 
     fn insert_sa(&mut self, id: u64, sa: IkeSa) {
-        self.by_spi.insert((sa.c.our_spi(), sa.c.initiator), id);
+        self.by_spi
+            .insert((sa.common.our_spi(), sa.common.initiator), id);
         self.sas.insert(id, sa);
         self.dirty.push(id);
     }
@@ -472,25 +473,25 @@ impl Endpoint {
         let identity = self
             .sas
             .get(&keep)
-            .and_then(|s| s.c.remote_identity.clone());
+            .and_then(|s| s.common.remote_identity.clone());
         for id in self.index.of_peer(peer) {
             let Some(sa) = self.sas.get_mut(&id) else {
                 continue;
             };
-            if id == keep || sa.c.remote_identity != identity {
+            if id == keep || sa.common.remote_identity != identity {
                 continue;
             }
             if let State::Established(e) = &mut sa.state {
                 self.dirty.push(id);
                 for ch in e.children.drain(..) {
-                    self.events.push_back(child_delete_event(&sa.c, &ch));
+                    self.events.push_back(child_delete_event(&sa.common, &ch));
                 }
                 self.events.push_back(Event::IkeSaDown {
                     peer,
-                    spis: sa.c.spis(),
+                    spis: sa.common.spis(),
                     reason: Reason::Replaced,
                 });
-                sa.c.win.abandon();
+                sa.common.win.abandon();
                 sa.state = State::Closing {
                     keys: None,
                     until: now,
@@ -513,7 +514,8 @@ impl Endpoint {
                 self.index.update(id, sa);
                 continue;
             }
-            self.by_spi.remove(&(sa.c.our_spi(), sa.c.initiator));
+            self.by_spi
+                .remove(&(sa.common.our_spi(), sa.common.initiator));
             self.sas.remove(&id);
             // Keyed by the address IKE_SA_INIT came from: the SA may have floated since.
             if let Some(key) = self.index.remove(id)
@@ -559,7 +561,7 @@ impl Endpoint {
             if let Some(sa) = self.sas.get_mut(&id)
                 && let State::InitReplied(replied) = &mut sa.state
                 && same_request(&replied.init.request, raw, &msg)
-                && let Some(cached) = sa.c.win.cached_response()
+                && let Some(cached) = sa.common.win.cached_response()
             {
                 // The initiator signs the request it sent last (RFC 7296 §2.15): after a cookie
                 // retry that is the one with the COOKIE, whichever of its requests we answered.
@@ -579,7 +581,7 @@ impl Endpoint {
                     spawned: &mut self.spawned,
                     unix_time,
                 };
-                sa.c.transmit(&mut ctx, &cached);
+                sa.common.transmit(&mut ctx, &cached);
                 self.stats.retransmits_answered += 1;
             } else {
                 self.stats.unexpected += 1;
@@ -827,17 +829,17 @@ fn on_message(
     raw: &[u8],
     h: &Header,
 ) -> Outcome {
-    let theirs_ok = if sa.c.initiator {
-        h.responder_spi == sa.c.spi_r || matches!(sa.state, State::InitSent(_))
+    let theirs_ok = if sa.common.initiator {
+        h.responder_spi == sa.common.spi_r || matches!(sa.state, State::InitSent(_))
     } else {
-        h.initiator_spi == sa.c.spi_i
+        h.initiator_spi == sa.common.spi_i
     };
     if !theirs_ok {
         return Outcome::Unexpected;
     }
     if h.exchange_type == ExchangeType::IKE_SA_INIT {
         // Only the initiator waiting for the answer cares.
-        if !h.flags.is_response() || sa.c.win.outstanding().is_none_or(|o| o.id != 0) {
+        if !h.flags.is_response() || sa.common.win.outstanding().is_none_or(|o| o.id != 0) {
             return Outcome::Unexpected;
         }
         let State::InitSent(_) = sa.state else {
@@ -846,13 +848,13 @@ fn on_message(
         let Ok(msg) = Message::parse(raw) else {
             return Outcome::Unexpected;
         };
-        if remote.ip() != sa.c.remote.ip() {
+        if remote.ip() != sa.common.remote.ip() {
             return Outcome::Unexpected;
         }
         let State::InitSent(st) = core::mem::replace(&mut sa.state, State::Gone) else {
             return Outcome::Unexpected;
         };
-        sa.state = st.on_response(&mut sa.c, ctx, &msg, raw);
+        sa.state = st.on_response(&mut sa.common, ctx, &msg, raw);
         return Outcome::Handled;
     }
     let keys = match &sa.state {
@@ -862,13 +864,13 @@ fn on_message(
         State::Closing { keys: Some(k), .. } => k,
         _ => return Outcome::Unexpected,
     };
-    let opened = match protect::open(raw, &keys.inn) {
+    let opened = match protect::open(raw, &keys.inbound) {
         Ok(Opened::Whole(p)) => Ok(p),
         Ok(Opened::Fragment {
             fragment,
             first_payload,
             plain,
-        }) => match on_fragment(&mut sa.c, ctx, h, fragment, first_payload, plain) {
+        }) => match on_fragment(&mut sa.common, ctx, h, fragment, first_payload, plain) {
             Ok(p) => p,
             Err(outcome) => return outcome,
         },
@@ -879,12 +881,14 @@ fn on_message(
         Err(ProtectError::Syntax(e)) => {
             // Authentic but malformed: a request gets INVALID_SYNTAX (or
             // UNSUPPORTED_CRITICAL_PAYLOAD), a response ends the exchange.
-            if !h.flags.is_response() && sa.c.win.check_request(h.message_id) == RequestCheck::New {
+            if !h.flags.is_response()
+                && sa.common.win.check_request(h.message_id) == RequestCheck::New
+            {
                 let mut n = Notify::empty(e.notify_type());
                 if let crate::codec::DecodeError::UnsupportedCriticalPayload(t) = e {
                     n.data = vec![t.0];
                 }
-                let _ = sa.c.send_response(
+                let _ = sa.common.send_response(
                     ctx,
                     keys,
                     h.exchange_type,
@@ -892,7 +896,7 @@ fn on_message(
                     &[Payload::Notify(n)],
                 );
                 if matches!(sa.state, State::InitReplied(_)) {
-                    sa.c.down(ctx, Reason::InvalidSyntax);
+                    sa.common.down(ctx, Reason::InvalidSyntax);
                     sa.close(ctx);
                 }
             }
@@ -900,25 +904,25 @@ fn on_message(
         }
         Err(_) => return Outcome::Integrity,
     };
-    sa.c.last_heard = ctx.now;
+    sa.common.last_heard = ctx.now;
     // RFC 7296 §2.23: follow the peer to a new address only for a new message. A replayed
     // request or a stale response passes the integrity check too, and must not send our
     // traffic to whoever replayed it.
-    let moved = (local, remote) != (sa.c.local, sa.c.remote)
-        && (sa.c.nat.encapsulate() || local.port() == ctx.cfg.natt_port);
+    let moved = (local, remote) != (sa.common.local, sa.common.remote)
+        && (sa.common.nat.encapsulate() || local.port() == ctx.cfg.natt_port);
     if h.flags.is_response() {
-        let Some(out) = sa.c.win.take_response(h.message_id) else {
+        let Some(out) = sa.common.win.take_response(h.message_id) else {
             return Outcome::Unexpected;
         };
         if moved {
-            sa.c.local = local;
-            sa.c.remote = remote;
+            sa.common.local = local;
+            sa.common.remote = remote;
         }
         match core::mem::replace(&mut sa.state, State::Gone) {
             State::AuthSent(s)
-                if out.kind == Req::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
+                if out.kind == RequestKind::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
             {
-                sa.state = s.on_response(&mut sa.c, ctx, &payloads);
+                sa.state = s.on_response(&mut sa.common, ctx, &payloads);
             }
             State::Established(e) => {
                 sa.state = State::Established(e);
@@ -927,37 +931,37 @@ fn on_message(
             other => sa.state = other,
         }
         if let State::Established(e) = &mut sa.state
-            && e.flush(&mut sa.c, ctx).is_err()
+            && e.flush(&mut sa.common, ctx).is_err()
         {
-            e.delete_all_children(&sa.c, ctx);
-            sa.c.down(ctx, Reason::InternalError);
+            e.delete_all_children(&sa.common, ctx);
+            sa.common.down(ctx, Reason::InternalError);
             sa.state = State::Gone;
         }
         return Outcome::Handled;
     }
-    match sa.c.win.check_request(h.message_id) {
+    match sa.common.win.check_request(h.message_id) {
         RequestCheck::Drop => return Outcome::Unexpected,
         RequestCheck::Retransmitted => {
-            if let Some(d) = sa.c.win.cached_response() {
+            if let Some(d) = sa.common.win.cached_response() {
                 let d = d.to_vec();
                 // Answered where it came from (the peer may have moved while our answer was
                 // lost), but the SA stays where it is.
-                let keep = (sa.c.local, sa.c.remote);
-                (sa.c.local, sa.c.remote) = (local, remote);
-                sa.c.transmit(ctx, &d);
-                (sa.c.local, sa.c.remote) = keep;
+                let keep = (sa.common.local, sa.common.remote);
+                (sa.common.local, sa.common.remote) = (local, remote);
+                sa.common.transmit(ctx, &d);
+                (sa.common.local, sa.common.remote) = keep;
             }
             return Outcome::Retransmit;
         }
         RequestCheck::New => {}
     }
     if moved {
-        sa.c.local = local;
-        sa.c.remote = remote;
+        sa.common.local = local;
+        sa.common.remote = remote;
     }
     match core::mem::replace(&mut sa.state, State::Gone) {
         State::InitReplied(s) if h.exchange_type == ExchangeType::IKE_AUTH => {
-            match s.on_auth_request(&mut sa.c, ctx, h.message_id, &payloads) {
+            match s.on_auth_request(&mut sa.common, ctx, h.message_id, &payloads) {
                 Ok(next) => sa.state = next,
                 Err(e) => {
                     let (_, keys) = *e;
@@ -978,7 +982,7 @@ fn on_message(
             until,
         } => {
             sa.state = crate::sa::rekey::closing_request(
-                &mut sa.c,
+                &mut sa.common,
                 ctx,
                 keys,
                 until,

@@ -9,12 +9,12 @@ pub mod config;
 pub mod crypto;
 pub mod endpoint;
 pub mod event;
-pub mod natd;
+pub(crate) mod natd;
 pub mod proposal;
 pub mod reason;
 pub(crate) mod sa;
-pub mod timers;
-pub mod ts;
+pub(crate) mod timers;
+pub(crate) mod ts;
 pub(crate) mod window;
 
 pub use config::{

@@ -37,7 +37,7 @@ impl SaIndex {
     /// Indexes `sa` as it is now (a new SA, or one that may have changed).
     pub(super) fn update(&mut self, id: u64, sa: &IkeSa) {
         let deadline = sa.next_timeout();
-        let half_open_ip = sa.half_open().then(|| sa.c.remote.ip());
+        let half_open_ip = sa.half_open().then(|| sa.common.remote.ip());
         if let Some(e) = self.entries.get(&id)
             && e.deadline == deadline
             && e.half_open_ip == half_open_ip
@@ -52,11 +52,11 @@ impl SaIndex {
             self.half_open += 1;
             *self.half_open_by_ip.entry(ip).or_default() += 1;
         }
-        self.by_peer.entry(sa.c.peer).or_default().insert(id);
+        self.by_peer.entry(sa.common.peer).or_default().insert(id);
         self.entries.insert(
             id,
             Entry {
-                peer: sa.c.peer,
+                peer: sa.common.peer,
                 deadline,
                 half_open_ip,
                 init_key,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use core::net::SocketAddr;
 
 use super::proposals;
-use super::{Common, Ctx, IkeSa, Keys, Req, State, init_error_response};
+use super::{Common, Ctx, IkeSa, Keys, RequestKind, State, init_error_response};
 use crate::codec::{
     ExchangeType, Flags, HashAlgorithm, Header, KeyExchange as KePayload, Message, Nonce, Notify,
     NotifyType, Payload, Spi,
@@ -166,9 +166,9 @@ impl InitSent {
             .ok_or(Reason::InternalError)?;
         st.request = bytes.clone();
         c.win
-            .sent(ctx.now, &ctx.cfg.retransmit, vec![bytes], Req::Init);
+            .sent(ctx.now, &ctx.cfg.retransmit, vec![bytes], RequestKind::Init);
         Ok(IkeSa {
-            c,
+            common: c,
             state: State::InitSent(st),
         })
     }
@@ -321,13 +321,13 @@ pub(crate) fn derive_keys(
         choice.integ,
     )
     .map_err(|_| Reason::InternalError)?;
-    let (out, inn) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
+    let (out, inbound) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
         .map_err(|_| Reason::InternalError)?;
     Ok(Keys {
         choice,
         sk,
         out,
-        inn,
+        inbound,
     })
 }
 
@@ -464,7 +464,7 @@ impl InitReplied {
                 },
                 expires: ctx.now + ctx.cfg.half_open_timeout,
             }),
-            c,
+            common: c,
         })
     }
 }

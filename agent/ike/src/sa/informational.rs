@@ -3,7 +3,7 @@
 
 use super::child::ChildState;
 use super::established::child_delete_event;
-use super::{Ctx, IkeSa, Req, State};
+use super::{Ctx, IkeSa, RequestKind, State};
 use crate::codec::message::notifies;
 use crate::codec::{Delete, ExchangeType, Notify, NotifyType, Payload, ProtocolId};
 use crate::reason::Reason;
@@ -19,7 +19,7 @@ pub(crate) fn on_request(
     let State::Established(e) = &mut sa.state else {
         return;
     };
-    let c = &mut sa.c;
+    let c = &mut sa.common;
     if exchange == ExchangeType::CREATE_CHILD_SA {
         super::rekey::on_request(sa, ctx, id, payloads);
         return;
@@ -59,7 +59,7 @@ pub(crate) fn on_request(
     let State::Established(e) = &mut sa.state else {
         return;
     };
-    let c = &mut sa.c;
+    let c = &mut sa.common;
     if delete_ike || auth_failed {
         let _ = c.send_response(ctx, &e.keys, exchange, id, &[]);
         e.delete_all_children(c, ctx);
@@ -84,15 +84,20 @@ pub(crate) fn on_request(
 }
 
 /// Handles the answer to one of our requests on an established SA.
-pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads: &[Payload]) {
+pub(crate) fn on_response(
+    sa: &mut IkeSa,
+    ctx: &mut Ctx<'_>,
+    kind: RequestKind,
+    payloads: &[Payload],
+) {
     let State::Established(e) = &mut sa.state else {
         return;
     };
     match kind {
-        Req::DeleteIke => sa.state = State::Gone,
-        Req::RekeyChild { .. } => super::rekey::on_child_response(sa, ctx, payloads),
-        Req::RekeyIke { .. } => super::rekey::on_ike_response(sa, ctx, payloads),
-        Req::DeleteChild(spis) => {
+        RequestKind::DeleteIke => sa.state = State::Gone,
+        RequestKind::RekeyChild { .. } => super::rekey::on_child_response(sa, ctx, payloads),
+        RequestKind::RekeyIke { .. } => super::rekey::on_ike_response(sa, ctx, payloads),
+        RequestKind::DeleteChild(spis) => {
             // Our Delete is answered: the peer stopped using them, so they go now.
             for spi in spis {
                 if let Some(pos) = e
@@ -101,16 +106,14 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads
                     .position(|ch| ch.spi_in == spi && ch.state == ChildState::Deleting)
                 {
                     let ch = e.children.remove(pos);
-                    ctx.events.push_back(child_delete_event(&sa.c, &ch));
+                    ctx.events.push_back(child_delete_event(&sa.common, &ch));
                 }
             }
         }
-        Req::Dpd | Req::Notify | Req::Init | Req::Auth => {
-            if let Some(n) = notifies(payloads).find(|n| n.ty == NotifyType::AUTHENTICATION_FAILED)
-            {
-                let _ = n;
-                e.delete_all_children(&sa.c, ctx);
-                sa.c.down(ctx, Reason::AuthenticationFailed);
+        RequestKind::Dpd | RequestKind::Notify | RequestKind::Init | RequestKind::Auth => {
+            if notifies(payloads).any(|n| n.ty == NotifyType::AUTHENTICATION_FAILED) {
+                e.delete_all_children(&sa.common, ctx);
+                sa.common.down(ctx, Reason::AuthenticationFailed);
                 sa.close(ctx);
             }
         }

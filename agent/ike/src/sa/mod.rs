@@ -39,7 +39,7 @@ use crate::window::Window;
 
 /// What one of our requests was for (the kind of the outstanding request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Req {
+pub(crate) enum RequestKind {
     /// IKE_SA_INIT.
     Init,
     /// IKE_AUTH.
@@ -58,7 +58,7 @@ pub(crate) enum Req {
         old: ChildSaId,
         group: Option<KeGroup>,
     },
-    /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`Req::RekeyChild`].
+    /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`RequestKind::RekeyChild`].
     RekeyIke { group: Option<KeGroup> },
 }
 
@@ -110,7 +110,7 @@ impl Ctx<'_> {
                 || self
                     .spawned
                     .iter()
-                    .any(|s| s.c.initiator == initiator && s.c.our_spi() == spi);
+                    .any(|s| s.common.initiator == initiator && s.common.our_spi() == spi);
             if !spi.is_zero() && !taken {
                 return spi;
             }
@@ -131,7 +131,7 @@ pub(crate) struct Keys {
     /// Protects what we send.
     pub out: SkCipher,
     /// Opens what we receive.
-    pub inn: SkCipher,
+    pub inbound: SkCipher,
 }
 
 impl core::fmt::Debug for Keys {
@@ -159,7 +159,7 @@ pub(crate) struct Common {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub nat: NatState,
-    pub win: Window<Req>,
+    pub win: Window<RequestKind>,
     /// Last time an authenticated message (or, before IKE_AUTH, any valid one) arrived.
     pub last_heard: Instant,
     /// Send INITIAL_CONTACT in IKE_AUTH (no other IKE SA with this peer exists).
@@ -258,7 +258,7 @@ impl Common {
         keys: &Keys,
         exchange: ExchangeType,
         payloads: &[Payload],
-        kind: Req,
+        kind: RequestKind,
     ) -> Result<(), Reason> {
         let header = self.header(exchange, false, self.win.next_id());
         let datagrams = protect::seal_datagrams(
@@ -335,7 +335,7 @@ pub(crate) enum State {
 /// One IKE SA.
 #[derive(Debug)]
 pub(crate) struct IkeSa {
-    pub c: Common,
+    pub common: Common,
     pub state: State,
 }
 
@@ -344,7 +344,7 @@ impl IkeSa {
     pub fn finished(&self, now: Instant) -> bool {
         match &self.state {
             State::Gone => true,
-            State::Closing { until, .. } => now >= *until && !self.c.win.busy(),
+            State::Closing { until, .. } => now >= *until && !self.common.win.busy(),
             _ => false,
         }
     }
@@ -370,12 +370,12 @@ impl IkeSa {
     pub fn next_timeout(&self) -> Option<Instant> {
         let state = match &self.state {
             State::InitReplied(s) => Some(s.expires),
-            State::Established(e) => e.next_timeout(&self.c),
+            State::Established(e) => e.next_timeout(&self.common),
             // While a request is in flight only its timer matters.
-            State::Closing { until, .. } if !self.c.win.busy() => Some(*until),
+            State::Closing { until, .. } if !self.common.win.busy() => Some(*until),
             _ => None,
         };
-        match (self.c.win.deadline(), state) {
+        match (self.common.win.deadline(), state) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -400,26 +400,26 @@ impl IkeSa {
     /// Retransmission and state timers.
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
         use crate::window::Timeout;
-        match self.c.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
+        match self.common.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
             Timeout::Nothing => {}
             Timeout::Resend => {
-                if let Some(o) = self.c.win.outstanding() {
+                if let Some(o) = self.common.win.outstanding() {
                     let d = o.datagrams.clone();
-                    self.c.transmit(ctx, &d);
+                    self.common.transmit(ctx, &d);
                 }
             }
             Timeout::GiveUp => {
-                let kind = self.c.win.abandon().map(|o| o.kind);
+                let kind = self.common.win.abandon().map(|o| o.kind);
                 match &mut self.state {
                     State::Closing { .. } => {}
                     State::Established(e) => {
-                        e.delete_all_children(&self.c, ctx);
-                        self.c.down(ctx, Reason::PeerUnreachable);
+                        e.delete_all_children(&self.common, ctx);
+                        self.common.down(ctx, Reason::PeerUnreachable);
                         self.state = State::Gone;
                     }
                     _ => {
                         if kind.is_some() {
-                            self.c.down(ctx, Reason::PeerUnreachable);
+                            self.common.down(ctx, Reason::PeerUnreachable);
                         }
                         self.state = State::Gone;
                     }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use super::child::{self, ChildState};
 use super::established::Established;
 use super::ike_auth::Inner;
-use super::{Common, Ctx, IkeSa, Keys, Req, State, proposals};
+use super::{Common, Ctx, IkeSa, Keys, RequestKind, State, proposals};
 use crate::codec::message::notifies;
 use crate::codec::{
     Delete, ExchangeType, KeyExchange as KePayload, Nonce, Notify, NotifyType, Payload, ProtocolId,
@@ -100,7 +100,7 @@ pub(crate) fn schedule(e: &mut Established, now: Instant) {
     for ch in &mut e.children {
         if ch.state == ChildState::Installed && ch.rekey_at.is_some_and(|t| now >= t) {
             ch.rekey_at = None;
-            e.queue.push_back(Req::RekeyChild {
+            e.queue.push_back(RequestKind::RekeyChild {
                 old: ch.id,
                 group: None,
             });
@@ -108,7 +108,7 @@ pub(crate) fn schedule(e: &mut Established, now: Instant) {
     }
     if e.ike_rekey_at.is_some_and(|t| now >= t) {
         e.ike_rekey_at = None;
-        e.queue.push_back(Req::RekeyIke { group: None });
+        e.queue.push_back(RequestKind::RekeyIke { group: None });
     }
 }
 
@@ -128,13 +128,13 @@ pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: [u8; 4]) {
         return;
     }
     ch.rekey_at = None;
-    e.queue.push_back(Req::RekeyChild {
+    e.queue.push_back(RequestKind::RekeyChild {
         old: ch.id,
         group: None,
     });
-    if e.flush(&mut sa.c, ctx).is_err() {
-        e.delete_all_children(&sa.c, ctx);
-        sa.c.down(ctx, Reason::InternalError);
+    if e.flush(&mut sa.common, ctx).is_err() {
+        e.delete_all_children(&sa.common, ctx);
+        sa.common.down(ctx, Reason::InternalError);
         sa.state = State::Gone;
     }
 }
@@ -195,7 +195,7 @@ pub(crate) fn start_child(
         &e.keys,
         ExchangeType::CREATE_CHILD_SA,
         &payloads,
-        Req::RekeyChild { old, group },
+        RequestKind::RekeyChild { old, group },
     )?;
     e.child_rekey = Some(ChildRekeyOut {
         old,
@@ -240,7 +240,7 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
     let State::Established(e) = &mut sa.state else {
         return;
     };
-    let c = &sa.c;
+    let c = &sa.common;
     let Some(p) = e.child_rekey.take() else {
         return;
     };
@@ -252,7 +252,7 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
                 && p.ke.as_ref().is_none_or(|k| k.group() != g)
                 && p.collision.is_none()
             {
-                e.queue.push_front(Req::RekeyChild {
+                e.queue.push_front(RequestKind::RekeyChild {
                     old: p.old,
                     group: Some(g),
                 });
@@ -280,7 +280,8 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
                 child::mark_redundant(ctx, new.id);
                 new.state = ChildState::Deleting;
                 new.rekey_at = None;
-                e.queue.push_back(Req::DeleteChild(vec![new.spi_in]));
+                e.queue
+                    .push_back(RequestKind::DeleteChild(vec![new.spi_in]));
                 e.children.push(new);
             } else {
                 e.children.push(new);
@@ -291,14 +292,15 @@ pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[P
                 {
                     old.state = ChildState::Deleting;
                     old.rekey_at = None;
-                    e.queue.push_back(Req::DeleteChild(vec![old.spi_in]));
+                    e.queue
+                        .push_back(RequestKind::DeleteChild(vec![old.spi_in]));
                 }
             }
         }
         Err(r) => {
             child_failed(c, ctx, r);
             // The peer installed what it answered (no error came back): have it removed.
-            e.queue.push_back(Req::DeleteChild(vec![p.spi_in]));
+            e.queue.push_back(RequestKind::DeleteChild(vec![p.spi_in]));
             if p.collision.is_none() {
                 retry_child_later(e, ctx, p.old, false);
             }
@@ -335,18 +337,18 @@ fn complete_child(
         }
         (Some(_), _) => return Err(Reason::NoProposalChosen),
     };
-    child::install_as(
-        c,
-        ctx,
-        &e.keys,
+    let new = child::NewChild {
         choice,
-        (p.spi_in, spi_out),
-        (&p.ni, nr),
-        shared.as_ref().map(|s| s.as_bytes()),
-        (tsi, tsr),
-        Some(p.old),
-        true,
-    )
+        spi_in: p.spi_in,
+        spi_out,
+        nonces: (&p.ni, nr),
+        g_ir: shared.as_ref().map(|s| s.as_bytes()),
+        local_ts: tsi,
+        remote_ts: tsr,
+        replaces: Some(p.old),
+        exchange_initiator: true,
+    };
+    child::install(c, ctx, &e.keys, new)
 }
 
 /// A CREATE_CHILD_SA request on an established IKE SA: a CHILD SA rekey, a new CHILD SA, or an
@@ -367,15 +369,16 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &
     let State::Established(e) = &mut sa.state else {
         return;
     };
-    let answer = match respond_child(e, &sa.c, ctx, rekey, &inner) {
+    let answer = match respond_child(e, &sa.common, ctx, rekey, &inner) {
         Ok(a) => a,
         Err(ty) => vec![Payload::Notify(match ty {
             Refusal::Notify(t) => Notify::empty(t),
             Refusal::InvalidKe(g) => Notify::invalid_ke(g.id()),
         })],
     };
-    let _ =
-        sa.c.send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    let _ = sa
+        .common
+        .send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
 }
 
 /// Why a CREATE_CHILD_SA request is refused.
@@ -444,19 +447,18 @@ fn respond_child(
     };
     let nr = ctx.nonce();
     let spi_in = ctx.esp_spi();
-    let new = child::install_as(
-        c,
-        ctx,
-        &e.keys,
-        agreed.choice,
-        (spi_in, agreed.spi_out),
-        (&ni, &nr),
-        shared.as_ref().map(|s| s.as_bytes()),
-        (agreed.tsr.clone(), agreed.tsi.clone()),
-        old,
-        false,
-    )
-    .map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
+    let new = child::NewChild {
+        choice: agreed.choice,
+        spi_in,
+        spi_out: agreed.spi_out,
+        nonces: (&ni, &nr),
+        g_ir: shared.as_ref().map(|s| s.as_bytes()),
+        local_ts: agreed.tsr.clone(),
+        remote_ts: agreed.tsi.clone(),
+        replaces: old,
+        exchange_initiator: false,
+    };
+    let new = child::install(c, ctx, &e.keys, new).map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
     e.children.push(new);
     if let Some(old) = old {
         if let Some(ch) = e.children.iter_mut().find(|ch| ch.id == old) {
@@ -465,7 +467,7 @@ fn respond_child(
         }
         // Our own rekey of it: not needed if still queued; a collision if in flight.
         e.queue
-            .retain(|r| !matches!(r, Req::RekeyChild { old: o, .. } if *o == old));
+            .retain(|r| !matches!(r, RequestKind::RekeyChild { old: o, .. } if *o == old));
         if let Some(p) = &mut e.child_rekey
             && p.old == old
         {
@@ -513,13 +515,13 @@ fn rekeyed_keys(
         choice.integ,
     )
     .map_err(|_| Reason::InternalError)?;
-    let (out, inn) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
+    let (out, inbound) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
         .map_err(|_| Reason::InternalError)?;
     Ok(Keys {
         choice,
         sk,
         out,
-        inn,
+        inbound,
     })
 }
 
@@ -550,7 +552,7 @@ fn new_ike_sa(
     let mut e = Established::new(keys);
     e.ike_rekey_at = Some(ike_rekey_time(&c, ctx));
     IkeSa {
-        c,
+        common: c,
         state: State::Established(e),
     }
 }
@@ -560,16 +562,16 @@ fn new_ike_sa(
 fn adopt(old_c: &Common, old_e: &mut Established, ctx: &mut Ctx<'_>, mut new: IkeSa) {
     if let State::Established(ne) = &mut new.state {
         ne.children.append(&mut old_e.children);
-        ne.queue.extend(
-            old_e
-                .queue
-                .drain(..)
-                .filter(|r| matches!(r, Req::DeleteChild(_) | Req::RekeyChild { .. })),
-        );
+        ne.queue.extend(old_e.queue.drain(..).filter(|r| {
+            matches!(
+                r,
+                RequestKind::DeleteChild(_) | RequestKind::RekeyChild { .. }
+            )
+        }));
         ctx.events.push_back(Event::IkeSaRekeyed {
             peer: old_c.peer,
             old: old_c.spis(),
-            new: new.c.spis(),
+            new: new.common.spis(),
             proposal: ne.keys.choice,
         });
     }
@@ -602,13 +604,13 @@ fn delete_ike(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let State::Established(e) = core::mem::replace(&mut sa.state, State::Gone) else {
         return;
     };
-    sa.c.win.abandon();
-    let _ = sa.c.send_request(
+    sa.common.win.abandon();
+    let _ = sa.common.send_request(
         ctx,
         &e.keys,
         ExchangeType::INFORMATIONAL,
         &[Payload::Delete(Delete::ike())],
-        Req::DeleteIke,
+        RequestKind::DeleteIke,
     );
     sa.state = State::Closing {
         keys: Some(e.keys),
@@ -648,7 +650,7 @@ pub(crate) fn start_ike(
         &e.keys,
         ExchangeType::CREATE_CHILD_SA,
         &payloads,
-        Req::RekeyIke { group },
+        RequestKind::RekeyIke { group },
     )?;
     e.ike_rekey = Some(IkeRekeyOut {
         spi,
@@ -671,7 +673,7 @@ fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &[Payloa
         // §2.25.1: we are rekeying or closing a CHILD SA of this IKE SA.
         Err(Refusal::Notify(NotifyType::TEMPORARY_FAILURE))
     } else {
-        answer_ike_rekey(e, &sa.c, ctx, payloads)
+        answer_ike_rekey(e, &sa.common, ctx, payloads)
     };
     let (answer, new) = match answer {
         Ok((answer, new)) => (answer, Some(new)),
@@ -683,8 +685,9 @@ fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &[Payloa
             None,
         ),
     };
-    let sent =
-        sa.c.send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    let sent = sa
+        .common
+        .send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
     let Some((new, ni, nr)) = new else { return };
     if sent.is_err() {
         return;
@@ -699,7 +702,7 @@ fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &[Payloa
             });
         }
         None => {
-            adopt(&sa.c, e, ctx, new);
+            adopt(&sa.common, e, ctx, new);
             // The rekey initiator deletes this one.
             await_delete(sa, ctx);
         }
@@ -784,7 +787,7 @@ pub(crate) fn on_ike_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Pay
     };
     let result = match notifies(payloads).find(|n| n.ty.is_error()) {
         Some(n) => Err(n.clone()),
-        None => complete_ike(e, &sa.c, ctx, &p, payloads)
+        None => complete_ike(e, &sa.common, ctx, &p, payloads)
             .map_err(|_| Notify::empty(NotifyType::NO_PROPOSAL_CHOSEN)),
     };
     match (result, p.collision) {
@@ -792,14 +795,14 @@ pub(crate) fn on_ike_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Pay
             if lowest_nonce_in_first((&p.ni, &nr), (&col.ni, &col.nr)) {
                 // We lost (§2.8.2): the peer's new SA survives and the peer deletes the old
                 // one; we delete ours.
-                adopt(&sa.c, e, ctx, *col.sa);
+                adopt(&sa.common, e, ctx, *col.sa);
                 let mut ours = ours;
                 delete_ike(&mut ours, ctx);
                 ctx.spawned.push(ours);
                 await_delete(sa, ctx);
             } else {
                 // We won: ours survives; the peer deletes the one it made; we delete the old.
-                adopt(&sa.c, e, ctx, ours);
+                adopt(&sa.common, e, ctx, ours);
                 let mut theirs = *col.sa;
                 await_delete(&mut theirs, ctx);
                 ctx.spawned.push(theirs);
@@ -807,20 +810,20 @@ pub(crate) fn on_ike_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Pay
             }
         }
         (Ok((ours, _)), None) => {
-            adopt(&sa.c, e, ctx, ours);
+            adopt(&sa.common, e, ctx, ours);
             delete_ike(sa, ctx);
         }
         (Err(_), Some(col)) => {
             // Ours failed but the peer's succeeded: that one stands; the peer deletes the old.
-            adopt(&sa.c, e, ctx, *col.sa);
+            adopt(&sa.common, e, ctx, *col.sa);
             await_delete(sa, ctx);
         }
         (Err(n), None) => {
             let wanted = n.requested_group().and_then(KeGroup::from_id);
-            let offered = wanted.filter(|g| c_offers(&sa.c, *g));
+            let offered = wanted.filter(|g| c_offers(&sa.common, *g));
             match offered {
                 Some(g) if g != p.ke.group() => {
-                    e.queue.push_front(Req::RekeyIke { group: Some(g) });
+                    e.queue.push_front(RequestKind::RekeyIke { group: Some(g) });
                 }
                 _ => e.ike_rekey_at = Some(retry_time(ctx)),
             }
@@ -880,9 +883,9 @@ pub(crate) fn adopt_on_delete(
         return false;
     };
     e.ike_rekey = None;
-    let _ = sa.c.send_response(ctx, &e.keys, exchange, id, &[]);
-    sa.c.win.abandon();
-    adopt(&sa.c, e, ctx, *col.sa);
+    let _ = sa.common.send_response(ctx, &e.keys, exchange, id, &[]);
+    sa.common.win.abandon();
+    adopt(&sa.common, e, ctx, *col.sa);
     sa.close(ctx);
     true
 }
