@@ -29,7 +29,7 @@ use crate::sa::established::{self, child_delete_event};
 use crate::sa::fragments::Added;
 use crate::sa::ike_init::{InitRefused, InitReplied, InitSent};
 use crate::sa::protect::{self, Opened, ProtectError};
-use crate::sa::{Ctx, IkeSa, RequestKind, State, informational, init_error_response};
+use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State, informational, init_error_response};
 use crate::window::RequestCheck;
 
 mod index;
@@ -48,6 +48,8 @@ pub struct Stats {
     pub unexpected: u64,
     /// Retransmitted requests answered from the response cache.
     pub retransmits_answered: u64,
+    /// Requests of ours sent again because their answer did not come in time (RFC 7296 §2.1).
+    pub retransmits_sent: u64,
     /// COOKIE challenges sent.
     pub cookies_sent: u64,
     /// IKE_SA_INIT requests from addresses no peer is configured for.
@@ -72,28 +74,14 @@ struct Peer {
     cfg: Arc<PeerConfig>,
 }
 
-/// An IKEv2 endpoint: every configured tunnel and every IKE SA.
-pub struct Endpoint {
+/// What every transition borrows from the endpoint, besides the SA itself and the SPI table:
+/// kept apart from the SA table so that [`Shared::ctx`] can lend it out while one SA is borrowed.
+struct Shared {
     config: EndpointConfig,
     rng: Box<dyn Rng + Send>,
-    peers: BTreeMap<PeerId, Peer>,
-    /// Tunnels by their remote address (`None`: any address), for IKE_SA_INIT requests.
-    peers_by_remote: HashMap<Option<IpAddr>, BTreeSet<PeerId>>,
-    next_peer: u64,
-    sas: BTreeMap<u64, IkeSa>,
-    next_sa: u64,
-    /// (our SPI, we are the original initiator) → SA.
-    by_spi: HashMap<(Spi, bool), u64>,
-    /// Responder: (peer address, initiator SPI) → SA, for IKE_SA_INIT retransmissions.
-    by_init: HashMap<(SocketAddr, Spi), u64>,
-    /// Timers, half-open counts and SAs per tunnel.
-    index: SaIndex,
-    /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
-    dirty: Vec<u64>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_child: u64,
-    cookies: Cookies,
     stats: Stats,
     /// IKE SAs created by a rekey during the current transition.
     spawned: Vec<IkeSa>,
@@ -101,48 +89,22 @@ pub struct Endpoint {
     wall_clock: Option<(Instant, u64)>,
 }
 
-impl core::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("peers", &self.peers.len())
-            .field("ike_sas", &self.sas.len())
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Endpoint {
-    /// A new endpoint drawing all randomness from `rng`.
-    pub fn new(config: EndpointConfig, rng: Box<dyn Rng + Send>) -> Self {
-        Self {
-            config,
-            rng,
-            peers: BTreeMap::new(),
-            peers_by_remote: HashMap::new(),
-            next_peer: 0,
-            sas: BTreeMap::new(),
-            next_sa: 0,
-            by_spi: HashMap::new(),
-            by_init: HashMap::new(),
-            index: SaIndex::default(),
-            dirty: Vec::new(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            next_child: 0,
-            cookies: Cookies::default(),
-            stats: Stats::default(),
-            spawned: Vec::new(),
-            wall_clock: None,
+impl Shared {
+    /// The context of a transition at `now`: the one place a [`Ctx`] is built.
+    fn ctx<'a>(&'a mut self, now: Instant, by_spi: &'a HashMap<(Spi, Side), SaId>) -> Ctx<'a> {
+        let unix_time = self.unix_time(now);
+        Ctx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.config,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            next_child: &mut self.next_child,
+            by_spi,
+            spawned: &mut self.spawned,
+            unix_time,
+            stats: &mut self.stats,
         }
-    }
-
-    /// Tells the endpoint what wall-clock time (Unix seconds, UTC) the monotonic instant `at`
-    /// is; later times are derived from the `now` of each call. Certificate validity is checked
-    /// against it. Call it once at start and again whenever the system clock is corrected.
-    /// Without it, a peer's certificate cannot be checked and certificate authentication
-    /// fails with [`Reason::InternalError`].
-    pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
-        self.wall_clock = Some((at, unix_time));
     }
 
     /// The wall-clock time at `now`, in Unix seconds.
@@ -152,6 +114,74 @@ impl Endpoint {
         let since = i64::try_from(now.saturating_duration_since(at).as_secs()).ok()?;
         let before = i64::try_from(at.saturating_duration_since(now).as_secs()).ok()?;
         base.checked_add(since)?.checked_sub(before)
+    }
+}
+
+/// An IKEv2 endpoint: every configured tunnel and every IKE SA.
+pub struct Endpoint {
+    shared: Shared,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Tunnels by their remote address (`None`: any address), for IKE_SA_INIT requests.
+    peers_by_remote: HashMap<Option<IpAddr>, BTreeSet<PeerId>>,
+    next_peer: u64,
+    sas: BTreeMap<SaId, IkeSa>,
+    /// The last [`SaId`] handed out ([`Endpoint::insert_sa`]).
+    last_sa: u64,
+    /// (our SPI, our side) → SA.
+    by_spi: HashMap<(Spi, Side), SaId>,
+    /// Responder: (peer address, initiator SPI) → SA, for IKE_SA_INIT retransmissions.
+    by_init: HashMap<(SocketAddr, Spi), SaId>,
+    /// Timers, half-open counts and SAs per tunnel.
+    index: SaIndex,
+    /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
+    dirty: Vec<SaId>,
+    cookies: Cookies,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("ike_sas", &self.sas.len())
+            .field("stats", &self.shared.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint drawing all randomness from `rng`.
+    pub fn new(config: EndpointConfig, rng: Box<dyn Rng + Send>) -> Self {
+        Self {
+            shared: Shared {
+                config,
+                rng,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                next_child: 0,
+                stats: Stats::default(),
+                spawned: Vec::new(),
+                wall_clock: None,
+            },
+            peers: BTreeMap::new(),
+            peers_by_remote: HashMap::new(),
+            next_peer: 0,
+            sas: BTreeMap::new(),
+            last_sa: 0,
+            by_spi: HashMap::new(),
+            by_init: HashMap::new(),
+            index: SaIndex::default(),
+            dirty: Vec::new(),
+            cookies: Cookies::default(),
+        }
+    }
+
+    /// Tells the endpoint what wall-clock time (Unix seconds, UTC) the monotonic instant `at`
+    /// is; later times are derived from the `now` of each call. Certificate validity is checked
+    /// against it. Call it once at start and again whenever the system clock is corrected.
+    /// Without it, a peer's certificate cannot be checked and certificate authentication
+    /// fails with [`Reason::InternalError`].
+    pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
+        self.shared.wall_clock = Some((at, unix_time));
     }
 
     /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
@@ -177,33 +207,20 @@ impl Endpoint {
             return;
         };
         let cfg = Arc::clone(&p.cfg);
-        let spi = self.fresh_spi(true);
         let others = self
             .index
             .of_peer(peer)
             .iter()
             .filter_map(|id| self.sas.get(id))
             .any(|s| s.established().is_some());
-        let unix_time = self.unix_time(now);
-        let (config, sa_id) = (&self.config, self.next_sa.wrapping_add(1));
-        let mut ctx = Ctx {
-            now,
-            rng: &mut *self.rng,
-            cfg: config,
-            transmits: &mut self.transmits,
-            events: &mut self.events,
-            next_child: &mut self.next_child,
-            by_spi: &self.by_spi,
-            spawned: &mut self.spawned,
-            unix_time,
-        };
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
+        let spi = ctx.ike_spi(Side::Initiator);
         match InitSent::start(&mut ctx, peer, cfg, spi) {
             Ok(mut sa) => {
                 sa.common.initial_contact = !others;
-                self.next_sa = sa_id;
-                self.insert_sa(sa_id, sa);
+                self.insert_sa(sa);
             }
-            Err(reason) => self.events.push_back(Event::IkeSaDown {
+            Err(reason) => self.shared.events.push_back(Event::IkeSaDown {
                 peer,
                 spis: crate::event::IkeSpis {
                     initiator: spi,
@@ -290,12 +307,12 @@ impl Endpoint {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.shared.transmits.pop_front()
     }
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.shared.events.pop_front()
     }
 
     /// When [`Endpoint::handle_timeout`] should next be called.
@@ -318,7 +335,7 @@ impl Endpoint {
 
     /// Counters of dropped and statelessly answered input.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.shared.stats
     }
 
     /// The CHILD SAs currently installed for `peer` (ids).
@@ -339,11 +356,11 @@ impl Endpoint {
 
     /// Handles one received UDP payload.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
-        let ike = if local.port() == self.config.natt_port {
+        let ike = if local.port() == self.shared.config.natt_port {
             match classify_udp4500(datagram) {
                 Udp4500::Ike(b) => b,
                 _ => {
-                    self.stats.malformed += 1;
+                    self.shared.stats.malformed += 1;
                     return;
                 }
             }
@@ -353,7 +370,7 @@ impl Endpoint {
         let wire = match Header::peek(ike) {
             Ok(w) => w,
             Err(crate::codec::DecodeError::InvalidMajorVersion { major, header }) => {
-                self.stats.malformed += 1;
+                self.shared.stats.malformed += 1;
                 // RFC 7296 §2.5: a request with a higher major version is answered, unprotected,
                 // with INVALID_MAJOR_VERSION in a header carrying our version (2.0). As charon
                 // does, only an IKE_SA_INIT request (nothing else can come from a peer that
@@ -377,7 +394,7 @@ impl Endpoint {
                 return;
             }
             Err(_) => {
-                self.stats.malformed += 1;
+                self.shared.stats.malformed += 1;
                 return;
             }
         };
@@ -386,7 +403,7 @@ impl Endpoint {
             if h.flags.is_initiator() && h.responder_spi.is_zero() && h.message_id == 0 {
                 self.on_init_request(now, local, remote, ike);
             } else {
-                self.stats.malformed += 1;
+                self.shared.stats.malformed += 1;
             }
             self.settle(now);
             return;
@@ -398,8 +415,8 @@ impl Endpoint {
         } else {
             h.responder_spi
         };
-        let Some(&id) = self.by_spi.get(&(our_spi, we_initiator)) else {
-            self.stats.unknown_spi += 1;
+        let Some(&id) = self.by_spi.get(&(our_spi, Side::of(we_initiator))) else {
+            self.shared.stats.unknown_spi += 1;
             return;
         };
         let mut outcome = Outcome::Handled;
@@ -408,41 +425,19 @@ impl Endpoint {
         });
         match outcome {
             Outcome::Handled => {}
-            Outcome::Integrity => self.stats.integrity_failed += 1,
-            Outcome::Unexpected => self.stats.unexpected += 1,
-            Outcome::Retransmit => self.stats.retransmits_answered += 1,
+            Outcome::Integrity => self.shared.stats.integrity_failed += 1,
+            Outcome::Unexpected => self.shared.stats.unexpected += 1,
+            Outcome::Retransmit => self.shared.stats.retransmits_answered += 1,
         }
         self.settle(now);
     }
 
-    fn fresh_spi(&mut self, initiator: bool) -> Spi {
-        loop {
-            let mut b = [0u8; 8];
-            self.rng.fill(&mut b);
-            let spi = Spi(b);
-            if !spi.is_zero() && !self.by_spi.contains_key(&(spi, initiator)) {
-                return spi;
-            }
-        }
-    }
-
-    fn with_sa(&mut self, now: Instant, id: u64, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
-        let unix_time = self.unix_time(now);
+    fn with_sa(&mut self, now: Instant, id: SaId, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
         self.dirty.push(id);
-        let mut ctx = Ctx {
-            now,
-            rng: &mut *self.rng,
-            cfg: &self.config,
-            transmits: &mut self.transmits,
-            events: &mut self.events,
-            next_child: &mut self.next_child,
-            by_spi: &self.by_spi,
-            spawned: &mut self.spawned,
-            unix_time,
-        };
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
         f(sa, &mut ctx);
         if let State::Established(e) = &mut sa.state
             && e.initial_contact
@@ -452,24 +447,25 @@ impl Endpoint {
             self.replace_older(now, id, peer);
         }
         // IKE SAs born from a rekey get their own routing entry.
-        for born in core::mem::take(&mut self.spawned) {
-            self.next_sa = self.next_sa.wrapping_add(1);
-            let new_id = self.next_sa;
-            self.insert_sa(new_id, born);
+        for born in core::mem::take(&mut self.shared.spawned) {
+            self.insert_sa(born);
         }
     }
 
-    fn insert_sa(&mut self, id: u64, sa: IkeSa) {
-        self.by_spi
-            .insert((sa.common.our_spi(), sa.common.initiator), id);
+    /// Takes a new SA in under the next [`SaId`] (the one place ids are allocated).
+    fn insert_sa(&mut self, sa: IkeSa) -> SaId {
+        self.last_sa = self.last_sa.wrapping_add(1);
+        let id = SaId(self.last_sa);
+        self.by_spi.insert(sa.common.routing_key(), id);
         self.sas.insert(id, sa);
         self.dirty.push(id);
+        id
     }
 
     /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it (same tunnel,
     /// same authenticated identity: a tunnel that accepts several peers keeps the others) is
     /// stale. Their CHILD SAs are removed without any message.
-    fn replace_older(&mut self, now: Instant, keep: u64, peer: PeerId) {
+    fn replace_older(&mut self, now: Instant, keep: SaId, peer: PeerId) {
         let identity = self
             .sas
             .get(&keep)
@@ -484,9 +480,11 @@ impl Endpoint {
             if let State::Established(e) = &mut sa.state {
                 self.dirty.push(id);
                 for ch in e.children.drain(..) {
-                    self.events.push_back(child_delete_event(&sa.common, &ch));
+                    self.shared
+                        .events
+                        .push_back(child_delete_event(&sa.common, &ch));
                 }
-                self.events.push_back(Event::IkeSaDown {
+                self.shared.events.push_back(Event::IkeSaDown {
                     peer,
                     spis: sa.common.spis(),
                     reason: Reason::Replaced,
@@ -514,8 +512,7 @@ impl Endpoint {
                 self.index.update(id, sa);
                 continue;
             }
-            self.by_spi
-                .remove(&(sa.common.our_spi(), sa.common.initiator));
+            self.by_spi.remove(&sa.common.routing_key());
             self.sas.remove(&id);
             // Keyed by the address IKE_SA_INIT came from: the SA may have floated since.
             if let Some(key) = self.index.remove(id)
@@ -550,9 +547,8 @@ impl Endpoint {
     }
 
     fn on_init_request(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, raw: &[u8]) {
-        let unix_time = self.unix_time(now);
         let Ok(msg) = Message::parse(raw) else {
-            self.stats.malformed += 1;
+            self.shared.stats.malformed += 1;
             return;
         };
         let key = (remote, msg.header.initiator_spi);
@@ -570,26 +566,16 @@ impl Endpoint {
                 }
                 let cached = cached.to_vec();
                 self.dirty.push(id);
-                let mut ctx = Ctx {
-                    now,
-                    rng: &mut *self.rng,
-                    cfg: &self.config,
-                    transmits: &mut self.transmits,
-                    events: &mut self.events,
-                    next_child: &mut self.next_child,
-                    by_spi: &self.by_spi,
-                    spawned: &mut self.spawned,
-                    unix_time,
-                };
+                let mut ctx = self.shared.ctx(now, &self.by_spi);
                 sa.common.transmit(&mut ctx, &cached);
-                self.stats.retransmits_answered += 1;
+                ctx.stats.retransmits_answered += 1;
             } else {
-                self.stats.unexpected += 1;
+                self.shared.stats.unexpected += 1;
             }
             return;
         }
         let Some((peer, cfg)) = self.find_responder_config(local, remote) else {
-            self.stats.no_peer_config += 1;
+            self.shared.stats.no_peer_config += 1;
             return;
         };
         if self.cookie_required(remote) && !self.cookie_valid(now, &msg, remote) {
@@ -598,41 +584,29 @@ impl Endpoint {
                 let answer =
                     init_error_response(&msg.header, Notify::new(NotifyType::COOKIE, cookie));
                 self.send_stateless(local, remote, &answer);
-                self.stats.cookies_sent += 1;
+                self.shared.stats.cookies_sent += 1;
             }
             return;
         }
-        let spi_r = self.fresh_spi(false);
-        let mut ctx = Ctx {
-            now,
-            rng: &mut *self.rng,
-            cfg: &self.config,
-            transmits: &mut self.transmits,
-            events: &mut self.events,
-            next_child: &mut self.next_child,
-            by_spi: &self.by_spi,
-            spawned: &mut self.spawned,
-            unix_time,
-        };
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
+        let spi_r = ctx.ike_spi(Side::Responder);
         match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
             Ok(sa) => {
-                self.next_sa = self.next_sa.wrapping_add(1);
-                let id = self.next_sa;
-                self.insert_sa(id, sa);
+                let id = self.insert_sa(sa);
                 self.by_init.insert(key, id);
                 // Indexed now, so that the key is remembered with it.
                 self.settle(now);
                 self.index.set_init_key(id, key);
             }
             Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
-            Err(InitRefused::Drop) => self.stats.unexpected += 1,
+            Err(InitRefused::Drop) => self.shared.stats.unexpected += 1,
         }
     }
 
     fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
         let Ok(bytes) = msg.encode() else { return };
-        let natt = local.port() == self.config.natt_port;
-        self.transmits.push_back(Transmit {
+        let natt = local.port() == self.shared.config.natt_port;
+        self.shared.transmits.push_back(Transmit {
             local,
             remote,
             payload: if natt {
@@ -651,19 +625,20 @@ impl Endpoint {
             self.sas.values().filter(|s| s.half_open()).count(),
             "the half-open count is out of date"
         );
-        all >= self.config.cookie_threshold || from_ip >= self.config.cookie_threshold_per_ip
+        all >= self.shared.config.cookie_threshold
+            || from_ip >= self.shared.config.cookie_threshold_per_ip
     }
 
     fn rotate_cookie_secret(&mut self, now: Instant) {
         let due = match self.cookies.rotated_at {
             None => true,
-            Some(t) => now >= t + self.config.cookie_secret_lifetime,
+            Some(t) => now >= t + self.shared.config.cookie_secret_lifetime,
         };
         if !due {
             return;
         }
         let mut secret = [0u8; 32];
-        self.rng.fill(&mut secret);
+        self.shared.rng.fill(&mut secret);
         let version = self
             .cookies
             .current

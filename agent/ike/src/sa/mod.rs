@@ -32,6 +32,7 @@ use crate::crypto::alg::{KeGroup, Prf};
 use crate::crypto::keys::IkeSaKeys;
 use crate::crypto::rng::Rng;
 use crate::crypto::sk::SkCipher;
+use crate::endpoint::Stats;
 use crate::event::{ChildSaId, Event, IkeSpis, NatState, PeerId, Transmit};
 use crate::proposal::IkeChoice;
 use crate::reason::Reason;
@@ -62,8 +63,32 @@ pub(crate) enum RequestKind {
     RekeyIke { group: Option<KeGroup> },
 }
 
+/// Which end of an IKE SA we are: its original initiator or responder (RFC 7296 §2.2). With our
+/// SPI, it is what the peer's messages are routed by: a peer may pick the same SPI as we did
+/// for another SA where it plays the other part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Initiator,
+    Responder,
+}
+
+impl Side {
+    pub fn of(initiator: bool) -> Self {
+        if initiator {
+            Self::Initiator
+        } else {
+            Self::Responder
+        }
+    }
+}
+
+/// The endpoint's handle for one IKE SA. Allocated in increasing order, which is the order SAs
+/// with simultaneous timers are visited in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SaId(pub u64);
+
 /// What the transitions need from the endpoint: the time, randomness, configuration, and the
-/// queues they append to.
+/// queues they append to. Built by the endpoint in one place (`Shared::ctx`).
 pub(crate) struct Ctx<'a> {
     pub now: Instant,
     pub rng: &'a mut dyn Rng,
@@ -72,11 +97,13 @@ pub(crate) struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     pub next_child: &'a mut u64,
     /// The endpoint's SPI routing table (to draw unused SPIs for rekeyed IKE SAs).
-    pub by_spi: &'a HashMap<(Spi, bool), u64>,
+    pub by_spi: &'a HashMap<(Spi, Side), SaId>,
     /// IKE SAs born in this transition (IKE SA rekeys), for the endpoint to take over.
     pub spawned: &'a mut Vec<IkeSa>,
     /// The wall-clock time (Unix seconds), if the driver told us (certificate validity).
     pub unix_time: Option<i64>,
+    /// The endpoint's counters.
+    pub stats: &'a mut Stats,
 }
 
 impl Ctx<'_> {
@@ -102,15 +129,16 @@ impl Ctx<'_> {
         self.random::<32>().to_vec()
     }
 
-    /// A fresh IKE SPI, unused by any IKE SA where we play `initiator`.
-    pub fn ike_spi(&mut self, initiator: bool) -> Spi {
+    /// A fresh IKE SPI, unused by any IKE SA (held, or born in this transition) where we are
+    /// on `side`. The only place IKE SPIs of ours are drawn.
+    pub fn ike_spi(&mut self, side: Side) -> Spi {
         loop {
             let spi = Spi(self.random());
-            let taken = self.by_spi.contains_key(&(spi, initiator))
+            let taken = self.by_spi.contains_key(&(spi, side))
                 || self
                     .spawned
                     .iter()
-                    .any(|s| s.common.initiator == initiator && s.common.our_spi() == spi);
+                    .any(|s| s.common.routing_key() == (spi, side));
             if !spi.is_zero() && !taken {
                 return spi;
             }
@@ -188,6 +216,11 @@ impl Common {
         } else {
             self.spi_r
         }
+    }
+
+    /// What the endpoint routes the peer's messages for this SA by.
+    pub fn routing_key(&self) -> (Spi, Side) {
+        (self.our_spi(), Side::of(self.initiator))
     }
 
     /// A header for a message of ours.
@@ -406,6 +439,7 @@ impl IkeSa {
                 if let Some(o) = self.common.win.outstanding() {
                     let d = o.datagrams.clone();
                     self.common.transmit(ctx, &d);
+                    ctx.stats.retransmits_sent += 1;
                 }
             }
             Timeout::GiveUp => {

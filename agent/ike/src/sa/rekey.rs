@@ -20,7 +20,7 @@ use std::time::Instant;
 use super::child::{self, ChildState};
 use super::established::Established;
 use super::ike_auth::Inner;
-use super::{Common, Ctx, IkeSa, Keys, RequestKind, State, proposals};
+use super::{Common, Ctx, IkeSa, Keys, RequestKind, Side, State, proposals};
 use crate::codec::message::notifies;
 use crate::codec::{
     Delete, ExchangeType, KeyExchange as KePayload, Nonce, Notify, NotifyType, Payload, ProtocolId,
@@ -634,7 +634,7 @@ pub(crate) fn start_ike(
         })
         .ok_or(Reason::InternalError)?;
     let ke = KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::InternalError)?;
-    let spi = ctx.ike_spi(true);
+    let spi = ctx.ike_spi(Side::Initiator);
     let ni = ctx.nonce();
     let mut payloads = vec![Payload::Sa(proposals::ike_offer(
         &c.cfg.ike_proposals,
@@ -759,7 +759,7 @@ fn answer_ike_rekey(
     let ni = nonce.as_bytes().to_vec();
     let spis = IkeSpis {
         initiator: Spi(spi_i),
-        responder: ctx.ike_spi(false),
+        responder: ctx.ike_spi(Side::Responder),
     };
     let keys = rekeyed_keys(&e.keys, choice, shared.as_bytes(), &ni, &nr, spis, false)
         .map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
