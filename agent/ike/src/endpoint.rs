@@ -179,7 +179,7 @@ impl Endpoint {
     /// is; later times are derived from the `now` of each call. Certificate validity is checked
     /// against it. Call it once at start and again whenever the system clock is corrected.
     /// Without it, a peer's certificate cannot be checked and certificate authentication
-    /// fails with [`Reason::InternalError`].
+    /// fails with [`Reason::ClockUnset`].
     pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
         self.shared.wall_clock = Some((at, unix_time));
     }
@@ -299,7 +299,9 @@ impl Endpoint {
                 let ch = e.children.remove(pos);
                 ctx.events.push_back(child_delete_event(&sa.common, &ch));
                 e.queue.push_back(RequestKind::DeleteChild(vec![ch.spi_in]));
-                let _ = e.flush(&mut sa.common, ctx);
+                // As after every change to the queue: a Delete we cannot send ends the SA, as
+                // it does on a timer or a response.
+                established::flush_or_fail(sa, ctx);
             }
         });
         self.settle(now);
@@ -863,7 +865,7 @@ fn on_message(
                 if let crate::codec::DecodeError::UnsupportedCriticalPayload(t) = e {
                     n.data = vec![t.0];
                 }
-                let _ = sa.common.send_response(
+                sa.common.send_response_or_drop(
                     ctx,
                     keys,
                     h.exchange_type,
@@ -905,13 +907,7 @@ fn on_message(
             }
             other => sa.state = other,
         }
-        if let State::Established(e) = &mut sa.state
-            && e.flush(&mut sa.common, ctx).is_err()
-        {
-            e.delete_all_children(&sa.common, ctx);
-            sa.common.down(ctx, Reason::InternalError);
-            sa.state = State::Gone;
-        }
+        established::flush_or_fail(sa, ctx);
         return Outcome::Handled;
     }
     match sa.common.win.check_request(h.message_id) {

@@ -26,4 +26,4 @@ pub use event::{
     ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, IkeSpis, Mode, NatState,
     PeerId, Transmit, UdpEncap,
 };
-pub use reason::Reason;
+pub use reason::{Fault, Reason};

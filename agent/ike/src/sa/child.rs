@@ -88,7 +88,7 @@ pub(crate) fn install(
         choice.encr,
         choice.integ,
     )
-    .map_err(|_| Reason::InternalError)?;
+    .map_err(|_| Reason::LocalCrypto)?;
     let (out, inn) = if exchange_initiator {
         (km.initiator_to_responder, km.responder_to_initiator)
     } else {

@@ -133,9 +133,19 @@ pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         }
     }
     rekey::schedule(e, ctx.now);
-    if e.flush(&mut sa.common, ctx).is_err() {
+    flush_or_fail(sa, ctx);
+}
+
+/// Sends what the queue holds. A request of ours that cannot be built ends the SA: it would
+/// otherwise sit at the head of the queue, and nothing behind it (DPD, rekeys, deletes) would
+/// ever go out.
+pub(crate) fn flush_or_fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+    let State::Established(e) = &mut sa.state else {
+        return;
+    };
+    if let Err(reason) = e.flush(&mut sa.common, ctx) {
         e.delete_all_children(&sa.common, ctx);
-        sa.common.down(ctx, Reason::InternalError);
+        sa.common.down(ctx, reason);
         sa.state = State::Gone;
     }
 }
@@ -150,6 +160,8 @@ pub(crate) fn delete_locally(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             // Whatever was outstanding is moot; the Delete takes the window.
             sa.common.win.abandon();
             let payloads = [Payload::Delete(Delete::ike())];
+            // The SA goes either way: a Delete we cannot build leaves the peer to find out by
+            // its own DPD or rekey, and nothing is left here to retransmit.
             let _ = sa.common.send_request(
                 ctx,
                 &e.keys,

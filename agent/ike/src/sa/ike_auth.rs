@@ -150,7 +150,7 @@ fn verify_peer(
 /// Initiator: sends IKE_AUTH right after IKE_SA_INIT completed.
 pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> State {
     let result = (|| {
-        let idi = c.cfg.local_id.to_payload().ok_or(Reason::InternalError)?;
+        let idi = c.cfg.local_id.to_payload().ok_or(Reason::Encode)?;
         let auth_p = our_auth(c, &init, &idi)?;
         let spi_in = ctx.esp_spi();
         let mut payloads = vec![Payload::IdInitiator(idi)];
@@ -308,12 +308,12 @@ impl InitReplied {
                 NotifyType::AUTHENTICATION_FAILED
             };
             let n = [Payload::Notify(Notify::empty(ty))];
-            let _ = c.send_response(ctx, &init.keys, ExchangeType::IKE_AUTH, id, &n);
+            c.send_response_or_drop(ctx, &init.keys, ExchangeType::IKE_AUTH, id, &n);
             c.down(ctx, r);
             return Err(Box::new((r, Some(init.keys))));
         }
         let Some(idr) = c.cfg.local_id.to_payload() else {
-            return Err(Box::new((Reason::InternalError, Some(init.keys))));
+            return Err(Box::new((Reason::Encode, Some(init.keys))));
         };
         let auth_p = match our_auth(c, &init, &idr) {
             Ok(a) => a,

@@ -27,7 +27,7 @@ pub(crate) fn on_request(
     if exchange != ExchangeType::INFORMATIONAL {
         // An exchange that has no place here (e.g. a second IKE_AUTH).
         let n = [Payload::Notify(Notify::empty(NotifyType::INVALID_SYNTAX))];
-        let _ = c.send_response(ctx, &e.keys, exchange, id, &n);
+        c.send_response_or_drop(ctx, &e.keys, exchange, id, &n);
         return;
     }
     let mut delete_ike = false;
@@ -61,7 +61,7 @@ pub(crate) fn on_request(
     };
     let c = &mut sa.common;
     if delete_ike || auth_failed {
-        let _ = c.send_response(ctx, &e.keys, exchange, id, &[]);
+        c.send_response_or_drop(ctx, &e.keys, exchange, id, &[]);
         e.delete_all_children(c, ctx);
         c.down(
             ctx,
@@ -80,7 +80,7 @@ pub(crate) fn on_request(
     } else {
         vec![Payload::Delete(Delete::child(ProtocolId::ESP, &ours))]
     };
-    let _ = c.send_response(ctx, &e.keys, exchange, id, &answer);
+    c.send_response_or_drop(ctx, &e.keys, exchange, id, &answer);
 }
 
 /// Handles the answer to one of our requests on an established SA.

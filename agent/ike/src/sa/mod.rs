@@ -301,7 +301,7 @@ impl Common {
             &mut *ctx.rng,
             self.max_message_len(ctx.cfg),
         )
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::Encode)?;
         self.transmit(ctx, &datagrams);
         self.win.sent(ctx.now, &ctx.cfg.retransmit, datagrams, kind);
         Ok(())
@@ -324,10 +324,25 @@ impl Common {
             &mut *ctx.rng,
             self.max_message_len(ctx.cfg),
         )
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::Encode)?;
         self.transmit(ctx, &datagrams);
         self.win.responded(id, datagrams);
         Ok(())
+    }
+
+    /// [`Common::send_response`] for an answer whose loss changes nothing on our side: the
+    /// request has been acted on either way, and the peer, the side waiting, retransmits it
+    /// until it gets an answer or gives up. (A request of ours that cannot be built ends the SA
+    /// instead: see [`established::flush_or_fail`].)
+    pub fn send_response_or_drop(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        keys: &Keys,
+        exchange: ExchangeType,
+        id: u32,
+        payloads: &[Payload],
+    ) {
+        let _ = self.send_response(ctx, keys, exchange, id, payloads);
     }
 
     /// Sends an unprotected message (IKE_SA_INIT and its error answers).

@@ -132,11 +132,7 @@ pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: [u8; 4]) {
         old: ch.id,
         group: None,
     });
-    if e.flush(&mut sa.common, ctx).is_err() {
-        e.delete_all_children(&sa.common, ctx);
-        sa.common.down(ctx, Reason::InternalError);
-        sa.state = State::Gone;
-    }
+    super::established::flush_or_fail(sa, ctx);
 }
 
 fn pfs_group(c: &Common) -> Option<KeGroup> {
@@ -164,9 +160,7 @@ pub(crate) fn start_child(
     };
     let old_spi = ch.spi_in;
     let ke = match group.or_else(|| pfs_group(c)) {
-        Some(g) => {
-            Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::InternalError)?)
-        }
+        Some(g) => Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?),
         None => None,
     };
     let spi_in = ctx.esp_spi();
@@ -376,9 +370,8 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &
             Refusal::InvalidKe(g) => Notify::invalid_ke(g.id()),
         })],
     };
-    let _ = sa
-        .common
-        .send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    sa.common
+        .send_response_or_drop(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
 }
 
 /// Why a CREATE_CHILD_SA request is refused.
@@ -514,9 +507,9 @@ fn rekeyed_keys(
         choice.encr,
         choice.integ,
     )
-    .map_err(|_| Reason::InternalError)?;
+    .map_err(|_| Reason::LocalCrypto)?;
     let (out, inbound) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::LocalCrypto)?;
     Ok(Keys {
         choice,
         sk,
@@ -605,6 +598,8 @@ fn delete_ike(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
         return;
     };
     sa.common.win.abandon();
+    // The SA goes either way: a Delete we cannot build leaves the peer to delete it when its
+    // own lifetime or DPD says so.
     let _ = sa.common.send_request(
         ctx,
         &e.keys,
@@ -632,8 +627,9 @@ pub(crate) fn start_ike(
                 .iter()
                 .find_map(|p| p.ke.first().copied())
         })
+        // PeerConfig::validate wants a key exchange group in every IKE proposal.
         .ok_or(Reason::InternalError)?;
-    let ke = KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::InternalError)?;
+    let ke = KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?;
     let spi = ctx.ike_spi(Side::Initiator);
     let ni = ctx.nonce();
     let mut payloads = vec![Payload::Sa(proposals::ike_offer(
@@ -883,7 +879,8 @@ pub(crate) fn adopt_on_delete(
         return false;
     };
     e.ike_rekey = None;
-    let _ = sa.common.send_response(ctx, &e.keys, exchange, id, &[]);
+    sa.common
+        .send_response_or_drop(ctx, &e.keys, exchange, id, &[]);
     sa.common.win.abandon();
     adopt(&sa.common, e, ctx, *col.sa);
     sa.close(ctx);
@@ -912,7 +909,7 @@ pub(crate) fn closing_request(
             NotifyType::TEMPORARY_FAILURE,
         ))]
     };
-    let _ = c.send_response(ctx, &keys, exchange, id, &answer);
+    c.send_response_or_drop(ctx, &keys, exchange, id, &answer);
     State::Closing {
         keys: Some(keys),
         until: if delete_ike {
