@@ -843,7 +843,6 @@ impl<D: Dataplane> Driver<D> {
                     t.status.gateway.ike_proposal = Some(ike_choice_name(&proposal));
                 }
             }
-            other => tracing::debug!(event = ?other, "unhandled event"),
         }
     }
 
