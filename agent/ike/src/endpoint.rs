@@ -118,6 +118,20 @@ impl Shared {
 }
 
 /// An IKEv2 endpoint: every configured tunnel and every IKE SA.
+///
+/// # Driving it
+///
+/// After every input — [`Endpoint::handle`], [`Endpoint::handle_timeout`] and every other
+/// `&mut self` method — the driver:
+///
+/// 1. drains [`Endpoint::poll_event`] and applies each event (CHILD SAs to the kernel, status);
+/// 2. then drains [`Endpoint::poll_transmit`] and sends each datagram;
+/// 3. then asks [`Endpoint::poll_timeout`] when to call [`Endpoint::handle_timeout`] next.
+///
+/// Events before datagrams: the kernel must hold a new CHILD SA before the peer hears of it.
+/// As a responder, our answer makes the peer send on the new SA at once, so our inbound SA must
+/// already be installed (RFC 7296 §2.8); as a rekey initiator, the Delete of the old SA must not
+/// leave before the new one is in (make before break).
 pub struct Endpoint {
     shared: Shared,
     peers: BTreeMap<PeerId, Peer>,
@@ -307,17 +321,23 @@ impl Endpoint {
         self.settle(now);
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send. Call it until it returns `None` after every input, but only
+    /// once [`Endpoint::poll_event`] is drained (see [`Endpoint`]).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.shared.transmits.pop_front()
     }
 
-    /// The next event for the driver.
+    /// The next event for the driver. Call it until it returns `None` after every input, and
+    /// act on each event before sending any datagram from [`Endpoint::poll_transmit`].
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.shared.events.pop_front()
     }
 
-    /// When [`Endpoint::handle_timeout`] should next be called.
+    /// When [`Endpoint::handle_timeout`] should next be called (`None`: no timer is running).
+    /// Ask again after every input: any of them can move it.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         debug_assert_eq!(
             self.index.next_deadline(),
@@ -327,7 +347,8 @@ impl Endpoint {
         self.index.next_deadline()
     }
 
-    /// Runs every timer due at `now`.
+    /// Runs every timer due at `now`. Call it when the instant from [`Endpoint::poll_timeout`]
+    /// has come (calling it early does no harm); then poll as after any input.
     pub fn handle_timeout(&mut self, now: Instant) {
         for id in self.index.due(now) {
             self.with_sa(now, id, IkeSa::on_timeout);
@@ -356,7 +377,8 @@ impl Endpoint {
         self.sas.len()
     }
 
-    /// Handles one received UDP payload.
+    /// Handles one received UDP payload: `local` is the address it arrived on (its port tells
+    /// the NAT-T port's non-ESP marker apart), `remote` where it came from.
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
         let ike = if local.port() == self.shared.config.natt_port {
             match classify_udp4500(datagram) {
