@@ -13,6 +13,7 @@ pub(crate) mod established;
 pub(crate) mod fragments;
 pub(crate) mod ike_auth;
 pub(crate) mod ike_init;
+pub(crate) mod inbound;
 pub(crate) mod informational;
 pub(crate) mod proposals;
 pub(crate) mod protect;

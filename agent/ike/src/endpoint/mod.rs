@@ -20,19 +20,19 @@ use crate::codec::{
     ExchangeType, Header, Message, Notify, NotifyType, Payload, Spi, Udp4500, classify_udp4500,
 };
 use crate::config::{ConfigError, EndpointConfig, PeerConfig};
-use crate::crypto::alg::Prf;
-use crate::crypto::kdf;
 use crate::crypto::rng::Rng;
 use crate::event::{ChildSaId, EspSpi, Event, PeerId, Transmit};
 use crate::reason::Reason;
 use crate::sa::established::{self, child_delete_event};
-use crate::sa::fragments::Added;
-use crate::sa::ike_init::{InitRefused, InitReplied, InitSent};
-use crate::sa::protect::{self, Opened, ProtectError};
-use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State, informational, init_error_response};
-use crate::window::RequestCheck;
+use crate::sa::ike_init::InitSent;
+use crate::sa::inbound::{self, Outcome};
+use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State};
 
+mod cookie;
 mod index;
+mod responder;
+
+use cookie::Cookies;
 use index::SaIndex;
 
 /// Counters of input that was dropped or answered without state (for metrics).
@@ -54,19 +54,6 @@ pub struct Stats {
     pub cookies_sent: u64,
     /// IKE_SA_INIT requests from addresses no peer is configured for.
     pub no_peer_config: u64,
-}
-
-#[derive(Debug)]
-struct CookieSecret {
-    version: u8,
-    secret: [u8; 32],
-}
-
-#[derive(Debug, Default)]
-struct Cookies {
-    current: Option<CookieSecret>,
-    previous: Option<CookieSecret>,
-    rotated_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -445,7 +432,7 @@ impl Endpoint {
         };
         let mut outcome = Outcome::Handled;
         self.with_sa(now, id, |sa, ctx| {
-            outcome = on_message(sa, ctx, local, remote, ike, &h);
+            outcome = inbound::on_message(sa, ctx, local, remote, ike, &h);
         });
         match outcome {
             Outcome::Handled => {}
@@ -547,87 +534,8 @@ impl Endpoint {
         }
     }
 
-    fn find_responder_config(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> Option<(PeerId, Arc<PeerConfig>)> {
-        let fits = |c: &PeerConfig| {
-            (c.local_addr.ip().is_unspecified() || c.local_addr.ip() == local.ip())
-                && c.local_addr.is_ipv4() == remote.is_ipv4()
-        };
-        // The first fitting tunnel for exactly this address, else the first for any address.
-        let first = |key: Option<IpAddr>| {
-            self.peers_by_remote
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .find_map(|id| {
-                    let p = self.peers.get(id)?;
-                    fits(&p.cfg).then(|| (*id, Arc::clone(&p.cfg)))
-                })
-        };
-        first(Some(remote.ip())).or_else(|| first(None))
-    }
-
-    fn on_init_request(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, raw: &[u8]) {
-        let Ok(msg) = Message::parse(raw) else {
-            self.shared.stats.malformed += 1;
-            return;
-        };
-        let key = (remote, msg.header.initiator_spi);
-        if let Some(id) = self.by_init.get(&key).copied() {
-            // A retransmission (or a retry with a cookie that crossed our answer): resend ours.
-            if let Some(sa) = self.sas.get_mut(&id)
-                && let State::InitReplied(replied) = &mut sa.state
-                && same_request(&replied.init.request, raw, &msg)
-                && let Some(cached) = sa.common.win.cached_response()
-            {
-                // The initiator signs the request it sent last (RFC 7296 §2.15): after a cookie
-                // retry that is the one with the COOKIE, whichever of its requests we answered.
-                if replied.init.request != raw {
-                    replied.init.request = raw.to_vec();
-                }
-                let cached = cached.to_vec();
-                self.dirty.push(id);
-                let mut ctx = self.shared.ctx(now, &self.by_spi);
-                sa.common.transmit(&mut ctx, &cached);
-                ctx.stats.retransmits_answered += 1;
-            } else {
-                self.shared.stats.unexpected += 1;
-            }
-            return;
-        }
-        let Some((peer, cfg)) = self.find_responder_config(local, remote) else {
-            self.shared.stats.no_peer_config += 1;
-            return;
-        };
-        if self.cookie_required(remote) && !self.cookie_valid(now, &msg, remote) {
-            let cookie = self.make_cookie(now, &msg, remote, true);
-            if let Some(cookie) = cookie {
-                let answer =
-                    init_error_response(&msg.header, Notify::new(NotifyType::COOKIE, cookie));
-                self.send_stateless(local, remote, &answer);
-                self.shared.stats.cookies_sent += 1;
-            }
-            return;
-        }
-        let mut ctx = self.shared.ctx(now, &self.by_spi);
-        let spi_r = ctx.ike_spi(Side::Responder);
-        match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
-            Ok(sa) => {
-                let id = self.insert_sa(sa);
-                self.by_init.insert(key, id);
-                // Indexed now, so that the key is remembered with it.
-                self.settle(now);
-                self.index.set_init_key(id, key);
-            }
-            Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
-            Err(InitRefused::Drop) => self.shared.stats.unexpected += 1,
-        }
-    }
-
     fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        // Not sent if it cannot be encoded: no state depends on it, and the initiator retries.
         let Ok(bytes) = msg.encode() else { return };
         let natt = local.port() == self.shared.config.natt_port;
         self.shared.transmits.push_back(Transmit {
@@ -641,350 +549,10 @@ impl Endpoint {
             non_esp_marker: natt,
         });
     }
-
-    fn cookie_required(&self, remote: SocketAddr) -> bool {
-        let (all, from_ip) = self.index.half_open(remote.ip());
-        debug_assert_eq!(
-            all,
-            self.sas.values().filter(|s| s.half_open()).count(),
-            "the half-open count is out of date"
-        );
-        all >= self.shared.config.cookie_threshold
-            || from_ip >= self.shared.config.cookie_threshold_per_ip
-    }
-
-    fn rotate_cookie_secret(&mut self, now: Instant) {
-        let due = match self.cookies.rotated_at {
-            None => true,
-            Some(t) => now >= t + self.shared.config.cookie_secret_lifetime,
-        };
-        if !due {
-            return;
-        }
-        let mut secret = [0u8; 32];
-        self.shared.rng.fill(&mut secret);
-        let version = self
-            .cookies
-            .current
-            .as_ref()
-            .map_or(0, |c| c.version.wrapping_add(1));
-        self.cookies.previous = self.cookies.current.take();
-        self.cookies.current = Some(CookieSecret { version, secret });
-        self.cookies.rotated_at = Some(now);
-    }
-
-    /// `Cookie = VersionIDofSecret | prf(secret, Ni | IPi | SPIi)` (RFC 7296 §2.6), with
-    /// HMAC-SHA-256 as the PRF.
-    fn make_cookie(
-        &mut self,
-        now: Instant,
-        msg: &Message,
-        remote: SocketAddr,
-        current: bool,
-    ) -> Option<Vec<u8>> {
-        self.rotate_cookie_secret(now);
-        let s = if current {
-            self.cookies.current.as_ref()?
-        } else {
-            self.cookies.previous.as_ref()?
-        };
-        cookie_for(s, msg, remote)
-    }
-
-    fn cookie_valid(&mut self, now: Instant, msg: &Message, remote: SocketAddr) -> bool {
-        // RFC 7296 §2.6: the cookie must be the first payload.
-        let Some(Payload::Notify(n)) = msg.payloads.first() else {
-            return false;
-        };
-        if n.ty != NotifyType::COOKIE {
-            return false;
-        }
-        self.rotate_cookie_secret(now);
-        [
-            self.cookies.current.as_ref(),
-            self.cookies.previous.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|s| cookie_for(s, msg, remote))
-        .any(|c| aws_lc_rs::constant_time::verify_slices_are_equal(&c, &n.data).is_ok())
-    }
 }
 
 /// Where [`Endpoint::peers_by_remote`] files a tunnel.
 fn remote_key(cfg: &PeerConfig) -> Option<IpAddr> {
     let ip = cfg.remote_addr.ip();
     (!ip.is_unspecified()).then_some(ip)
-}
-
-fn cookie_for(s: &CookieSecret, msg: &Message, remote: SocketAddr) -> Option<Vec<u8>> {
-    let ni = msg.payloads.iter().find_map(|p| match p {
-        Payload::Nonce(n) => Some(n.as_bytes()),
-        _ => None,
-    })?;
-    let mut data = ni.to_vec();
-    match remote.ip() {
-        core::net::IpAddr::V4(a) => data.extend_from_slice(&a.octets()),
-        core::net::IpAddr::V6(a) => data.extend_from_slice(&a.octets()),
-    }
-    data.extend_from_slice(&msg.header.initiator_spi.0);
-    let mac = kdf::prf(Prf::HmacSha256, &s.secret, &data);
-    let mut out = vec![s.version];
-    out.extend_from_slice(mac.as_bytes());
-    Some(out)
-}
-
-/// What became of a message for an existing SA (for [`Stats`]).
-enum Outcome {
-    Handled,
-    Integrity,
-    Unexpected,
-    Retransmit,
-}
-
-/// Whether `raw` (parsed: `msg`) is the IKE_SA_INIT request we answered (`answered`) again:
-/// byte for byte, or the same request with a COOKIE added in front, which an initiator sends when
-/// our answer to its first request crossed a cookie challenge (§2.6: all other payloads
-/// unchanged).
-fn same_request(answered: &[u8], raw: &[u8], msg: &Message) -> bool {
-    if answered == raw {
-        return true;
-    }
-    let Ok(before) = Message::parse(answered) else {
-        return false;
-    };
-    let without_cookie = |m: &Message| -> Vec<Payload> {
-        m.payloads
-            .iter()
-            .filter(|p| !matches!(p, Payload::Notify(n) if n.ty == NotifyType::COOKIE))
-            .cloned()
-            .collect()
-    };
-    msg.notify(NotifyType::COOKIE).is_some()
-        && before.header == msg.header
-        && without_cookie(&before) == without_cookie(msg)
-}
-
-/// Takes an authenticated fragment (RFC 7383 §2.6): a fragment of the response we wait for or
-/// of the peer's next request is stored, and once all are in, the whole inner payload chain is
-/// parsed. Fragment 1 of a retransmitted request resends our cached response (§2.6.1); other
-/// fragments of it are ignored. `Err` carries what became of a fragment that completed
-/// nothing.
-fn on_fragment(
-    c: &mut crate::sa::Common,
-    ctx: &mut Ctx<'_>,
-    h: &Header,
-    fragment: crate::codec::Fragment,
-    first_payload: crate::codec::PayloadType,
-    plain: zeroize::Zeroizing<Vec<u8>>,
-) -> Result<Result<Vec<Payload>, ProtectError>, Outcome> {
-    if !ctx.cfg.fragmentation {
-        // We did not announce support: fragments are not ours to take.
-        return Err(Outcome::Unexpected);
-    }
-    let response = h.flags.is_response();
-    if response {
-        if c.win.outstanding().is_none_or(|o| o.id != h.message_id) {
-            return Err(Outcome::Unexpected);
-        }
-    } else {
-        match c.win.check_request(h.message_id) {
-            RequestCheck::Drop => return Err(Outcome::Unexpected),
-            RequestCheck::Retransmitted if fragment.number == 1 => {
-                c.last_heard = ctx.now;
-                if let Some(d) = c.win.cached_response() {
-                    let d = d.to_vec();
-                    c.transmit(ctx, &d);
-                }
-                return Err(Outcome::Retransmit);
-            }
-            RequestCheck::Retransmitted => return Err(Outcome::Handled),
-            RequestCheck::New => {}
-        }
-    }
-    c.last_heard = ctx.now;
-    match c.frags.add(
-        response,
-        h.message_id,
-        h.exchange_type,
-        fragment,
-        first_payload,
-        plain,
-    ) {
-        Added::Pending => Err(Outcome::Handled),
-        Added::Refused => Err(Outcome::Unexpected),
-        Added::Complete(first, plain) => {
-            Ok(crate::codec::parse_inner(first, &plain).map_err(ProtectError::Syntax))
-        }
-    }
-}
-
-/// Routes a message for an existing SA through its state.
-fn on_message(
-    sa: &mut IkeSa,
-    ctx: &mut Ctx<'_>,
-    local: SocketAddr,
-    remote: SocketAddr,
-    raw: &[u8],
-    h: &Header,
-) -> Outcome {
-    let theirs_ok = if sa.common.initiator {
-        h.responder_spi == sa.common.spi_r || matches!(sa.state, State::InitSent(_))
-    } else {
-        h.initiator_spi == sa.common.spi_i
-    };
-    if !theirs_ok {
-        return Outcome::Unexpected;
-    }
-    if h.exchange_type == ExchangeType::IKE_SA_INIT {
-        // Only the initiator waiting for the answer cares.
-        if !h.flags.is_response() || sa.common.win.outstanding().is_none_or(|o| o.id != 0) {
-            return Outcome::Unexpected;
-        }
-        let State::InitSent(_) = sa.state else {
-            return Outcome::Unexpected;
-        };
-        let Ok(msg) = Message::parse(raw) else {
-            return Outcome::Unexpected;
-        };
-        if remote.ip() != sa.common.remote.ip() {
-            return Outcome::Unexpected;
-        }
-        let State::InitSent(st) = core::mem::replace(&mut sa.state, State::Gone) else {
-            return Outcome::Unexpected;
-        };
-        sa.state = st.on_response(&mut sa.common, ctx, &msg, raw);
-        return Outcome::Handled;
-    }
-    let keys = match &sa.state {
-        State::InitReplied(s) => &s.init.keys,
-        State::AuthSent(s) => &s.init.keys,
-        State::Established(e) => &e.keys,
-        State::Closing { keys: Some(k), .. } => k,
-        _ => return Outcome::Unexpected,
-    };
-    let opened = match protect::open(raw, &keys.inbound) {
-        Ok(Opened::Whole(p)) => Ok(p),
-        Ok(Opened::Fragment {
-            fragment,
-            first_payload,
-            plain,
-        }) => match on_fragment(&mut sa.common, ctx, h, fragment, first_payload, plain) {
-            Ok(p) => p,
-            Err(outcome) => return outcome,
-        },
-        Err(e) => Err(e),
-    };
-    let payloads = match opened {
-        Ok(p) => p,
-        Err(ProtectError::Syntax(e)) => {
-            // Authentic but malformed: a request gets INVALID_SYNTAX (or
-            // UNSUPPORTED_CRITICAL_PAYLOAD), a response ends the exchange.
-            if !h.flags.is_response()
-                && sa.common.win.check_request(h.message_id) == RequestCheck::New
-            {
-                let mut n = Notify::empty(e.notify_type());
-                if let crate::codec::DecodeError::UnsupportedCriticalPayload(t) = e {
-                    n.data = vec![t.0];
-                }
-                sa.common.send_response_or_drop(
-                    ctx,
-                    keys,
-                    h.exchange_type,
-                    h.message_id,
-                    &[Payload::Notify(n)],
-                );
-                if matches!(sa.state, State::InitReplied(_)) {
-                    sa.common.down(ctx, Reason::InvalidSyntax);
-                    sa.close(ctx);
-                }
-            }
-            return Outcome::Handled;
-        }
-        Err(_) => return Outcome::Integrity,
-    };
-    sa.common.last_heard = ctx.now;
-    // RFC 7296 §2.23: follow the peer to a new address only for a new message. A replayed
-    // request or a stale response passes the integrity check too, and must not send our
-    // traffic to whoever replayed it.
-    let moved = (local, remote) != (sa.common.local, sa.common.remote)
-        && (sa.common.nat.encapsulate() || local.port() == ctx.cfg.natt_port);
-    if h.flags.is_response() {
-        let Some(out) = sa.common.win.take_response(h.message_id) else {
-            return Outcome::Unexpected;
-        };
-        if moved {
-            sa.common.local = local;
-            sa.common.remote = remote;
-        }
-        match core::mem::replace(&mut sa.state, State::Gone) {
-            State::AuthSent(s)
-                if out.kind == RequestKind::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
-            {
-                sa.state = s.on_response(&mut sa.common, ctx, &payloads);
-            }
-            State::Established(e) => {
-                sa.state = State::Established(e);
-                informational::on_response(sa, ctx, out.kind, &payloads);
-            }
-            other => sa.state = other,
-        }
-        established::flush_or_fail(sa, ctx);
-        return Outcome::Handled;
-    }
-    match sa.common.win.check_request(h.message_id) {
-        RequestCheck::Drop => return Outcome::Unexpected,
-        RequestCheck::Retransmitted => {
-            if let Some(d) = sa.common.win.cached_response() {
-                let d = d.to_vec();
-                // Answered where it came from (the peer may have moved while our answer was
-                // lost), but the SA stays where it is.
-                let keep = (sa.common.local, sa.common.remote);
-                (sa.common.local, sa.common.remote) = (local, remote);
-                sa.common.transmit(ctx, &d);
-                (sa.common.local, sa.common.remote) = keep;
-            }
-            return Outcome::Retransmit;
-        }
-        RequestCheck::New => {}
-    }
-    if moved {
-        sa.common.local = local;
-        sa.common.remote = remote;
-    }
-    match core::mem::replace(&mut sa.state, State::Gone) {
-        State::InitReplied(s) if h.exchange_type == ExchangeType::IKE_AUTH => {
-            match s.on_auth_request(&mut sa.common, ctx, h.message_id, &payloads) {
-                Ok(next) => sa.state = next,
-                Err(e) => {
-                    let (_, keys) = *e;
-                    sa.state = State::Closing {
-                        keys,
-                        until: ctx.now,
-                    };
-                    sa.close(ctx);
-                }
-            }
-        }
-        State::Established(e) => {
-            sa.state = State::Established(e);
-            informational::on_request(sa, ctx, h.exchange_type, h.message_id, &payloads);
-        }
-        State::Closing {
-            keys: Some(keys),
-            until,
-        } => {
-            sa.state = crate::sa::rekey::closing_request(
-                &mut sa.common,
-                ctx,
-                keys,
-                until,
-                h.exchange_type,
-                h.message_id,
-                &payloads,
-            );
-        }
-        other => sa.state = other,
-    }
-    Outcome::Handled
 }
