@@ -228,7 +228,7 @@ pub(crate) fn on_message(
             keys: Some(keys),
             until,
         } => {
-            sa.state = crate::sa::rekey::closing_request(
+            sa.state = super::closing::closing_request(
                 &mut sa.common,
                 ctx,
                 keys,

@@ -9,6 +9,7 @@
 
 pub(crate) mod cert_auth;
 pub(crate) mod child;
+pub(crate) mod closing;
 pub(crate) mod established;
 pub(crate) mod fragments;
 pub(crate) mod ike_auth;
@@ -428,22 +429,6 @@ impl IkeSa {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Moves the SA to closing, keeping its keys to answer retransmitted requests.
-    pub fn close(&mut self, ctx: &Ctx<'_>) {
-        let keys = match core::mem::replace(&mut self.state, State::Gone) {
-            State::InitReplied(s) => Some(s.init.keys),
-            State::AuthSent(s) => Some(s.init.keys),
-            State::Established(e) => Some(e.keys),
-            State::Closing { keys, .. } => keys,
-            State::InitSent(_) | State::Gone => None,
-        };
-        let linger = crate::timers::retransmit_wait(&ctx.cfg.retransmit, 0);
-        self.state = State::Closing {
-            keys,
-            until: ctx.now + linger,
-        };
     }
 
     /// Retransmission and state timers.
