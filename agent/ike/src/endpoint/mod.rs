@@ -23,7 +23,7 @@ use crate::config::{ConfigError, EndpointConfig, PeerConfig};
 use crate::crypto::rng::Rng;
 use crate::event::{ChildSaId, EspSpi, Event, PeerId, Transmit};
 use crate::reason::Reason;
-use crate::sa::established::{self, child_delete_event};
+use crate::sa::established::{self, Next, child_delete_event};
 use crate::sa::ike_init::InitSent;
 use crate::sa::inbound::{self, Outcome};
 use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State};
@@ -283,27 +283,29 @@ impl Endpoint {
         let Some(id) = found else { return };
         if !hard {
             self.with_sa(now, id, |sa, ctx| {
-                crate::sa::rekey::soft_expire(sa, ctx, spi.0);
+                sa.with_established(ctx, |e, c, ctx| {
+                    crate::sa::rekey::soft_expire(e, c, ctx, spi.0)
+                });
             });
             self.settle(now);
             return;
         }
         self.with_sa(now, id, |sa, ctx| {
-            let State::Established(e) = &mut sa.state else {
-                return;
-            };
-            if let Some(pos) = e
-                .children
-                .iter()
-                .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
-            {
+            sa.with_established(ctx, |e, c, ctx| {
+                let Some(pos) = e
+                    .children
+                    .iter()
+                    .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                else {
+                    return Next::Stay;
+                };
                 let ch = e.children.remove(pos);
-                ctx.events.push_back(child_delete_event(&sa.common, &ch));
+                ctx.events.push_back(child_delete_event(c, &ch));
                 e.queue.push_back(RequestKind::DeleteChild(vec![ch.spi_in]));
                 // As after every change to the queue: a Delete we cannot send ends the SA, as
                 // it does on a timer or a response.
-                established::flush_or_fail(sa, ctx);
-            }
+                established::flush(e, c, ctx)
+            });
         });
         self.settle(now);
     }

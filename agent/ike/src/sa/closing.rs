@@ -9,15 +9,15 @@ use crate::codec::{ExchangeType, Notify, NotifyType, Payload, ProtocolId};
 /// A new request to an IKE SA that is going away (typically one replaced by a rekey that
 /// waits for the peer's Delete): an INFORMATIONAL is acknowledged, and its Delete(IKE) ends
 /// the wait; anything else gets TEMPORARY_FAILURE (§2.25).
-pub(crate) fn closing_request(
+pub(crate) fn on_request(
     c: &mut Common,
     ctx: &mut Ctx<'_>,
-    keys: Keys,
-    until: Instant,
+    keys: &Keys,
+    until: &mut Instant,
     exchange: ExchangeType,
     id: u32,
     payloads: &[Payload],
-) -> State {
+) {
     let delete_ike = payloads
         .iter()
         .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::IKE));
@@ -28,14 +28,9 @@ pub(crate) fn closing_request(
             NotifyType::TEMPORARY_FAILURE,
         ))]
     };
-    c.send_response_or_drop(ctx, &keys, exchange, id, &answer);
-    State::Closing {
-        keys: Some(keys),
-        until: if delete_ike {
-            until.min(ctx.now)
-        } else {
-            until
-        },
+    c.send_response_or_drop(ctx, keys, exchange, id, &answer);
+    if delete_ike {
+        *until = (*until).min(ctx.now);
     }
 }
 

@@ -108,45 +108,76 @@ pub(crate) fn child_delete_event(c: &Common, ch: &Child) -> Event {
     }
 }
 
-/// Timers of an established SA: DPD timeout and scheduling, queued requests.
-pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    if let Some(dpd) = sa.common.cfg.dpd {
-        let timed_out =
-            sa.common.win.outstanding().is_some_and(|o| {
-                o.kind == RequestKind::Dpd && ctx.now >= o.first_sent + dpd.timeout
-            });
-        if timed_out {
-            sa.common.win.abandon();
-            e.delete_all_children(&sa.common, ctx);
-            sa.common.down(ctx, Reason::PeerUnreachable);
-            sa.state = State::Gone;
+/// What an established SA becomes once a handler of its state has run: the handlers work on
+/// `&mut Established` and the shared part, and [`IkeSa::with_established`] makes the move.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Stays established.
+    Stay,
+    /// Closes, keeping its keys to answer retransmissions for a while ([`IkeSa::close`]).
+    Close,
+    /// Replaced by a rekey the peer started: waits for the peer's Delete.
+    AwaitDelete,
+    /// Replaced by a rekey we started: sends Delete(IKE) and closes once it is answered.
+    DeleteIke,
+    /// Dropped at once (everything was reported).
+    Gone,
+}
+
+impl IkeSa {
+    /// Runs `f` on the established state (nothing if the SA is in another state) and makes
+    /// the move it asks for.
+    pub fn with_established(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        f: impl FnOnce(&mut Established, &mut Common, &mut Ctx<'_>) -> Next,
+    ) {
+        let State::Established(e) = &mut self.state else {
             return;
+        };
+        match f(e, &mut self.common, ctx) {
+            Next::Stay => {}
+            Next::Close => self.close(ctx),
+            Next::AwaitDelete => rekey::await_delete(self, ctx),
+            Next::DeleteIke => rekey::delete_ike(self, ctx),
+            Next::Gone => self.state = State::Gone,
         }
-        if !sa.common.win.busy()
-            && e.queue.is_empty()
-            && ctx.now >= sa.common.last_heard + dpd.interval
-        {
+    }
+}
+
+/// Timers of an established SA: DPD timeout and scheduling, queued requests.
+pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>) -> Next {
+    if let Some(dpd) = c.cfg.dpd {
+        let timed_out = c
+            .win
+            .outstanding()
+            .is_some_and(|o| o.kind == RequestKind::Dpd && ctx.now >= o.first_sent + dpd.timeout);
+        if timed_out {
+            c.win.abandon();
+            e.delete_all_children(c, ctx);
+            c.down(ctx, Reason::PeerUnreachable);
+            return Next::Gone;
+        }
+        if !c.win.busy() && e.queue.is_empty() && ctx.now >= c.last_heard + dpd.interval {
             e.queue.push_back(RequestKind::Dpd);
         }
     }
     rekey::schedule(e, ctx.now);
-    flush_or_fail(sa, ctx);
+    flush(e, c, ctx)
 }
 
 /// Sends what the queue holds. A request of ours that cannot be built ends the SA: it would
 /// otherwise sit at the head of the queue, and nothing behind it (DPD, rekeys, deletes) would
 /// ever go out.
-pub(crate) fn flush_or_fail(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    if let Err(reason) = e.flush(&mut sa.common, ctx) {
-        e.delete_all_children(&sa.common, ctx);
-        sa.common.down(ctx, reason);
-        sa.state = State::Gone;
+pub(crate) fn flush(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>) -> Next {
+    match e.flush(c, ctx) {
+        Ok(()) => Next::Stay,
+        Err(reason) => {
+            e.delete_all_children(c, ctx);
+            c.down(ctx, reason);
+            Next::Gone
+        }
     }
 }
 

@@ -171,19 +171,21 @@ pub(crate) fn on_message(
             sa.common.local = local;
             sa.common.remote = remote;
         }
-        match core::mem::replace(&mut sa.state, State::Gone) {
-            State::AuthSent(s)
+        match sa.state {
+            State::AuthSent(_)
                 if out.kind == RequestKind::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
             {
-                sa.state = s.on_response(&mut sa.common, ctx, &payloads);
+                // The handshake states are consumed by their transition (rustls style).
+                if let State::AuthSent(s) = core::mem::replace(&mut sa.state, State::Gone) {
+                    sa.state = s.on_response(&mut sa.common, ctx, &payloads);
+                }
             }
-            State::Established(e) => {
-                sa.state = State::Established(e);
-                informational::on_response(sa, ctx, out.kind, &payloads);
-            }
-            other => sa.state = other,
+            State::Established(_) => sa.with_established(ctx, |e, c, ctx| {
+                informational::on_response(e, c, ctx, out.kind, &payloads)
+            }),
+            _ => {}
         }
-        established::flush_or_fail(sa, ctx);
+        sa.with_established(ctx, established::flush);
         return Outcome::Handled;
     }
     match sa.common.win.check_request(h.message_id) {
@@ -206,8 +208,11 @@ pub(crate) fn on_message(
         sa.common.local = local;
         sa.common.remote = remote;
     }
-    match core::mem::replace(&mut sa.state, State::Gone) {
-        State::InitReplied(s) if h.exchange_type == ExchangeType::IKE_AUTH => {
+    match &mut sa.state {
+        State::InitReplied(_) if h.exchange_type == ExchangeType::IKE_AUTH => {
+            let State::InitReplied(s) = core::mem::replace(&mut sa.state, State::Gone) else {
+                return Outcome::Unexpected;
+            };
             match s.on_auth_request(&mut sa.common, ctx, h.message_id, &payloads) {
                 Ok(next) => sa.state = next,
                 Err(e) => {
@@ -220,25 +225,22 @@ pub(crate) fn on_message(
                 }
             }
         }
-        State::Established(e) => {
-            sa.state = State::Established(e);
-            informational::on_request(sa, ctx, h.exchange_type, h.message_id, &payloads);
-        }
+        State::Established(_) => sa.with_established(ctx, |e, c, ctx| {
+            informational::on_request(e, c, ctx, h.exchange_type, h.message_id, &payloads)
+        }),
         State::Closing {
             keys: Some(keys),
             until,
-        } => {
-            sa.state = super::closing::closing_request(
-                &mut sa.common,
-                ctx,
-                keys,
-                until,
-                h.exchange_type,
-                h.message_id,
-                &payloads,
-            );
-        }
-        other => sa.state = other,
+        } => super::closing::on_request(
+            &mut sa.common,
+            ctx,
+            keys,
+            until,
+            h.exchange_type,
+            h.message_id,
+            &payloads,
+        ),
+        _ => {}
     }
     Outcome::Handled
 }

@@ -335,7 +335,7 @@ impl Common {
     /// [`Common::send_response`] for an answer whose loss changes nothing on our side: the
     /// request has been acted on either way, and the peer, the side waiting, retransmits it
     /// until it gets an answer or gives up. (A request of ours that cannot be built ends the SA
-    /// instead: see [`established::flush_or_fail`].)
+    /// instead: see [`established::flush`].)
     pub fn send_response_or_drop(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -467,7 +467,7 @@ impl IkeSa {
                 // Never authenticated: nothing was reported up, nothing to report down.
                 self.state = State::Gone;
             }
-            State::Established(_) => established::on_timeout(self, ctx),
+            State::Established(_) => self.with_established(ctx, established::on_timeout),
             _ => {}
         }
     }

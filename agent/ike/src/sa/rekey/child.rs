@@ -13,9 +13,9 @@ use crate::crypto::ke::KeyExchange;
 use crate::event::{ChildSaId, Event};
 use crate::reason::Reason;
 use crate::sa::child::{self, ChildState};
-use crate::sa::established::Established;
+use crate::sa::established::{self, Established, Next};
 use crate::sa::ike_auth::Inner;
-use crate::sa::{Common, Ctx, IkeSa, RequestKind, State};
+use crate::sa::{Common, Ctx, RequestKind};
 
 /// Shortest wait before retrying a refused CHILD SA rekey whose hard expiry is near.
 const RETRY_FLOOR: Duration = Duration::from_millis(500);
@@ -32,26 +32,28 @@ pub(crate) struct ChildRekeyOut {
 }
 
 /// The kernel's soft expiry for the CHILD SA with `spi` (either direction): rekey it now.
-pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx<'_>, spi: [u8; 4]) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
+pub(crate) fn soft_expire(
+    e: &mut Established,
+    c: &mut Common,
+    ctx: &mut Ctx<'_>,
+    spi: [u8; 4],
+) -> Next {
     let Some(ch) = e
         .children
         .iter_mut()
         .find(|ch| ch.spi_in == spi || ch.spi_out == spi)
     else {
-        return;
+        return Next::Stay;
     };
     if ch.state != ChildState::Installed || ch.rekey_at.is_none() {
-        return;
+        return Next::Stay;
     }
     ch.rekey_at = None;
     e.queue.push_back(RequestKind::RekeyChild {
         old: ch.id,
         group: None,
     });
-    crate::sa::established::flush_or_fail(sa, ctx);
+    established::flush(e, c, ctx)
 }
 
 fn pfs_group(c: &Common) -> Option<KeGroup> {
@@ -149,11 +151,12 @@ fn retry_child_later(e: &mut Established, ctx: &mut Ctx<'_>, old: ChildSaId, tra
 }
 
 /// The answer to our CHILD SA rekey.
-pub(crate) fn on_child_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Payload]) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    let c = &sa.common;
+pub(crate) fn on_child_response(
+    e: &mut Established,
+    c: &Common,
+    ctx: &mut Ctx<'_>,
+    payloads: &[Payload],
+) {
     let Some(p) = e.child_rekey.take() else {
         return;
     };

@@ -15,7 +15,7 @@ use crate::event::{Event, IkeSpis};
 use crate::proposal::{IkeChoice, select_ike};
 use crate::reason::Reason;
 use crate::sa::child::ChildState;
-use crate::sa::established::Established;
+use crate::sa::established::{Established, Next};
 use crate::sa::ike_auth::Inner;
 use crate::sa::{Common, Ctx, IkeSa, Keys, RequestKind, Side, State, proposals};
 use crate::timers;
@@ -136,7 +136,7 @@ fn linger(ctx: &Ctx<'_>) -> Duration {
 }
 
 /// Turns an IKE SA into one waiting (until the linger time) for the peer's Delete.
-fn await_delete(sa: &mut IkeSa, ctx: &Ctx<'_>) {
+pub(crate) fn await_delete(sa: &mut IkeSa, ctx: &Ctx<'_>) {
     let keys = match core::mem::replace(&mut sa.state, State::Gone) {
         State::Established(e) => Some(e.keys),
         State::Closing { keys, .. } => keys,
@@ -149,7 +149,7 @@ fn await_delete(sa: &mut IkeSa, ctx: &Ctx<'_>) {
 }
 
 /// Sends Delete(IKE) on `sa` and lets it close when answered.
-fn delete_ike(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
+pub(crate) fn delete_ike(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     let State::Established(e) = core::mem::replace(&mut sa.state, State::Gone) else {
         return;
     };
@@ -214,10 +214,13 @@ pub(crate) fn start_ike(
 }
 
 /// The peer's IKE SA rekey request.
-pub(super) fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &[Payload]) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
+pub(super) fn on_ike_request(
+    e: &mut Established,
+    c: &mut Common,
+    ctx: &mut Ctx<'_>,
+    id: u32,
+    payloads: &[Payload],
+) -> Next {
     let busy = e.child_rekey.is_some()
         || e.children.iter().any(|ch| ch.state == ChildState::Deleting)
         || e.ike_rekey.as_ref().is_some_and(|p| p.collision.is_some());
@@ -225,24 +228,19 @@ pub(super) fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payload
         // §2.25.1: we are rekeying or closing a CHILD SA of this IKE SA.
         Err(Refusal::Notify(NotifyType::TEMPORARY_FAILURE))
     } else {
-        answer_ike_rekey(e, &sa.common, ctx, payloads)
+        answer_ike_rekey(e, c, ctx, payloads)
     };
     let (answer, new) = match answer {
         Ok((answer, new)) => (answer, Some(new)),
-        Err(r) => (
-            vec![Payload::Notify(match r {
-                Refusal::Notify(t) => Notify::empty(t),
-                Refusal::InvalidKe(g) => Notify::invalid_ke(g.id()),
-            })],
-            None,
-        ),
+        Err(r) => (vec![Payload::Notify(r.notify())], None),
     };
-    let sent = sa
-        .common
-        .send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
-    let Some((new, ni, nr)) = new else { return };
+    let sent = c.send_response(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    let Some((new, ni, nr)) = new else {
+        return Next::Stay;
+    };
     if sent.is_err() {
-        return;
+        // The peer never hears of the new SA: dropped, as if we had refused.
+        return Next::Stay;
     }
     match &mut e.ike_rekey {
         Some(p) => {
@@ -252,11 +250,12 @@ pub(super) fn on_ike_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payload
                 nr,
                 sa: Box::new(new),
             });
+            Next::Stay
         }
         None => {
-            adopt(&sa.common, e, ctx, new);
+            adopt(c, e, ctx, new);
             // The rekey initiator deletes this one.
-            await_delete(sa, ctx);
+            Next::AwaitDelete
         }
     }
 }
@@ -330,16 +329,18 @@ fn answer_ike_rekey(
 }
 
 /// The answer to our IKE SA rekey.
-pub(crate) fn on_ike_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Payload]) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
+pub(crate) fn on_ike_response(
+    e: &mut Established,
+    c: &mut Common,
+    ctx: &mut Ctx<'_>,
+    payloads: &[Payload],
+) -> Next {
     let Some(p) = e.ike_rekey.take() else {
-        return;
+        return Next::Stay;
     };
     let result = match notifies(payloads).find(|n| n.ty.is_error()) {
         Some(n) => Err(n.clone()),
-        None => complete_ike(e, &sa.common, ctx, &p, payloads)
+        None => complete_ike(e, c, ctx, &p, payloads)
             .map_err(|_| Notify::empty(NotifyType::NO_PROPOSAL_CHOSEN)),
     };
     match (result, p.collision) {
@@ -347,38 +348,39 @@ pub(crate) fn on_ike_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, payloads: &[Pay
             if lowest_nonce_in_first((&p.ni, &nr), (&col.ni, &col.nr)) {
                 // We lost (§2.8.2): the peer's new SA survives and the peer deletes the old
                 // one; we delete ours.
-                adopt(&sa.common, e, ctx, *col.sa);
+                adopt(c, e, ctx, *col.sa);
                 let mut ours = ours;
                 delete_ike(&mut ours, ctx);
                 ctx.spawned.push(ours);
-                await_delete(sa, ctx);
+                Next::AwaitDelete
             } else {
                 // We won: ours survives; the peer deletes the one it made; we delete the old.
-                adopt(&sa.common, e, ctx, ours);
+                adopt(c, e, ctx, ours);
                 let mut theirs = *col.sa;
                 await_delete(&mut theirs, ctx);
                 ctx.spawned.push(theirs);
-                delete_ike(sa, ctx);
+                Next::DeleteIke
             }
         }
         (Ok((ours, _)), None) => {
-            adopt(&sa.common, e, ctx, ours);
-            delete_ike(sa, ctx);
+            adopt(c, e, ctx, ours);
+            Next::DeleteIke
         }
         (Err(_), Some(col)) => {
             // Ours failed but the peer's succeeded: that one stands; the peer deletes the old.
-            adopt(&sa.common, e, ctx, *col.sa);
-            await_delete(sa, ctx);
+            adopt(c, e, ctx, *col.sa);
+            Next::AwaitDelete
         }
         (Err(n), None) => {
             let wanted = n.requested_group().and_then(KeGroup::from_id);
-            let offered = wanted.filter(|g| c_offers(&sa.common, *g));
+            let offered = wanted.filter(|g| c_offers(c, *g));
             match offered {
                 Some(g) if g != p.ke.group() => {
                     e.queue.push_front(RequestKind::RekeyIke { group: Some(g) });
                 }
                 _ => e.ike_rekey_at = Some(retry_time(ctx)),
             }
+            Next::Stay
         }
     }
 }
@@ -420,25 +422,19 @@ fn complete_ike(
 }
 
 /// §2.25.2: the peer deletes the IKE SA we are rekeying. If we already answered its own rekey
-/// (a collision it resolved before us), the SA we made then carries on. Returns whether it
-/// handled the request.
+/// (a collision it resolved before us), the SA we made then carries on. `None`: not such a
+/// case, the request is not handled.
 pub(crate) fn adopt_on_delete(
-    sa: &mut IkeSa,
+    e: &mut Established,
+    c: &mut Common,
     ctx: &mut Ctx<'_>,
     exchange: ExchangeType,
     id: u32,
-) -> bool {
-    let State::Established(e) = &mut sa.state else {
-        return false;
-    };
-    let Some(col) = e.ike_rekey.as_mut().and_then(|p| p.collision.take()) else {
-        return false;
-    };
+) -> Option<Next> {
+    let col = e.ike_rekey.as_mut().and_then(|p| p.collision.take())?;
     e.ike_rekey = None;
-    sa.common
-        .send_response_or_drop(ctx, &e.keys, exchange, id, &[]);
-    sa.common.win.abandon();
-    adopt(&sa.common, e, ctx, *col.sa);
-    sa.close(ctx);
-    true
+    c.send_response_or_drop(ctx, &e.keys, exchange, id, &[]);
+    c.win.abandon();
+    adopt(c, e, ctx, *col.sa);
+    Some(Next::Close)
 }

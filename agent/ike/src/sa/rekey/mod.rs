@@ -18,15 +18,17 @@ mod child;
 mod ike;
 
 pub(crate) use child::{ChildRekeyOut, on_child_response, soft_expire, start_child};
-pub(crate) use ike::{IkeRekeyOut, adopt_on_delete, on_ike_response, start_ike};
+pub(crate) use ike::{
+    IkeRekeyOut, adopt_on_delete, await_delete, delete_ike, on_ike_response, start_ike,
+};
 
 use core::time::Duration;
 use std::time::Instant;
 
 use super::child::ChildState;
-use super::established::Established;
+use super::established::{Established, Next};
 use super::ike_auth::Inner;
-use super::{Common, Ctx, IkeSa, RequestKind, State};
+use super::{Common, Ctx, RequestKind};
 use crate::codec::message::notifies;
 use crate::codec::{ExchangeType, Notify, NotifyType, Payload, ProtocolId};
 use crate::crypto::alg::KeGroup;
@@ -78,7 +80,13 @@ pub(crate) fn schedule(e: &mut Established, now: Instant) {
 
 /// A CREATE_CHILD_SA request on an established IKE SA: a CHILD SA rekey, a new CHILD SA, or an
 /// IKE SA rekey.
-pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &[Payload]) {
+pub(crate) fn on_request(
+    e: &mut Established,
+    c: &mut Common,
+    ctx: &mut Ctx<'_>,
+    id: u32,
+    payloads: &[Payload],
+) -> Next {
     let inner = Inner::of(payloads);
     let rekey = notifies(payloads).find(|n| n.ty == NotifyType::REKEY_SA);
     let ike = rekey.is_none()
@@ -88,27 +96,30 @@ pub(crate) fn on_request(sa: &mut IkeSa, ctx: &mut Ctx<'_>, id: u32, payloads: &
             .and_then(|s| s.proposals.first())
             .is_some_and(|p| p.protocol == ProtocolId::IKE);
     if ike {
-        ike::on_ike_request(sa, ctx, id, payloads);
-        return;
+        return ike::on_ike_request(e, c, ctx, id, payloads);
     }
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    let answer = match child::respond_child(e, &sa.common, ctx, rekey, &inner) {
+    let answer = match child::respond_child(e, c, ctx, rekey, &inner) {
         Ok(a) => a,
-        Err(ty) => vec![Payload::Notify(match ty {
-            Refusal::Notify(t) => Notify::empty(t),
-            Refusal::InvalidKe(g) => Notify::invalid_ke(g.id()),
-        })],
+        Err(r) => vec![Payload::Notify(r.notify())],
     };
-    sa.common
-        .send_response_or_drop(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    c.send_response_or_drop(ctx, &e.keys, ExchangeType::CREATE_CHILD_SA, id, &answer);
+    Next::Stay
 }
 
 /// Why a CREATE_CHILD_SA request is refused.
 enum Refusal {
     Notify(NotifyType),
     InvalidKe(KeGroup),
+}
+
+impl Refusal {
+    /// The error notification that answers the request.
+    fn notify(self) -> Notify {
+        match self {
+            Self::Notify(t) => Notify::empty(t),
+            Self::InvalidKe(g) => Notify::invalid_ke(g.id()),
+        }
+    }
 }
 
 impl From<NotifyType> for Refusal {
