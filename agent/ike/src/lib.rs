@@ -2,7 +2,10 @@
 //!
 //! Nothing in this crate performs I/O, reads a clock or draws OS randomness: time and randomness
 //! are passed in by the driver, so every exchange can be tested deterministically on a simulated
-//! clock (the quinn-proto model).
+//! clock (the quinn-proto model). The one exception is aws-lc's own RNG for ECDSA nonces and
+//! RSA-PSS salts, which its API does not let us pass in ([`crypto`]).
+//!
+//! [`Endpoint`] documents how a driver must call it.
 
 pub mod codec;
 pub mod config;
