@@ -45,7 +45,12 @@ pub fn reason_message(r: Reason) -> &'static str {
         Reason::CertificateNotYetValid => "the peer's certificate is not yet valid",
         Reason::CertificateExpired => "the peer's certificate has expired",
         Reason::PeerError => "the peer answered with an error notification",
-        _ => "internal error in this agent",
+        Reason::ClockUnset => {
+            "this node's clock is not set (before 1970), so certificates cannot be checked"
+        }
+        Reason::LocalCrypto => "a cryptographic operation failed on this node",
+        Reason::Encode => "this agent could not encode or seal one of its messages",
+        Reason::InternalError => "internal error in this agent",
     }
 }
 

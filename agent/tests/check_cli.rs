@@ -44,7 +44,10 @@ fn check(from: &str, to: &str) -> (bool, String) {
 fn a_good_tunnel_passes() {
     let (ok, text) = check("", "");
     assert!(ok, "{text}");
-    assert!(text.contains("1 tunnel(s), config and secrets OK"), "{text}");
+    assert!(
+        text.contains("1 tunnel(s), config and secrets OK"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -53,14 +56,21 @@ fn what_the_agent_refuses_check_refuses_naming_the_field() {
         // (replace, with, the field and words the error must name)
         ("-x25519]", "-bogus123]", "spec.ike.proposals[0]"),
         ("[aes256gcm16]", "[3des-md5]", "spec.esp.proposals[0]"),
-        ("[aes256gcm16]", "[aes256gcm16-nosuchgroup]", "spec.esp.proposals[0]"),
+        (
+            "[aes256gcm16]",
+            "[aes256gcm16-nosuchgroup]",
+            "spec.esp.proposals[0]",
+        ),
         ("id: b.example", "id: \"C=CH, =broken\"", "spec.remote.id"),
         ("key: psk}", "key: missing}", "psk/missing"),
     ];
     for (from, to, field) in cases {
         let (ok, text) = check(from, to);
         assert!(!ok, "{to}: accepted\n{text}");
-        assert!(text.contains(field), "{to}: the error does not name {field}:\n{text}");
+        assert!(
+            text.contains(field),
+            "{to}: the error does not name {field}:\n{text}"
+        );
         assert!(
             !text.contains("a-pre-shared-key-for-tests"),
             "the PSK leaked: {text}"

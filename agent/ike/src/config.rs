@@ -337,6 +337,72 @@ pub enum ConfigError {
 }
 
 impl PeerConfig {
+    /// A tunnel authenticated with a pre-shared key, initiated at once ([`Role::Start`]), IKE SA
+    /// rekeyed daily and CHILD SAs hourly, no DPD, no forced encapsulation. It still needs its
+    /// proposals and traffic selectors ([`PeerConfig::with_proposals`],
+    /// [`PeerConfig::with_ts`]); other fields are set with struct update syntax.
+    pub fn psk(
+        local_addr: SocketAddr,
+        local_id: Identity,
+        remote_addr: SocketAddr,
+        remote_id: Identity,
+        psk: &[u8],
+    ) -> Self {
+        Self {
+            local_addr,
+            remote_addr,
+            local_id,
+            remote_id,
+            auth: AuthConfig::Psk(SecretBytes::from_slice(psk)),
+            ike_proposals: Vec::new(),
+            esp_proposals: Vec::new(),
+            ike_lifetime: Lifetime::from_rekey(Duration::from_secs(24 * 3600)),
+            child_lifetime: Lifetime::from_rekey(Duration::from_secs(3600)),
+            dpd: None,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            role: Role::Start,
+            force_encapsulation: false,
+        }
+    }
+
+    /// With these IKE and ESP proposals, preferred first.
+    #[must_use]
+    pub fn with_proposals(self, ike: Vec<IkeProposal>, esp: Vec<EspProposal>) -> Self {
+        Self {
+            ike_proposals: ike,
+            esp_proposals: esp,
+            ..self
+        }
+    }
+
+    /// With these traffic selectors: our subnets, then the peer's.
+    #[must_use]
+    pub fn with_ts(self, local: Vec<TsRange>, remote: Vec<TsRange>) -> Self {
+        Self {
+            local_ts: local,
+            remote_ts: remote,
+            ..self
+        }
+    }
+
+    /// The same tunnel as the peer sees it: addresses, identities and traffic selectors
+    /// swapped, answering only ([`Role::Respond`]); everything else (authentication included)
+    /// as here.
+    #[must_use]
+    pub fn mirrored(&self) -> Self {
+        Self {
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+            local_id: self.remote_id.clone(),
+            remote_id: self.local_id.clone(),
+            local_ts: self.remote_ts.clone(),
+            remote_ts: self.local_ts.clone(),
+            role: Role::Respond,
+            ..self.clone()
+        }
+    }
+
     /// Checks what the endpoint relies on.
     ///
     /// # Errors
@@ -370,6 +436,40 @@ impl PeerConfig {
         if let AuthConfig::Certificate(c) = &self.auth {
             c.validate()?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Identity, PeerConfig, Role};
+    use crate::codec::TsRange;
+    use crate::proposal::{parse_esp_list, parse_ike_list};
+
+    #[test]
+    fn a_psk_tunnel_and_its_mirror_are_usable() -> Result<(), &'static str> {
+        let net = |a: [u8; 4]| TsRange::subnet(a.into(), 16).ok_or("subnet");
+        let a = PeerConfig::psk(
+            ([192, 0, 2, 1], 500).into(),
+            Identity::Fqdn("a.example".into()),
+            ([198, 51, 100, 2], 500).into(),
+            Identity::Fqdn("b.example".into()),
+            b"secret",
+        );
+        assert!(a.validate().is_err(), "no proposals or selectors yet");
+        let a = a
+            .with_proposals(
+                parse_ike_list(&["aes256gcm16-prfsha384-x25519"]).map_err(|_| "ike")?,
+                parse_esp_list(&["aes256gcm16"]).map_err(|_| "esp")?,
+            )
+            .with_ts(vec![net([10, 1, 0, 0])?], vec![net([10, 2, 0, 0])?]);
+        assert_eq!(a.validate(), Ok(()));
+        let b = a.mirrored();
+        assert_eq!(b.validate(), Ok(()));
+        assert_eq!((b.local_addr, b.remote_addr), (a.remote_addr, a.local_addr));
+        assert_eq!((&b.local_id, &b.remote_id), (&a.remote_id, &a.local_id));
+        assert_eq!((&b.local_ts, &b.remote_ts), (&a.remote_ts, &a.local_ts));
+        assert_eq!((a.role, b.role), (Role::Start, Role::Respond));
         Ok(())
     }
 }

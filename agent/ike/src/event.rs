@@ -141,9 +141,9 @@ pub struct ChildSaInstall {
     pub redundant: bool,
 }
 
-/// Something the driver must act on.
+/// Something the driver must act on. Drain them ([`crate::Endpoint::poll_event`]) before the
+/// datagrams ([`crate::Endpoint::poll_transmit`]): see [`crate::Endpoint`].
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Event {
     /// Install a CHILD SA.
     ChildSaInstall(Box<ChildSaInstall>),

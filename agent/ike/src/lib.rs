@@ -2,19 +2,22 @@
 //!
 //! Nothing in this crate performs I/O, reads a clock or draws OS randomness: time and randomness
 //! are passed in by the driver, so every exchange can be tested deterministically on a simulated
-//! clock (the quinn-proto model).
+//! clock (the quinn-proto model). The one exception is aws-lc's own RNG for ECDSA nonces and
+//! RSA-PSS salts, which its API does not let us pass in ([`crypto`]).
+//!
+//! [`Endpoint`] documents how a driver must call it.
 
 pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod endpoint;
 pub mod event;
-pub mod natd;
+pub(crate) mod natd;
 pub mod proposal;
 pub mod reason;
 pub(crate) mod sa;
-pub mod timers;
-pub mod ts;
+pub(crate) mod timers;
+pub(crate) mod ts;
 pub(crate) mod window;
 
 pub use config::{
@@ -26,4 +29,4 @@ pub use event::{
     ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, IkeSpis, Mode, NatState,
     PeerId, Transmit, UdpEncap,
 };
-pub use reason::Reason;
+pub use reason::{Fault, Reason};

@@ -1,9 +1,12 @@
 //! Why an IKE or CHILD SA went down or could not be set up: a closed set whose
-//! [`Reason::as_str`] is the CamelCase status reason the operator reports.
+//! [`Reason::as_str`] is the CamelCase status reason the operator reports, and whose
+//! [`Reason::fault`] says who has to act.
+//!
+//! Not `#[non_exhaustive]`: the set is shared within the workspace only, and a new variant
+//! should break the build of every `match` that has to say something about it.
 
 /// Why an SA failed or was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Reason {
     /// No common proposal (either side said NO_PROPOSAL_CHOSEN or sent something we never
     /// offered).
@@ -30,8 +33,43 @@ pub enum Reason {
     CertificateExpired,
     /// The peer answered with an error notification we do not map to anything finer.
     PeerError,
-    /// Something failed on our side (crypto failure, unsupported configuration).
+    /// No wall-clock time was set ([`crate::Endpoint::set_wall_clock`]), so the peer's
+    /// certificate could not be checked: a bug in the driver.
+    ClockUnset,
+    /// Our own cryptography failed: key generation, key derivation or signing.
+    LocalCrypto,
+    /// One of our own messages could not be built (encoded or sealed), e.g. an identity or a
+    /// message too long for its length field.
+    Encode,
+    /// A rule this crate relies on did not hold (e.g. a validated configuration without a key
+    /// exchange group): a bug in this crate.
     InternalError,
+}
+
+/// Who has to act on a [`Reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The peer, or how it is configured relative to us: proposals, credentials, selectors,
+    /// certificates, malformed messages, error notifications.
+    Peer,
+    /// The path to the peer: no answer, or a handshake never completed.
+    Network,
+    /// This host: its driver, its crypto library, or this crate.
+    Local,
+    /// Nothing went wrong: the SA was deleted or replaced as part of its normal life.
+    Lifecycle,
+}
+
+impl Fault {
+    /// A fixed lower-case label (for metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Network => "network",
+            Self::Local => "local",
+            Self::Lifecycle => "lifecycle",
+        }
+    }
 }
 
 impl Reason {
@@ -50,7 +88,28 @@ impl Reason {
             Self::CertificateNotYetValid => "CertificateNotYetValid",
             Self::CertificateExpired => "CertificateExpired",
             Self::PeerError => "PeerError",
+            Self::ClockUnset => "ClockUnset",
+            Self::LocalCrypto => "LocalCrypto",
+            Self::Encode => "Encode",
             Self::InternalError => "InternalError",
+        }
+    }
+
+    /// Who has to act.
+    pub fn fault(self) -> Fault {
+        match self {
+            Self::NoProposalChosen
+            | Self::AuthenticationFailed
+            | Self::TsUnacceptable
+            | Self::InvalidSyntax
+            | Self::CertificateNotYetValid
+            | Self::CertificateExpired
+            | Self::PeerError => Fault::Peer,
+            Self::PeerUnreachable | Self::HalfOpenTimeout => Fault::Network,
+            Self::DeletedByPeer | Self::DeletedLocally | Self::Replaced => Fault::Lifecycle,
+            Self::ClockUnset | Self::LocalCrypto | Self::Encode | Self::InternalError => {
+                Fault::Local
+            }
         }
     }
 
@@ -70,5 +129,27 @@ impl Reason {
 impl core::fmt::Display for Reason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fault, Reason};
+
+    #[test]
+    fn local_causes_are_local_faults() {
+        for r in [
+            Reason::ClockUnset,
+            Reason::LocalCrypto,
+            Reason::Encode,
+            Reason::InternalError,
+        ] {
+            assert_eq!(r.fault(), Fault::Local, "{r}");
+        }
+        assert_eq!(Reason::PeerUnreachable.fault(), Fault::Network);
+        assert_eq!(Reason::Replaced.fault(), Fault::Lifecycle);
+        assert_eq!(Reason::AuthenticationFailed.fault(), Fault::Peer);
+        assert_eq!(Reason::ClockUnset.as_str(), "ClockUnset");
+        assert_eq!(Fault::Local.as_str(), "local");
     }
 }

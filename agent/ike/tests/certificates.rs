@@ -237,7 +237,7 @@ fn without_a_wall_clock_certificates_cannot_be_checked() {
     let mut p = Pair::new(a, b);
     p.initiate();
     p.run_for(Duration::from_secs(30));
-    assert_eq!(reasons(&p.ev_b), vec![Reason::InternalError]);
+    assert_eq!(reasons(&p.ev_b), vec![Reason::ClockUnset]);
     assert_eq!(Pair::ups(&p.ev_a), 0);
 }
 

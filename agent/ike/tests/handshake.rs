@@ -289,6 +289,35 @@ fn retransmitted_auth_request_gets_the_cached_response() {
 }
 
 #[test]
+fn the_sender_counts_its_retransmissions() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    // Drop B's IKE_AUTH response once: A sends its IKE_AUTH request a second time.
+    p.filter = Box::new(|_, _, n| if n == 4 { Fate::Drop } else { Fate::Deliver });
+    p.initiate();
+    p.run_for(Duration::from_secs(30));
+    p.assert_children_match();
+    assert_eq!(p.a.stats().retransmits_sent, 1);
+    assert_eq!(
+        p.b.stats().retransmits_sent,
+        0,
+        "B resends nothing of its own"
+    );
+    assert_eq!(p.b.stats().retransmits_answered, 1);
+}
+
+#[test]
+fn every_resend_to_an_unreachable_peer_is_counted() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.filter = Box::new(|_, _, _| Fate::Drop);
+    p.initiate();
+    p.run_for(Duration::from_secs(400));
+    assert_eq!(p.log.len(), 6, "the first IKE_SA_INIT and five resends");
+    assert_eq!(p.a.stats().retransmits_sent, 5);
+}
+
+#[test]
 fn unreachable_peer_gives_up_after_the_backoff_schedule() {
     let a = config_a();
     let mut p = Pair::new(a.clone(), mirror(&a));

@@ -71,8 +71,6 @@ pub struct Driver<D: Dataplane> {
     kernel_events: Option<mpsc::Receiver<KernelEvent>>,
     metrics: Option<Metrics>,
     scrapes: Option<mpsc::Receiver<MetricsRequest>>,
-    /// Hashes of recently sent datagrams (to count retransmissions).
-    recent_sends: std::collections::VecDeque<u64>,
     /// A previous run's kernel objects, kept until every tunnel is back.
     adoption: Adoption,
     lifetime_scale: Option<f64>,
@@ -88,7 +86,7 @@ impl<D: Dataplane> core::fmt::Debug for Driver<D> {
 }
 
 /// Tells the endpoint the wall-clock time (for certificate validity). A system clock before
-/// 1970 leaves it unset: certificate authentication then fails with `InternalError`.
+/// 1970 leaves it unset: certificate authentication then fails with `ClockUnset`.
 fn set_wall_clock(endpoint: &mut Endpoint) {
     match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => endpoint.set_wall_clock(Instant::now(), d.as_secs()),
@@ -123,7 +121,6 @@ impl<D: Dataplane> Driver<D> {
                 .map_err(|e| tracing::error!(error = %e, "metrics unavailable"))
                 .ok(),
             scrapes: None,
-            recent_sends: std::collections::VecDeque::new(),
             adoption: Adoption::default(),
             lifetime_scale: None,
         }
@@ -338,24 +335,6 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn send(&mut self, t: strait_ike::Transmit) {
-        // a datagram sent again unchanged is a retransmission (NAT keepalives excepted)
-        if t.payload.len() > 1 {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            t.payload.hash(&mut h);
-            t.remote.hash(&mut h);
-            let h = h.finish();
-            if self.recent_sends.contains(&h) {
-                if let Some(m) = &self.metrics {
-                    m.retransmissions.inc();
-                }
-            } else {
-                if self.recent_sends.len() >= 256 {
-                    self.recent_sends.pop_front();
-                }
-                self.recent_sends.push_back(h);
-            }
-        }
         self.sockets.send(&t).await;
     }
 
@@ -573,7 +552,6 @@ impl<D: Dataplane> Driver<D> {
                     tracing::info!(tunnel = %t.def.name, "IKE SA rekeyed");
                 }
             }
-            other => tracing::debug!(event = ?other, "unhandled event"),
         }
     }
 

@@ -223,6 +223,11 @@ impl Metrics {
             to(&self.ike_dropped.with_label_values(&[reason]), v);
         }
         to(&self.cookies_sent, s.cookies_sent);
+        // the endpoint counts its own: requests sent again, and answers repeated from its cache
+        to(
+            &self.retransmissions,
+            s.retransmits_sent.saturating_add(s.retransmits_answered),
+        );
     }
 
     /// Sets the per-tunnel traffic counters to the kernel's sums (a counter that went down —

@@ -6,15 +6,12 @@
 //! the same path through the code.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use strait_ike::codec::TsRange;
-use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
-use strait_ike::{
-    AuthConfig, Endpoint, EndpointConfig, Event, Identity, Lifetime, PeerConfig, PeerId, Role,
-};
+use strait_ike::{Endpoint, EndpointConfig, Event, Identity, PeerConfig, PeerId};
 
 /// The IKE proposal with X25519 (what Strait proposes by default).
 pub const IKE_X25519: &str = "aes256gcm16-prfsha384-x25519";
@@ -38,32 +35,22 @@ impl Pair {
     pub fn new(ike: &str) -> Result<Self, String> {
         let a_addr = SocketAddr::from(([192, 0, 2, 1], 500));
         let b_addr = SocketAddr::from(([198, 51, 100, 2], 500));
-        let a_cfg = PeerConfig {
-            local_addr: a_addr,
-            remote_addr: b_addr,
-            local_id: Identity::Fqdn("a.example.com".into()),
-            remote_id: Identity::Fqdn("b.example.com".into()),
-            auth: AuthConfig::Psk(SecretBytes::from_slice(b"correct horse battery staple")),
-            ike_proposals: parse_ike_list(&[ike]).map_err(|e| e.to_string())?,
-            esp_proposals: parse_esp_list(&["aes256gcm16"]).map_err(|e| e.to_string())?,
-            ike_lifetime: Lifetime::from_rekey(Duration::from_secs(24 * 3600)),
-            child_lifetime: Lifetime::from_rekey(Duration::from_secs(3600)),
-            dpd: None,
-            local_ts: vec![subnet([10, 1, 0, 0], 16)?],
-            remote_ts: vec![subnet([10, 2, 0, 0], 16)?],
-            role: Role::Start,
-            force_encapsulation: false,
-        };
-        let b_cfg = PeerConfig {
-            local_addr: b_addr,
-            remote_addr: a_addr,
-            local_id: a_cfg.remote_id.clone(),
-            remote_id: a_cfg.local_id.clone(),
-            local_ts: a_cfg.remote_ts.clone(),
-            remote_ts: a_cfg.local_ts.clone(),
-            role: Role::Respond,
-            ..a_cfg.clone()
-        };
+        let a_cfg = PeerConfig::psk(
+            a_addr,
+            Identity::Fqdn("a.example.com".into()),
+            b_addr,
+            Identity::Fqdn("b.example.com".into()),
+            b"correct horse battery staple",
+        )
+        .with_proposals(
+            parse_ike_list(&[ike]).map_err(|e| e.to_string())?,
+            parse_esp_list(&["aes256gcm16"]).map_err(|e| e.to_string())?,
+        )
+        .with_ts(
+            vec![subnet([10, 1, 0, 0], 16)?],
+            vec![subnet([10, 2, 0, 0], 16)?],
+        );
+        let b_cfg = a_cfg.mirrored();
         let mut a = Endpoint::new(
             EndpointConfig::default(),
             Box::new(DeterministicRng::new(1)),

@@ -37,9 +37,6 @@ macro_rules! wire_enum {
         }
     };
 }
-// Exported for other modules' wire enums (e.g. crypto identifiers), even while none use it.
-#[allow(unused_imports)]
-pub(crate) use wire_enum;
 
 wire_enum! {
     /// Transform type (RFC 7296 §3.3.2).

@@ -11,16 +11,16 @@ use core::net::{IpAddr, SocketAddr};
 
 use crate::codec::Spi;
 use crate::event::PeerId;
-use crate::sa::IkeSa;
+use crate::sa::{IkeSa, SaId};
 
 /// A responder SA's IKE_SA_INIT key: (the initiator's address then, its SPI).
 pub(super) type InitKey = (SocketAddr, Spi);
 
 #[derive(Debug, Default)]
 pub(super) struct SaIndex {
-    entries: HashMap<u64, Entry>,
-    timers: BTreeSet<(Instant, u64)>,
-    by_peer: BTreeMap<PeerId, BTreeSet<u64>>,
+    entries: HashMap<SaId, Entry>,
+    timers: BTreeSet<(Instant, SaId)>,
+    by_peer: BTreeMap<PeerId, BTreeSet<SaId>>,
     half_open: usize,
     half_open_by_ip: HashMap<IpAddr, usize>,
 }
@@ -35,9 +35,9 @@ struct Entry {
 
 impl SaIndex {
     /// Indexes `sa` as it is now (a new SA, or one that may have changed).
-    pub(super) fn update(&mut self, id: u64, sa: &IkeSa) {
+    pub(super) fn update(&mut self, id: SaId, sa: &IkeSa) {
         let deadline = sa.next_timeout();
-        let half_open_ip = sa.half_open().then(|| sa.c.remote.ip());
+        let half_open_ip = sa.half_open().then(|| sa.common.remote.ip());
         if let Some(e) = self.entries.get(&id)
             && e.deadline == deadline
             && e.half_open_ip == half_open_ip
@@ -52,11 +52,11 @@ impl SaIndex {
             self.half_open += 1;
             *self.half_open_by_ip.entry(ip).or_default() += 1;
         }
-        self.by_peer.entry(sa.c.peer).or_default().insert(id);
+        self.by_peer.entry(sa.common.peer).or_default().insert(id);
         self.entries.insert(
             id,
             Entry {
-                peer: sa.c.peer,
+                peer: sa.common.peer,
                 deadline,
                 half_open_ip,
                 init_key,
@@ -65,14 +65,14 @@ impl SaIndex {
     }
 
     /// Records the IKE_SA_INIT key a responder SA (already indexed) was created under.
-    pub(super) fn set_init_key(&mut self, id: u64, key: InitKey) {
+    pub(super) fn set_init_key(&mut self, id: SaId, key: InitKey) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.init_key = Some(key);
         }
     }
 
     /// Forgets SA `id`; returns the IKE_SA_INIT key it was created under, if any.
-    pub(super) fn remove(&mut self, id: u64) -> Option<InitKey> {
+    pub(super) fn remove(&mut self, id: SaId) -> Option<InitKey> {
         let e = self.entries.remove(&id)?;
         if let Some(t) = e.deadline {
             self.timers.remove(&(t, id));
@@ -102,10 +102,10 @@ impl SaIndex {
 
     /// The SAs whose timer is due at `now`, in id order (the order every SA used to be visited
     /// in, so that the events of simultaneous timers come out as before).
-    pub(super) fn due(&self, now: Instant) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
+    pub(super) fn due(&self, now: Instant) -> Vec<SaId> {
+        let mut ids: Vec<SaId> = self
             .timers
-            .range(..=(now, u64::MAX))
+            .range(..=(now, SaId(u64::MAX)))
             .map(|(_, id)| *id)
             .collect();
         ids.sort_unstable();
@@ -113,7 +113,7 @@ impl SaIndex {
     }
 
     /// The SAs of tunnel `peer`, in id order.
-    pub(super) fn of_peer(&self, peer: PeerId) -> Vec<u64> {
+    pub(super) fn of_peer(&self, peer: PeerId) -> Vec<SaId> {
         self.by_peer
             .get(&peer)
             .map(|s| s.iter().copied().collect())

@@ -59,11 +59,12 @@ pub(crate) fn our_auth(
     peer_hashes: &[HashAlgorithm],
     octets: &[u8],
 ) -> Result<Authentication, Reason> {
-    let scheme = choose_scheme(auth, peer_hashes).ok_or(Reason::InternalError)?;
+    // None only for a key that can sign with nothing.
+    let scheme = choose_scheme(auth, peer_hashes).ok_or(Reason::LocalCrypto)?;
     let sig = auth
         .key
         .sign(scheme, octets)
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::LocalCrypto)?;
     Ok(Authentication {
         method: AuthMethod::DIGITAL_SIGNATURE,
         data: sign::encode_auth_data(scheme, &sig),
@@ -91,7 +92,7 @@ pub(crate) fn verify_peer(
         _ => return Err(Reason::AuthenticationFailed),
     };
     let intermediates: Vec<Certificate> = x509.filter_map(Result::ok).collect();
-    let now = unix_time.ok_or(Reason::InternalError)?;
+    let now = unix_time.ok_or(Reason::ClockUnset)?;
     validate_chain(&leaf, &intermediates, &auth.ca, now).map_err(|e| match e {
         ChainError::NotYetValid => Reason::CertificateNotYetValid,
         ChainError::Expired => Reason::CertificateExpired,
@@ -198,7 +199,7 @@ mod tests {
             );
             assert_eq!(e, Err(Reason::CertificateExpired));
             let e = verify_peer(m, None, &id, &refs, &good, octets);
-            assert_eq!(e, Err(Reason::InternalError));
+            assert_eq!(e, Err(Reason::ClockUnset));
             let e = verify_peer(m, Some(JAN_2030), &id, &[], &good, octets);
             assert_eq!(e, Err(Reason::AuthenticationFailed));
             // The same signature bytes under RSA-with-SHA-1 (method 1) or as a MIC.

@@ -27,16 +27,11 @@ pub(crate) enum ChildState {
 }
 
 /// One installed CHILD SA.
-// Algorithms and selectors are kept for the record (rekeys re-propose the configuration).
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub(crate) struct Child {
     pub id: ChildSaId,
     pub spi_in: [u8; 4],
     pub spi_out: [u8; 4],
-    pub choice: EspChoice,
-    pub local_ts: Vec<TsRange>,
-    pub remote_ts: Vec<TsRange>,
     /// When rekeying should start (our own timer; the kernel's soft expiry may come first).
     /// `None` once a rekey is queued or running, or the SA is on its way out.
     pub rekey_at: Option<Instant>,
@@ -45,55 +40,45 @@ pub(crate) struct Child {
     pub state: ChildState,
 }
 
-/// Derives a CHILD SA's keys, emits [`Event::ChildSaInstall`] and returns its record. For the
-/// CHILD SA of IKE_AUTH, whose exchange initiator is the IKE SA's initiator.
-#[allow(clippy::too_many_arguments)]
+/// A CHILD SA just negotiated, as [`install`] takes it.
+pub(crate) struct NewChild<'a> {
+    pub choice: EspChoice,
+    /// Our SPI (the peer sends with it).
+    pub spi_in: [u8; 4],
+    /// The peer's SPI (we send with it).
+    pub spi_out: [u8; 4],
+    /// (Ni, Nr) of the exchange that creates the SA.
+    pub nonces: (&'a [u8], &'a [u8]),
+    /// The shared secret of that exchange's own key exchange (PFS), if it had one.
+    pub g_ir: Option<&'a [u8]>,
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
+    /// The CHILD SA it rekeys.
+    pub replaces: Option<ChildSaId>,
+    /// Whether we sent the request of that exchange. RFC 7296 §2.17 takes the
+    /// initiator-to-responder keys first, "initiator" being the initiator of that exchange (for
+    /// a CREATE_CHILD_SA it need not be the IKE SA's original initiator; for IKE_AUTH it is).
+    pub exchange_initiator: bool,
+}
+
+/// Derives a CHILD SA's keys, emits [`Event::ChildSaInstall`] and returns its record.
 pub(crate) fn install(
     c: &Common,
     ctx: &mut Ctx<'_>,
     keys: &Keys,
-    choice: EspChoice,
-    spi_in: [u8; 4],
-    spi_out: [u8; 4],
-    nonces: (&[u8], &[u8]),
-    g_ir: Option<&[u8]>,
-    local_ts: Vec<TsRange>,
-    remote_ts: Vec<TsRange>,
-    replaces: Option<ChildSaId>,
+    new: NewChild<'_>,
 ) -> Result<Child, Reason> {
-    let spis = (spi_in, spi_out);
-    let ts = (local_ts, remote_ts);
-    install_as(
-        c,
-        ctx,
-        keys,
+    let NewChild {
         choice,
-        spis,
+        spi_in,
+        spi_out,
         nonces,
         g_ir,
-        ts,
+        local_ts,
+        remote_ts,
         replaces,
-        c.initiator,
-    )
-}
-
-/// [`install`] for any exchange: `nonces` are (Ni, Nr) of the exchange that creates the SA and
-/// `exchange_initiator` says whether we sent its request. RFC 7296 §2.17 takes the
-/// initiator-to-responder keys first, "initiator" being the initiator of that exchange (for a
-/// CREATE_CHILD_SA it need not be the IKE SA's original initiator).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn install_as(
-    c: &Common,
-    ctx: &mut Ctx<'_>,
-    keys: &Keys,
-    choice: EspChoice,
-    (spi_in, spi_out): ([u8; 4], [u8; 4]),
-    nonces: (&[u8], &[u8]),
-    g_ir: Option<&[u8]>,
-    (local_ts, remote_ts): (Vec<TsRange>, Vec<TsRange>),
-    replaces: Option<ChildSaId>,
-    exchange_initiator: bool,
-) -> Result<Child, Reason> {
+        exchange_initiator,
+    } = new;
     let km = kdf::derive_child_sa_keys(
         keys.prf(),
         keys.sk.sk_d.as_bytes(),
@@ -103,7 +88,7 @@ pub(crate) fn install_as(
         choice.encr,
         choice.integ,
     )
-    .map_err(|_| Reason::InternalError)?;
+    .map_err(|_| Reason::LocalCrypto)?;
     let (out, inn) = if exchange_initiator {
         (km.initiator_to_responder, km.responder_to_initiator)
     } else {
@@ -129,8 +114,8 @@ pub(crate) fn install_as(
             encr: choice.encr,
             integ: choice.integ,
             esn: choice.esn,
-            local_ts: local_ts.clone(),
-            remote_ts: remote_ts.clone(),
+            local_ts,
+            remote_ts,
             mode: Mode::Tunnel,
             encapsulation: encapsulation(c),
             initiator: exchange_initiator,
@@ -144,9 +129,6 @@ pub(crate) fn install_as(
         id,
         spi_in,
         spi_out,
-        choice,
-        local_ts,
-        remote_ts,
         rekey_at: Some(ctx.now + soft),
         hard_at: ctx.now + hard,
         state: ChildState::Installed,
@@ -261,7 +243,7 @@ pub(crate) fn accepted(
     Ok((choice, spi_out, tsi, tsr))
 }
 
-/// Marks the install event of `id` (queued by [`install_as`]) as the redundant SA of a rekey
+/// Marks the install event of `id` (queued by [`install`]) as the redundant SA of a rekey
 /// collision, so the data plane never sends on it.
 pub(crate) fn mark_redundant(ctx: &mut Ctx<'_>, id: ChildSaId) {
     for ev in ctx.events.iter_mut().rev() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::child::{Child, ChildState};
 use super::rekey::{self, ChildRekeyOut, IkeRekeyOut};
-use super::{Common, Ctx, IkeSa, Keys, Req, State};
+use super::{Common, Ctx, IkeSa, Keys, RequestKind, State};
 use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
 use crate::event::{EspSpi, Event};
 use crate::reason::Reason;
@@ -17,7 +17,7 @@ pub(crate) struct Established {
     pub keys: Keys,
     pub children: Vec<Child>,
     /// Requests waiting for the window (one outstanding at a time).
-    pub queue: VecDeque<Req>,
+    pub queue: VecDeque<RequestKind>,
     /// The peer sent INITIAL_CONTACT: the endpoint drops older IKE SAs with it.
     pub initial_contact: bool,
     /// Our CHILD SA rekey in flight.
@@ -54,7 +54,7 @@ impl Established {
             .chain(self.ike_rekey_at)
             .min();
         let dpd = c.cfg.dpd.and_then(|dpd| match c.win.outstanding() {
-            Some(o) if o.kind == Req::Dpd => Some(o.first_sent + dpd.timeout),
+            Some(o) if o.kind == RequestKind::Dpd => Some(o.first_sent + dpd.timeout),
             Some(_) => None,
             None => Some(c.last_heard + dpd.interval),
         });
@@ -78,20 +78,20 @@ impl Established {
                 return Ok(());
             };
             let payloads = match &req {
-                Req::Dpd | Req::Notify => Vec::new(),
-                Req::DeleteIke => vec![Payload::Delete(Delete::ike())],
-                Req::DeleteChild(spis) => {
+                RequestKind::Dpd | RequestKind::Notify => Vec::new(),
+                RequestKind::DeleteIke => vec![Payload::Delete(Delete::ike())],
+                RequestKind::DeleteChild(spis) => {
                     vec![Payload::Delete(Delete::child(ProtocolId::ESP, spis))]
                 }
-                Req::RekeyChild { old, group } => {
+                RequestKind::RekeyChild { old, group } => {
                     rekey::start_child(self, c, ctx, *old, *group)?;
                     continue;
                 }
-                Req::RekeyIke { group } => {
+                RequestKind::RekeyIke { group } => {
                     rekey::start_ike(self, c, ctx, *group)?;
                     continue;
                 }
-                Req::Init | Req::Auth => continue,
+                RequestKind::Init | RequestKind::Auth => continue,
             };
             c.send_request(ctx, &self.keys, ExchangeType::INFORMATIONAL, &payloads, req)?;
         }
@@ -108,32 +108,76 @@ pub(crate) fn child_delete_event(c: &Common, ch: &Child) -> Event {
     }
 }
 
-/// Timers of an established SA: DPD timeout and scheduling, queued requests.
-pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    if let Some(dpd) = sa.c.cfg.dpd {
-        let timed_out =
-            sa.c.win
-                .outstanding()
-                .is_some_and(|o| o.kind == Req::Dpd && ctx.now >= o.first_sent + dpd.timeout);
-        if timed_out {
-            sa.c.win.abandon();
-            e.delete_all_children(&sa.c, ctx);
-            sa.c.down(ctx, Reason::PeerUnreachable);
-            sa.state = State::Gone;
+/// What an established SA becomes once a handler of its state has run: the handlers work on
+/// `&mut Established` and the shared part, and [`IkeSa::with_established`] makes the move.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Stays established.
+    Stay,
+    /// Closes, keeping its keys to answer retransmissions for a while ([`IkeSa::close`]).
+    Close,
+    /// Replaced by a rekey the peer started: waits for the peer's Delete.
+    AwaitDelete,
+    /// Replaced by a rekey we started: sends Delete(IKE) and closes once it is answered.
+    DeleteIke,
+    /// Dropped at once (everything was reported).
+    Gone,
+}
+
+impl IkeSa {
+    /// Runs `f` on the established state (nothing if the SA is in another state) and makes
+    /// the move it asks for.
+    pub fn with_established(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        f: impl FnOnce(&mut Established, &mut Common, &mut Ctx<'_>) -> Next,
+    ) {
+        let State::Established(e) = &mut self.state else {
             return;
+        };
+        match f(e, &mut self.common, ctx) {
+            Next::Stay => {}
+            Next::Close => self.close(ctx),
+            Next::AwaitDelete => rekey::await_delete(self, ctx),
+            Next::DeleteIke => rekey::delete_ike(self, ctx),
+            Next::Gone => self.state = State::Gone,
         }
-        if !sa.c.win.busy() && e.queue.is_empty() && ctx.now >= sa.c.last_heard + dpd.interval {
-            e.queue.push_back(Req::Dpd);
+    }
+}
+
+/// Timers of an established SA: DPD timeout and scheduling, queued requests.
+pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>) -> Next {
+    if let Some(dpd) = c.cfg.dpd {
+        let timed_out = c
+            .win
+            .outstanding()
+            .is_some_and(|o| o.kind == RequestKind::Dpd && ctx.now >= o.first_sent + dpd.timeout);
+        if timed_out {
+            c.win.abandon();
+            e.delete_all_children(c, ctx);
+            c.down(ctx, Reason::PeerUnreachable);
+            return Next::Gone;
+        }
+        if !c.win.busy() && e.queue.is_empty() && ctx.now >= c.last_heard + dpd.interval {
+            e.queue.push_back(RequestKind::Dpd);
         }
     }
     rekey::schedule(e, ctx.now);
-    if e.flush(&mut sa.c, ctx).is_err() {
-        e.delete_all_children(&sa.c, ctx);
-        sa.c.down(ctx, Reason::InternalError);
-        sa.state = State::Gone;
+    flush(e, c, ctx)
+}
+
+/// Sends what the queue holds. A request of ours that cannot be built ends the SA: it would
+/// otherwise sit at the head of the queue, and nothing behind it (DPD, rekeys, deletes) would
+/// ever go out.
+pub(crate) fn flush(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>) -> Next {
+    match e.flush(c, ctx) {
+        Ok(()) => Next::Stay,
+        Err(reason) => {
+            e.delete_all_children(c, ctx);
+            c.down(ctx, reason);
+            Next::Gone
+        }
     }
 }
 
@@ -142,17 +186,19 @@ pub(crate) fn on_timeout(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
 pub(crate) fn delete_locally(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
     match core::mem::replace(&mut sa.state, State::Gone) {
         State::Established(mut e) => {
-            e.delete_all_children(&sa.c, ctx);
-            sa.c.down(ctx, Reason::DeletedLocally);
+            e.delete_all_children(&sa.common, ctx);
+            sa.common.down(ctx, Reason::DeletedLocally);
             // Whatever was outstanding is moot; the Delete takes the window.
-            sa.c.win.abandon();
+            sa.common.win.abandon();
             let payloads = [Payload::Delete(Delete::ike())];
-            let _ = sa.c.send_request(
+            // The SA goes either way: a Delete we cannot build leaves the peer to find out by
+            // its own DPD or rekey, and nothing is left here to retransmit.
+            let _ = sa.common.send_request(
                 ctx,
                 &e.keys,
                 ExchangeType::INFORMATIONAL,
                 &payloads,
-                Req::DeleteIke,
+                RequestKind::DeleteIke,
             );
             sa.state = State::Closing {
                 keys: Some(e.keys),
@@ -160,14 +206,14 @@ pub(crate) fn delete_locally(sa: &mut IkeSa, ctx: &mut Ctx<'_>) {
             };
         }
         State::InitSent(_) | State::AuthSent(_) => {
-            sa.c.win.abandon();
-            sa.c.down(ctx, Reason::DeletedLocally);
+            sa.common.win.abandon();
+            sa.common.down(ctx, Reason::DeletedLocally);
             sa.state = State::Gone;
         }
         other => {
             sa.state = other;
             sa.close(ctx);
-            sa.c.win.abandon();
+            sa.common.win.abandon();
         }
     }
 }

@@ -7,7 +7,7 @@ use super::cert_auth;
 use super::child::{self, Child};
 use super::established::Established;
 use super::ike_init::{InitDone, InitReplied};
-use super::{Common, Ctx, Req, State};
+use super::{Common, Ctx, RequestKind, State};
 use crate::codec::{
     AuthMethod, Authentication, ExchangeType, Identification, Notify, NotifyType, Payload, Sa,
     TrafficSelectors, message::notifies,
@@ -150,7 +150,7 @@ fn verify_peer(
 /// Initiator: sends IKE_AUTH right after IKE_SA_INIT completed.
 pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> State {
     let result = (|| {
-        let idi = c.cfg.local_id.to_payload().ok_or(Reason::InternalError)?;
+        let idi = c.cfg.local_id.to_payload().ok_or(Reason::Encode)?;
         let auth_p = our_auth(c, &init, &idi)?;
         let spi_in = ctx.esp_spi();
         let mut payloads = vec![Payload::IdInitiator(idi)];
@@ -168,7 +168,7 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
             &init.keys,
             ExchangeType::IKE_AUTH,
             &payloads,
-            Req::Auth,
+            RequestKind::Auth,
         )?;
         Ok(spi_in)
     })();
@@ -224,7 +224,7 @@ impl AuthSent {
                 &self.init.keys,
                 ExchangeType::INFORMATIONAL,
                 &n,
-                Req::Notify,
+                RequestKind::Notify,
             )
             .is_err()
             {
@@ -242,19 +242,18 @@ impl AuthSent {
         up(c, ctx, &est);
         match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
             Ok((choice, spi_out, tsi, tsr)) => {
-                match child::install(
-                    c,
-                    ctx,
-                    &est.keys,
+                let new = child::NewChild {
                     choice,
-                    self.spi_in,
+                    spi_in: self.spi_in,
                     spi_out,
-                    (&self.init.ni, &self.init.nr),
-                    None,
-                    tsi,
-                    tsr,
-                    None,
-                ) {
+                    nonces: (&self.init.ni, &self.init.nr),
+                    g_ir: None,
+                    local_ts: tsi,
+                    remote_ts: tsr,
+                    replaces: None,
+                    exchange_initiator: c.initiator,
+                };
+                match child::install(c, ctx, &est.keys, new) {
                     Ok(ch) => est.children.push(ch),
                     Err(r) => child_failed(c, ctx, r),
                 }
@@ -266,7 +265,8 @@ impl AuthSent {
                 child_failed(c, ctx, reason);
                 if inner.sa.is_some() {
                     // The responder installed something we cannot accept: delete it.
-                    est.queue.push_back(Req::DeleteChild(vec![self.spi_in]));
+                    est.queue
+                        .push_back(RequestKind::DeleteChild(vec![self.spi_in]));
                 }
             }
         }
@@ -308,12 +308,12 @@ impl InitReplied {
                 NotifyType::AUTHENTICATION_FAILED
             };
             let n = [Payload::Notify(Notify::empty(ty))];
-            let _ = c.send_response(ctx, &init.keys, ExchangeType::IKE_AUTH, id, &n);
+            c.send_response_or_drop(ctx, &init.keys, ExchangeType::IKE_AUTH, id, &n);
             c.down(ctx, r);
             return Err(Box::new((r, Some(init.keys))));
         }
         let Some(idr) = c.cfg.local_id.to_payload() else {
-            return Err(Box::new((Reason::InternalError, Some(init.keys))));
+            return Err(Box::new((Reason::Encode, Some(init.keys))));
         };
         let auth_p = match our_auth(c, &init, &idr) {
             Ok(a) => a,
@@ -333,19 +333,18 @@ impl InitReplied {
                 Ok(agreed) => {
                     let spi_in = ctx.esp_spi();
                     out.extend(child::answer_payloads(&agreed, spi_in));
-                    match child::install(
-                        c,
-                        ctx,
-                        &est.keys,
-                        agreed.choice,
+                    let new = child::NewChild {
+                        choice: agreed.choice,
                         spi_in,
-                        agreed.spi_out,
-                        (&init.ni, &init.nr),
-                        None,
-                        agreed.tsr,
-                        agreed.tsi,
-                        None,
-                    ) {
+                        spi_out: agreed.spi_out,
+                        nonces: (&init.ni, &init.nr),
+                        g_ir: None,
+                        local_ts: agreed.tsr,
+                        remote_ts: agreed.tsi,
+                        replaces: None,
+                        exchange_initiator: c.initiator,
+                    };
+                    match child::install(c, ctx, &est.keys, new) {
                         Ok(ch) => new_child = Some(ch),
                         Err(r) => failure = Some(r),
                     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use core::net::SocketAddr;
 
 use super::proposals;
-use super::{Common, Ctx, IkeSa, Keys, Req, State, init_error_response};
+use super::{Common, Ctx, IkeSa, Keys, RequestKind, State, init_error_response};
 use crate::codec::{
     ExchangeType, Flags, HashAlgorithm, Header, KeyExchange as KePayload, Message, Nonce, Notify,
     NotifyType, Payload, Spi,
@@ -88,6 +88,7 @@ fn first_group(cfg: &PeerConfig) -> Result<KeGroup, Reason> {
     cfg.ike_proposals
         .iter()
         .find_map(|p| p.ke.first().copied())
+        // PeerConfig::validate wants a key exchange group in every IKE proposal.
         .ok_or(Reason::InternalError)
 }
 
@@ -132,7 +133,7 @@ impl InitSent {
         spi_i: Spi,
     ) -> Result<IkeSa, Reason> {
         let group = first_group(&cfg)?;
-        let ke = KeyExchange::generate(group, &mut *ctx.rng).map_err(|_| Reason::InternalError)?;
+        let ke = KeyExchange::generate(group, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?;
         let fake_natd = cfg.force_encapsulation.then(|| ctx.random::<20>());
         let mut c = Common {
             peer,
@@ -163,12 +164,12 @@ impl InitSent {
         let cfg = Arc::clone(&c.cfg);
         let bytes = c
             .send_plain(ctx, &st.message(&c, &cfg, ctx.cfg.fragmentation))
-            .ok_or(Reason::InternalError)?;
+            .ok_or(Reason::Encode)?;
         st.request = bytes.clone();
         c.win
-            .sent(ctx.now, &ctx.cfg.retransmit, vec![bytes], Req::Init);
+            .sent(ctx.now, &ctx.cfg.retransmit, vec![bytes], RequestKind::Init);
         Ok(IkeSa {
-            c,
+            common: c,
             state: State::InitSent(st),
         })
     }
@@ -184,7 +185,7 @@ impl InitSent {
             }
             None => {
                 c.win.abandon();
-                c.down(ctx, Reason::InternalError);
+                c.down(ctx, Reason::Encode);
                 State::Gone
             }
         }
@@ -217,7 +218,7 @@ impl InitSent {
                             self.ke = ke;
                             self.resend(c, ctx)
                         }
-                        Err(_) => fail(c, ctx, Reason::InternalError),
+                        Err(_) => fail(c, ctx, Reason::LocalCrypto),
                     }
                 }
                 _ => fail(c, ctx, Reason::NoProposalChosen),
@@ -320,14 +321,14 @@ pub(crate) fn derive_keys(
         choice.encr,
         choice.integ,
     )
-    .map_err(|_| Reason::InternalError)?;
-    let (out, inn) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
-        .map_err(|_| Reason::InternalError)?;
+    .map_err(|_| Reason::LocalCrypto)?;
+    let (out, inbound) = SkCipher::pair(&sk, choice.encr, choice.integ, initiator)
+        .map_err(|_| Reason::LocalCrypto)?;
     Ok(Keys {
         choice,
         sk,
         out,
-        inn,
+        inbound,
     })
 }
 
@@ -464,7 +465,7 @@ impl InitReplied {
                 },
                 expires: ctx.now + ctx.cfg.half_open_timeout,
             }),
-            c,
+            common: c,
         })
     }
 }

@@ -2,33 +2,29 @@
 //! SAs, liveness checks, error notifications; CREATE_CHILD_SA goes to [`super::rekey`].
 
 use super::child::ChildState;
-use super::established::child_delete_event;
-use super::{Ctx, IkeSa, Req, State};
+use super::established::{Established, Next, child_delete_event};
+use super::{Common, Ctx, RequestKind};
 use crate::codec::message::notifies;
 use crate::codec::{Delete, ExchangeType, Notify, NotifyType, Payload, ProtocolId};
 use crate::reason::Reason;
 
 /// Handles a new request from the peer on an established SA.
 pub(crate) fn on_request(
-    sa: &mut IkeSa,
+    e: &mut Established,
+    c: &mut Common,
     ctx: &mut Ctx<'_>,
     exchange: ExchangeType,
     id: u32,
     payloads: &[Payload],
-) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    let c = &mut sa.c;
+) -> Next {
     if exchange == ExchangeType::CREATE_CHILD_SA {
-        super::rekey::on_request(sa, ctx, id, payloads);
-        return;
+        return super::rekey::on_request(e, c, ctx, id, payloads);
     }
     if exchange != ExchangeType::INFORMATIONAL {
         // An exchange that has no place here (e.g. a second IKE_AUTH).
         let n = [Payload::Notify(Notify::empty(NotifyType::INVALID_SYNTAX))];
-        let _ = c.send_response(ctx, &e.keys, exchange, id, &n);
-        return;
+        c.send_response_or_drop(ctx, &e.keys, exchange, id, &n);
+        return Next::Stay;
     }
     let mut delete_ike = false;
     let mut ours = Vec::new();
@@ -53,15 +49,11 @@ pub(crate) fn on_request(
         }
     }
     let auth_failed = notifies(payloads).any(|n| n.ty == NotifyType::AUTHENTICATION_FAILED);
-    if delete_ike && super::rekey::adopt_on_delete(sa, ctx, exchange, id) {
-        return;
+    if delete_ike && let Some(next) = super::rekey::adopt_on_delete(e, c, ctx, exchange, id) {
+        return next;
     }
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
-    let c = &mut sa.c;
     if delete_ike || auth_failed {
-        let _ = c.send_response(ctx, &e.keys, exchange, id, &[]);
+        c.send_response_or_drop(ctx, &e.keys, exchange, id, &[]);
         e.delete_all_children(c, ctx);
         c.down(
             ctx,
@@ -72,27 +64,33 @@ pub(crate) fn on_request(
             },
         );
         c.win.abandon();
-        sa.close(ctx);
-        return;
+        return Next::Close;
     }
     let answer = if ours.is_empty() {
         Vec::new()
     } else {
         vec![Payload::Delete(Delete::child(ProtocolId::ESP, &ours))]
     };
-    let _ = c.send_response(ctx, &e.keys, exchange, id, &answer);
+    c.send_response_or_drop(ctx, &e.keys, exchange, id, &answer);
+    Next::Stay
 }
 
 /// Handles the answer to one of our requests on an established SA.
-pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads: &[Payload]) {
-    let State::Established(e) = &mut sa.state else {
-        return;
-    };
+pub(crate) fn on_response(
+    e: &mut Established,
+    c: &mut Common,
+    ctx: &mut Ctx<'_>,
+    kind: RequestKind,
+    payloads: &[Payload],
+) -> Next {
     match kind {
-        Req::DeleteIke => sa.state = State::Gone,
-        Req::RekeyChild { .. } => super::rekey::on_child_response(sa, ctx, payloads),
-        Req::RekeyIke { .. } => super::rekey::on_ike_response(sa, ctx, payloads),
-        Req::DeleteChild(spis) => {
+        RequestKind::DeleteIke => Next::Gone,
+        RequestKind::RekeyChild { .. } => {
+            super::rekey::on_child_response(e, c, ctx, payloads);
+            Next::Stay
+        }
+        RequestKind::RekeyIke { .. } => super::rekey::on_ike_response(e, c, ctx, payloads),
+        RequestKind::DeleteChild(spis) => {
             // Our Delete is answered: the peer stopped using them, so they go now.
             for spi in spis {
                 if let Some(pos) = e
@@ -101,18 +99,18 @@ pub(crate) fn on_response(sa: &mut IkeSa, ctx: &mut Ctx<'_>, kind: Req, payloads
                     .position(|ch| ch.spi_in == spi && ch.state == ChildState::Deleting)
                 {
                     let ch = e.children.remove(pos);
-                    ctx.events.push_back(child_delete_event(&sa.c, &ch));
+                    ctx.events.push_back(child_delete_event(c, &ch));
                 }
             }
+            Next::Stay
         }
-        Req::Dpd | Req::Notify | Req::Init | Req::Auth => {
-            if let Some(n) = notifies(payloads).find(|n| n.ty == NotifyType::AUTHENTICATION_FAILED)
-            {
-                let _ = n;
-                e.delete_all_children(&sa.c, ctx);
-                sa.c.down(ctx, Reason::AuthenticationFailed);
-                sa.close(ctx);
+        RequestKind::Dpd | RequestKind::Notify | RequestKind::Init | RequestKind::Auth => {
+            if notifies(payloads).any(|n| n.ty == NotifyType::AUTHENTICATION_FAILED) {
+                e.delete_all_children(c, ctx);
+                c.down(ctx, Reason::AuthenticationFailed);
+                return Next::Close;
             }
+            Next::Stay
         }
     }
 }

@@ -9,10 +9,12 @@
 
 pub(crate) mod cert_auth;
 pub(crate) mod child;
+pub(crate) mod closing;
 pub(crate) mod established;
 pub(crate) mod fragments;
 pub(crate) mod ike_auth;
 pub(crate) mod ike_init;
+pub(crate) mod inbound;
 pub(crate) mod informational;
 pub(crate) mod proposals;
 pub(crate) mod protect;
@@ -32,6 +34,7 @@ use crate::crypto::alg::{KeGroup, Prf};
 use crate::crypto::keys::IkeSaKeys;
 use crate::crypto::rng::Rng;
 use crate::crypto::sk::SkCipher;
+use crate::endpoint::Stats;
 use crate::event::{ChildSaId, Event, IkeSpis, NatState, PeerId, Transmit};
 use crate::proposal::IkeChoice;
 use crate::reason::Reason;
@@ -39,7 +42,7 @@ use crate::window::Window;
 
 /// What one of our requests was for (the kind of the outstanding request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Req {
+pub(crate) enum RequestKind {
     /// IKE_SA_INIT.
     Init,
     /// IKE_AUTH.
@@ -58,12 +61,36 @@ pub(crate) enum Req {
         old: ChildSaId,
         group: Option<KeGroup>,
     },
-    /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`Req::RekeyChild`].
+    /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`RequestKind::RekeyChild`].
     RekeyIke { group: Option<KeGroup> },
 }
 
+/// Which end of an IKE SA we are: its original initiator or responder (RFC 7296 §2.2). With our
+/// SPI, it is what the peer's messages are routed by: a peer may pick the same SPI as we did
+/// for another SA where it plays the other part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    Initiator,
+    Responder,
+}
+
+impl Side {
+    pub fn of(initiator: bool) -> Self {
+        if initiator {
+            Self::Initiator
+        } else {
+            Self::Responder
+        }
+    }
+}
+
+/// The endpoint's handle for one IKE SA. Allocated in increasing order, which is the order SAs
+/// with simultaneous timers are visited in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct SaId(pub u64);
+
 /// What the transitions need from the endpoint: the time, randomness, configuration, and the
-/// queues they append to.
+/// queues they append to. Built by the endpoint in one place (`Shared::ctx`).
 pub(crate) struct Ctx<'a> {
     pub now: Instant,
     pub rng: &'a mut dyn Rng,
@@ -72,11 +99,13 @@ pub(crate) struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     pub next_child: &'a mut u64,
     /// The endpoint's SPI routing table (to draw unused SPIs for rekeyed IKE SAs).
-    pub by_spi: &'a HashMap<(Spi, bool), u64>,
+    pub by_spi: &'a HashMap<(Spi, Side), SaId>,
     /// IKE SAs born in this transition (IKE SA rekeys), for the endpoint to take over.
     pub spawned: &'a mut Vec<IkeSa>,
     /// The wall-clock time (Unix seconds), if the driver told us (certificate validity).
     pub unix_time: Option<i64>,
+    /// The endpoint's counters.
+    pub stats: &'a mut Stats,
 }
 
 impl Ctx<'_> {
@@ -102,15 +131,16 @@ impl Ctx<'_> {
         self.random::<32>().to_vec()
     }
 
-    /// A fresh IKE SPI, unused by any IKE SA where we play `initiator`.
-    pub fn ike_spi(&mut self, initiator: bool) -> Spi {
+    /// A fresh IKE SPI, unused by any IKE SA (held, or born in this transition) where we are
+    /// on `side`. The only place IKE SPIs of ours are drawn.
+    pub fn ike_spi(&mut self, side: Side) -> Spi {
         loop {
             let spi = Spi(self.random());
-            let taken = self.by_spi.contains_key(&(spi, initiator))
+            let taken = self.by_spi.contains_key(&(spi, side))
                 || self
                     .spawned
                     .iter()
-                    .any(|s| s.c.initiator == initiator && s.c.our_spi() == spi);
+                    .any(|s| s.common.routing_key() == (spi, side));
             if !spi.is_zero() && !taken {
                 return spi;
             }
@@ -131,7 +161,7 @@ pub(crate) struct Keys {
     /// Protects what we send.
     pub out: SkCipher,
     /// Opens what we receive.
-    pub inn: SkCipher,
+    pub inbound: SkCipher,
 }
 
 impl core::fmt::Debug for Keys {
@@ -159,7 +189,7 @@ pub(crate) struct Common {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub nat: NatState,
-    pub win: Window<Req>,
+    pub win: Window<RequestKind>,
     /// Last time an authenticated message (or, before IKE_AUTH, any valid one) arrived.
     pub last_heard: Instant,
     /// Send INITIAL_CONTACT in IKE_AUTH (no other IKE SA with this peer exists).
@@ -188,6 +218,11 @@ impl Common {
         } else {
             self.spi_r
         }
+    }
+
+    /// What the endpoint routes the peer's messages for this SA by.
+    pub fn routing_key(&self) -> (Spi, Side) {
+        (self.our_spi(), Side::of(self.initiator))
     }
 
     /// A header for a message of ours.
@@ -258,7 +293,7 @@ impl Common {
         keys: &Keys,
         exchange: ExchangeType,
         payloads: &[Payload],
-        kind: Req,
+        kind: RequestKind,
     ) -> Result<(), Reason> {
         let header = self.header(exchange, false, self.win.next_id());
         let datagrams = protect::seal_datagrams(
@@ -268,7 +303,7 @@ impl Common {
             &mut *ctx.rng,
             self.max_message_len(ctx.cfg),
         )
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::Encode)?;
         self.transmit(ctx, &datagrams);
         self.win.sent(ctx.now, &ctx.cfg.retransmit, datagrams, kind);
         Ok(())
@@ -291,10 +326,25 @@ impl Common {
             &mut *ctx.rng,
             self.max_message_len(ctx.cfg),
         )
-        .map_err(|_| Reason::InternalError)?;
+        .map_err(|_| Reason::Encode)?;
         self.transmit(ctx, &datagrams);
         self.win.responded(id, datagrams);
         Ok(())
+    }
+
+    /// [`Common::send_response`] for an answer whose loss changes nothing on our side: the
+    /// request has been acted on either way, and the peer, the side waiting, retransmits it
+    /// until it gets an answer or gives up. (A request of ours that cannot be built ends the SA
+    /// instead: see [`established::flush`].)
+    pub fn send_response_or_drop(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        keys: &Keys,
+        exchange: ExchangeType,
+        id: u32,
+        payloads: &[Payload],
+    ) {
+        let _ = self.send_response(ctx, keys, exchange, id, payloads);
     }
 
     /// Sends an unprotected message (IKE_SA_INIT and its error answers).
@@ -335,7 +385,7 @@ pub(crate) enum State {
 /// One IKE SA.
 #[derive(Debug)]
 pub(crate) struct IkeSa {
-    pub c: Common,
+    pub common: Common,
     pub state: State,
 }
 
@@ -344,7 +394,7 @@ impl IkeSa {
     pub fn finished(&self, now: Instant) -> bool {
         match &self.state {
             State::Gone => true,
-            State::Closing { until, .. } => now >= *until && !self.c.win.busy(),
+            State::Closing { until, .. } => now >= *until && !self.common.win.busy(),
             _ => false,
         }
     }
@@ -370,56 +420,41 @@ impl IkeSa {
     pub fn next_timeout(&self) -> Option<Instant> {
         let state = match &self.state {
             State::InitReplied(s) => Some(s.expires),
-            State::Established(e) => e.next_timeout(&self.c),
+            State::Established(e) => e.next_timeout(&self.common),
             // While a request is in flight only its timer matters.
-            State::Closing { until, .. } if !self.c.win.busy() => Some(*until),
+            State::Closing { until, .. } if !self.common.win.busy() => Some(*until),
             _ => None,
         };
-        match (self.c.win.deadline(), state) {
+        match (self.common.win.deadline(), state) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Moves the SA to closing, keeping its keys to answer retransmitted requests.
-    pub fn close(&mut self, ctx: &Ctx<'_>) {
-        let keys = match core::mem::replace(&mut self.state, State::Gone) {
-            State::InitReplied(s) => Some(s.init.keys),
-            State::AuthSent(s) => Some(s.init.keys),
-            State::Established(e) => Some(e.keys),
-            State::Closing { keys, .. } => keys,
-            State::InitSent(_) | State::Gone => None,
-        };
-        let linger = crate::timers::retransmit_wait(&ctx.cfg.retransmit, 0);
-        self.state = State::Closing {
-            keys,
-            until: ctx.now + linger,
-        };
-    }
-
     /// Retransmission and state timers.
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
         use crate::window::Timeout;
-        match self.c.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
+        match self.common.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
             Timeout::Nothing => {}
             Timeout::Resend => {
-                if let Some(o) = self.c.win.outstanding() {
+                if let Some(o) = self.common.win.outstanding() {
                     let d = o.datagrams.clone();
-                    self.c.transmit(ctx, &d);
+                    self.common.transmit(ctx, &d);
+                    ctx.stats.retransmits_sent += 1;
                 }
             }
             Timeout::GiveUp => {
-                let kind = self.c.win.abandon().map(|o| o.kind);
+                let kind = self.common.win.abandon().map(|o| o.kind);
                 match &mut self.state {
                     State::Closing { .. } => {}
                     State::Established(e) => {
-                        e.delete_all_children(&self.c, ctx);
-                        self.c.down(ctx, Reason::PeerUnreachable);
+                        e.delete_all_children(&self.common, ctx);
+                        self.common.down(ctx, Reason::PeerUnreachable);
                         self.state = State::Gone;
                     }
                     _ => {
                         if kind.is_some() {
-                            self.c.down(ctx, Reason::PeerUnreachable);
+                            self.common.down(ctx, Reason::PeerUnreachable);
                         }
                         self.state = State::Gone;
                     }
@@ -432,7 +467,7 @@ impl IkeSa {
                 // Never authenticated: nothing was reported up, nothing to report down.
                 self.state = State::Gone;
             }
-            State::Established(_) => established::on_timeout(self, ctx),
+            State::Established(_) => self.with_established(ctx, established::on_timeout),
             _ => {}
         }
     }

@@ -1,5 +1,6 @@
 //! Typed proposals ([`crate::proposal`]) on the wire: the SA payloads we offer and answer with,
-//! and reading the peer's. (Kept here rather than in `proposal.rs`, which another module owns.)
+//! and reading the peer's. (Apart from `proposal.rs`, which knows nothing of the wire format:
+//! configuration strings and selection only.)
 
 use crate::codec::{
     DhId, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId, Sa, Transform, TransformType,

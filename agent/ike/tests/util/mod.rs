@@ -7,13 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use strait_ike::codec::{ExchangeType, Header, Spi, TsRange};
-use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
-use strait_ike::{
-    AuthConfig, Endpoint, EndpointConfig, Event, Identity, Lifetime, PeerConfig, PeerId, Role,
-    Transmit,
-};
+use strait_ike::{Endpoint, EndpointConfig, Event, Identity, PeerConfig, PeerId, Transmit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -71,36 +67,23 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
 
 /// A's side of the tunnel (initiator by default); B's is [`mirror`].
 pub fn config_a() -> PeerConfig {
-    PeerConfig {
-        local_addr: addr(A_IP, 500),
-        remote_addr: addr(B_IP, 500),
-        local_id: Identity::Fqdn("a.example.com".into()),
-        remote_id: Identity::Fqdn("b.example.com".into()),
-        auth: AuthConfig::Psk(SecretBytes::from_slice(b"correct horse battery staple")),
-        ike_proposals: parse_ike_list(&["aes256gcm16-prfsha384-x25519"]).unwrap(),
-        esp_proposals: parse_esp_list(&["aes256gcm16-x25519"]).unwrap(),
-        ike_lifetime: Lifetime::from_rekey(Duration::from_secs(24 * 3600)),
-        child_lifetime: Lifetime::from_rekey(Duration::from_secs(3600)),
-        dpd: None,
-        local_ts: vec![net("10.1.0.0/16")],
-        remote_ts: vec![net("10.2.0.0/16")],
-        role: Role::Start,
-        force_encapsulation: false,
-    }
+    PeerConfig::psk(
+        addr(A_IP, 500),
+        Identity::Fqdn("a.example.com".into()),
+        addr(B_IP, 500),
+        Identity::Fqdn("b.example.com".into()),
+        b"correct horse battery staple",
+    )
+    .with_proposals(
+        parse_ike_list(&["aes256gcm16-prfsha384-x25519"]).unwrap(),
+        parse_esp_list(&["aes256gcm16-x25519"]).unwrap(),
+    )
+    .with_ts(vec![net("10.1.0.0/16")], vec![net("10.2.0.0/16")])
 }
 
 /// The same tunnel seen from B.
 pub fn mirror(a: &PeerConfig) -> PeerConfig {
-    PeerConfig {
-        local_addr: a.remote_addr,
-        remote_addr: a.local_addr,
-        local_id: a.remote_id.clone(),
-        remote_id: a.local_id.clone(),
-        local_ts: a.remote_ts.clone(),
-        remote_ts: a.local_ts.clone(),
-        role: Role::Respond,
-        ..a.clone()
-    }
+    a.mirrored()
 }
 
 impl Pair {

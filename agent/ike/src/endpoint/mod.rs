@@ -1,0 +1,560 @@
+//! The sans-IO endpoint (quinn-proto style): the driver feeds datagrams and time in, and polls
+//! datagrams, timeouts and events out. No sockets, no clock, no OS randomness.
+//!
+//! Datagrams are whole UDP payloads both ways: on the NAT-T port (4500 by default) received
+//! ones still carry the non-ESP marker and sent ones have it added
+//! ([`Transmit::non_esp_marker`]).
+//!
+//! Unauthenticated or malformed input never changes an established SA and is never answered
+//! except where RFC 7296 §2.21 wants it (INVALID_SYNTAX on an authenticated request; COOKIE,
+//! INVALID_KE_PAYLOAD and NO_PROPOSAL_CHOSEN to IKE_SA_INIT). Unknown SPIs are not answered
+//! with INVALID_IKE_SPI (a MAY in §2.21.4): they are counted in [`Stats`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use core::net::{IpAddr, SocketAddr};
+
+use crate::codec::{
+    ExchangeType, Header, Message, Notify, NotifyType, Payload, Spi, Udp4500, classify_udp4500,
+};
+use crate::config::{ConfigError, EndpointConfig, PeerConfig};
+use crate::crypto::rng::Rng;
+use crate::event::{ChildSaId, EspSpi, Event, PeerId, Transmit};
+use crate::reason::Reason;
+use crate::sa::established::{self, Next, child_delete_event};
+use crate::sa::ike_init::InitSent;
+use crate::sa::inbound::{self, Outcome};
+use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State};
+
+mod cookie;
+mod index;
+mod responder;
+
+use cookie::Cookies;
+use index::SaIndex;
+
+/// Counters of input that was dropped or answered without state (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that did not parse as IKE (or were keepalives/ESP on the NAT-T port).
+    pub malformed: u64,
+    /// Messages for an IKE SA we do not have.
+    pub unknown_spi: u64,
+    /// Protected messages whose integrity check failed.
+    pub integrity_failed: u64,
+    /// Messages dropped for their message ID or an unexpected state.
+    pub unexpected: u64,
+    /// Retransmitted requests answered from the response cache.
+    pub retransmits_answered: u64,
+    /// Requests of ours sent again because their answer did not come in time (RFC 7296 §2.1).
+    pub retransmits_sent: u64,
+    /// COOKIE challenges sent.
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests from addresses no peer is configured for.
+    pub no_peer_config: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    cfg: Arc<PeerConfig>,
+}
+
+/// What every transition borrows from the endpoint, besides the SA itself and the SPI table:
+/// kept apart from the SA table so that [`Shared::ctx`] can lend it out while one SA is borrowed.
+struct Shared {
+    config: EndpointConfig,
+    rng: Box<dyn Rng + Send>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_child: u64,
+    stats: Stats,
+    /// IKE SAs created by a rekey during the current transition.
+    spawned: Vec<IkeSa>,
+    /// A monotonic instant and the wall-clock time (Unix seconds) it corresponds to.
+    wall_clock: Option<(Instant, u64)>,
+}
+
+impl Shared {
+    /// The context of a transition at `now`: the one place a [`Ctx`] is built.
+    fn ctx<'a>(&'a mut self, now: Instant, by_spi: &'a HashMap<(Spi, Side), SaId>) -> Ctx<'a> {
+        let unix_time = self.unix_time(now);
+        Ctx {
+            now,
+            rng: &mut *self.rng,
+            cfg: &self.config,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            next_child: &mut self.next_child,
+            by_spi,
+            spawned: &mut self.spawned,
+            unix_time,
+            stats: &mut self.stats,
+        }
+    }
+
+    /// The wall-clock time at `now`, in Unix seconds.
+    fn unix_time(&self, now: Instant) -> Option<i64> {
+        let (at, base) = self.wall_clock?;
+        let base = i64::try_from(base).ok()?;
+        let since = i64::try_from(now.saturating_duration_since(at).as_secs()).ok()?;
+        let before = i64::try_from(at.saturating_duration_since(now).as_secs()).ok()?;
+        base.checked_add(since)?.checked_sub(before)
+    }
+}
+
+/// An IKEv2 endpoint: every configured tunnel and every IKE SA.
+///
+/// # Driving it
+///
+/// After every input — [`Endpoint::handle`], [`Endpoint::handle_timeout`] and every other
+/// `&mut self` method — the driver:
+///
+/// 1. drains [`Endpoint::poll_event`] and applies each event (CHILD SAs to the kernel, status);
+/// 2. then drains [`Endpoint::poll_transmit`] and sends each datagram;
+/// 3. then asks [`Endpoint::poll_timeout`] when to call [`Endpoint::handle_timeout`] next.
+///
+/// Events before datagrams: the kernel must hold a new CHILD SA before the peer hears of it.
+/// As a responder, our answer makes the peer send on the new SA at once, so our inbound SA must
+/// already be installed (RFC 7296 §2.8); as a rekey initiator, the Delete of the old SA must not
+/// leave before the new one is in (make before break).
+pub struct Endpoint {
+    shared: Shared,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Tunnels by their remote address (`None`: any address), for IKE_SA_INIT requests.
+    peers_by_remote: HashMap<Option<IpAddr>, BTreeSet<PeerId>>,
+    next_peer: u64,
+    sas: BTreeMap<SaId, IkeSa>,
+    /// The last [`SaId`] handed out ([`Endpoint::insert_sa`]).
+    last_sa: u64,
+    /// (our SPI, our side) → SA.
+    by_spi: HashMap<(Spi, Side), SaId>,
+    /// Responder: (peer address, initiator SPI) → SA, for IKE_SA_INIT retransmissions.
+    by_init: HashMap<(SocketAddr, Spi), SaId>,
+    /// Timers, half-open counts and SAs per tunnel.
+    index: SaIndex,
+    /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
+    dirty: Vec<SaId>,
+    cookies: Cookies,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peers", &self.peers.len())
+            .field("ike_sas", &self.sas.len())
+            .field("stats", &self.shared.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// A new endpoint drawing all randomness from `rng`.
+    pub fn new(config: EndpointConfig, rng: Box<dyn Rng + Send>) -> Self {
+        Self {
+            shared: Shared {
+                config,
+                rng,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                next_child: 0,
+                stats: Stats::default(),
+                spawned: Vec::new(),
+                wall_clock: None,
+            },
+            peers: BTreeMap::new(),
+            peers_by_remote: HashMap::new(),
+            next_peer: 0,
+            sas: BTreeMap::new(),
+            last_sa: 0,
+            by_spi: HashMap::new(),
+            by_init: HashMap::new(),
+            index: SaIndex::default(),
+            dirty: Vec::new(),
+            cookies: Cookies::default(),
+        }
+    }
+
+    /// Tells the endpoint what wall-clock time (Unix seconds, UTC) the monotonic instant `at`
+    /// is; later times are derived from the `now` of each call. Certificate validity is checked
+    /// against it. Call it once at start and again whenever the system clock is corrected.
+    /// Without it, a peer's certificate cannot be checked and certificate authentication
+    /// fails with [`Reason::ClockUnset`].
+    pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
+        self.shared.wall_clock = Some((at, unix_time));
+    }
+
+    /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
+    ///
+    /// # Errors
+    /// The configuration is unusable.
+    pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<PeerId, ConfigError> {
+        cfg.validate()?;
+        self.next_peer = self.next_peer.wrapping_add(1);
+        let id = PeerId(self.next_peer);
+        self.peers_by_remote
+            .entry(remote_key(&cfg))
+            .or_default()
+            .insert(id);
+        self.peers.insert(id, Peer { cfg: Arc::new(cfg) });
+        Ok(id)
+    }
+
+    /// Starts an IKE SA (with its first CHILD SA) to a configured peer. Unknown peers are
+    /// ignored.
+    pub fn initiate(&mut self, now: Instant, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let cfg = Arc::clone(&p.cfg);
+        let others = self
+            .index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
+            .any(|s| s.established().is_some());
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
+        let spi = ctx.ike_spi(Side::Initiator);
+        match InitSent::start(&mut ctx, peer, cfg, spi) {
+            Ok(mut sa) => {
+                sa.common.initial_contact = !others;
+                self.insert_sa(sa);
+            }
+            Err(reason) => self.shared.events.push_back(Event::IkeSaDown {
+                peer,
+                spis: crate::event::IkeSpis {
+                    initiator: spi,
+                    responder: Spi::ZERO,
+                },
+                reason,
+            }),
+        }
+        self.settle(now);
+    }
+
+    /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA for it is
+    /// being set up or is up. One that is closing does not count: the kernel asks only once per
+    /// flow until its acquire times out (30 s), so ignoring it would stall the tunnel that long.
+    pub fn acquire(&mut self, now: Instant, peer: PeerId) {
+        let live = self
+            .index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
+            .any(|s| !s.closing());
+        if !live {
+            self.initiate(now, peer);
+        }
+    }
+
+    /// Removes a tunnel: every IKE SA with it is deleted (DELETE sent, CHILD SAs reported
+    /// gone at once).
+    pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
+        if let Some(p) = self.peers.remove(&peer) {
+            let key = remote_key(&p.cfg);
+            if let Some(set) = self.peers_by_remote.get_mut(&key) {
+                set.remove(&peer);
+                if set.is_empty() {
+                    self.peers_by_remote.remove(&key);
+                }
+            }
+        }
+        for id in self.index.of_peer(peer) {
+            self.with_sa(now, id, established::delete_locally);
+        }
+        self.settle(now);
+    }
+
+    /// The kernel reports a CHILD SA's lifetime expiry (by either of its SPIs). A hard expiry
+    /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry starts its rekey
+    /// now (unless one is already queued or running, or the SA was already replaced).
+    pub fn expire_child(&mut self, now: Instant, peer: PeerId, spi: EspSpi, hard: bool) {
+        let found = self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| {
+                    e.children
+                        .iter()
+                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                })
+        });
+        let Some(id) = found else { return };
+        if !hard {
+            self.with_sa(now, id, |sa, ctx| {
+                sa.with_established(ctx, |e, c, ctx| {
+                    crate::sa::rekey::soft_expire(e, c, ctx, spi.0)
+                });
+            });
+            self.settle(now);
+            return;
+        }
+        self.with_sa(now, id, |sa, ctx| {
+            sa.with_established(ctx, |e, c, ctx| {
+                let Some(pos) = e
+                    .children
+                    .iter()
+                    .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                else {
+                    return Next::Stay;
+                };
+                let ch = e.children.remove(pos);
+                ctx.events.push_back(child_delete_event(c, &ch));
+                e.queue.push_back(RequestKind::DeleteChild(vec![ch.spi_in]));
+                // As after every change to the queue: a Delete we cannot send ends the SA, as
+                // it does on a timer or a response.
+                established::flush(e, c, ctx)
+            });
+        });
+        self.settle(now);
+    }
+
+    /// The next datagram to send. Call it until it returns `None` after every input, but only
+    /// once [`Endpoint::poll_event`] is drained (see [`Endpoint`]).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.shared.transmits.pop_front()
+    }
+
+    /// The next event for the driver. Call it until it returns `None` after every input, and
+    /// act on each event before sending any datagram from [`Endpoint::poll_transmit`].
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.shared.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] should next be called (`None`: no timer is running).
+    /// Ask again after every input: any of them can move it.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        debug_assert_eq!(
+            self.index.next_deadline(),
+            self.sas.values().filter_map(IkeSa::next_timeout).min(),
+            "the timer index is out of date"
+        );
+        self.index.next_deadline()
+    }
+
+    /// Runs every timer due at `now`. Call it when the instant from [`Endpoint::poll_timeout`]
+    /// has come (calling it early does no harm); then poll as after any input.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for id in self.index.due(now) {
+            self.with_sa(now, id, IkeSa::on_timeout);
+        }
+        self.settle(now);
+    }
+
+    /// Counters of dropped and statelessly answered input.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats
+    }
+
+    /// The CHILD SAs currently installed for `peer` (ids).
+    pub fn children(&self, peer: PeerId) -> Vec<ChildSaId> {
+        self.index
+            .of_peer(peer)
+            .iter()
+            .filter_map(|id| self.sas.get(id))
+            .filter_map(IkeSa::established)
+            .flat_map(|e| e.children.iter().map(|c| c.id))
+            .collect()
+    }
+
+    /// Number of IKE SAs held (any state), for tests and metrics.
+    pub fn ike_sa_count(&self) -> usize {
+        self.sas.len()
+    }
+
+    /// Handles one received UDP payload: `local` is the address it arrived on (its port tells
+    /// the NAT-T port's non-ESP marker apart), `remote` where it came from.
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
+        let ike = if local.port() == self.shared.config.natt_port {
+            match classify_udp4500(datagram) {
+                Udp4500::Ike(b) => b,
+                _ => {
+                    self.shared.stats.malformed += 1;
+                    return;
+                }
+            }
+        } else {
+            datagram
+        };
+        let wire = match Header::peek(ike) {
+            Ok(w) => w,
+            Err(crate::codec::DecodeError::InvalidMajorVersion { major, header }) => {
+                self.shared.stats.malformed += 1;
+                // RFC 7296 §2.5: a request with a higher major version is answered, unprotected,
+                // with INVALID_MAJOR_VERSION in a header carrying our version (2.0). As charon
+                // does, only an IKE_SA_INIT request (nothing else can come from a peer that
+                // does not speak our version).
+                if major > 2
+                    && !header.flags.is_response()
+                    && header.exchange_type == ExchangeType::IKE_SA_INIT
+                {
+                    let mut flags = crate::codec::Flags::RESPONSE;
+                    if !header.flags.is_initiator() {
+                        flags = flags | crate::codec::Flags::INITIATOR;
+                    }
+                    let answer = Message {
+                        header: Header { flags, ..header },
+                        payloads: vec![Payload::Notify(Notify::empty(
+                            NotifyType::INVALID_MAJOR_VERSION,
+                        ))],
+                    };
+                    self.send_stateless(local, remote, &answer);
+                }
+                return;
+            }
+            Err(_) => {
+                self.shared.stats.malformed += 1;
+                return;
+            }
+        };
+        let h = wire.header;
+        if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.is_response() {
+            if h.flags.is_initiator() && h.responder_spi.is_zero() && h.message_id == 0 {
+                self.on_init_request(now, local, remote, ike);
+            } else {
+                self.shared.stats.malformed += 1;
+            }
+            self.settle(now);
+            return;
+        }
+        // Flags say who sent it: from the original initiator, so we are the responder.
+        let we_initiator = !h.flags.is_initiator();
+        let our_spi = if we_initiator {
+            h.initiator_spi
+        } else {
+            h.responder_spi
+        };
+        let Some(&id) = self.by_spi.get(&(our_spi, Side::of(we_initiator))) else {
+            self.shared.stats.unknown_spi += 1;
+            return;
+        };
+        let mut outcome = Outcome::Handled;
+        self.with_sa(now, id, |sa, ctx| {
+            outcome = inbound::on_message(sa, ctx, local, remote, ike, &h);
+        });
+        match outcome {
+            Outcome::Handled => {}
+            Outcome::Integrity => self.shared.stats.integrity_failed += 1,
+            Outcome::Unexpected => self.shared.stats.unexpected += 1,
+            Outcome::Retransmit => self.shared.stats.retransmits_answered += 1,
+        }
+        self.settle(now);
+    }
+
+    fn with_sa(&mut self, now: Instant, id: SaId, f: impl FnOnce(&mut IkeSa, &mut Ctx<'_>)) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        self.dirty.push(id);
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
+        f(sa, &mut ctx);
+        if let State::Established(e) = &mut sa.state
+            && e.initial_contact
+        {
+            e.initial_contact = false;
+            let peer = sa.common.peer;
+            self.replace_older(now, id, peer);
+        }
+        // IKE SAs born from a rekey get their own routing entry.
+        for born in core::mem::take(&mut self.shared.spawned) {
+            self.insert_sa(born);
+        }
+    }
+
+    /// Takes a new SA in under the next [`SaId`] (the one place ids are allocated).
+    fn insert_sa(&mut self, sa: IkeSa) -> SaId {
+        self.last_sa = self.last_sa.wrapping_add(1);
+        let id = SaId(self.last_sa);
+        self.by_spi.insert(sa.common.routing_key(), id);
+        self.sas.insert(id, sa);
+        self.dirty.push(id);
+        id
+    }
+
+    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it (same tunnel,
+    /// same authenticated identity: a tunnel that accepts several peers keeps the others) is
+    /// stale. Their CHILD SAs are removed without any message.
+    fn replace_older(&mut self, now: Instant, keep: SaId, peer: PeerId) {
+        let identity = self
+            .sas
+            .get(&keep)
+            .and_then(|s| s.common.remote_identity.clone());
+        for id in self.index.of_peer(peer) {
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
+            if id == keep || sa.common.remote_identity != identity {
+                continue;
+            }
+            if let State::Established(e) = &mut sa.state {
+                self.dirty.push(id);
+                for ch in e.children.drain(..) {
+                    self.shared
+                        .events
+                        .push_back(child_delete_event(&sa.common, &ch));
+                }
+                self.shared.events.push_back(Event::IkeSaDown {
+                    peer,
+                    spis: sa.common.spis(),
+                    reason: Reason::Replaced,
+                });
+                sa.common.win.abandon();
+                sa.state = State::Closing {
+                    keys: None,
+                    until: now,
+                };
+            }
+        }
+    }
+
+    /// Removes the changed SAs that are finished and re-indexes the others. Every public
+    /// method that can change an SA ends with it.
+    fn settle(&mut self, now: Instant) {
+        let mut dirty = core::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty {
+            let Some(sa) = self.sas.get(&id) else {
+                continue;
+            };
+            if !sa.finished(now) {
+                self.index.update(id, sa);
+                continue;
+            }
+            self.by_spi.remove(&sa.common.routing_key());
+            self.sas.remove(&id);
+            // Keyed by the address IKE_SA_INIT came from: the SA may have floated since.
+            if let Some(key) = self.index.remove(id)
+                && self.by_init.get(&key) == Some(&id)
+            {
+                self.by_init.remove(&key);
+            }
+        }
+    }
+
+    fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        // Not sent if it cannot be encoded: no state depends on it, and the initiator retries.
+        let Ok(bytes) = msg.encode() else { return };
+        let natt = local.port() == self.shared.config.natt_port;
+        self.shared.transmits.push_back(Transmit {
+            local,
+            remote,
+            payload: if natt {
+                crate::codec::with_non_esp_marker(&bytes)
+            } else {
+                bytes
+            },
+            non_esp_marker: natt,
+        });
+    }
+}
+
+/// Where [`Endpoint::peers_by_remote`] files a tunnel.
+fn remote_key(cfg: &PeerConfig) -> Option<IpAddr> {
+    let ip = cfg.remote_addr.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}

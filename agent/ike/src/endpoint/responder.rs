@@ -1,0 +1,143 @@
+//! The responder's side of IKE_SA_INIT (RFC 7296 §1.2): which tunnel a request is for, when to
+//! ask for a COOKIE, retransmissions of a request we answered, and the new half-open SA.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use core::net::{IpAddr, SocketAddr};
+
+use super::Endpoint;
+use crate::codec::{Message, Notify, NotifyType, Payload};
+use crate::config::PeerConfig;
+use crate::event::PeerId;
+use crate::sa::ike_init::{InitRefused, InitReplied};
+use crate::sa::{Side, State, init_error_response};
+
+impl Endpoint {
+    pub(super) fn find_responder_config(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<(PeerId, Arc<PeerConfig>)> {
+        let fits = |c: &PeerConfig| {
+            (c.local_addr.ip().is_unspecified() || c.local_addr.ip() == local.ip())
+                && c.local_addr.is_ipv4() == remote.is_ipv4()
+        };
+        // The first fitting tunnel for exactly this address, else the first for any address.
+        let first = |key: Option<IpAddr>| {
+            self.peers_by_remote
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .find_map(|id| {
+                    let p = self.peers.get(id)?;
+                    fits(&p.cfg).then(|| (*id, Arc::clone(&p.cfg)))
+                })
+        };
+        first(Some(remote.ip())).or_else(|| first(None))
+    }
+
+    pub(super) fn on_init_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        raw: &[u8],
+    ) {
+        let Ok(msg) = Message::parse(raw) else {
+            self.shared.stats.malformed += 1;
+            return;
+        };
+        let key = (remote, msg.header.initiator_spi);
+        if let Some(id) = self.by_init.get(&key).copied() {
+            // A retransmission (or a retry with a cookie that crossed our answer): resend ours.
+            if let Some(sa) = self.sas.get_mut(&id)
+                && let State::InitReplied(replied) = &mut sa.state
+                && same_request(&replied.init.request, raw, &msg)
+                && let Some(cached) = sa.common.win.cached_response()
+            {
+                // The initiator signs the request it sent last (RFC 7296 §2.15): after a cookie
+                // retry that is the one with the COOKIE, whichever of its requests we answered.
+                if replied.init.request != raw {
+                    replied.init.request = raw.to_vec();
+                }
+                let cached = cached.to_vec();
+                self.dirty.push(id);
+                let mut ctx = self.shared.ctx(now, &self.by_spi);
+                sa.common.transmit(&mut ctx, &cached);
+                ctx.stats.retransmits_answered += 1;
+            } else {
+                self.shared.stats.unexpected += 1;
+            }
+            return;
+        }
+        let Some((peer, cfg)) = self.find_responder_config(local, remote) else {
+            self.shared.stats.no_peer_config += 1;
+            return;
+        };
+        let lifetime = self.shared.config.cookie_secret_lifetime;
+        if self.cookie_required(remote)
+            && !self
+                .cookies
+                .valid(now, lifetime, &mut *self.shared.rng, &msg, remote)
+        {
+            let cookie = self
+                .cookies
+                .make(now, lifetime, &mut *self.shared.rng, &msg, remote);
+            if let Some(cookie) = cookie {
+                let answer =
+                    init_error_response(&msg.header, Notify::new(NotifyType::COOKIE, cookie));
+                self.send_stateless(local, remote, &answer);
+                self.shared.stats.cookies_sent += 1;
+            }
+            return;
+        }
+        let mut ctx = self.shared.ctx(now, &self.by_spi);
+        let spi_r = ctx.ike_spi(Side::Responder);
+        match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
+            Ok(sa) => {
+                let id = self.insert_sa(sa);
+                self.by_init.insert(key, id);
+                // Indexed now, so that the key is remembered with it.
+                self.settle(now);
+                self.index.set_init_key(id, key);
+            }
+            Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
+            Err(InitRefused::Drop) => self.shared.stats.unexpected += 1,
+        }
+    }
+
+    fn cookie_required(&self, remote: SocketAddr) -> bool {
+        let (all, from_ip) = self.index.half_open(remote.ip());
+        debug_assert_eq!(
+            all,
+            self.sas.values().filter(|s| s.half_open()).count(),
+            "the half-open count is out of date"
+        );
+        all >= self.shared.config.cookie_threshold
+            || from_ip >= self.shared.config.cookie_threshold_per_ip
+    }
+}
+
+/// Whether `raw` (parsed: `msg`) is the IKE_SA_INIT request we answered (`answered`) again:
+/// byte for byte, or the same request with a COOKIE added in front, which an initiator sends when
+/// our answer to its first request crossed a cookie challenge (§2.6: all other payloads
+/// unchanged).
+fn same_request(answered: &[u8], raw: &[u8], msg: &Message) -> bool {
+    if answered == raw {
+        return true;
+    }
+    let Ok(before) = Message::parse(answered) else {
+        return false;
+    };
+    let without_cookie = |m: &Message| -> Vec<Payload> {
+        m.payloads
+            .iter()
+            .filter(|p| !matches!(p, Payload::Notify(n) if n.ty == NotifyType::COOKIE))
+            .cloned()
+            .collect()
+    };
+    msg.notify(NotifyType::COOKIE).is_some()
+        && before.header == msg.header
+        && without_cookie(&before) == without_cookie(msg)
+}
