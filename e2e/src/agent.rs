@@ -14,35 +14,6 @@ use tempfile::TempDir;
 use crate::cmd;
 use crate::netns;
 
-/// Where the built `strait-agent` is: `$STRAIT_AGENT_BIN`, else
-/// `$CARGO_TARGET_DIR/debug/strait-agent`, else `<workspace>/target/debug/strait-agent`.
-///
-/// # Errors
-/// It has not been built.
-pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRAIT_AGENT_BIN") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("STRAIT_AGENT_BIN={} does not exist", p.display());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let p = target.join("debug/strait-agent");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!(
-            "{} is missing: build it first with `cargo build -p strait-agent` \
-             (the interop tests run the real binary)",
-            p.display()
-        )
-    }
-}
-
 /// A secret file: `DIR/<name>/<key>` holding `value`.
 #[derive(Debug, Clone)]
 pub struct SecretFile {
@@ -105,7 +76,7 @@ impl Agent {
         dataplane: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let bin = binary()?;
+        let bin = crate::product::binary("strait-agent")?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("strait-agent-{}-", std::process::id()))
             .tempdir()

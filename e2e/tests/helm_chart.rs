@@ -170,8 +170,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     let op_kubeconfig = sa_kubeconfig(&cp, "strait-operator");
     let agent_kubeconfig = sa_kubeconfig(&cp, "strait-agent");
     node(&cp, "gw-a", &[("strait.dev/gateway", "true")]);
-    let _op =
-        Operator::start_with_kubeconfig(&cp, "chart-op", &op_kubeconfig, &["--leader-election"]);
+    let _op = operator_as(&cp, "chart-op", &op_kubeconfig, &["--leader-election"]);
     // The agent's side, with the agent's ServiceAccount: heartbeat Lease ...
     let lease = format!(
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: strait-agent-gw-a, namespace: {NS}}}\n\

@@ -25,14 +25,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange, KE, SA};
 use strait_e2e::netns::{self, Site, SitePair};
-use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+use strait_e2e::scenario::{TUNNEL, charon_for, dump, up};
+use strait_e2e::strongswan::{Charon, CharonConfig};
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-rekey-psk-2b9e6d41";
-const TUNNEL: &str = "gw";
 
 /// What a run varies.
 #[derive(Clone, Debug)]
@@ -75,79 +75,42 @@ impl Default for Case {
 }
 
 fn agent_config(case: &Case, me: &Site, peer: &Site, initiation: &str) -> String {
-    let life = |l: Option<&str>| l.map_or(String::new(), |l| format!(", lifetime: {l}"));
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
-  remote: {{id: {rid}, address: {raddr}, subnets: [{rnet}]}}
-  auth: {{psk: {{secretRef: {{name: gw-psk, key: psk}}}}}}
-  ike: {{proposals: [aes256gcm16-prfsha256-x25519]{ilife}}}
-  esp: {{proposals: [{esp}]{elife}}}
-  dpd: {{interval: 60s, timeout: 150s}}
-  initiation: {initiation}
-",
-        lid = me.id,
-        laddr = me.addr,
-        lnet = me.subnet,
-        rid = peer.id,
-        raddr = peer.addr,
-        rnet = peer.subnet,
-        esp = case.esp,
-        ilife = life(case.our_ike_lifetime),
-        elife = life(case.our_esp_lifetime),
-    )
+    TunnelYaml {
+        ike_lifetime: case.our_ike_lifetime.map(str::to_owned),
+        esp_lifetime: case.our_esp_lifetime.map(str::to_owned),
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(me.id, me.addr, me.subnet),
+            End::new(peer.id, peer.addr, peer.subnet),
+        )
+        .proposals("aes256gcm16-prfsha256-x25519", case.esp)
+        .dpd("60s", "150s")
+        .initiation(initiation)
+    }
+    .render()
 }
 
 fn charon_config(case: &Case, me: &Site, peer: &Site, initiates: bool) -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    if initiates {
-        conn.remote_addrs = vec![peer.addr.to_string()];
-    }
-    conn.encap = true;
+    let mut cfg = charon_for(me, peer, PSK, initiates.then(|| peer.addr.to_string()));
+    let conn = &mut cfg.connections[0];
     if let Some(r) = case.ike_rekey {
         conn.rekey_time = Some(r.into());
         // jitter small, and room to finish a rekey before the hard limit
         conn.extra.push(("rand_time".into(), "1s".into()));
         conn.over_time = Some("20s".into());
     }
-    let mut child = ChildConfig::new("net", me.subnet, peer.subnet);
+    let child = &mut conn.children[0];
     child.esp_proposals = vec![case.esp.to_owned()];
     if let Some(r) = case.child_rekey {
         child.rekey_time = Some(r.into());
         child.life_time = Some("60s".into());
         child.extra.push(("rand_time".into(), "1s".into()));
     }
-    conn.children.push(child);
-    let mut cfg = CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: PSK.to_owned(),
-        }],
-        ..CharonConfig::default()
-    };
     if case.capture.is_some() {
         // ike = 4: charon logs each IKE SA's keys, which let tshark decrypt CREATE_CHILD_SA
         cfg.log_level = 4;
     }
     cfg
-}
-
-fn up(t: &Value) -> bool {
-    t["ikeState"] == "Established" && t["ready"] == true
-}
-
-fn dump(agent: &Agent, charon: &Charon) -> String {
-    format!(
-        "--- agent status:\n{}\n--- agent log:\n{}\n--- charon log:\n{}",
-        agent.status_text().unwrap_or_else(|e| e.to_string()),
-        agent.log(),
-        charon.log()
-    )
 }
 
 /// What was seen while watching.

@@ -57,7 +57,7 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     install_crd(&cp);
     node(&cp, "gw-a", &[("strait.dev/gateway", "true")]);
     node(&cp, "edge-1", &[("site-b", "true")]);
-    let _op = Operator::start(
+    let _op = operator(
         &cp,
         "op-1",
         &[

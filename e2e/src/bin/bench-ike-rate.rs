@@ -257,7 +257,7 @@ spec:
     }
 
     fn start(ns: &str, n: usize, proposal: &str) -> Result<Self> {
-        let bin = strait_e2e::agent::binary()?;
+        let bin = strait_e2e::product::binary("strait-agent")?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("strait-bench-agent-{}-", std::process::id()))
             .tempdir()?;
