@@ -53,6 +53,25 @@ impl SecretFile {
 pub const CERT_AUTH_YAML: &str =
     "certificate: {secretRef: {name: tls}}\n    ca: {secretRef: {name: ca, key: ca.crt}}";
 
+/// `BIN standalone` with its config, Secrets and status socket in `root` (`tunnels.yaml`,
+/// `secrets/`, `agent.sock`), `--dataplane dataplane` and `--node node`.
+pub fn standalone_args(bin: &Path, root: &Path, dataplane: &str, node: &str) -> Vec<String> {
+    vec![
+        bin.display().to_string(),
+        "standalone".into(),
+        "--config".into(),
+        root.join("tunnels.yaml").display().to_string(),
+        "--secrets-dir".into(),
+        root.join("secrets").display().to_string(),
+        "--dataplane".into(),
+        dataplane.into(),
+        "--status-socket".into(),
+        root.join("agent.sock").display().to_string(),
+        "--node".into(),
+        node.into(),
+    ]
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -90,20 +109,7 @@ impl Agent {
         }
         fs::create_dir_all(root.join("secrets"))?;
         let log = fs::File::create(root.join("agent.log"))?;
-        let mut args: Vec<String> = vec![
-            bin.display().to_string(),
-            "standalone".into(),
-            "--config".into(),
-            root.join("tunnels.yaml").display().to_string(),
-            "--secrets-dir".into(),
-            root.join("secrets").display().to_string(),
-            "--dataplane".into(),
-            dataplane.into(),
-            "--status-socket".into(),
-            root.join("agent.sock").display().to_string(),
-            "--node".into(),
-            "test-node".into(),
-        ];
+        let mut args = standalone_args(&bin, root, dataplane, "test-node");
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut c = netns::exec_command(ns, &args);
         c.env("RUST_LOG", "info,strait_agent=debug")

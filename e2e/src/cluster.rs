@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use serde_json::Value;
 
 use crate::controlplane::ControlPlane;
 use crate::netns::{Topology, TopologyBuilder};
@@ -28,6 +29,16 @@ pub const LOCAL_NET: &str = "198.51.100.0/24";
 pub const REMOTE_NET: &str = "203.0.113.0/24";
 pub const IKE: &str = "aes256gcm16-prfsha256-x25519";
 pub const ESP: &str = "aes256gcm16-x25519";
+/// A gateway agent without ESP (this host's kernel has none) and with a short heartbeat, so
+/// failover is quick: lease 6 s, renewed every 2 s.
+pub const AGENT_ARGS: &[&str] = &[
+    "--dataplane",
+    "none",
+    "--lease-duration-seconds",
+    "6",
+    "--renew-interval",
+    "2",
+];
 
 /// The namespaces of `gateways` (`gw1`, `gw2`: the n-th on 192.0.2.(4n-3)/30, the remote end on
 /// .(4n-2)) and `remote`, each gateway routing `to` (an address or range on the remote site's
@@ -97,6 +108,15 @@ pub fn psk_secret(name: &str, psk: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{psk}\"}}\n"
     )
+}
+
+/// Tunnel `name`'s status (null when it cannot be read).
+pub fn status(cp: &ControlPlane, name: &str) -> Value {
+    cp.kubectl(["get", "ipsectunnel", name, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v.get("status").cloned())
+        .unwrap_or(Value::Null)
 }
 
 /// Waits until every node in `nodes` has its heartbeat Lease (the operator elects only nodes

@@ -423,14 +423,22 @@ pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, sa: &str) 
 pub fn install_crd(cp: &ControlPlane) -> Result<String> {
     let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
     let out = cp.kubectl(["apply", "--server-side", "-f", crd])?;
+    wait_crd(cp, 60)?;
+    cp.kubectl(["create", "namespace", NAMESPACE])?;
+    Ok(out)
+}
+
+/// Waits up to `secs` seconds until the API server serves the IPsecTunnel CRD (`Established`).
+///
+/// # Errors
+/// kubectl fails or it is not Established in time.
+pub fn wait_crd(cp: &ControlPlane, secs: u32) -> Result<String> {
     cp.kubectl([
         "wait",
         "--for=condition=Established",
         "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])?;
-    cp.kubectl(["create", "namespace", NAMESPACE])?;
-    Ok(out)
+        &format!("--timeout={secs}s"),
+    ])
 }
 
 /// A Node object `name` labelled `strait.dev/gateway=true` (there is no kubelet: the object is

@@ -32,7 +32,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_e2e::cluster::{self, ESP, IKE, REMOTE_ADDR};
+// AGENT_ARGS: a heartbeat lease far shorter than the outage: the agent cannot renew it while the
+// API server is away, so the operator finds it long expired when the server returns.
+use strait_e2e::cluster::{self, AGENT_ARGS, ESP, IKE, REMOTE_ADDR};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon, NAMESPACE};
@@ -40,16 +42,6 @@ use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endp
 use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-outage-test-psk-7c2f90";
-/// A heartbeat lease far shorter than the outage: the agent cannot renew it while the API server
-/// is away, so the operator finds it long expired when the server returns.
-const AGENT_ARGS: &[&str] = &[
-    "--dataplane",
-    "none",
-    "--lease-duration-seconds",
-    "6",
-    "--renew-interval",
-    "2",
-];
 /// How long the tunnel is watched after the API server is back (several lease durations and
 /// operator wake-ups).
 const SETTLE: Duration = Duration::from_secs(15);

@@ -73,13 +73,7 @@ fn install(charon_cfg: &CharonConfig) -> Installed {
         ])
         .unwrap();
     assert!(out.contains("STATUS: deployed"), "{out}");
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(&cp, 60).unwrap();
     let op_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-operator").unwrap();
     let agent_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-agent").unwrap();
     node(&cp, "gw1", &[("strait.dev/gateway", "true")]);

@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_e2e::cluster::{self, IKE, REMOTE_ADDR};
+use strait_e2e::cluster::{self, AGENT_ARGS, IKE, REMOTE_ADDR};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon};
@@ -34,15 +34,6 @@ use strait_e2e::tunnel::TunnelYaml;
 
 const TUNNEL: &str = "dc1-to-dc2";
 const PSK: &str = "strait-cluster-test-psk-4b9e1d";
-/// Short heartbeat so failover is quick: lease 6 s, renewed every 2 s.
-const AGENT_ARGS: &[&str] = &[
-    "--dataplane",
-    "none",
-    "--lease-duration-seconds",
-    "6",
-    "--renew-interval",
-    "2",
-];
 
 fn tunnel_yaml(ike: &str) -> String {
     TunnelYaml {
@@ -57,11 +48,7 @@ fn secret_yaml(psk: &str) -> String {
 }
 
 fn status(cp: &ControlPlane) -> Value {
-    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
+    cluster::status(cp, TUNNEL)
 }
 
 fn ready(s: &Value) -> (String, String) {

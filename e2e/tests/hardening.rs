@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::flood::{self, InitAnswer, Kind, Mutator, Pacer, Rng, UdpCounters};
 use strait_e2e::netns::{self, Site, SitePair, Topology};
-use strait_e2e::scenario::{TUNNEL, dump_last, psk_config, up};
+use strait_e2e::scenario::{TUNNEL, charon_for, dump_last, psk_config, up};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint};
 use strait_e2e::tunnel::{End, TunnelYaml};
 
@@ -42,6 +42,11 @@ const PSK: &str = "strait-hardening-psk-5e0c7a12";
 /// `STRAIT_HARDENING_LONG=1`: the long versions, for the recorded figures.
 fn long() -> bool {
     std::env::var("STRAIT_HARDENING_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `short`, or `long` under `STRAIT_HARDENING_LONG=1`.
+fn by_length<T>(short: T, long_version: T) -> T {
+    if long() { long_version } else { short }
 }
 
 /// A seed that differs per run unless `STRAIT_HARDENING_SEED` fixes it (printed, to replay).
@@ -82,6 +87,18 @@ fn start_agent(ns: &str, yaml: &str, extra: &[&str]) -> Agent {
         extra,
     )
     .expect("start strait-agent")
+}
+
+/// The agent in `ns` with `yaml`, once it and `charon` have tunnel [`TUNNEL`] up.
+fn agent_up(ns: &str, yaml: &str, charon: &Charon) -> Agent {
+    let agent = start_agent(ns, yaml, &[]);
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, charon)));
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    agent
 }
 
 /// charon's connection `name` from `local` (`addr`, `id`, `net`) to the agent.
@@ -267,42 +284,18 @@ fn receive(sock: UdpSocket, stop: Arc<AtomicBool>, rx: Arc<Received>) -> thread:
 #[test]
 fn malformed_datagrams_leave_the_tunnel_and_the_agent_intact() {
     let _serial = netns::serial();
-    let (count, rate) = if long() {
-        (200_000u64, 5_000u64)
-    } else {
-        (20_000, 5_000)
-    };
+    let (count, rate) = by_length((20_000u64, 5_000u64), (200_000, 5_000));
     let seed = seed();
     let mut pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
     let iface = pair.topology.interface("left", "right").unwrap();
     let tcpdump = start_capture(&mut pair.topology, "left", &iface, dir.path());
     let (left, right) = (pair.left.clone(), pair.right.clone());
-    let charon = Charon::start(
-        &right.ns,
-        &charon_config(
-            charon_conn(
-                TUNNEL,
-                right.id,
-                &right.addr.to_string(),
-                right.subnet,
-                left.id,
-                left.subnet,
-                None,
-                Some("2s"),
-            ),
-            [right.id, left.id],
-        ),
-    )
-    .expect("start charon");
+    let mut cfg = charon_for(&right, &left, PSK, None);
+    cfg.connections[0].dpd_delay = Some("2s".into());
+    let charon = Charon::start(&right.ns, &cfg).expect("start charon");
     let yaml = site_tunnel(&left, &right).dpd("1s", "30s").render();
-    let agent = start_agent(&left.ns, &yaml, &[]);
-    agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
-    charon
-        .wait_up(TUNNEL, "net", Duration::from_secs(10))
-        .unwrap();
+    let agent = agent_up(&left.ns, &yaml, &charon);
     // let both sides' DPD exchanges go by, so the capture holds protected requests and
     // responses of the live SA too
     let informational = "parsed INFORMATIONAL";
@@ -487,11 +480,7 @@ fn malformed_datagrams_leave_the_tunnel_and_the_agent_intact() {
 #[test]
 fn half_open_flood_engages_cookies_and_spares_the_tunnels() {
     let _serial = netns::serial();
-    let (secs, rate) = if long() {
-        (75u64, 5_000u64)
-    } else {
-        (20, 3_000)
-    };
+    let (secs, rate) = by_length((20u64, 3_000u64), (75, 5_000));
     let seed = seed();
     // agent ── peer (charon1: the established tunnel)
     //       ── peer2 (charon2: a new tunnel during the flood)
@@ -563,13 +552,7 @@ fn half_open_flood_engages_cookies_and_spares_the_tunnels() {
         ),
     )
     .expect("start charon");
-    let agent = start_agent(&agent_ns, &yaml, &[]);
-    agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
-    charon
-        .wait_up(TUNNEL, "net", Duration::from_secs(10))
-        .unwrap();
+    let agent = agent_up(&agent_ns, &yaml, &charon);
     let charon2 = Charon::start(
         &peer2_ns,
         &charon_config(
@@ -786,23 +769,8 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
     let (left, right) = (pair.left.clone(), pair.right.clone());
     // every fifth datagram: 20 % loss
     periodic_loss(&left.ns, 5);
-    let charon = Charon::start(
-        &right.ns,
-        &charon_config(
-            charon_conn(
-                TUNNEL,
-                right.id,
-                &right.addr.to_string(),
-                right.subnet,
-                left.id,
-                left.subnet,
-                None,
-                None,
-            ),
-            [right.id, left.id],
-        ),
-    )
-    .expect("start charon");
+    let charon =
+        Charon::start(&right.ns, &charon_for(&right, &left, PSK, None)).expect("start charon");
 
     // 60 s × 0.05: CHILD rekeys due every 2.7-3 s; 240 s × 0.05: IKE rekeys every 10.8-12 s.
     // Under loss each exchange (and the DELETE after each rekey) waits 4 s, 7.2 s, ... for
@@ -969,8 +937,8 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
     );
     // An exchange whose request or answer is lost six times in a row exhausts the
     // retransmissions (rare with every fifth datagram dropped, but exchanges interleave): the
-    // IKE SA is then rightly declared unreachable and set up again. That is the only way down allowed, and
-    // only then may the tunnel have been not ready.
+    // IKE SA is then rightly declared unreachable and set up again. That is the only way down
+    // allowed, and only then may the tunnel have been not ready.
     let downs: Vec<&str> = log.lines().filter(|l| l.contains("IKE SA down")).collect();
     assert!(
         downs.iter().all(|l| l.contains("reason=PeerUnreachable")),

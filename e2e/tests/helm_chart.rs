@@ -143,13 +143,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         out.contains("kubectl label node"),
         "NOTES.txt missing: {out}"
     );
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(&cp, 60).unwrap();
     let replicas = cp
         .kubectl([
             "get",
@@ -199,11 +193,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         "the IPsecTunnel kind in discovery",
         || cp.kubectl(["get", "ipsectunnels"]).ok(),
     );
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("dc2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("dc2", "strait.dev/gateway"));
     wait_for(
         Duration::from_secs(60),
         "WaitingForAgent from the chart-RBAC operator",
@@ -218,14 +208,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     let o = kubectl_as(
         &cp,
         &agent_kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=strait-agent/gw-a",
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
+        &agent_status_apply("gw-a").each_ref().map(String::as_str),
         Some(entry),
     );
     assert!(
@@ -326,14 +309,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     let o = kubectl_as(
         &cp,
         &agent_kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=strait-agent/gw-a",
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
+        &agent_status_apply("gw-a").each_ref().map(String::as_str),
         Some(clear),
     );
     assert!(

@@ -59,11 +59,7 @@ fn only_the_leader_reconciles_and_a_standby_takes_over() {
     assert_eq!(first, "op-one");
     let mut two = operator(&cp, "op-two", &args);
 
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("t1", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("t1", "strait.dev/gateway"));
     wait_for(Duration::from_secs(30), "t1 reconciled", || {
         (tunnel_field(&cp, "t1", "{.status.activeGateway}") == "gw-a").then_some(())
     });
@@ -85,11 +81,7 @@ fn only_the_leader_reconciles_and_a_standby_takes_over() {
         (holder(&cp) == "op-two").then_some(())
     });
     let took_lease = killed.elapsed();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("t2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("t2", "strait.dev/gateway"));
     wait_for(Duration::from_secs(30), "t2 reconciled by op-two", || {
         (tunnel_field(&cp, "t2", "{.status.activeGateway}") == "gw-a").then_some(())
     });

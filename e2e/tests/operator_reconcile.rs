@@ -61,11 +61,7 @@ fn election_conditions_failover_events_and_metrics() {
 
     // Apply -> elected, waiting for the agent.
     let applied = Instant::now();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("dc2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("dc2", "strait.dev/gateway"));
     wait_for(
         Duration::from_secs(60),
         "activeGateway gw-a, WaitingForAgent",

@@ -158,19 +158,6 @@ fn xfrm_states(ns: &str) -> Vec<XState> {
     v
 }
 
-/// Our policies (`ip xfrm policy` lines starting with `src`), socket policies excluded.
-fn xfrm_policies(ns: &str) -> Vec<String> {
-    netns::exec(ns, &["ip", "xfrm", "policy"])
-        .unwrap()
-        .stdout
-        .lines()
-        // the IKE sockets' bypass policies show as 0.0.0.0/0 <-> 0.0.0.0/0 (one per socket
-        // and direction): not ours to count
-        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// `GET /metrics` from inside `ns`, the body.
 fn metrics(ns: &str) -> String {
     let (host, port) = METRICS.split_once(':').unwrap();
@@ -248,7 +235,7 @@ fn assert_exact_objects(agent: &Agent) {
     let mut have: Vec<String> = xfrm_states(agent.ns()).into_iter().map(|s| s.spi).collect();
     have.sort();
     assert_eq!(have, want, "kernel SAs vs status");
-    let pols = xfrm_policies(agent.ns());
+    let pols = netns::xfrm_policies(agent.ns()).unwrap();
     assert_eq!(pols.len(), 3, "out/in/fwd expected: {pols:?}");
 }
 
@@ -376,7 +363,7 @@ fn a_charon_both_directions_and_counters() {
     agent.terminate(Duration::from_secs(10)).unwrap();
     assert!(xfrm_states(&left.ns).is_empty(), "SAs left after SIGTERM");
     assert!(
-        xfrm_policies(&left.ns).is_empty(),
+        netns::xfrm_policies(&left.ns).unwrap().is_empty(),
         "policies left after SIGTERM"
     );
     drop(agent);
@@ -788,7 +775,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
             let t = agent.tunnel(TUNNEL).unwrap_or(Value::Null);
             let waiting = t["ikeState"] == "Down"
                 && xfrm_states(&left.ns).is_empty()
-                && xfrm_policies(&left.ns).len() == 1;
+                && netns::xfrm_policies(&left.ns).unwrap().len() == 1;
             if waiting {
                 return t;
             }
@@ -806,7 +793,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
         t["notes"].as_array().is_none_or(|n| n.is_empty()),
         "no fallback note expected: {t}"
     );
-    let pol = &xfrm_policies(&left.ns)[0];
+    let pol = &netns::xfrm_policies(&left.ns).unwrap()[0];
     assert!(
         pol.starts_with(&format!("src {} dst {}", left.subnet, right.subnet)),
         "the outbound policy expected: {pol}"

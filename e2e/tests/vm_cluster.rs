@@ -73,11 +73,7 @@ fn wait_file(path: &Path, timeout: Duration, vm: &mut vm::Running, what: &str) -
 }
 
 fn status(cp: &ControlPlane) -> Value {
-    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
+    cluster::status(cp, TUNNEL)
 }
 
 /// A copy of `src` in `dir`, stripped of debug info when `strip` can (the guest reads it over
@@ -367,15 +363,14 @@ fn sas(ns: &str) -> Vec<(String, String, u64, u64)> {
     v
 }
 
-/// `ip xfrm policy` entries other than the IKE sockets' bypass policies.
-fn policies(ns: &str) -> Vec<String> {
-    netns::exec(ns, &["ip", "xfrm", "policy"])
-        .unwrap()
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
-        .map(str::to_owned)
-        .collect()
+/// The node's SAs and policies, and the agent's log.
+fn kernel_view(gw: &str, agent: &GuestAgent) -> String {
+    format!(
+        "{:?} {:?}\n{}",
+        sas(gw),
+        netns::xfrm_policies(gw).unwrap(),
+        agent.log()
+    )
 }
 
 fn wait_until(
@@ -500,8 +495,8 @@ fn guest_gateway_node() {
     wait_until(
         "the agent's two SAs and three policies in the node",
         Duration::from_secs(60),
-        || sas(&gw).len() == 2 && policies(&gw).len() == 3,
-        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+        || sas(&gw).len() == 2 && netns::xfrm_policies(&gw).unwrap().len() == 3,
+        || kernel_view(&gw, &agent),
     );
     println!("guest: tunnel up at {:.1} s", t0.elapsed().as_secs_f64());
     for (node, from, to) in [
@@ -573,8 +568,8 @@ fn guest_gateway_node() {
     wait_until(
         "the node's SAs and policies removed",
         Duration::from_secs(30),
-        || sas(&gw).is_empty() && policies(&gw).is_empty(),
-        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+        || sas(&gw).is_empty() && netns::xfrm_policies(&gw).unwrap().is_empty(),
+        || kernel_view(&gw, &agent),
     );
     assert!(
         charon.log().contains("received DELETE"),

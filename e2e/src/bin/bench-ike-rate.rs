@@ -266,21 +266,7 @@ spec:
         fs::create_dir_all(root.join("secrets/bench-psk"))?;
         fs::write(root.join("secrets/bench-psk/psk"), PSK)?;
         let log = fs::File::create(root.join("agent.log"))?;
-        let sock = root.join("agent.sock");
-        let args: Vec<String> = vec![
-            bin.display().to_string(),
-            "standalone".into(),
-            "--config".into(),
-            root.join("tunnels.yaml").display().to_string(),
-            "--secrets-dir".into(),
-            root.join("secrets").display().to_string(),
-            "--dataplane".into(),
-            "none".into(),
-            "--status-socket".into(),
-            sock.display().to_string(),
-            "--node".into(),
-            "bench".into(),
-        ];
+        let args = strait_e2e::agent::standalone_args(&bin, root, "none", "bench");
         let mut c = netns::exec_command(ns, &args);
         c.env("RUST_LOG", "info")
             .stdin(Stdio::null())

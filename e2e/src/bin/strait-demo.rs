@@ -69,12 +69,7 @@ fn run() -> Result<()> {
     step(2, "Installing the IPsecTunnel CRD (crds/ipsectunnel.yaml)");
     let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
     print!("{}", cp.kubectl(["apply", "--server-side", "-f", crd])?);
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=30s",
-    ])?;
+    strait_e2e::product::wait_crd(&cp, 30)?;
 
     step(
         3,

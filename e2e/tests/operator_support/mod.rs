@@ -81,13 +81,7 @@ pub fn install_crd(cp: &ControlPlane) {
     let crd = workspace().join("crds/ipsectunnel.yaml");
     cp.kubectl(["apply", "--server-side", "-f", crd.to_str().unwrap()])
         .unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(cp, 60).unwrap();
     wait_for(
         Duration::from_secs(30),
         "the IPsecTunnel kind in discovery",
@@ -98,6 +92,12 @@ pub fn install_crd(cp: &ControlPlane) {
         &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"),
     )
     .unwrap();
+}
+
+/// `kubectl apply` of `yaml`.
+pub fn apply(cp: &ControlPlane, yaml: &str) {
+    cp.kubectl_stdin(["apply", "-f", "-"], yaml)
+        .unwrap_or_else(|e| panic!("kubectl apply: {e:#}"));
 }
 
 /// Creates a Node object (there is no kubelet: it is only an API object) with `labels`.
@@ -232,28 +232,32 @@ impl Drop for StandInHeartbeat {
     }
 }
 
+/// kubectl's arguments to apply stdin to the status subresource as the agent on `node` does
+/// (server-side, field manager `strait-agent/<node>`).
+pub fn agent_status_apply(node: &str) -> [String; 6] {
+    [
+        "apply".into(),
+        "--server-side".into(),
+        format!("--field-manager=strait-agent/{node}"),
+        "--subresource=status".into(),
+        "-f".into(),
+        "-".into(),
+    ]
+}
+
 /// Applies `status.gateways[]` entry YAML (indented list item) as the agent on `node` would:
 /// server-side apply of the status subresource under the field manager `strait-agent/<node>`.
 pub fn agent_report(cp: &ControlPlane, tunnel: &str, node: &str, entry_fields: &str) {
     let yaml = format!(
         "apiVersion: strait.dev/v1alpha1\nkind: IPsecTunnel\nmetadata:\n  name: {tunnel}\nstatus:\n  gateways:\n  - node: {node}\n{entry_fields}"
     );
-    cp.kubectl_stdin(
-        [
-            "apply",
-            "--server-side",
-            &format!("--field-manager=strait-agent/{node}"),
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
-        &yaml,
-    )
-    .unwrap_or_else(|e| panic!("agent status apply failed: {e:#}"));
+    cp.kubectl_stdin(agent_status_apply(node), &yaml)
+        .unwrap_or_else(|e| panic!("agent status apply failed: {e:#}"));
 }
 
-/// Reasons of the Events about `tunnel` (cluster-scoped objects' Events live in `default`).
-pub fn event_reasons(cp: &ControlPlane, tunnel: &str) -> Vec<String> {
+/// One line per Event about `tunnel`, as `fields` (a jsonpath template) renders it
+/// (cluster-scoped objects' Events live in `default`).
+fn event_lines(cp: &ControlPlane, tunnel: &str, fields: &str) -> Vec<String> {
     cp.kubectl([
         "get",
         "events.events.k8s.io",
@@ -261,7 +265,7 @@ pub fn event_reasons(cp: &ControlPlane, tunnel: &str) -> Vec<String> {
         "default",
         "-o",
         &format!(
-            r#"jsonpath={{range .items[?(@.regarding.name=="{tunnel}")]}}{{.reason}}{{"\n"}}{{end}}"#
+            r#"jsonpath={{range .items[?(@.regarding.name=="{tunnel}")]}}{fields}{{"\n"}}{{end}}"#
         ),
     ])
     .unwrap_or_default()
@@ -270,21 +274,16 @@ pub fn event_reasons(cp: &ControlPlane, tunnel: &str) -> Vec<String> {
     .collect()
 }
 
+/// Reasons of the Events about `tunnel`.
+pub fn event_reasons(cp: &ControlPlane, tunnel: &str) -> Vec<String> {
+    event_lines(cp, tunnel, "{.reason}")
+}
+
 /// The notes of the Events about `tunnel` with `reason`.
 pub fn event_notes(cp: &ControlPlane, tunnel: &str, reason: &str) -> String {
-    cp.kubectl([
-        "get",
-        "events.events.k8s.io",
-        "-n",
-        "default",
-        "-o",
-        &format!(
-            r#"jsonpath={{range .items[?(@.regarding.name=="{tunnel}")]}}{{.reason}}: {{.note}}{{"\n"}}{{end}}"#
-        ),
-    ])
-    .unwrap_or_default()
-    .lines()
-    .filter(|l| l.starts_with(&format!("{reason}:")))
-    .collect::<Vec<_>>()
-    .join("\n")
+    event_lines(cp, tunnel, "{.reason}: {.note}")
+        .into_iter()
+        .filter(|l| l.starts_with(&format!("{reason}:")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
