@@ -174,9 +174,9 @@ fn assert_agree_on(sas: &ListSas, ours: &Value, expect_ike: &str) {
     }
 }
 
-/// Agent on `left` initiates to charon on `right`; returns both once up.
-fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
-    let _serial = netns::serial();
+/// charon on `right` responding, and the agent on `left` started to it. The sites come first:
+/// they go last, after the processes in them.
+fn agent_to_charon(case: &Case, nat: bool) -> (SitePair, Charon, Agent) {
     let pair = SitePair::new(nat).expect("topology");
     let charon = Charon::start(
         &pair.right.ns,
@@ -190,6 +190,13 @@ fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
         &pair.right.addr.to_string(),
         "start",
     );
+    (pair, charon, agent)
+}
+
+/// Agent on `left` initiates to charon on `right`; both sides agree once up.
+fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
+    let _serial = netns::serial();
+    let (pair, charon, agent) = agent_to_charon(case, nat);
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
@@ -316,27 +323,16 @@ fn proposal_table() {
     }
 }
 
-/// The agent on `left` initiates to charon on `right` and fails with `reason`.
-fn agent_fails(case: &Case, reason: &str) -> (Agent, Charon, Value) {
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let agent = start_agent(
-        case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
+/// The agent on `left` initiates to charon on `right` and fails with `reason`. The sites come
+/// first: they go last, after the processes in them.
+fn agent_fails(case: &Case, reason: &str) -> (SitePair, Charon, Agent, Value) {
+    let (pair, charon, agent) = agent_to_charon(case, false);
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
             t["lastError"]["reason"] == reason
         })
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    (agent, charon, ours)
+    (pair, charon, agent, ours)
 }
 
 #[test]
@@ -346,7 +342,7 @@ fn wrong_psk_is_authentication_failed_on_both_sides() {
         agent_psk: "this-is-not-the-key-charon-has",
         ..Case::default()
     };
-    let (agent, charon, ours) = agent_fails(&case, "AuthenticationFailed");
+    let (_pair, charon, agent, ours) = agent_fails(&case, "AuthenticationFailed");
     assert_ne!(ours["ikeState"], "Established");
     assert!(!agent.log().contains(case.agent_psk), "PSK in our log");
     assert!(
@@ -375,7 +371,7 @@ fn mismatched_proposals_are_no_proposal_chosen_on_both_sides() {
         charon_ike: vec!["aes128-sha256-modp3072"],
         ..Case::default()
     };
-    let (_agent, charon, ours) = agent_fails(&case, "NoProposalChosen");
+    let (_pair, charon, _agent, ours) = agent_fails(&case, "NoProposalChosen");
     assert_ne!(ours["ikeState"], "Established");
     let log = charon.log();
     assert!(
@@ -391,19 +387,7 @@ fn dpd_declares_a_killed_charon_unreachable() {
         dpd: Some(("2s", "6s")),
         ..Case::default()
     };
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
+    let (_pair, charon, agent) = agent_to_charon(&case, false);
     agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
@@ -550,26 +534,10 @@ fn kernel_dataplane_on_esp_less_host_reports_kernel_unsupported() {
 fn sighup_adds_and_removes_tunnels_without_disturbing_others() {
     let _serial = netns::serial();
     let case = Case::default();
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let base = agent_config(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
+    let (pair, charon, agent) = agent_to_charon(&case, false);
+    // the config agent_to_charon started the agent with
+    let peer = pair.right.addr.to_string();
+    let base = agent_config(&case, &pair.left, &pair.right, &peer, "start");
     let before = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));

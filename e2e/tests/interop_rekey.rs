@@ -129,6 +129,34 @@ struct Seen {
     samples: usize,
 }
 
+impl Seen {
+    /// At least `n` CHILD SAs on each side (the CHILD SA was rekeyed), and one IKE SA throughout.
+    fn assert_child_rekeys(&self, n: usize) {
+        assert!(
+            self.child_spis.len() >= n,
+            "too few CHILD rekeys seen on our side: {self:?}"
+        );
+        assert!(
+            self.charon_child_ids.len() >= n,
+            "too few CHILD SAs seen on charon's side: {self:?}"
+        );
+        assert_eq!(self.ike_spis.len(), 1, "the IKE SA changed: {self:?}");
+    }
+
+    /// At least `n` IKE SAs on each side, and the one CHILD SA moved to each unchanged.
+    fn assert_ike_rekeys(&self, n: usize) {
+        assert!(
+            self.ike_spis.len() >= n,
+            "too few IKE rekeys seen on our side: {self:?}"
+        );
+        assert!(
+            self.charon_ike_ids.len() >= n,
+            "too few IKE SAs seen on charon's side: {self:?}"
+        );
+        assert_eq!(self.child_spis.len(), 1, "the CHILD SA changed: {self:?}");
+    }
+}
+
 /// Samples both sides for `case.watch`.
 fn watch(case: &Case, agent: &Agent, charon: &Charon) -> Seen {
     let mut seen = Seen::default();
@@ -387,17 +415,8 @@ fn child_rekeys_by_charon(esp: &'static str, agent_initiates: bool) {
         agent_initiates,
         ..Case::default()
     };
-    let seen = run(&case);
     // rekey at 4-5 s: four or more in 24 s; allow slack for a slow machine
-    assert!(
-        seen.child_spis.len() >= 4,
-        "too few CHILD rekeys seen on our side: {seen:?}"
-    );
-    assert!(
-        seen.charon_child_ids.len() >= 4,
-        "too few CHILD SAs seen on charon's side: {seen:?}"
-    );
-    assert_eq!(seen.ike_spis.len(), 1, "the IKE SA changed: {seen:?}");
+    run(&case).assert_child_rekeys(4);
 }
 
 /// charon is the IKE responder and starts CREATE_CHILD_SA: with it the ESP keys are split by
@@ -430,17 +449,7 @@ fn ike_rekeys_by_charon(agent_initiates: bool) {
         watch: Duration::from_secs(30),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.ike_spis.len() >= 3,
-        "too few IKE rekeys seen on our side: {seen:?}"
-    );
-    assert!(
-        seen.charon_ike_ids.len() >= 3,
-        "too few IKE SAs seen on charon's side: {seen:?}"
-    );
-    // the CHILD SA moves to the new IKE SA unchanged
-    assert_eq!(seen.child_spis.len(), 1, "the CHILD SA changed: {seen:?}");
+    run(&case).assert_ike_rekeys(3);
 }
 
 #[test]
@@ -541,13 +550,7 @@ fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool, capture: bool) {
         capture: capture.then_some(Some(esp.contains("x25519"))),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.child_spis.len() >= 4,
-        "too few CHILD rekeys by us: {seen:?}"
-    );
-    assert!(seen.charon_child_ids.len() >= 4, "{seen:?}");
-    assert_eq!(seen.ike_spis.len(), 1, "the IKE SA changed: {seen:?}");
+    run(&case).assert_child_rekeys(4);
 }
 
 /// We start CREATE_CHILD_SA as the IKE initiator, with PFS.
@@ -578,13 +581,7 @@ fn ike_rekeys_by_us(agent_initiates: bool) {
         watch: Duration::from_secs(30),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.ike_spis.len() >= 3,
-        "too few IKE rekeys by us: {seen:?}"
-    );
-    assert!(seen.charon_ike_ids.len() >= 3, "{seen:?}");
-    assert_eq!(seen.child_spis.len(), 1, "the CHILD SA changed: {seen:?}");
+    run(&case).assert_ike_rekeys(3);
 }
 
 #[test]
