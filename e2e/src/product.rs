@@ -169,9 +169,9 @@ impl Daemon {
     }
 
     /// One named replica of `strait-operator run`, as the operator tests run several: identity
-    /// `name`, its own metrics and health ports ([`Daemon::http_get`]), debug logs, the
-    /// identity of `kubeconfig`, and the product's defaults otherwise (it manages the agent
-    /// DaemonSet), with `extra`.
+    /// `name`, its own metrics and health ports ([`Daemon::metrics`], [`Daemon::health`]), debug
+    /// logs, the identity of `kubeconfig`, and the product's defaults otherwise (it manages the
+    /// agent DaemonSet), with `extra`.
     ///
     /// # Errors
     /// The binary is missing or cannot start.
@@ -368,7 +368,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// A minimal HTTP/1.1 GET to `127.0.0.1:port`: status code and body.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
