@@ -14,35 +14,6 @@ use tempfile::TempDir;
 use crate::cmd;
 use crate::netns;
 
-/// Where the built `strait-agent` is: `$STRAIT_AGENT_BIN`, else
-/// `$CARGO_TARGET_DIR/debug/strait-agent`, else `<workspace>/target/debug/strait-agent`.
-///
-/// # Errors
-/// It has not been built.
-pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRAIT_AGENT_BIN") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("STRAIT_AGENT_BIN={} does not exist", p.display());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    let p = target.join("debug/strait-agent");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!(
-            "{} is missing: build it first with `cargo build -p strait-agent` \
-             (the interop tests run the real binary)",
-            p.display()
-        )
-    }
-}
-
 /// A secret file: `DIR/<name>/<key>` holding `value`.
 #[derive(Debug, Clone)]
 pub struct SecretFile {
@@ -82,6 +53,25 @@ impl SecretFile {
 pub const CERT_AUTH_YAML: &str =
     "certificate: {secretRef: {name: tls}}\n    ca: {secretRef: {name: ca, key: ca.crt}}";
 
+/// `BIN standalone` with its config, Secrets and status socket in `root` (`tunnels.yaml`,
+/// `secrets/`, `agent.sock`), `--dataplane dataplane` and `--node node`.
+pub fn standalone_args(bin: &Path, root: &Path, dataplane: &str, node: &str) -> Vec<String> {
+    vec![
+        bin.display().to_string(),
+        "standalone".into(),
+        "--config".into(),
+        root.join("tunnels.yaml").display().to_string(),
+        "--secrets-dir".into(),
+        root.join("secrets").display().to_string(),
+        "--dataplane".into(),
+        dataplane.into(),
+        "--status-socket".into(),
+        root.join("agent.sock").display().to_string(),
+        "--node".into(),
+        node.into(),
+    ]
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -105,7 +95,7 @@ impl Agent {
         dataplane: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let bin = binary()?;
+        let bin = crate::product::binary("strait-agent")?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("strait-agent-{}-", std::process::id()))
             .tempdir()
@@ -119,20 +109,7 @@ impl Agent {
         }
         fs::create_dir_all(root.join("secrets"))?;
         let log = fs::File::create(root.join("agent.log"))?;
-        let mut args: Vec<String> = vec![
-            bin.display().to_string(),
-            "standalone".into(),
-            "--config".into(),
-            root.join("tunnels.yaml").display().to_string(),
-            "--secrets-dir".into(),
-            root.join("secrets").display().to_string(),
-            "--dataplane".into(),
-            dataplane.into(),
-            "--status-socket".into(),
-            root.join("agent.sock").display().to_string(),
-            "--node".into(),
-            "test-node".into(),
-        ];
+        let mut args = standalone_args(&bin, root, dataplane, "test-node");
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut c = netns::exec_command(ns, &args);
         c.env("RUST_LOG", "info,strait_agent=debug")

@@ -5,10 +5,13 @@
 pub mod agent;
 pub mod apiforward;
 pub mod capture;
+pub mod cluster;
 pub mod cmd;
 pub mod controlplane;
 pub mod flood;
 pub mod netns;
 pub mod product;
+pub mod scenario;
 pub mod strongswan;
+pub mod tunnel;
 pub mod vm;

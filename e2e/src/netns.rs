@@ -59,6 +59,20 @@ pub fn exec_command<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
     c
 }
 
+/// The XFRM policies in `ns` (`ip xfrm policy` lines starting with `src`) but the IKE sockets'
+/// bypass policies, which show as 0.0.0.0/0 <-> 0.0.0.0/0 (one per socket and direction).
+///
+/// # Errors
+/// `ip` fails.
+pub fn xfrm_policies(ns: &str) -> Result<Vec<String>> {
+    Ok(exec(ns, &["ip", "xfrm", "policy"])?
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Names of the namespaces that exist now (from `/run/netns`).
 pub fn list() -> Vec<String> {
     let Ok(dir) = fs::read_dir("/run/netns") else {

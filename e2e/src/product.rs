@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,30 +21,56 @@ use crate::controlplane::ControlPlane;
 /// The operator's namespace used by the tests and the demo.
 pub const NAMESPACE: &str = "strait-system";
 
-/// `$STRAIT_OPERATOR_BIN`, else `<target>/debug/strait-operator`.
+/// The built product binary `name` (`strait-agent` or `strait-operator`).
+///
+/// `$STRAIT_AGENT_BIN` / `$STRAIT_OPERATOR_BIN` when set: a build made beforehand (the VM tier's
+/// stripped copy, the demo's release build). Otherwise both are built once per process with
+/// `cargo build -p strait-agent -p strait-operator` (a no-op when current; the same command as
+/// e2e/test.sh, so features unify the same way and nothing is rebuilt), and the binary is found
+/// in `$CARGO_TARGET_DIR` or `<workspace>/target`. A bare `cargo test -p strait-e2e` works too.
 ///
 /// # Errors
-/// It has not been built.
-pub fn operator_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRAIT_OPERATOR_BIN") {
+/// The variable names no file, cargo cannot run, or the build fails (its stderr is in the error).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let var = format!("{}_BIN", name.replace('-', "_").to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        bail!("STRAIT_OPERATOR_BIN={} does not exist", p.display());
+        bail!("{var}={} does not exist", p.display());
     }
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(build_both)
+        .clone()
+        .map_err(|e| anyhow!(e))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
     );
-    let p = target.join("debug/strait-operator");
+    let p = target.join("debug").join(name);
     if p.is_file() {
         Ok(p)
     } else {
-        bail!(
-            "{} is missing: build it first with `cargo build -p strait-operator`",
-            p.display()
-        )
+        bail!("{} is missing after `cargo build`", p.display())
+    }
+}
+
+fn build_both() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(&cargo)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
+        .output()
+        .map_err(|e| format!("running {cargo} build: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -63,6 +90,8 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     _forward: Option<PortForward>,
+    /// An operator replica's metrics and health ports (see [`Daemon::operator_replica`]).
+    ports: Option<(u16, u16)>,
 }
 
 impl Daemon {
@@ -71,7 +100,7 @@ impl Daemon {
         ns: Option<&str>,
         program: &Path,
         args: &[String],
-        env: &[(&str, &Path)],
+        env: &[(&str, &str)],
         log: PathBuf,
         forward: Option<PortForward>,
     ) -> Result<Self> {
@@ -89,11 +118,12 @@ impl Daemon {
             .arg(format!("{name}-watchdog"))
             .arg(program)
             .args(args);
+        c.env("RUST_LOG", "info,kube=warn");
+        // after the default: an entry may override RUST_LOG
         for (k, v) in env {
             c.env(k, v);
         }
         let child = c
-            .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -105,6 +135,7 @@ impl Daemon {
             child: Some(child),
             log,
             _forward: forward,
+            ports: None,
         })
     }
 
@@ -113,7 +144,7 @@ impl Daemon {
     /// # Errors
     /// The binary is missing or cannot start.
     pub fn operator(cp: &ControlPlane, extra: &[&str]) -> Result<Self> {
-        let bin = operator_binary()?;
+        let bin = binary("strait-operator")?;
         let mut args: Vec<String> = [
             "run",
             "--namespace",
@@ -131,10 +162,63 @@ impl Daemon {
             None,
             &bin,
             &args,
-            &[("KUBECONFIG", cp.kubeconfig_path())],
+            &[("KUBECONFIG", &cp.kubeconfig_path().to_string_lossy())],
             cp.scratch_dir().join("operator.log"),
             None,
         )
+    }
+
+    /// One named replica of `strait-operator run`, as the operator tests run several: identity
+    /// `name`, its own metrics and health ports ([`Daemon::metrics`], [`Daemon::health`]), debug
+    /// logs, the identity of `kubeconfig`, and the product's defaults otherwise (it manages the
+    /// agent DaemonSet), with `extra`.
+    ///
+    /// # Errors
+    /// The binary is missing or cannot start.
+    pub fn operator_replica(
+        cp: &ControlPlane,
+        name: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let bin = binary("strait-operator")?;
+        let (metrics, health) = (free_port()?, free_port()?);
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            format!("--metrics-addr=127.0.0.1:{metrics}"),
+            format!("--health-addr=127.0.0.1:{health}"),
+            format!("--identity={name}"),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut d = Self::spawn(
+            &format!("operator {name}"),
+            None,
+            &bin,
+            &args,
+            &[
+                ("KUBECONFIG", &kubeconfig.to_string_lossy()),
+                ("RUST_LOG", "info,kube=warn,strait_operator=debug"),
+            ],
+            cp.scratch_dir().join(format!("operator-{name}.log")),
+            None,
+        )?;
+        d.ports = Some((metrics, health));
+        Ok(d)
+    }
+
+    /// An operator replica's `/metrics` text (empty when it does not answer).
+    pub fn metrics(&self) -> String {
+        self.ports
+            .and_then(|(m, _)| http_get(m, "/metrics"))
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// GET `path` from an operator replica's health server: status code and body.
+    pub fn health(&self, path: &str) -> Option<(u16, String)> {
+        self.ports.and_then(|(_, h)| http_get(h, path))
     }
 
     /// `strait-agent cluster --node NODE` inside namespace `ns`, reaching the API server at the
@@ -158,7 +242,7 @@ impl Daemon {
         extra: &[&str],
         kubeconfig: &Path,
     ) -> Result<Self> {
-        let bin = crate::agent::binary()?;
+        let bin = binary("strait-agent")?;
         let api: std::net::SocketAddr = cp
             .server_url()
             .trim_start_matches("https://")
@@ -184,7 +268,7 @@ impl Daemon {
             Some(ns),
             &bin,
             &args,
-            &[("KUBECONFIG", kubeconfig)],
+            &[("KUBECONFIG", &kubeconfig.to_string_lossy())],
             log.clone(),
             Some(forward),
         )?;
@@ -276,6 +360,30 @@ impl Drop for Daemon {
     }
 }
 
+/// A free loopback port.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A minimal HTTP/1.1 GET to `127.0.0.1:port`: status code and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
 /// A kubeconfig for ServiceAccount `sa` in `namespace`: the admin kubeconfig with its token
 /// swapped for one from the TokenRequest API, written to the control plane's scratch directory.
 /// Whatever runs with it has exactly that ServiceAccount's RBAC.
@@ -307,32 +415,6 @@ pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, sa: &str) 
     Ok(path)
 }
 
-/// Builds the agent and operator binaries the tests run as processes (a no-op when current),
-/// unless `STRAIT_AGENT_BIN` and `STRAIT_OPERATOR_BIN` already name built ones.
-///
-/// # Errors
-/// cargo cannot run or the build fails (its stderr is in the error).
-pub fn build_binaries() -> Result<()> {
-    if std::env::var_os("STRAIT_OPERATOR_BIN").is_some()
-        && std::env::var_os("STRAIT_AGENT_BIN").is_some()
-    {
-        return Ok(());
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = Command::new(&cargo)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
-        .output()
-        .with_context(|| format!("running {cargo} build"))?;
-    if !out.status.success() {
-        bail!(
-            "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// The generated CRD (`crds/ipsectunnel.yaml`), applied server-side; returns once the API server
 /// serves the kind. Then the operator's namespace.
 ///
@@ -341,14 +423,22 @@ pub fn build_binaries() -> Result<()> {
 pub fn install_crd(cp: &ControlPlane) -> Result<String> {
     let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
     let out = cp.kubectl(["apply", "--server-side", "-f", crd])?;
+    wait_crd(cp, 60)?;
+    cp.kubectl(["create", "namespace", NAMESPACE])?;
+    Ok(out)
+}
+
+/// Waits up to `secs` seconds until the API server serves the IPsecTunnel CRD (`Established`).
+///
+/// # Errors
+/// kubectl fails or it is not Established in time.
+pub fn wait_crd(cp: &ControlPlane, secs: u32) -> Result<String> {
     cp.kubectl([
         "wait",
         "--for=condition=Established",
         "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])?;
-    cp.kubectl(["create", "namespace", NAMESPACE])?;
-    Ok(out)
+        &format!("--timeout={secs}s"),
+    ])
 }
 
 /// A Node object `name` labelled `strait.dev/gateway=true` (there is no kubelet: the object is

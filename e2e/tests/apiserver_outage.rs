@@ -32,25 +32,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+// AGENT_ARGS: a heartbeat lease far shorter than the outage: the agent cannot renew it while the
+// API server is away, so the operator finds it long expired when the server returns.
+use strait_e2e::cluster::{self, AGENT_ARGS, ESP, IKE, REMOTE_ADDR};
 use strait_e2e::controlplane::ControlPlane;
-use strait_e2e::netns::{self, Topology};
+use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-outage-test-psk-7c2f90";
-const REMOTE_ADDR: &str = "192.0.2.100";
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
-const ESP: &str = "aes256gcm16-x25519";
-/// A heartbeat lease far shorter than the outage: the agent cannot renew it while the API server
-/// is away, so the operator finds it long expired when the server returns.
-const AGENT_ARGS: &[&str] = &[
-    "--dataplane",
-    "none",
-    "--lease-duration-seconds",
-    "6",
-    "--renew-interval",
-    "2",
-];
 /// How long the tunnel is watched after the API server is back (several lease durations and
 /// operator wake-ups).
 const SETTLE: Duration = Duration::from_secs(15);
@@ -85,25 +76,16 @@ impl Def {
     }
 
     fn yaml(&self, dpd_interval: &str) -> String {
-        format!(
-            r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {name}}}
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {lid}, subnets: [{ls}]}}
-  remote: {{id: {rid}, address: {REMOTE_ADDR}, subnets: [{rs}]}}
-  auth:   {{psk: {{secretRef: {{name: outage-psk, key: psk}}}}}}
-  ike:    {{proposals: [{IKE}]}}
-  esp:    {{proposals: [{ESP}]}}
-  dpd:    {{interval: {dpd_interval}, timeout: 20s}}
-"#,
-            name = self.name,
-            lid = self.local_id(),
-            ls = self.local_subnet(),
-            rid = self.remote_id(),
-            rs = self.remote_subnet(),
+        TunnelYaml::new(
+            self.name,
+            End::new(self.local_id(), "", self.local_subnet()),
+            End::new(self.remote_id(), REMOTE_ADDR, self.remote_subnet()),
         )
+        .gateways()
+        .psk("outage-psk")
+        .proposals(IKE, ESP)
+        .dpd(dpd_interval, "20s")
+        .render()
     }
 
     fn charon_conn(&self) -> Connection {
@@ -132,10 +114,6 @@ fn outage(default_secs: u64) -> Duration {
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(default_secs);
     Duration::from_secs(secs.max(2))
-}
-
-fn build_binaries() {
-    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn tunnel(cp: &ControlPlane, name: &str) -> Value {
@@ -242,7 +220,7 @@ fn spis_of_charon(raw: &str, name: &str) -> Option<(Spis, String, Vec<String>)> 
 
 /// The agent's own view, from its status socket (no API server involved).
 fn agent_local_entry(cp: &ControlPlane, node: &str, tunnel: &str) -> Value {
-    let bin = strait_e2e::agent::binary().unwrap();
+    let bin = product::binary("strait-agent").unwrap();
     let sock = cp.scratch_dir().join(format!("agent-{node}.sock"));
     let out = Command::new(bin)
         .args(["status", "--json", "--status-socket"])
@@ -281,25 +259,18 @@ fn apiserver_outage_of_60s_leaves_the_tunnel_alone() {
 fn apiserver_outage_leaves_the_tunnel_alone(outage: Duration) {
     let _serial = netns::serial();
     strait_e2e::cmd::require_root().expect("root");
-    build_binaries();
     let mut cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, "gw1").unwrap();
     cp.kubectl_stdin(
         ["apply", "-f", "-"],
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: outage-psk, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{PSK}\"}}\n"
-        ),
+        &cluster::psk_secret("outage-psk", PSK),
     )
     .unwrap();
-    let topo = Topology::builder()
-        .node("gw1")
-        .node("remote")
-        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
+    let topo = cluster::builder(&["gw1"], REMOTE_ADDR)
         .subnet("remote", &format!("{REMOTE_ADDR}/32"))
         .subnet("remote", "203.0.113.17/32")
         .subnet("remote", "203.0.113.33/32")
-        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
         .build()
         .expect("namespaces");
     let charon = Charon::start(

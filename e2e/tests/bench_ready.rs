@@ -8,17 +8,10 @@
 
 use std::process::Command;
 
-use strait_e2e::product;
-
-fn build_binaries() {
-    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 #[test]
 fn bench_ready_short_completes() {
     // the benchmark takes the namespace lock itself; this binary holds no other test
     strait_e2e::cmd::require_root().expect("root");
-    build_binaries();
     let out = Command::new(env!("CARGO_BIN_EXE_bench-ready"))
         .arg("--short")
         .output()

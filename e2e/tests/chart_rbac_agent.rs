@@ -18,65 +18,31 @@ mod operator_support;
 
 use std::time::{Duration, Instant};
 
-use operator_support::{NS, Operator, node, ready, tunnel_field, wait_for, workspace};
+use operator_support::{NS, node, operator_as, ready, tunnel_field, wait_for, workspace};
+use strait_e2e::cluster::{self, LOCAL_ID, REMOTE_ID};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
 use strait_e2e::product::{Daemon, service_account_kubeconfig};
-use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Secret, TestPki,
-};
+use strait_e2e::strongswan::{Charon, CharonConfig, Endpoint, KeyType, TestPki};
+use strait_e2e::tunnel::{Auth, TunnelYaml};
 
 const TUNNEL: &str = "chart-dc2";
 const PSK: &str = "strait-chart-rbac-psk-71c0aa";
-const LOCAL_ID: &str = "dc1.strait.example";
-const REMOTE_ID: &str = "dc2.strait.example";
-const REMOTE_ADDR: &str = "192.0.2.100";
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
-const ESP: &str = "aes256gcm16-x25519";
 
-fn charon_config() -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
-    conn.local_addrs = vec![REMOTE_ADDR.into()];
-    conn.proposals = vec![IKE.into()];
-    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
-    child.esp_proposals = vec![ESP.into()];
-    conn.children.push(child);
-    CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
-            secret: PSK.into(),
-        }],
-        ..CharonConfig::default()
+/// The tunnel, authenticated by `auth` (`spec.auth` as one flow mapping).
+fn tunnel_yaml(auth: &str) -> String {
+    TunnelYaml {
+        auth: Auth::Yaml(auth.into()),
+        ..cluster::tunnel(TUNNEL, "dc2-psk").dpd("2s", "6s")
     }
-}
-
-/// The tunnel, authenticated by `auth` (the YAML of `spec.auth`), identities `local` / `remote`.
-fn tunnel_yaml(auth: &str, local: &str, remote: &str) -> String {
-    format!(
-        r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: "{local}", subnets: [198.51.100.0/24]}}
-  remote: {{id: "{remote}", address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
-  auth:   {auth}
-  ike:    {{proposals: [{IKE}]}}
-  esp:    {{proposals: [{ESP}]}}
-  dpd:    {{interval: 2s, timeout: 6s}}
-"#
-    )
+    .render()
 }
 
 fn manifests() -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NS}}}\nstringData: {{psk: \"{PSK}\"}}\n---\n{}",
-        tunnel_yaml(
-            "{psk: {secretRef: {name: dc2-psk, key: psk}}}",
-            LOCAL_ID,
-            REMOTE_ID
-        )
+        "{}---\n{}",
+        cluster::psk_secret("dc2-psk", PSK),
+        tunnel_yaml("{psk: {secretRef: {name: dc2-psk, key: psk}}}")
     )
 }
 
@@ -85,7 +51,7 @@ fn manifests() -> String {
 /// the agent's heartbeat Lease written.
 struct Installed {
     agent: Daemon,
-    operator: Operator,
+    operator: Daemon,
     charon: Charon,
     topo: Topology,
     cp: ControlPlane,
@@ -93,7 +59,6 @@ struct Installed {
 
 fn install(charon_cfg: &CharonConfig) -> Installed {
     strait_e2e::cmd::require_root().expect("root");
-    strait_e2e::product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("control plane: {e:#}"));
     let chart = workspace().join("charts/strait");
     // No --wait: without a kubelet the chart's pods never start; the binaries run as processes.
@@ -108,29 +73,14 @@ fn install(charon_cfg: &CharonConfig) -> Installed {
         ])
         .unwrap();
     assert!(out.contains("STATUS: deployed"), "{out}");
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(&cp, 60).unwrap();
     let op_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-operator").unwrap();
     let agent_kubeconfig = service_account_kubeconfig(&cp, NS, "strait-agent").unwrap();
     node(&cp, "gw1", &[("strait.dev/gateway", "true")]);
 
-    let topo = Topology::builder()
-        .node("gw1")
-        .node("remote")
-        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
-        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
-        // charon with kernel-libipsec wants an address of its own inside its traffic selector
-        .subnet("remote", "203.0.113.1/32")
-        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
-        .build()
-        .expect("namespaces");
+    let topo = cluster::topology(&["gw1"]).expect("namespaces");
     let charon = Charon::start(topo.ns("remote").unwrap(), charon_cfg).expect("charon");
-    let operator = Operator::start_with_kubeconfig(&cp, "chart-op", &op_kubeconfig, &[]);
+    let operator = operator_as(&cp, "chart-op", &op_kubeconfig, &[]);
     let agent = Daemon::cluster_agent_as(
         &cp,
         topo.ns("gw1").unwrap(),
@@ -159,7 +109,7 @@ fn install(charon_cfg: &CharonConfig) -> Installed {
 
 /// `kubectl wait` Ready, then charon's IKE SA with a CHILD SA, the agent's field manager, and
 /// neither log refused anything by RBAC.
-fn assert_ready(cp: &ControlPlane, agent: &Daemon, operator: &Operator, charon: &Charon) {
+fn assert_ready(cp: &ControlPlane, agent: &Daemon, operator: &Daemon, charon: &Charon) {
     let out = cp.kubectl([
         "wait",
         "--for=condition=Ready",
@@ -170,7 +120,7 @@ fn assert_ready(cp: &ControlPlane, agent: &Daemon, operator: &Operator, charon: 
         out.is_ok(),
         "kubectl wait Ready: {out:?}\nagent:\n{}\noperator:\n{}\ncharon:\n{}",
         agent.log(),
-        operator.log_text(),
+        operator.log(),
         charon.log()
     );
     let sas = charon.list_sas().unwrap();
@@ -195,7 +145,7 @@ fn assert_ready(cp: &ControlPlane, agent: &Daemon, operator: &Operator, charon: 
         .unwrap();
     assert!(managers.contains("strait-agent/gw1"), "{managers}");
     // Nothing was refused on the way: a 403 would be logged even if a retry then succeeded.
-    for (who, log) in [("agent", agent.log()), ("operator", operator.log_text())] {
+    for (who, log) in [("agent", agent.log()), ("operator", operator.log())] {
         assert!(
             !log.contains("forbidden") && !log.contains("Forbidden"),
             "{who} was refused something by the chart's RBAC:\n{log}"
@@ -213,11 +163,11 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
         charon,
         operator,
         agent,
-    } = install(&charon_config());
+    } = install(&cluster::charon_config(TUNNEL, PSK));
     cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
         .unwrap();
     assert_ready(&cp, &agent, &operator, &charon);
-    for (who, log) in [("agent", agent.log()), ("operator", operator.log_text())] {
+    for (who, log) in [("agent", agent.log()), ("operator", operator.log())] {
         assert!(!log.contains(PSK), "the PSK is in the {who}'s log");
     }
 
@@ -246,7 +196,11 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
         killed.elapsed().as_secs_f64()
     );
     assert!(!message.is_empty() && !message.contains(PSK), "{message}");
-    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let charon = Charon::start(
+        topo.ns("remote").unwrap(),
+        &cluster::charon_config(TUNNEL, PSK),
+    )
+    .expect("charon");
     let back = Instant::now();
     wait_for(
         Duration::from_secs(60),
@@ -289,16 +243,9 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
     let theirs = pki
         .issue("dc2", REMOTE_ID, KeyType::Ecdsa(256))
         .expect("charon's cert");
-    let mut conn = Connection::new(
-        TUNNEL,
-        Endpoint::pubkey(REMOTE_ID, Some("own.crt")),
-        Endpoint::pubkey(LOCAL_ID, None),
-    );
-    conn.local_addrs = vec![REMOTE_ADDR.into()];
-    conn.proposals = vec![IKE.into()];
-    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
-    child.esp_proposals = vec![ESP.into()];
-    conn.children.push(child);
+    let mut conn = cluster::charon_conn(TUNNEL);
+    conn.local = Endpoint::pubkey(REMOTE_ID, Some("own.crt"));
+    conn.remote = Endpoint::pubkey(LOCAL_ID, None);
     let mut cfg = CharonConfig::default();
     cfg.connections.push(conn);
     cfg.add_cert_auth(&pki, &theirs, "own");
@@ -336,8 +283,6 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
         ["apply", "-f", "-"],
         &tunnel_yaml(
             "{certificate: {secretRef: {name: dc1-tls}}, ca: {secretRef: {name: dc2-ca, key: ca.crt}}}",
-            LOCAL_ID,
-            REMOTE_ID,
         ),
     )
     .unwrap();
@@ -352,7 +297,7 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
         .unwrap();
     for (what, text) in [
         ("agent log", agent.log()),
-        ("operator log", operator.log_text()),
+        ("operator log", operator.log()),
         ("tunnel", status),
     ] {
         assert!(!text.contains("PRIVATE KEY"), "a key header in the {what}");

@@ -25,92 +25,30 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use strait_e2e::cluster::{self, AGENT_ARGS, IKE, REMOTE_ADDR};
 use strait_e2e::controlplane::ControlPlane;
-use strait_e2e::netns::{self, Topology};
-use strait_e2e::product::{self, Daemon, NAMESPACE};
-use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+use strait_e2e::netns;
+use strait_e2e::product::{self, Daemon};
+use strait_e2e::strongswan::Charon;
+use strait_e2e::tunnel::TunnelYaml;
 
 const TUNNEL: &str = "dc1-to-dc2";
 const PSK: &str = "strait-cluster-test-psk-4b9e1d";
-const LOCAL_ID: &str = "dc1.strait.example";
-const REMOTE_ID: &str = "dc2.strait.example";
-const REMOTE_ADDR: &str = "192.0.2.100";
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
-const ESP: &str = "aes256gcm16-x25519";
-/// Short heartbeat so failover is quick: lease 6 s, renewed every 2 s.
-const AGENT_ARGS: &[&str] = &[
-    "--dataplane",
-    "none",
-    "--lease-duration-seconds",
-    "6",
-    "--renew-interval",
-    "2",
-];
-
-fn build_binaries() {
-    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn topology() -> Topology {
-    Topology::builder()
-        .node("gw1")
-        .node("gw2")
-        .node("remote")
-        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
-        .link("gw2", "192.0.2.5/30", "remote", "192.0.2.6/30")
-        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
-        .subnet("remote", "203.0.113.1/32")
-        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
-        .route("gw2", &[REMOTE_ADDR, "via", "192.0.2.6"])
-        .build()
-        .expect("building the namespaces")
-}
-
-fn charon_config() -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
-    conn.local_addrs = vec![REMOTE_ADDR.into()];
-    conn.proposals = vec![IKE.into()];
-    let mut child = ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24");
-    child.esp_proposals = vec![ESP.into()];
-    conn.children.push(child);
-    CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
-            secret: PSK.into(),
-        }],
-        ..CharonConfig::default()
-    }
-}
 
 fn tunnel_yaml(ike: &str) -> String {
-    format!(
-        r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {LOCAL_ID}, subnets: [198.51.100.0/24]}}
-  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
-  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
-  ike:    {{proposals: [{ike}]}}
-  esp:    {{proposals: [{ESP}]}}
-"#
-    )
+    TunnelYaml {
+        ike: vec![ike.into()],
+        ..cluster::tunnel(TUNNEL, "dc2-psk")
+    }
+    .render()
 }
 
 fn secret_yaml(psk: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{psk}\"}}\n"
-    )
+    cluster::psk_secret("dc2-psk", psk)
 }
 
 fn status(cp: &ControlPlane) -> Value {
-    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
+    cluster::status(cp, TUNNEL)
 }
 
 fn ready(s: &Value) -> (String, String) {
@@ -184,40 +122,27 @@ fn charon_to_ours(p: &str) -> String {
 fn cluster_mode_end_to_end() {
     let _serial = netns::serial();
     strait_e2e::cmd::require_root().expect("root");
-    build_binaries();
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     for node in ["gw1", "gw2"] {
         product::gateway_node(&cp, node).unwrap();
     }
-    let topo = topology();
-    let charon = Charon::start(topo.ns("remote").unwrap(), &charon_config()).expect("charon");
+    let topo = cluster::topology(&["gw1", "gw2"]).expect("building the namespaces");
+    let charon = Charon::start(
+        topo.ns("remote").unwrap(),
+        &cluster::charon_config(TUNNEL, PSK),
+    )
+    .expect("charon");
     let operator = Daemon::operator(&cp, &[]).expect("operator");
     let mut gw1 =
         Daemon::cluster_agent(&cp, topo.ns("gw1").unwrap(), "gw1", AGENT_ARGS).expect("agent gw1");
     let mut gw2 =
         Daemon::cluster_agent(&cp, topo.ns("gw2").unwrap(), "gw2", AGENT_ARGS).expect("agent gw2");
     // both heartbeats present before the tunnel exists, so the election has two candidates
-    let start = Instant::now();
-    while cp
-        .kubectl([
-            "get",
-            "lease",
-            "-n",
-            NAMESPACE,
-            "strait-agent-gw1",
-            "strait-agent-gw2",
-        ])
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "agents wrote no heartbeat Lease:\n{}\n{}",
-            gw1.log(),
-            gw2.log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    cluster::wait_heartbeats(&cp, &["gw1", "gw2"], Duration::from_secs(60), || {
+        format!("{}\n{}", gw1.log(), gw2.log())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     // ---- apply → Ready ----
     cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml(PSK))
@@ -522,15 +447,10 @@ fn wait_charon(
 fn secret_unavailable_then_kernel_unsupported() {
     let _serial = netns::serial();
     strait_e2e::cmd::require_root().expect("root");
-    build_binaries();
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, "gw1").unwrap();
-    let topo = Topology::builder()
-        .node("gw1")
-        .node("remote")
-        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
-        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
+    let topo = cluster::builder(&["gw1"], REMOTE_ADDR)
         .build()
         .expect("namespaces");
     let _operator = Daemon::operator(&cp, &[]).expect("operator");

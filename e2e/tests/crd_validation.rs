@@ -26,13 +26,7 @@ fn apply(cp: &ControlPlane, yaml: &str) -> Result<(), String> {
 fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
     let cp = ControlPlane::start().unwrap();
     cp.kubectl(["apply", "--server-side", "-f", CRD]).unwrap();
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=30s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(&cp, 30).unwrap();
 
     // The shipped examples and a few valid variations are accepted.
     for ok in [

@@ -100,6 +100,34 @@ fn sa_kubeconfig(cp: &ControlPlane, sa: &str) -> PathBuf {
     service_account_kubeconfig(cp, NS, sa).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Applies `yaml` to the status subresource as the agent on `node` does, with `kubeconfig`'s
+/// identity; `what` names the write in the failure.
+fn apply_status_as(cp: &ControlPlane, kubeconfig: &PathBuf, node: &str, yaml: &str, what: &str) {
+    let args = agent_status_apply(node);
+    let o = kubectl_as(
+        cp,
+        kubeconfig,
+        &args.each_ref().map(String::as_str),
+        Some(yaml),
+    );
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `kubectl auth can-i VERB RESOURCE -n strait-system` with `kubeconfig`'s identity.
+fn can_i(cp: &ControlPlane, kubeconfig: &PathBuf, verb: &str, resource: &str) -> String {
+    let o = kubectl_as(
+        cp,
+        kubeconfig,
+        &["auth", "can-i", verb, resource, "-n", NS],
+        None,
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
 fn kubectl_as(
     cp: &ControlPlane,
     kubeconfig: &PathBuf,
@@ -143,13 +171,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         out.contains("kubectl label node"),
         "NOTES.txt missing: {out}"
     );
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    strait_e2e::product::wait_crd(&cp, 60).unwrap();
     let replicas = cp
         .kubectl([
             "get",
@@ -170,8 +192,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     let op_kubeconfig = sa_kubeconfig(&cp, "strait-operator");
     let agent_kubeconfig = sa_kubeconfig(&cp, "strait-agent");
     node(&cp, "gw-a", &[("strait.dev/gateway", "true")]);
-    let _op =
-        Operator::start_with_kubeconfig(&cp, "chart-op", &op_kubeconfig, &["--leader-election"]);
+    let _op = operator_as(&cp, "chart-op", &op_kubeconfig, &["--leader-election"]);
     // The agent's side, with the agent's ServiceAccount: heartbeat Lease ...
     let lease = format!(
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: strait-agent-gw-a, namespace: {NS}}}\n\
@@ -200,11 +221,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         "the IPsecTunnel kind in discovery",
         || cp.kubectl(["get", "ipsectunnels"]).ok(),
     );
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("dc2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("dc2", "strait.dev/gateway"));
     wait_for(
         Duration::from_secs(60),
         "WaitingForAgent from the chart-RBAC operator",
@@ -216,24 +233,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     );
     // ... and its status entry.
     let entry = "apiVersion: strait.dev/v1alpha1\nkind: IPsecTunnel\nmetadata: {name: dc2}\nstatus:\n  gateways:\n  - node: gw-a\n    ikeState: Established\n    childSas: [{spiIn: c1, spiOut: c2}]\n";
-    let o = kubectl_as(
-        &cp,
-        &agent_kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=strait-agent/gw-a",
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
-        Some(entry),
-    );
-    assert!(
-        o.status.success(),
-        "agent status: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    apply_status_as(&cp, &agent_kubeconfig, "gw-a", entry, "agent status");
     cp.kubectl([
         "wait",
         "--for=condition=Ready",
@@ -261,27 +261,15 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         ("update", "ipsectunnels"),
         ("delete", "leases"),
     ] {
-        let o = kubectl_as(
-            &cp,
-            &agent_kubeconfig,
-            &["auth", "can-i", verb, resource, "-n", NS],
-            None,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&o.stdout).trim(),
+            can_i(&cp, &agent_kubeconfig, verb, resource),
             "no",
             "agent may {verb} {resource}"
         );
     }
     for (verb, resource) in [("get", "secrets"), ("delete", "ipsectunnels")] {
-        let o = kubectl_as(
-            &cp,
-            &op_kubeconfig,
-            &["auth", "can-i", verb, resource, "-n", NS],
-            None,
-        );
         assert_eq!(
-            String::from_utf8_lossy(&o.stdout).trim(),
+            can_i(&cp, &op_kubeconfig, verb, resource),
             "no",
             "operator may {verb} {resource}"
         );
@@ -324,24 +312,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         "apiVersion: strait.dev/v1alpha1\nkind: IPsecTunnel\nmetadata: {name: dc2}\nstatus: {}\n";
     cp.kubectl(["delete", "ipsectunnel", "dc2", "--wait=false"])
         .unwrap();
-    let o = kubectl_as(
-        &cp,
-        &agent_kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=strait-agent/gw-a",
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
-        Some(clear),
-    );
-    assert!(
-        o.status.success(),
-        "agent clear: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    apply_status_as(&cp, &agent_kubeconfig, "gw-a", clear, "agent clear");
     cp.kubectl(["wait", "--for=delete", "ipsectunnel/dc2", "--timeout=30s"])
         .unwrap();
     wait_for(

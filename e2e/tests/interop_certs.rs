@@ -21,14 +21,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use strait_e2e::agent::{Agent, CERT_AUTH_YAML, SecretFile};
+use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
+use strait_e2e::scenario::{TUNNEL, assert_agree, dump, up};
 use strait_e2e::strongswan::{
-    CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, TestPki,
+    CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, TestPki,
 };
-
-const TUNNEL: &str = "gw";
+use strait_e2e::tunnel::{Auth, End, TunnelYaml};
 
 /// How the two ends name themselves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,25 +61,17 @@ fn read(p: &Path) -> String {
 
 /// The agent's IPsecTunnel with certificate auth: Secret `tls` (tls.crt, tls.key), `ca/ca.crt`.
 fn agent_config(me: &Site, peer: &Site, peer_addr: &str, ids: Ids, initiation: &str) -> String {
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  local: {{id: '{lid}', address: {laddr}, subnets: [{lnet}]}}
-  remote: {{id: '{rid}', address: {peer_addr}, subnets: [{rnet}]}}
-  auth:
-    {CERT_AUTH_YAML}
-  ike: {{proposals: [aes256gcm16-prfsha256-x25519]}}
-  esp: {{proposals: [aes256gcm16-x25519]}}
-  initiation: {initiation}
-",
-        lid = id_of(me, ids),
-        laddr = me.addr,
-        lnet = me.subnet,
-        rid = id_of(peer, ids),
-        rnet = peer.subnet,
-    )
+    TunnelYaml {
+        auth: Auth::Certificate,
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(id_of(me, ids), me.addr, me.subnet),
+            End::new(id_of(peer, ids), peer_addr, peer.subnet),
+        )
+        .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+        .initiation(initiation)
+    }
+    .render()
 }
 
 /// Starts the agent on `me` with `own` as its certificate and `ca` as the trust anchor.
@@ -125,39 +117,6 @@ fn charon_config(
     cfg.connections.push(conn);
     cfg.add_cert_auth(pki, own, "own");
     cfg
-}
-
-fn up(t: &Value) -> bool {
-    t["ikeState"] == "Established" && t["ready"] == true
-}
-
-fn dump(agent: &Agent, charon: &Charon) -> String {
-    format!(
-        "--- agent status:\n{}\n--- agent log:\n{}\n--- charon log:\n{}",
-        agent.status_text().unwrap_or_else(|e| e.to_string()),
-        agent.log(),
-        charon.log()
-    )
-}
-
-/// charon's IKE and CHILD SA are up and the CHILD SPIs cross over with ours.
-fn assert_agree(sas: &ListSas, ours: &Value) {
-    let ike = sas
-        .ike(TUNNEL)
-        .unwrap_or_else(|| panic!("charon has no IKE SA:\n{}", sas.raw));
-    assert_eq!(ike.state, "ESTABLISHED", "charon:\n{}", sas.raw);
-    assert!(sas.is_up(TUNNEL, "net"), "charon:\n{}", sas.raw);
-    let c = &ours["childSas"][0];
-    let (spi_in, spi_out) = (c["spiIn"].as_str().unwrap(), c["spiOut"].as_str().unwrap());
-    let raw = &sas.raw;
-    assert!(
-        raw.contains(&format!("out {spi_in}")),
-        "our inbound SPI {spi_in} is not charon's outbound:\n{raw}"
-    );
-    assert!(
-        raw.contains(&format!("in  {spi_out}")),
-        "our outbound SPI {spi_out} is not charon's inbound:\n{raw}"
-    );
 }
 
 /// No private key material in our log or status.

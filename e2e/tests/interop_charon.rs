@@ -19,12 +19,11 @@ use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
-use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, ListSas, Secret,
-};
+use strait_e2e::scenario::{TUNNEL, assert_agree, charon_for, dump, up};
+use strait_e2e::strongswan::{Charon, CharonConfig, ListSas};
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-interop-psk-7c1f0a9e3b5d";
-const TUNNEL: &str = "gw";
 
 /// What one test varies.
 #[derive(Clone)]
@@ -54,35 +53,30 @@ impl Default for Case {
     }
 }
 
-fn yaml_list(v: &[&str]) -> String {
-    format!("[{}]", v.join(", "))
+/// The agent's IPsecTunnel: `me` is the agent's site, `peer_addr` where the peer is.
+fn agent_tunnel(
+    case: &Case,
+    me: &Site,
+    peer: &Site,
+    peer_addr: &str,
+    initiation: &str,
+) -> TunnelYaml {
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+    TunnelYaml {
+        ike: strings(&case.agent_ike),
+        esp: strings(&case.agent_esp),
+        dpd: case.dpd.map(|(i, t)| (i.to_owned(), t.to_owned())),
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(me.id, me.addr, me.subnet),
+            End::new(peer.id, peer_addr, peer.subnet),
+        )
+        .initiation(initiation)
+    }
 }
 
-/// The agent's IPsecTunnel: `me` is the agent's site, `peer_addr` where the peer is.
 fn agent_config(case: &Case, me: &Site, peer: &Site, peer_addr: &str, initiation: &str) -> String {
-    let dpd = case.dpd.map_or(String::new(), |(i, t)| {
-        format!("  dpd: {{interval: {i}, timeout: {t}}}\n")
-    });
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
-  remote: {{id: {rid}, address: {peer_addr}, subnets: [{rnet}]}}
-  auth: {{psk: {{secretRef: {{name: gw-psk, key: psk}}}}}}
-  ike: {{proposals: {ike}}}
-  esp: {{proposals: {esp}}}
-{dpd}  initiation: {initiation}
-",
-        lid = me.id,
-        laddr = me.addr,
-        lnet = me.subnet,
-        rid = peer.id,
-        rnet = peer.subnet,
-        ike = yaml_list(&case.agent_ike),
-        esp = yaml_list(&case.agent_esp),
-    )
+    agent_tunnel(case, me, peer, peer_addr, initiation).render()
 }
 
 fn start_agent(case: &Case, me: &Site, peer: &Site, peer_addr: &str, initiation: &str) -> Agent {
@@ -102,26 +96,11 @@ fn start_agent(case: &Case, me: &Site, peer: &Site, peer_addr: &str, initiation:
 
 /// charon's side: `remote_addr` where it sends IKE (`None`: responder only).
 fn charon_config(case: &Case, me: &Site, peer: &Site, remote_addr: Option<String>) -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    conn.remote_addrs = remote_addr.into_iter().collect();
+    let mut cfg = charon_for(me, peer, case.charon_psk, remote_addr);
+    let conn = &mut cfg.connections[0];
     conn.proposals = case.charon_ike.iter().map(|s| (*s).to_owned()).collect();
-    conn.encap = true;
-    let mut child = ChildConfig::new("net", me.subnet, peer.subnet);
-    child.esp_proposals = case.charon_esp.iter().map(|s| (*s).to_owned()).collect();
-    conn.children.push(child);
-    CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: case.charon_psk.to_owned(),
-        }],
-        ..CharonConfig::default()
-    }
-}
-
-fn up(t: &Value) -> bool {
-    t["ikeState"] == "Established" && t["ready"] == true
+    conn.children[0].esp_proposals = case.charon_esp.iter().map(|s| (*s).to_owned()).collect();
+    cfg
 }
 
 /// charon's IKE proposal (`AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519`) in strongSwan's
@@ -154,18 +133,11 @@ fn charon_proposal_tokens(p: &str) -> Vec<String> {
         .collect()
 }
 
-/// Asserts charon's IKE SA and CHILD SA are up and agree with our status.
-fn assert_agree(sas: &ListSas, ours: &Value, expect_ike: &str) {
-    let ike = sas
-        .ike(TUNNEL)
-        .unwrap_or_else(|| panic!("charon has no IKE SA:\n{}", sas.raw));
-    assert_eq!(ike.state, "ESTABLISHED", "charon:\n{}", sas.raw);
-    let child = ike
-        .children
-        .iter()
-        .find(|c| c.name == "net")
-        .unwrap_or_else(|| panic!("charon has no CHILD SA:\n{}", sas.raw));
-    assert_eq!(child.state, "INSTALLED", "charon:\n{}", sas.raw);
+/// Asserts charon's IKE SA and CHILD SA are up and agree with our status, proposals included.
+fn assert_agree_on(sas: &ListSas, ours: &Value, expect_ike: &str) {
+    assert_agree(sas, ours);
+    let ike = sas.ike(TUNNEL).unwrap();
+    let child = ike.children.iter().find(|c| c.name == "net").unwrap();
     // IKE proposal: same tokens on both sides
     let theirs = charon_proposal_tokens(ike.proposal.as_deref().unwrap_or_default());
     let mut ours_tokens: Vec<String> = ours["ikeProposal"]
@@ -183,19 +155,8 @@ fn assert_agree(sas: &ListSas, ours: &Value, expect_ike: &str) {
         ike.proposal, ours["ikeProposal"]
     );
     assert_eq!(ours["ikeProposal"], expect_ike, "our status: {ours}");
-    // CHILD SA: SPIs cross over, same ESP transform
+    // CHILD SA: the same ESP transform
     let c = &ours["childSas"][0];
-    let raw = &sas.raw;
-    let spi_in = c["spiIn"].as_str().unwrap();
-    let spi_out = c["spiOut"].as_str().unwrap();
-    assert!(
-        raw.contains(&format!("out {spi_in}")) || raw.contains(&format!("out  {spi_in}")),
-        "our inbound SPI {spi_in} is not charon's outbound:\n{raw}"
-    );
-    assert!(
-        raw.contains(&format!("in  {spi_out}")) || raw.contains(&format!("in {spi_out}")),
-        "our outbound SPI {spi_out} is not charon's inbound:\n{raw}"
-    );
     let esp = charon_proposal_tokens(
         child
             .proposal
@@ -213,18 +174,9 @@ fn assert_agree(sas: &ListSas, ours: &Value, expect_ike: &str) {
     }
 }
 
-fn dump(agent: &Agent, charon: &Charon) -> String {
-    format!(
-        "--- agent status:\n{}\n--- agent log:\n{}\n--- charon log:\n{}",
-        agent.status_text().unwrap_or_else(|e| e.to_string()),
-        agent.log(),
-        charon.log()
-    )
-}
-
-/// Agent on `left` initiates to charon on `right`; returns both once up.
-fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
-    let _serial = netns::serial();
+/// charon on `right` responding, and the agent on `left` started to it. The sites come first:
+/// they go last, after the processes in them.
+fn agent_to_charon(case: &Case, nat: bool) -> (SitePair, Charon, Agent) {
     let pair = SitePair::new(nat).expect("topology");
     let charon = Charon::start(
         &pair.right.ns,
@@ -238,13 +190,20 @@ fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
         &pair.right.addr.to_string(),
         "start",
     );
+    (pair, charon, agent)
+}
+
+/// Agent on `left` initiates to charon on `right`; both sides agree once up.
+fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
+    let _serial = netns::serial();
+    let (pair, charon, agent) = agent_to_charon(case, nat);
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
     let sas = charon
         .wait_up(TUNNEL, "net", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
-    assert_agree(&sas, &ours, expect_ike);
+    assert_agree_on(&sas, &ours, expect_ike);
     assert_eq!(ours["initiator"], true);
     // charon with libipsec fakes NAT-D, so we always see a NAT and talk on 4500
     assert_eq!(ours["natDetected"], true, "{ours}");
@@ -272,51 +231,11 @@ fn agent_initiates_charon_responds() {
     agent_initiates(&Case::default(), false, "aes256gcm16-prfsha256-x25519");
 }
 
-#[test]
-fn charon_initiates_agent_responds() {
-    let _serial = netns::serial();
+/// charon on `left` (behind the NAT with `nat`) initiates to the agent on `right`, which knows
+/// it at `left`'s public address; returns our status once up, both sides agreeing.
+fn charon_initiates(nat: bool) -> (Value, SitePair) {
     let case = Case::default();
-    let pair = SitePair::new(false).expect("topology");
-    let agent = start_agent(
-        &case,
-        &pair.right,
-        &pair.left,
-        &pair.left.addr.to_string(),
-        "respond",
-    );
-    let charon = Charon::start(
-        &pair.left.ns,
-        &charon_config(
-            &case,
-            &pair.left,
-            &pair.right,
-            Some(pair.right.addr.to_string()),
-        ),
-    )
-    .expect("start charon");
-    charon
-        .initiate(TUNNEL, "net", 20)
-        .unwrap_or_else(|e| panic!("charon initiate: {e:#}\n{}", dump(&agent, &charon)));
-    let ours = agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
-        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    let sas = charon.list_sas().expect("list-sas");
-    assert_agree(&sas, &ours, "aes256gcm16-prfsha256-x25519");
-    assert_eq!(ours["initiator"], false);
-    assert_eq!(ours["initiation"], "respond");
-}
-
-#[test]
-fn through_nat_agent_behind_nat_initiates() {
-    agent_initiates(&Case::default(), true, "aes256gcm16-prfsha256-x25519");
-}
-
-#[test]
-fn through_nat_charon_behind_nat_initiates() {
-    let _serial = netns::serial();
-    let case = Case::default();
-    let pair = SitePair::new(true).expect("topology");
-    // the agent knows the peer only by the NAT's outside address
+    let pair = SitePair::new(nat).expect("topology");
     let agent = start_agent(
         &case,
         &pair.right,
@@ -340,11 +259,32 @@ fn through_nat_charon_behind_nat_initiates() {
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    assert_agree(
-        &charon.list_sas().unwrap(),
+    assert_agree_on(
+        &charon.list_sas().expect("list-sas"),
         &ours,
         "aes256gcm16-prfsha256-x25519",
     );
+    (ours, pair)
+}
+
+#[test]
+fn charon_initiates_agent_responds() {
+    let _serial = netns::serial();
+    let (ours, _pair) = charon_initiates(false);
+    assert_eq!(ours["initiator"], false);
+    assert_eq!(ours["initiation"], "respond");
+}
+
+#[test]
+fn through_nat_agent_behind_nat_initiates() {
+    agent_initiates(&Case::default(), true, "aes256gcm16-prfsha256-x25519");
+}
+
+#[test]
+fn through_nat_charon_behind_nat_initiates() {
+    let _serial = netns::serial();
+    // the agent knows the peer only by the NAT's outside address
+    let (ours, pair) = charon_initiates(true);
     assert_eq!(ours["natDetected"], true);
     let remote = ours["remoteEndpoint"].as_str().unwrap();
     assert!(
@@ -383,6 +323,18 @@ fn proposal_table() {
     }
 }
 
+/// The agent on `left` initiates to charon on `right` and fails with `reason`. The sites come
+/// first: they go last, after the processes in them.
+fn agent_fails(case: &Case, reason: &str) -> (SitePair, Charon, Agent, Value) {
+    let (pair, charon, agent) = agent_to_charon(case, false);
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
+            t["lastError"]["reason"] == reason
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    (pair, charon, agent, ours)
+}
+
 #[test]
 fn wrong_psk_is_authentication_failed_on_both_sides() {
     let _serial = netns::serial();
@@ -390,24 +342,7 @@ fn wrong_psk_is_authentication_failed_on_both_sides() {
         agent_psk: "this-is-not-the-key-charon-has",
         ..Case::default()
     };
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
-    let ours = agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
-            t["lastError"]["reason"] == "AuthenticationFailed"
-        })
-        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let (_pair, charon, agent, ours) = agent_fails(&case, "AuthenticationFailed");
     assert_ne!(ours["ikeState"], "Established");
     assert!(!agent.log().contains(case.agent_psk), "PSK in our log");
     assert!(
@@ -436,24 +371,7 @@ fn mismatched_proposals_are_no_proposal_chosen_on_both_sides() {
         charon_ike: vec!["aes128-sha256-modp3072"],
         ..Case::default()
     };
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
-    let ours = agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(15), |t| {
-            t["lastError"]["reason"] == "NoProposalChosen"
-        })
-        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let (_pair, charon, _agent, ours) = agent_fails(&case, "NoProposalChosen");
     assert_ne!(ours["ikeState"], "Established");
     let log = charon.log();
     assert!(
@@ -469,19 +387,7 @@ fn dpd_declares_a_killed_charon_unreachable() {
         dpd: Some(("2s", "6s")),
         ..Case::default()
     };
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
+    let (_pair, charon, agent) = agent_to_charon(&case, false);
     agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
@@ -628,36 +534,16 @@ fn kernel_dataplane_on_esp_less_host_reports_kernel_unsupported() {
 fn sighup_adds_and_removes_tunnels_without_disturbing_others() {
     let _serial = netns::serial();
     let case = Case::default();
-    let pair = SitePair::new(false).expect("topology");
-    let charon = Charon::start(
-        &pair.right.ns,
-        &charon_config(&case, &pair.right, &pair.left, None),
-    )
-    .expect("start charon");
-    let base = agent_config(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
-    let agent = start_agent(
-        &case,
-        &pair.left,
-        &pair.right,
-        &pair.right.addr.to_string(),
-        "start",
-    );
+    let (pair, charon, agent) = agent_to_charon(&case, false);
+    // the config agent_to_charon started the agent with
+    let peer = pair.right.addr.to_string();
+    let base = agent_config(&case, &pair.left, &pair.right, &peer, "start");
     let before = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    let extra = base
-        .replace("name: gw}", "name: other}")
-        .replace(
-            &format!("address: {}", pair.right.addr),
-            "address: 192.0.2.99",
-        )
-        .replace("initiation: start", "initiation: respond");
+    let mut other = agent_tunnel(&case, &pair.left, &pair.right, "192.0.2.99", "respond");
+    other.name = "other".into();
+    let extra = other.render();
     std::fs::write(
         agent.dir().join("tunnels.yaml"),
         format!("{base}---\n{extra}"),

@@ -25,14 +25,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange, KE, SA};
 use strait_e2e::netns::{self, Site, SitePair};
-use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret};
+use strait_e2e::scenario::{TUNNEL, charon_for, dump, up};
+use strait_e2e::strongswan::{Charon, CharonConfig};
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-rekey-psk-2b9e6d41";
-const TUNNEL: &str = "gw";
 
 /// What a run varies.
 #[derive(Clone, Debug)]
@@ -75,79 +75,42 @@ impl Default for Case {
 }
 
 fn agent_config(case: &Case, me: &Site, peer: &Site, initiation: &str) -> String {
-    let life = |l: Option<&str>| l.map_or(String::new(), |l| format!(", lifetime: {l}"));
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
-  remote: {{id: {rid}, address: {raddr}, subnets: [{rnet}]}}
-  auth: {{psk: {{secretRef: {{name: gw-psk, key: psk}}}}}}
-  ike: {{proposals: [aes256gcm16-prfsha256-x25519]{ilife}}}
-  esp: {{proposals: [{esp}]{elife}}}
-  dpd: {{interval: 60s, timeout: 150s}}
-  initiation: {initiation}
-",
-        lid = me.id,
-        laddr = me.addr,
-        lnet = me.subnet,
-        rid = peer.id,
-        raddr = peer.addr,
-        rnet = peer.subnet,
-        esp = case.esp,
-        ilife = life(case.our_ike_lifetime),
-        elife = life(case.our_esp_lifetime),
-    )
+    TunnelYaml {
+        ike_lifetime: case.our_ike_lifetime.map(str::to_owned),
+        esp_lifetime: case.our_esp_lifetime.map(str::to_owned),
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(me.id, me.addr, me.subnet),
+            End::new(peer.id, peer.addr, peer.subnet),
+        )
+        .proposals("aes256gcm16-prfsha256-x25519", case.esp)
+        .dpd("60s", "150s")
+        .initiation(initiation)
+    }
+    .render()
 }
 
 fn charon_config(case: &Case, me: &Site, peer: &Site, initiates: bool) -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    if initiates {
-        conn.remote_addrs = vec![peer.addr.to_string()];
-    }
-    conn.encap = true;
+    let mut cfg = charon_for(me, peer, PSK, initiates.then(|| peer.addr.to_string()));
+    let conn = &mut cfg.connections[0];
     if let Some(r) = case.ike_rekey {
         conn.rekey_time = Some(r.into());
         // jitter small, and room to finish a rekey before the hard limit
         conn.extra.push(("rand_time".into(), "1s".into()));
         conn.over_time = Some("20s".into());
     }
-    let mut child = ChildConfig::new("net", me.subnet, peer.subnet);
+    let child = &mut conn.children[0];
     child.esp_proposals = vec![case.esp.to_owned()];
     if let Some(r) = case.child_rekey {
         child.rekey_time = Some(r.into());
         child.life_time = Some("60s".into());
         child.extra.push(("rand_time".into(), "1s".into()));
     }
-    conn.children.push(child);
-    let mut cfg = CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: PSK.to_owned(),
-        }],
-        ..CharonConfig::default()
-    };
     if case.capture.is_some() {
         // ike = 4: charon logs each IKE SA's keys, which let tshark decrypt CREATE_CHILD_SA
         cfg.log_level = 4;
     }
     cfg
-}
-
-fn up(t: &Value) -> bool {
-    t["ikeState"] == "Established" && t["ready"] == true
-}
-
-fn dump(agent: &Agent, charon: &Charon) -> String {
-    format!(
-        "--- agent status:\n{}\n--- agent log:\n{}\n--- charon log:\n{}",
-        agent.status_text().unwrap_or_else(|e| e.to_string()),
-        agent.log(),
-        charon.log()
-    )
 }
 
 /// What was seen while watching.
@@ -164,6 +127,34 @@ struct Seen {
     /// Samples of our status in which the tunnel was not ready.
     not_ready: Vec<String>,
     samples: usize,
+}
+
+impl Seen {
+    /// At least `n` CHILD SAs on each side (the CHILD SA was rekeyed), and one IKE SA throughout.
+    fn assert_child_rekeys(&self, n: usize) {
+        assert!(
+            self.child_spis.len() >= n,
+            "too few CHILD rekeys seen on our side: {self:?}"
+        );
+        assert!(
+            self.charon_child_ids.len() >= n,
+            "too few CHILD SAs seen on charon's side: {self:?}"
+        );
+        assert_eq!(self.ike_spis.len(), 1, "the IKE SA changed: {self:?}");
+    }
+
+    /// At least `n` IKE SAs on each side, and the one CHILD SA moved to each unchanged.
+    fn assert_ike_rekeys(&self, n: usize) {
+        assert!(
+            self.ike_spis.len() >= n,
+            "too few IKE rekeys seen on our side: {self:?}"
+        );
+        assert!(
+            self.charon_ike_ids.len() >= n,
+            "too few IKE SAs seen on charon's side: {self:?}"
+        );
+        assert_eq!(self.child_spis.len(), 1, "the CHILD SA changed: {self:?}");
+    }
 }
 
 /// Samples both sides for `case.watch`.
@@ -424,17 +415,8 @@ fn child_rekeys_by_charon(esp: &'static str, agent_initiates: bool) {
         agent_initiates,
         ..Case::default()
     };
-    let seen = run(&case);
     // rekey at 4-5 s: four or more in 24 s; allow slack for a slow machine
-    assert!(
-        seen.child_spis.len() >= 4,
-        "too few CHILD rekeys seen on our side: {seen:?}"
-    );
-    assert!(
-        seen.charon_child_ids.len() >= 4,
-        "too few CHILD SAs seen on charon's side: {seen:?}"
-    );
-    assert_eq!(seen.ike_spis.len(), 1, "the IKE SA changed: {seen:?}");
+    run(&case).assert_child_rekeys(4);
 }
 
 /// charon is the IKE responder and starts CREATE_CHILD_SA: with it the ESP keys are split by
@@ -467,17 +449,7 @@ fn ike_rekeys_by_charon(agent_initiates: bool) {
         watch: Duration::from_secs(30),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.ike_spis.len() >= 3,
-        "too few IKE rekeys seen on our side: {seen:?}"
-    );
-    assert!(
-        seen.charon_ike_ids.len() >= 3,
-        "too few IKE SAs seen on charon's side: {seen:?}"
-    );
-    // the CHILD SA moves to the new IKE SA unchanged
-    assert_eq!(seen.child_spis.len(), 1, "the CHILD SA changed: {seen:?}");
+    run(&case).assert_ike_rekeys(3);
 }
 
 #[test]
@@ -578,13 +550,7 @@ fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool, capture: bool) {
         capture: capture.then_some(Some(esp.contains("x25519"))),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.child_spis.len() >= 4,
-        "too few CHILD rekeys by us: {seen:?}"
-    );
-    assert!(seen.charon_child_ids.len() >= 4, "{seen:?}");
-    assert_eq!(seen.ike_spis.len(), 1, "the IKE SA changed: {seen:?}");
+    run(&case).assert_child_rekeys(4);
 }
 
 /// We start CREATE_CHILD_SA as the IKE initiator, with PFS.
@@ -615,13 +581,7 @@ fn ike_rekeys_by_us(agent_initiates: bool) {
         watch: Duration::from_secs(30),
         ..Case::default()
     };
-    let seen = run(&case);
-    assert!(
-        seen.ike_spis.len() >= 3,
-        "too few IKE rekeys by us: {seen:?}"
-    );
-    assert!(seen.charon_ike_ids.len() >= 3, "{seen:?}");
-    assert_eq!(seen.child_spis.len(), 1, "the CHILD SA changed: {seen:?}");
+    run(&case).assert_ike_rekeys(3);
 }
 
 #[test]

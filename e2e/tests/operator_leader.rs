@@ -32,7 +32,7 @@ fn holder(cp: &ControlPlane) -> String {
 }
 
 /// `strait_operator_reconciles_total{result="success"}` of one operator.
-fn reconciles(op: &Operator) -> u64 {
+fn reconciles(op: &Daemon) -> u64 {
     op.metrics()
         .lines()
         .find_map(|l| l.strip_prefix("strait_operator_reconciles_total{result=\"success\"} "))
@@ -51,19 +51,15 @@ fn only_the_leader_reconciles_and_a_standby_takes_over() {
         "--leader-election-lease-duration=4s",
         "--leader-election-renew-interval=1s",
     ];
-    let mut one = Operator::start(&cp, "op-one", &args);
+    let mut one = operator(&cp, "op-one", &args);
     let first = wait_for(Duration::from_secs(60), "a leader", || {
         let h = holder(&cp);
         (!h.is_empty()).then_some(h)
     });
     assert_eq!(first, "op-one");
-    let mut two = Operator::start(&cp, "op-two", &args);
+    let mut two = operator(&cp, "op-two", &args);
 
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("t1", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("t1", "strait.dev/gateway"));
     wait_for(Duration::from_secs(30), "t1 reconciled", || {
         (tunnel_field(&cp, "t1", "{.status.activeGateway}") == "gw-a").then_some(())
     });
@@ -85,11 +81,7 @@ fn only_the_leader_reconciles_and_a_standby_takes_over() {
         (holder(&cp) == "op-two").then_some(())
     });
     let took_lease = killed.elapsed();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("t2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("t2", "strait.dev/gateway"));
     wait_for(Duration::from_secs(30), "t2 reconciled by op-two", || {
         (tunnel_field(&cp, "t2", "{.status.activeGateway}") == "gw-a").then_some(())
     });

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use operator_support::*;
 use strait_e2e::controlplane::ControlPlane;
 
-fn daemonset_terms(cp: &ControlPlane) -> Option<String> {
+/// `jsonpath` of the agent DaemonSet.
+fn daemonset(cp: &ControlPlane, jsonpath: &str) -> anyhow::Result<String> {
     cp.kubectl([
         "get",
         "daemonset",
@@ -28,8 +29,15 @@ fn daemonset_terms(cp: &ControlPlane) -> Option<String> {
         "-n",
         NS,
         "-o",
-        r#"jsonpath={range .spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[*]}{range .matchExpressions[*]}{.key} {.operator} {.values}{end};{end}"#,
+        &format!("jsonpath={jsonpath}"),
     ])
+}
+
+fn daemonset_terms(cp: &ControlPlane) -> Option<String> {
+    daemonset(
+        cp,
+        "{range .spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[*]}{range .matchExpressions[*]}{.key} {.operator} {.values}{end};{end}",
+    )
     .ok()
 }
 
@@ -57,7 +65,7 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     install_crd(&cp);
     node(&cp, "gw-a", &[("strait.dev/gateway", "true")]);
     node(&cp, "edge-1", &[("site-b", "true")]);
-    let _op = Operator::start(
+    let _op = operator(
         &cp,
         "op-1",
         &[
@@ -77,13 +85,8 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     );
 
     // Two tunnels with different selectors: two OR'ed terms.
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("to-dc2", "strait.dev/gateway"),
-    )
-    .unwrap();
-    cp.kubectl_stdin(["apply", "-f", "-"], &tunnel_yaml("to-site-b", "site-b"))
-        .unwrap();
+    apply(&cp, &tunnel_yaml("to-dc2", "strait.dev/gateway"));
+    apply(&cp, &tunnel_yaml("to-site-b", "site-b"));
     let terms = wait_for(
         Duration::from_secs(30),
         "a DaemonSet with two terms",
@@ -94,17 +97,11 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
         "{terms}"
     );
     assert!(terms.contains(r#"site-b In ["true"]"#), "{terms}");
-    let pod = cp
-        .kubectl([
-            "get",
-            "daemonset",
-            "strait-agent",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].args} {.spec.template.spec.hostNetwork} {.spec.template.spec.serviceAccountName}",
-        ])
-        .unwrap();
+    let pod = daemonset(
+        &cp,
+        "{.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].args} {.spec.template.spec.hostNetwork} {.spec.template.spec.serviceAccountName}",
+    )
+    .unwrap();
     assert_eq!(
         pod,
         r#"registry.example/strait-agent:test ["cluster","--dataplane=kernel"] true strait-agent"#
@@ -147,14 +144,7 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     );
     let cleared = Instant::now();
     cp.kubectl_stdin(
-        [
-            "apply",
-            "--server-side",
-            "--field-manager=strait-agent/gw-a",
-            "--subresource=status",
-            "-f",
-            "-",
-        ],
+        agent_status_apply("gw-a"),
         "apiVersion: strait.dev/v1alpha1\nkind: IPsecTunnel\nmetadata:\n  name: to-dc2\nstatus: {}\n",
     )
     .unwrap();
@@ -172,11 +162,7 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     );
 
     // A dead agent cannot block deletion forever: released after --deletion-timeout, with an Event.
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("stuck", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("stuck", "strait.dev/gateway"));
     wait_for(Duration::from_secs(30), "gw-a elected for stuck", || {
         (tunnel_field(&cp, "stuck", "{.status.activeGateway}") == "gw-a").then_some(())
     });

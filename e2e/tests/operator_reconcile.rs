@@ -55,17 +55,13 @@ fn election_conditions_failover_events_and_metrics() {
     node(&cp, "gw-a", &[("strait.dev/gateway", "true")]);
     node(&cp, "gw-b", &[("strait.dev/gateway", "true")]);
     node(&cp, "worker", &[("role", "worker")]);
-    let op = Operator::start(&cp, "op-1", &[]);
+    let op = operator(&cp, "op-1", &[]);
     let mut hb_a = StandInHeartbeat::start(&cp, "gw-a", 3);
     let _hb_b = StandInHeartbeat::start(&cp, "gw-b", 3);
 
     // Apply -> elected, waiting for the agent.
     let applied = Instant::now();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &tunnel_yaml("dc2", "strait.dev/gateway"),
-    )
-    .unwrap();
+    apply(&cp, &tunnel_yaml("dc2", "strait.dev/gateway"));
     wait_for(
         Duration::from_secs(60),
         "activeGateway gw-a, WaitingForAgent",
@@ -271,8 +267,8 @@ fn election_conditions_failover_events_and_metrics() {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
     promtool_check(&metrics);
-    assert_eq!(op.get(op.health_port, "/healthz").map(|r| r.0), Some(200));
-    assert_eq!(op.get(op.health_port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(op.health("/healthz").map(|r| r.0), Some(200));
+    assert_eq!(op.health("/readyz").map(|r| r.0), Some(200));
 }
 
 fn promtool_check(metrics: &str) {
@@ -326,7 +322,7 @@ fn invalid_tunnels_are_refused_with_readable_messages() {
         (
             "missing remote",
             good.replace(
-                "  remote: {id: dc2.example.com, address: 192.0.2.2, subnets: [203.0.113.0/24]}\n",
+                "  remote: {id: 'dc2.example.com', address: 192.0.2.2, subnets: [203.0.113.0/24]}\n",
                 "",
             ),
             "spec.remote: Required value",

@@ -15,31 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use strait_e2e::netns::{self, Site, SitePair};
-use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, Secret, TestPki,
-};
+use strait_e2e::netns::{self, SitePair};
+// libipsec only does ESP-in-UDP (charon_for asks for it); it fakes NAT-D anyway
+use strait_e2e::scenario::charon_for;
+use strait_e2e::strongswan::{Charon, Endpoint, KeyType, ListSas, TestPki};
 
 const PSK: &str = "0sv+NkxY9LLZvwj4qCC2o/gGrWDF2d21jL";
-
-/// The config of one side: `remote_addr` is where this side sends IKE (`None`: responder only).
-fn config(me: &Site, peer: &Site, remote_addr: Option<String>) -> CharonConfig {
-    let mut conn = Connection::new("gw", Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    conn.remote_addrs = remote_addr.into_iter().collect();
-    // libipsec only does ESP-in-UDP; it fakes NAT-D anyway, this just says so
-    conn.encap = true;
-    conn.children
-        .push(ChildConfig::new("net", me.subnet, peer.subnet));
-    CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: PSK.to_owned(),
-        }],
-        ..CharonConfig::default()
-    }
-}
 
 fn assert_up(side: &str, sas: &ListSas) {
     let ike = sas
@@ -74,11 +55,19 @@ fn pair_up_and_ping(nat: bool) {
     let t0 = Instant::now();
     let pair = SitePair::new(nat).expect("topology");
     // the responder accepts the initiator from wherever it appears (the NAT's outside address)
-    let right = Charon::start(&pair.right.ns, &config(&pair.right, &pair.left, None))
-        .expect("start right charon");
+    let right = Charon::start(
+        &pair.right.ns,
+        &charon_for(&pair.right, &pair.left, PSK, None),
+    )
+    .expect("start right charon");
     let left = Charon::start(
         &pair.left.ns,
-        &config(&pair.left, &pair.right, Some(pair.right.addr.to_string())),
+        &charon_for(
+            &pair.left,
+            &pair.right,
+            PSK,
+            Some(pair.right.addr.to_string()),
+        ),
     )
     .expect("start left charon");
     let started = t0.elapsed();
@@ -166,7 +155,7 @@ fn pubkey_pair_with_test_certificates() {
             Some(pair.right.addr.to_string()),
         ),
     ] {
-        let mut cfg = config(me, peer, remote);
+        let mut cfg = charon_for(me, peer, PSK, remote);
         cfg.secrets.clear();
         cfg.add_cert_auth(&pki, cert, me.node);
         let conn = &mut cfg.connections[0];
@@ -202,8 +191,11 @@ fn nothing_left_behind() {
     let pid;
     {
         let pair = SitePair::new(true).expect("topology");
-        let charon = Charon::start(&pair.right.ns, &config(&pair.right, &pair.left, None))
-            .expect("start charon");
+        let charon = Charon::start(
+            &pair.right.ns,
+            &charon_for(&pair.right, &pair.left, PSK, None),
+        )
+        .expect("start charon");
         pid = charon.pid().expect("charon runs");
         let id = pair.topology.id().to_owned();
         assert!(netns::list().iter().any(|n| n.starts_with(&id)));

@@ -18,14 +18,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_e2e::agent::{Agent, CERT_AUTH_YAML, SecretFile};
+use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::netns::{self, Site, SitePair};
+use strait_e2e::scenario::{TUNNEL, charon_for, up};
 use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Plugins, Secret, TestPki,
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Plugins, TestPki,
 };
+use strait_e2e::tunnel::{Auth, End, TunnelYaml};
 
 const PSK: &str = "strait-vm-psk-5e0b7d21c94a";
-const TUNNEL: &str = "gw";
 const METRICS: &str = "127.0.0.1:9470";
 
 /// The agent's IPsecTunnel with PSK auth; `extra` is more YAML under `spec:` (two-space
@@ -37,38 +38,31 @@ fn yaml(me: &Site, peer: &Site, peer_addr: &str, initiation: &str, extra: &str) 
         peer_addr,
         initiation,
         extra,
-        "psk: {secretRef: {name: gw-psk, key: psk}}",
+        Auth::Psk("gw-psk".into()),
     )
 }
 
-/// The same with `auth` as the lines under `spec.auth:`.
+/// The same with `auth`.
 fn yaml_auth(
     me: &Site,
     peer: &Site,
     peer_addr: &str,
     initiation: &str,
     extra: &str,
-    auth: &str,
+    auth: Auth,
 ) -> String {
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  local: {{id: {lid}, address: {laddr}, subnets: [{lnet}]}}
-  remote: {{id: {rid}, address: {peer_addr}, subnets: [{rnet}]}}
-  auth:
-    {auth}
-  ike: {{proposals: [aes256gcm16-prfsha256-x25519]}}
-  esp: {{proposals: [aes256gcm16-x25519]}}
-  initiation: {initiation}
-{extra}",
-        lid = me.id,
-        laddr = me.addr,
-        lnet = me.subnet,
-        rid = peer.id,
-        rnet = peer.subnet,
-    )
+    TunnelYaml {
+        auth,
+        extra: extra.to_owned(),
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(me.id, me.addr, me.subnet),
+            End::new(peer.id, peer_addr, peer.subnet),
+        )
+        .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+        .initiation(initiation)
+    }
+    .render()
 }
 
 fn start(me: &Site, config: &str, extra_args: &[&str]) -> Agent {
@@ -84,10 +78,6 @@ fn start_with(me: &Site, config: &str, secrets: &[SecretFile], extra_args: &[&st
     let mut args = vec!["--metrics-addr", METRICS];
     args.extend_from_slice(extra_args);
     Agent::start(&me.ns, config, secrets, "kernel", &args).expect("start strait-agent")
-}
-
-fn up(t: &Value) -> bool {
-    t["ikeState"] == "Established" && t["ready"] == true
 }
 
 /// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source: the agent
@@ -168,19 +158,6 @@ fn xfrm_states(ns: &str) -> Vec<XState> {
     v
 }
 
-/// Our policies (`ip xfrm policy` lines starting with `src`), socket policies excluded.
-fn xfrm_policies(ns: &str) -> Vec<String> {
-    netns::exec(ns, &["ip", "xfrm", "policy"])
-        .unwrap()
-        .stdout
-        .lines()
-        // the IKE sockets' bypass policies show as 0.0.0.0/0 <-> 0.0.0.0/0 (one per socket
-        // and direction): not ours to count
-        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// `GET /metrics` from inside `ns`, the body.
 fn metrics(ns: &str) -> String {
     let (host, port) = METRICS.split_once(':').unwrap();
@@ -258,7 +235,7 @@ fn assert_exact_objects(agent: &Agent) {
     let mut have: Vec<String> = xfrm_states(agent.ns()).into_iter().map(|s| s.spi).collect();
     have.sort();
     assert_eq!(have, want, "kernel SAs vs status");
-    let pols = xfrm_policies(agent.ns());
+    let pols = netns::xfrm_policies(agent.ns()).unwrap();
     assert_eq!(pols.len(), 3, "out/in/fwd expected: {pols:?}");
 }
 
@@ -316,22 +293,15 @@ fn kernel_view(sites: &[&Site]) -> String {
     s
 }
 
+/// charon with the kernel's ESP (no UDP encapsulation needed), probing us every 5 s.
 fn charon_config(me: &Site, peer: &Site) -> CharonConfig {
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    conn.remote_addrs = vec![peer.addr.to_string()];
-    conn.dpd_delay = Some("5s".into());
-    conn.children
-        .push(ChildConfig::new("net", me.subnet, peer.subnet));
-    CharonConfig {
+    let mut cfg = CharonConfig {
         plugins: Plugins::KernelNetlink,
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: PSK.to_owned(),
-        }],
-        ..CharonConfig::default()
-    }
+        ..charon_for(me, peer, PSK, Some(peer.addr.to_string()))
+    };
+    cfg.connections[0].encap = false;
+    cfg.connections[0].dpd_delay = Some("5s".into());
+    cfg
 }
 
 /// charon (PSK) on the right site, with one retry (the boot's first charon start can exceed the
@@ -393,7 +363,7 @@ fn a_charon_both_directions_and_counters() {
     agent.terminate(Duration::from_secs(10)).unwrap();
     assert!(xfrm_states(&left.ns).is_empty(), "SAs left after SIGTERM");
     assert!(
-        xfrm_policies(&left.ns).is_empty(),
+        netns::xfrm_policies(&left.ns).unwrap().is_empty(),
         "policies left after SIGTERM"
     );
     drop(agent);
@@ -805,7 +775,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
             let t = agent.tunnel(TUNNEL).unwrap_or(Value::Null);
             let waiting = t["ikeState"] == "Down"
                 && xfrm_states(&left.ns).is_empty()
-                && xfrm_policies(&left.ns).len() == 1;
+                && netns::xfrm_policies(&left.ns).unwrap().len() == 1;
             if waiting {
                 return t;
             }
@@ -823,7 +793,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
         t["notes"].as_array().is_none_or(|n| n.is_empty()),
         "no fallback note expected: {t}"
     );
-    let pol = &xfrm_policies(&left.ns)[0];
+    let pol = &netns::xfrm_policies(&left.ns).unwrap()[0];
     assert!(
         pol.starts_with(&format!("src {} dst {}", left.subnet, right.subnet)),
         "the outbound policy expected: {pol}"
@@ -921,7 +891,7 @@ fn g_certificates_carry_traffic() {
         &right.addr.to_string(),
         "start",
         "",
-        CERT_AUTH_YAML,
+        Auth::Certificate,
     );
     let agent = start_with(left, &config, &secrets, &[]);
     agent

@@ -37,25 +37,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_e2e::apiforward::PortForward;
+use strait_e2e::cluster::{self, REMOTE_ADDR, REMOTE_NET};
 use strait_e2e::controlplane::ControlPlane;
-use strait_e2e::netns::{self, Topology};
+use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon, NAMESPACE};
-use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
-};
+use strait_e2e::strongswan::{Charon, CharonConfig, Plugins};
 use strait_e2e::vm;
 
 const TUNNEL: &str = "dc1-to-dc2";
 const PSK: &str = "strait-vm-cluster-psk-7c31a9e05d";
-const LOCAL_ID: &str = "dc1.strait.example";
-const REMOTE_ID: &str = "dc2.strait.example";
-const REMOTE_ADDR: &str = "192.0.2.100";
-const LOCAL_NET: &str = "198.51.100.0/24";
 const LOCAL_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const REMOTE_NET: &str = "203.0.113.0/24";
 const REMOTE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
-const ESP: &str = "aes256gcm16-x25519";
 const NODE: &str = "gw1";
 /// The guest half finds the shared directory here.
 const SHARED_ENV: &str = "STRAIT_VM_CLUSTER_DIR";
@@ -81,11 +73,7 @@ fn wait_file(path: &Path, timeout: Duration, vm: &mut vm::Running, what: &str) -
 }
 
 fn status(cp: &ControlPlane) -> Value {
-    cp.kubectl(["get", "ipsectunnel", TUNNEL, "-o", "json"])
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .map(|v| v["status"].clone())
-        .unwrap_or(Value::Null)
+    cluster::status(cp, TUNNEL)
 }
 
 /// A copy of `src` in `dir`, stripped of debug info when `strip` can (the guest reads it over
@@ -123,27 +111,17 @@ fn stage_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
     path
 }
 
-fn build_binaries() {
-    product::build_binaries().unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 /// The host half: control plane, operator, the VM; apply → Ready → traffic → delete.
 #[test]
 fn cluster_kernel_dataplane_in_vm() {
     strait_e2e::cmd::require_root().expect("root");
     vm::require_ready().expect("VM pieces");
-    build_binaries();
     let t_cp = Instant::now();
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, NODE).unwrap();
-    cp.kubectl_stdin(
-        ["apply", "-f", "-"],
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: dc2-psk, namespace: {NAMESPACE}}}\nstringData: {{psk: \"{PSK}\"}}\n"
-        ),
-    )
-    .unwrap();
+    cp.kubectl_stdin(["apply", "-f", "-"], &cluster::psk_secret("dc2-psk", PSK))
+        .unwrap();
     let operator = Daemon::operator(&cp, &[]).expect("operator");
     println!(
         "host: control plane + CRD + operator in {:.1} s",
@@ -157,7 +135,11 @@ fn cluster_kernel_dataplane_in_vm() {
         .unwrap();
     let dir = shared.path();
     let me = stage_binary(&std::env::current_exe().unwrap(), dir, "vm_cluster");
-    stage_binary(&strait_e2e::agent::binary().unwrap(), dir, "strait-agent");
+    stage_binary(
+        &product::binary("strait-agent").unwrap(),
+        dir,
+        "strait-agent",
+    );
     stage_kubeconfig(&cp, dir);
     let port = cp
         .server_url()
@@ -201,39 +183,11 @@ fn cluster_kernel_dataplane_in_vm() {
         t_vm.elapsed().as_secs_f64()
     );
     // the heartbeat makes the node a candidate; without it the operator elects no one
-    let start = Instant::now();
-    while cp
-        .kubectl([
-            "get",
-            "lease",
-            "-n",
-            NAMESPACE,
-            &format!("strait-agent-{NODE}"),
-        ])
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the guest agent wrote no heartbeat Lease:\n{}",
-            guest.output()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    cluster::wait_heartbeats(&cp, &[NODE], Duration::from_secs(120), || guest.output())
+        .unwrap_or_else(|e| panic!("the guest agent: {e:#}"));
 
     // ---- apply → Ready ----
-    let tunnel = format!(
-        r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {TUNNEL}}}
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {LOCAL_ID}, subnets: [{LOCAL_NET}]}}
-  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [{REMOTE_NET}]}}
-  auth:   {{psk: {{secretRef: {{name: dc2-psk, key: psk}}}}}}
-  ike:    {{proposals: [{IKE}]}}
-  esp:    {{proposals: [{ESP}]}}
-"#
-    );
+    let tunnel = cluster::tunnel(TUNNEL, "dc2-psk").render();
     let applied = Instant::now();
     cp.kubectl_stdin(["apply", "-f", "-"], &tunnel).unwrap();
     let out = cp.kubectl([
@@ -409,15 +363,14 @@ fn sas(ns: &str) -> Vec<(String, String, u64, u64)> {
     v
 }
 
-/// `ip xfrm policy` entries other than the IKE sockets' bypass policies.
-fn policies(ns: &str) -> Vec<String> {
-    netns::exec(ns, &["ip", "xfrm", "policy"])
-        .unwrap()
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
-        .map(str::to_owned)
-        .collect()
+/// The node's SAs and policies, and the agent's log.
+fn kernel_view(gw: &str, agent: &GuestAgent) -> String {
+    format!(
+        "{:?} {:?}\n{}",
+        sas(gw),
+        netns::xfrm_policies(gw).unwrap(),
+        agent.log()
+    )
 }
 
 fn wait_until(
@@ -454,14 +407,10 @@ fn guest_gateway_node() {
         .parse()
         .unwrap();
     let _serial = netns::serial();
-    let topo = Topology::builder()
-        .node(NODE)
-        .node("remote")
-        .link(NODE, "192.0.2.1/30", "remote", "192.0.2.2/30")
+    let topo = cluster::builder(&[NODE], REMOTE_ADDR)
         .subnet("remote", &format!("{REMOTE_ADDR}/32"))
         .subnet("remote", &format!("{REMOTE_HOST}/32"))
         .subnet(NODE, &format!("{LOCAL_HOST}/32"))
-        .route(NODE, &[REMOTE_ADDR, "via", "192.0.2.2"])
         // the agent installs no routes: the remote subnet via the link, from our inner address
         .route(
             NODE,
@@ -478,20 +427,9 @@ fn guest_gateway_node() {
     let gw = topo.ns(NODE).unwrap().to_owned();
     let remote = topo.ns("remote").unwrap().to_owned();
 
-    let mut conn = Connection::new(TUNNEL, Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
-    conn.local_addrs = vec![REMOTE_ADDR.into()];
-    conn.proposals = vec![IKE.into()];
-    let mut child = ChildConfig::new("net", REMOTE_NET, LOCAL_NET);
-    child.esp_proposals = vec![ESP.into()];
-    conn.children.push(child);
     let cfg = CharonConfig {
         plugins: Plugins::KernelNetlink,
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
-            secret: PSK.into(),
-        }],
-        ..CharonConfig::default()
+        ..cluster::charon_config(TUNNEL, PSK)
     };
     // the boot's first charon start can exceed the harness's 20 s: one retry
     let charon = Charon::start(&remote, &cfg)
@@ -557,8 +495,8 @@ fn guest_gateway_node() {
     wait_until(
         "the agent's two SAs and three policies in the node",
         Duration::from_secs(60),
-        || sas(&gw).len() == 2 && policies(&gw).len() == 3,
-        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+        || sas(&gw).len() == 2 && netns::xfrm_policies(&gw).unwrap().len() == 3,
+        || kernel_view(&gw, &agent),
     );
     println!("guest: tunnel up at {:.1} s", t0.elapsed().as_secs_f64());
     for (node, from, to) in [
@@ -630,8 +568,8 @@ fn guest_gateway_node() {
     wait_until(
         "the node's SAs and policies removed",
         Duration::from_secs(30),
-        || sas(&gw).is_empty() && policies(&gw).is_empty(),
-        || format!("{:?} {:?}\n{}", sas(&gw), policies(&gw), agent.log()),
+        || sas(&gw).is_empty() && netns::xfrm_policies(&gw).unwrap().is_empty(),
+        || kernel_view(&gw, &agent),
     );
     assert!(
         charon.log().contains("received DELETE"),

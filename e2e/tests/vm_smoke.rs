@@ -19,9 +19,8 @@
 use std::time::Duration;
 
 use strait_e2e::netns::{self, Site, SitePair};
-use strait_e2e::strongswan::{
-    Charon, CharonConfig, ChildConfig, Connection, Endpoint, Plugins, Secret,
-};
+use strait_e2e::scenario::charon_for;
+use strait_e2e::strongswan::{Charon, CharonConfig, Plugins};
 use strait_e2e::vm;
 
 /// One boot (they cost a minute under TCG) checks the hand-made SAs, charon with kernel ESP, and
@@ -68,21 +67,14 @@ fn esp_tunnel_sa_carries_ping_in_vm() {
     eprintln!("vm smoke: {:?} for boot + test", out.elapsed);
 }
 
+/// charon with the kernel's ESP: no UDP encapsulation.
 fn config(me: &Site, peer: &Site, remote_addr: Option<String>) -> CharonConfig {
-    let mut conn = Connection::new("gw", Endpoint::psk(me.id), Endpoint::psk(peer.id));
-    conn.local_addrs = vec![me.addr.to_string()];
-    conn.remote_addrs = remote_addr.into_iter().collect();
-    conn.children
-        .push(ChildConfig::new("net", me.subnet, peer.subnet));
-    CharonConfig {
+    let mut cfg = CharonConfig {
         plugins: Plugins::KernelNetlink,
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![me.id.to_owned(), peer.id.to_owned()],
-            secret: "0sv+NkxY9LLZvwj4qCC2o/gGrWDF2d21jL".to_owned(),
-        }],
-        ..CharonConfig::default()
-    }
+        ..charon_for(me, peer, "0sv+NkxY9LLZvwj4qCC2o/gGrWDF2d21jL", remote_addr)
+    };
+    cfg.connections[0].encap = false;
+    cfg
 }
 
 /// Runs inside the VM only (started by `esp_tunnel_sa_carries_ping_in_vm`): the host kernel has

@@ -48,6 +48,7 @@ use strait_e2e::netns::{self, Topology};
 use strait_e2e::strongswan::{
     self, Charon, CharonConfig, ChildConfig, Connection, Endpoint as SwanEndpoint, Plugins, Secret,
 };
+use strait_e2e::tunnel::{End, TunnelYaml};
 use strait_ike::codec::TsRange;
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::crypto::rng::DeterministicRng;
@@ -236,28 +237,22 @@ impl AgentProc {
         let mut s = String::with_capacity(n * 520);
         for i in 0..n {
             let (src, inner) = (source(i), inner(i));
-            let _ = write!(
-                s,
-                "---
-apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: gen-{i}}}
-spec:
-  local: {{id: \"{RESPONDER}\", address: \"{RESPONDER}\", subnets: [{PROTECTED}]}}
-  remote: {{id: \"{src}\", address: \"{src}\", subnets: [{inner}/32]}}
-  auth: {{psk: {{secretRef: {{name: bench-psk, key: psk}}}}}}
-  ike: {{proposals: [{proposal}]}}
-  esp: {{proposals: [{ESP_PROPOSAL}]}}
-  dpd: {{interval: 24h, timeout: 24h}}
-  initiation: respond
-"
-            );
+            let tunnel = TunnelYaml::new(
+                format!("gen-{i}"),
+                End::new(RESPONDER.to_string(), RESPONDER, PROTECTED),
+                End::new(src.to_string(), src, format!("{inner}/32")),
+            )
+            .psk("bench-psk")
+            .proposals(proposal, ESP_PROPOSAL)
+            .dpd("24h", "24h")
+            .initiation("respond");
+            let _ = write!(s, "---\n{}", tunnel.render());
         }
         s
     }
 
     fn start(ns: &str, n: usize, proposal: &str) -> Result<Self> {
-        let bin = strait_e2e::agent::binary()?;
+        let bin = strait_e2e::product::binary("strait-agent")?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("strait-bench-agent-{}-", std::process::id()))
             .tempdir()?;
@@ -266,21 +261,7 @@ spec:
         fs::create_dir_all(root.join("secrets/bench-psk"))?;
         fs::write(root.join("secrets/bench-psk/psk"), PSK)?;
         let log = fs::File::create(root.join("agent.log"))?;
-        let sock = root.join("agent.sock");
-        let args: Vec<String> = vec![
-            bin.display().to_string(),
-            "standalone".into(),
-            "--config".into(),
-            root.join("tunnels.yaml").display().to_string(),
-            "--secrets-dir".into(),
-            root.join("secrets").display().to_string(),
-            "--dataplane".into(),
-            "none".into(),
-            "--status-socket".into(),
-            sock.display().to_string(),
-            "--node".into(),
-            "bench".into(),
-        ];
+        let args = strait_e2e::agent::standalone_args(&bin, root, "none", "bench");
         let mut c = netns::exec_command(ns, &args);
         c.env("RUST_LOG", "info")
             .stdin(Stdio::null())

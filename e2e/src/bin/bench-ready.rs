@@ -27,16 +27,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
+use strait_e2e::cluster::{self, ESP, IKE};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns::{self, Topology};
 use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::{
     self, Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret,
 };
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-bench-psk-only-for-this-machine";
-const IKE: &str = "aes256gcm16-prfsha256-x25519";
-const ESP: &str = "aes256gcm16-x25519";
 const NODES: [&str; 2] = ["gw1", "gw2"];
 /// Where charon's per-tunnel IKE addresses live (RFC 2544's benchmarking range).
 const REMOTE_RANGE: &str = "198.18.0.0/16";
@@ -132,25 +132,15 @@ impl TunnelDef {
     }
 
     fn yaml(&self) -> String {
-        format!(
-            r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata: {{name: {name}}}
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {lid}, subnets: [{ls}]}}
-  remote: {{id: {rid}, address: {ra}, subnets: [{rs}]}}
-  auth:   {{psk: {{secretRef: {{name: bench-psk, key: psk}}}}}}
-  ike:    {{proposals: [{IKE}]}}
-  esp:    {{proposals: [{ESP}]}}
-"#,
-            name = self.name,
-            lid = self.local_id(),
-            ls = self.local_subnet(),
-            rid = self.remote_id(),
-            ra = self.remote_addr(),
-            rs = self.remote_subnet(),
+        TunnelYaml::new(
+            &self.name,
+            End::new(self.local_id(), "", self.local_subnet()),
+            End::new(self.remote_id(), self.remote_addr(), self.remote_subnet()),
         )
+        .gateways()
+        .psk("bench-psk")
+        .proposals(IKE, ESP)
+        .render()
     }
 
     fn charon_conn(&self) -> Connection {
@@ -501,15 +491,7 @@ impl Bench {
             .map(|(k, name)| TunnelDef::new(name, k))
             .collect();
 
-        let topo = Topology::builder()
-            .node("gw1")
-            .node("gw2")
-            .node("remote")
-            .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
-            .link("gw2", "192.0.2.5/30", "remote", "192.0.2.6/30")
-            .route("gw1", &[REMOTE_RANGE, "via", "192.0.2.2"])
-            .route("gw2", &[REMOTE_RANGE, "via", "192.0.2.6"])
-            .build()?;
+        let topo = cluster::builder(&NODES, REMOTE_RANGE).build()?;
         // Per tunnel on the remote site's loopback, in one `ip -batch`: its IKE address, and an
         // address inside its subnet (charon's libipsec routes each CHILD SA from one).
         let batch: String = defs
@@ -1015,8 +997,8 @@ fn run() -> Result<()> {
     let _ = netns::sweep_stale();
     strongswan::sweep_stale_dirs();
     let machine = machine();
-    let agent = strait_e2e::agent::binary()?;
-    let operator = strait_e2e::product::operator_binary()?;
+    let agent = product::binary("strait-agent")?;
+    let operator = product::binary("strait-operator")?;
     let mut bench = Bench::setup(plan).context("setting up")?;
     let mut out = String::new();
     let _ = writeln!(

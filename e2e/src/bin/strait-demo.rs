@@ -9,40 +9,29 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use strait_e2e::cluster::{self, LOCAL_ID, REMOTE_ADDR, REMOTE_ID};
 use strait_e2e::controlplane::ControlPlane;
-use strait_e2e::netns::{self, Topology};
+use strait_e2e::netns;
 use strait_e2e::product::{Daemon, NAMESPACE};
-use strait_e2e::strongswan::{
-    self, Charon, CharonConfig, ChildConfig, Connection, Endpoint, Secret,
-};
+use strait_e2e::scenario;
+use strait_e2e::strongswan::{self, Charon};
+use strait_e2e::tunnel::TunnelYaml;
 
 /// The demo's pre-shared key. It is a demo value for namespaces on this machine only.
 const DEMO_PSK: &str = "strait-demo-psk-only-for-this-machine";
-const LOCAL_ID: &str = "dc1.strait.example";
-const REMOTE_ID: &str = "dc2.strait.example";
-/// The remote site's IKE address (on its loopback, routed from both gateway nodes).
-const REMOTE_ADDR: &str = "192.0.2.100";
 
 fn step(n: u32, what: &str) {
     println!("\n\x1b[1m[{n}] {what}\x1b[0m");
 }
 
+/// The demo's tunnel; `local` has no address: it is the elected node's.
 fn tunnel_yaml() -> String {
-    format!(
-        r#"apiVersion: strait.dev/v1alpha1
-kind: IPsecTunnel
-metadata:
-  name: demo
-spec:
-  gateway: {{nodeSelector: {{matchLabels: {{strait.dev/gateway: "true"}}}}}}
-  local:  {{id: {LOCAL_ID}, subnets: [198.51.100.0/24]}}    # address: the elected node's
-  remote: {{id: {REMOTE_ID}, address: {REMOTE_ADDR}, subnets: [203.0.113.0/24]}}
-  auth:   {{psk: {{secretRef: {{name: demo-psk, key: psk}}}}}}
-  ike:    {{proposals: [aes256gcm16-prfsha256-x25519], lifetime: 1h}}
-  esp:    {{proposals: [aes256gcm16-x25519], lifetime: 20m}}
-  dpd:    {{interval: 10s, timeout: 30s}}
-"#
-    )
+    TunnelYaml {
+        ike_lifetime: Some("1h".into()),
+        esp_lifetime: Some("20m".into()),
+        ..cluster::tunnel("demo", "demo-psk").dpd("10s", "30s")
+    }
+    .render()
 }
 
 /// `GET /metrics` from inside a node's namespace (the agent serves it there), via bash's
@@ -80,28 +69,13 @@ fn run() -> Result<()> {
     step(2, "Installing the IPsecTunnel CRD (crds/ipsectunnel.yaml)");
     let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
     print!("{}", cp.kubectl(["apply", "--server-side", "-f", crd])?);
-    cp.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/ipsectunnels.strait.dev",
-        "--timeout=30s",
-    ])?;
+    strait_e2e::product::wait_crd(&cp, 30)?;
 
     step(
         3,
         "Building the network: gateway nodes gw1 and gw2, and a remote site, as network namespaces",
     );
-    let topo = Topology::builder()
-        .node("gw1")
-        .node("gw2")
-        .node("remote")
-        .link("gw1", "192.0.2.1/30", "remote", "192.0.2.2/30")
-        .link("gw2", "192.0.2.5/30", "remote", "192.0.2.6/30")
-        .subnet("remote", &format!("{REMOTE_ADDR}/32"))
-        .subnet("remote", "203.0.113.1/32")
-        .route("gw1", &[REMOTE_ADDR, "via", "192.0.2.2"])
-        .route("gw2", &[REMOTE_ADDR, "via", "192.0.2.6"])
-        .build()?;
+    let topo = cluster::topology(&["gw1", "gw2"])?;
     println!(
         "gw1    {} 192.0.2.1  (cluster side 198.51.100.0/24)\n\
          gw2    {} 192.0.2.5\n\
@@ -115,17 +89,11 @@ fn run() -> Result<()> {
         4,
         "Starting strongSwan (charon) as the remote site's gateway, responding",
     );
-    let mut conn = Connection::new("demo", Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
-    conn.local_addrs = vec![REMOTE_ADDR.to_owned()];
-    conn.children = vec![ChildConfig::new("net", "203.0.113.0/24", "198.51.100.0/24")];
-    let config = CharonConfig {
-        connections: vec![conn],
-        secrets: vec![Secret::Ike {
-            ids: vec![LOCAL_ID.to_owned(), REMOTE_ID.to_owned()],
-            secret: DEMO_PSK.to_owned(),
-        }],
-        ..CharonConfig::default()
-    };
+    let config = scenario::psk_config(
+        cluster::charon_conn("demo"),
+        &[LOCAL_ID, REMOTE_ID],
+        DEMO_PSK,
+    );
     let charon = Charon::start(topo.ns("remote")?, &config)?;
     println!(
         "charon pid {} listening on {REMOTE_ADDR}:500",
@@ -167,27 +135,13 @@ fn run() -> Result<()> {
         )?);
         println!("strait-agent cluster --node {node} --dataplane none   (in namespace {node})");
     }
-    let t = Instant::now();
-    while cp
-        .kubectl([
-            "get",
-            "lease",
-            "-n",
-            NAMESPACE,
-            "strait-agent-gw1",
-            "strait-agent-gw2",
-        ])
-        .is_err()
-    {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the agents wrote no heartbeat Lease within 60 s:\n{}\n{}",
-                agents.first().map(Daemon::log).unwrap_or_default(),
-                agents.get(1).map(Daemon::log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster::wait_heartbeats(&cp, &["gw1", "gw2"], Duration::from_secs(60), || {
+        agents
+            .iter()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     print!("{}", cp.kubectl(["get", "leases", "-n", NAMESPACE])?);
 
     step(
