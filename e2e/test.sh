@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, every tier, against real parts. Installs what it needs first.
 #   sudo e2e/test.sh                 all tiers
-#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e vm fuzz demo
+#   sudo e2e/test.sh unit e2e        some tiers: lint unit e2e vm fuzz demo nodes
 # Prints one closing line "N passed, N failed" and exits non-zero on any failure.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root "e2e/test.sh"
 cd "$REPO"
 
-tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz demo)
+tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz demo nodes)
 LOGS=${STRAIT_LOGS:-$(mktemp -d /tmp/strait-test.XXXXXX)}
 mkdir -p "$LOGS"
 passed=0 failed=0 ignored=0 failures=()
@@ -41,7 +41,7 @@ step() {
 # Kernel objects and processes the tests could leave behind if cleanup failed.
 leftovers() {
   ip netns list 2>/dev/null | grep -E '^strait-' || true
-  pgrep -af '/strait-(agent|operator)|kube-apiserver|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
+  pgrep -af '/strait-(agent|operator)|kube-(apiserver|controller-manager|scheduler)|/kubelet |/containerd --config|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
     | grep -v -E "pgrep|$$" || true
 }
 xfrm_root() { echo "$(ip xfrm state 2>/dev/null | wc -l) $(ip xfrm policy 2>/dev/null | wc -l)"; }
@@ -74,7 +74,14 @@ for t in "${tiers[@]}"; do
     demo)
       # The README's first command, exactly as a new user runs it, so it cannot break unseen.
       step demo e2e/demo.sh ;;
-    *) die "unknown tier '$t' (lint unit e2e vm fuzz demo)" ;;
+    nodes)
+      # Real kubelets: two nodes, each with its own containerd in its own network namespace,
+      # running the images built here (e2e/nodes/try-node.sh says what it checks).
+      rel=${CARGO_TARGET_DIR:-$REPO/target}/release
+      step nodes-build cargo build --release --locked -p strait-agent -p strait-operator
+      step images e2e/setup/images.sh --agent "$rel/strait-agent" --operator "$rel/strait-operator"
+      step nodes e2e/nodes/try-node.sh 2 ;;
+    *) die "unknown tier '$t' (lint unit e2e vm fuzz demo nodes)" ;;
   esac
 done
 

@@ -163,7 +163,7 @@ spawn() { # name log cmd...
 
 # A recorded pid is only signalled while it is still ours (after a crash it may have been reused):
 # every process we start has $NODES_DIR in its command line.
-ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$NODES_DIR"; }
+ours() { { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null | grep -qF "$NODES_DIR"; }
 
 stop_group() { # name [grace-seconds]
 	local f="$NODES_DIR/pids/$1" pid i

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# A MANUAL PROOF that the node tier works on this machine (not a test; it will be wired into the
-# Rust e2e tests later). As root:
+# The node tier's smoke test (e2e/test.sh's `nodes` tier runs it with two nodes). As root:
 #   e2e/nodes/try-node.sh [N]     control plane + N kubelet nodes (default 1); smoke test; teardown
 #   e2e/nodes/try-node.sh down    remove whatever a crashed run left behind
 #   STRAIT_KEEP=1 e2e/nodes/try-node.sh   leave everything running (then `... down`)

@@ -16,6 +16,8 @@ PKGS=(
   iproute2 iputils-ping nftables tcpdump tshark
   qemu-system-x86 busybox-static kmod file python3-venv
   prometheus valgrind openssl
+  # the node tier: runc is built with seccomp (cgo), the pause image with gcc -static
+  gcc libc6-dev libseccomp-dev pkg-config
 )
 # services that arrive with the packages above and must not run on a test machine
 SERVICES=(strongswan-starter.service strongswan.service ipsec.service prometheus.service)
