@@ -59,7 +59,7 @@ struct RunArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     manage_agent_daemonset: bool,
     /// The agent image.
-    #[arg(long, env = "STRAIT_AGENT_IMAGE", default_value = concat!("ghcr.io/strait-dev/strait-agent:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "STRAIT_AGENT_IMAGE", default_value = concat!("localhost/strait-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
     /// The agent image's pull policy.
     #[arg(long, default_value = "IfNotPresent")]
