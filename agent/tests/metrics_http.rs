@@ -217,6 +217,9 @@ async fn metrics_are_served_and_promtool_accepts_them() {
         );
         let other = get(addr, "/").await;
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        // liveness: the real driver loop answers
+        let health = get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
         for h in [&a, &b] {
             let (tx, rx) = oneshot::channel();
             h.cmd.send(Command::Shutdown(tx)).await.unwrap();

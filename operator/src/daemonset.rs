@@ -126,6 +126,17 @@ pub fn manifest(namespace: &str, tpl: &AgentTemplate, terms: &[NodeSelectorTerm]
                             {"name": "ike-natt", "containerPort": 4500, "protocol": "UDP"},
                             {"name": "metrics", "containerPort": 9470, "protocol": "TCP"},
                         ],
+                        // /healthz asks the IKE driver loop itself: a wedged loop is restarted
+                        // even while the heartbeat task still renews the Lease
+                        "livenessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "metrics"},
+                            "initialDelaySeconds": 10, "periodSeconds": 10,
+                            "timeoutSeconds": 7, "failureThreshold": 3,
+                        },
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "metrics"},
+                            "periodSeconds": 10, "timeoutSeconds": 7,
+                        },
                         // the status socket (`kubectl exec ... strait-agent status`) lives here;
                         // the root file system is read-only
                         "volumeMounts": [{"name": "run", "mountPath": "/run/strait"}],
@@ -192,6 +203,10 @@ mod tests {
             .map(|v| v.iter().map(|p| p["containerPort"].clone()).collect())
             .unwrap_or_default();
         assert_eq!(ports, vec![json!(500), json!(4500), json!(9470)]);
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
+            assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+        }
     }
 
     #[test]
