@@ -17,7 +17,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tempfile::TempDir;
+
+use crate::kube::Kube;
 
 /// How long etcd may take to answer `/health`.
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,10 +101,21 @@ pub struct ControlPlane {
     dir: TempDir,
     bins: Binaries,
     server_url: String,
-    kubeconfig: PathBuf,
+    /// kubectl and helm with an admin kubeconfig (group `system:masters`) that verifies the
+    /// server's self-signed certificate.
+    kube: Kube,
     etcd_url: String,
     /// kube-apiserver's arguments while it is stopped by [`ControlPlane::stop_apiserver`].
     stopped_apiserver: Option<Vec<std::ffi::OsString>>,
+}
+
+/// The control plane's `kubectl` and `helm` (`cp.kubectl([...])`).
+impl std::ops::Deref for ControlPlane {
+    type Target = Kube;
+
+    fn deref(&self) -> &Kube {
+        &self.kube
+    }
 }
 
 impl ControlPlane {
@@ -229,12 +242,18 @@ impl ControlPlane {
         fs::write(&kubeconfig, kubeconfig_yaml(&server_url, &ca_file, &token))
             .context("writing the kubeconfig")?;
 
+        let helm_home = root.join("helm");
         let mut cp = Self {
             group,
             dir,
+            kube: Kube::new(
+                bins.kubectl.clone(),
+                bins.helm.clone(),
+                kubeconfig,
+                helm_home,
+            ),
             bins: bins.clone(),
             server_url,
-            kubeconfig,
             etcd_url,
             stopped_apiserver: None,
         };
@@ -276,12 +295,6 @@ impl ControlPlane {
         &self.etcd_url
     }
 
-    /// A kubeconfig for an admin user (group `system:masters`) that verifies the server's
-    /// self-signed certificate.
-    pub fn kubeconfig_path(&self) -> &Path {
-        &self.kubeconfig
-    }
-
     /// The binaries this control plane runs with (use `kubectl`/`helm` from here).
     pub fn binaries(&self) -> &Binaries {
         &self.bins
@@ -290,76 +303,6 @@ impl ControlPlane {
     /// A scratch directory that lives as long as the control plane.
     pub fn scratch_dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// A `kubectl` command preset with this control plane's kubeconfig.
-    pub fn kubectl_command<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut cmd = Command::new(&self.bins.kubectl);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs `kubectl ARGS`; returns its stdout, or an error with its stderr if it failed.
-    pub fn kubectl<I, S>(&self, args: I) -> Result<String>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        run_checked(self.kubectl_command(args), None)
-    }
-
-    /// Runs `kubectl ARGS` with `stdin` as its input (e.g. `apply -f -`).
-    pub fn kubectl_stdin<I, S>(&self, args: I, stdin: &str) -> Result<String>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        run_checked(self.kubectl_command(args), Some(stdin))
-    }
-
-    /// Runs `kubectl ARGS` and returns its full output whatever the exit status, for tests that
-    /// expect a failure.
-    pub fn kubectl_output<I, S>(&self, args: I, stdin: Option<&str>) -> Result<Output>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        run_output(self.kubectl_command(args), stdin)
-    }
-
-    /// A `helm` command preset with this control plane's kubeconfig and helm's own config, cache
-    /// and data directories inside the control plane's temp dir (nothing is written to `$HOME`).
-    pub fn helm_command<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let helm_home = self.dir.path().join("helm");
-        let mut cmd = Command::new(&self.bins.helm);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .env("HELM_CONFIG_HOME", helm_home.join("config"))
-            .env("HELM_CACHE_HOME", helm_home.join("cache"))
-            .env("HELM_DATA_HOME", helm_home.join("data"))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs `helm ARGS`; returns its stdout, or an error with its stderr if it failed.
-    pub fn helm<I, S>(&self, args: I) -> Result<String>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        run_checked(self.helm_command(args), None)
     }
 
     /// Process ids of everything this control plane runs (watchdog, etcd, kube-apiserver).
@@ -720,45 +663,4 @@ fn run_quiet(cmd: &mut Command, what: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn run_output(mut cmd: Command, stdin: Option<&str>) -> Result<Output> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    if stdin.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not run {program}"))?;
-    if let Some(input) = stdin {
-        let mut pipe = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin pipe for {program}"))?;
-        pipe.write_all(input.as_bytes())
-            .with_context(|| format!("writing stdin of {program}"))?;
-    }
-    child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {program}"))
-}
-
-fn run_checked(cmd: Command, stdin: Option<&str>) -> Result<String> {
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = run_output(cmd, stdin)?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8(out.stdout).context("command output is not UTF-8")
 }
