@@ -56,13 +56,13 @@ nodes_check() {
 	for b in etcd kube-apiserver kubectl; do
 		[ -x "$BIN/$b" ] || ndie "$BIN/$b missing: run e2e/setup/controlplane.sh"
 	done
-	for b in kube-controller-manager kube-scheduler kubelet containerd containerd-shim-runc-v2 ctr runc; do
+	for b in kube-controller-manager kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc; do
 		[ -x "$BIN/$b" ] || ndie "$BIN/$b missing: run e2e/setup/nodes.sh"
 	done
 	for b in pause strait-agent strait-operator; do
 		[ -f "$IMAGES/$b.tar" ] || ndie "$IMAGES/$b.tar missing: run e2e/setup/images.sh"
 	done
-	for b in openssl nsenter unshare ip python3; do
+	for b in openssl nsenter unshare ip python3 nft; do
 		command -v "$b" >/dev/null || ndie "$b is needed"
 	done
 }
@@ -216,7 +216,6 @@ cp_up() {
 	spawn kube-apiserver "$CP/kube-apiserver.log" "$BIN/kube-apiserver" \
 		--etcd-servers="http://127.0.0.1:$c" \
 		--bind-address="$BRIDGE_IP" --advertise-address="$BRIDGE_IP" --secure-port="$APISERVER_PORT" \
-		--endpoint-reconciler-type=none \
 		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 		--client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
 		--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
@@ -286,6 +285,13 @@ node_up() { # index (1, 2, ...)
 	mv "$PKI/kubelet-$name.key" "$d/pki/kubelet.key"
 	write_kubeconfig "$d/kubelet.kubeconfig" "client-certificate: $d/pki/client.crt" \
 		"client-key: $d/pki/client.key"
+	# kube-proxy as user system:kube-proxy (bound to system:node-proxier by the default RBAC)
+	pki_cert "proxy-$name" "/CN=system:kube-proxy" "" client
+	mv "$PKI/proxy-$name.crt" "$d/pki/proxy.crt"
+	mv "$PKI/proxy-$name.key" "$d/pki/proxy.key"
+	write_kubeconfig "$d/kube-proxy.kubeconfig" "client-certificate: $d/pki/proxy.crt" \
+		"client-key: $d/pki/proxy.key"
+	render "$NODES_LIB_DIR/kube-proxy.yaml.in" "$d/kube-proxy.yaml" "$name" "$d" "$ip" "10.244.$i.0/24"
 	render "$NODES_LIB_DIR/containerd.toml.in" "$d/containerd.toml" "$name" "$d" "$ip" "10.244.$i.0/24"
 	render "$NODES_LIB_DIR/kubelet-config.yaml.in" "$d/kubelet-config.yaml" "$name" "$d" "$ip" "10.244.$i.0/24"
 	render "$NODES_LIB_DIR/cni.conflist.in" "$d/cni/net.d/10-strait.conflist" "$name" "$d" "$ip" "10.244.$i.0/24"
@@ -314,6 +320,9 @@ node_up() { # index (1, 2, ...)
 	ip -n "$name" link set lo up
 	ip -n "$name" addr add "$ip/$PREFIX" dev eth0
 	ip -n "$name" link set eth0 up
+	# The API server's replies to pods (ClusterIP traffic keeps the pod's source address): the
+	# node's pod range is behind the node, as a cloud's route table or a routing CNI would say.
+	ip route add "10.244.$i.0/24" via "$ip" dev "$BRIDGE"
 
 	# containerd and kubelet in the node's network namespace and one private mount namespace of
 	# their own (kubelet's volume mounts must be visible to containerd and runc; none reach the host)
@@ -388,9 +397,52 @@ cp_down() {
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
 }
 
+# ---- the remote site ------------------------------------------------------------------------------
+# A network namespace on the bridge for the remote site's gateway (a strongSwan charon the tests
+# start): SITE_IP on eth0, and the first address of each half of SITE_NET on lo (charon's
+# kernel-libipsec wants an address of its own inside each traffic selector).
+SITE_NS=strait-nsite
+SITE_IP=198.51.100.254
+SITE_NET=203.0.113.0/24
+site_up() {
+	ip netns add "$SITE_NS"
+	ip link add strait-nvs type veth peer name eth0 netns "$SITE_NS"
+	ip link set strait-nvs master "$BRIDGE" up
+	ip -n "$SITE_NS" link set lo up
+	ip -n "$SITE_NS" addr add "$SITE_IP/$PREFIX" dev eth0
+	ip -n "$SITE_NS" addr add 203.0.113.1/32 dev lo
+	ip -n "$SITE_NS" addr add 203.0.113.129/32 dev lo
+	ip -n "$SITE_NS" link set eth0 up
+}
+site_down() {
+	if ip netns list | grep -qw "$SITE_NS"; then
+		ip netns pids "$SITE_NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+		ip netns del "$SITE_NS"
+	fi
+	ip link del strait-nvs 2>/dev/null || true
+}
+
+# The control plane, N Ready nodes and the remote site's namespace: what the kubelet tests and the
+# demo start from.
+cluster_up() { # nodes
+	local n="$1" i t0=$SECONDS
+	cp_up
+	nlog "control plane up after $((SECONDS - t0)) s"
+	for ((i = 1; i <= n; i++)); do node_up "$i"; done
+	for ((i = 1; i <= n; i++)); do
+		node_wait_ready "$i" 180 || ndie "strait-node$i not Ready within 180 s"
+	done
+	nlog "$n node(s) Ready after $((SECONDS - t0)) s"
+	# kube-controller-manager creates the default ServiceAccount and kube-root-ca.crt; pods need both.
+	wait_for 60 "default ServiceAccount" kc get serviceaccount default -n default || ndie "no default ServiceAccount"
+	wait_for 60 "kube-root-ca.crt" kc get configmap kube-root-ca.crt -n default || ndie "no kube-root-ca.crt"
+	site_up
+}
+
 # Everything down, also after a crash (names are fixed; pid files say what we started).
 nodes_down() {
 	local n
+	site_down
 	# ask every node to stop at once; node_down then waits for each and cleans up
 	for n in "$NODES_DIR"/pids/strait-node*; do
 		[ -f "$n" ] && ours "$(cat "$n")" && kill -TERM "$(cat "$n")" 2>/dev/null || true
@@ -410,7 +462,7 @@ nodes_down() {
 
 # What is left of us on this machine: netns, links, cgroups, mounts, processes. Empty = clean.
 nodes_leftovers() {
-	ip netns list | grep -E '^strait-node' | sed 's/^/netns: /'
+	ip netns list | grep -E '^strait-n(ode|site)' | sed 's/^/netns: /'
 	ip -br link | awk '$1 ~ /^strait-n/ { print "link: " $1 }'
 	[ -e "$SHIM_ROOT" ] && echo "dir: $SHIM_ROOT"
 	for h in $HOST_FIXED_DIRS; do [ -e "$h" ] && echo "dir: $h"; done

@@ -26,10 +26,14 @@ done
 
 ctr_() { "$BIN/ctr" --address "$sock" -n k8s.io "$@"; }
 
-kubelet_pid="" containerd_pid=""
+kubelet_pid="" containerd_pid="" proxy_pid=""
 stop_all() {
 	trap - TERM INT
 	log "stopping"
+	if [ -n "$proxy_pid" ]; then
+		kill -TERM "$proxy_pid" 2>/dev/null
+		wait "$proxy_pid" 2>/dev/null
+	fi
 	if [ -n "$kubelet_pid" ]; then
 		kill -TERM "$kubelet_pid" 2>/dev/null
 		wait "$kubelet_pid" 2>/dev/null
@@ -70,7 +74,12 @@ log "kubelet"
 	--node-labels="strait.dev/test-node=$name" --v=2 >"$d/kubelet.log" 2>&1 &
 kubelet_pid=$!
 
+log "kube-proxy"
+"$BIN/kube-proxy" --config="$d/kube-proxy.yaml" --v=1 >"$d/kube-proxy.log" 2>&1 &
+proxy_pid=$!
+
 # Exit (and stop everything) when either daemon dies.
-wait -n "$kubelet_pid" "$containerd_pid"
-log "a daemon exited: kubelet $(kill -0 $kubelet_pid 2>/dev/null && echo running || echo exited), containerd $(kill -0 $containerd_pid 2>/dev/null && echo running || echo exited)"
+wait -n "$kubelet_pid" "$containerd_pid" "$proxy_pid"
+state() { kill -0 "$1" 2>/dev/null && echo running || echo exited; }
+log "a daemon exited: kubelet $(state $kubelet_pid), containerd $(state $containerd_pid), kube-proxy $(state $proxy_pid)"
 stop_all

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the node tier used by Strait's kubelet tests: kube-controller-manager, kube-scheduler and
-# kubelet (k8s.io/kubernetes, the same release as the control plane's kube-apiserver), containerd 2.x
+# Installs the node tier used by Strait's kubelet tests: kube-controller-manager, kube-scheduler,
+# kubelet and kube-proxy (k8s.io/kubernetes, the same release as the control plane's kube-apiserver), containerd 2.x
 # with its runc shim and ctr (github.com/containerd/containerd/v2), runc (github.com/opencontainers/
 # runc, with seccomp) and the CNI plugins bridge, host-local and loopback
 # (github.com/containernetworking/plugins), each built from a pinned Go module version.
@@ -62,7 +62,7 @@ have_cni() {
 	for p in $CNI_PLUGINS; do [ -x "$CNI_DIR/$CNI_VERSION/$p" ] || return 1; done
 }
 
-K8S_BINS="kube-controller-manager kube-scheduler kubelet"
+K8S_BINS="kube-controller-manager kube-scheduler kubelet kube-proxy"
 CONTAINERD_BINS="containerd containerd-shim-runc-v2 ctr"
 need_build=0
 for b in $K8S_BINS; do have "$b" "$K8S_VERSION" || need_build=1; done
@@ -135,7 +135,8 @@ build_kubernetes() {
 	minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
 	patch="$(echo "$K8S_VERSION" | cut -d. -f3)"
 	staging_version="v0.$minor.$patch"
-	if [ ! -f "$dir/.ready" ]; then
+	# The marker names the commands the wrapper resolved: adding one re-resolves.
+	if [ "$(cat "$dir/.ready" 2>/dev/null)" != "$K8S_BINS" ]; then
 		log "preparing wrapper module for k8s.io/kubernetes $K8S_VERSION in $dir"
 		new_wrapper "$dir" strait.dev/e2e/kubernetes-nodes-wrapper
 		local gomod staged args=() m
@@ -146,11 +147,11 @@ build_kubernetes() {
 		[ -n "$staged" ] || die "found no k8s.io/* v0.0.0 requirements in $gomod"
 		for m in $staged; do args+=("-replace=$m=$m@$staging_version"); done
 		(cd "$dir" && go mod edit "${args[@]}") || die "go mod edit failed in $dir"
+		local tools=()
+		for b in $K8S_BINS; do tools+=("k8s.io/kubernetes/cmd/$b@$K8S_VERSION"); done
 		(cd "$dir" && run_net "resolving k8s.io/kubernetes@$K8S_VERSION node commands (go get -tool)" \
-			go get -tool "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
-			"k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION" \
-			"k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION")
-		touch "$dir/.ready"
+			go get -tool "${tools[@]}")
+		echo "$K8S_BINS" >"$dir/.ready"
 	fi
 	# The same version stamps as controlplane.sh, so `--version` reports the release.
 	local date ldflags="-s -w" key val kv b
