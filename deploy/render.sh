@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders deploy/strait.yaml (plain manifests for `kubectl apply`) from charts/strait, after
-# copying the generated CRD into the chart. A test (e2e/tests/helm_chart.rs) fails when either
+# copying the generated CRD into the chart. Without Helm's hooks: applied with kubectl, the
+# post-delete Job would run at once. A test (e2e/tests/helm_chart.rs) fails when either
 # file drifts from what this script would write.
 #   deploy/render.sh              write both files
 #   HELM=/path/to/helm deploy/render.sh
@@ -21,6 +22,6 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   echo "metadata:"
   echo "  name: strait-system"
   HELM_CONFIG_HOME=$tmp HELM_CACHE_HOME=$tmp HELM_DATA_HOME=$tmp \
-    "$HELM" template strait charts/strait --namespace strait-system --include-crds
+    "$HELM" template strait charts/strait --namespace strait-system --include-crds --no-hooks
 } > deploy/strait.yaml
 echo "wrote charts/strait/crds/ipsectunnel.yaml and deploy/strait.yaml"

@@ -87,6 +87,7 @@ fn chart_crd_and_rendered_manifests_do_not_drift() {
         "--namespace",
         "strait-system",
         "--include-crds",
+        "--no-hooks",
     ]);
     let committed = std::fs::read_to_string(root.join("deploy/strait.yaml")).unwrap();
     assert!(

@@ -11,5 +11,6 @@ pub mod election;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod uninstall;
 
 pub use error::Error;

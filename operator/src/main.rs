@@ -26,7 +26,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// After `helm uninstall` (the chart's post-delete hook): remove the operator's finalizers
+    /// from every tunnel, and the Leases and agent DaemonSet made at run time.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UninstallArgs {
+    /// The operator's namespace.
+    #[arg(long, env = "STRAIT_NAMESPACE", default_value = "strait-system")]
+    namespace: String,
+    /// How long to wait for the operator's pods to be gone first.
+    #[arg(long, default_value = "120s")]
+    wait: strait_crds::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,14 +103,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let Command::Run(args) = cli.command;
-    match rt.block_on(run(args)) {
+    let result = match cli.command {
+        Command::Run(args) => rt.block_on(run(*args)),
+        Command::Uninstall(args) => rt.block_on(uninstall(args)),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let r = strait_operator::uninstall::run(client, &args.namespace, args.wait.as_std()).await?;
+    tracing::info!(
+        finalizers_removed = r.finalizers,
+        leases_deleted = r.leases,
+        daemonset_deleted = r.daemonset,
+        "uninstalled"
+    );
+    Ok(())
 }
 
 fn default_identity() -> String {
