@@ -41,7 +41,7 @@ step() {
 # Kernel objects and processes the tests could leave behind if cleanup failed.
 leftovers() {
   ip netns list 2>/dev/null | grep -E '^strait-' || true
-  pgrep -af '/strait-(agent|operator)|kube-(apiserver|controller-manager|scheduler)|/kubelet |/containerd --config|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
+  pgrep -af '/strait-(agent|operator)|kube-(apiserver|controller-manager|scheduler|proxy)|/kubelet |/containerd --config|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
     | grep -v -E "pgrep|$$" || true
 }
 xfrm_root() { echo "$(ip xfrm state 2>/dev/null | wc -l) $(ip xfrm policy 2>/dev/null | wc -l)"; }
@@ -80,7 +80,11 @@ for t in "${tiers[@]}"; do
       rel=${CARGO_TARGET_DIR:-$REPO/target}/release
       step nodes-build cargo build --release --locked -p strait-agent -p strait-operator
       step images e2e/setup/images.sh --agent "$rel/strait-agent" --operator "$rel/strait-operator"
-      step nodes e2e/nodes/try-node.sh 2 ;;
+      step nodes e2e/nodes/try-node.sh 2
+      # The chart on those kubelets: helm install, tunnels against charon, failover, upgrade,
+      # uninstall (--nocapture: the failover and upgrade figures are printed as they are measured).
+      step nodes-helm cargo test -p strait-e2e --features node-tests --locked --test nodes_helm \
+        -- --test-threads=1 --nocapture ;;
     *) die "unknown tier '$t' (lint unit e2e vm fuzz demo nodes)" ;;
   esac
 done

@@ -1,0 +1,644 @@
+//! The chart on real kubelets: `helm install` on the node tier's two kubelet nodes (containerd,
+//! runc, kube-proxy, the images built by `e2e/setup/images.sh`), tunnels to a strongSwan remote
+//! site, failover by killing the active agent's pod and by stopping its node, `helm upgrade`, and
+//! `helm uninstall` leaving nothing behind. The host kernel has no ESP, so the agents run with
+//! `--dataplane none` (they negotiate IKE and CHILD SAs and install nothing).
+//!
+//! Needs `e2e/setup/install.sh` and `e2e/setup/images.sh`; run by e2e/test.sh's `nodes` tier:
+//! `cargo test -p strait-e2e --features node-tests --test nodes_helm -- --test-threads=1`
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_e2e::nodes::{self, NAMESPACE, NodeCluster, POD_NET, SITE_ADDR, SITE_NS};
+use strait_e2e::strongswan::{
+    Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, ListSas, Secret, TestPki,
+};
+use strait_e2e::tunnel::{Auth, End, TunnelYaml};
+
+const PSK: &str = "strait-nodes-psk-9d1c0e77a2";
+const PSK_TUNNEL: &str = "site-psk";
+const CERT_TUNNEL: &str = "site-cert";
+const LOCAL_ID: &str = "cluster.strait.example";
+const REMOTE_ID: &str = "site.strait.example";
+const CERT_LOCAL_ID: &str = "cluster-cert.strait.example";
+const CERT_REMOTE_ID: &str = "site-cert.strait.example";
+const PSK_NET: &str = "203.0.113.0/25";
+const CERT_NET: &str = "203.0.113.128/25";
+const IKE: &str = "aes256gcm16-prfsha256-x25519";
+const ESP: &str = "aes256gcm16-x25519";
+const NODE1: &str = "strait-node1";
+const NODE2: &str = "strait-node2";
+/// Heartbeat lease and renewal of the agents, as the process-level failover benchmark uses
+/// (docs/benchmarks.md), so the two figures compare.
+const AGENT_ARGS: &str = "{cluster,--dataplane=none,--lease-duration-seconds=3,--renew-interval=1}";
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// charon on the remote site: connection `site-psk` (PSK) and `site-cert` (certificates from
+/// `pki`), each with one CHILD SA to the pod network.
+fn charon_config(pki: &TestPki) -> CharonConfig {
+    let child = |remote_net: &str| {
+        let mut c = ChildConfig::new("net", remote_net, POD_NET);
+        c.esp_proposals = vec![ESP.into()];
+        c
+    };
+    let mut psk = Connection::new(
+        PSK_TUNNEL,
+        Endpoint::psk(REMOTE_ID),
+        Endpoint::psk(LOCAL_ID),
+    );
+    psk.local_addrs = vec![SITE_ADDR.into()];
+    psk.proposals = vec![IKE.into()];
+    psk.children.push(child(PSK_NET));
+    let mut cert = Connection::new(
+        CERT_TUNNEL,
+        Endpoint::pubkey(CERT_REMOTE_ID, Some("own.crt")),
+        Endpoint::pubkey(CERT_LOCAL_ID, None),
+    );
+    cert.local_addrs = vec![SITE_ADDR.into()];
+    cert.proposals = vec![IKE.into()];
+    cert.children.push(child(CERT_NET));
+    let theirs = pki
+        .issue("site", CERT_REMOTE_ID, KeyType::Ecdsa(256))
+        .expect("charon's certificate");
+    let mut cfg = CharonConfig {
+        connections: vec![psk, cert],
+        secrets: vec![Secret::Ike {
+            ids: vec![LOCAL_ID.into(), REMOTE_ID.into()],
+            secret: PSK.into(),
+        }],
+        ..CharonConfig::default()
+    };
+    cfg.add_cert_auth(pki, &theirs, "own");
+    cfg
+}
+
+fn tunnels() -> String {
+    let t = |name: &str, local_id: &str, remote_id: &str, net: &str, auth: Auth| {
+        TunnelYaml {
+            auth,
+            ..TunnelYaml::new(
+                name,
+                End::new(local_id, "", POD_NET),
+                End::new(remote_id, SITE_ADDR, net),
+            )
+            .gateways()
+            .proposals(IKE, ESP)
+            .dpd("2s", "6s")
+        }
+        .render()
+    };
+    format!(
+        "{}---\n{}",
+        t(
+            PSK_TUNNEL,
+            LOCAL_ID,
+            REMOTE_ID,
+            PSK_NET,
+            Auth::Psk("site-psk".into())
+        ),
+        t(
+            CERT_TUNNEL,
+            CERT_LOCAL_ID,
+            CERT_REMOTE_ID,
+            CERT_NET,
+            Auth::Yaml(
+                "{certificate: {secretRef: {name: cluster-tls}}, ca: {secretRef: {name: site-ca, key: ca.crt}}}"
+                    .into()
+            )
+        )
+    )
+}
+
+fn status(k: &NodeCluster, tunnel: &str) -> Value {
+    k.kubectl(["get", "ipsectunnel", tunnel, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn ready(s: &Value) -> bool {
+    s["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn active(s: &Value) -> Option<String> {
+    s["activeGateway"].as_str().map(str::to_owned)
+}
+
+/// Everything the cluster could tell about why something did not happen.
+fn dump(k: &NodeCluster) -> String {
+    let mut s = String::new();
+    for args in [
+        &["get", "pods", "-A", "-o", "wide"][..],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        &["get", "ipsectunnels", "-o", "yaml"],
+    ] {
+        s.push_str(&format!(
+            "$ kubectl {}\n{}\n",
+            args.join(" "),
+            k.kubectl(args).unwrap_or_else(|e| format!("{e:#}"))
+        ));
+    }
+    for (pod, _) in k.pods("app.kubernetes.io/name").unwrap_or_default() {
+        s.push_str(&format!(
+            "--- logs {pod}\n{}\n",
+            k.ns_kubectl(&["logs", &pod, "--all-containers", "--tail=40"])
+                .unwrap_or_else(|e| format!("{e:#}"))
+        ));
+    }
+    for n in [NODE1, NODE2] {
+        s.push_str(&NodeCluster::node_logs(n, 15));
+    }
+    s
+}
+
+fn wait_ready(k: &NodeCluster, tunnels: &[&str], secs: u32) {
+    let mut args = vec!["wait".to_owned(), "--for=condition=Ready".into()];
+    args.extend(tunnels.iter().map(|t| format!("ipsectunnel/{t}")));
+    args.push(format!("--timeout={secs}s"));
+    if let Err(e) = k.kubectl(&args) {
+        panic!("{tunnels:?} not Ready: {e:#}\n{}", dump(k));
+    }
+}
+
+fn helm_install(k: &NodeCluster, extra: &[&str]) {
+    let chart = nodes::chart();
+    let mut args = vec![
+        "install",
+        "strait",
+        chart.to_str().unwrap(),
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout=180s",
+        "--set",
+        "operator.leaderElection=true",
+        "--set",
+    ];
+    let agent_args = format!("agent.args={AGENT_ARGS}");
+    args.push(&agent_args);
+    args.extend_from_slice(extra);
+    if let Err(e) = k.helm(&args) {
+        panic!("helm install: {e:#}\n{}", dump(k));
+    }
+}
+
+/// The agent pods (DaemonSet `strait-agent`) Running and Ready, by node.
+fn agent_pods(k: &NodeCluster) -> Vec<(String, String)> {
+    let out = k
+        .ns_kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=strait-agent",
+            "-o",
+            "json",
+        ])
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+                .map(|p| {
+                    (
+                        p["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        p["spec"]["nodeName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn agent_pod_on(k: &NodeCluster, node: &str) -> Option<String> {
+    agent_pods(k)
+        .into_iter()
+        .find(|(_, n)| n == node)
+        .map(|(p, _)| p)
+}
+
+/// `kubectl exec POD -- strait-agent status --json`, the tunnel `name` in it.
+fn exec_status(k: &NodeCluster, pod: &str, name: &str) -> Value {
+    let out = k
+        .ns_kubectl(&[
+            "exec",
+            pod,
+            "-c",
+            "agent",
+            "--",
+            "strait-agent",
+            "status",
+            "--json",
+        ])
+        .unwrap_or_else(|e| panic!("kubectl exec {pod} -- strait-agent status: {e:#}"));
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["tunnels"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no tunnel {name} in {out}"))
+}
+
+/// The agent's CHILD SA of `tunnel` is charon's: SPIs cross over.
+fn assert_agree(sas: &ListSas, tunnel: &str, ours: &Value) {
+    let ike = sas
+        .ike(tunnel)
+        .unwrap_or_else(|| panic!("charon has no IKE SA {tunnel}:\n{}", sas.raw));
+    assert_eq!(ike.state, "ESTABLISHED", "{}", sas.raw);
+    assert!(sas.is_up(tunnel, "net"), "{}", sas.raw);
+    let c = ours.pointer("/childSas/0").unwrap_or(&Value::Null);
+    let (spi_in, spi_out) = (
+        c["spiIn"].as_str().unwrap_or("?"),
+        c["spiOut"].as_str().unwrap_or("?"),
+    );
+    assert!(
+        sas.raw.contains(&format!("out {spi_in}")) && sas.raw.contains(&format!("in  {spi_out}")),
+        "kubectl exec status (in {spi_in}, out {spi_out}) disagrees with charon:\n{}\n{ours}",
+        sas.raw
+    );
+}
+
+/// Every log of every Strait pod (all containers, previous instances too).
+fn all_logs(k: &NodeCluster) -> String {
+    let mut s = String::new();
+    for (pod, _) in k.pods("app.kubernetes.io/name").unwrap_or_default() {
+        s.push_str(
+            &k.ns_kubectl(&["logs", &pod, "--all-containers"])
+                .unwrap_or_default(),
+        );
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Kills the active gateway's agent pod (`kubectl delete pod`: SIGTERM, as a rollout or an
+/// eviction does) and returns the seconds until the tunnel is Ready on the other node.
+fn kill_active_pod(k: &NodeCluster, tunnel: &str) -> (f64, String, String) {
+    let from = active(&status(k, tunnel)).expect("an active gateway");
+    let pod = agent_pod_on(k, &from).expect("the active node's agent pod");
+    let t0 = Instant::now();
+    k.ns_kubectl(&["delete", "pod", &pod, "--wait=false"])
+        .unwrap();
+    let to = wait_for(
+        &format!("{tunnel} Ready on a node other than {from}"),
+        Duration::from_secs(60),
+        || {
+            let s = status(k, tunnel);
+            (ready(&s) && active(&s).is_some_and(|a| a != from)).then(|| active(&s).unwrap())
+        },
+    );
+    (t0.elapsed().as_secs_f64(), from, to)
+}
+
+#[test]
+fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
+    let k = NodeCluster::up(2).expect("the kubelet cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), KeyType::Ecdsa(256)).expect("test CA");
+    let ours = pki
+        .issue("cluster", CERT_LOCAL_ID, KeyType::Ecdsa(256))
+        .expect("our certificate");
+    let mut charon = Charon::start(SITE_NS, &charon_config(&pki)).expect("charon");
+
+    // ---- install: the namespace admits privileged pods; only node1 is a gateway --------------
+    k.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    k.kubectl([
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=privileged",
+    ])
+    .unwrap();
+    k.label_gateway(NODE1, true).unwrap();
+    let t = Instant::now();
+    helm_install(&k, &[]);
+    eprintln!("helm install --wait: {:.1} s", t.elapsed().as_secs_f64());
+    let operators = k.pods("app.kubernetes.io/name=strait-operator").unwrap();
+    assert_eq!(operators.len(), 2, "two operator replicas: {operators:?}");
+    let leader = wait_for("an operator leader", Duration::from_secs(60), || {
+        k.ns_kubectl(&[
+            "get",
+            "lease",
+            "strait-operator-leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .ok()
+        .filter(|h| !h.is_empty())
+    });
+    assert!(
+        operators.iter().any(|(p, _)| *p == leader),
+        "the leader {leader} is one of {operators:?}"
+    );
+
+    // ---- tunnels: a PSK and a cert-manager-shaped kubernetes.io/tls Secret -------------------
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    k.ns_kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "site-psk",
+        &format!("--from-literal=psk={PSK}"),
+    ])
+    .unwrap();
+    k.ns_kubectl(&[
+        "create",
+        "secret",
+        "tls",
+        "cluster-tls",
+        &format!("--cert={}", path(&ours.cert)),
+        &format!("--key={}", path(&ours.key)),
+    ])
+    .unwrap();
+    k.ns_kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "site-ca",
+        &format!("--from-file=ca.crt={}", path(&pki.ca.cert)),
+    ])
+    .unwrap();
+    let applied = Instant::now();
+    k.kubectl_stdin(["apply", "-f", "-"], &tunnels()).unwrap();
+    wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 180);
+    eprintln!(
+        "both tunnels Ready {:.1} s after kubectl apply",
+        applied.elapsed().as_secs_f64()
+    );
+    // the DaemonSet runs only on the labelled node
+    let pods = agent_pods(&k);
+    assert_eq!(pods.len(), 1, "one agent pod, on {NODE1}: {pods:?}");
+    assert_eq!(pods[0].1, NODE1, "{pods:?}");
+    for t in [PSK_TUNNEL, CERT_TUNNEL] {
+        assert_eq!(active(&status(&k, t)).as_deref(), Some(NODE1));
+    }
+    // `kubectl exec` status agrees with charon, for both tunnels
+    let sas = charon.list_sas().unwrap();
+    for t in [PSK_TUNNEL, CERT_TUNNEL] {
+        assert_agree(&sas, t, &exec_status(&k, &pods[0].0, t));
+    }
+    // the agent's sockets are in its node's namespace, bound by the pod (NET_BIND_SERVICE)
+    let ss = strait_e2e::netns::exec(NODE1, &["ss", "-ulnp"])
+        .unwrap()
+        .stdout;
+    assert!(
+        ss.contains(":500 ") && ss.contains("strait-agent"),
+        "no agent on UDP 500 in {NODE1}:\n{ss}"
+    );
+
+    // node2 becomes a gateway: a second agent pod
+    k.label_gateway(NODE2, true).unwrap();
+    wait_for("an agent pod on node2", Duration::from_secs(90), || {
+        agent_pod_on(&k, NODE2)
+    });
+
+    // nothing refused by RBAC, no PSK anywhere but in its Secret
+    let logs = all_logs(&k);
+    for bad in ["Forbidden", "forbidden", "403 "] {
+        assert!(!logs.contains(bad), "{bad:?} in the pods' logs:\n{logs}");
+    }
+    let mut objects = logs;
+    for args in [
+        &["get", "events", "-A", "-o", "yaml"][..],
+        &["get", "ipsectunnels", "-o", "yaml"],
+        &[
+            "get",
+            "-n",
+            NAMESPACE,
+            "daemonsets,deployments,configmaps,leases,pods",
+            "-o",
+            "yaml",
+        ],
+    ] {
+        objects.push_str(&k.kubectl(args).unwrap());
+    }
+    assert!(
+        !objects.contains(PSK),
+        "the PSK leaked into a log, event or object"
+    );
+
+    // ---- failover: kill the active agent's pod, 5 times -------------------------------------
+    let mut times = Vec::new();
+    for round in 1..=5 {
+        let (secs, from, to) = kill_active_pod(&k, PSK_TUNNEL);
+        eprintln!("failover {round}: agent pod on {from} deleted, Ready on {to} after {secs:.2} s");
+        times.push(secs);
+        // the DaemonSet brings the pod back, so the next round has somewhere to go
+        wait_for(
+            &format!("the agent pod on {from} back"),
+            Duration::from_secs(90),
+            || agent_pod_on(&k, &from),
+        );
+    }
+    eprintln!(
+        "failover by pod deletion: p50 {:.2} s (min {:.2}, max {:.2}) over {} rounds",
+        median(times.clone()),
+        times.iter().copied().fold(f64::INFINITY, f64::min),
+        times.iter().copied().fold(0.0, f64::max),
+        times.len()
+    );
+    wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 90);
+
+    // ---- helm upgrade to a new image: pods roll, the tunnels come back -----------------------
+    for n in [NODE1, NODE2] {
+        let sock = NodeCluster::node_dir(n).join("containerd.sock");
+        for img in ["strait-agent", "strait-operator"] {
+            let out = strait_e2e::cmd::run(
+                strait_e2e::controlplane::bin_dir()
+                    .join("ctr")
+                    .to_str()
+                    .unwrap(),
+                &[
+                    "--address",
+                    sock.to_str().unwrap(),
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "tag",
+                    &format!("localhost/{img}:0.1.0"),
+                    &format!("localhost/{img}:0.1.0-upgrade"),
+                ],
+            )
+            .unwrap();
+            assert!(out.success(), "ctr images tag: {}", out.stderr);
+        }
+    }
+    let old_pods = agent_pods(&k);
+    let t = Instant::now();
+    let chart = nodes::chart();
+    let agent_args = format!("agent.args={AGENT_ARGS}");
+    k.helm([
+        "upgrade",
+        "strait",
+        chart.to_str().unwrap(),
+        "-n",
+        NAMESPACE,
+        "--reuse-values",
+        "--wait",
+        "--timeout=180s",
+        "--set",
+        "operator.image.tag=0.1.0-upgrade",
+        "--set",
+        "agent.image.tag=0.1.0-upgrade",
+        "--set",
+        &agent_args,
+    ])
+    .unwrap_or_else(|e| panic!("helm upgrade: {e:#}\n{}", dump(&k)));
+    let mut down_seen = false;
+    wait_for("the agent pods rolled", Duration::from_secs(180), || {
+        down_seen |= !ready(&status(&k, PSK_TUNNEL));
+        let now = agent_pods(&k);
+        (now.len() == 2 && now.iter().all(|p| !old_pods.contains(p))).then_some(())
+    });
+    wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 120);
+    let image = k
+        .ns_kubectl(&[
+            "get",
+            "daemonset",
+            "strait-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .unwrap();
+    assert_eq!(image, "localhost/strait-agent:0.1.0-upgrade");
+    eprintln!(
+        "helm upgrade: pods rolled and both tunnels Ready {:.1} s after the upgrade began; \
+         Ready went False on the way: {down_seen}",
+        t.elapsed().as_secs_f64()
+    );
+
+    // ---- helm uninstall with the tunnels still there: nothing of Strait is left -------------
+    let t = Instant::now();
+    k.helm([
+        "uninstall",
+        "strait",
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| panic!("helm uninstall: {e:#}\n{}", dump(&k)));
+    eprintln!("helm uninstall --wait: {:.1} s", t.elapsed().as_secs_f64());
+    wait_for("no Strait pod left", Duration::from_secs(90), || {
+        k.ns_kubectl(&["get", "pods", "-o", "name"])
+            .ok()
+            .filter(|p| p.trim().is_empty())
+    });
+    // the agents said goodbye to the peer on their way out
+    wait_for("charon's IKE SAs gone", Duration::from_secs(30), || {
+        charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
+    });
+    // the tunnels stay (the CRD is kept), but without the operator's finalizer: deleting them
+    // does not hang on an operator that is gone
+    let finalizers = k
+        .kubectl([
+            "get",
+            "ipsectunnels",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.finalizers}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(
+        !finalizers.contains("strait.dev/cleanup"),
+        "finalizers left after helm uninstall:\n{finalizers}"
+    );
+    k.kubectl(["delete", "ipsectunnels", "--all", "--timeout=30s"])
+        .unwrap_or_else(|e| panic!("deleting the tunnels after uninstall: {e:#}"));
+    let left = k
+        .ns_kubectl(&[
+            "get",
+            "daemonsets,deployments,services,leases,roles,rolebindings,serviceaccounts",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|l| !l.ends_with("/default") && !l.contains("kube-root-ca"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left in {NAMESPACE} after helm uninstall: {left:?}"
+    );
+    for n in [NODE1, NODE2] {
+        let ss = strait_e2e::netns::exec(n, &["ss", "-ulnp"]).unwrap().stdout;
+        assert!(
+            !ss.contains("strait-agent"),
+            "an agent still runs on {n}:\n{ss}"
+        );
+        for what in ["state", "policy"] {
+            let x = strait_e2e::netns::exec(n, &["ip", "xfrm", what])
+                .unwrap()
+                .stdout;
+            assert!(x.trim().is_empty(), "xfrm {what} left on {n}:\n{x}");
+        }
+    }
+
+    // ---- install again, then stop the active gateway's node (kubelet killed) ----------------
+    helm_install(&k, &[]);
+    k.kubectl_stdin(["apply", "-f", "-"], &tunnels()).unwrap();
+    wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 180);
+    let from = active(&status(&k, PSK_TUNNEL)).unwrap();
+    wait_for("agent pods on both nodes", Duration::from_secs(90), || {
+        (agent_pods(&k).len() == 2).then_some(())
+    });
+    let t = Instant::now();
+    k.kill_kubelet(&from).unwrap();
+    let to = wait_for(
+        &format!("{PSK_TUNNEL} Ready off {from}"),
+        Duration::from_secs(90),
+        || {
+            let s = status(&k, PSK_TUNNEL);
+            (ready(&s) && active(&s).is_some_and(|a| a != from)).then(|| active(&s).unwrap())
+        },
+    );
+    eprintln!(
+        "node {from} stopped (kubelet killed, its containers stopped): Ready on {to} after {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_ready(&k, &[CERT_TUNNEL], 60);
+    charon.stop().unwrap();
+}
