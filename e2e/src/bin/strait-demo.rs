@@ -1,21 +1,20 @@
-//! The README's demo: the whole product on one machine, against real parts. A real API server,
-//! the operator, two gateway nodes (network namespaces) each running `strait-agent cluster`, and
-//! a strongSwan remote site. Every step runs for real; nothing is simulated.
+//! The README's demo: the whole product on one machine, against real parts. A real control plane
+//! and two kubelet nodes (e2e/nodes), the chart installed with helm from the images built here,
+//! and a strongSwan remote site. Every step runs for real; nothing is simulated.
 //!
 //! This host's kernel has no ESP, so the agents run with `--dataplane none`: they negotiate IKE
 //! and CHILD SAs with charon but install no kernel SAs. The kernel VM tier proves the data plane.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use strait_e2e::cluster::{self, LOCAL_ID, REMOTE_ADDR, REMOTE_ID};
-use strait_e2e::controlplane::ControlPlane;
+use strait_e2e::cluster::{ESP, IKE, LOCAL_ID, REMOTE_ID};
 use strait_e2e::netns;
-use strait_e2e::product::{Daemon, NAMESPACE};
+use strait_e2e::nodes::{self, NAMESPACE, NodeCluster, POD_NET, SITE_ADDR, SITE_NET, SITE_NS};
 use strait_e2e::scenario;
-use strait_e2e::strongswan::{self, Charon};
-use strait_e2e::tunnel::TunnelYaml;
+use strait_e2e::strongswan::{Charon, CharonConfig, ChildConfig, Connection, Endpoint};
+use strait_e2e::tunnel::{End, TunnelYaml};
 
 /// The demo's pre-shared key. It is a demo value for namespaces on this machine only.
 const DEMO_PSK: &str = "strait-demo-psk-only-for-this-machine";
@@ -24,14 +23,34 @@ fn step(n: u32, what: &str) {
     println!("\n\x1b[1m[{n}] {what}\x1b[0m");
 }
 
-/// The demo's tunnel; `local` has no address: it is the elected node's.
+/// The demo's tunnel from the pod network to the remote site; `local` has no address: it is the
+/// elected node's.
 fn tunnel_yaml() -> String {
     TunnelYaml {
         ike_lifetime: Some("1h".into()),
         esp_lifetime: Some("20m".into()),
-        ..cluster::tunnel("demo", "demo-psk").dpd("10s", "30s")
+        ..TunnelYaml::new(
+            "demo",
+            End::new(LOCAL_ID, "", POD_NET),
+            End::new(REMOTE_ID, SITE_ADDR, SITE_NET),
+        )
+        .gateways()
+        .psk("demo-psk")
+        .proposals(IKE, ESP)
+        .dpd("10s", "30s")
     }
     .render()
+}
+
+/// charon at the remote site, responding to the tunnel.
+fn charon_config() -> CharonConfig {
+    let mut conn = Connection::new("demo", Endpoint::psk(REMOTE_ID), Endpoint::psk(LOCAL_ID));
+    conn.local_addrs = vec![SITE_ADDR.into()];
+    conn.proposals = vec![IKE.into()];
+    let mut child = ChildConfig::new("net", SITE_NET, POD_NET);
+    child.esp_proposals = vec![ESP.into()];
+    conn.children.push(child);
+    scenario::psk_config(conn, &[LOCAL_ID, REMOTE_ID], DEMO_PSK)
 }
 
 /// `GET /metrics` from inside a node's namespace (the agent serves it there), via bash's
@@ -51,104 +70,74 @@ fn scrape(ns: &str, port: u16) -> Result<String> {
 
 fn run() -> Result<()> {
     strait_e2e::cmd::require_root()?;
-    let _ = netns::sweep_stale();
-    strongswan::sweep_stale_dirs();
 
     step(
         1,
-        "Starting a real control plane: etcd + kube-apiserver on loopback",
+        "Starting a real cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,\n    \
+         and two kubelet nodes (containerd, runc, kube-proxy), each in its own network namespace",
     );
     let t = Instant::now();
-    let cp = ControlPlane::start()?;
+    let k = NodeCluster::up(2)?;
     println!(
-        "API server {} ready in {:.1} s",
-        cp.server_url(),
-        t.elapsed().as_secs_f64()
+        "cluster up in {:.1} s; KUBECONFIG={}",
+        t.elapsed().as_secs_f64(),
+        k.kubeconfig_path().display()
     );
-
-    step(2, "Installing the IPsecTunnel CRD (crds/ipsectunnel.yaml)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ipsectunnel.yaml");
-    print!("{}", cp.kubectl(["apply", "--server-side", "-f", crd])?);
-    strait_e2e::product::wait_crd(&cp, 30)?;
+    print!("{}", k.kubectl(["get", "nodes", "-o", "wide"])?);
 
     step(
-        3,
-        "Building the network: gateway nodes gw1 and gw2, and a remote site, as network namespaces",
-    );
-    let topo = cluster::topology(&["gw1", "gw2"])?;
-    println!(
-        "gw1    {} 192.0.2.1  (cluster side 198.51.100.0/24)\n\
-         gw2    {} 192.0.2.5\n\
-         remote {} {REMOTE_ADDR} (remote site 203.0.113.0/24)",
-        topo.ns("gw1")?,
-        topo.ns("gw2")?,
-        topo.ns("remote")?
-    );
-
-    step(
-        4,
+        2,
         "Starting strongSwan (charon) as the remote site's gateway, responding",
     );
-    let config = scenario::psk_config(
-        cluster::charon_conn("demo"),
-        &[LOCAL_ID, REMOTE_ID],
-        DEMO_PSK,
-    );
-    let charon = Charon::start(topo.ns("remote")?, &config)?;
+    let charon = Charon::start(SITE_NS, &charon_config())?;
     println!(
-        "charon pid {} listening on {REMOTE_ADDR}:500",
+        "charon pid {} listening on {SITE_ADDR}:500 (remote site {SITE_NET})",
         charon
             .pid()
             .map_or_else(|| "?".to_owned(), |p| p.to_string())
     );
 
     step(
-        5,
-        "Registering the nodes, starting the operator and an agent on each node (cluster mode)",
+        3,
+        "helm install: the chart with the images built here, on nodes labelled as gateways",
     );
-    cp.kubectl(["create", "namespace", NAMESPACE])?;
-    for node in ["gw1", "gw2"] {
-        cp.kubectl_stdin(
-            ["apply", "-f", "-"],
-            &format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{strait.dev/gateway: \"true\"}}\n"
-            ),
-        )?;
+    // Strait's agents are privileged (hostNetwork, NET_ADMIN): the namespace must admit them.
+    k.kubectl(["create", "namespace", NAMESPACE])?;
+    k.kubectl([
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=privileged",
+    ])?;
+    for node in k.node_names() {
+        k.label_gateway(&node, true)?;
     }
-    println!(
-        "Node objects gw1, gw2 labelled strait.dev/gateway=true (API objects; no kubelet here)"
-    );
-    let _operator = Daemon::operator(&cp, &[])?;
-    println!("strait-operator run --namespace {NAMESPACE}");
     println!(
         "NOTE: this host's kernel has no ESP, so the agents run with --dataplane none: they\n\
          negotiate real IKE and CHILD SAs with charon but install no kernel SAs. The kernel VM\n\
          tier (e2e/tests/vm_*.rs) is where real SAs carry real packets."
     );
-    let mut agents = Vec::new();
-    for node in ["gw1", "gw2"] {
-        agents.push(Daemon::cluster_agent(
-            &cp,
-            topo.ns(node)?,
-            node,
-            &["--dataplane", "none"],
-        )?);
-        println!("strait-agent cluster --node {node} --dataplane none   (in namespace {node})");
-    }
-    cluster::wait_heartbeats(&cp, &["gw1", "gw2"], Duration::from_secs(60), || {
-        agents
-            .iter()
-            .map(Daemon::log)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    print!("{}", cp.kubectl(["get", "leases", "-n", NAMESPACE])?);
+    let chart = nodes::chart();
+    let chart = chart.to_str().context("chart path")?;
+    let cmd = [
+        "install",
+        "strait",
+        chart,
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout=180s",
+        "--set",
+        "agent.args={cluster,--dataplane=none}",
+    ];
+    println!("$ helm {}", cmd.join(" "));
+    print!("{}", k.helm(cmd)?);
 
     step(
-        6,
+        4,
         "Applying the tunnel's Secret and the IPsecTunnel with kubectl",
     );
-    cp.kubectl([
+    k.kubectl([
         "-n",
         NAMESPACE,
         "create",
@@ -161,35 +150,36 @@ fn run() -> Result<()> {
     let yaml = tunnel_yaml();
     println!("{yaml}");
     let applied = Instant::now();
-    print!("{}", cp.kubectl_stdin(["apply", "-f", "-"], &yaml)?);
+    print!("{}", k.kubectl_stdin(["apply", "-f", "-"], &yaml)?);
 
-    step(7, "kubectl wait --for=condition=Ready ipsectunnel/demo");
-    let waited = cp.kubectl([
+    step(5, "kubectl wait --for=condition=Ready ipsectunnel/demo");
+    let waited = k.kubectl([
         "wait",
         "--for=condition=Ready",
         "ipsectunnel/demo",
-        "--timeout=120s",
+        "--timeout=180s",
     ]);
     if let Err(e) = waited {
-        let status = cp
+        let status = k
             .kubectl(["get", "ipsectunnel", "demo", "-o", "yaml"])
             .unwrap_or_default();
-        bail!(
-            "the tunnel did not become Ready: {e:#}\n{status}\n--- agent gw1:\n{}\n--- agent gw2:\n{}",
-            agents.first().map(Daemon::log).unwrap_or_default(),
-            agents.get(1).map(Daemon::log).unwrap_or_default()
-        );
+        let pods = k
+            .kubectl(["get", "pods", "-A", "-o", "wide"])
+            .unwrap_or_default();
+        bail!("the tunnel did not become Ready: {e:#}\n{status}\n{pods}");
     }
     println!(
         "ipsectunnel.strait.dev/demo condition met: Ready {:.2} s after kubectl apply",
         applied.elapsed().as_secs_f64()
     );
 
-    step(8, "What the cluster, charon and the agent say");
-    println!("$ kubectl get ipsectunnels -o wide");
-    print!("{}", cp.kubectl(["get", "ipsectunnels", "-o", "wide"])?);
+    step(6, "What the cluster, charon and the agent say");
+    println!("$ kubectl -n {NAMESPACE} get pods -o wide");
+    print!("{}", k.ns_kubectl(&["get", "pods", "-o", "wide"])?);
+    println!("\n$ kubectl get ipsectunnels -o wide");
+    print!("{}", k.kubectl(["get", "ipsectunnels", "-o", "wide"])?);
     println!("\n$ kubectl get ipsectunnel demo -o yaml   (status)");
-    let full = cp.kubectl(["get", "ipsectunnel", "demo", "-o", "yaml"])?;
+    let full = k.kubectl(["get", "ipsectunnel", "demo", "-o", "yaml"])?;
     let status = full
         .find("\nstatus:")
         .and_then(|i| full.get(i + 1..))
@@ -197,15 +187,26 @@ fn run() -> Result<()> {
     print!("{status}");
     println!("\n$ swanctl --list-sas   (charon, the remote site)");
     print!("{}", charon.list_sas()?.raw);
-    let active = cp.kubectl([
+    let active = k.kubectl([
         "get",
         "ipsectunnel",
         "demo",
         "-o",
         "jsonpath={.status.activeGateway}",
     ])?;
+    let pod = k
+        .pods("app.kubernetes.io/name=strait-agent")?
+        .into_iter()
+        .find(|(_, n)| *n == active)
+        .map(|(p, _)| p)
+        .context("no agent pod on the active gateway")?;
+    println!("\n$ kubectl -n {NAMESPACE} exec {pod} -- strait-agent status");
+    print!(
+        "{}",
+        k.ns_kubectl(&["exec", &pod, "-c", "agent", "--", "strait-agent", "status"])?
+    );
     println!("\n$ curl http://127.0.0.1:9470/metrics   (the agent on {active}, strait_ lines)");
-    match topo.ns(&active).and_then(|ns| scrape(ns, 9470)) {
+    match scrape(&active, 9470) {
         Ok(body) => {
             let lines: Vec<&str> = body
                 .lines()
@@ -222,8 +223,9 @@ fn run() -> Result<()> {
         Err(e) => println!("(no metrics from the agent: {e:#})"),
     }
     println!(
-        "\nDone: the operator elected {active}, its agent negotiated IKEv2 with charon, and the\n\
-         tunnel is Ready. Everything above ran for real; only kernel ESP is absent on this host."
+        "\nDone: helm installed the operator and the agent DaemonSet on two kubelet nodes, the\n\
+         operator elected {active}, its agent pod negotiated IKEv2 with charon, and the tunnel is\n\
+         Ready. Everything above ran for real; only kernel ESP is absent on this host."
     );
     Ok(())
 }
