@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use strait_crds::{GatewayStatus, IkeState};
 
+use crate::diagnosis::Diagnosis;
+
 /// Condition types the operator owns.
 pub const READY: &str = "Ready";
 /// The IKE SA on the active gateway is established.
@@ -30,6 +32,8 @@ pub enum Situation<'a> {
     NoGateway {
         /// How many nodes match the selector (alive or not).
         matching_nodes: usize,
+        /// Why their agents do not run, when the cluster's objects show it.
+        diagnosis: Option<&'a Diagnosis>,
     },
     /// A gateway is elected; `entry` is its agent's report, if any.
     Active {
@@ -92,16 +96,29 @@ fn cap(message: &str) -> String {
 pub fn compute(situation: Situation<'_>) -> Vec<Cond> {
     match situation {
         Situation::BadSelector { reason, message } => all_down(reason, message, true),
-        Situation::NoGateway { matching_nodes } => {
-            let message = if matching_nodes == 0 {
-                "no node matches spec.gateway.nodeSelector".to_owned()
-            } else {
-                format!(
-                    "{matching_nodes} node(s) match spec.gateway.nodeSelector but none has a live \
-                     strait agent (heartbeat Lease expired or missing)"
-                )
-            };
-            all_down("NoGatewayAvailable", &message, true)
+        Situation::NoGateway {
+            matching_nodes,
+            diagnosis,
+        } => {
+            if matching_nodes == 0 {
+                return all_down(
+                    "NoGatewayAvailable",
+                    "no node matches spec.gateway.nodeSelector",
+                    true,
+                );
+            }
+            let message = format!(
+                "{matching_nodes} node(s) match spec.gateway.nodeSelector but none has a live \
+                 strait agent (heartbeat Lease expired or missing)"
+            );
+            match diagnosis {
+                Some(d) => all_down(
+                    d.problem.as_str(),
+                    &cap(&format!("{message}: {}", d.message)),
+                    true,
+                ),
+                None => all_down("NoGatewayAvailable", &message, true),
+            }
         }
         Situation::Active { node, entry: None } => all_down(
             "WaitingForAgent",
@@ -241,7 +258,10 @@ mod tests {
 
     #[test]
     fn no_gateway_and_waiting() {
-        let c = compute(Situation::NoGateway { matching_nodes: 2 });
+        let c = compute(Situation::NoGateway {
+            matching_nodes: 2,
+            diagnosis: None,
+        });
         assert_eq!(ready(&c), ("NoGatewayAvailable", false));
         assert!(c[0].message.contains("2 node(s)"));
         let c = compute(Situation::Active {
@@ -250,6 +270,33 @@ mod tests {
         });
         assert_eq!(ready(&c), ("WaitingForAgent", false));
         assert!(!c[3].status, "waiting is not degraded");
+    }
+
+    #[test]
+    fn a_diagnosis_becomes_the_reason_and_explains_the_message() {
+        let d = Diagnosis {
+            problem: crate::diagnosis::Problem::AgentPodsForbidden,
+            message: "namespace strait-system enforces baseline".into(),
+        };
+        let c = compute(Situation::NoGateway {
+            matching_nodes: 1,
+            diagnosis: Some(&d),
+        });
+        assert_eq!(ready(&c), ("AgentPodsForbidden", false));
+        assert!(c.iter().all(|c| c.reason == "AgentPodsForbidden"));
+        assert!(c[0].message.contains("1 node(s) match"), "{}", c[0].message);
+        assert!(
+            c[0].message.ends_with("enforces baseline"),
+            "{}",
+            c[0].message
+        );
+        assert!(c[3].status, "degraded");
+        // no node matches: nothing to diagnose
+        let c = compute(Situation::NoGateway {
+            matching_nodes: 0,
+            diagnosis: Some(&d),
+        });
+        assert_eq!(ready(&c), ("NoGatewayAvailable", false));
     }
 
     #[test]
@@ -299,7 +346,10 @@ mod tests {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
         let first = to_api(
-            compute(Situation::NoGateway { matching_nodes: 0 }),
+            compute(Situation::NoGateway {
+                matching_nodes: 0,
+                diagnosis: None,
+            }),
             &[],
             Some(1),
             t0,

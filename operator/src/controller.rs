@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt as _};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -31,6 +31,7 @@ use strait_crds::{IPsecTunnel, heartbeat};
 
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
+use crate::diagnosis::{self, Diagnosis, Problem};
 use crate::election::elect;
 use crate::error::{Error, Fault};
 use crate::metrics::{Metrics, READY_STATUSES};
@@ -43,6 +44,9 @@ const DAEMONSET_RESYNC: Duration = Duration::from_secs(300);
 const RESYNC: Duration = Duration::from_secs(300);
 /// How long the direct read of a heartbeat Lease may take before the API server counts as away.
 const LEASE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a tunnel whose nodes have no live agent is looked at again: pod states (an image
+/// pull failing, a crash loop) are not watched, so the diagnosis follows them by polling.
+const DIAGNOSIS_RESYNC: Duration = Duration::from_secs(10);
 
 /// Whether this operator could see the API server lately. A heartbeat Lease only looks expired
 /// to us because we saw no renewal; while we could not see (the API server down or hung, our
@@ -96,6 +100,9 @@ pub struct Settings {
     pub deletion_timeout: Duration,
     /// The agent DaemonSet's pod template; `None` when the DaemonSet is managed elsewhere.
     pub agent: Option<AgentTemplate>,
+    /// The Deployment (in `namespace`) that owns the agent DaemonSet, so that deleting it
+    /// removes the DaemonSet; `None`: no owner (the operator runs outside a Deployment).
+    pub owner_deployment: Option<String>,
     /// This replica's identity, reported on Events.
     pub identity: String,
 }
@@ -252,6 +259,8 @@ struct Election {
     /// When the active gateway's heartbeat runs out, if nothing renews it.
     active_expires: Option<Timestamp>,
     matching_nodes: usize,
+    /// The matching nodes' names, in name order.
+    matching: Vec<String>,
 }
 
 async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
@@ -289,6 +298,13 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
             (Some((e, sel)), None)
         }
     };
+    // Nodes match but none has a live agent: find out why, if the cluster's objects say.
+    let diagnosis = match &election {
+        Some((e, _)) if e.active.is_none() && !e.matching.is_empty() => {
+            ctx.diagnose(&e.matching).await
+        }
+        _ => None,
+    };
     let situation = match (&election, &bad_selector) {
         (Some((e, _)), _) => match &e.active {
             Some(node) => Situation::Active {
@@ -297,10 +313,14 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
             },
             None => Situation::NoGateway {
                 matching_nodes: e.matching_nodes,
+                diagnosis: diagnosis.as_ref(),
             },
         },
         (None, Some((reason, message))) => Situation::BadSelector { reason, message },
-        (None, None) => Situation::NoGateway { matching_nodes: 0 },
+        (None, None) => Situation::NoGateway {
+            matching_nodes: 0,
+            diagnosis: None,
+        },
     };
     let active = election.as_ref().and_then(|(e, _)| e.active.clone());
     let generation = t.metadata.generation;
@@ -344,6 +364,13 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
     ctx.set_ready(&name, conditions::ready_status(&conditions));
 
     // A heartbeat that runs out is no event: wake up when the active one would.
+    let diagnosing = election
+        .as_ref()
+        .is_some_and(|(e, _)| e.active.is_none() && !e.matching.is_empty())
+        && ctx.settings.agent.is_some();
+    if diagnosing {
+        return Ok(Action::requeue(DIAGNOSIS_RESYNC));
+    }
     let wake = election
         .and_then(|(e, _)| e.active_expires)
         .and_then(|exp| exp.duration_since(now).try_into().ok())
@@ -400,14 +427,14 @@ fn sorted(c: &[Condition]) -> Vec<&Condition> {
 
 impl Context {
     fn elect(&self, sel: &Selector, previous: Option<&str>, now: Timestamp) -> Election {
-        let mut matching_nodes = 0;
+        let mut matching = Vec::new();
         let mut alive: BTreeMap<String, Timestamp> = BTreeMap::new();
         for node in self.nodes.state() {
             if node.metadata.deletion_timestamp.is_some() || !sel.matches(node.labels()) {
                 continue;
             }
-            matching_nodes += 1;
             let node_name = node.name_any();
+            matching.push(node_name.clone());
             let lease_ref =
                 ObjectRef::new(&heartbeat::lease_name(&node_name)).within(&self.settings.namespace);
             let expires = self
@@ -420,10 +447,12 @@ impl Context {
         }
         let candidates: BTreeSet<String> = alive.keys().cloned().collect();
         let active = elect(previous, &candidates);
+        matching.sort();
         Election {
             active_expires: active.as_ref().and_then(|a| alive.get(a).copied()),
             active,
-            matching_nodes,
+            matching_nodes: matching.len(),
+            matching,
         }
     }
 
@@ -562,7 +591,7 @@ impl Context {
             _ => {}
         }
         if let Some((type_, reason, note)) = ready_event(old, new) {
-            self.publish(t, type_, reason, note).await;
+            self.publish(t, type_, &reason, note).await;
         }
     }
 
@@ -602,6 +631,69 @@ impl Context {
         }
     }
 
+    /// Why the agents on `nodes` (matching, none alive) do not run, from the operator's
+    /// Namespace, the agent DaemonSet, its pods and its `FailedCreate` Events. Only when the
+    /// operator manages the DaemonSet; a read that fails (an older chart's RBAC, the API server
+    /// away) leaves that part out rather than failing the reconcile.
+    async fn diagnose(&self, nodes: &[String]) -> Option<Diagnosis> {
+        self.settings.agent.as_ref()?;
+        let ns = &self.settings.namespace;
+        let skip = |what: &'static str| {
+            move |e: kube::Error| {
+                tracing::debug!(error = %e, "diagnosis: cannot read {what}");
+            }
+        };
+        let namespace = Api::<Namespace>::all(self.client.clone())
+            .get(ns)
+            .await
+            .map_err(skip("the namespace"))
+            .ok();
+        let ds = Api::<DaemonSet>::namespaced(self.client.clone(), ns)
+            .get_opt(daemonset::NAME)
+            .await
+            .map_err(skip("the agent DaemonSet"))
+            .ok()
+            .flatten();
+        let (k, v) = daemonset::POD_LABEL;
+        let pods = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default().labels(&format!("{k}={v}")))
+            .await
+            .map_err(skip("the agent pods"))
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let events = Api::<CoreEvent>::namespaced(self.client.clone(), ns)
+            .list(&ListParams::default().fields(&format!(
+                "involvedObject.kind=DaemonSet,involvedObject.name={},reason=FailedCreate",
+                daemonset::NAME
+            )))
+            .await
+            .map_err(skip("the DaemonSet's Events"))
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let node_objects: Vec<Arc<Node>> = nodes
+            .iter()
+            .filter_map(|n| self.nodes.get(&ObjectRef::new(n)))
+            .collect();
+        let empty = BTreeMap::new();
+        let with_labels: Vec<(&str, &BTreeMap<String, String>)> = node_objects
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.as_deref().unwrap_or_default(),
+                    n.metadata.labels.as_ref().unwrap_or(&empty),
+                )
+            })
+            .collect();
+        diagnosis::diagnose(&diagnosis::Observed {
+            namespace: ns,
+            namespace_object: namespace.as_ref(),
+            daemonset: ds.as_ref(),
+            pods: &pods,
+            failed_creates: &events,
+            nodes: &with_labels,
+        })
+    }
+
     /// Applies the agent DaemonSet for the current tunnels (all but `exclude`, whose finalizer is
     /// being released). Tunnels being deleted still count: their agents must stay to clean up.
     async fn sync_daemonset(&self, exclude: Option<&str>) -> Result<(), Error> {
@@ -628,8 +720,23 @@ impl Context {
         if fresh {
             return Ok(());
         }
+        let owner = match &self.settings.owner_deployment {
+            Some(name) => {
+                let api =
+                    Api::<Deployment>::namespaced(self.client.clone(), &self.settings.namespace);
+                let d = api
+                    .get(name)
+                    .await
+                    .map_err(|source| Error::OwnerDeployment {
+                        name: name.clone(),
+                        source,
+                    })?;
+                daemonset::owner_reference(&d)
+            }
+            None => None,
+        };
         let api = Api::<DaemonSet>::namespaced(self.client.clone(), &self.settings.namespace);
-        daemonset::sync(&api, &self.settings.namespace, tpl, &terms).await?;
+        daemonset::sync(&api, &self.settings.namespace, tpl, &terms, owner.as_ref()).await?;
         if let Ok(mut g) = self.last_daemonset.lock() {
             *g = Some((key, Instant::now()));
         }
@@ -643,8 +750,9 @@ const PROGRESS_REASONS: [&str; 3] = ["WaitingForAgent", "Connecting", "ChildSasP
 /// The Event for a change of the Ready condition: `Ready` when it turns True; a `NotReady`
 /// Warning when it stops being True, or changes to a failure. A new tunnel moving from waiting
 /// for its agent to connecting is no Warning: it would put one on every tunnel created (and
-/// cost a write each when hundreds are applied at once).
-fn ready_event(old: &[Condition], new: &[Condition]) -> Option<(EventType, &'static str, String)> {
+/// cost a write each when hundreds are applied at once). A diagnosed agent problem
+/// ([`Problem`]) is a Warning with its own reason, also on a new tunnel: it needs a person.
+fn ready_event(old: &[Condition], new: &[Condition]) -> Option<(EventType, String, String)> {
     let ready = |c: &[Condition]| {
         c.iter()
             .find(|c| c.type_ == conditions::READY)
@@ -652,13 +760,24 @@ fn ready_event(old: &[Condition], new: &[Condition]) -> Option<(EventType, &'sta
     };
     match (ready(old), ready(new)) {
         (old, Some((s, _, msg))) if s == "True" && old.as_ref().is_none_or(|o| o.0 != "True") => {
-            Some((EventType::Normal, "Ready", msg))
+            Some((EventType::Normal, "Ready".to_owned(), msg))
+        }
+        (old, Some((s, r, msg)))
+            if s != "True"
+                && Problem::from_reason(&r).is_some()
+                && old.as_ref().is_none_or(|o| o.1 != r) =>
+        {
+            Some((EventType::Warning, r, msg))
         }
         (Some((os, or, _)), Some((s, r, msg)))
             if s != "True"
                 && (os == "True" || (or != r && !PROGRESS_REASONS.contains(&r.as_str()))) =>
         {
-            Some((EventType::Warning, "NotReady", format!("{r}: {msg}")))
+            Some((
+                EventType::Warning,
+                "NotReady".to_owned(),
+                format!("{r}: {msg}"),
+            ))
         }
         _ => None,
     }
@@ -686,6 +805,21 @@ mod tests {
         let ev = |old: &[Condition], new: &[Condition]| {
             ready_event(old, new).map(|(t, r, note)| (t == EventType::Warning, r, note))
         };
+        // a diagnosed agent problem: its own reason, on a new tunnel too, once
+        let forbidden = ready_cond("False", "AgentPodsForbidden");
+        assert_eq!(
+            ev(&[], &forbidden),
+            Some((
+                true,
+                "AgentPodsForbidden".into(),
+                "AgentPodsForbidden message".into()
+            ))
+        );
+        assert_eq!(
+            ev(&ready_cond("False", "NoGatewayAvailable"), &forbidden).map(|e| e.1),
+            Some("AgentPodsForbidden".into())
+        );
+        assert_eq!(ev(&forbidden, &forbidden), None);
         let (waiting, connecting) = (
             ready_cond("False", "WaitingForAgent"),
             ready_cond("False", "Connecting"),
@@ -699,14 +833,14 @@ mod tests {
         assert_eq!(ev(&waiting, &connecting), None);
         assert_eq!(
             ev(&connecting, &up),
-            Some((false, "Ready", "TunnelEstablished message".into()))
+            Some((false, "Ready".into(), "TunnelEstablished message".into()))
         );
         // a failure, or losing readiness even to a progress reason: a Warning
         assert_eq!(
             ev(&connecting, &failed),
             Some((
                 true,
-                "NotReady",
+                "NotReady".into(),
                 "AuthenticationFailed: AuthenticationFailed message".into()
             ))
         );

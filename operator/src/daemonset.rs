@@ -6,19 +6,25 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    LocalObjectReference, NodeSelectorRequirement, NodeSelectorTerm, ResourceRequirements,
+    Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 
 /// The DaemonSet's name.
 pub const NAME: &str = "strait-agent";
+/// The label that selects the agent pods.
+pub const POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "strait-agent");
 
 /// What the agent pods run: from the operator's flags, which the chart sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentTemplate {
     /// Container image.
     pub image: String,
@@ -28,6 +34,102 @@ pub struct AgentTemplate {
     pub args: Vec<String>,
     /// The agent's ServiceAccount.
     pub service_account: String,
+    /// `RUST_LOG` of the agent.
+    pub log_level: LogLevel,
+    /// Text or JSON lines.
+    pub log_format: LogFormat,
+    /// The pod-level settings the chart passes through (`--agent-pod-options`).
+    pub pod: PodOptions,
+}
+
+/// A log level, as the chart's `logLevel` values spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// And warnings.
+    Warn,
+    /// And what happens (the default).
+    #[default]
+    Info,
+    /// And why.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `RUST_LOG` directive: the level for Strait, `kube` (very chatty at debug) at warn.
+    pub fn directive(self) -> String {
+        let l = match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        };
+        format!("{l},kube=warn")
+    }
+}
+
+/// How a binary writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Pod-level settings of the agent, typed with the Kubernetes API's own structs so that the
+/// chart can pass its values through `toJson` and a malformed value stops the operator at start
+/// with the field named, instead of producing a DaemonSet the API server refuses. An absent
+/// field keeps the operator's default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodOptions {
+    /// Requests and limits; default: requests 10m CPU, 32Mi memory, no limits.
+    pub resources: Option<ResourceRequirements>,
+    /// Empty or absent: no priority class (see `docs/operator.md` for why that is the default).
+    pub priority_class_name: Option<String>,
+    /// Default: tolerate every taint (a node agent must run wherever a tunnel is elected).
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Further restricts the nodes, on top of the affinity to the tunnels' gateway selectors.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Secrets for pulling the agent image.
+    #[serde(default)]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+impl PodOptions {
+    /// Parses the JSON the chart passes as `--agent-pod-options`.
+    ///
+    /// # Errors
+    /// Not JSON, an unknown field, or a field of the wrong shape; the message names the field.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        serde_json::from_str(s).map_err(|e| format!("--agent-pod-options: {e}"))
+    }
+}
+
+/// Resources when none are given: enough for IKE on a few tunnels.
+fn default_resources() -> Value {
+    json!({"requests": {"cpu": "10m", "memory": "32Mi"}})
+}
+
+/// An owner reference to `deployment`, so that deleting it (e.g. `helm uninstall`) garbage
+/// collects the DaemonSet. Not a controller reference (the Deployment controller does not manage
+/// DaemonSets) and no `blockOwnerDeletion` (it would need update on deployments/finalizers).
+pub fn owner_reference(deployment: &Deployment) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "apps/v1".to_owned(),
+        kind: "Deployment".to_owned(),
+        name: deployment.metadata.name.clone()?,
+        uid: deployment.metadata.uid.clone()?,
+        controller: None,
+        block_owner_deletion: None,
+    })
 }
 
 /// The node selector term equivalent to a label selector.
@@ -80,73 +182,106 @@ pub fn terms<'a>(selectors: impl IntoIterator<Item = &'a LabelSelector>) -> Vec<
     by_key.into_values().collect()
 }
 
-/// The DaemonSet to server-side apply, for `terms` (non-empty).
-pub fn manifest(namespace: &str, tpl: &AgentTemplate, terms: &[NodeSelectorTerm]) -> Value {
-    let labels =
-        json!({"app.kubernetes.io/name": "strait-agent", "app.kubernetes.io/part-of": "strait"});
+/// The DaemonSet to server-side apply, for `terms` (non-empty), owned by `owner` if given.
+pub fn manifest(
+    namespace: &str,
+    tpl: &AgentTemplate,
+    terms: &[NodeSelectorTerm],
+    owner: Option<&OwnerReference>,
+) -> Value {
+    let labels = json!({POD_LABEL.0: POD_LABEL.1, "app.kubernetes.io/part-of": "strait"});
+    let mut args = tpl.args.clone();
+    if tpl.log_format == LogFormat::Json {
+        // a flag of the daemon subcommands, so it goes after `cluster`
+        args.push("--log-json".to_owned());
+    }
+    let opts = &tpl.pod;
+    let mut pod = json!({
+        "serviceAccountName": tpl.service_account,
+        "hostNetwork": true,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "terminationGracePeriodSeconds": 30,
+        "tolerations": opts.tolerations.as_ref().map_or_else(
+            || json!([{"operator": "Exists"}]),
+            |t| json!(t),
+        ),
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": terms,
+        }}},
+        "containers": [{
+            "name": "agent",
+            "image": tpl.image,
+            "imagePullPolicy": tpl.image_pull_policy,
+            "args": args,
+            "env": [
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "RUST_LOG", "value": tpl.log_level.directive()},
+            ],
+            // NET_ADMIN: XFRM netlink and the IKE sockets' options; NET_BIND_SERVICE:
+            // UDP 500 in the host's network namespace, where unprivileged ports start
+            // at 1024 and `drop: ALL` took the capability from uid 0 too. No raw
+            // sockets are used, so no NET_RAW.
+            "securityContext": {
+                "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+            },
+            "ports": [
+                {"name": "ike", "containerPort": 500, "protocol": "UDP"},
+                {"name": "ike-natt", "containerPort": 4500, "protocol": "UDP"},
+                {"name": "metrics", "containerPort": 9470, "protocol": "TCP"},
+            ],
+            // /healthz asks the IKE driver loop itself: a wedged loop is restarted
+            // even while the heartbeat task still renews the Lease
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "metrics"},
+                "initialDelaySeconds": 10, "periodSeconds": 10,
+                "timeoutSeconds": 7, "failureThreshold": 3,
+            },
+            "readinessProbe": {
+                "httpGet": {"path": "/healthz", "port": "metrics"},
+                "periodSeconds": 10, "timeoutSeconds": 7,
+            },
+            // the status socket (`kubectl exec ... strait-agent status`) lives here;
+            // the root file system is read-only
+            "volumeMounts": [{"name": "run", "mountPath": "/run/strait"}],
+            "resources": opts.resources.as_ref().map_or_else(default_resources, |r| json!(r)),
+        }],
+        "volumes": [{"name": "run", "emptyDir": {"medium": "Memory"}}],
+    });
+    // Absent fields rather than empty ones: under server-side apply an empty value would still
+    // claim the field.
+    if let Some(p) = opts.priority_class_name.as_ref().filter(|p| !p.is_empty()) {
+        set(&mut pod, "priorityClassName", json!(p));
+    }
+    if !opts.node_selector.is_empty() {
+        set(&mut pod, "nodeSelector", json!(opts.node_selector));
+    }
+    if !opts.image_pull_secrets.is_empty() {
+        set(&mut pod, "imagePullSecrets", json!(opts.image_pull_secrets));
+    }
+    let mut metadata = json!({"name": NAME, "namespace": namespace, "labels": labels});
+    if let Some(o) = owner {
+        set(&mut metadata, "ownerReferences", json!([o]));
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {"name": NAME, "namespace": namespace, "labels": labels},
+        "metadata": metadata,
         "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/name": "strait-agent"}},
+            "selector": {"matchLabels": {POD_LABEL.0: POD_LABEL.1}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": tpl.service_account,
-                    "hostNetwork": true,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "priorityClassName": "system-node-critical",
-                    "terminationGracePeriodSeconds": 30,
-                    "tolerations": [{"operator": "Exists"}],
-                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": terms,
-                    }}},
-                    "containers": [{
-                        "name": "agent",
-                        "image": tpl.image,
-                        "imagePullPolicy": tpl.image_pull_policy,
-                        "args": tpl.args,
-                        "env": [
-                            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                        ],
-                        // NET_ADMIN: XFRM netlink and the IKE sockets' options; NET_BIND_SERVICE:
-                        // UDP 500 in the host's network namespace, where unprivileged ports start
-                        // at 1024 and `drop: ALL` took the capability from uid 0 too. No raw
-                        // sockets are used, so no NET_RAW.
-                        "securityContext": {
-                            "capabilities": {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]},
-                            "readOnlyRootFilesystem": true,
-                            "allowPrivilegeEscalation": false,
-                        },
-                        "ports": [
-                            {"name": "ike", "containerPort": 500, "protocol": "UDP"},
-                            {"name": "ike-natt", "containerPort": 4500, "protocol": "UDP"},
-                            {"name": "metrics", "containerPort": 9470, "protocol": "TCP"},
-                        ],
-                        // /healthz asks the IKE driver loop itself: a wedged loop is restarted
-                        // even while the heartbeat task still renews the Lease
-                        "livenessProbe": {
-                            "httpGet": {"path": "/healthz", "port": "metrics"},
-                            "initialDelaySeconds": 10, "periodSeconds": 10,
-                            "timeoutSeconds": 7, "failureThreshold": 3,
-                        },
-                        "readinessProbe": {
-                            "httpGet": {"path": "/healthz", "port": "metrics"},
-                            "periodSeconds": 10, "timeoutSeconds": 7,
-                        },
-                        // the status socket (`kubectl exec ... strait-agent status`) lives here;
-                        // the root file system is read-only
-                        "volumeMounts": [{"name": "run", "mountPath": "/run/strait"}],
-                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-                    }],
-                    "volumes": [{"name": "run", "emptyDir": {"medium": "Memory"}}],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     })
+}
+
+/// Sets `key` in the JSON object `obj` (always an object here).
+fn set(obj: &mut Value, key: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert(key.to_owned(), value);
+    }
 }
 
 /// Applies the DaemonSet for `terms`, or deletes it when `terms` is empty.
@@ -155,6 +290,7 @@ pub async fn sync(
     namespace: &str,
     tpl: &AgentTemplate,
     terms: &[NodeSelectorTerm],
+    owner: Option<&OwnerReference>,
 ) -> Result<(), kube::Error> {
     if terms.is_empty() {
         return match api.delete(NAME, &DeleteParams::default()).await {
@@ -166,7 +302,7 @@ pub async fn sync(
             Err(e) => Err(e),
         };
     }
-    let body = manifest(namespace, tpl, terms);
+    let body = manifest(namespace, tpl, terms, owner);
     api.patch(
         NAME,
         &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
@@ -182,15 +318,128 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
-    #[test]
-    fn the_agent_can_bind_udp_500_and_serve_its_status_socket() {
-        let tpl = AgentTemplate {
+    fn tpl() -> AgentTemplate {
+        AgentTemplate {
             image: "strait-agent:test".into(),
             image_pull_policy: "IfNotPresent".into(),
             service_account: "strait-agent".into(),
             args: vec!["cluster".into()],
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            pod: PodOptions::default(),
+        }
+    }
+
+    #[test]
+    fn defaults_tolerate_everything_request_little_and_name_no_priority_class() {
+        let ds = manifest("strait-system", &tpl(), &[], None);
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["resources"],
+            json!({"requests": {"cpu": "10m", "memory": "32Mi"}})
+        );
+        assert_eq!(c["args"], json!(["cluster"]));
+        assert_eq!(
+            c["env"][2],
+            json!({"name": "RUST_LOG", "value": "info,kube=warn"})
+        );
+        for absent in ["priorityClassName", "nodeSelector", "imagePullSecrets"] {
+            assert!(pod.get(absent).is_none(), "{absent} set: {pod}");
+        }
+        assert!(ds["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
+    fn the_charts_pod_options_reach_the_pod_spec() {
+        let json = r#"{
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+            "priorityClassName": "system-node-critical",
+            "tolerations": [{"key": "edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "imagePullSecrets": [{"name": "regcred"}]
+        }"#;
+        let t = AgentTemplate {
+            pod: PodOptions::parse(json).unwrap(),
+            log_level: LogLevel::Debug,
+            log_format: LogFormat::Json,
+            args: vec!["cluster".into(), "--dataplane=none".into()],
+            ..tpl()
         };
-        let ds = manifest("strait-system", &tpl, &[]);
+        let ds = manifest("strait-system", &t, &[], None);
+        let pod = &ds["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["resources"]["limits"]["memory"], "128Mi");
+        assert_eq!(c["resources"]["requests"]["cpu"], "50m");
+        assert_eq!(pod["priorityClassName"], "system-node-critical");
+        assert_eq!(pod["tolerations"][0]["key"], "edge");
+        assert_eq!(pod["tolerations"].as_array().map(Vec::len), Some(1));
+        assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+        // JSON logs: the agent's own flag, after the subcommand's arguments
+        assert_eq!(
+            c["args"],
+            json!(["cluster", "--dataplane=none", "--log-json"])
+        );
+        assert_eq!(c["env"][2]["value"], "debug,kube=warn");
+        // the node selector adds to the tunnels' affinity, it does not replace it
+        assert!(pod["affinity"]["nodeAffinity"].is_object());
+    }
+
+    #[test]
+    fn an_empty_priority_class_means_none() {
+        let t = AgentTemplate {
+            pod: PodOptions::parse(r#"{"priorityClassName": ""}"#).unwrap(),
+            ..tpl()
+        };
+        let ds = manifest("ns", &t, &[], None);
+        assert!(
+            ds["spec"]["template"]["spec"]
+                .get("priorityClassName")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_pod_options_are_refused_with_the_field_named() {
+        let e = PodOptions::parse(r#"{"tolerations": {"operator": "Exists"}}"#).unwrap_err();
+        assert!(
+            e.contains("--agent-pod-options") && e.contains("sequence"),
+            "{e}"
+        );
+        let e = PodOptions::parse(r#"{"priorityClass": "x"}"#).unwrap_err();
+        assert!(e.contains("unknown field `priorityClass`"), "{e}");
+        let e = PodOptions::parse("resources: {}").unwrap_err();
+        assert!(e.contains("--agent-pod-options"), "{e}");
+        assert_eq!(PodOptions::parse("{}").unwrap(), PodOptions::default());
+    }
+
+    #[test]
+    fn the_daemonset_is_owned_by_the_operator_deployment() {
+        let d = Deployment {
+            metadata: kube::api::ObjectMeta {
+                name: Some("strait-operator".into()),
+                uid: Some("1234-abcd".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let owner = owner_reference(&d).unwrap();
+        let ds = manifest("ns", &tpl(), &[], Some(&owner));
+        assert_eq!(
+            ds["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "strait-operator", "uid": "1234-abcd"}])
+        );
+        // no uid (not read from the API server): no reference rather than a broken one
+        let mut no_uid = d.clone();
+        no_uid.metadata.uid = None;
+        assert!(owner_reference(&no_uid).is_none());
+    }
+
+    #[test]
+    fn the_agent_can_bind_udp_500_and_serve_its_status_socket() {
+        let ds = manifest("strait-system", &tpl(), &[], None);
         let pod = &ds["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
         let caps = &c["securityContext"]["capabilities"];

@@ -19,6 +19,16 @@ pub enum Error {
         /// Nodes whose `status.gateways[]` entry is still present.
         nodes: Vec<String>,
     },
+    /// The Deployment that should own the agent DaemonSet (`--owner-deployment`) cannot be read,
+    /// so the DaemonSet is not applied: without the owner, `helm uninstall` would leave it behind.
+    #[error("cannot read the agent DaemonSet's owner, Deployment {name}: {source}")]
+    OwnerDeployment {
+        /// The Deployment's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// The operator could not build a request body (a bug in the operator).
     #[error("could not serialize a request: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -47,6 +57,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::WaitingForAgents { .. } => "waiting_for_agents",
+            Self::OwnerDeployment { .. } => "owner_deployment",
             Self::Serialize(_) => "serialize",
         }
     }
@@ -61,6 +72,7 @@ impl Error {
                 _ => Fault::Cluster,
             },
             Self::WaitingForAgents { .. } => Fault::Waiting,
+            Self::OwnerDeployment { .. } => Fault::Cluster,
             Self::Serialize(_) => Fault::Operator,
         }
     }

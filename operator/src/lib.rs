@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod daemonset;
+pub mod diagnosis;
 pub mod election;
 pub mod error;
 pub mod leader;

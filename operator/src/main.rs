@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use strait_operator::controller::{self, Settings};
-use strait_operator::daemonset::AgentTemplate;
+use strait_operator::daemonset::{AgentTemplate, LogFormat, LogLevel, PodOptions};
 use strait_operator::leader::{self, Elector};
 use strait_operator::metrics::{self, Metrics};
 use tokio::sync::watch;
@@ -83,16 +83,41 @@ struct RunArgs {
     /// The agent's ServiceAccount.
     #[arg(long, default_value = "strait-agent")]
     agent_service_account: String,
+    /// The agents' log level (their `RUST_LOG`).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    agent_log_level: LogLevel,
+    /// The agents' log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    agent_log_format: LogFormat,
+    /// Pod settings of the agent as JSON, typed like the Kubernetes fields they fill:
+    /// `{"resources", "priorityClassName", "tolerations", "nodeSelector", "imagePullSecrets"}`,
+    /// each optional (the chart renders this from its `agent.*` values).
+    #[arg(long, value_parser = PodOptions::parse, default_value = "{}")]
+    agent_pod_options: PodOptions,
+    /// The Deployment in `--namespace` that owns the agent DaemonSet, so that deleting it
+    /// (`helm uninstall`) garbage-collects the DaemonSet. Unset: the DaemonSet has no owner.
+    #[arg(long)]
+    owner_deployment: Option<String>,
+    /// This process's own log format.
+    #[arg(long, value_enum, env = "STRAIT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn init_logs(format: LogFormat) {
+    let b = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,kube=warn".into()),
+    );
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let Command::Run(args) = &cli.command;
+    init_logs(args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,7 +273,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.agent_args.clone()
             },
             service_account: args.agent_service_account.clone(),
+            log_level: args.agent_log_level,
+            log_format: args.agent_log_format,
+            pod: args.agent_pod_options.clone(),
         }),
+        owner_deployment: args.owner_deployment.clone().filter(|n| !n.is_empty()),
         identity,
     };
     let mut stop_rx2 = stop_rx.clone();

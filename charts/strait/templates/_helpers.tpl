@@ -13,3 +13,13 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
 {{- define "strait.agentImage" -}}
 {{ .Values.agent.image.repository }}:{{ .Values.agent.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+
+{{/* The agent's pod settings as the one JSON flag the operator parses into Kubernetes types. */}}
+{{- define "strait.agentPodOptions" -}}
+{{- $o := dict "nodeSelector" .Values.agent.nodeSelector "imagePullSecrets" .Values.imagePullSecrets -}}
+{{- if hasKey .Values.agent "resources" }}{{ $_ := set $o "resources" .Values.agent.resources }}{{ end -}}
+{{- if hasKey .Values.agent "tolerations" }}{{ $_ := set $o "tolerations" .Values.agent.tolerations }}{{ end -}}
+{{- with .Values.agent.priorityClassName }}{{ $_ := set $o "priorityClassName" . }}{{ end -}}
+{{- toJson $o -}}
+{{- end -}}
