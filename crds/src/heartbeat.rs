@@ -4,8 +4,11 @@
 //! namespace. It renews it (sets `spec.renewTime` to now) every [`DEFAULT_RENEW_INTERVAL`], with
 //! `spec.holderIdentity` = the node name and `spec.leaseDurationSeconds` = how long the operator
 //! may trust one renewal. The agent is alive while `renewTime + leaseDurationSeconds` is in the
-//! future. [`renew`] is the agent side, [`is_alive`] the operator's: both live here, in the crate
-//! both binaries share, so neither links the other.
+//! future. An agent that stops cleanly calls [`release`]: the Lease loses its holder and vouches
+//! for nothing from then on, so the operator fails over at once instead of after the lease runs
+//! out (or, worse, not at all when a replacement pod renews it within the lease). [`renew`] and
+//! [`release`] are the agent side, [`is_alive`] the operator's: all live here, in the crate both
+//! binaries share, so neither links the other.
 //!
 //! The comparison uses the agent's `renewTime` against the operator's clock, so node clocks must
 //! be synchronised to well under the lease duration (NTP), as for kubelet's own node leases.
@@ -37,9 +40,11 @@ pub fn node_of_lease(lease_name: &str) -> Option<&str> {
 }
 
 /// When the lease stops vouching for its agent: the last renewal (or acquisition) plus the lease
-/// duration. `None` when the lease was never renewed or has no duration: that agent is not alive.
+/// duration. `None` when the lease was never renewed, has no duration or no holder (released):
+/// that agent is not alive.
 pub fn expires_at(lease: &Lease) -> Option<Timestamp> {
     let spec = lease.spec.as_ref()?;
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
     let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
     let secs = spec.lease_duration_seconds.filter(|s| *s > 0)?;
     renewed
@@ -76,6 +81,23 @@ pub async fn renew(
     Ok(())
 }
 
+/// Agent side, on a clean stop: the Lease of `node` keeps a renewal time but loses its holder,
+/// so it vouches for nothing from now on. The same field manager as [`renew`] applies it without
+/// `holderIdentity`, which server-side apply therefore removes.
+pub async fn release(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
+    let name = lease_name(node);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now());
+    let body = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "labels": {LEASE_LABEL.0: LEASE_LABEL.1}},
+        "spec": {"leaseDurationSeconds": 1, "renewTime": now},
+    });
+    let pp = PatchParams::apply(&crate::contract::agent_field_manager(node)).force();
+    leases.patch(&name, &pp, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +107,7 @@ mod tests {
     fn lease(renewed: Option<Timestamp>, secs: Option<i32>) -> Lease {
         Lease {
             spec: Some(LeaseSpec {
+                holder_identity: Some("gw-1".into()),
                 renew_time: renewed.map(MicroTime),
                 lease_duration_seconds: secs,
                 ..LeaseSpec::default()
@@ -111,5 +134,11 @@ mod tests {
         assert!(!is_alive(&lease(Some(t0), None), t0));
         assert!(!is_alive(&lease(Some(t0), Some(0)), t0));
         assert!(!is_alive(&Lease::default(), t0));
+        // released: a renewal time, but no holder
+        let mut released = lease(Some(t0), Some(10));
+        if let Some(spec) = released.spec.as_mut() {
+            spec.holder_identity = None;
+        }
+        assert!(!is_alive(&released, t0));
     }
 }

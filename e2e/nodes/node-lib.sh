@@ -320,6 +320,9 @@ node_up() { # index (1, 2, ...)
 	ip -n "$name" link set lo up
 	ip -n "$name" addr add "$ip/$PREFIX" dev eth0
 	ip -n "$name" link set eth0 up
+	# The Service range (kube-proxy DNATs it) needs a route for the node's own connections, as a
+	# real node's default route gives it; nothing else leaves the bridge.
+	ip -n "$name" route add 10.0.0.0/24 via "$BRIDGE_IP"
 	# The API server's replies to pods (ClusterIP traffic keeps the pod's source address): the
 	# node's pod range is behind the node, as a cloud's route table or a routing CNI would say.
 	ip route add "10.244.$i.0/24" via "$ip" dev "$BRIDGE"

@@ -39,18 +39,26 @@ const NODE1: &str = "strait-node1";
 const NODE2: &str = "strait-node2";
 /// Heartbeat lease and renewal of the agents, as the process-level failover benchmark uses
 /// (docs/benchmarks.md), so the two figures compare.
-const AGENT_ARGS: &str = "{cluster,--dataplane=none,--lease-duration-seconds=3,--renew-interval=1}";
+const AGENT_ARGS: &str = "{--dataplane=none,--lease-duration-seconds=3,--renew-interval=1}";
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 100 ms until it gives a value; on timeout, panics with what the cluster says.
+fn wait_for<T>(
+    k: &NodeCluster,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() > timeout {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                dump(k)
+            );
+        }
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -200,7 +208,7 @@ fn helm_install(k: &NodeCluster, extra: &[&str]) {
         "operator.leaderElection=true",
         "--set",
     ];
-    let agent_args = format!("agent.args={AGENT_ARGS}");
+    let agent_args = format!("agent.extraArgs={AGENT_ARGS}");
     args.push(&agent_args);
     args.extend_from_slice(extra);
     if let Err(e) = k.helm(&args) {
@@ -323,6 +331,7 @@ fn kill_active_pod(k: &NodeCluster, tunnel: &str) -> (f64, String, String) {
     k.ns_kubectl(&["delete", "pod", &pod, "--wait=false"])
         .unwrap();
     let to = wait_for(
+        k,
         &format!("{tunnel} Ready on a node other than {from}"),
         Duration::from_secs(60),
         || {
@@ -358,7 +367,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     eprintln!("helm install --wait: {:.1} s", t.elapsed().as_secs_f64());
     let operators = k.pods("app.kubernetes.io/name=strait-operator").unwrap();
     assert_eq!(operators.len(), 2, "two operator replicas: {operators:?}");
-    let leader = wait_for("an operator leader", Duration::from_secs(60), || {
+    let leader = wait_for(&k, "an operator leader", Duration::from_secs(60), || {
         k.ns_kubectl(&[
             "get",
             "lease",
@@ -408,8 +417,10 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         "both tunnels Ready {:.1} s after kubectl apply",
         applied.elapsed().as_secs_f64()
     );
-    // the DaemonSet runs only on the labelled node
-    let pods = agent_pods(&k);
+    // the DaemonSet runs only on the labelled node (its readiness probe may lag the tunnel)
+    let pods = wait_for(&k, "the agent pod Ready", Duration::from_secs(60), || {
+        Some(agent_pods(&k)).filter(|p| !p.is_empty())
+    });
     assert_eq!(pods.len(), 1, "one agent pod, on {NODE1}: {pods:?}");
     assert_eq!(pods[0].1, NODE1, "{pods:?}");
     for t in [PSK_TUNNEL, CERT_TUNNEL] {
@@ -431,7 +442,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
 
     // node2 becomes a gateway: a second agent pod
     k.label_gateway(NODE2, true).unwrap();
-    wait_for("an agent pod on node2", Duration::from_secs(90), || {
+    wait_for(&k, "an agent pod on node2", Duration::from_secs(90), || {
         agent_pod_on(&k, NODE2)
     });
 
@@ -468,6 +479,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         times.push(secs);
         // the DaemonSet brings the pod back, so the next round has somewhere to go
         wait_for(
+            &k,
             &format!("the agent pod on {from} back"),
             Duration::from_secs(90),
             || agent_pod_on(&k, &from),
@@ -509,7 +521,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     let old_pods = agent_pods(&k);
     let t = Instant::now();
     let chart = nodes::chart();
-    let agent_args = format!("agent.args={AGENT_ARGS}");
+    let agent_args = format!("agent.extraArgs={AGENT_ARGS}");
     k.helm([
         "upgrade",
         "strait",
@@ -528,11 +540,16 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     ])
     .unwrap_or_else(|e| panic!("helm upgrade: {e:#}\n{}", dump(&k)));
     let mut down_seen = false;
-    wait_for("the agent pods rolled", Duration::from_secs(180), || {
-        down_seen |= !ready(&status(&k, PSK_TUNNEL));
-        let now = agent_pods(&k);
-        (now.len() == 2 && now.iter().all(|p| !old_pods.contains(p))).then_some(())
-    });
+    wait_for(
+        &k,
+        "the agent pods rolled",
+        Duration::from_secs(180),
+        || {
+            down_seen |= !ready(&status(&k, PSK_TUNNEL));
+            let now = agent_pods(&k);
+            (now.len() == 2 && now.iter().all(|p| !old_pods.contains(p))).then_some(())
+        },
+    );
     wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 120);
     let image = k
         .ns_kubectl(&[
@@ -562,13 +579,13 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     ])
     .unwrap_or_else(|e| panic!("helm uninstall: {e:#}\n{}", dump(&k)));
     eprintln!("helm uninstall --wait: {:.1} s", t.elapsed().as_secs_f64());
-    wait_for("no Strait pod left", Duration::from_secs(90), || {
+    wait_for(&k, "no Strait pod left", Duration::from_secs(90), || {
         k.ns_kubectl(&["get", "pods", "-o", "name"])
             .ok()
             .filter(|p| p.trim().is_empty())
     });
     // the agents said goodbye to the peer on their way out
-    wait_for("charon's IKE SAs gone", Duration::from_secs(30), || {
+    wait_for(&k, "charon's IKE SAs gone", Duration::from_secs(30), || {
         charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
     });
     // the tunnels stay (the CRD is kept), but without the operator's finalizer: deleting them
@@ -622,12 +639,32 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     k.kubectl_stdin(["apply", "-f", "-"], &tunnels()).unwrap();
     wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 180);
     let from = active(&status(&k, PSK_TUNNEL)).unwrap();
-    wait_for("agent pods on both nodes", Duration::from_secs(90), || {
-        (agent_pods(&k).len() == 2).then_some(())
-    });
+    wait_for(
+        &k,
+        "agent pods on both nodes",
+        Duration::from_secs(90),
+        || (agent_pods(&k).len() == 2).then_some(()),
+    );
+    let leader_pod = k
+        .ns_kubectl(&[
+            "get",
+            "lease",
+            "strait-operator-leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default();
+    let leader_node = k
+        .pods("app.kubernetes.io/name=strait-operator")
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(p, _)| *p == leader_pod)
+        .map(|(_, n)| n)
+        .unwrap_or_default();
     let t = Instant::now();
     k.kill_kubelet(&from).unwrap();
     let to = wait_for(
+        &k,
         &format!("{PSK_TUNNEL} Ready off {from}"),
         Duration::from_secs(90),
         || {
@@ -636,8 +673,14 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         },
     );
     eprintln!(
-        "node {from} stopped (kubelet killed, its containers stopped): Ready on {to} after {:.2} s",
-        t.elapsed().as_secs_f64()
+        "node {from} stopped (kubelet killed, its containers stopped): Ready on {to} after {:.2} s \
+         (the operator's leader was on {leader_node}: {})",
+        t.elapsed().as_secs_f64(),
+        if leader_node == from {
+            "the standby had to take the leader Lease first"
+        } else {
+            "it stayed"
+        }
     );
     wait_ready(&k, &[CERT_TUNNEL], 60);
     charon.stop().unwrap();

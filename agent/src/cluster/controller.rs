@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use strait_crds::{IPsecTunnel, contract};
+use strait_crds::{IPsecTunnel, contract, heartbeat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -69,6 +70,8 @@ pub(super) struct Controller {
     running: BTreeMap<String, Fingerprint>,
     writer: report::Writer,
     cleared: BTreeMap<String, Instant>,
+    /// The heartbeat task: stopped, and the Lease released, before teardown starts.
+    heartbeat: Option<tokio::task::AbortHandle>,
 }
 
 impl Controller {
@@ -87,7 +90,14 @@ impl Controller {
             running: BTreeMap::new(),
             writer: report::Writer::new(opts.status_interval),
             cleared: BTreeMap::new(),
+            heartbeat: None,
         }
+    }
+
+    /// The heartbeat task [`Self::run`] stops on SIGTERM before it releases the Lease.
+    pub(super) fn with_heartbeat(mut self, task: tokio::task::AbortHandle) -> Self {
+        self.heartbeat = Some(task);
+        self
     }
 
     pub(super) async fn run(mut self) -> anyhow::Result<()> {
@@ -145,6 +155,15 @@ impl Controller {
                 }
                 self.report().await;
             }
+        }
+        // Release the heartbeat first: the operator can elect another node while this one
+        // tears down, and a replacement pod that renews the Lease quickly cannot hide the stop.
+        if let Some(beat) = self.heartbeat.take() {
+            beat.abort();
+        }
+        let leases = Api::<Lease>::namespaced(self.client.clone(), &self.opts.namespace);
+        if let Err(e) = heartbeat::release(&leases, &self.opts.node).await {
+            tracing::warn!(error = %e, "could not release the heartbeat Lease");
         }
         tracing::info!("stopping: deleting every IKE SA");
         tunnel_watch.abort();

@@ -31,9 +31,6 @@ use crate::driver::{Driver, Settings};
 use crate::status;
 use controller::Controller;
 
-/// The lease duration written on a clean stop, so failover starts at once.
-const RELEASE_LEASE_SECONDS: i32 = 1;
-
 /// The options of `strait-agent cluster`.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -125,7 +122,8 @@ async fn run_with<D: Dataplane + 'static>(
         opts.lease_duration_seconds,
         opts.renew_interval,
     ));
-    let controller = Controller::new(&opts, client, cmd_tx, status_tx);
+    let controller =
+        Controller::new(&opts, client, cmd_tx, status_tx).with_heartbeat(beat.abort_handle());
     let control = tokio::spawn(controller.run());
     let mut driver = Driver::new(settings, dp);
     if let Some(addr) = opts.metrics_addr {
@@ -148,9 +146,9 @@ async fn run_with<D: Dataplane + 'static>(
         Err(e) => Err(anyhow::anyhow!("the cluster controller task failed: {e}")),
     };
     beat.abort();
-    // a clean stop: let the Lease run out now rather than in leaseDurationSeconds
-    if let Err(e) = heartbeat::renew(&leases, &opts.node, RELEASE_LEASE_SECONDS).await {
-        tracing::warn!(error = %e, "could not shorten the heartbeat Lease on stop");
+    // a clean stop: the controller released the Lease; again, in case it could not
+    if let Err(e) = heartbeat::release(&leases, &opts.node).await {
+        tracing::warn!(error = %e, "could not release the heartbeat Lease on stop");
     }
     tracing::info!("stopped");
     result
