@@ -685,3 +685,144 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     wait_ready(&k, &[CERT_TUNNEL], 60);
     charon.stop().unwrap();
 }
+
+/// The tunnel's Ready condition: (status, reason, message).
+fn ready_condition(k: &NodeCluster, tunnel: &str) -> (String, String, String) {
+    let s = status(k, tunnel);
+    let c = s["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    let f = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+    (f("status"), f("reason"), f("message"))
+}
+
+/// Waits until the tunnel is not Ready for `reason`; returns the message.
+fn wait_reason(k: &NodeCluster, tunnel: &str, reason: &str) -> String {
+    let t = Instant::now();
+    let msg = wait_for(
+        k,
+        &format!("{tunnel} with reason {reason}"),
+        Duration::from_secs(90),
+        || {
+            let (status, r, m) = ready_condition(k, tunnel);
+            (status == "False" && r == reason).then_some(m)
+        },
+    );
+    eprintln!(
+        "{reason} reported {:.1} s after the cause: {msg}",
+        t.elapsed().as_secs_f64()
+    );
+    msg
+}
+
+/// What a user gets wrong, on real kubelets: an agent image that cannot start, a namespace whose
+/// Pod Security level refuses the agents, no node labelled as a gateway. Each gets a condition
+/// with a reason that names it (and a Warning Event), never a silent hang, and the tunnel comes
+/// back once it is fixed.
+#[test]
+fn bad_input_on_kubelets_is_reported_and_recovers() {
+    let k = NodeCluster::up(2).expect("the kubelet cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), KeyType::Ecdsa(256)).expect("test CA");
+    let _charon = Charon::start(SITE_NS, &charon_config(&pki)).expect("charon");
+    k.kubectl(["create", "namespace", NAMESPACE]).unwrap();
+    k.kubectl([
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=privileged",
+    ])
+    .unwrap();
+    k.ns_kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "site-psk",
+        &format!("--from-literal=psk={PSK}"),
+    ])
+    .unwrap();
+    let psk_only = tunnels()
+        .split("---\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    // ---- no node is a gateway yet -----------------------------------------------------------
+    helm_install(
+        &k,
+        &[
+            "--set",
+            "agent.image.tag=no-such-tag",
+            "--set",
+            "agent.image.pullPolicy=Never",
+        ],
+    );
+    k.kubectl_stdin(["apply", "-f", "-"], &psk_only).unwrap();
+    let msg = wait_reason(&k, PSK_TUNNEL, "NoGatewayAvailable");
+    assert!(msg.contains("no node matches"), "{msg}");
+
+    // ---- a gateway whose agent image is not there (pullPolicy Never: ErrImageNeverPull) -----
+    k.label_gateway(NODE1, true).unwrap();
+    let msg = wait_reason(&k, PSK_TUNNEL, "AgentImageUnavailable");
+    assert!(
+        msg.contains("no-such-tag") && msg.contains(NODE1),
+        "the message names the image and the node: {msg}"
+    );
+    let events = k
+        .kubectl(["get", "events", "-n", "default", "-o", "json"])
+        .unwrap();
+    assert!(
+        events.contains("AgentImageUnavailable"),
+        "no Warning Event with the reason:\n{events}"
+    );
+    // fixed: the chart's default image
+    let chart = nodes::chart();
+    k.helm([
+        "upgrade",
+        "strait",
+        chart.to_str().unwrap(),
+        "-n",
+        NAMESPACE,
+        "--reuse-values",
+        "--wait",
+        "--timeout=180s",
+        "--set",
+        "agent.image.tag=",
+        "--set",
+        "agent.image.pullPolicy=IfNotPresent",
+    ])
+    .unwrap_or_else(|e| panic!("helm upgrade: {e:#}\n{}", dump(&k)));
+    wait_ready(&k, &[PSK_TUNNEL], 120);
+
+    // ---- the namespace's Pod Security level refuses the agents ------------------------------
+    k.kubectl([
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=baseline",
+        "--overwrite",
+    ])
+    .unwrap();
+    // the running pod is not affected by a new label; its replacement is refused
+    let pod = wait_for(&k, "the agent pod Ready", Duration::from_secs(60), || {
+        agent_pod_on(&k, NODE1)
+    });
+    k.ns_kubectl(&["delete", "pod", &pod, "--wait=false"])
+        .unwrap();
+    let msg = wait_reason(&k, PSK_TUNNEL, "AgentPodsForbidden");
+    assert!(
+        msg.contains("baseline") || msg.contains("PodSecurity"),
+        "the message says why: {msg}"
+    );
+    k.kubectl([
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=privileged",
+        "--overwrite",
+    ])
+    .unwrap();
+    // the DaemonSet controller retries with a backoff; the tunnel must come back by itself
+    wait_ready(&k, &[PSK_TUNNEL], 180);
+}
