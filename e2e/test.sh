@@ -41,8 +41,10 @@ step() {
 # Kernel objects and processes the tests could leave behind if cleanup failed.
 leftovers() {
   ip netns list 2>/dev/null | grep -E '^strait-' || true
-  pgrep -af '/strait-(agent|operator)|kube-(apiserver|controller-manager|scheduler|proxy)|/kubelet |/containerd --config|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' 2>/dev/null \
-    | grep -v -E "pgrep|$$" || true
+  # (zombies are left out: they hold nothing, and an orphan's is reaped by pid 1 in its own time)
+  ps -eo pid=,stat=,args= 2>/dev/null | awk '$2 !~ /^Z/' \
+    | grep -E '/strait-(agent|operator)|kube-(apiserver|controller-manager|scheduler|proxy)|/kubelet |/containerd --config|etcd --data-dir|/usr/lib/ipsec/charon|qemu-system' \
+    | grep -v -E "grep|$$" || true
 }
 xfrm_root() { echo "$(ip xfrm state 2>/dev/null | wc -l) $(ip xfrm policy 2>/dev/null | wc -l)"; }
 
