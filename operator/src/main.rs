@@ -116,8 +116,10 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = &cli.command;
-    init_logs(args.log_format);
+    init_logs(match &cli.command {
+        Command::Run(args) => args.log_format,
+        Command::Uninstall(_) => LogFormat::Text,
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

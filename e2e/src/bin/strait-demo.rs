@@ -128,7 +128,7 @@ fn run() -> Result<()> {
         "--wait",
         "--timeout=180s",
         "--set",
-        "agent.args={cluster,--dataplane=none}",
+        "agent.extraArgs={--dataplane=none}",
     ];
     println!("$ helm {}", cmd.join(" "));
     print!("{}", k.helm(cmd)?);
