@@ -774,6 +774,8 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
                 .then_some(())
         },
     );
+    // Without hooks: this control plane runs no Job controller, so the post-delete Job would
+    // never finish. The hook runs for real on kubelets (nodes_helm.rs).
     let out = cp
         .helm([
             "uninstall",
@@ -781,6 +783,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
             "--namespace",
             NS,
             "--wait",
+            "--no-hooks",
             "--timeout",
             "60s",
         ])
