@@ -2,6 +2,8 @@
 # The kubelet cluster the node-tier tests and the demo run on, as root:
 #   e2e/nodes/cluster.sh up [N]   control plane, N kubelet nodes (default 2), the remote site's
 #                                 namespace; prints the admin kubeconfig's path on stdout
+#   e2e/nodes/cluster.sh restart-node I   node I down (everything it runs stops) and up again,
+#                                 Ready; the API objects (Node, pods) stay, as for a rebooted node
 #   e2e/nodes/cluster.sh down     remove all of it (also after a crash); fails if anything is left
 # Names and addresses are fixed (docs/testing-nodes.md), so one cluster runs at a time.
 set -euo pipefail
@@ -22,6 +24,13 @@ up)
 	trap - EXIT
 	echo "$KUBECONFIG_ADMIN"
 	;;
+restart-node)
+	# (not `i`: node-lib's loops use it without `local`)
+	which="${2:?which node}"
+	node_down "strait-node$which" >&2
+	node_up "$which" >&2
+	node_wait_ready "$which" 180 || ndie "strait-node$which not Ready within 180 s of its restart"
+	;;
 down)
 	nodes_down >&2
 	left="$(nodes_leftovers)"
@@ -32,7 +41,7 @@ down)
 	fi
 	;;
 *)
-	echo "usage: $0 up [N] | down" >&2
+	echo "usage: $0 up [N] | restart-node I | down" >&2
 	exit 2
 	;;
 esac

@@ -325,7 +325,7 @@ node_up() { # index (1, 2, ...)
 	ip -n "$name" route add 10.0.0.0/24 via "$BRIDGE_IP"
 	# The API server's replies to pods (ClusterIP traffic keeps the pod's source address): the
 	# node's pod range is behind the node, as a cloud's route table or a routing CNI would say.
-	ip route add "10.244.$i.0/24" via "$ip" dev "$BRIDGE"
+	ip route replace "10.244.$i.0/24" via "$ip" dev "$BRIDGE"
 
 	# containerd and kubelet in the node's network namespace and one private mount namespace of
 	# their own (kubelet's volume mounts must be visible to containerd and runc; none reach the host)

@@ -163,6 +163,27 @@ impl NodeCluster {
         Ok(())
     }
 
+    /// Takes node `i` down (everything it runs stops, as [`Self::kill_kubelet`] leaves it) and
+    /// brings it up again until Ready; its Node and pods stay in the API, as for a reboot.
+    ///
+    /// # Errors
+    /// The node did not come back.
+    pub fn restart_node(&self, i: u32) -> Result<()> {
+        let out = cmd::output(
+            Command::new("bash")
+                .arg(script())
+                .args(["restart-node", &i.to_string()]),
+        )?;
+        if !out.success() {
+            bail!(
+                "e2e/nodes/cluster.sh restart-node {i} failed ({}):\n{}",
+                out.status,
+                out.stderr
+            );
+        }
+        Ok(())
+    }
+
     /// Labels node `name` as a gateway (`strait.dev/gateway=true`) or removes the label.
     ///
     /// # Errors
