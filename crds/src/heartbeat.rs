@@ -64,17 +64,29 @@ pub async fn renew(
     node: &str,
     lease_duration_seconds: i32,
 ) -> Result<(), kube::Error> {
+    apply(leases, node, Some(node), lease_duration_seconds).await
+}
+
+/// Applies the Lease of `node` as the agent's field manager: `holder` (left out when `None`,
+/// which server-side apply then removes), the duration and `renewTime` = now.
+async fn apply(
+    leases: &Api<Lease>,
+    node: &str,
+    holder: Option<&str>,
+    lease_duration_seconds: i32,
+) -> Result<(), kube::Error> {
     let name = lease_name(node);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now());
+    let mut spec =
+        serde_json::json!({"leaseDurationSeconds": lease_duration_seconds, "renewTime": now});
+    if let (Some(h), Some(m)) = (holder, spec.as_object_mut()) {
+        m.insert("holderIdentity".into(), h.into());
+    }
     let body = serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {"name": name, "labels": {LEASE_LABEL.0: LEASE_LABEL.1}},
-        "spec": {
-            "holderIdentity": node,
-            "leaseDurationSeconds": lease_duration_seconds,
-            "renewTime": now,
-        },
+        "spec": spec,
     });
     let pp = PatchParams::apply(&crate::contract::agent_field_manager(node)).force();
     leases.patch(&name, &pp, &Patch::Apply(&body)).await?;
@@ -85,17 +97,7 @@ pub async fn renew(
 /// so it vouches for nothing from now on. The same field manager as [`renew`] applies it without
 /// `holderIdentity`, which server-side apply therefore removes.
 pub async fn release(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
-    let name = lease_name(node);
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now());
-    let body = serde_json::json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "labels": {LEASE_LABEL.0: LEASE_LABEL.1}},
-        "spec": {"leaseDurationSeconds": 1, "renewTime": now},
-    });
-    let pp = PatchParams::apply(&crate::contract::agent_field_manager(node)).force();
-    leases.patch(&name, &pp, &Patch::Apply(&body)).await?;
-    Ok(())
+    apply(leases, node, None, 1).await
 }
 
 #[cfg(test)]
