@@ -38,7 +38,7 @@ pub use sa::{
     Integrity, Key, Lifetimes, Limits, Mark, Mode, NatT, Proto, Sa, SaCrypto, SaId, SaInfo,
     Transform,
 };
-pub use selector::{Family, Prefix, Selector};
+pub use selector::{Family, PortMatch, Prefix, Selector};
 
 /// A handle on the kernel's XFRM in the caller's network namespace. Cheap to clone; clones
 /// share one netlink socket, and requests on it are served one at a time.
