@@ -719,6 +719,22 @@ fn e_dpd_peer_killed_and_back() {
         dpd_time <= Duration::from_secs(8 + 3),
         "DPD took {dpd_time:?}"
     );
+    // Fail closed: the CHILD SA is gone, its selectors are blocked again (not unprotected),
+    // and pings to the remote subnet never reach the wire in clear while the tunnel is down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !xfrm_states(&left.ns).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(xfrm_states(&left.ns).is_empty(), "SAs left after DPD");
+    assert_eq!(blocked_policies(&left.ns), 3, "{}", kernel_view(&[left]));
+    let clear = cleartext_on_wire(&pair, left, right, 10);
+    println!(
+        "fail closed: 10 pings while the tunnel was down, {clear} cleartext packets on the wire"
+    );
+    assert_eq!(
+        clear, 0,
+        "cleartext left the node while the tunnel was down"
+    );
     let back_at = Instant::now();
     let r = start(right, &rcfg, &[]);
     l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
@@ -738,14 +754,61 @@ fn e_dpd_peer_killed_and_back() {
     }
 }
 
+/// How many of our policies in `ns` drop their traffic (`action block`).
+fn blocked_policies(ns: &str) -> usize {
+    netns::exec(ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout
+        .matches("action block")
+        .count()
+}
+
+/// Pings `to`'s inner address from `from`'s, `count` times, while tcpdump watches `from`'s
+/// link to `to` for ICMP between the two inner addresses; returns how many such packets
+/// crossed the wire in clear.
+fn cleartext_on_wire(pair: &SitePair, from: &Site, to: &Site, count: u32) -> usize {
+    let iface = pair.topology.interface(from.node, to.node).unwrap();
+    let filter = format!("icmp and host {} and host {}", from.inner, to.inner);
+    let dump = netns::exec_command(
+        &from.ns,
+        &[
+            "timeout",
+            "-s",
+            "INT",
+            &format!("{}", 3 + count / 5 + 2),
+            "tcpdump",
+            "-n",
+            "-l",
+            "--immediate-mode",
+            "-i",
+            &iface,
+            &filter,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("tcpdump");
+    thread::sleep(Duration::from_secs(2));
+    let (tx, _) = ping_some(from, to, count);
+    assert_eq!(tx, u64::from(count), "ping did not run");
+    let out = dump.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listening on"), "tcpdump did not start: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ICMP"))
+        .count()
+}
+
 /// Sends `count` pings, 0.2 s apart, and returns (transmitted, received).
 fn ping_some(from: &Site, to: &Site, count: u32) -> (u64, u64) {
     let (tx, rx, _) = ping_result(ping_flood_timed(from, to, "0.2", count));
     (tx, rx)
 }
 
-/// `initiation: onTraffic` (strongSwan's `start_action = trap`): the agent installs only the
-/// outbound policy and waits; the first packet makes the kernel ask for an SA and the agent
+/// `initiation: onTraffic` (strongSwan's `start_action = trap`): the agent installs trap
+/// policies (out, in, fwd) and waits; the first packet makes the kernel ask for an SA and the agent
 /// negotiates it; when the peer closes the IKE SA the policy goes back to waiting, and traffic
 /// brings the tunnel up again.
 #[test]
@@ -775,7 +838,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
             let t = agent.tunnel(TUNNEL).unwrap_or(Value::Null);
             let waiting = t["ikeState"] == "Down"
                 && xfrm_states(&left.ns).is_empty()
-                && netns::xfrm_policies(&left.ns).unwrap().len() == 1;
+                && netns::xfrm_policies(&left.ns).unwrap().len() == 3;
             if waiting {
                 return t;
             }
@@ -793,11 +856,21 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
         t["notes"].as_array().is_none_or(|n| n.is_empty()),
         "no fallback note expected: {t}"
     );
-    let pol = &netns::xfrm_policies(&left.ns).unwrap()[0];
-    assert!(
-        pol.starts_with(&format!("src {} dst {}", left.subnet, right.subnet)),
-        "the outbound policy expected: {pol}"
+    // out, and in and fwd for the way back: traps, not blocks
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    let out = format!("src {} dst {}", left.subnet, right.subnet);
+    let back = format!("src {} dst {}", right.subnet, left.subnet);
+    assert_eq!(
+        pols.iter().filter(|p| p.starts_with(&out)).count(),
+        1,
+        "{pols:?}"
     );
+    assert_eq!(
+        pols.iter().filter(|p| p.starts_with(&back)).count(),
+        2,
+        "{pols:?}"
+    );
+    assert_eq!(blocked_policies(&left.ns), 0, "{}", kernel_view(&[left]));
     thread::sleep(Duration::from_secs(2));
     assert!(
         charon.list_sas().unwrap().ike(TUNNEL).is_none(),
@@ -917,4 +990,142 @@ fn g_certificates_carry_traffic() {
     println!(
         "certificates (ECDSA P-256): ping both ways; bytes in {bin} out {bout} agree with the kernel and charon"
     );
+}
+
+/// Dual-stack selectors over an IPv4 outer path (review I-1): one CHILD SA carries IPv4 and
+/// IPv6 (tunnel-mode SAs with `af-unspec`), with policies only for same-family pairs. Then a
+/// GRE-only selector from charon (review I-3): the policies carry `proto gre`, and other traffic
+/// between the subnets stays blocked (fail closed), not sent in clear and not encrypted.
+#[test]
+fn h_dual_stack_and_protocol_selectors() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let (l6, r6, l6net, r6net) = ("fd00:1::1", "fd00:2::1", "fd00:1::/64", "fd00:2::/64");
+    for (site, addr, peer_net) in [(left, l6, r6net), (right, r6, l6net)] {
+        netns::exec(
+            &site.ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                "lo",
+            ],
+        )
+        .unwrap();
+        let iface = pair
+            .topology
+            .interface(
+                site.node,
+                if site.node == "left" { "right" } else { "left" },
+            )
+            .unwrap();
+        netns::exec(
+            &site.ns,
+            &[
+                "ip", "-6", "route", "add", peer_net, "dev", &iface, "src", addr,
+            ],
+        )
+        .unwrap();
+    }
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children[0].local_ts = vec![right.subnet.into(), r6net.into()];
+    cfg.connections[0].children[0].remote_ts = vec![left.subnet.into(), l6net.into()];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent_yaml = yaml(left, right, &right.addr.to_string(), "respond", "")
+        .replace(
+            &format!("subnets: [{}]", left.subnet),
+            &format!("subnets: [{}, {l6net}]", left.subnet),
+        )
+        .replace(
+            &format!("subnets: [{}]", right.subnet),
+            &format!("subnets: [{}, {r6net}]", right.subnet),
+        );
+    let agent = start(left, &agent_yaml, &[]);
+    let diag = |what: &str| {
+        format!(
+            "{what}\n{}\n--- agent:\n{}\n--- charon:\n{}",
+            kernel_view(&[left, right]),
+            agent.log(),
+            charon.log()
+        )
+    };
+    charon
+        .initiate(TUNNEL, "net", 30)
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("initiate: {e:#}"))));
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    assert_eq!(
+        t["childSas"][0]["localTs"].as_array().map(Vec::len),
+        Some(2),
+        "{t}"
+    );
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    assert_eq!(pols.len(), 6, "two same-family pairs, out/in/fwd: {pols:?}");
+    assert!(
+        !pols.iter().any(|p| p.contains(':') && p.contains('.')),
+        "a cross-family policy: {pols:?}"
+    );
+    let states = netns::exec(&left.ns, &["ip", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        states.matches("af-unspec").count(),
+        2,
+        "both SAs carry either family: {states}"
+    );
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    for (from, src, dst) in [(left, l6, r6), (right, r6, l6)] {
+        netns::exec(
+            &from.ns,
+            &["ping", "-6", "-c", "3", "-W", "2", "-I", src, dst],
+        )
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("ping6 {src} -> {dst}: {e:#}"))));
+    }
+    let (bin, bout) = check_counters(&agent);
+    println!(
+        "dual stack over IPv4: one CHILD SA, 6 policies, ping and ping6 both ways; bytes in {bin} out {bout}"
+    );
+    drop(agent);
+    drop(charon);
+
+    // GRE only: charon proposes [gre] selectors, the agent narrows to them
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children[0].local_ts = vec![format!("{}[gre]", right.subnet)];
+    cfg.connections[0].children[0].remote_ts = vec![format!("{}[gre]", left.subnet)];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "respond", ""),
+        &[],
+    );
+    charon
+        .initiate(TUNNEL, "net", 30)
+        .unwrap_or_else(|e| panic!("initiate: {e:#}\n{}", agent.log()));
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    let raw = netns::exec(&left.ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout;
+    assert_eq!(raw.matches("proto gre").count(), 3, "{raw}");
+    // everything else between the subnets hits the tunnel's block policies
+    assert_eq!(blocked_policies(&left.ns), 3, "{raw}");
+    let clear = cleartext_on_wire(&pair, left, right, 5);
+    assert_eq!(
+        clear, 0,
+        "ICMP outside the GRE selectors left in clear:\n{raw}"
+    );
+    println!("GRE-only selectors: 3 proto-gre policies, ICMP blocked, {clear} cleartext packets");
 }

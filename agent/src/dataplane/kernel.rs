@@ -2,17 +2,21 @@
 //! kernel's expire and acquire notifications, traffic counters, and adoption of a previous
 //! run's objects after a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use futures::StreamExt;
+use strait_ike::codec::TsRange;
 use strait_ike::proposal::EspProposal;
 use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
-use strait_xfrm::{KeepSet, Policy, PolicyId, Sa, SaId, Xfrm};
+use strait_xfrm::{KeepSet, PolicyId, Sa, SaId, Xfrm};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::objects::{Outbound, kernel_objects, outbound_plan, transforms, trap_policies};
+use super::objects::{
+    MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, transforms, tunnel_of,
+};
+use super::table::{Change, Owner, PolicyTable};
 use super::{Dataplane, KernelEvent, Kind, Traffic};
 use crate::error::TunnelError;
 
@@ -20,9 +24,12 @@ use crate::error::TunnelError;
 #[derive(Debug, Clone)]
 struct Installed {
     tunnel: u32,
+    /// Its reqid slot within the tunnel (shared by CHILD SAs with the same selectors).
+    slot: u8,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
     sa_in: SaId,
     sa_out: SaId,
-    policies: Vec<Policy>,
 }
 
 /// Kernel XFRM through strait-xfrm.
@@ -41,8 +48,12 @@ pub struct KernelDataplane {
     /// old one is deleted (the initiator's Delete arrived), so we keep sending on the old SA
     /// until the initiator, which installs only on our response, has the new inbound SA.
     deferred_out: BTreeMap<ChildSaId, (ChildSaId, Sa)>,
-    /// Trap policies of `onTraffic` tunnels, by tunnel index: never removed with a CHILD SA.
-    trapped: BTreeMap<u32, Vec<Policy>>,
+    /// Who wants which policy: the tunnels' fail-closed policies and the CHILD SAs'.
+    table: PolicyTable,
+    /// Policies a previous run left that a tunnel's fallback would have replaced: they keep
+    /// protecting traffic with the adopted SAs until a new CHILD SA takes them over or the
+    /// sweep puts the fallback in.
+    deferred_fallback: HashSet<PolicyId>,
 }
 
 impl KernelDataplane {
@@ -69,29 +80,78 @@ impl KernelDataplane {
             retired: BTreeMap::new(),
             adopted: None,
             deferred_out: BTreeMap::new(),
-            trapped: BTreeMap::new(),
+            table: PolicyTable::default(),
+            deferred_fallback: HashSet::new(),
         }
     }
 
     fn xfrm(&self) -> Result<&Xfrm, TunnelError> {
         self.xfrm.as_ref().map_err(Clone::clone)
     }
+
+    /// The reqid slot for a new CHILD SA of `tunnel`: its predecessor's for a rekey, that of a
+    /// CHILD SA with the same selectors (strongSwan shares reqids the same way), else the
+    /// lowest free one (slot 0, the fallback policies' own, for the first).
+    fn slot_for(&self, tunnel: u32, sa: &ChildSaInstall) -> Result<u8, TunnelError> {
+        let mine = || self.installed.values().filter(|i| i.tunnel == tunnel);
+        if let Some(old) = sa.replaces.and_then(|id| self.installed.get(&id))
+            && old.tunnel == tunnel
+        {
+            return Ok(old.slot);
+        }
+        if let Some(same) =
+            mine().find(|i| i.local_ts == sa.local_ts && i.remote_ts == sa.remote_ts)
+        {
+            return Ok(same.slot);
+        }
+        // Slot 0 first, the reqid of the tunnel's trap policies: the kernel then replaces the
+        // larval SA an acquire left with the new outbound SA (it matches them by reqid), as
+        // charon's trap-born CHILD SAs do.
+        (0..=u8::MAX)
+            .find(|s| !mine().any(|i| i.slot == *s))
+            .ok_or_else(|| {
+                TunnelError::new(
+                    strait_crds::contract::StatusReason::KernelUnsupported,
+                    "a tunnel holds at most 256 CHILD SAs with different traffic selectors",
+                )
+            })
+    }
+}
+
+/// Makes the kernel's SPD follow `changes`; every change is tried, the first error returned.
+async fn apply(xfrm: &Xfrm, changes: &[Change]) -> Result<(), TunnelError> {
+    let mut first_err = None;
+    for c in changes {
+        let r = match c {
+            Change::Put(p) => xfrm
+                .update_policy(p)
+                .await
+                .map_err(|e| TunnelError::kernel("installing a policy", &e)),
+            Change::Remove(id) => match xfrm.delete_policy(id).await {
+                Ok(()) | Err(strait_xfrm::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(TunnelError::kernel("deleting a policy", &e)),
+            },
+        };
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 async fn forward_events(mut stream: strait_xfrm::EventStream, tx: mpsc::Sender<KernelEvent>) {
     while let Some(item) = stream.next().await {
         let ev = match item {
             Ok(strait_xfrm::Event::Expire { sa, reqid, hard }) => {
-                reqid.index().map(|tunnel| KernelEvent::Expire {
+                tunnel_of(reqid).map(|tunnel| KernelEvent::Expire {
                     tunnel,
                     spi: sa.spi,
                     hard,
                 })
             }
-            Ok(strait_xfrm::Event::Acquire { template, .. }) => template
-                .reqid
-                .index()
-                .map(|tunnel| KernelEvent::Acquire { tunnel }),
+            Ok(strait_xfrm::Event::Acquire { template, .. }) => {
+                tunnel_of(template.reqid).map(|tunnel| KernelEvent::Acquire { tunnel })
+            }
             Ok(_) => None,
             Err(e) => {
                 // lost notifications: the IKE timers still rekey; hard expiries show as
@@ -146,7 +206,8 @@ impl Dataplane for KernelDataplane {
 
     async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), TunnelError> {
         let xfrm = self.xfrm()?.clone();
-        let (sa_in, sa_out, policies) = kernel_objects(tunnel, sa)?;
+        let slot = self.slot_for(tunnel, sa)?;
+        let (sa_in, sa_out, policies) = kernel_objects(tunnel, slot, sa)?;
         xfrm.add_sa(&sa_in)
             .await
             .map_err(|e| TunnelError::kernel("installing the inbound SA", &e))?;
@@ -157,20 +218,30 @@ impl Dataplane for KernelDataplane {
             let _ = xfrm.delete_sa(&sa_in.id()).await;
             return Err(TunnelError::kernel("installing the outbound SA", &e));
         }
-        for p in &policies {
-            if let Err(e) = xfrm.update_policy(p).await {
-                let _ = xfrm.delete_sa(&sa_out.id()).await;
-                let _ = xfrm.delete_sa(&sa_in.id()).await;
-                return Err(TunnelError::kernel("installing a policy", &e));
+        let owner = Owner::Child(sa.child);
+        let changes = self.table.claim(owner, policies);
+        for c in &changes {
+            if let Change::Put(p) = c {
+                self.deferred_fallback.remove(&p.id());
             }
+        }
+        if let Err(e) = apply(&xfrm, &changes).await {
+            // back to what the other owners want, then the SAs go
+            let undo = self.table.release(owner);
+            let _ = apply(&xfrm, &undo).await;
+            let _ = xfrm.delete_sa(&sa_out.id()).await;
+            let _ = xfrm.delete_sa(&sa_in.id()).await;
+            return Err(e);
         }
         self.installed.insert(
             sa.child,
             Installed {
                 tunnel,
+                slot,
+                local_ts: sa.local_ts.clone(),
+                remote_ts: sa.remote_ts.clone(),
                 sa_in: sa_in.id(),
                 sa_out: sa_out.id(),
-                policies,
             },
         );
         if let Outbound::AfterDeleteOf(old) = plan {
@@ -198,23 +269,10 @@ impl Dataplane for KernelDataplane {
                 add_traffic(t, inbound, c.bytes, c.packets);
             }
         }
-        let mut first_err = None;
-        let last_of_tunnel = !self.installed.values().any(|i| i.tunnel == ins.tunnel);
-        if last_of_tunnel {
-            // An onTraffic tunnel's outbound policies go back to being traps.
-            let traps: Vec<PolicyId> = self
-                .trapped
-                .get(&ins.tunnel)
-                .map(|v| v.iter().map(Policy::id).collect())
-                .unwrap_or_default();
-            for p in ins.policies.iter().filter(|p| !traps.contains(&p.id())) {
-                if let Err(e) = xfrm.delete_policy(&p.id()).await
-                    && !matches!(e, strait_xfrm::Error::NotFound { .. })
-                {
-                    first_err.get_or_insert(TunnelError::kernel("deleting a policy", &e));
-                }
-            }
-        }
+        // Policies first: the tunnel's block or trap policies (or another CHILD SA's) take
+        // over the selectors before the SAs go, so no packet finds the selector unprotected.
+        let changes = self.table.release(Owner::Child(child));
+        let mut first_err = apply(&xfrm, &changes).await.err();
         for id in [ins.sa_out, ins.sa_in] {
             if let Err(e) = xfrm.delete_sa(&id).await
                 && !matches!(e, strait_xfrm::Error::NotFound { .. })
@@ -228,7 +286,8 @@ impl Dataplane for KernelDataplane {
     async fn shutdown(&mut self) -> Result<(), TunnelError> {
         self.installed.clear();
         self.deferred_out.clear();
-        self.trapped.clear();
+        self.table.clear();
+        self.deferred_fallback.clear();
         self.adopted = None;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
@@ -246,39 +305,51 @@ impl Dataplane for KernelDataplane {
         self.xfrm.is_ok() && self.notified
     }
 
-    async fn trap(&mut self, tunnel: u32, cfg: &PeerConfig) -> Result<(), TunnelError> {
-        let xfrm = self.xfrm()?.clone();
-        let policies = trap_policies(tunnel, cfg)?;
-        for (i, p) in policies.iter().enumerate() {
-            if let Err(e) = xfrm.update_policy(p).await {
-                for done in policies.iter().take(i) {
-                    let _ = xfrm.delete_policy(&done.id()).await;
-                }
-                return Err(TunnelError::kernel("installing a trap policy", &e));
-            }
+    async fn guard(&mut self, tunnel: u32, cfg: &PeerConfig) -> Result<(), TunnelError> {
+        if tunnel > MAX_TUNNEL {
+            return Err(TunnelError::new(
+                strait_crds::contract::StatusReason::InvalidConfig,
+                format!("tunnel index {tunnel} is beyond {MAX_TUNNEL}"),
+            ));
         }
-        self.trapped.insert(tunnel, policies);
+        let xfrm = self.xfrm()?.clone();
+        let policies = fallback_policies(tunnel, cfg)?;
+        let owner = Owner::Tunnel(tunnel);
+        let mut changes = self.table.claim(owner, policies);
+        if self.adopted.is_some() {
+            // After a restart the previous run's policies still carry traffic on its SAs: a
+            // block over them now would cut the tunnel until the new CHILD SA is in (make
+            // before break). They are already fail-closed (protect: no SA, no traffic).
+            let present: HashSet<PolicyId> = xfrm
+                .list_our_policies()
+                .await
+                .map(|v| v.into_iter().map(|p| p.id).collect())
+                .unwrap_or_default();
+            changes.retain(|c| match c {
+                Change::Put(p) if present.contains(&p.id()) => {
+                    self.deferred_fallback.insert(p.id());
+                    false
+                }
+                _ => true,
+            });
+        }
+        if let Err(e) = apply(&xfrm, &changes).await {
+            let undo = self.table.release(owner);
+            let _ = apply(&xfrm, &undo).await;
+            return Err(e);
+        }
         Ok(())
     }
 
-    async fn untrap(&mut self, tunnel: u32) -> Result<(), TunnelError> {
-        let Some(policies) = self.trapped.remove(&tunnel) else {
-            return Ok(());
-        };
-        // With a CHILD SA still installed, its deletion removes them.
-        if self.installed.values().any(|i| i.tunnel == tunnel) {
+    async fn unguard(&mut self, tunnel: u32) -> Result<(), TunnelError> {
+        self.retired.remove(&tunnel);
+        let owner = Owner::Tunnel(tunnel);
+        if !self.table.has(owner) {
             return Ok(());
         }
+        let changes = self.table.release(owner);
         let xfrm = self.xfrm()?.clone();
-        let mut first_err = None;
-        for p in &policies {
-            if let Err(e) = xfrm.delete_policy(&p.id()).await
-                && !matches!(e, strait_xfrm::Error::NotFound { .. })
-            {
-                first_err.get_or_insert(TunnelError::kernel("deleting a trap policy", &e));
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        apply(&xfrm, &changes).await
     }
 
     async fn traffic(&mut self) -> BTreeMap<u32, Traffic> {
@@ -338,19 +409,21 @@ impl Dataplane for KernelDataplane {
             return Ok(());
         }
         let xfrm = self.xfrm()?.clone();
-        let mut keep = KeepSet::new();
-        for traps in self.trapped.values() {
-            keep.policies.extend(traps.iter().map(Policy::id));
+        // the fallback goes in where a previous run's policy was kept and no CHILD SA of
+        // this run took it over
+        let deferred: Vec<PolicyId> = self.deferred_fallback.drain().collect();
+        let puts: Vec<Change> = deferred
+            .iter()
+            .filter_map(|id| self.table.effective(id).cloned().map(Change::Put))
+            .collect();
+        if let Err(e) = apply(&xfrm, &puts).await {
+            tracing::warn!(reason = %e.reason, message = %e.message, "restoring fail-closed policies after the sweep");
         }
+        let mut keep = KeepSet::new();
+        keep.policies.extend(self.table.ids());
         for ins in self.installed.values() {
             keep.sas.insert(ins.sa_in);
             keep.sas.insert(ins.sa_out);
-            keep.policies.extend(
-                ins.policies
-                    .iter()
-                    .map(Policy::id)
-                    .collect::<Vec<PolicyId>>(),
-            );
         }
         let report = xfrm
             .sweep(&keep)

@@ -364,10 +364,9 @@ impl<D: Dataplane> Driver<D> {
             // events of the removed peer (CHILD SA deletes) reach the data plane here
             self.flush().await;
             if let Some(t) = removed
-                && t.role == Some(Role::OnTraffic)
-                && let Err(e) = self.dp.untrap(t.index).await
+                && let Err(e) = self.dp.unguard(t.index).await
             {
-                tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "removing trap policies");
+                tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "removing the tunnel's fail-closed policies");
             }
         }
         for (_, def) in incoming {
@@ -375,10 +374,24 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
+    /// The next tunnel index: counting up (so a removed tunnel's index is not reused at once)
+    /// within the range the reqid numbering has room for, skipping those in use.
+    fn next_tunnel_index(&mut self) -> u32 {
+        let max = crate::dataplane::objects::MAX_TUNNEL;
+        for _ in 0..max {
+            self.next_index = self.next_index % max + 1;
+            let taken = self.tunnels.values().any(|t| t.index == self.next_index);
+            if !taken {
+                break;
+            }
+        }
+        self.next_index
+    }
+
     async fn add_tunnel(&mut self, def: TunnelDef) {
-        self.next_index = self.next_index.wrapping_add(1);
+        let index = self.next_tunnel_index();
         let name = def.name.clone();
-        let mut t = Tunnel::new(def, self.next_index, &self.settings.node);
+        let mut t = Tunnel::new(def, index, &self.settings.node);
         match self.start_tunnel(&mut t).await {
             Ok((peer, role)) => {
                 t.started(peer, role);
@@ -401,22 +414,20 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
-        let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
+        let mut cfg = t.def.peer.as_ref().map_err(Clone::clone)?.clone();
+        if cfg.role == Role::OnTraffic && !self.dp.supports_on_traffic() {
+            cfg.role = Role::Respond;
+            t.status.notes.push(format!(
+                "initiation onTraffic needs kernel trap policies, which the {} data plane \
+                 does not have; this tunnel only responds",
+                self.dp.kind().as_str()
+            ));
+        }
+        // Fail closed first: whatever happens next (no socket, no ESP in the kernel, no peer),
+        // the tunnel's traffic is blocked or trapped, never sent in clear, until it is removed.
+        self.dp.guard(t.index, &cfg).await?;
         self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
-        let mut cfg = cfg.clone();
-        if cfg.role == Role::OnTraffic {
-            if self.dp.supports_on_traffic() {
-                self.dp.trap(t.index, &cfg).await?;
-            } else {
-                cfg.role = Role::Respond;
-                t.status.notes.push(format!(
-                    "initiation onTraffic needs kernel trap policies, which the {} data plane \
-                     does not have; this tunnel only responds",
-                    self.dp.kind().as_str()
-                ));
-            }
-        }
         let role = cfg.role;
         if let Some(f) = self.lifetime_scale {
             crate::spec::scale_lifetimes(&mut cfg, f, TEST_MIN_HARD_MARGIN);
