@@ -275,6 +275,26 @@ fn hard_expiry_deletes_the_child_sa_on_both_sides() {
 }
 
 #[test]
+fn a_child_sa_the_driver_could_not_install_is_deleted_at_the_peer() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let (_, y) = p.assert_children_match();
+    // the responder's kernel refused the CHILD SA it had already answered for
+    p.b.child_install_failed(p.now, p.b_peer, y.child);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1, "the peer was told");
+    assert_eq!(Pair::child_deletes(&p.ev_b), 1);
+    assert!(Pair::downs(&p.ev_a).is_empty() && Pair::downs(&p.ev_b).is_empty());
+    assert!(p.a.children(p.a_peer).is_empty() && p.b.children(p.b_peer).is_empty());
+    // an id that is gone (or never was) changes nothing
+    p.b.child_install_failed(p.now, p.b_peer, y.child);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+}
+
+#[test]
 fn dpd_keeps_a_live_peer_and_detects_a_dead_one() {
     let mut a = config_a();
     a.dpd = Some(Dpd {

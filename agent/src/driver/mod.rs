@@ -593,8 +593,12 @@ impl<D: Dataplane> Driver<D> {
                 t.on_child_installed(sa);
             }
             Err(e) => {
-                tracing::error!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "CHILD SA not installed");
+                tracing::error!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "CHILD SA not installed: deleting it at the peer");
                 t.on_child_install_failed(e);
+                // The peer holds the CHILD SA and would send into it: delete it there too
+                // (review R-4) instead of leaving a half-installed SA that black-holes traffic.
+                self.endpoint
+                    .child_install_failed(Instant::now(), sa.peer, sa.child);
             }
         }
     }

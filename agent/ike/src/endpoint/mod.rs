@@ -290,13 +290,34 @@ impl Endpoint {
             self.settle(now);
             return;
         }
+        self.delete_child_where(now, id, |ch| ch.spi_in == spi.0 || ch.spi_out == spi.0);
+    }
+
+    /// The driver could not install a CHILD SA it was given ([`Event::ChildSaInstall`]), e.g.
+    /// the kernel refused it: the CHILD SA is deleted (INFORMATIONAL Delete to the peer, and
+    /// [`Event::ChildSaDelete`]), so the peer does not keep sending into an SA that is not
+    /// there. Unknown ids are ignored.
+    pub fn child_install_failed(&mut self, now: Instant, peer: PeerId, child: ChildSaId) {
+        let found = self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| e.children.iter().any(|ch| ch.id == child))
+        });
+        if let Some(id) = found {
+            self.delete_child_where(now, id, |ch| ch.id == child);
+        }
+    }
+
+    fn delete_child_where(
+        &mut self,
+        now: Instant,
+        id: SaId,
+        pred: impl Fn(&crate::sa::child::Child) -> bool,
+    ) {
         self.with_sa(now, id, |sa, ctx| {
             sa.with_established(ctx, |e, c, ctx| {
-                let Some(pos) = e
-                    .children
-                    .iter()
-                    .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
-                else {
+                let Some(pos) = e.children.iter().position(&pred) else {
                     return Next::Stay;
                 };
                 let ch = e.children.remove(pos);
