@@ -142,6 +142,8 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
             && ip neigh add 203.0.113.7 lladdr 02:00:00:00:00:07 dev uplink nud permanent \
             && ip route add 203.0.113.0/24 via 192.0.2.2",
         );
+        let forwarding = || sh("sysctl -n net.ipv4.ip_forward").trim().to_owned();
+        let forwarding_before = forwarding();
         let ping = || {
             Command::new("ping")
                 .args(["-c1", "-W1", "-I", "198.51.100.1", "203.0.113.7"])
@@ -156,7 +158,17 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
         );
 
         let cfg = peer("start", "198.51.100.0/24", "203.0.113.0/24");
-        dp.guard(1, &cfg).await.unwrap();
+        dp.guard(1, &cfg, None).await.unwrap();
+        // the gateway plumbing: our table, our rule, forwarding on
+        let table = sh("ip route show table 23040");
+        assert_eq!(
+            table.trim(),
+            "203.0.113.0/24 dev uplink proto 90 scope link src 198.51.100.1",
+            "{table}"
+        );
+        let rules = sh("ip rule");
+        assert!(rules.contains("23040:\tfrom all lookup 23040"), "{rules}");
+        assert_eq!(forwarding(), "1");
         let p = ours(&x).await;
         assert_eq!(p.len(), 3, "{p:#?}");
         assert!(p.iter().all(|p| p.action == Action::Block));
@@ -178,7 +190,14 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
 
         // an onTraffic tunnel's trap policies: protect, with the tunnel's endpoints
         let trap = peer("onTraffic", "198.51.100.0/24", "192.0.2.128/25");
-        dp.guard(2, &trap).await.unwrap();
+        dp.guard(2, &trap, Some(1400)).await.unwrap();
+        let table = sh("ip route show table 23040");
+        assert!(
+            table.contains(
+                "192.0.2.128/25 dev uplink proto 90 scope link src 198.51.100.1 mtu 1400"
+            ),
+            "spec.mtu on the route: {table}"
+        );
         let all = ours(&x).await;
         assert_eq!(all.len(), 6);
         let traps: Vec<&PolicyInfo> = all.iter().filter(|p| p.action == Action::Allow).collect();
@@ -187,9 +206,14 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
 
         // a third tunnel with the first one's subnets: one policy per selector in the kernel,
         // and removing the first tunnel leaves the third's in place
-        dp.guard(3, &cfg).await.unwrap();
+        dp.guard(3, &cfg, None).await.unwrap();
         assert_eq!(ours(&x).await.len(), 6);
         dp.unguard(1).await.unwrap();
+        let table = sh("ip route show table 23040");
+        assert!(
+            table.contains("203.0.113.0/24"),
+            "the third tunnel's route stays: {table}"
+        );
         let left = ours(&x).await;
         assert_eq!(left.len(), 6, "{left:#?}");
         let blocks: Vec<&PolicyInfo> = left.iter().filter(|p| p.action == Action::Block).collect();
@@ -203,13 +227,22 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
         dp.unguard(2).await.unwrap();
         dp.unguard(3).await.unwrap();
         assert!(ours(&x).await.is_empty());
+        assert_eq!(
+            sh("ip route show table 23040").trim(),
+            "",
+            "routes go with the tunnels"
+        );
         let before = tx_packets("uplink");
         ping();
         assert!(tx_packets("uplink") > before);
 
-        // a clean exit removes everything, guards included
-        dp.guard(1, &cfg).await.unwrap();
+        // a clean exit removes everything, guards, routes and rule included, and puts the
+        // sysctls back
+        dp.guard(1, &cfg, None).await.unwrap();
         dp.shutdown().await.unwrap();
         assert!(ours(&x).await.is_empty());
+        assert_eq!(sh("ip route show table 23040").trim(), "");
+        assert!(!sh("ip rule").contains("23040"));
+        assert_eq!(forwarding(), forwarding_before);
     });
 }

@@ -80,8 +80,9 @@ fn start_with(me: &Site, config: &str, secrets: &[SecretFile], extra_args: &[&st
     Agent::start(&me.ns, config, secrets, "kernel", &args).expect("start strait-agent")
 }
 
-/// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source: the agent
-/// installs no routes (strongSwan puts them in table 220).
+/// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source, in the main
+/// table: for a site whose agent does not route by itself (charon's routes are in its table 220,
+/// the agent's in its own table 23040, both looked up before main).
 fn route(pair: &SitePair, site: &Site, dst: &str, gw: &str) {
     pair.topology
         .exec(
@@ -305,14 +306,27 @@ fn charon_config(me: &Site, peer: &Site) -> CharonConfig {
 }
 
 /// charon (PSK) on the right site, with one retry (the boot's first charon start can exceed the
-/// harness's 20 s), and the left site's route to the right subnet through it.
+/// harness's 20 s). The left site's route to the right subnet is the agent's own.
 fn charon_on_right(pair: &SitePair) -> Charon {
     let (left, right) = (&pair.left, &pair.right);
-    let charon = Charon::start(&right.ns, &charon_config(right, left))
+    Charon::start(&right.ns, &charon_config(right, left))
         .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
-        .expect("charon");
-    route(pair, left, right.subnet, &right.addr.to_string());
-    charon
+        .expect("charon")
+}
+
+/// The agent's routes (`ip route show table 23040`) in `ns`.
+fn agent_routes(ns: &str) -> String {
+    netns::exec(ns, &["ip", "route", "show", "table", "23040"])
+        .unwrap()
+        .stdout
+}
+
+fn sysctl(ns: &str, name: &str) -> String {
+    netns::exec(ns, &["sysctl", "-n", name])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_owned()
 }
 
 /// `cargo`'s name order puts this first: the boot's first (slow) charon start happens here.
@@ -327,7 +341,9 @@ fn a_charon_both_directions_and_counters() {
         .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
         .expect("charon");
     eprintln!("charon started in {:?}", t0.elapsed());
-    route(&pair, left, right.subnet, &right.addr.to_string());
+    // no route of the test's own on the left: the agent's (table 23040, src from the local
+    // subnet) is the only way to the right subnet
+    let forwarding_before = sysctl(&left.ns, "net.ipv4.ip_forward");
 
     // 1. the agent initiates
     let mut agent = start(
@@ -339,6 +355,21 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
+    // the agent's route: the remote subnet, our inner address as source, the MTU of AES-GCM
+    // in tunnel mode through the 1500-byte veth (1500 - 20 - 8 - 8 - 16 - 2 = 1446)
+    let routes = agent_routes(&left.ns);
+    assert!(
+        routes.contains(&format!(
+            "{} dev to-right proto 90 scope link src {} mtu 1446",
+            right.subnet, left.inner
+        )),
+        "{routes}"
+    );
+    assert_eq!(sysctl(&left.ns, "net.ipv4.ip_forward"), "1");
+    // the node's own traffic, no source given: the route's src puts it into the tunnel
+    pair.topology
+        .ping(left.node, None, right.inner, 3)
+        .unwrap_or_else(|e| panic!("ping without -I: {e:#}\n{}", kernel_view(&[left, right])));
     let (bin, bout) = carries_traffic(&pair, &agent, &charon);
     // the peer's kernel counted the same packets
     let theirs = xfrm_states(&right.ns);
@@ -365,6 +396,18 @@ fn a_charon_both_directions_and_counters() {
     assert!(
         netns::xfrm_policies(&left.ns).unwrap().is_empty(),
         "policies left after SIGTERM"
+    );
+    assert_eq!(
+        agent_routes(&left.ns).trim(),
+        "",
+        "routes left after SIGTERM"
+    );
+    let rules = netns::exec(&left.ns, &["ip", "rule"]).unwrap().stdout;
+    assert!(!rules.contains("23040"), "rule left after SIGTERM: {rules}");
+    assert_eq!(
+        sysctl(&left.ns, "net.ipv4.ip_forward"),
+        forwarding_before,
+        "ip_forward restored"
     );
     drop(agent);
 
@@ -1094,6 +1137,13 @@ fn h_dual_stack_and_protocol_selectors() {
     let (bin, bout) = check_counters(&agent);
     println!(
         "dual stack over IPv4: one CHILD SA, 6 policies, ping and ping6 both ways; bytes in {bin} out {bout}"
+    );
+    // a clean exit: nothing of this agent is left for the next one to adopt
+    let mut agent = agent;
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        netns::xfrm_policies(&left.ns).unwrap().is_empty(),
+        "policies left after SIGTERM"
     );
     drop(agent);
     drop(charon);

@@ -2,20 +2,24 @@
 //! kernel's expire and acquire notifications, traffic counters, and adoption of a previous
 //! run's objects after a restart.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use futures::StreamExt;
 use strait_ike::codec::TsRange;
 use strait_ike::proposal::EspProposal;
 use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
-use strait_xfrm::{KeepSet, PolicyId, Sa, SaId, Xfrm};
+use strait_xfrm::{
+    Family, GatewaySysctls, KeepSet, PolicyId, Prefix, Sa, SaId, SysctlGuard, Transform, Xfrm,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::objects::{
     MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, transforms, tunnel_of,
 };
+use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
+use super::routing::{PathToPeer, Routing};
 use super::table::{Change, Owner, PolicyTable};
 use super::{Dataplane, KernelEvent, Kind, Traffic};
 use crate::error::TunnelError;
@@ -54,6 +58,204 @@ pub struct KernelDataplane {
     /// protecting traffic with the adopted SAs until a new CHILD SA takes them over or the
     /// sweep puts the fallback in.
     deferred_fallback: HashSet<PolicyId>,
+    /// The gateway plumbing: routes, rules, sysctls.
+    plumbing: Plumbing,
+}
+
+/// What a tunnel's routes are computed from.
+#[derive(Debug, Clone)]
+struct TunnelRoutes {
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+    /// The peer's outer address, once known (configured, or from the CHILD SA).
+    peer: Option<IpAddr>,
+    /// `spec.mtu`.
+    spec_mtu: Option<u32>,
+    /// The negotiated transform and whether ESP is in UDP, once a CHILD SA is in.
+    esp: Option<(Transform, bool)>,
+}
+
+/// Routes in Strait's table (one per remote subnet; when two tunnels want the same one, the
+/// newest wins and the other's comes back when it goes), the rule to the table, and the gateway
+/// sysctls, all restored on a clean exit.
+#[derive(Debug, Default)]
+struct Plumbing {
+    routing: Option<Routing>,
+    tunnels: BTreeMap<u32, TunnelRoutes>,
+    claims: HashMap<Prefix, Vec<(u32, WantedRoute, PathToPeer)>>,
+    rules: Vec<Family>,
+    sysctls: Vec<SysctlGuard>,
+    ipv6_sysctls: bool,
+    ipv4_sysctls: bool,
+}
+
+impl Plumbing {
+    fn open() -> Self {
+        let routing = match Routing::open() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(message = %e.message, "no rtnetlink: the agent installs no routes");
+                None
+            }
+        };
+        Self {
+            routing,
+            ..Self::default()
+        }
+    }
+
+    /// The forwarding and redirect sysctls a gateway needs (IPv6 ones once a tunnel has IPv6
+    /// subnets), recorded for [`Plumbing::restore`]. A node that refuses them (read-only
+    /// /proc/sys) still serves its own traffic: a warning, not an error.
+    fn sysctls(&mut self, ipv6: bool) {
+        if self.ipv4_sysctls && (self.ipv6_sysctls || !ipv6) {
+            return;
+        }
+        match (GatewaySysctls { ipv6 }).apply() {
+            Ok(g) => {
+                if !g.changed().is_empty() {
+                    tracing::info!(changed = ?g.changed(), "gateway sysctls set (restored on exit)");
+                }
+                self.sysctls.push(g);
+                self.ipv4_sysctls = true;
+                self.ipv6_sysctls |= ipv6;
+            }
+            Err(e) => tracing::warn!(error = %e, "gateway sysctls"),
+        }
+    }
+
+    /// Brings the tunnel's routes in line with what is known about it now.
+    async fn sync(&mut self, tunnel: u32) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        let wanted = match self.wanted(&routing, tunnel).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(tunnel, message = %e.message, "tunnel routes");
+                Vec::new()
+            }
+        };
+        // drop the claims this tunnel no longer has
+        let stale: Vec<Prefix> = self
+            .claims
+            .iter()
+            .filter(|(dst, cs)| {
+                cs.iter().any(|c| c.0 == tunnel) && !wanted.iter().any(|(w, _)| w.dst == **dst)
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        for dst in stale {
+            self.release(&routing, tunnel, dst).await;
+        }
+        for (w, path) in wanted {
+            if let Some(f) = Some(w.dst.family()).filter(|f| !self.rules.contains(f)) {
+                match routing.ensure_rule(f).await {
+                    Ok(()) => self.rules.push(f),
+                    Err(e) => tracing::warn!(message = %e.message, "routing rule"),
+                }
+            }
+            let claims = self.claims.entry(w.dst).or_default();
+            claims.retain(|c| c.0 != tunnel);
+            claims.push((tunnel, w, path));
+            if let Err(e) = routing.put(&w, &path).await {
+                tracing::warn!(tunnel, message = %e.message, "installing a route");
+            }
+        }
+    }
+
+    async fn wanted(
+        &self,
+        routing: &Routing,
+        tunnel: u32,
+    ) -> Result<Vec<(WantedRoute, PathToPeer)>, TunnelError> {
+        let Some(t) = self.tunnels.get(&tunnel) else {
+            return Ok(Vec::new());
+        };
+        let Some(peer) = t.peer.filter(|p| !p.is_unspecified()) else {
+            return Ok(Vec::new());
+        };
+        let path = routing.path_to(peer).await?;
+        let node = routing.node_addresses().await?;
+        let outer = Family::of(&peer);
+        let mtu = |inner: Family| {
+            route_mtu(
+                t.spec_mtu,
+                t.esp.map(|e| e.0),
+                outer,
+                inner,
+                t.esp.is_some_and(|e| e.1),
+                path.mtu,
+            )
+        };
+        Ok(tunnel_routes(&t.remote_ts, &t.local_ts, &node, peer, mtu)
+            .into_iter()
+            .map(|w| (w, path))
+            .collect())
+    }
+
+    async fn release(&mut self, routing: &Routing, tunnel: u32, dst: Prefix) {
+        let Some(claims) = self.claims.get_mut(&dst) else {
+            return;
+        };
+        claims.retain(|c| c.0 != tunnel);
+        let r = match claims.last() {
+            Some((_, w, path)) => routing.put(w, path).await,
+            None => {
+                self.claims.remove(&dst);
+                routing.remove(dst).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(tunnel, message = %e.message, "removing a route");
+        }
+    }
+
+    /// The tunnel is gone: its routes go (or fall back to another tunnel's).
+    async fn forget(&mut self, tunnel: u32) {
+        self.tunnels.remove(&tunnel);
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        let mine: Vec<Prefix> = self
+            .claims
+            .iter()
+            .filter(|(_, cs)| cs.iter().any(|c| c.0 == tunnel))
+            .map(|(d, _)| *d)
+            .collect();
+        for dst in mine {
+            self.release(&routing, tunnel, dst).await;
+        }
+    }
+
+    /// Everything back as it was: our routes and rules go, the sysctls get their old values.
+    async fn restore(&mut self) {
+        self.tunnels.clear();
+        self.claims.clear();
+        self.rules.clear();
+        if let Some(routing) = self.routing.clone() {
+            match routing.ours().await {
+                Ok(routes) => {
+                    for dst in routes {
+                        if let Err(e) = routing.remove(dst).await {
+                            tracing::warn!(message = %e.message, "removing a route");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(message = %e.message, "listing our routes"),
+            }
+            if let Err(e) = routing.remove_rules().await {
+                tracing::warn!(message = %e.message, "removing our rules");
+            }
+        }
+        while let Some(g) = self.sysctls.pop() {
+            if let Err(e) = g.restore() {
+                tracing::warn!(error = %e, "restoring sysctls");
+            }
+        }
+        self.ipv4_sysctls = false;
+        self.ipv6_sysctls = false;
+    }
 }
 
 impl KernelDataplane {
@@ -82,6 +284,7 @@ impl KernelDataplane {
             deferred_out: BTreeMap::new(),
             table: PolicyTable::default(),
             deferred_fallback: HashSet::new(),
+            plumbing: Plumbing::open(),
         }
     }
 
@@ -247,6 +450,11 @@ impl Dataplane for KernelDataplane {
         if let Outbound::AfterDeleteOf(old) = plan {
             self.deferred_out.insert(old, (sa.child, sa_out));
         }
+        if let Some(t) = self.plumbing.tunnels.get_mut(&tunnel) {
+            t.peer = Some(sa.remote_addr.ip());
+            t.esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
+            self.plumbing.sync(tunnel).await;
+        }
         Ok(())
     }
 
@@ -289,6 +497,7 @@ impl Dataplane for KernelDataplane {
         self.table.clear();
         self.deferred_fallback.clear();
         self.adopted = None;
+        self.plumbing.restore().await;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
             .await
@@ -305,7 +514,12 @@ impl Dataplane for KernelDataplane {
         self.xfrm.is_ok() && self.notified
     }
 
-    async fn guard(&mut self, tunnel: u32, cfg: &PeerConfig) -> Result<(), TunnelError> {
+    async fn guard(
+        &mut self,
+        tunnel: u32,
+        cfg: &PeerConfig,
+        mtu: Option<u32>,
+    ) -> Result<(), TunnelError> {
         if tunnel > MAX_TUNNEL {
             return Err(TunnelError::new(
                 strait_crds::contract::StatusReason::InvalidConfig,
@@ -338,11 +552,29 @@ impl Dataplane for KernelDataplane {
             let _ = apply(&xfrm, &undo).await;
             return Err(e);
         }
+        let ipv6 = cfg
+            .local_ts
+            .iter()
+            .chain(&cfg.remote_ts)
+            .any(|t| matches!(t.addrs, strait_ike::codec::AddrRange::V6 { .. }));
+        self.plumbing.sysctls(ipv6);
+        self.plumbing.tunnels.insert(
+            tunnel,
+            TunnelRoutes {
+                local_ts: cfg.local_ts.clone(),
+                remote_ts: cfg.remote_ts.clone(),
+                peer: Some(cfg.remote_addr.ip()),
+                spec_mtu: mtu,
+                esp: None,
+            },
+        );
+        self.plumbing.sync(tunnel).await;
         Ok(())
     }
 
     async fn unguard(&mut self, tunnel: u32) -> Result<(), TunnelError> {
         self.retired.remove(&tunnel);
+        self.plumbing.forget(tunnel).await;
         let owner = Owner::Tunnel(tunnel);
         if !self.table.has(owner) {
             return Ok(());

@@ -17,6 +17,8 @@
 mod kernel;
 mod none;
 pub mod objects;
+pub mod routes;
+mod routing;
 mod table;
 
 use std::collections::BTreeMap;
@@ -91,10 +93,16 @@ pub trait Dataplane: Send {
     /// [`KernelEvent::Acquire`]; only with [`Dataplane::supports_on_traffic`]). They stay
     /// through CHILD SAs coming and going, until [`Dataplane::unguard`]. A data plane that
     /// installs nothing has nothing to guard.
+    ///
+    /// The kernel data plane also plumbs the gateway for the tunnel: a route per remote subnet
+    /// in Strait's table (`src` from the local subnets, MTU `mtu` (`spec.mtu`) or computed from
+    /// the negotiated transform once a CHILD SA is in), and the forwarding sysctls; all of it
+    /// goes with [`Dataplane::unguard`] or a clean shutdown.
     fn guard(
         &mut self,
         _tunnel: u32,
         _cfg: &PeerConfig,
+        _mtu: Option<u32>,
     ) -> impl Future<Output = Result<(), TunnelError>> + Send {
         async { Ok(()) }
     }

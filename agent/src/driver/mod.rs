@@ -425,7 +425,7 @@ impl<D: Dataplane> Driver<D> {
         }
         // Fail closed first: whatever happens next (no socket, no ESP in the kernel, no peer),
         // the tunnel's traffic is blocked or trapped, never sent in clear, until it is removed.
-        self.dp.guard(t.index, &cfg).await?;
+        self.dp.guard(t.index, &cfg, t.def.spec.mtu).await?;
         self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
         let role = cfg.role;
