@@ -314,6 +314,17 @@ fn charon_on_right(pair: &SitePair) -> Charon {
         .expect("charon")
 }
 
+/// Our inbound SPI came from the kernel's allocation (`XFRM_MSG_ALLOCSPI`, in strongSwan's
+/// range 0xc0000000-0xcfffffff), not from a random draw.
+fn assert_kernel_spi(t: &Value) {
+    let spi = t["childSas"][0]["spiIn"].as_str().unwrap_or_default();
+    let v = u32::from_str_radix(spi, 16).unwrap_or(0);
+    assert!(
+        (0xC000_0000..=0xCFFF_FFFF).contains(&v),
+        "inbound SPI {spi} is not a kernel-allocated one: {t}"
+    );
+}
+
 /// The agent's routes (`ip route show table 23040`) in `ns`.
 fn agent_routes(ns: &str) -> String {
     netns::exec(ns, &["ip", "route", "show", "table", "23040"])
@@ -355,6 +366,7 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
+    assert_kernel_spi(&t);
     // the agent's route: the remote subnet, our inner address as source, the MTU of AES-GCM
     // in tunnel mode through the 1500-byte veth (1500 - 20 - 8 - 8 - 16 - 2 = 1446)
     let routes = agent_routes(&left.ns);
@@ -424,6 +436,7 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
         .unwrap();
     assert_eq!(t["initiator"], false, "{t}");
+    assert_kernel_spi(&t);
     // charon (MOBIKE) moved IKE to 4500, but there is no NAT: plain ESP on both sides
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
     for (from, to) in [(left, right), (right, left)] {

@@ -384,3 +384,62 @@ fn a_request_with_a_higher_major_version_is_answered_with_invalid_major_version(
     assert!(p.b.poll_transmit().is_none());
     assert_eq!(p.b.stats().malformed, 4);
 }
+
+/// Hands out consecutive SPIs and records who asked, as a kernel allocator would.
+struct Allocating {
+    next: u32,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(std::net::IpAddr, std::net::IpAddr)>>>,
+}
+
+impl strait_ike::EspSpiSource for Allocating {
+    fn inbound_esp_spi(
+        &mut self,
+        local: std::net::IpAddr,
+        remote: std::net::IpAddr,
+    ) -> Option<u32> {
+        self.asked.lock().unwrap().push((local, remote));
+        self.next += 1;
+        Some(self.next)
+    }
+}
+
+/// Refuses every allocation: the endpoint falls back to random SPIs.
+struct Refusing;
+
+impl strait_ike::EspSpiSource for Refusing {
+    fn inbound_esp_spi(&mut self, _: std::net::IpAddr, _: std::net::IpAddr) -> Option<u32> {
+        None
+    }
+}
+
+#[test]
+fn inbound_spis_come_from_the_drivers_source() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    p.a.set_spi_source(Box::new(Allocating {
+        next: 0xC000_0000,
+        asked: asked.clone(),
+    }));
+    p.b.set_spi_source(Box::new(Refusing));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let (x, y) = p.assert_children_match();
+    assert_eq!(
+        u32::from_be_bytes(x.spi_in.0),
+        0xC000_0001,
+        "IKE_AUTH's CHILD SA"
+    );
+    assert!(u32::from_be_bytes(y.spi_in.0) >= 256, "the random fallback");
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        &[(x.local_addr.ip(), x.remote_addr.ip())],
+        "asked for an SA from the peer to us"
+    );
+    // a rekey of ours asks again
+    p.a.expire_child(p.now, p.a_peer, x.spi_in, false);
+    p.run_for(Duration::from_secs(1));
+    let installs = Pair::installs(&p.ev_a);
+    assert_eq!(installs.len(), 2, "{installs:?}");
+    assert_eq!(u32::from_be_bytes(installs[1].spi_in.0), 0xC000_0002);
+}

@@ -321,6 +321,36 @@ impl KernelDataplane {
     }
 }
 
+/// Inbound SPIs allocated by the kernel (`XFRM_MSG_ALLOCSPI`), in strongSwan's default range,
+/// held by larval SAs under the reqid of tunnel index 0 (never a tunnel's) until the CHILD SA's
+/// inbound SA keys them, or the kernel's acquire timeout (30 s) or a sweep removes them.
+struct KernelSpis {
+    alloc: strait_xfrm::SpiAllocator,
+    warned: bool,
+}
+
+/// strongSwan's `spi_min`/`spi_max`.
+const SPI_RANGE: std::ops::RangeInclusive<u32> = 0xC000_0000..=0xCFFF_FFFF;
+
+impl strait_ike::EspSpiSource for KernelSpis {
+    fn inbound_esp_spi(&mut self, local: IpAddr, remote: IpAddr) -> Option<u32> {
+        let reqid = super::objects::reqid(0, super::objects::TUNNEL_SLOT).ok()?;
+        match self
+            .alloc
+            .alloc(remote, local, reqid, strait_xfrm::Mode::Tunnel, SPI_RANGE)
+        {
+            Ok(spi) => Some(spi),
+            Err(e) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "the kernel did not allocate an SPI: using a random one");
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Makes the kernel's SPD follow `changes`; every change is tried, the first error returned.
 async fn apply(xfrm: &Xfrm, changes: &[Change]) -> Result<(), TunnelError> {
     let mut first_err = None;
@@ -411,9 +441,17 @@ impl Dataplane for KernelDataplane {
         let xfrm = self.xfrm()?.clone();
         let slot = self.slot_for(tunnel, sa)?;
         let (sa_in, sa_out, policies) = kernel_objects(tunnel, slot, sa)?;
-        xfrm.add_sa(&sa_in)
-            .await
-            .map_err(|e| TunnelError::kernel("installing the inbound SA", &e))?;
+        let mut added = xfrm.add_sa(&sa_in).await;
+        if matches!(added, Err(strait_xfrm::Error::AlreadyExists { .. })) {
+            // the kernel allocated the inbound SPI and a larval SA of ours holds it: key that
+            // one (never a live SA that happens to have the SPI)
+            let larval = matches!(xfrm.get_sa(&sa_in.id()).await,
+                Ok(Some(cur)) if cur.larval && cur.is_ours());
+            if larval {
+                added = xfrm.update_sa(&sa_in).await;
+            }
+        }
+        added.map_err(|e| TunnelError::kernel("installing the inbound SA", &e))?;
         let plan = outbound_plan(sa.replaces, sa.initiator, sa.redundant);
         if plan == Outbound::Now
             && let Err(e) = xfrm.add_sa(&sa_out).await
@@ -507,6 +545,19 @@ impl Dataplane for KernelDataplane {
 
     fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {
         self.events.take()
+    }
+
+    fn spi_source(&mut self) -> Option<Box<dyn strait_ike::EspSpiSource + Send>> {
+        match strait_xfrm::SpiAllocator::open() {
+            Ok(alloc) => Some(Box::new(KernelSpis {
+                alloc,
+                warned: false,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound SPIs are random: the kernel cannot allocate them");
+                None
+            }
+        }
     }
 
     fn supports_on_traffic(&self) -> bool {

@@ -112,6 +112,12 @@ pub trait Dataplane: Send {
         async { Ok(()) }
     }
 
+    /// Where the IKE endpoint gets inbound ESP SPIs, once: the driver takes it at start.
+    /// `None`: random SPIs (nothing on the node to collide with).
+    fn spi_source(&mut self) -> Option<Box<dyn strait_ike::EspSpiSource + Send>> {
+        None
+    }
+
     /// The kernel's notifications (expiries, acquires) for our objects, once: the driver takes
     /// the receiver at start. `None`: this data plane has none.
     fn take_events(&mut self) -> Option<mpsc::Receiver<KernelEvent>> {

@@ -106,6 +106,9 @@ impl<D: Dataplane> Driver<D> {
         );
         set_wall_clock(&mut endpoint);
         let mut dp = dp;
+        if let Some(spis) = dp.spi_source() {
+            endpoint.set_spi_source(spis);
+        }
         let kernel_events = dp.take_events();
         Self {
             settings,

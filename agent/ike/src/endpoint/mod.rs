@@ -74,6 +74,8 @@ struct Shared {
     spawned: Vec<IkeSa>,
     /// A monotonic instant and the wall-clock time (Unix seconds) it corresponds to.
     wall_clock: Option<(Instant, u64)>,
+    /// The driver's source of inbound ESP SPIs.
+    spis: Option<Box<dyn crate::spi::EspSpiSource + Send>>,
 }
 
 impl Shared {
@@ -91,6 +93,10 @@ impl Shared {
             spawned: &mut self.spawned,
             unix_time,
             stats: &mut self.stats,
+            spis: match self.spis.as_mut() {
+                Some(s) => Some(&mut **s),
+                None => None,
+            },
         }
     }
 
@@ -162,6 +168,7 @@ impl Endpoint {
                 stats: Stats::default(),
                 spawned: Vec::new(),
                 wall_clock: None,
+                spis: None,
             },
             peers: BTreeMap::new(),
             peers_by_remote: HashMap::new(),
@@ -183,6 +190,12 @@ impl Endpoint {
     /// fails with [`Reason::ClockUnset`].
     pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
         self.shared.wall_clock = Some((at, unix_time));
+    }
+
+    /// Lets `source` pick every inbound ESP SPI from now on (the kernel's allocation, so they
+    /// are unique on the node; review R-4). Without it they are random.
+    pub fn set_spi_source(&mut self, source: Box<dyn crate::spi::EspSpiSource + Send>) {
+        self.shared.spis = Some(source);
     }
 
     /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
