@@ -1192,3 +1192,169 @@ fn h_dual_stack_and_protocol_selectors() {
     );
     println!("GRE-only selectors: 3 proto-gre policies, ICMP blocked, {clear} cleartext packets");
 }
+
+/// Two CHILD SAs with different selectors in one IKE SA (review I-2), initiated by charon: each
+/// has its own reqid, so each pair of hosts is carried by its own SA and charon counts no
+/// `XfrmInTmplMismatch`; when charon closes one, its policies go and the tunnel's block covers
+/// its hosts again (no cleartext) while the other keeps working. Then a CHILD SA whose
+/// selector is an address range (no kernel form): our kernel refuses it and the agent deletes
+/// it at charon instead of leaving it half-installed (review R-4).
+#[test]
+fn i_two_children_own_sas_and_a_refused_one_is_deleted() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let left_b = Site {
+        inner: "198.51.100.129".parse().unwrap(),
+        ..left.clone()
+    };
+    let right_b = Site {
+        inner: "203.0.113.129".parse().unwrap(),
+        ..right.clone()
+    };
+    for s in [&left_b, &right_b] {
+        netns::exec(
+            &s.ns,
+            &["ip", "addr", "add", &format!("{}/32", s.inner), "dev", "lo"],
+        )
+        .unwrap();
+    }
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children = vec![
+        ChildConfig::new("a", "203.0.113.0/25", "198.51.100.0/25"),
+        ChildConfig::new("b", "203.0.113.128/25", "198.51.100.128/25"),
+        ChildConfig::new("r", "203.0.113.64-203.0.113.70", "198.51.100.64/26"),
+    ];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "respond", ""),
+        &[],
+    );
+    let diag = |what: &str| {
+        format!(
+            "{what}\n{}\n--- agent:\n{}\n--- charon:\n{}",
+            kernel_view(&[left, right]),
+            agent.log(),
+            charon.log()
+        )
+    };
+    for child in ["a", "b"] {
+        charon
+            .initiate(TUNNEL, child, 30)
+            .unwrap_or_else(|e| panic!("{}", diag(&format!("initiate {child}: {e:#}"))));
+    }
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["childSas"].as_array().is_some_and(|c| c.len() == 2)
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    // four SAs, two reqids: one per CHILD SA
+    let states = netns::exec(&left.ns, &["ip", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    let mut reqids: Vec<&str> = Vec::new();
+    let words: Vec<&str> = states.split_whitespace().collect();
+    for w in words.windows(2) {
+        if w[0] == "reqid" {
+            reqids.push(w[1]);
+        }
+    }
+    let count = reqids.len();
+    reqids.sort_unstable();
+    reqids.dedup();
+    assert_eq!((count, reqids.len()), (4, 2), "{states}");
+    let mismatches = || {
+        netns::exec(&right.ns, &["cat", "/proc/net/xfrm_stat"])
+            .unwrap()
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("XfrmInTmplMismatch"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = mismatches();
+    for (from, to) in [
+        (left, right),
+        (&left_b, &right_b),
+        (right, left),
+        (&right_b, &left_b),
+    ] {
+        pair.topology
+            .ping(from.node, Some(from.inner), to.inner, 3)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}",
+                    diag(&format!("ping {} -> {}: {e:#}", from.inner, to.inner))
+                )
+            });
+    }
+    assert_eq!(
+        mismatches(),
+        before,
+        "charon's kernel took a packet on the wrong SA"
+    );
+    println!("two CHILD SAs, two reqids: both host pairs ping both ways, no template mismatch");
+
+    // charon closes b: its hosts fall back to the block, a keeps working
+    charon
+        .swanctl(&["--terminate", "--child", "b", "--timeout", "10"])
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("terminate b: {e:#}"))));
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["childSas"].as_array().is_some_and(|c| c.len() == 1)
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    assert!(
+        !pols
+            .iter()
+            .any(|p| p.contains("/25") && p.contains(".128/")),
+        "b's policies left: {pols:?}"
+    );
+    assert_eq!(blocked_policies(&left.ns), 3, "{}", kernel_view(&[left]));
+    let clear = cleartext_on_wire(&pair, &left_b, &right_b, 5);
+    assert_eq!(clear, 0, "{}", diag("b's hosts in clear after b closed"));
+    ping(&pair, left, right);
+    println!(
+        "b closed by charon: its hosts blocked ({clear} cleartext packets), a still carries traffic"
+    );
+
+    // a range selector: refused by our kernel, deleted at charon
+    let _ = charon.initiate(TUNNEL, "r", 10);
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["lastError"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a prefix"))
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    assert_eq!(t["childSas"].as_array().map(Vec::len), Some(1), "{t}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sas = charon.list_sas().unwrap();
+        let r_up = sas
+            .ike(TUNNEL)
+            .is_some_and(|ike| ike.children.iter().any(|c| c.name == "r"));
+        if !r_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            diag(&format!("charon still holds r:\n{}", sas.raw))
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        charon.list_sas().unwrap().is_up(TUNNEL, "a"),
+        "{}",
+        diag("a gone")
+    );
+    println!(
+        "a range selector: refused by our kernel ({}), deleted at charon",
+        t["lastError"]["message"]
+    );
+}
