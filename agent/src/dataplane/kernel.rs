@@ -228,6 +228,24 @@ impl Plumbing {
         }
     }
 
+    /// After a restart: routes of ours that no tunnel of this run wants (a previous run's, for
+    /// tunnels that are gone) are removed.
+    async fn sweep_stale(&mut self) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        match routing.ours().await {
+            Ok(routes) => {
+                for dst in routes.into_iter().filter(|d| !self.claims.contains_key(d)) {
+                    if let Err(e) = routing.remove(dst).await {
+                        tracing::warn!(message = %e.message, "removing a stale route");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(message = %e.message, "listing our routes"),
+        }
+    }
+
     /// Everything back as it was: our routes and rules go, the sysctls get their old values.
     async fn restore(&mut self) {
         self.tunnels.clear();
@@ -718,6 +736,7 @@ impl Dataplane for KernelDataplane {
             already_gone = report.already_gone,
             "swept the previous run's XFRM objects"
         );
+        self.plumbing.sweep_stale().await;
         Ok(())
     }
 }
