@@ -34,6 +34,10 @@ use tunnel::{IkeUp, Tunnel};
 
 /// Under `--test-lifetime-scale`, the least time between a scheduled rekey and the hard limit.
 const TEST_MIN_HARD_MARGIN: Duration = Duration::from_secs(5);
+/// How long after our answer a CHILD SA the kernel refused is deleted at the peer: our answer
+/// and our Delete would otherwise reach it back to back, and charon may handle the Delete first
+/// (its worker threads race), ignore it as being for an unknown SA, and keep the CHILD SA.
+pub const REFUSED_CHILD_DELETE_DELAY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the peers to acknowledge our DELETEs.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -73,6 +77,8 @@ pub struct Driver<D: Dataplane> {
     scrapes: Option<mpsc::Receiver<MetricsRequest>>,
     /// A previous run's kernel objects, kept until every tunnel is back.
     adoption: Adoption,
+    /// CHILD SAs the kernel refused, to be deleted at the peer at the given time.
+    refused: Vec<(Instant, PeerId, strait_ike::ChildSaId)>,
     lifetime_scale: Option<f64>,
 }
 
@@ -125,6 +131,7 @@ impl<D: Dataplane> Driver<D> {
                 .ok(),
             scrapes: None,
             adoption: Adoption::default(),
+            refused: Vec::new(),
             lifetime_scale: None,
         }
     }
@@ -218,6 +225,7 @@ impl<D: Dataplane> Driver<D> {
             self.endpoint.poll_timeout(),
             retry,
             self.adoption.deadline(),
+            self.refused.iter().map(|r| r.0).min(),
         ]
         .into_iter()
         .flatten()
@@ -295,6 +303,11 @@ impl<D: Dataplane> Driver<D> {
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.endpoint.handle_timeout(now);
+        let (due, later): (Vec<_>, Vec<_>) = self.refused.drain(..).partition(|r| r.0 <= now);
+        self.refused = later;
+        for (_, peer, child) in due {
+            self.endpoint.child_install_failed(now, peer, child);
+        }
         while let Some(Reverse((at, _))) = self.retries.peek()
             && *at <= now
         {
@@ -600,8 +613,15 @@ impl<D: Dataplane> Driver<D> {
                 t.on_child_install_failed(e);
                 // The peer holds the CHILD SA and would send into it: delete it there too
                 // (review R-4) instead of leaving a half-installed SA that black-holes traffic.
-                self.endpoint
-                    .child_install_failed(Instant::now(), sa.peer, sa.child);
+                // A CHILD SA we answered for only exists at the peer once our answer is
+                // handled there, so its Delete waits a moment.
+                let now = Instant::now();
+                if sa.initiator {
+                    self.endpoint.child_install_failed(now, sa.peer, sa.child);
+                } else {
+                    self.refused
+                        .push((now + REFUSED_CHILD_DELETE_DELAY, sa.peer, sa.child));
+                }
             }
         }
     }
