@@ -11,14 +11,19 @@
 
 use std::time::Duration;
 
-use strait_agent::dataplane::NoDataplane;
+use strait_agent::dataplane::{Dataplane, Kind, NoDataplane};
 use strait_agent::driver::{Command, Driver, Settings};
+use strait_agent::error::TunnelError;
 use strait_agent::spec::TunnelDef;
 use strait_agent::spec::peer::{self, Inputs};
 use strait_agent::status::AgentStatus;
+use strait_crds::contract::StatusReason;
 use strait_crds::{IPsecTunnelSpec, IkeState};
 use strait_ike::EndpointConfig;
 use strait_ike::crypto::keys::SecretBytes;
+use strait_ike::proposal::EspProposal;
+use strait_ike::{ChildSaId, ChildSaInstall};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 fn def(name: &str, yaml: &str, local_port: u16, remote_port: u16, psk: &[u8]) -> TunnelDef {
@@ -80,6 +85,14 @@ impl Handle {
 }
 
 fn driver(ike_port: u16, defs: Vec<TunnelDef>) -> (Handle, impl std::future::Future<Output = ()>) {
+    driver_with(ike_port, defs, NoDataplane::default())
+}
+
+fn driver_with<D: Dataplane + 'static>(
+    ike_port: u16,
+    defs: Vec<TunnelDef>,
+    dp: D,
+) -> (Handle, impl std::future::Future<Output = ()>) {
     let settings = Settings {
         node: format!("node-{ike_port}"),
         endpoint: EndpointConfig {
@@ -90,7 +103,7 @@ fn driver(ike_port: u16, defs: Vec<TunnelDef>) -> (Handle, impl std::future::Fut
     };
     let (cmd, cmd_rx) = mpsc::channel(4);
     let (status, status_rx) = mpsc::channel(4);
-    let fut = Driver::new(settings, NoDataplane::default()).run(defs, cmd_rx, status_rx);
+    let fut = Driver::new(settings, dp).run(defs, cmd_rx, status_rx);
     (Handle { cmd, status }, fut)
 }
 
@@ -241,6 +254,72 @@ async fn on_traffic_without_kernel_traps_responds_and_says_so() {
             "{:?}",
             t.notes
         );
+        shutdown([&a, &b]).await;
+    };
+    run_pair(a_run, b_run, test).await;
+}
+
+/// A data plane whose kernel refuses every CHILD SA (as a kernel without the transform would).
+struct Refusing;
+
+impl Dataplane for Refusing {
+    fn kind(&self) -> Kind {
+        Kind::Kernel
+    }
+
+    fn prepare_socket(&self, _sock: &UdpSocket, _natt: bool) -> Result<(), TunnelError> {
+        Ok(())
+    }
+
+    async fn preflight(&mut self, _esp: &[EspProposal]) -> Result<(), TunnelError> {
+        Ok(())
+    }
+
+    async fn install(&mut self, _tunnel: u32, _sa: &ChildSaInstall) -> Result<(), TunnelError> {
+        Err(TunnelError::new(
+            StatusReason::KernelUnsupported,
+            "the kernel refused the SA (test)",
+        ))
+    }
+
+    async fn delete(&mut self, _child: ChildSaId) -> Result<(), TunnelError> {
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), TunnelError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_child_sa_our_kernel_refused_is_deleted_at_the_peer() {
+    let (pa, pb) = (25_540u16, 25_640u16);
+    let (a, a_run) = driver(pa, vec![a_side(pa, pb, b"refuse-psk")]);
+    let b_def = b_side(pb, pa, "respond", b"refuse-psk");
+    let (b, b_run) = driver_with(pb, vec![b_def], Refusing);
+    let test = async {
+        // B answered IKE_AUTH, failed to install, and sent a Delete: A keeps the IKE SA
+        // without the CHILD SA instead of sending into an SA B does not have
+        let sa = a
+            .wait("a without the CHILD SA", |s| {
+                s.tunnels.first().is_some_and(|t| {
+                    t.gateway.ike_state == Some(IkeState::Established)
+                        && t.gateway.child_sas.is_empty()
+                })
+            })
+            .await;
+        assert!(!sa.tunnels[0].ready);
+        let sb = b
+            .wait("b reports the refusal", |s| {
+                s.tunnels.first().is_some_and(|t| {
+                    t.gateway
+                        .last_error
+                        .as_ref()
+                        .is_some_and(|e| e.reason == "KernelUnsupported")
+                })
+            })
+            .await;
+        assert!(sb.tunnels[0].gateway.child_sas.is_empty());
         shutdown([&a, &b]).await;
     };
     run_pair(a_run, b_run, test).await;

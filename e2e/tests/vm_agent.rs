@@ -80,8 +80,9 @@ fn start_with(me: &Site, config: &str, secrets: &[SecretFile], extra_args: &[&st
     Agent::start(&me.ns, config, secrets, "kernel", &args).expect("start strait-agent")
 }
 
-/// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source: the agent
-/// installs no routes (strongSwan puts them in table 220).
+/// Routes `dst` (the peer's inner subnet) via `gw` with our inner address as source, in the main
+/// table: for a site whose agent does not route by itself (charon's routes are in its table 220,
+/// the agent's in its own table 23040, both looked up before main).
 fn route(pair: &SitePair, site: &Site, dst: &str, gw: &str) {
     pair.topology
         .exec(
@@ -305,14 +306,38 @@ fn charon_config(me: &Site, peer: &Site) -> CharonConfig {
 }
 
 /// charon (PSK) on the right site, with one retry (the boot's first charon start can exceed the
-/// harness's 20 s), and the left site's route to the right subnet through it.
+/// harness's 20 s). The left site's route to the right subnet is the agent's own.
 fn charon_on_right(pair: &SitePair) -> Charon {
     let (left, right) = (&pair.left, &pair.right);
-    let charon = Charon::start(&right.ns, &charon_config(right, left))
+    Charon::start(&right.ns, &charon_config(right, left))
         .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
-        .expect("charon");
-    route(pair, left, right.subnet, &right.addr.to_string());
-    charon
+        .expect("charon")
+}
+
+/// Our inbound SPI came from the kernel's allocation (`XFRM_MSG_ALLOCSPI`, in strongSwan's
+/// range 0xc0000000-0xcfffffff), not from a random draw.
+fn assert_kernel_spi(t: &Value) {
+    let spi = t["childSas"][0]["spiIn"].as_str().unwrap_or_default();
+    let v = u32::from_str_radix(spi, 16).unwrap_or(0);
+    assert!(
+        (0xC000_0000..=0xCFFF_FFFF).contains(&v),
+        "inbound SPI {spi} is not a kernel-allocated one: {t}"
+    );
+}
+
+/// The agent's routes (`ip route show table 23040`) in `ns`.
+fn agent_routes(ns: &str) -> String {
+    netns::exec(ns, &["ip", "route", "show", "table", "23040"])
+        .unwrap()
+        .stdout
+}
+
+fn sysctl(ns: &str, name: &str) -> String {
+    netns::exec(ns, &["sysctl", "-n", name])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_owned()
 }
 
 /// `cargo`'s name order puts this first: the boot's first (slow) charon start happens here.
@@ -327,7 +352,9 @@ fn a_charon_both_directions_and_counters() {
         .or_else(|_| Charon::start(&right.ns, &charon_config(right, left)))
         .expect("charon");
     eprintln!("charon started in {:?}", t0.elapsed());
-    route(&pair, left, right.subnet, &right.addr.to_string());
+    // no route of the test's own on the left: the agent's (table 23040, src from the local
+    // subnet) is the only way to the right subnet
+    let forwarding_before = sysctl(&left.ns, "net.ipv4.ip_forward");
 
     // 1. the agent initiates
     let mut agent = start(
@@ -339,6 +366,22 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
+    assert_kernel_spi(&t);
+    // the agent's route: the remote subnet, our inner address as source, the MTU of AES-GCM
+    // in tunnel mode through the 1500-byte veth (1500 - 20 - 8 - 8 - 16 - 2 = 1446)
+    let routes = agent_routes(&left.ns);
+    assert!(
+        routes.contains(&format!(
+            "{} dev to-right proto 90 scope link src {} mtu 1446",
+            right.subnet, left.inner
+        )),
+        "{routes}"
+    );
+    assert_eq!(sysctl(&left.ns, "net.ipv4.ip_forward"), "1");
+    // the node's own traffic, no source given: the route's src puts it into the tunnel
+    pair.topology
+        .ping(left.node, None, right.inner, 3)
+        .unwrap_or_else(|e| panic!("ping without -I: {e:#}\n{}", kernel_view(&[left, right])));
     let (bin, bout) = carries_traffic(&pair, &agent, &charon);
     // the peer's kernel counted the same packets
     let theirs = xfrm_states(&right.ns);
@@ -366,6 +409,18 @@ fn a_charon_both_directions_and_counters() {
         netns::xfrm_policies(&left.ns).unwrap().is_empty(),
         "policies left after SIGTERM"
     );
+    assert_eq!(
+        agent_routes(&left.ns).trim(),
+        "",
+        "routes left after SIGTERM"
+    );
+    let rules = netns::exec(&left.ns, &["ip", "rule"]).unwrap().stdout;
+    assert!(!rules.contains("23040"), "rule left after SIGTERM: {rules}");
+    assert_eq!(
+        sysctl(&left.ns, "net.ipv4.ip_forward"),
+        forwarding_before,
+        "ip_forward restored"
+    );
     drop(agent);
 
     // 2. charon initiates
@@ -381,6 +436,7 @@ fn a_charon_both_directions_and_counters() {
         .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
         .unwrap();
     assert_eq!(t["initiator"], false, "{t}");
+    assert_kernel_spi(&t);
     // charon (MOBIKE) moved IKE to 4500, but there is no NAT: plain ESP on both sides
     assert_eq!(t["childSas"][0]["encapsulated"], false, "{t}");
     for (from, to) in [(left, right), (right, left)] {
@@ -719,6 +775,22 @@ fn e_dpd_peer_killed_and_back() {
         dpd_time <= Duration::from_secs(8 + 3),
         "DPD took {dpd_time:?}"
     );
+    // Fail closed: the CHILD SA is gone, its selectors are blocked again (not unprotected),
+    // and pings to the remote subnet never reach the wire in clear while the tunnel is down.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !xfrm_states(&left.ns).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(xfrm_states(&left.ns).is_empty(), "SAs left after DPD");
+    assert_eq!(blocked_policies(&left.ns), 3, "{}", kernel_view(&[left]));
+    let clear = cleartext_on_wire(&pair, left, right, 10);
+    println!(
+        "fail closed: 10 pings while the tunnel was down, {clear} cleartext packets on the wire"
+    );
+    assert_eq!(
+        clear, 0,
+        "cleartext left the node while the tunnel was down"
+    );
     let back_at = Instant::now();
     let r = start(right, &rcfg, &[]);
     l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
@@ -738,14 +810,61 @@ fn e_dpd_peer_killed_and_back() {
     }
 }
 
+/// How many of our policies in `ns` drop their traffic (`action block`).
+fn blocked_policies(ns: &str) -> usize {
+    netns::exec(ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout
+        .matches("action block")
+        .count()
+}
+
+/// Pings `to`'s inner address from `from`'s, `count` times, while tcpdump watches `from`'s
+/// link to `to` for ICMP between the two inner addresses; returns how many such packets
+/// crossed the wire in clear.
+fn cleartext_on_wire(pair: &SitePair, from: &Site, to: &Site, count: u32) -> usize {
+    let iface = pair.topology.interface(from.node, to.node).unwrap();
+    let filter = format!("icmp and host {} and host {}", from.inner, to.inner);
+    let dump = netns::exec_command(
+        &from.ns,
+        &[
+            "timeout",
+            "-s",
+            "INT",
+            &format!("{}", 3 + count / 5 + 2),
+            "tcpdump",
+            "-n",
+            "-l",
+            "--immediate-mode",
+            "-i",
+            &iface,
+            &filter,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("tcpdump");
+    thread::sleep(Duration::from_secs(2));
+    let (tx, _) = ping_some(from, to, count);
+    assert_eq!(tx, u64::from(count), "ping did not run");
+    let out = dump.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listening on"), "tcpdump did not start: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ICMP"))
+        .count()
+}
+
 /// Sends `count` pings, 0.2 s apart, and returns (transmitted, received).
 fn ping_some(from: &Site, to: &Site, count: u32) -> (u64, u64) {
     let (tx, rx, _) = ping_result(ping_flood_timed(from, to, "0.2", count));
     (tx, rx)
 }
 
-/// `initiation: onTraffic` (strongSwan's `start_action = trap`): the agent installs only the
-/// outbound policy and waits; the first packet makes the kernel ask for an SA and the agent
+/// `initiation: onTraffic` (strongSwan's `start_action = trap`): the agent installs trap
+/// policies (out, in, fwd) and waits; the first packet makes the kernel ask for an SA and the agent
 /// negotiates it; when the peer closes the IKE SA the policy goes back to waiting, and traffic
 /// brings the tunnel up again.
 #[test]
@@ -775,7 +894,7 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
             let t = agent.tunnel(TUNNEL).unwrap_or(Value::Null);
             let waiting = t["ikeState"] == "Down"
                 && xfrm_states(&left.ns).is_empty()
-                && netns::xfrm_policies(&left.ns).unwrap().len() == 1;
+                && netns::xfrm_policies(&left.ns).unwrap().len() == 3;
             if waiting {
                 return t;
             }
@@ -793,11 +912,21 @@ fn f_on_traffic_starts_on_the_first_packet_and_traps_again() {
         t["notes"].as_array().is_none_or(|n| n.is_empty()),
         "no fallback note expected: {t}"
     );
-    let pol = &netns::xfrm_policies(&left.ns).unwrap()[0];
-    assert!(
-        pol.starts_with(&format!("src {} dst {}", left.subnet, right.subnet)),
-        "the outbound policy expected: {pol}"
+    // out, and in and fwd for the way back: traps, not blocks
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    let out = format!("src {} dst {}", left.subnet, right.subnet);
+    let back = format!("src {} dst {}", right.subnet, left.subnet);
+    assert_eq!(
+        pols.iter().filter(|p| p.starts_with(&out)).count(),
+        1,
+        "{pols:?}"
     );
+    assert_eq!(
+        pols.iter().filter(|p| p.starts_with(&back)).count(),
+        2,
+        "{pols:?}"
+    );
+    assert_eq!(blocked_policies(&left.ns), 0, "{}", kernel_view(&[left]));
     thread::sleep(Duration::from_secs(2));
     assert!(
         charon.list_sas().unwrap().ike(TUNNEL).is_none(),
@@ -916,5 +1045,316 @@ fn g_certificates_carry_traffic() {
     assert!(!log.contains(&body[..40]), "key material in our log");
     println!(
         "certificates (ECDSA P-256): ping both ways; bytes in {bin} out {bout} agree with the kernel and charon"
+    );
+}
+
+/// Dual-stack selectors over an IPv4 outer path (review I-1): one CHILD SA carries IPv4 and
+/// IPv6 (tunnel-mode SAs with `af-unspec`), with policies only for same-family pairs. Then a
+/// GRE-only selector from charon (review I-3): the policies carry `proto gre`, and other traffic
+/// between the subnets stays blocked (fail closed), not sent in clear and not encrypted.
+#[test]
+fn h_dual_stack_and_protocol_selectors() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let (l6, r6, l6net, r6net) = ("fd00:1::1", "fd00:2::1", "fd00:1::/64", "fd00:2::/64");
+    for (site, addr, peer_net) in [(left, l6, r6net), (right, r6, l6net)] {
+        netns::exec(
+            &site.ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                "lo",
+            ],
+        )
+        .unwrap();
+        let iface = pair
+            .topology
+            .interface(
+                site.node,
+                if site.node == "left" { "right" } else { "left" },
+            )
+            .unwrap();
+        netns::exec(
+            &site.ns,
+            &[
+                "ip", "-6", "route", "add", peer_net, "dev", &iface, "src", addr,
+            ],
+        )
+        .unwrap();
+    }
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children[0].local_ts = vec![right.subnet.into(), r6net.into()];
+    cfg.connections[0].children[0].remote_ts = vec![left.subnet.into(), l6net.into()];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent_yaml = yaml(left, right, &right.addr.to_string(), "respond", "")
+        .replace(
+            &format!("subnets: [{}]", left.subnet),
+            &format!("subnets: [{}, {l6net}]", left.subnet),
+        )
+        .replace(
+            &format!("subnets: [{}]", right.subnet),
+            &format!("subnets: [{}, {r6net}]", right.subnet),
+        );
+    let agent = start(left, &agent_yaml, &[]);
+    let diag = |what: &str| {
+        format!(
+            "{what}\n{}\n--- agent:\n{}\n--- charon:\n{}",
+            kernel_view(&[left, right]),
+            agent.log(),
+            charon.log()
+        )
+    };
+    charon
+        .initiate(TUNNEL, "net", 30)
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("initiate: {e:#}"))));
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    assert_eq!(
+        t["childSas"][0]["localTs"].as_array().map(Vec::len),
+        Some(2),
+        "{t}"
+    );
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    assert_eq!(pols.len(), 6, "two same-family pairs, out/in/fwd: {pols:?}");
+    assert!(
+        !pols.iter().any(|p| p.contains(':') && p.contains('.')),
+        "a cross-family policy: {pols:?}"
+    );
+    let states = netns::exec(&left.ns, &["ip", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        states.matches("af-unspec").count(),
+        2,
+        "both SAs carry either family: {states}"
+    );
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    for (from, src, dst) in [(left, l6, r6), (right, r6, l6)] {
+        netns::exec(
+            &from.ns,
+            &["ping", "-6", "-c", "3", "-W", "2", "-I", src, dst],
+        )
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("ping6 {src} -> {dst}: {e:#}"))));
+    }
+    let (bin, bout) = check_counters(&agent);
+    println!(
+        "dual stack over IPv4: one CHILD SA, 6 policies, ping and ping6 both ways; bytes in {bin} out {bout}"
+    );
+    // a clean exit: nothing of this agent is left for the next one to adopt
+    let mut agent = agent;
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        netns::xfrm_policies(&left.ns).unwrap().is_empty(),
+        "policies left after SIGTERM"
+    );
+    drop(agent);
+    drop(charon);
+
+    // GRE only: charon proposes [gre] selectors, the agent narrows to them
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children[0].local_ts = vec![format!("{}[gre]", right.subnet)];
+    cfg.connections[0].children[0].remote_ts = vec![format!("{}[gre]", left.subnet)];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "respond", ""),
+        &[],
+    );
+    charon
+        .initiate(TUNNEL, "net", 30)
+        .unwrap_or_else(|e| panic!("initiate: {e:#}\n{}", agent.log()));
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    let raw = netns::exec(&left.ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout;
+    assert_eq!(raw.matches("proto gre").count(), 3, "{raw}");
+    // everything else between the subnets hits the tunnel's block policies
+    assert_eq!(blocked_policies(&left.ns), 3, "{raw}");
+    let clear = cleartext_on_wire(&pair, left, right, 5);
+    assert_eq!(
+        clear, 0,
+        "ICMP outside the GRE selectors left in clear:\n{raw}"
+    );
+    println!("GRE-only selectors: 3 proto-gre policies, ICMP blocked, {clear} cleartext packets");
+}
+
+/// Two CHILD SAs with different selectors in one IKE SA (review I-2), initiated by charon: each
+/// has its own reqid, so each pair of hosts is carried by its own SA and charon counts no
+/// `XfrmInTmplMismatch`; when charon closes one, its policies go and the tunnel's block covers
+/// its hosts again (no cleartext) while the other keeps working. Then a CHILD SA whose
+/// selector is an address range (no kernel form): our kernel refuses it and the agent deletes
+/// it at charon instead of leaving it half-installed (review R-4).
+#[test]
+fn i_two_children_own_sas_and_a_refused_one_is_deleted() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let left_b = Site {
+        inner: "198.51.100.129".parse().unwrap(),
+        ..left.clone()
+    };
+    let right_b = Site {
+        inner: "203.0.113.129".parse().unwrap(),
+        ..right.clone()
+    };
+    for s in [&left_b, &right_b] {
+        netns::exec(
+            &s.ns,
+            &["ip", "addr", "add", &format!("{}/32", s.inner), "dev", "lo"],
+        )
+        .unwrap();
+    }
+    let mut cfg = charon_config(right, left);
+    cfg.connections[0].children = vec![
+        ChildConfig::new("a", "203.0.113.0/25", "198.51.100.0/25"),
+        ChildConfig::new("b", "203.0.113.128/25", "198.51.100.128/25"),
+        ChildConfig::new("r", "203.0.113.64-203.0.113.70", "198.51.100.64/26"),
+    ];
+    let charon = Charon::start(&right.ns, &cfg)
+        .or_else(|_| Charon::start(&right.ns, &cfg))
+        .expect("charon");
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "respond", ""),
+        &[],
+    );
+    let diag = |what: &str| {
+        format!(
+            "{what}\n{}\n--- agent:\n{}\n--- charon:\n{}",
+            kernel_view(&[left, right]),
+            agent.log(),
+            charon.log()
+        )
+    };
+    for child in ["a", "b"] {
+        charon
+            .initiate(TUNNEL, child, 30)
+            .unwrap_or_else(|e| panic!("{}", diag(&format!("initiate {child}: {e:#}"))));
+    }
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["childSas"].as_array().is_some_and(|c| c.len() == 2)
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    // four SAs, two reqids: one per CHILD SA
+    let states = netns::exec(&left.ns, &["ip", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    let mut reqids: Vec<&str> = Vec::new();
+    let words: Vec<&str> = states.split_whitespace().collect();
+    for w in words.windows(2) {
+        if w[0] == "reqid" {
+            reqids.push(w[1]);
+        }
+    }
+    let count = reqids.len();
+    reqids.sort_unstable();
+    reqids.dedup();
+    assert_eq!((count, reqids.len()), (4, 2), "{states}");
+    let mismatches = || {
+        netns::exec(&right.ns, &["cat", "/proc/net/xfrm_stat"])
+            .unwrap()
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("XfrmInTmplMismatch"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = mismatches();
+    for (from, to) in [
+        (left, right),
+        (&left_b, &right_b),
+        (right, left),
+        (&right_b, &left_b),
+    ] {
+        pair.topology
+            .ping(from.node, Some(from.inner), to.inner, 3)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}",
+                    diag(&format!("ping {} -> {}: {e:#}", from.inner, to.inner))
+                )
+            });
+    }
+    assert_eq!(
+        mismatches(),
+        before,
+        "charon's kernel took a packet on the wrong SA"
+    );
+    println!("two CHILD SAs, two reqids: both host pairs ping both ways, no template mismatch");
+
+    // charon closes b: its hosts fall back to the block, a keeps working
+    charon
+        .swanctl(&["--terminate", "--child", "b", "--timeout", "10"])
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("terminate b: {e:#}"))));
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["childSas"].as_array().is_some_and(|c| c.len() == 1)
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    let pols = netns::xfrm_policies(&left.ns).unwrap();
+    assert!(
+        !pols
+            .iter()
+            .any(|p| p.contains("/25") && p.contains(".128/")),
+        "b's policies left: {pols:?}"
+    );
+    assert_eq!(blocked_policies(&left.ns), 3, "{}", kernel_view(&[left]));
+    let clear = cleartext_on_wire(&pair, &left_b, &right_b, 5);
+    assert_eq!(clear, 0, "{}", diag("b's hosts in clear after b closed"));
+    ping(&pair, left, right);
+    println!(
+        "b closed by charon: its hosts blocked ({clear} cleartext packets), a still carries traffic"
+    );
+
+    // a range selector: refused by our kernel, deleted at charon
+    let _ = charon.initiate(TUNNEL, "r", 10);
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["lastError"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a prefix"))
+        })
+        .unwrap_or_else(|e| panic!("{}", diag(&format!("{e:#}"))));
+    assert_eq!(t["childSas"].as_array().map(Vec::len), Some(1), "{t}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sas = charon.list_sas().unwrap();
+        let r_up = sas
+            .ike(TUNNEL)
+            .is_some_and(|ike| ike.children.iter().any(|c| c.name == "r"));
+        if !r_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            diag(&format!("charon still holds r:\n{}", sas.raw))
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        charon.list_sas().unwrap().is_up(TUNNEL, "a"),
+        "{}",
+        diag("a gone")
+    );
+    println!(
+        "a range selector: refused by our kernel ({}), deleted at charon",
+        t["lastError"]["message"]
     );
 }

@@ -411,7 +411,8 @@ fn guest_gateway_node() {
         .subnet("remote", &format!("{REMOTE_ADDR}/32"))
         .subnet("remote", &format!("{REMOTE_HOST}/32"))
         .subnet(NODE, &format!("{LOCAL_HOST}/32"))
-        // the agent installs no routes: the remote subnet via the link, from our inner address
+        // a main-table route of the test's own (the agent adds its own in table 23040, which
+        // is looked up first): the remote subnet via the link, from our inner address
         .route(
             NODE,
             &[

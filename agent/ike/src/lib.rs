@@ -3,7 +3,8 @@
 //! Nothing in this crate performs I/O, reads a clock or draws OS randomness: time and randomness
 //! are passed in by the driver, so every exchange can be tested deterministically on a simulated
 //! clock (the quinn-proto model). The one exception is aws-lc's own RNG for ECDSA nonces and
-//! RSA-PSS salts, which its API does not let us pass in ([`crypto`]).
+//! RSA-PSS salts, which its API does not let us pass in ([`crypto`]). A driver may also hand in an
+//! [`EspSpiSource`] (the kernel's SPI allocation), which the endpoint calls, never the reverse.
 //!
 //! [`Endpoint`] documents how a driver must call it.
 
@@ -16,6 +17,7 @@ pub(crate) mod natd;
 pub mod proposal;
 pub mod reason;
 pub(crate) mod sa;
+pub mod spi;
 pub(crate) mod timers;
 pub(crate) mod ts;
 pub(crate) mod window;
@@ -30,3 +32,4 @@ pub use event::{
     PeerId, Transmit, UdpEncap,
 };
 pub use reason::{Fault, Reason};
+pub use spi::EspSpiSource;

@@ -275,6 +275,26 @@ fn hard_expiry_deletes_the_child_sa_on_both_sides() {
 }
 
 #[test]
+fn a_child_sa_the_driver_could_not_install_is_deleted_at_the_peer() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let (_, y) = p.assert_children_match();
+    // the responder's kernel refused the CHILD SA it had already answered for
+    p.b.child_install_failed(p.now, p.b_peer, y.child);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1, "the peer was told");
+    assert_eq!(Pair::child_deletes(&p.ev_b), 1);
+    assert!(Pair::downs(&p.ev_a).is_empty() && Pair::downs(&p.ev_b).is_empty());
+    assert!(p.a.children(p.a_peer).is_empty() && p.b.children(p.b_peer).is_empty());
+    // an id that is gone (or never was) changes nothing
+    p.b.child_install_failed(p.now, p.b_peer, y.child);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+}
+
+#[test]
 fn dpd_keeps_a_live_peer_and_detects_a_dead_one() {
     let mut a = config_a();
     a.dpd = Some(Dpd {
@@ -363,4 +383,63 @@ fn a_request_with_a_higher_major_version_is_answered_with_invalid_major_version(
     p.b.handle(p.now, t.remote, t.local, &v3);
     assert!(p.b.poll_transmit().is_none());
     assert_eq!(p.b.stats().malformed, 4);
+}
+
+/// Hands out consecutive SPIs and records who asked, as a kernel allocator would.
+struct Allocating {
+    next: u32,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(std::net::IpAddr, std::net::IpAddr)>>>,
+}
+
+impl strait_ike::EspSpiSource for Allocating {
+    fn inbound_esp_spi(
+        &mut self,
+        local: std::net::IpAddr,
+        remote: std::net::IpAddr,
+    ) -> Option<u32> {
+        self.asked.lock().unwrap().push((local, remote));
+        self.next += 1;
+        Some(self.next)
+    }
+}
+
+/// Refuses every allocation: the endpoint falls back to random SPIs.
+struct Refusing;
+
+impl strait_ike::EspSpiSource for Refusing {
+    fn inbound_esp_spi(&mut self, _: std::net::IpAddr, _: std::net::IpAddr) -> Option<u32> {
+        None
+    }
+}
+
+#[test]
+fn inbound_spis_come_from_the_drivers_source() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    p.a.set_spi_source(Box::new(Allocating {
+        next: 0xC000_0000,
+        asked: asked.clone(),
+    }));
+    p.b.set_spi_source(Box::new(Refusing));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let (x, y) = p.assert_children_match();
+    assert_eq!(
+        u32::from_be_bytes(x.spi_in.0),
+        0xC000_0001,
+        "IKE_AUTH's CHILD SA"
+    );
+    assert!(u32::from_be_bytes(y.spi_in.0) >= 256, "the random fallback");
+    assert_eq!(
+        asked.lock().unwrap().as_slice(),
+        &[(x.local_addr.ip(), x.remote_addr.ip())],
+        "asked for an SA from the peer to us"
+    );
+    // a rekey of ours asks again
+    p.a.expire_child(p.now, p.a_peer, x.spi_in, false);
+    p.run_for(Duration::from_secs(1));
+    let installs = Pair::installs(&p.ev_a);
+    assert_eq!(installs.len(), 2, "{installs:?}");
+    assert_eq!(u32::from_be_bytes(installs[1].spi_in.0), 0xC000_0002);
 }

@@ -2,17 +2,25 @@
 //! kernel's expire and acquire notifications, traffic counters, and adoption of a previous
 //! run's objects after a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use futures::StreamExt;
+use strait_ike::codec::TsRange;
 use strait_ike::proposal::EspProposal;
 use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
-use strait_xfrm::{KeepSet, Policy, PolicyId, Sa, SaId, Xfrm};
+use strait_xfrm::{
+    Family, GatewaySysctls, KeepSet, PolicyId, Prefix, Sa, SaId, SysctlGuard, Transform, Xfrm,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::objects::{Outbound, kernel_objects, outbound_plan, transforms, trap_policies};
+use super::objects::{
+    MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, transforms, tunnel_of,
+};
+use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
+use super::routing::{PathToPeer, Routing};
+use super::table::{Change, Owner, PolicyTable};
 use super::{Dataplane, KernelEvent, Kind, Traffic};
 use crate::error::TunnelError;
 
@@ -20,9 +28,12 @@ use crate::error::TunnelError;
 #[derive(Debug, Clone)]
 struct Installed {
     tunnel: u32,
+    /// Its reqid slot within the tunnel (shared by CHILD SAs with the same selectors).
+    slot: u8,
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
     sa_in: SaId,
     sa_out: SaId,
-    policies: Vec<Policy>,
 }
 
 /// Kernel XFRM through strait-xfrm.
@@ -41,8 +52,228 @@ pub struct KernelDataplane {
     /// old one is deleted (the initiator's Delete arrived), so we keep sending on the old SA
     /// until the initiator, which installs only on our response, has the new inbound SA.
     deferred_out: BTreeMap<ChildSaId, (ChildSaId, Sa)>,
-    /// Trap policies of `onTraffic` tunnels, by tunnel index: never removed with a CHILD SA.
-    trapped: BTreeMap<u32, Vec<Policy>>,
+    /// Who wants which policy: the tunnels' fail-closed policies and the CHILD SAs'.
+    table: PolicyTable,
+    /// Policies a previous run left that a tunnel's fallback would have replaced: they keep
+    /// protecting traffic with the adopted SAs until a new CHILD SA takes them over or the
+    /// sweep puts the fallback in.
+    deferred_fallback: HashSet<PolicyId>,
+    /// The gateway plumbing: routes, rules, sysctls.
+    plumbing: Plumbing,
+}
+
+/// What a tunnel's routes are computed from.
+#[derive(Debug, Clone)]
+struct TunnelRoutes {
+    local_ts: Vec<TsRange>,
+    remote_ts: Vec<TsRange>,
+    /// The peer's outer address, once known (configured, or from the CHILD SA).
+    peer: Option<IpAddr>,
+    /// `spec.mtu`.
+    spec_mtu: Option<u32>,
+    /// The negotiated transform and whether ESP is in UDP, once a CHILD SA is in.
+    esp: Option<(Transform, bool)>,
+}
+
+/// Routes in Strait's table (one per remote subnet; when two tunnels want the same one, the
+/// newest wins and the other's comes back when it goes), the rule to the table, and the gateway
+/// sysctls, all restored on a clean exit.
+#[derive(Debug, Default)]
+struct Plumbing {
+    routing: Option<Routing>,
+    tunnels: BTreeMap<u32, TunnelRoutes>,
+    claims: HashMap<Prefix, Vec<(u32, WantedRoute, PathToPeer)>>,
+    rules: Vec<Family>,
+    sysctls: Vec<SysctlGuard>,
+    ipv6_sysctls: bool,
+    ipv4_sysctls: bool,
+}
+
+impl Plumbing {
+    fn open() -> Self {
+        let routing = match Routing::open() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(message = %e.message, "no rtnetlink: the agent installs no routes");
+                None
+            }
+        };
+        Self {
+            routing,
+            ..Self::default()
+        }
+    }
+
+    /// The forwarding and redirect sysctls a gateway needs (IPv6 ones once a tunnel has IPv6
+    /// subnets), recorded for [`Plumbing::restore`]. A node that refuses them (read-only
+    /// /proc/sys) still serves its own traffic: a warning, not an error.
+    fn sysctls(&mut self, ipv6: bool) {
+        if self.ipv4_sysctls && (self.ipv6_sysctls || !ipv6) {
+            return;
+        }
+        match (GatewaySysctls { ipv6 }).apply() {
+            Ok(g) => {
+                if !g.changed().is_empty() {
+                    tracing::info!(changed = ?g.changed(), "gateway sysctls set (restored on exit)");
+                }
+                self.sysctls.push(g);
+                self.ipv4_sysctls = true;
+                self.ipv6_sysctls |= ipv6;
+            }
+            Err(e) => tracing::warn!(error = %e, "gateway sysctls"),
+        }
+    }
+
+    /// Brings the tunnel's routes in line with what is known about it now.
+    async fn sync(&mut self, tunnel: u32) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        let wanted = match self.wanted(&routing, tunnel).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(tunnel, message = %e.message, "tunnel routes");
+                Vec::new()
+            }
+        };
+        // drop the claims this tunnel no longer has
+        let stale: Vec<Prefix> = self
+            .claims
+            .iter()
+            .filter(|(dst, cs)| {
+                cs.iter().any(|c| c.0 == tunnel) && !wanted.iter().any(|(w, _)| w.dst == **dst)
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        for dst in stale {
+            self.release(&routing, tunnel, dst).await;
+        }
+        for (w, path) in wanted {
+            if let Some(f) = Some(w.dst.family()).filter(|f| !self.rules.contains(f)) {
+                match routing.ensure_rule(f).await {
+                    Ok(()) => self.rules.push(f),
+                    Err(e) => tracing::warn!(message = %e.message, "routing rule"),
+                }
+            }
+            let claims = self.claims.entry(w.dst).or_default();
+            claims.retain(|c| c.0 != tunnel);
+            claims.push((tunnel, w, path));
+            if let Err(e) = routing.put(&w, &path).await {
+                tracing::warn!(tunnel, message = %e.message, "installing a route");
+            }
+        }
+    }
+
+    async fn wanted(
+        &self,
+        routing: &Routing,
+        tunnel: u32,
+    ) -> Result<Vec<(WantedRoute, PathToPeer)>, TunnelError> {
+        let Some(t) = self.tunnels.get(&tunnel) else {
+            return Ok(Vec::new());
+        };
+        let Some(peer) = t.peer.filter(|p| !p.is_unspecified()) else {
+            return Ok(Vec::new());
+        };
+        let path = routing.path_to(peer).await?;
+        let node = routing.node_addresses().await?;
+        let outer = Family::of(&peer);
+        let mtu = |inner: Family| {
+            route_mtu(
+                t.spec_mtu,
+                t.esp.map(|e| e.0),
+                outer,
+                inner,
+                t.esp.is_some_and(|e| e.1),
+                path.mtu,
+            )
+        };
+        Ok(tunnel_routes(&t.remote_ts, &t.local_ts, &node, peer, mtu)
+            .into_iter()
+            .map(|w| (w, path))
+            .collect())
+    }
+
+    async fn release(&mut self, routing: &Routing, tunnel: u32, dst: Prefix) {
+        let Some(claims) = self.claims.get_mut(&dst) else {
+            return;
+        };
+        claims.retain(|c| c.0 != tunnel);
+        let r = match claims.last() {
+            Some((_, w, path)) => routing.put(w, path).await,
+            None => {
+                self.claims.remove(&dst);
+                routing.remove(dst).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(tunnel, message = %e.message, "removing a route");
+        }
+    }
+
+    /// The tunnel is gone: its routes go (or fall back to another tunnel's).
+    async fn forget(&mut self, tunnel: u32) {
+        self.tunnels.remove(&tunnel);
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        let mine: Vec<Prefix> = self
+            .claims
+            .iter()
+            .filter(|(_, cs)| cs.iter().any(|c| c.0 == tunnel))
+            .map(|(d, _)| *d)
+            .collect();
+        for dst in mine {
+            self.release(&routing, tunnel, dst).await;
+        }
+    }
+
+    /// After a restart: routes of ours that no tunnel of this run wants (a previous run's, for
+    /// tunnels that are gone) are removed.
+    async fn sweep_stale(&mut self) {
+        let Some(routing) = self.routing.clone() else {
+            return;
+        };
+        match routing.ours().await {
+            Ok(routes) => {
+                for dst in routes.into_iter().filter(|d| !self.claims.contains_key(d)) {
+                    if let Err(e) = routing.remove(dst).await {
+                        tracing::warn!(message = %e.message, "removing a stale route");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(message = %e.message, "listing our routes"),
+        }
+    }
+
+    /// Everything back as it was: our routes and rules go, the sysctls get their old values.
+    async fn restore(&mut self) {
+        self.tunnels.clear();
+        self.claims.clear();
+        self.rules.clear();
+        if let Some(routing) = self.routing.clone() {
+            match routing.ours().await {
+                Ok(routes) => {
+                    for dst in routes {
+                        if let Err(e) = routing.remove(dst).await {
+                            tracing::warn!(message = %e.message, "removing a route");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(message = %e.message, "listing our routes"),
+            }
+            if let Err(e) = routing.remove_rules().await {
+                tracing::warn!(message = %e.message, "removing our rules");
+            }
+        }
+        while let Some(g) = self.sysctls.pop() {
+            if let Err(e) = g.restore() {
+                tracing::warn!(error = %e, "restoring sysctls");
+            }
+        }
+        self.ipv4_sysctls = false;
+        self.ipv6_sysctls = false;
+    }
 }
 
 impl KernelDataplane {
@@ -69,29 +300,109 @@ impl KernelDataplane {
             retired: BTreeMap::new(),
             adopted: None,
             deferred_out: BTreeMap::new(),
-            trapped: BTreeMap::new(),
+            table: PolicyTable::default(),
+            deferred_fallback: HashSet::new(),
+            plumbing: Plumbing::open(),
         }
     }
 
     fn xfrm(&self) -> Result<&Xfrm, TunnelError> {
         self.xfrm.as_ref().map_err(Clone::clone)
     }
+
+    /// The reqid slot for a new CHILD SA of `tunnel`: its predecessor's for a rekey, that of a
+    /// CHILD SA with the same selectors (strongSwan shares reqids the same way), else the
+    /// lowest free one (slot 0, the fallback policies' own, for the first).
+    fn slot_for(&self, tunnel: u32, sa: &ChildSaInstall) -> Result<u8, TunnelError> {
+        let mine = || self.installed.values().filter(|i| i.tunnel == tunnel);
+        if let Some(old) = sa.replaces.and_then(|id| self.installed.get(&id))
+            && old.tunnel == tunnel
+        {
+            return Ok(old.slot);
+        }
+        if let Some(same) =
+            mine().find(|i| i.local_ts == sa.local_ts && i.remote_ts == sa.remote_ts)
+        {
+            return Ok(same.slot);
+        }
+        // Slot 0 first, the reqid of the tunnel's trap policies: the kernel then replaces the
+        // larval SA an acquire left with the new outbound SA (it matches them by reqid), as
+        // charon's trap-born CHILD SAs do.
+        (0..=u8::MAX)
+            .find(|s| !mine().any(|i| i.slot == *s))
+            .ok_or_else(|| {
+                TunnelError::new(
+                    strait_crds::contract::StatusReason::KernelUnsupported,
+                    "a tunnel holds at most 256 CHILD SAs with different traffic selectors",
+                )
+            })
+    }
+}
+
+/// Inbound SPIs allocated by the kernel (`XFRM_MSG_ALLOCSPI`), in strongSwan's default range,
+/// held by larval SAs under the reqid of tunnel index 0 (never a tunnel's) until the CHILD SA's
+/// inbound SA keys them, or the kernel's acquire timeout (30 s) or a sweep removes them.
+struct KernelSpis {
+    alloc: strait_xfrm::SpiAllocator,
+    warned: bool,
+}
+
+/// strongSwan's `spi_min`/`spi_max`.
+const SPI_RANGE: std::ops::RangeInclusive<u32> = 0xC000_0000..=0xCFFF_FFFF;
+
+impl strait_ike::EspSpiSource for KernelSpis {
+    fn inbound_esp_spi(&mut self, local: IpAddr, remote: IpAddr) -> Option<u32> {
+        let reqid = super::objects::reqid(0, super::objects::TUNNEL_SLOT).ok()?;
+        match self
+            .alloc
+            .alloc(remote, local, reqid, strait_xfrm::Mode::Tunnel, SPI_RANGE)
+        {
+            Ok(spi) => Some(spi),
+            Err(e) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "the kernel did not allocate an SPI: using a random one");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Makes the kernel's SPD follow `changes`; every change is tried, the first error returned.
+async fn apply(xfrm: &Xfrm, changes: &[Change]) -> Result<(), TunnelError> {
+    let mut first_err = None;
+    for c in changes {
+        let r = match c {
+            Change::Put(p) => xfrm
+                .update_policy(p)
+                .await
+                .map_err(|e| TunnelError::kernel("installing a policy", &e)),
+            Change::Remove(id) => match xfrm.delete_policy(id).await {
+                Ok(()) | Err(strait_xfrm::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(TunnelError::kernel("deleting a policy", &e)),
+            },
+        };
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 async fn forward_events(mut stream: strait_xfrm::EventStream, tx: mpsc::Sender<KernelEvent>) {
     while let Some(item) = stream.next().await {
         let ev = match item {
             Ok(strait_xfrm::Event::Expire { sa, reqid, hard }) => {
-                reqid.index().map(|tunnel| KernelEvent::Expire {
+                tunnel_of(reqid).map(|tunnel| KernelEvent::Expire {
                     tunnel,
                     spi: sa.spi,
                     hard,
                 })
             }
-            Ok(strait_xfrm::Event::Acquire { template, .. }) => template
-                .reqid
-                .index()
-                .map(|tunnel| KernelEvent::Acquire { tunnel }),
+            Ok(strait_xfrm::Event::Acquire { template, .. }) => {
+                tunnel_of(template.reqid).map(|tunnel| KernelEvent::Acquire { tunnel })
+            }
             Ok(_) => None,
             Err(e) => {
                 // lost notifications: the IKE timers still rekey; hard expiries show as
@@ -146,10 +457,19 @@ impl Dataplane for KernelDataplane {
 
     async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), TunnelError> {
         let xfrm = self.xfrm()?.clone();
-        let (sa_in, sa_out, policies) = kernel_objects(tunnel, sa)?;
-        xfrm.add_sa(&sa_in)
-            .await
-            .map_err(|e| TunnelError::kernel("installing the inbound SA", &e))?;
+        let slot = self.slot_for(tunnel, sa)?;
+        let (sa_in, sa_out, policies) = kernel_objects(tunnel, slot, sa)?;
+        let mut added = xfrm.add_sa(&sa_in).await;
+        if matches!(added, Err(strait_xfrm::Error::AlreadyExists { .. })) {
+            // the kernel allocated the inbound SPI and a larval SA of ours holds it: key that
+            // one (never a live SA that happens to have the SPI)
+            let larval = matches!(xfrm.get_sa(&sa_in.id()).await,
+                Ok(Some(cur)) if cur.larval && cur.is_ours());
+            if larval {
+                added = xfrm.update_sa(&sa_in).await;
+            }
+        }
+        added.map_err(|e| TunnelError::kernel("installing the inbound SA", &e))?;
         let plan = outbound_plan(sa.replaces, sa.initiator, sa.redundant);
         if plan == Outbound::Now
             && let Err(e) = xfrm.add_sa(&sa_out).await
@@ -157,24 +477,39 @@ impl Dataplane for KernelDataplane {
             let _ = xfrm.delete_sa(&sa_in.id()).await;
             return Err(TunnelError::kernel("installing the outbound SA", &e));
         }
-        for p in &policies {
-            if let Err(e) = xfrm.update_policy(p).await {
-                let _ = xfrm.delete_sa(&sa_out.id()).await;
-                let _ = xfrm.delete_sa(&sa_in.id()).await;
-                return Err(TunnelError::kernel("installing a policy", &e));
+        let owner = Owner::Child(sa.child);
+        let changes = self.table.claim(owner, policies);
+        for c in &changes {
+            if let Change::Put(p) = c {
+                self.deferred_fallback.remove(&p.id());
             }
+        }
+        if let Err(e) = apply(&xfrm, &changes).await {
+            // back to what the other owners want, then the SAs go
+            let undo = self.table.release(owner);
+            let _ = apply(&xfrm, &undo).await;
+            let _ = xfrm.delete_sa(&sa_out.id()).await;
+            let _ = xfrm.delete_sa(&sa_in.id()).await;
+            return Err(e);
         }
         self.installed.insert(
             sa.child,
             Installed {
                 tunnel,
+                slot,
+                local_ts: sa.local_ts.clone(),
+                remote_ts: sa.remote_ts.clone(),
                 sa_in: sa_in.id(),
                 sa_out: sa_out.id(),
-                policies,
             },
         );
         if let Outbound::AfterDeleteOf(old) = plan {
             self.deferred_out.insert(old, (sa.child, sa_out));
+        }
+        if let Some(t) = self.plumbing.tunnels.get_mut(&tunnel) {
+            t.peer = Some(sa.remote_addr.ip());
+            t.esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
+            self.plumbing.sync(tunnel).await;
         }
         Ok(())
     }
@@ -198,23 +533,10 @@ impl Dataplane for KernelDataplane {
                 add_traffic(t, inbound, c.bytes, c.packets);
             }
         }
-        let mut first_err = None;
-        let last_of_tunnel = !self.installed.values().any(|i| i.tunnel == ins.tunnel);
-        if last_of_tunnel {
-            // An onTraffic tunnel's outbound policies go back to being traps.
-            let traps: Vec<PolicyId> = self
-                .trapped
-                .get(&ins.tunnel)
-                .map(|v| v.iter().map(Policy::id).collect())
-                .unwrap_or_default();
-            for p in ins.policies.iter().filter(|p| !traps.contains(&p.id())) {
-                if let Err(e) = xfrm.delete_policy(&p.id()).await
-                    && !matches!(e, strait_xfrm::Error::NotFound { .. })
-                {
-                    first_err.get_or_insert(TunnelError::kernel("deleting a policy", &e));
-                }
-            }
-        }
+        // Policies first: the tunnel's block or trap policies (or another CHILD SA's) take
+        // over the selectors before the SAs go, so no packet finds the selector unprotected.
+        let changes = self.table.release(Owner::Child(child));
+        let mut first_err = apply(&xfrm, &changes).await.err();
         for id in [ins.sa_out, ins.sa_in] {
             if let Err(e) = xfrm.delete_sa(&id).await
                 && !matches!(e, strait_xfrm::Error::NotFound { .. })
@@ -228,8 +550,10 @@ impl Dataplane for KernelDataplane {
     async fn shutdown(&mut self) -> Result<(), TunnelError> {
         self.installed.clear();
         self.deferred_out.clear();
-        self.trapped.clear();
+        self.table.clear();
+        self.deferred_fallback.clear();
         self.adopted = None;
+        self.plumbing.restore().await;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
             .await
@@ -241,44 +565,92 @@ impl Dataplane for KernelDataplane {
         self.events.take()
     }
 
+    fn spi_source(&mut self) -> Option<Box<dyn strait_ike::EspSpiSource + Send>> {
+        match strait_xfrm::SpiAllocator::open() {
+            Ok(alloc) => Some(Box::new(KernelSpis {
+                alloc,
+                warned: false,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound SPIs are random: the kernel cannot allocate them");
+                None
+            }
+        }
+    }
+
     fn supports_on_traffic(&self) -> bool {
         // Without notifications an acquire would never be heard.
         self.xfrm.is_ok() && self.notified
     }
 
-    async fn trap(&mut self, tunnel: u32, cfg: &PeerConfig) -> Result<(), TunnelError> {
-        let xfrm = self.xfrm()?.clone();
-        let policies = trap_policies(tunnel, cfg)?;
-        for (i, p) in policies.iter().enumerate() {
-            if let Err(e) = xfrm.update_policy(p).await {
-                for done in policies.iter().take(i) {
-                    let _ = xfrm.delete_policy(&done.id()).await;
-                }
-                return Err(TunnelError::kernel("installing a trap policy", &e));
-            }
+    async fn guard(
+        &mut self,
+        tunnel: u32,
+        cfg: &PeerConfig,
+        mtu: Option<u32>,
+    ) -> Result<(), TunnelError> {
+        if tunnel > MAX_TUNNEL {
+            return Err(TunnelError::new(
+                strait_crds::contract::StatusReason::InvalidConfig,
+                format!("tunnel index {tunnel} is beyond {MAX_TUNNEL}"),
+            ));
         }
-        self.trapped.insert(tunnel, policies);
+        let xfrm = self.xfrm()?.clone();
+        let policies = fallback_policies(tunnel, cfg)?;
+        let owner = Owner::Tunnel(tunnel);
+        let mut changes = self.table.claim(owner, policies);
+        if self.adopted.is_some() {
+            // After a restart the previous run's policies still carry traffic on its SAs: a
+            // block over them now would cut the tunnel until the new CHILD SA is in (make
+            // before break). They are already fail-closed (protect: no SA, no traffic).
+            let present: HashSet<PolicyId> = xfrm
+                .list_our_policies()
+                .await
+                .map(|v| v.into_iter().map(|p| p.id).collect())
+                .unwrap_or_default();
+            changes.retain(|c| match c {
+                Change::Put(p) if present.contains(&p.id()) => {
+                    self.deferred_fallback.insert(p.id());
+                    false
+                }
+                _ => true,
+            });
+        }
+        if let Err(e) = apply(&xfrm, &changes).await {
+            let undo = self.table.release(owner);
+            let _ = apply(&xfrm, &undo).await;
+            return Err(e);
+        }
+        let ipv6 = cfg
+            .local_ts
+            .iter()
+            .chain(&cfg.remote_ts)
+            .any(|t| matches!(t.addrs, strait_ike::codec::AddrRange::V6 { .. }));
+        self.plumbing.sysctls(ipv6);
+        self.plumbing.tunnels.insert(
+            tunnel,
+            TunnelRoutes {
+                local_ts: cfg.local_ts.clone(),
+                remote_ts: cfg.remote_ts.clone(),
+                peer: Some(cfg.remote_addr.ip()),
+                spec_mtu: mtu,
+                esp: None,
+            },
+        );
+        self.plumbing.sync(tunnel).await;
         Ok(())
     }
 
-    async fn untrap(&mut self, tunnel: u32) -> Result<(), TunnelError> {
-        let Some(policies) = self.trapped.remove(&tunnel) else {
-            return Ok(());
-        };
-        // With a CHILD SA still installed, its deletion removes them.
-        if self.installed.values().any(|i| i.tunnel == tunnel) {
+    async fn unguard(&mut self, tunnel: u32) -> Result<(), TunnelError> {
+        self.retired.remove(&tunnel);
+        self.plumbing.forget(tunnel).await;
+        let owner = Owner::Tunnel(tunnel);
+        if !self.table.has(owner) {
             return Ok(());
         }
+        let changes = self.table.release(owner);
         let xfrm = self.xfrm()?.clone();
-        let mut first_err = None;
-        for p in &policies {
-            if let Err(e) = xfrm.delete_policy(&p.id()).await
-                && !matches!(e, strait_xfrm::Error::NotFound { .. })
-            {
-                first_err.get_or_insert(TunnelError::kernel("deleting a trap policy", &e));
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        apply(&xfrm, &changes).await
     }
 
     async fn traffic(&mut self) -> BTreeMap<u32, Traffic> {
@@ -338,19 +710,21 @@ impl Dataplane for KernelDataplane {
             return Ok(());
         }
         let xfrm = self.xfrm()?.clone();
-        let mut keep = KeepSet::new();
-        for traps in self.trapped.values() {
-            keep.policies.extend(traps.iter().map(Policy::id));
+        // the fallback goes in where a previous run's policy was kept and no CHILD SA of
+        // this run took it over
+        let deferred: Vec<PolicyId> = self.deferred_fallback.drain().collect();
+        let puts: Vec<Change> = deferred
+            .iter()
+            .filter_map(|id| self.table.effective(id).cloned().map(Change::Put))
+            .collect();
+        if let Err(e) = apply(&xfrm, &puts).await {
+            tracing::warn!(reason = %e.reason, message = %e.message, "restoring fail-closed policies after the sweep");
         }
+        let mut keep = KeepSet::new();
+        keep.policies.extend(self.table.ids());
         for ins in self.installed.values() {
             keep.sas.insert(ins.sa_in);
             keep.sas.insert(ins.sa_out);
-            keep.policies.extend(
-                ins.policies
-                    .iter()
-                    .map(Policy::id)
-                    .collect::<Vec<PolicyId>>(),
-            );
         }
         let report = xfrm
             .sweep(&keep)
@@ -362,6 +736,7 @@ impl Dataplane for KernelDataplane {
             already_gone = report.already_gone,
             "swept the previous run's XFRM objects"
         );
+        self.plumbing.sweep_stale().await;
         Ok(())
     }
 }

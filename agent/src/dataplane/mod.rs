@@ -3,21 +3,27 @@
 //! drives; [`objects`] is the pure translation from negotiated SAs to XFRM objects.
 //!
 //! Kernel order on install: inbound SA, outbound SA, then the policies out/in/fwd, all tagged
-//! with the tunnel's reqid from Strait's reserved range, so nothing of another daemon is ever
-//! touched and a restart can sweep what is ours.
+//! with a reqid from Strait's reserved range (one per CHILD SA selector set, see [`objects`]),
+//! so nothing of another daemon is ever touched and a restart can sweep what is ours.
 //!
-//! An `onTraffic` tunnel's outbound policies are installed at once, without SAs ("trap"
-//! policies, as strongSwan's `start_action = trap`): traffic they match makes the kernel send
-//! an acquire, which starts the IKE SA. They stay through CHILD SAs coming and going.
+//! Fail closed: from the moment a tunnel starts until it is removed (or the agent exits
+//! cleanly), its configured selectors are covered by policies of its own ([`Dataplane::guard`]):
+//! `block` policies, or for an `onTraffic` tunnel "trap" policies without SAs (as strongSwan's
+//! `start_action = trap`), whose traffic makes the kernel send an acquire that starts the IKE
+//! SA. A CHILD SA's policies take over the selectors they cover and give them back when it goes
+//! ([`table`]), so there is no moment, before the first CHILD SA, between a teardown and the
+//! next, after DPD or a Delete, in which traffic for the tunnel's subnets leaves in clear.
 
 mod kernel;
 mod none;
 pub mod objects;
+pub mod routes;
+mod routing;
+mod table;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use strait_crds::contract::StatusReason;
 use strait_ike::proposal::EspProposal;
 use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
 use tokio::net::UdpSocket;
@@ -76,31 +82,40 @@ pub trait Dataplane: Send {
         sa: &ChildSaInstall,
     ) -> impl Future<Output = Result<(), TunnelError>> + Send;
 
-    /// Removes one CHILD SA (and the tunnel's policies with its last one).
+    /// Removes one CHILD SA (its selectors go back to the tunnel's fail-closed policies).
     fn delete(&mut self, child: ChildSaId) -> impl Future<Output = Result<(), TunnelError>> + Send;
 
     /// Removes everything this agent installed.
     fn shutdown(&mut self) -> impl Future<Output = Result<(), TunnelError>> + Send;
 
-    /// Installs the outbound policies of an `onTraffic` tunnel without SAs, so that traffic
-    /// for it raises [`KernelEvent::Acquire`]. Only called when
-    /// [`Dataplane::supports_on_traffic`].
-    fn trap(
+    /// Installs a tunnel's fail-closed policies for its configured selectors: `block`, or
+    /// trap policies for an `onTraffic` tunnel (then traffic for it raises
+    /// [`KernelEvent::Acquire`]; only with [`Dataplane::supports_on_traffic`]). They stay
+    /// through CHILD SAs coming and going, until [`Dataplane::unguard`]. A data plane that
+    /// installs nothing has nothing to guard.
+    ///
+    /// The kernel data plane also plumbs the gateway for the tunnel: a route per remote subnet
+    /// in Strait's table (`src` from the local subnets, MTU `mtu` (`spec.mtu`) or computed from
+    /// the negotiated transform once a CHILD SA is in), and the forwarding sysctls; all of it
+    /// goes with [`Dataplane::unguard`] or a clean shutdown.
+    fn guard(
         &mut self,
         _tunnel: u32,
         _cfg: &PeerConfig,
+        _mtu: Option<u32>,
     ) -> impl Future<Output = Result<(), TunnelError>> + Send {
-        async {
-            Err(TunnelError::new(
-                StatusReason::KernelUnsupported,
-                "trap policies (initiation onTraffic) need the kernel data plane",
-            ))
-        }
+        async { Ok(()) }
     }
 
-    /// Removes a tunnel's trap policies (the tunnel is gone).
-    fn untrap(&mut self, _tunnel: u32) -> impl Future<Output = Result<(), TunnelError>> + Send {
+    /// Removes a tunnel's fail-closed policies (the tunnel is gone).
+    fn unguard(&mut self, _tunnel: u32) -> impl Future<Output = Result<(), TunnelError>> + Send {
         async { Ok(()) }
+    }
+
+    /// Where the IKE endpoint gets inbound ESP SPIs, once: the driver takes it at start.
+    /// `None`: random SPIs (nothing on the node to collide with).
+    fn spi_source(&mut self) -> Option<Box<dyn strait_ike::EspSpiSource + Send>> {
+        None
     }
 
     /// The kernel's notifications (expiries, acquires) for our objects, once: the driver takes

@@ -1,6 +1,13 @@
 //! The pure translation from what IKE negotiated to the XFRM objects that carry it: SAs with
-//! their keys and lifetimes, policies per selector pair, trap policies, and when a rekeyed
-//! outbound SA may go in. No I/O here, so every rule has a unit test.
+//! their keys and lifetimes, policies per selector pair with strongSwan's priorities, a tunnel's
+//! fail-closed (block or trap) policies, and when a rekeyed outbound SA may go in. No I/O here,
+//! so every rule has a unit test.
+//!
+//! Reqids: every object carries a reqid of Strait's range (`strait_xfrm::ownership`), numbered
+//! `tunnel << 8 | slot`. The tunnel's block or trap policies use slot 0; its CHILD SAs take one
+//! slot per set of traffic selectors (a rekey keeps its slot; the first set gets slot 0, the
+//! trap policies' reqid, so the kernel replaces an acquire's larval SA with it), so two CHILD
+//! SAs with different selectors never take each other's SAs (review I-2).
 
 use std::net::IpAddr;
 
@@ -8,18 +15,61 @@ use strait_crds::contract::StatusReason;
 use strait_ike::codec::{AddrRange, TsRange};
 use strait_ike::crypto::alg::{Encr, Esn, Integ};
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
+use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig, Role};
 use strait_xfrm::{
-    Direction, Integrity, Key, Lifetimes, Limits, Mode, NatT, Policy, Prefix, Reqid, Sa, SaCrypto,
-    Selector, Template, Transform,
+    Direction, Integrity, Key, Lifetimes, Limits, Mode, NatT, Policy, PortMatch, Prefix, Reqid, Sa,
+    SaCrypto, Selector, Template, Transform,
 };
 
 use crate::error::TunnelError;
 use crate::notation::{esp_name, ts_string};
 
-/// The tunnel's reqid (and ownership tag).
-pub fn reqid(tunnel: u32) -> Result<Reqid, TunnelError> {
-    Reqid::ours(tunnel).map_err(|e| TunnelError::kernel("reqid", &e))
+/// The largest tunnel index the reqid numbering has room for.
+pub const MAX_TUNNEL: u32 = 0xFFFE;
+/// The slot of a tunnel's fail-closed policies (and of its first CHILD SA selector set).
+pub const TUNNEL_SLOT: u8 = 0;
+
+/// The reqid (and ownership tag) of `slot` of tunnel `tunnel`.
+pub fn reqid(tunnel: u32, slot: u8) -> Result<Reqid, TunnelError> {
+    if tunnel > MAX_TUNNEL {
+        return Err(TunnelError::new(
+            StatusReason::InvalidConfig,
+            format!("tunnel index {tunnel} is beyond {MAX_TUNNEL}"),
+        ));
+    }
+    Reqid::ours(tunnel << 8 | u32::from(slot)).map_err(|e| TunnelError::kernel("reqid", &e))
+}
+
+/// The tunnel index a reqid of ours belongs to.
+pub fn tunnel_of(reqid: Reqid) -> Option<u32> {
+    reqid.index().map(|n| n >> 8)
+}
+
+/// Which of strongSwan's priority classes a policy is in: a CHILD SA's policies win over the
+/// tunnel's fallback (trap or block) for the same selector (`POLICY_PRIORITY_DEFAULT` against
+/// `POLICY_PRIORITY_ROUTED` in charon's kernel-netlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A CHILD SA's policies.
+    Child,
+    /// The tunnel's block or trap policies, while no CHILD SA covers the selector.
+    Fallback,
+}
+
+/// The kernel priority of a policy (lower wins), computed from how specific its selector is,
+/// as strongSwan does: longer prefixes, a protocol and port masks each make a policy win over
+/// a broader one, whichever was installed first (review R-5).
+pub(crate) fn priority(sel: &Selector, class: Class) -> u32 {
+    const BASE: u32 = 200_000;
+    let ports = |p: Option<PortMatch>| p.map_or(0, |p| p.mask_bits());
+    let mut prio = 2 * BASE;
+    prio -= (u32::from(sel.src.len()) + u32::from(sel.dst.len())) * 512;
+    prio -= if sel.proto.is_some() { 256 } else { 0 };
+    prio -= (ports(sel.src_port) + ports(sel.dst_port)) * 4;
+    if class == Class::Child {
+        prio -= 1;
+    }
+    prio
 }
 
 fn integrity(i: Integ) -> Option<Integrity> {
@@ -113,12 +163,14 @@ fn crypto(
     r.map_err(|e| TunnelError::kernel("CHILD SA keys", &e))
 }
 
-/// The kernel objects for one CHILD SA: inbound SA, outbound SA, policies (out, in, fwd).
+/// The kernel objects for one CHILD SA in `slot` of `tunnel`: inbound SA, outbound SA,
+/// policies (out, in, fwd per selector pair of one family).
 pub(crate) fn kernel_objects(
     tunnel: u32,
+    slot: u8,
     sa: &ChildSaInstall,
 ) -> Result<(Sa, Sa, Vec<Policy>), TunnelError> {
-    let reqid = reqid(tunnel)?;
+    let reqid = reqid(tunnel, slot)?;
     let (l, r) = (sa.local_addr.ip(), sa.remote_addr.ip());
     let lifetimes = Lifetimes {
         soft: Limits {
@@ -172,23 +224,112 @@ pub(crate) fn kernel_objects(
             dport: e.remote_port,
         });
     }
+    let out = Template::esp(l, r, Mode::Tunnel, reqid);
+    let inn = Template::esp(r, l, Mode::Tunnel, reqid);
+    let policies = pair_policies(
+        &sa.local_ts,
+        &sa.remote_ts,
+        Class::Child,
+        |dir, sel, prio| {
+            let t = if dir == Direction::Out { out } else { inn };
+            Policy::protect(sel, dir, prio, t)
+        },
+    )?;
+    if policies.is_empty() {
+        return Err(TunnelError::new(
+            StatusReason::KernelUnsupported,
+            format!(
+                "no pair of traffic selectors of one address family in {} === {}",
+                ts_list(&sa.local_ts),
+                ts_list(&sa.remote_ts)
+            ),
+        ));
+    }
+    Ok((sa_in, sa_out, policies))
+}
+
+fn ts_list(v: &[TsRange]) -> String {
+    v.iter().map(ts_string).collect::<Vec<_>>().join(",")
+}
+
+/// Out, in and fwd policies for every pair of local and remote selectors that can describe
+/// one packet (same family, compatible protocols), built by `make(dir, selector, priority)`.
+fn pair_policies(
+    local_ts: &[TsRange],
+    remote_ts: &[TsRange],
+    class: Class,
+    make: impl Fn(Direction, Selector, u32) -> Policy,
+) -> Result<Vec<Policy>, TunnelError> {
     let mut policies = Vec::new();
-    for lt in &sa.local_ts {
-        for rt in &sa.remote_ts {
-            let (lp, rp) = (prefix(lt)?, prefix(rt)?);
-            let inn = Selector::between(rp, lp);
-            policies.push(out_policy(lp, rp, l, r, reqid));
+    for lt in local_ts {
+        for rt in remote_ts {
+            let (Some(out), Some(inn)) = (selector(lt, rt)?, selector(rt, lt)?) else {
+                continue;
+            };
+            policies.push(make(Direction::Out, out, priority(&out, class)));
             for dir in [Direction::In, Direction::Fwd] {
-                policies.push(Policy::protect(
-                    inn,
-                    dir,
-                    PRIORITY,
-                    Template::esp(r, l, Mode::Tunnel, reqid),
-                ));
+                policies.push(make(dir, inn, priority(&inn, class)));
             }
         }
     }
-    Ok((sa_in, sa_out, policies))
+    Ok(policies)
+}
+
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// The kernel selector for packets from `src` to `dst` with the negotiated protocol and ports,
+/// or `None` when no packet can match both selectors (different address families, different
+/// protocols): strongSwan installs no policy for such a pair either (review I-1, I-3).
+pub(crate) fn selector(src: &TsRange, dst: &TsRange) -> Result<Option<Selector>, TunnelError> {
+    let same_family = matches!(
+        (src.addrs, dst.addrs),
+        (AddrRange::V4 { .. }, AddrRange::V4 { .. }) | (AddrRange::V6 { .. }, AddrRange::V6 { .. })
+    );
+    if !same_family {
+        return Ok(None);
+    }
+    let proto = match (src.ip_protocol, dst.ip_protocol) {
+        (0, 0) => None,
+        (a, 0) | (0, a) => Some(a),
+        (a, b) if a == b => Some(a),
+        _ => return Ok(None),
+    };
+    let mut sel = Selector::between(prefix(src)?, prefix(dst)?);
+    sel.proto = proto;
+    // a selector without a protocol of its own cannot restrict ports
+    let ports_of = |ts: &TsRange| {
+        if ts.ip_protocol == 0 {
+            None
+        } else {
+            PortMatch::range(ts.start_port, ts.end_port)
+        }
+    };
+    match proto {
+        None => {}
+        Some(ICMP | ICMPV6) => {
+            // RFC 4301 §4.4.1.3: the ICMP type in a port's high byte, the code in its low
+            // byte; the kernel matches the type as the source port and the code as the
+            // destination port. The restricted side says which.
+            let restricted = [src, dst].into_iter().find(|t| {
+                t.ip_protocol != 0
+                    && t.start_port <= t.end_port
+                    && (t.start_port, t.end_port) != (0, u16::MAX)
+            });
+            if let Some(t) = restricted {
+                let (t0, t1) = (t.start_port >> 8, t.end_port >> 8);
+                sel.src_port = PortMatch::range(t0, t1);
+                if t0 == t1 {
+                    sel.dst_port = PortMatch::range(t.start_port & 0xFF, t.end_port & 0xFF);
+                }
+            }
+        }
+        Some(_) => {
+            sel.src_port = ports_of(src);
+            sel.dst_port = ports_of(dst);
+        }
+    }
+    Ok(Some(sel))
 }
 
 fn prefix(ts: &TsRange) -> Result<Prefix, TunnelError> {
@@ -204,35 +345,36 @@ fn prefix(ts: &TsRange) -> Result<Prefix, TunnelError> {
     Prefix::new(a, len).map_err(|e| TunnelError::kernel("traffic selector", &e))
 }
 
-/// The outbound policy from `lp` to `rp` through the tunnel `l` → `r`: the same object whether
-/// a CHILD SA installs it or it waits as a trap.
-fn out_policy(lp: Prefix, rp: Prefix, l: IpAddr, r: IpAddr, reqid: Reqid) -> Policy {
-    Policy::protect(
-        Selector::between(lp, rp),
-        Direction::Out,
-        PRIORITY,
-        Template::esp(l, r, Mode::Tunnel, reqid),
-    )
-}
-
-/// The trap policies of an `onTraffic` tunnel: one outbound policy per pair of configured
-/// traffic selectors.
-pub(crate) fn trap_policies(tunnel: u32, cfg: &PeerConfig) -> Result<Vec<Policy>, TunnelError> {
-    let reqid = reqid(tunnel)?;
+/// A tunnel's fail-closed policies, from its configured selectors: while no CHILD SA covers a
+/// selector pair, its packets are dropped (`block`), or, for an `onTraffic` tunnel, held for an
+/// SA the kernel asks for with an acquire ("trap" policies, as strongSwan's
+/// `start_action = trap`). Out, in and fwd, so that cleartext is neither sent nor accepted.
+pub(crate) fn fallback_policies(tunnel: u32, cfg: &PeerConfig) -> Result<Vec<Policy>, TunnelError> {
+    let reqid = reqid(tunnel, TUNNEL_SLOT)?;
+    let trap = cfg.role == Role::OnTraffic;
     let (l, r) = (cfg.local_addr.ip(), cfg.remote_addr.ip());
-    if l.is_unspecified() || r.is_unspecified() {
+    if trap && (l.is_unspecified() || r.is_unspecified()) {
         return Err(TunnelError::new(
             StatusReason::InvalidConfig,
             "initiation onTraffic needs both tunnel addresses",
         ));
     }
-    let mut policies = Vec::new();
-    for lt in &cfg.local_ts {
-        for rt in &cfg.remote_ts {
-            policies.push(out_policy(prefix(lt)?, prefix(rt)?, l, r, reqid));
-        }
-    }
-    Ok(policies)
+    pair_policies(
+        &cfg.local_ts,
+        &cfg.remote_ts,
+        Class::Fallback,
+        |dir, sel, prio| {
+            if !trap {
+                return Policy::block(sel, dir, prio, reqid);
+            }
+            let (src, dst): (IpAddr, IpAddr) = if dir == Direction::Out {
+                (l, r)
+            } else {
+                (r, l)
+            };
+            Policy::protect(sel, dir, prio, Template::esp(src, dst, Mode::Tunnel, reqid))
+        },
+    )
 }
 
 /// When a CHILD SA's outbound SA goes into the kernel (which sends on the newest one).
@@ -260,13 +402,226 @@ pub(crate) fn outbound_plan(
     }
 }
 
-/// Priority of our tunnel policies (strongSwan's default range for subnet policies).
-const PRIORITY: u32 = 375_423;
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use strait_ike::crypto::keys::SecretBytes;
+    use strait_ike::{ChildKeys, ChildLifetimes, EspSpi, PeerId};
+    use strait_xfrm::Action;
+
+    fn ts(s: &str) -> TsRange {
+        let (a, l) = s.split_once('/').unwrap();
+        TsRange::subnet(a.parse().unwrap(), l.parse().unwrap()).unwrap()
+    }
+
+    fn child(local: Vec<TsRange>, remote: Vec<TsRange>) -> ChildSaInstall {
+        ChildSaInstall {
+            peer: PeerId(0),
+            child: ChildSaId(1),
+            spi_in: EspSpi([0, 0, 1, 1]),
+            spi_out: EspSpi([0, 0, 1, 2]),
+            encr: Encr::AesGcm16_256,
+            integ: None,
+            esn: Esn::No,
+            keys: ChildKeys {
+                encr_in: SecretBytes::from_slice(&[7; 36]),
+                integ_in: SecretBytes::from_slice(&[]),
+                encr_out: SecretBytes::from_slice(&[8; 36]),
+                integ_out: SecretBytes::from_slice(&[]),
+            },
+            mode: strait_ike::Mode::Tunnel,
+            local_addr: "192.0.2.1:500".parse().unwrap(),
+            remote_addr: "192.0.2.2:500".parse().unwrap(),
+            local_ts: local,
+            remote_ts: remote,
+            encapsulation: None,
+            lifetimes: ChildLifetimes {
+                soft: Duration::from_secs(10),
+                hard: Duration::from_secs(20),
+            },
+            replaces: None,
+            initiator: true,
+            redundant: false,
+        }
+    }
+
+    fn peer(initiation: &str, local: &str, remote: &str) -> PeerConfig {
+        let yaml = format!(
+            "local: {{id: a.example, address: 192.0.2.1, subnets: [{local}]}}
+remote: {{id: b.example, address: 192.0.2.2, subnets: [{remote}]}}
+auth: {{psk: {{secretRef: {{name: s, key: psk}}}}}}
+initiation: {initiation}"
+        );
+        let spec: strait_crds::IPsecTunnelSpec = serde_yaml::from_str(&yaml).unwrap();
+        let inputs = crate::spec::peer::Inputs {
+            local_ip: "192.0.2.1".parse().unwrap(),
+            remote_ip: "192.0.2.2".parse().unwrap(),
+            ike_port: 500,
+            remote_port: 500,
+            psk: Some(SecretBytes::from_slice(b"secret")),
+            on_traffic_supported: true,
+        };
+        crate::spec::peer::build(&spec, inputs).unwrap().config
+    }
+
+    #[test]
+    fn reqids_carry_tunnel_and_slot() {
+        let r = reqid(3, 7).unwrap();
+        assert!(r.is_ours());
+        assert_eq!(tunnel_of(r), Some(3));
+        assert_eq!(
+            tunnel_of(reqid(MAX_TUNNEL, u8::MAX).unwrap()),
+            Some(MAX_TUNNEL)
+        );
+        assert!(reqid(MAX_TUNNEL + 1, 0).is_err());
+        assert_ne!(reqid(3, 1).unwrap(), reqid(3, 2).unwrap());
+        assert_eq!(tunnel_of(Reqid::from_raw(7)), None, "not ours");
+    }
+
+    #[test]
+    fn priorities_as_strongswan_computes_them() {
+        let sel = |s: &str, d: &str| Selector::between(s.parse().unwrap(), d.parse().unwrap());
+        // /24 <-> /24: charon's 375423 for a CHILD SA's policy, one more for its trap
+        let subnets = sel("198.51.100.0/24", "203.0.113.0/24");
+        assert_eq!(priority(&subnets, Class::Child), 375_423);
+        assert_eq!(priority(&subnets, Class::Fallback), 375_424);
+        // the more specific selector wins (lower value), whichever came first
+        let hub = sel("10.0.0.0/8", "0.0.0.0/0");
+        let site = sel("10.0.0.0/8", "10.1.0.0/16");
+        assert!(priority(&site, Class::Child) < priority(&hub, Class::Child));
+        // a narrowed CHILD SA beats its tunnel's broader block
+        assert!(priority(&site, Class::Child) < priority(&hub, Class::Fallback));
+        // protocol and ports count too
+        let mut tcp = site;
+        tcp.proto = Some(6);
+        assert_eq!(
+            priority(&tcp, Class::Child),
+            priority(&site, Class::Child) - 256
+        );
+        tcp.dst_port = Some(PortMatch::exact(443));
+        assert_eq!(
+            priority(&tcp, Class::Child),
+            priority(&site, Class::Child) - 256 - 16 * 4
+        );
+    }
+
+    #[test]
+    fn dual_stack_selectors_pair_by_family() {
+        let sa = child(
+            vec![ts("10.0.0.0/24"), ts("fd00:1::/64")],
+            vec![ts("10.1.0.0/24"), ts("fd00:2::/64")],
+        );
+        let (sa_in, sa_out, policies) = kernel_objects(1, 1, &sa).unwrap();
+        // 2 same-family pairs x (out, in, fwd); no v4 <-> v6 policy
+        assert_eq!(policies.len(), 6);
+        for p in &policies {
+            assert!(p.selector.family().is_ok(), "{}", p.selector);
+        }
+        let outs: Vec<String> = policies
+            .iter()
+            .filter(|p| p.dir == Direction::Out)
+            .map(|p| p.selector.to_string())
+            .collect();
+        assert_eq!(
+            outs,
+            ["10.0.0.0/24 -> 10.1.0.0/24", "fd00:1::/64 -> fd00:2::/64"]
+        );
+        // tunnel-mode SAs without a selector (the kernel then sets none: AF_UNSPEC)
+        assert_eq!(sa_in.selector, None);
+        assert_eq!(sa_out.selector, None);
+        assert_eq!(sa_in.mode, Mode::Tunnel);
+        // only cross-family pairs: nothing to install is an error, not an empty policy set
+        let cross = child(vec![ts("10.0.0.0/24")], vec![ts("fd00:2::/64")]);
+        let e = kernel_objects(1, 1, &cross).unwrap_err();
+        assert!(e.message.contains("one address family"), "{}", e.message);
+    }
+
+    #[test]
+    fn protocol_and_ports_stay_in_the_policies() {
+        let mut gre_l = ts("192.0.2.10/32");
+        gre_l.ip_protocol = 47;
+        let gre_r = ts("192.0.2.20/32");
+        let sa = child(vec![gre_l], vec![gre_r]);
+        let (_, _, policies) = kernel_objects(1, 2, &sa).unwrap();
+        assert!(policies.iter().all(|p| p.selector.proto == Some(47)));
+        // templates carry the CHILD SA's slot
+        assert!(
+            policies
+                .iter()
+                .all(|p| p.templates[0].reqid == reqid(1, 2).unwrap())
+        );
+        // TCP to port 443 from any local port; the inbound half has it as the source port
+        let mut l = ts("10.0.0.0/24");
+        l.ip_protocol = 6;
+        let mut r = ts("10.1.0.0/24");
+        r.ip_protocol = 6;
+        (r.start_port, r.end_port) = (443, 443);
+        let out = selector(&l, &r).unwrap().unwrap();
+        assert_eq!(out.proto, Some(6));
+        assert_eq!(out.src_port, None);
+        assert_eq!(out.dst_port, Some(PortMatch::exact(443)));
+        let inn = selector(&r, &l).unwrap().unwrap();
+        assert_eq!(inn.src_port, Some(PortMatch::exact(443)));
+        assert_eq!(inn.dst_port, None);
+        // different protocols on the two sides match no packet
+        let mut udp = ts("10.1.0.0/24");
+        udp.ip_protocol = 17;
+        assert_eq!(selector(&l, &udp).unwrap(), None);
+        // ICMP echo request (type 8, code 0): type as source port, code as destination port
+        let mut icmp = ts("10.1.0.0/24");
+        icmp.ip_protocol = 1;
+        (icmp.start_port, icmp.end_port) = (8 << 8, 8 << 8);
+        let s = selector(&ts("10.0.0.0/24"), &icmp).unwrap().unwrap();
+        assert_eq!(s.proto, Some(1));
+        assert_eq!(s.src_port, Some(PortMatch::exact(8)));
+        assert_eq!(s.dst_port, Some(PortMatch::exact(0)));
+    }
+
+    #[test]
+    fn a_range_that_is_no_prefix_is_refused() {
+        let mut odd = ts("10.0.0.0/24");
+        odd.addrs = AddrRange::V4 {
+            start: "10.0.0.1".parse().unwrap(),
+            end: "10.0.0.5".parse().unwrap(),
+        };
+        let e = kernel_objects(1, 1, &child(vec![odd], vec![ts("10.1.0.0/24")])).unwrap_err();
+        assert!(e.message.contains("not a prefix"), "{}", e.message);
+    }
+
+    #[test]
+    fn fallback_policies_block_or_trap_every_direction() {
+        let cfg = peer(
+            "start",
+            "198.51.100.0/24, 2001:db8:1::/64",
+            "203.0.113.0/24",
+        );
+        let block = fallback_policies(4, &cfg).unwrap();
+        // only the v4 pair: out, in, fwd
+        assert_eq!(block.len(), 3);
+        assert!(block.iter().all(|p| p.action == Action::Block));
+        assert!(
+            block
+                .iter()
+                .all(|p| p.templates[0].reqid == reqid(4, TUNNEL_SLOT).unwrap())
+        );
+        assert_eq!(block[0].priority, 375_424);
+        let trap =
+            fallback_policies(4, &peer("onTraffic", "198.51.100.0/24", "203.0.113.0/24")).unwrap();
+        assert_eq!(trap.len(), 3);
+        assert!(trap.iter().all(|p| p.action == Action::Allow));
+        let out = &trap[0];
+        assert_eq!(out.dir, Direction::Out);
+        assert_eq!(out.templates[0].src.to_string(), "192.0.2.1");
+        assert_eq!(out.templates[0].dst.to_string(), "192.0.2.2");
+        assert_eq!(trap[1].templates[0].src.to_string(), "192.0.2.2");
+        // a CHILD SA for the same selectors replaces each of them (same policy id)
+        let sa = child(vec![ts("198.51.100.0/24")], vec![ts("203.0.113.0/24")]);
+        let (_, _, installed) = kernel_objects(4, 1, &sa).unwrap();
+        let ids = |v: &[Policy]| v.iter().map(Policy::id).collect::<Vec<_>>();
+        assert_eq!(ids(&installed), ids(&block));
+    }
 
     #[test]
     fn prefixes_and_ranges() {

@@ -34,6 +34,10 @@ use tunnel::{IkeUp, Tunnel};
 
 /// Under `--test-lifetime-scale`, the least time between a scheduled rekey and the hard limit.
 const TEST_MIN_HARD_MARGIN: Duration = Duration::from_secs(5);
+/// How long after our answer a CHILD SA the kernel refused is deleted at the peer: our answer
+/// and our Delete would otherwise reach it back to back, and charon may handle the Delete first
+/// (its worker threads race), ignore it as being for an unknown SA, and keep the CHILD SA.
+pub const REFUSED_CHILD_DELETE_DELAY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the peers to acknowledge our DELETEs.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -73,6 +77,8 @@ pub struct Driver<D: Dataplane> {
     scrapes: Option<mpsc::Receiver<MetricsRequest>>,
     /// A previous run's kernel objects, kept until every tunnel is back.
     adoption: Adoption,
+    /// CHILD SAs the kernel refused, to be deleted at the peer at the given time.
+    refused: Vec<(Instant, PeerId, strait_ike::ChildSaId)>,
     lifetime_scale: Option<f64>,
 }
 
@@ -106,6 +112,9 @@ impl<D: Dataplane> Driver<D> {
         );
         set_wall_clock(&mut endpoint);
         let mut dp = dp;
+        if let Some(spis) = dp.spi_source() {
+            endpoint.set_spi_source(spis);
+        }
         let kernel_events = dp.take_events();
         Self {
             settings,
@@ -122,6 +131,7 @@ impl<D: Dataplane> Driver<D> {
                 .ok(),
             scrapes: None,
             adoption: Adoption::default(),
+            refused: Vec::new(),
             lifetime_scale: None,
         }
     }
@@ -215,6 +225,7 @@ impl<D: Dataplane> Driver<D> {
             self.endpoint.poll_timeout(),
             retry,
             self.adoption.deadline(),
+            self.refused.iter().map(|r| r.0).min(),
         ]
         .into_iter()
         .flatten()
@@ -292,6 +303,11 @@ impl<D: Dataplane> Driver<D> {
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.endpoint.handle_timeout(now);
+        let (due, later): (Vec<_>, Vec<_>) = self.refused.drain(..).partition(|r| r.0 <= now);
+        self.refused = later;
+        for (_, peer, child) in due {
+            self.endpoint.child_install_failed(now, peer, child);
+        }
         while let Some(Reverse((at, _))) = self.retries.peek()
             && *at <= now
         {
@@ -364,10 +380,9 @@ impl<D: Dataplane> Driver<D> {
             // events of the removed peer (CHILD SA deletes) reach the data plane here
             self.flush().await;
             if let Some(t) = removed
-                && t.role == Some(Role::OnTraffic)
-                && let Err(e) = self.dp.untrap(t.index).await
+                && let Err(e) = self.dp.unguard(t.index).await
             {
-                tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "removing trap policies");
+                tracing::warn!(tunnel = %name, reason = %e.reason, message = %e.message, "removing the tunnel's fail-closed policies");
             }
         }
         for (_, def) in incoming {
@@ -375,10 +390,24 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
+    /// The next tunnel index: counting up (so a removed tunnel's index is not reused at once)
+    /// within the range the reqid numbering has room for, skipping those in use.
+    fn next_tunnel_index(&mut self) -> u32 {
+        let max = crate::dataplane::objects::MAX_TUNNEL;
+        for _ in 0..max {
+            self.next_index = self.next_index % max + 1;
+            let taken = self.tunnels.values().any(|t| t.index == self.next_index);
+            if !taken {
+                break;
+            }
+        }
+        self.next_index
+    }
+
     async fn add_tunnel(&mut self, def: TunnelDef) {
-        self.next_index = self.next_index.wrapping_add(1);
+        let index = self.next_tunnel_index();
         let name = def.name.clone();
-        let mut t = Tunnel::new(def, self.next_index, &self.settings.node);
+        let mut t = Tunnel::new(def, index, &self.settings.node);
         match self.start_tunnel(&mut t).await {
             Ok((peer, role)) => {
                 t.started(peer, role);
@@ -401,22 +430,20 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
-        let cfg = t.def.peer.as_ref().map_err(Clone::clone)?;
+        let mut cfg = t.def.peer.as_ref().map_err(Clone::clone)?.clone();
+        if cfg.role == Role::OnTraffic && !self.dp.supports_on_traffic() {
+            cfg.role = Role::Respond;
+            t.status.notes.push(format!(
+                "initiation onTraffic needs kernel trap policies, which the {} data plane \
+                 does not have; this tunnel only responds",
+                self.dp.kind().as_str()
+            ));
+        }
+        // Fail closed first: whatever happens next (no socket, no ESP in the kernel, no peer),
+        // the tunnel's traffic is blocked or trapped, never sent in clear, until it is removed.
+        self.dp.guard(t.index, &cfg, t.def.spec.mtu).await?;
         self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
-        let mut cfg = cfg.clone();
-        if cfg.role == Role::OnTraffic {
-            if self.dp.supports_on_traffic() {
-                self.dp.trap(t.index, &cfg).await?;
-            } else {
-                cfg.role = Role::Respond;
-                t.status.notes.push(format!(
-                    "initiation onTraffic needs kernel trap policies, which the {} data plane \
-                     does not have; this tunnel only responds",
-                    self.dp.kind().as_str()
-                ));
-            }
-        }
         let role = cfg.role;
         if let Some(f) = self.lifetime_scale {
             crate::spec::scale_lifetimes(&mut cfg, f, TEST_MIN_HARD_MARGIN);
@@ -582,8 +609,19 @@ impl<D: Dataplane> Driver<D> {
                 t.on_child_installed(sa);
             }
             Err(e) => {
-                tracing::error!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "CHILD SA not installed");
+                tracing::error!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "CHILD SA not installed: deleting it at the peer");
                 t.on_child_install_failed(e);
+                // The peer holds the CHILD SA and would send into it: delete it there too
+                // (review R-4) instead of leaving a half-installed SA that black-holes traffic.
+                // A CHILD SA we answered for only exists at the peer once our answer is
+                // handled there, so its Delete waits a moment.
+                let now = Instant::now();
+                if sa.initiator {
+                    self.endpoint.child_install_failed(now, sa.peer, sa.child);
+                } else {
+                    self.refused
+                        .push((now + REFUSED_CHILD_DELETE_DELAY, sa.peer, sa.child));
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 //! - [`socket`] prepares the IKE sockets (ESP-in-UDP, per-socket bypass policies).
 //! - [`host`] sets the gateway sysctls (restorably) and computes MTU/MSS for a transform.
 //! - [`Xfrm::preflight`] tells, in words an operator can act on, what the kernel lacks.
+//! - [`SpiAllocator`] reserves inbound SPIs in the kernel synchronously (for the IKE endpoint).
 //!
 //! Keys travel in [`Key`] (wiped on drop, `Debug` shows the length only) and in wiped buffers
 //! on their way to the kernel; no error ever contains key bytes.
@@ -24,6 +25,7 @@ pub mod preflight;
 pub mod sa;
 pub mod selector;
 pub mod socket;
+pub mod spi;
 
 use std::sync::Arc;
 
@@ -38,7 +40,8 @@ pub use sa::{
     Integrity, Key, Lifetimes, Limits, Mark, Mode, NatT, Proto, Sa, SaCrypto, SaId, SaInfo,
     Transform,
 };
-pub use selector::{Family, Prefix, Selector};
+pub use selector::{Family, PortMatch, Prefix, Selector};
+pub use spi::SpiAllocator;
 
 /// A handle on the kernel's XFRM in the caller's network namespace. Cheap to clone; clones
 /// share one netlink socket, and requests on it are served one at a time.

@@ -283,7 +283,7 @@ impl Conn {
 }
 
 /// Consumes one datagram; `Ok(true)` when the answer is complete.
-fn absorb(
+pub(crate) fn absorb(
     op: &'static str,
     kind: Kind,
     seq: u32,
@@ -331,7 +331,7 @@ fn absorb(
 }
 
 /// Serialises a request into a wiped-on-drop buffer and scrubs the message's keys.
-fn encode(msg: XfrmMessage, flags: u16, seq: u32) -> Zeroizing<Vec<u8>> {
+pub(crate) fn encode(msg: XfrmMessage, flags: u16, seq: u32) -> Zeroizing<Vec<u8>> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     header.sequence_number = seq;

@@ -591,6 +591,11 @@ impl Sa {
                 // Tunnel mode across families (v4 in v6 or the reverse).
                 info.flags |= XFRM_STATE_AF_UNSPEC;
             }
+        } else if self.mode == Mode::Tunnel {
+            // Without the flag the kernel gives a selector-less SA the outer family, and the
+            // SA then never carries inner packets of the other family (dual-stack traffic
+            // selectors, v6 in v4). strongSwan sets it on every tunnel-mode SA.
+            info.flags |= XFRM_STATE_AF_UNSPEC;
         }
         if self.esn {
             info.flags |= XFRM_STATE_ESN;
@@ -945,6 +950,11 @@ mod tests {
         sa.replay_window = 32;
         let m = sa.to_message().unwrap();
         assert_eq!(m.user_sa_info.replay_window, 32);
+        assert_eq!(
+            m.user_sa_info.flags & XFRM_STATE_AF_UNSPEC,
+            XFRM_STATE_AF_UNSPEC,
+            "a tunnel-mode SA carries inner packets of either family"
+        );
         sa.esn = true;
         sa.replay_window = 1024;
         let m = sa.to_message().unwrap();
@@ -983,5 +993,11 @@ mod tests {
         assert_eq!(info.algorithms, vec!["cbc(aes)", "hmac(sha256)"]);
         assert_eq!(info.nat_t, sa.nat_t);
         assert_eq!(info.mode, Mode::Transport);
+        let m = sa.to_message().unwrap();
+        assert_eq!(
+            m.user_sa_info.flags & XFRM_STATE_AF_UNSPEC,
+            0,
+            "transport mode"
+        );
     }
 }

@@ -159,6 +159,55 @@ impl FromStr for Prefix {
     }
 }
 
+/// A port (or, for ICMP, a type or code) under a mask, as the kernel matches it:
+/// `packet_port & mask == port & mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortMatch {
+    /// The port (host order).
+    pub port: u16,
+    /// Which bits of it must match (`u16::MAX`: exactly this port).
+    pub mask: u16,
+}
+
+impl PortMatch {
+    /// Exactly one port.
+    pub fn exact(port: u16) -> Self {
+        PortMatch {
+            port,
+            mask: u16::MAX,
+        }
+    }
+
+    /// The inclusive range `from..=to` as the kernel can express it: one port under a mask of
+    /// leading ones, so a range that is not an aligned power-of-two block is widened to the
+    /// smallest block that holds it (what strongSwan installs too). `None`: every port (the
+    /// full range, or a range that only the whole space holds, or an "opaque" `from > to`).
+    pub fn range(from: u16, to: u16) -> Option<Self> {
+        if from > to {
+            return None;
+        }
+        let differing = from ^ to;
+        let mask = if differing == 0 {
+            u16::MAX
+        } else {
+            // ones down to (not including) the highest bit where from and to differ
+            u16::MAX
+                .checked_shl(16 - differing.leading_zeros())
+                .unwrap_or(0)
+        };
+        (mask != 0).then_some(PortMatch {
+            port: from & mask,
+            mask,
+        })
+    }
+
+    /// How many leading bits the mask fixes (0..=16), as strongSwan counts them for the
+    /// policy priority.
+    pub fn mask_bits(&self) -> u32 {
+        self.mask.leading_ones()
+    }
+}
+
 /// Packets from `src` to `dst`, optionally narrowed to an IP protocol and ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Selector {
@@ -168,10 +217,11 @@ pub struct Selector {
     pub dst: Prefix,
     /// IP protocol number (6 TCP, 17 UDP, ...), `None` for any.
     pub proto: Option<u8>,
-    /// Source port, `None` for any (only meaningful with a protocol that has ports).
-    pub src_port: Option<u16>,
-    /// Destination port, `None` for any.
-    pub dst_port: Option<u16>,
+    /// Source port, `None` for any (only meaningful with a protocol that has ports; for ICMP
+    /// the kernel matches the type here).
+    pub src_port: Option<PortMatch>,
+    /// Destination port, `None` for any (for ICMP: the code).
+    pub dst_port: Option<PortMatch>,
 }
 
 impl Selector {
@@ -226,12 +276,12 @@ impl Selector {
             ..RawSelector::default()
         };
         if let Some(p) = self.src_port {
-            raw.sport = p;
-            raw.sport_mask = u16::MAX;
+            raw.sport = p.port & p.mask;
+            raw.sport_mask = p.mask;
         }
         if let Some(p) = self.dst_port {
-            raw.dport = p;
-            raw.dport_mask = u16::MAX;
+            raw.dport = p.port & p.mask;
+            raw.dport_mask = p.mask;
         }
         Ok(raw)
     }
@@ -249,8 +299,14 @@ impl Selector {
             src,
             dst,
             proto: (raw.proto != 0).then_some(raw.proto),
-            src_port: (raw.sport_mask != 0).then_some(raw.sport),
-            dst_port: (raw.dport_mask != 0).then_some(raw.dport),
+            src_port: (raw.sport_mask != 0).then_some(PortMatch {
+                port: raw.sport,
+                mask: raw.sport_mask,
+            }),
+            dst_port: (raw.dport_mask != 0).then_some(PortMatch {
+                port: raw.dport,
+                mask: raw.dport_mask,
+            }),
         })
     }
 }
@@ -261,11 +317,12 @@ impl fmt::Display for Selector {
         if let Some(p) = self.proto {
             write!(f, " proto {p}")?;
         }
-        if let Some(p) = self.src_port {
-            write!(f, " sport {p}")?;
-        }
-        if let Some(p) = self.dst_port {
-            write!(f, " dport {p}")?;
+        for (name, p) in [("sport", self.src_port), ("dport", self.dst_port)] {
+            match p {
+                Some(p) if p.mask == u16::MAX => write!(f, " {name} {}", p.port)?,
+                Some(p) => write!(f, " {name} {}/{:#06x}", p.port, p.mask)?,
+                None => {}
+            }
         }
         Ok(())
     }
@@ -303,7 +360,7 @@ mod tests {
             dst: "10.2.3.0/24".parse().unwrap(),
             proto: Some(6),
             src_port: None,
-            dst_port: Some(443),
+            dst_port: Some(PortMatch::exact(443)),
         };
         let raw = s.to_raw().unwrap();
         assert_eq!(Selector::from_raw(&raw), Some(s));
@@ -312,5 +369,29 @@ mod tests {
             "2001:db8::/32".parse().unwrap(),
         );
         assert!(mixed.to_raw().is_err());
+        let ranged = Selector {
+            src_port: PortMatch::range(1024, 2047),
+            ..s
+        };
+        assert_eq!(Selector::from_raw(&ranged.to_raw().unwrap()), Some(ranged));
+    }
+
+    #[test]
+    fn port_ranges_as_the_kernel_masks_them() {
+        assert_eq!(PortMatch::range(443, 443), Some(PortMatch::exact(443)));
+        assert_eq!(PortMatch::range(0, 65535), None);
+        assert_eq!(PortMatch::range(65535, 0), None, "opaque");
+        let block = PortMatch::range(1024, 2047).unwrap();
+        assert_eq!(
+            (block.port, block.mask, block.mask_bits()),
+            (1024, 0xFC00, 6)
+        );
+        // not an aligned block: widened to the smallest one that holds it
+        let wide = PortMatch::range(1000, 1030).unwrap();
+        assert_eq!((wide.port, wide.mask), (0, 0xF800));
+        assert!(wide.port <= 1000 && wide.port | !wide.mask >= 1030);
+        // 1024-65535 needs the upper half and the quarter below it: the whole space
+        assert_eq!(PortMatch::range(1024, 65535), None);
+        assert_eq!(PortMatch::exact(5).mask_bits(), 16);
     }
 }

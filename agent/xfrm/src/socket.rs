@@ -78,7 +78,7 @@ pub fn bypass_policy(sock: &impl AsFd, family: Family, dir: Direction) -> Result
 
 /// `setsockopt(2)` with a byte buffer: the FFI boundary of this crate.
 #[allow(unsafe_code)]
-fn setsockopt_bytes(
+pub(crate) fn setsockopt_bytes(
     fd: BorrowedFd<'_>,
     level: libc::c_int,
     name: libc::c_int,

@@ -318,3 +318,38 @@ fn gateway_sysctls_apply_and_restore() {
         assert_eq!(get_sysctl("net.ipv4.conf.all.send_redirects").unwrap(), "1");
     });
 }
+
+#[test]
+fn the_kernel_allocates_unique_spis_synchronously() {
+    in_netns(|| async {
+        let x = Xfrm::open().unwrap();
+        let mut alloc = strait_xfrm::SpiAllocator::open().unwrap();
+        let reqid = Reqid::ours(0).unwrap();
+        let range = 0xC000_0000..=0xCFFF_FFFF;
+        let mut got = Vec::new();
+        for _ in 0..16 {
+            let spi = alloc
+                .alloc(
+                    ip("192.0.2.2"),
+                    ip("192.0.2.1"),
+                    reqid,
+                    Mode::Tunnel,
+                    range.clone(),
+                )
+                .unwrap();
+            assert!(range.contains(&spi), "{spi:#x}");
+            got.push(spi);
+        }
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 16, "unique: {got:x?}");
+        // larval SAs of ours hold them (nobody else gets these SPIs), and go with a sweep
+        let ours = x.list_our_sas().await.unwrap();
+        assert!(ours.iter().all(|s| s.larval));
+        let mut held: Vec<u32> = ours.iter().map(|s| s.id.spi).collect();
+        held.sort_unstable();
+        assert_eq!(held, got);
+        x.flush_ours().await.unwrap();
+        assert!(x.list_our_sas().await.unwrap().is_empty());
+    });
+}

@@ -74,6 +74,8 @@ struct Shared {
     spawned: Vec<IkeSa>,
     /// A monotonic instant and the wall-clock time (Unix seconds) it corresponds to.
     wall_clock: Option<(Instant, u64)>,
+    /// The driver's source of inbound ESP SPIs.
+    spis: Option<Box<dyn crate::spi::EspSpiSource + Send>>,
 }
 
 impl Shared {
@@ -91,6 +93,10 @@ impl Shared {
             spawned: &mut self.spawned,
             unix_time,
             stats: &mut self.stats,
+            spis: match self.spis.as_mut() {
+                Some(s) => Some(&mut **s),
+                None => None,
+            },
         }
     }
 
@@ -162,6 +168,7 @@ impl Endpoint {
                 stats: Stats::default(),
                 spawned: Vec::new(),
                 wall_clock: None,
+                spis: None,
             },
             peers: BTreeMap::new(),
             peers_by_remote: HashMap::new(),
@@ -183,6 +190,12 @@ impl Endpoint {
     /// fails with [`Reason::ClockUnset`].
     pub fn set_wall_clock(&mut self, at: Instant, unix_time: u64) {
         self.shared.wall_clock = Some((at, unix_time));
+    }
+
+    /// Lets `source` pick every inbound ESP SPI from now on (the kernel's allocation, so they
+    /// are unique on the node; review R-4). Without it they are random.
+    pub fn set_spi_source(&mut self, source: Box<dyn crate::spi::EspSpiSource + Send>) {
+        self.shared.spis = Some(source);
     }
 
     /// Adds a tunnel. Nothing is sent until [`Endpoint::initiate`] (or the peer initiates).
@@ -290,13 +303,34 @@ impl Endpoint {
             self.settle(now);
             return;
         }
+        self.delete_child_where(now, id, |ch| ch.spi_in == spi.0 || ch.spi_out == spi.0);
+    }
+
+    /// The driver could not install a CHILD SA it was given ([`Event::ChildSaInstall`]), e.g.
+    /// the kernel refused it: the CHILD SA is deleted (INFORMATIONAL Delete to the peer, and
+    /// [`Event::ChildSaDelete`]), so the peer does not keep sending into an SA that is not
+    /// there. Unknown ids are ignored.
+    pub fn child_install_failed(&mut self, now: Instant, peer: PeerId, child: ChildSaId) {
+        let found = self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| e.children.iter().any(|ch| ch.id == child))
+        });
+        if let Some(id) = found {
+            self.delete_child_where(now, id, |ch| ch.id == child);
+        }
+    }
+
+    fn delete_child_where(
+        &mut self,
+        now: Instant,
+        id: SaId,
+        pred: impl Fn(&crate::sa::child::Child) -> bool,
+    ) {
         self.with_sa(now, id, |sa, ctx| {
             sa.with_established(ctx, |e, c, ctx| {
-                let Some(pos) = e
-                    .children
-                    .iter()
-                    .position(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
-                else {
+                let Some(pos) = e.children.iter().position(&pred) else {
                     return Next::Stay;
                 };
                 let ch = e.children.remove(pos);

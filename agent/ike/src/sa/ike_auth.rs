@@ -152,7 +152,7 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
     let result = (|| {
         let idi = c.cfg.local_id.to_payload().ok_or(Reason::Encode)?;
         let auth_p = our_auth(c, &init, &idi)?;
-        let spi_in = ctx.esp_spi();
+        let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
         let mut payloads = vec![Payload::IdInitiator(idi)];
         payloads.extend(cert_payloads(c));
         if c.initial_contact {
@@ -331,7 +331,7 @@ impl InitReplied {
         if inner.sa.is_some() {
             match child::respond(c, inner.sa, inner.tsi, inner.tsr, true) {
                 Ok(agreed) => {
-                    let spi_in = ctx.esp_spi();
+                    let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
                     out.extend(child::answer_payloads(&agreed, spi_in));
                     let new = child::NewChild {
                         choice: agreed.choice,

@@ -106,6 +106,8 @@ pub(crate) struct Ctx<'a> {
     pub unix_time: Option<i64>,
     /// The endpoint's counters.
     pub stats: &'a mut Stats,
+    /// The driver's source of inbound ESP SPIs, if it gave one.
+    pub spis: Option<&'a mut dyn crate::spi::EspSpiSource>,
 }
 
 impl Ctx<'_> {
@@ -116,8 +118,15 @@ impl Ctx<'_> {
         b
     }
 
-    /// A random non-zero ESP SPI (values below 256 are reserved, RFC 4303 §2.1).
-    pub fn esp_spi(&mut self) -> [u8; 4] {
+    /// An inbound ESP SPI for an SA from `remote` to `local`: the driver's
+    /// [`crate::spi::EspSpiSource`] if it gave one and it answers, else a random one (values
+    /// below 256 are reserved, RFC 4303 §2.1).
+    pub fn esp_spi(&mut self, local: core::net::IpAddr, remote: core::net::IpAddr) -> [u8; 4] {
+        if let Some(src) = self.spis.as_mut()
+            && let Some(spi) = src.inbound_esp_spi(local, remote).filter(|s| *s >= 256)
+        {
+            return spi.to_be_bytes();
+        }
         loop {
             let s: [u8; 4] = self.random();
             if u32::from_be_bytes(s) >= 256 {

@@ -84,7 +84,7 @@ pub(crate) fn start_child(
         Some(g) => Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?),
         None => None,
     };
-    let spi_in = ctx.esp_spi();
+    let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
     let ni = ctx.nonce();
     let [sa_p, tsi, tsr] = child::request_payloads(c, spi_in, ke.is_some());
     let mut payloads = vec![
@@ -320,7 +320,7 @@ pub(super) fn respond_child(
         }
     };
     let nr = ctx.nonce();
-    let spi_in = ctx.esp_spi();
+    let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
     let new = child::NewChild {
         choice: agreed.choice,
         spi_in,
