@@ -27,8 +27,11 @@ done
 
 if [ ! -x "$ROOT/bin/cargo-fuzz" ]; then
   say "installing cargo-fuzz $VERSION into $ROOT"
-  cargo install cargo-fuzz --locked --version "$VERSION" --root "$ROOT" \
+  # A target dir of its own: in the shared CARGO_TARGET_DIR the built binary was once gone before
+  # cargo install could copy it ("failed to copy .../release/cargo-fuzz").
+  cargo install cargo-fuzz --locked --version "$VERSION" --root "$ROOT" --target-dir "$ROOT/build" \
     || die "could not build cargo-fuzz $VERSION from crates.io"
+  rm -rf "$ROOT/build"
 fi
 export PATH="$ROOT/bin:$PATH" RUSTC_BOOTSTRAP=1
 # Cached outside the work tree, so a fresh clone (CI) does not rebuild everything.
