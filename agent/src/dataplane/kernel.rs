@@ -15,8 +15,10 @@ use strait_xfrm::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::netfilter::{Netfilter, TunnelFilter};
 use super::objects::{
-    MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, transforms, tunnel_of,
+    MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, prefix_of, transforms,
+    tunnel_of,
 };
 use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
 use super::routing::{PathToPeer, Routing};
@@ -87,6 +89,8 @@ struct Plumbing {
     sysctls: Vec<SysctlGuard>,
     ipv6_sysctls: bool,
     ipv4_sysctls: bool,
+    /// The masquerade exemption and MSS clamping.
+    netfilter: Netfilter,
 }
 
 impl Plumbing {
@@ -148,6 +152,9 @@ impl Plumbing {
         for dst in stale {
             self.release(&routing, tunnel, dst).await;
         }
+        self.netfilter
+            .set(tunnel, self.filter(tunnel, &wanted))
+            .await;
         for (w, path) in wanted {
             if let Some(f) = Some(w.dst.family()).filter(|f| !self.rules.contains(f)) {
                 match routing.ensure_rule(f).await {
@@ -162,6 +169,29 @@ impl Plumbing {
                 tracing::warn!(tunnel, message = %e.message, "installing a route");
             }
         }
+    }
+
+    /// The tunnel's netfilter rules: its subnets, and the MTU of its routes for the MSS.
+    fn filter(&self, tunnel: u32, wanted: &[(WantedRoute, PathToPeer)]) -> Option<TunnelFilter> {
+        let t = self.tunnels.get(&tunnel)?;
+        let prefixes = |ts: &[TsRange]| -> Vec<Prefix> {
+            ts.iter()
+                .filter_map(prefix_of)
+                .filter_map(|(a, l)| Prefix::new(a, l).ok())
+                .collect()
+        };
+        let mtu = |f: Family| {
+            wanted
+                .iter()
+                .filter(|(w, _)| w.dst.family() == f)
+                .find_map(|(w, _)| w.mtu)
+        };
+        Some(TunnelFilter {
+            local: prefixes(&t.local_ts),
+            remote: prefixes(&t.remote_ts),
+            mtu_v4: mtu(Family::V4),
+            mtu_v6: mtu(Family::V6),
+        })
     }
 
     async fn wanted(
@@ -214,6 +244,7 @@ impl Plumbing {
     /// The tunnel is gone: its routes go (or fall back to another tunnel's).
     async fn forget(&mut self, tunnel: u32) {
         self.tunnels.remove(&tunnel);
+        self.netfilter.set(tunnel, None).await;
         let Some(routing) = self.routing.clone() else {
             return;
         };
@@ -249,6 +280,7 @@ impl Plumbing {
     /// Everything back as it was: our routes and rules go, the sysctls get their old values.
     async fn restore(&mut self) {
         self.tunnels.clear();
+        self.netfilter.remove().await;
         self.claims.clear();
         self.rules.clear();
         if let Some(routing) = self.routing.clone() {

@@ -15,6 +15,7 @@
 //! next, after DPD or a Delete, in which traffic for the tunnel's subnets leaves in clear.
 
 mod kernel;
+pub mod netfilter;
 mod none;
 pub mod objects;
 pub mod routes;
