@@ -196,3 +196,22 @@ impl Endpoint {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Duration, FIRST, MAX, backoff};
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_jitters_down_by_at_most_a_quarter() {
+        for (attempts, base) in [(0, 2), (1, 4), (2, 8), (4, 32), (5, 60), (6, 60), (40, 60)] {
+            let base = Duration::from_secs(base);
+            for r in [0, 1, 7_777, u64::MAX] {
+                let w = backoff(attempts, r);
+                assert!(w <= base && w >= base * 3 / 4, "{attempts} {r}: {w:?}");
+            }
+        }
+        assert_eq!(backoff(0, 0), FIRST);
+        assert_eq!(backoff(u32::MAX, 0), MAX);
+        assert_eq!(backoff(0, 500), FIRST - Duration::from_millis(500));
+    }
+}
