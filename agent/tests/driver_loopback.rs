@@ -292,7 +292,7 @@ impl Dataplane for Refusing {
 }
 
 #[tokio::test]
-async fn a_child_sa_our_kernel_refused_is_deleted_at_the_peer() {
+async fn a_child_sa_our_kernel_refused_is_deleted_at_the_peer_and_created_again() {
     let (pa, pb) = (25_540u16, 25_640u16);
     let (a, a_run) = driver(pa, vec![a_side(pa, pb, b"refuse-psk")]);
     let b_def = b_side(pb, pa, "respond", b"refuse-psk");
@@ -309,6 +309,24 @@ async fn a_child_sa_our_kernel_refused_is_deleted_at_the_peer() {
             })
             .await;
         assert!(!sa.tunnels[0].ready);
+        // A `start` tunnel does not stay CHILD-less (review R-1): on the same IKE SA it creates
+        // a new CHILD SA after its backoff (2 s), which B refuses and deletes again.
+        let spis = sa.tunnels[0].gateway.ike_spis.clone();
+        let same_ike = |t: &strait_agent::status::TunnelStatus| {
+            t.gateway.ike_state == Some(IkeState::Established) && t.gateway.ike_spis == spis
+        };
+        a.wait("a creates a new CHILD SA", |s| {
+            s.tunnels
+                .first()
+                .is_some_and(|t| same_ike(t) && !t.gateway.child_sas.is_empty())
+        })
+        .await;
+        a.wait("b deletes it again", |s| {
+            s.tunnels
+                .first()
+                .is_some_and(|t| same_ike(t) && t.gateway.child_sas.is_empty())
+        })
+        .await;
         let sb = b
             .wait("b reports the refusal", |s| {
                 s.tunnels.first().is_some_and(|t| {

@@ -240,15 +240,17 @@ fn soft_expiry_rekeys_now_and_lost_messages_are_retransmitted() {
 }
 
 #[test]
-fn additional_child_sa_requests_and_unknown_rekeys_are_answered() {
-    // A rekey request for an SPI the responder does not know gets CHILD_SA_NOT_FOUND: A's
-    // rekey of an SA B already removed (hard expiry on B, its Delete lost) fails cleanly.
+fn a_child_sa_the_peer_expired_is_deleted_then_created_anew() {
+    // B removes the CHILD SA at its hard expiry and its Delete is lost at first; A learns of it
+    // from the retransmission. A's IKE SA is then left without a CHILD SA, and A (an always-up
+    // tunnel) creates a new one within the first backoff (2 s) rather than staying CHILD-less
+    // forever (review R-1; this test used to assert that nothing was left on either side).
     let mut a = config_a();
     a.child_lifetime = lifetime(100);
     let mut b = mirror(&a);
     b.child_lifetime = lifetime(1000);
     let mut p = up(&a, &b, (1, 2));
-    let (_, old_b) = p.assert_children_match();
+    let (old_a, old_b) = p.assert_children_match();
     p.filter = Box::new(|from, _, _| {
         if from == Side::B {
             Fate::Drop
@@ -261,10 +263,26 @@ fn additional_child_sa_requests_and_unknown_rekeys_are_answered() {
     p.filter = Box::new(|_, _, _| Fate::Deliver);
     assert_eq!(Pair::child_deletes(&p.ev_b), 1);
     p.run_for(Duration::from_secs(100));
-    // B's Delete got through on retransmission; A's rekey found nothing to rekey.
+    // B's Delete got through on retransmission, then A created a new CHILD SA.
     assert_eq!(Pair::child_deletes(&p.ev_a), 1);
-    assert!(p.a.children(p.a_peer).is_empty() && p.b.children(p.b_peer).is_empty());
-    assert!(Pair::downs(&p.ev_a).is_empty() && Pair::downs(&p.ev_b).is_empty());
+    let deleted_at = p
+        .ev_a
+        .iter()
+        .find_map(|(t, e)| matches!(e, Event::ChildSaDelete { .. }).then_some(*t))
+        .unwrap();
+    let (new_a, new_b) = assert_one_matching_child(&p);
+    assert_ne!(new_a.child, old_a.child);
+    assert_eq!((new_a.replaces, new_b.replaces), (None, None));
+    assert!(new_a.initiator && !new_b.initiator);
+    let created_at = p
+        .ev_a
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::ChildSaInstall(i) if i.child == new_a.child => Some(*t),
+            _ => None,
+        })
+        .unwrap();
+    assert!(created_at - deleted_at <= Duration::from_secs(2));
 }
 
 /// Both ends rekey the same CHILD SA at the same instant, with the network reordering as

@@ -28,6 +28,7 @@ use crate::sa::ike_init::InitSent;
 use crate::sa::inbound::{self, Outcome};
 use crate::sa::{Ctx, IkeSa, RequestKind, SaId, Side, State};
 
+mod children;
 mod cookie;
 mod index;
 mod responder;
@@ -59,6 +60,8 @@ pub struct Stats {
 #[derive(Debug)]
 struct Peer {
     cfg: Arc<PeerConfig>,
+    /// Re-creating its CHILD SA when its IKE SA has none ([`children`]).
+    recovery: children::Recovery,
 }
 
 /// What every transition borrows from the endpoint, besides the SA itself and the SPI table:
@@ -140,6 +143,8 @@ pub struct Endpoint {
     by_init: HashMap<(SocketAddr, Spi), SaId>,
     /// Timers, half-open counts and SAs per tunnel.
     index: SaIndex,
+    /// Tunnels' CHILD SA recovery timers ([`children`]).
+    recovery_timers: BTreeSet<(Instant, PeerId)>,
     /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
     dirty: Vec<SaId>,
     cookies: Cookies,
@@ -178,6 +183,7 @@ impl Endpoint {
             by_spi: HashMap::new(),
             by_init: HashMap::new(),
             index: SaIndex::default(),
+            recovery_timers: BTreeSet::new(),
             dirty: Vec::new(),
             cookies: Cookies::default(),
         }
@@ -210,7 +216,13 @@ impl Endpoint {
             .entry(remote_key(&cfg))
             .or_default()
             .insert(id);
-        self.peers.insert(id, Peer { cfg: Arc::new(cfg) });
+        self.peers.insert(
+            id,
+            Peer {
+                cfg: Arc::new(cfg),
+                recovery: children::Recovery::default(),
+            },
+        );
         Ok(id)
     }
 
@@ -246,18 +258,22 @@ impl Endpoint {
         self.settle(now);
     }
 
-    /// The kernel saw traffic for an `onTraffic` tunnel: initiate unless an IKE SA for it is
-    /// being set up or is up. One that is closing does not count: the kernel asks only once per
+    /// The kernel saw traffic for an `onTraffic` tunnel. With no IKE SA, one is initiated; on
+    /// an established IKE SA without a CHILD SA, a CHILD SA is created (CREATE_CHILD_SA, RFC
+    /// 7296 §1.3.1, as charon does); with a CHILD SA in use, or one or an IKE SA on its way,
+    /// nothing happens. An IKE SA that is closing does not count: the kernel asks only once per
     /// flow until its acquire times out (30 s), so ignoring it would stall the tunnel that long.
+    ///
+    /// The tunnel's CHILD SA covers all its traffic selectors, so the acquire's selectors are
+    /// not needed to tell which CHILD SA is missing.
     pub fn acquire(&mut self, now: Instant, peer: PeerId) {
-        let live = self
-            .index
-            .of_peer(peer)
-            .iter()
-            .filter_map(|id| self.sas.get(id))
-            .any(|s| !s.closing());
-        if !live {
-            self.initiate(now, peer);
+        match self.tunnel_children(peer) {
+            children::Children::NoIke => self.initiate(now, peer),
+            children::Children::Missing(id) => {
+                self.create_child(now, id);
+                self.settle(now);
+            }
+            children::Children::Up | children::Children::Coming => {}
         }
     }
 
@@ -276,6 +292,7 @@ impl Endpoint {
         for id in self.index.of_peer(peer) {
             self.with_sa(now, id, established::delete_locally);
         }
+        self.forget_recovery(peer);
         self.settle(now);
     }
 
@@ -367,7 +384,10 @@ impl Endpoint {
             self.sas.values().filter_map(IkeSa::next_timeout).min(),
             "the timer index is out of date"
         );
-        self.index.next_deadline()
+        match (self.index.next_deadline(), self.next_recovery()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs every timer due at `now`. Call it when the instant from [`Endpoint::poll_timeout`]
@@ -376,6 +396,8 @@ impl Endpoint {
         for id in self.index.due(now) {
             self.with_sa(now, id, IkeSa::on_timeout);
         }
+        self.settle(now);
+        self.recover_due(now);
         self.settle(now);
     }
 
@@ -551,6 +573,10 @@ impl Endpoint {
         let mut dirty = core::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        let tunnels: BTreeSet<PeerId> = dirty
+            .iter()
+            .filter_map(|id| self.sas.get(id).map(|sa| sa.common.peer))
+            .collect();
         for id in dirty {
             let Some(sa) = self.sas.get(&id) else {
                 continue;
@@ -567,6 +593,9 @@ impl Endpoint {
             {
                 self.by_init.remove(&key);
             }
+        }
+        for peer in tunnels {
+            self.maintain_children(now, peer);
         }
     }
 

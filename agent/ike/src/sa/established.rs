@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::child::{Child, ChildState};
-use super::rekey::{self, ChildRekeyOut, IkeRekeyOut};
+use super::rekey::{self, ChildCreateOut, ChildRekeyOut, IkeRekeyOut};
 use super::{Common, Ctx, IkeSa, Keys, RequestKind, State};
 use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
 use crate::event::{EspSpi, Event};
@@ -22,6 +22,8 @@ pub(crate) struct Established {
     pub initial_contact: bool,
     /// Our CHILD SA rekey in flight.
     pub child_rekey: Option<ChildRekeyOut>,
+    /// Our new (non-rekey) CHILD SA request in flight.
+    pub child_create: Option<ChildCreateOut>,
     /// Our IKE SA rekey in flight.
     pub ike_rekey: Option<IkeRekeyOut>,
     /// When to rekey the IKE SA; `None` while a rekey is queued or running.
@@ -36,6 +38,7 @@ impl Established {
             queue: VecDeque::new(),
             initial_contact: false,
             child_rekey: None,
+            child_create: None,
             ike_rekey: None,
             ike_rekey_at: None,
         }
@@ -85,6 +88,10 @@ impl Established {
                 }
                 RequestKind::RekeyChild { old, group } => {
                     rekey::start_child(self, c, ctx, *old, *group)?;
+                    continue;
+                }
+                RequestKind::CreateChild { group } => {
+                    rekey::start_create(self, c, ctx, *group)?;
                     continue;
                 }
                 RequestKind::RekeyIke { group } => {

@@ -89,6 +89,10 @@ pub(crate) fn on_response(
             super::rekey::on_child_response(e, c, ctx, payloads);
             Next::Stay
         }
+        RequestKind::CreateChild { .. } => {
+            super::rekey::on_create_response(e, c, ctx, payloads);
+            Next::Stay
+        }
         RequestKind::RekeyIke { .. } => super::rekey::on_ike_response(e, c, ctx, payloads),
         RequestKind::DeleteChild(spis) => {
             // Our Delete is answered: the peer stopped using them, so they go now.

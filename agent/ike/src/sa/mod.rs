@@ -61,6 +61,9 @@ pub(crate) enum RequestKind {
         old: ChildSaId,
         group: Option<KeGroup>,
     },
+    /// CREATE_CHILD_SA creating a new CHILD SA (no REKEY_SA, RFC 7296 §1.3.1) on an IKE SA that
+    /// has none; `group` as for [`RequestKind::RekeyChild`].
+    CreateChild { group: Option<KeGroup> },
     /// CREATE_CHILD_SA rekeying the IKE SA itself; `group` as for [`RequestKind::RekeyChild`].
     RekeyIke { group: Option<KeGroup> },
 }
@@ -406,11 +409,6 @@ impl IkeSa {
             State::Closing { until, .. } => now >= *until && !self.common.win.busy(),
             _ => false,
         }
-    }
-
-    /// Whether it is going away (deleted, replaced or failed): no longer the tunnel's IKE SA.
-    pub fn closing(&self) -> bool {
-        matches!(self.state, State::Closing { .. } | State::Gone)
     }
 
     /// Whether it is a responder's half-open SA.

@@ -20,13 +20,20 @@ use crate::sa::{Common, Ctx, RequestKind};
 /// Shortest wait before retrying a refused CHILD SA rekey whose hard expiry is near.
 const RETRY_FLOOR: Duration = Duration::from_millis(500);
 
+/// What we offered in a CHILD SA request of ours, a rekey or a new one ([`super::create`]):
+/// kept until the answer comes.
+#[derive(Debug)]
+pub(crate) struct Offer {
+    pub spi_in: [u8; 4],
+    pub ni: Vec<u8>,
+    pub ke: Option<KeyExchange>,
+}
+
 /// Our CHILD SA rekey in flight.
 #[derive(Debug)]
 pub(crate) struct ChildRekeyOut {
     pub old: ChildSaId,
-    pub spi_in: [u8; 4],
-    pub ni: Vec<u8>,
-    pub ke: Option<KeyExchange>,
+    pub offer: Offer,
     /// The peer rekeyed the same CHILD SA meanwhile and we answered: its (Ni, Nr).
     pub collision: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -63,6 +70,34 @@ fn pfs_group(c: &Common) -> Option<KeGroup> {
         .find_map(|p| p.ke.first().copied())
 }
 
+/// The body of a CHILD SA request of ours (RFC 7296 §1.3.1, §1.3.3): SA, Ni, [KEi], TSi, TSr,
+/// with a key exchange in `group`, else in the first PFS group configured, else none. A rekey
+/// puts N(REKEY_SA) in front; a new CHILD SA sends it as is.
+pub(super) fn offer(
+    c: &Common,
+    ctx: &mut Ctx<'_>,
+    group: Option<KeGroup>,
+) -> Result<(Offer, Vec<Payload>), Reason> {
+    let ke = match group.or_else(|| pfs_group(c)) {
+        Some(g) => Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?),
+        None => None,
+    };
+    let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
+    let ni = ctx.nonce();
+    let [sa_p, tsi, tsr] = child::request_payloads(c, spi_in, ke.is_some());
+    let mut payloads = vec![sa_p];
+    payloads.extend(Nonce::new(ni.clone()).map(Payload::Nonce));
+    if let Some(k) = &ke {
+        payloads.push(Payload::KeyExchange(KePayload {
+            group: k.group().id(),
+            data: k.public_value().to_vec(),
+        }));
+    }
+    payloads.push(tsi);
+    payloads.push(tsr);
+    Ok((Offer { spi_in, ni, ke }, payloads))
+}
+
 /// Sends our CHILD SA rekey request: N(REKEY_SA), SA, Ni, [KEi], TSi, TSr. Does nothing when
 /// the CHILD SA is gone or no longer in use.
 pub(crate) fn start_child(
@@ -80,31 +115,14 @@ pub(crate) fn start_child(
         return Ok(());
     };
     let old_spi = ch.spi_in;
-    let ke = match group.or_else(|| pfs_group(c)) {
-        Some(g) => Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?),
-        None => None,
-    };
-    let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
-    let ni = ctx.nonce();
-    let [sa_p, tsi, tsr] = child::request_payloads(c, spi_in, ke.is_some());
-    let mut payloads = vec![
-        Payload::Notify(Notify::for_child(
-            NotifyType::REKEY_SA,
-            ProtocolId::ESP,
-            old_spi,
-            Vec::new(),
-        )),
-        sa_p,
-    ];
-    payloads.extend(Nonce::new(ni.clone()).map(Payload::Nonce));
-    if let Some(k) = &ke {
-        payloads.push(Payload::KeyExchange(KePayload {
-            group: k.group().id(),
-            data: k.public_value().to_vec(),
-        }));
-    }
-    payloads.push(tsi);
-    payloads.push(tsr);
+    let (offer, body) = offer(c, ctx, group)?;
+    let mut payloads = vec![Payload::Notify(Notify::for_child(
+        NotifyType::REKEY_SA,
+        ProtocolId::ESP,
+        old_spi,
+        Vec::new(),
+    ))];
+    payloads.extend(body);
     c.send_request(
         ctx,
         &e.keys,
@@ -114,15 +132,13 @@ pub(crate) fn start_child(
     )?;
     e.child_rekey = Some(ChildRekeyOut {
         old,
-        spi_in,
-        ni,
-        ke,
+        offer,
         collision: None,
     });
     Ok(())
 }
 
-fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
+pub(super) fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
     ctx.events.push_back(Event::ChildSaFailed {
         peer: c.peer,
         reason,
@@ -165,7 +181,7 @@ pub(crate) fn on_child_response(
             let wanted = n.requested_group().and_then(KeGroup::from_id);
             let offered = wanted.filter(|g| c.cfg.esp_proposals.iter().any(|x| x.ke.contains(g)));
             if let Some(g) = offered
-                && p.ke.as_ref().is_none_or(|k| k.group() != g)
+                && p.offer.ke.as_ref().is_none_or(|k| k.group() != g)
                 && p.collision.is_none()
             {
                 e.queue.push_front(RequestKind::RekeyChild {
@@ -179,17 +195,23 @@ pub(crate) fn on_child_response(
             // The peer's rekey of the same SA succeeded: it stands, the peer deletes the old.
             return;
         }
+        if n.ty == NotifyType::CHILD_SA_NOT_FOUND {
+            // The peer no longer has it (its Delete was lost, or is still on its way): a new
+            // CHILD SA takes its place.
+            super::create::replace_lost(e, c, ctx, p.old);
+            return;
+        }
         let transient = n.ty == NotifyType::TEMPORARY_FAILURE;
-        if !transient && n.ty != NotifyType::CHILD_SA_NOT_FOUND {
+        if !transient {
             child_failed(c, ctx, Reason::from_notify(n.ty));
         }
         retry_child_later(e, ctx, p.old, transient);
         return;
     }
-    match complete_child(e, c, ctx, &p, payloads) {
+    match complete(e, c, ctx, &p.offer, Some(p.old), payloads) {
         Ok(mut new) => {
             let lost = p.collision.as_ref().is_some_and(|(ni2, nr2)| {
-                lowest_nonce_in_first((&p.ni, nonce_of(payloads)), (ni2, nr2))
+                lowest_nonce_in_first((&p.offer.ni, nonce_of(payloads)), (ni2, nr2))
             });
             if lost {
                 // Ours is the redundant one: we made it, we delete it; the peer deletes the old.
@@ -216,7 +238,8 @@ pub(crate) fn on_child_response(
         Err(r) => {
             child_failed(c, ctx, r);
             // The peer installed what it answered (no error came back): have it removed.
-            e.queue.push_back(RequestKind::DeleteChild(vec![p.spi_in]));
+            e.queue
+                .push_back(RequestKind::DeleteChild(vec![p.offer.spi_in]));
             if p.collision.is_none() {
                 retry_child_later(e, ctx, p.old, false);
             }
@@ -224,22 +247,25 @@ pub(crate) fn on_child_response(
     }
 }
 
-fn nonce_of(payloads: &[Payload]) -> &[u8] {
+pub(super) fn nonce_of(payloads: &[Payload]) -> &[u8] {
     Inner::of(payloads).nonce.map_or(&[], |n| n.as_bytes())
 }
 
-fn complete_child(
+/// Checks the peer's answer to a CHILD SA request of ours (`offer`) and installs the CHILD SA
+/// it creates (replacing `replaces`, for a rekey).
+pub(super) fn complete(
     e: &Established,
     c: &Common,
     ctx: &mut Ctx<'_>,
-    p: &ChildRekeyOut,
+    offer: &Offer,
+    replaces: Option<ChildSaId>,
     payloads: &[Payload],
 ) -> Result<child::Child, Reason> {
     let inner = Inner::of(payloads);
     let (choice, spi_out, tsi, tsr) =
-        child::accepted(c, inner.sa, inner.tsi, inner.tsr, p.ke.is_some())?;
+        child::accepted(c, inner.sa, inner.tsi, inner.tsr, offer.ke.is_some())?;
     let nr = inner.nonce.ok_or(Reason::InvalidSyntax)?.as_bytes();
-    let shared = match (choice.ke, &p.ke) {
+    let shared = match (choice.ke, &offer.ke) {
         (None, _) => None,
         (Some(g), Some(ke)) if ke.group() == g => {
             let theirs = inner
@@ -255,13 +281,13 @@ fn complete_child(
     };
     let new = child::NewChild {
         choice,
-        spi_in: p.spi_in,
+        spi_in: offer.spi_in,
         spi_out,
-        nonces: (&p.ni, nr),
+        nonces: (&offer.ni, nr),
         g_ir: shared.as_ref().map(|s| s.as_bytes()),
         local_ts: tsi,
         remote_ts: tsr,
-        replaces: Some(p.old),
+        replaces,
         exchange_initiator: true,
     };
     child::install(c, ctx, &e.keys, new)
@@ -333,7 +359,11 @@ pub(super) fn respond_child(
         exchange_initiator: false,
     };
     let new = child::install(c, ctx, &e.keys, new).map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
+    let new_id = new.id;
     e.children.push(new);
+    if old.is_none() {
+        super::create::peer_created(e, new_id, &ni, &nr);
+    }
     if let Some(old) = old {
         if let Some(ch) = e.children.iter_mut().find(|ch| ch.id == old) {
             ch.state = ChildState::Rekeyed;

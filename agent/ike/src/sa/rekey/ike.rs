@@ -114,7 +114,9 @@ fn adopt(old_c: &Common, old_e: &mut Established, ctx: &mut Ctx<'_>, mut new: Ik
         ne.queue.extend(old_e.queue.drain(..).filter(|r| {
             matches!(
                 r,
-                RequestKind::DeleteChild(_) | RequestKind::RekeyChild { .. }
+                RequestKind::DeleteChild(_)
+                    | RequestKind::RekeyChild { .. }
+                    | RequestKind::CreateChild { .. }
             )
         }));
         ctx.events.push_back(Event::IkeSaRekeyed {
@@ -222,10 +224,11 @@ pub(super) fn on_ike_request(
     payloads: &[Payload],
 ) -> Next {
     let busy = e.child_rekey.is_some()
+        || e.child_create.is_some()
         || e.children.iter().any(|ch| ch.state == ChildState::Deleting)
         || e.ike_rekey.as_ref().is_some_and(|p| p.collision.is_some());
     let answer = if busy {
-        // §2.25.1: we are rekeying or closing a CHILD SA of this IKE SA.
+        // §2.25.1: we are rekeying, creating or closing a CHILD SA of this IKE SA.
         Err(Refusal::Notify(NotifyType::TEMPORARY_FAILURE))
     } else {
         answer_ike_rekey(e, c, ctx, payloads)

@@ -1,6 +1,6 @@
 //! CREATE_CHILD_SA (RFC 7296 §1.3): rekeying CHILD SAs (§1.3.3, §2.8) and the IKE SA itself
-//! (§1.3.2, §2.18), additional CHILD SAs as responder, and the collision rules of §2.8.1,
-//! §2.8.2 and §2.25.
+//! (§1.3.2, §2.18), new CHILD SAs both ways (§1.3.1, [`create`]), and the collision rules of
+//! §2.8.1, §2.8.2 and §2.25.
 //!
 //! CHILD SA rekey, make-before-break: both ends install the new SA first
 //! (`replaces: Some(old)`); the rekey initiator then sends Delete(ESP, old inbound SPI) and
@@ -15,9 +15,11 @@
 //! requester retries after a random delay.
 
 mod child;
+mod create;
 mod ike;
 
 pub(crate) use child::{ChildRekeyOut, on_child_response, soft_expire, start_child};
+pub(crate) use create::{ChildCreateOut, on_create_response, start_create};
 pub(crate) use ike::{
     IkeRekeyOut, adopt_on_delete, await_delete, delete_ike, on_ike_response, start_ike,
 };
