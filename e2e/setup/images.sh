@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Strait's container images as OCI image archives, with no container daemon and no registry:
 #   localhost/pause:3.10.2            the pod sandbox image (Kubernetes' own pause.c, gcc -static)
-#   localhost/strait-agent:VERSION     strait-agent on a distroless-style root, runs as root
+#   localhost/strait-agent:VERSION     strait-agent on a distroless-style root, plus nft (the agent's
+#                                      masquerade exemption and MSS clamping), runs as root
 #   localhost/strait-operator:VERSION  strait-operator on the same root, runs as 65532 (non-root)
 # Import one into a node's containerd with `ctr -n k8s.io images import ARCHIVE`.
 #
@@ -25,6 +26,10 @@ K8S_VERSION=v1.37.2            # where pause.c comes from (the module controlpla
 LIBC6_VERSION=2.36-9+deb12u14  # bookworm
 LIBGCC_VERSION=12.2.0-14+deb12u1  # also gcc-12-base: libgcc-s1's copyright file is that package's
 CACERTS_VERSION=20250419~deb12u2
+# nft and its libraries, for the agent image only (bookworm)
+NFT_DEBS="nftables=1.0.6-2+deb12u2 libnftables1=1.0.6-2+deb12u2 libedit2=3.1-20221030-2
+libmnl0=1.0.4-3 libnftnl11=1.2.4-2 libxtables12=1.8.9-2 libjansson4=2.14-2
+libgmp10=2:6.2.1+dfsg1-1.1 libtinfo6=6.4-4 libbsd0=0.11.7-2 libmd0=1.0.4-2"
 # Every file's mtime in every layer: 2025-01-01T00:00:00Z.
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1735689600}"
 
@@ -121,6 +126,23 @@ chmod 1777 "$B/tmp"
 printf 'PRETTY_NAME="Strait distroless-style root (Debian 12 libc6 %s)"\nID=strait-base\n' \
 	"$LIBC6_VERSION" >"$B/etc/os-release"
 
+# ---- nft for the agent: the binary, its shared libraries and their copyright files -------------------
+A="$WORK/agent"
+mkdir -p "$A/usr/sbin" "$A/usr/lib/x86_64-linux-gnu" "$A/usr/share/doc"
+for spec in $NFT_DEBS; do
+	pkg="${spec%%=*}"
+	deb="$(fetch_deb "$pkg" "${spec#*=}")"
+	mkdir -p "$X/$pkg"
+	dpkg-deb -x "$deb" "$X/$pkg"
+	find "$X/$pkg" \( -type f -o -type l \) -name '*.so.*' -path '*/x86_64-linux-gnu/*' \
+		-exec cp -a {} "$A/usr/lib/x86_64-linux-gnu/" \;
+	if [ -f "$X/$pkg/usr/share/doc/$pkg/copyright" ]; then
+		mkdir -p "$A/usr/share/doc/$pkg"
+		cp "$X/$pkg/usr/share/doc/$pkg/copyright" "$A/usr/share/doc/$pkg/copyright"
+	fi
+done
+cp -a "$X/nftables/usr/sbin/nft" "$A/usr/sbin/nft"
+
 # ---- the pause binary ----------------------------------------------------------------------------
 pause_c="${GOMODCACHE:-$CACHE/go/mod}/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
 [ -f "$pause_c" ] || die "$pause_c is missing: run e2e/setup/controlplane.sh first (it downloads k8s.io/kubernetes@$K8S_VERSION)"
@@ -138,17 +160,18 @@ check_root() { # app-layer-dir binary
 	rm -rf "$r"
 	cp -a "$B" "$r"
 	cp -a "$1/." "$r/"
-	chroot "$r" "$2" --help >/dev/null 2>"$WORK/check.log" || {
+	chroot "$r" "$2" --version >/dev/null 2>"$WORK/check.log" || {
 		cat "$WORK/check.log" >&2
 		die "$2 does not start from the image root"
 	}
 	rm -rf "$r"
 }
 check_root "$WORK/agent" /usr/local/bin/strait-agent
+check_root "$WORK/agent" /usr/sbin/nft
 check_root "$WORK/operator" /usr/local/bin/strait-operator
 
 # ---- the archives --------------------------------------------------------------------------------
-ENV_PATH="PATH=/usr/local/bin:/usr/bin:/bin"
+ENV_PATH="PATH=/usr/local/bin:/usr/sbin:/usr/bin:/bin"
 ENV_SSL="SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"
 REV_LABEL="org.opencontainers.image.revision=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
 : >"$OUT/images.json.tmp"
