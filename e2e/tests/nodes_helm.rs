@@ -689,7 +689,9 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         let to = wait_for(
             &k,
             &format!("{PSK_TUNNEL} Ready off {from}"),
-            Duration::from_secs(90),
+            // 16-22 s when the operator's leader was on the stopped node; the bound leaves room
+            // for a new leader whose watches never filled to exit (30 s) and be restarted
+            Duration::from_secs(150),
             || {
                 let s = status(&k, PSK_TUNNEL);
                 (ready(&s) && active(&s).is_some_and(|a| a != from)).then(|| active(&s).unwrap())

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod};
@@ -129,6 +129,9 @@ pub struct Settings {
     pub owner_deployment: Option<String>,
     /// This replica's identity, reported on Events.
     pub identity: String,
+    /// With leader election: how long the watch caches may take to fill before the process
+    /// exits to be restarted (a stuck leader would hold the Lease and reconcile nothing).
+    pub cache_sync_timeout: Option<Duration>,
 }
 
 /// Shared state of all reconciles.
@@ -215,6 +218,36 @@ pub async fn run(
             && let Err(e) = start_ctx.sync_daemonset(None).await
         {
             tracing::warn!(error = %e, "initial agent DaemonSet sync failed");
+        }
+    });
+    // A leader whose watches never fill reconciles nothing and keeps every gateway as it was
+    // (seen once on kubelets: a replica that had just started took over and stayed silent).
+    // As controller-runtime's cache sync timeout does, give up and exit: the kubelet restarts
+    // the pod, and this replica, or the other, starts again with fresh connections.
+    let sync_ctx = ctx.clone();
+    let sync_timeout = ctx.settings.cache_sync_timeout;
+    tokio::spawn(async move {
+        let Some(limit) = sync_timeout else {
+            return;
+        };
+        let filled = tokio::time::timeout(limit, async {
+            let _ = sync_ctx.tunnels.wait_until_ready().await;
+            let _ = sync_ctx.nodes.wait_until_ready().await;
+            let _ = sync_ctx.leases.wait_until_ready().await;
+        })
+        .await;
+        match filled {
+            Ok(()) => tracing::info!("watch caches filled"),
+            Err(_) => {
+                tracing::error!(
+                    tunnels = sync_ctx.tunnels.wait_until_ready().now_or_never().is_some(),
+                    nodes = sync_ctx.nodes.wait_until_ready().now_or_never().is_some(),
+                    leases = sync_ctx.leases.wait_until_ready().now_or_never().is_some(),
+                    timeout_s = limit.as_secs(),
+                    "the watch caches did not fill in time; exiting so that the pod is restarted"
+                );
+                std::process::exit(1);
+            }
         }
     });
 
