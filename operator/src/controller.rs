@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod};
@@ -59,6 +59,8 @@ struct ApiSight {
     failing: bool,
     /// Since when requests succeed again (or since start: a new operator has seen no renewals).
     ok_since: Instant,
+    /// When the heartbeat Lease watch last delivered an event (wall clock, as Lease times are).
+    last_lease_event: Option<Timestamp>,
 }
 
 impl ApiSight {
@@ -66,11 +68,26 @@ impl ApiSight {
         Self {
             failing: false,
             ok_since: now,
+            last_lease_event: None,
         }
     }
 
-    fn failed(&mut self) {
-        self.failing = true;
+    /// Records a failure; `true` when this starts a failing spell (so it is logged once).
+    fn failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.failing, true)
+    }
+
+    /// The Lease watch delivered an event at `at`.
+    fn lease_event(&mut self, at: Timestamp, now: Instant) {
+        self.last_lease_event = Some(at);
+        self.succeeded(now);
+    }
+
+    /// Whether the Lease watch delivered an event after `expired`. The events of one watch come
+    /// in order, so a renewal made before that event is in the cache: a Lease that still looks
+    /// expired then really was not renewed, whatever a direct read says.
+    fn watch_live_after(&self, expired: Timestamp) -> bool {
+        self.last_lease_event.is_some_and(|at| at > expired)
     }
 
     fn succeeded(&mut self, now: Instant) {
@@ -91,6 +108,13 @@ impl ApiSight {
     }
 }
 
+/// Which watch an event that re-reconciles every tunnel came from.
+#[derive(Debug, Clone, Copy)]
+enum WatchSource {
+    Node,
+    Lease,
+}
+
 /// What the controller needs from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -105,6 +129,9 @@ pub struct Settings {
     pub owner_deployment: Option<String>,
     /// This replica's identity, reported on Events.
     pub identity: String,
+    /// With leader election: how long the watch caches may take to fill before the process
+    /// exits to be restarted (a stuck leader would hold the Lease and reconcile nothing).
+    pub cache_sync_timeout: Option<Duration>,
 }
 
 /// Shared state of all reconciles.
@@ -134,7 +161,7 @@ pub async fn run(
         .backoff(WatchBackoff::default())
         .reflect(nodes_writer)
         .touched_objects()
-        .map_ok(|_| ());
+        .map_ok(|_| WatchSource::Node);
     let (leases, leases_writer) = reflector::store();
     let lease_events = watcher(
         Api::<Lease>::namespaced(client.clone(), &settings.namespace),
@@ -144,19 +171,23 @@ pub async fn run(
     .reflect(leases_writer)
     .touched_objects()
     .try_filter(|l| std::future::ready(heartbeat::node_of_lease(&l.name_any()).is_some()))
-    .map_ok(|_| ());
+    .map_ok(|_| WatchSource::Lease);
     // Any Node or heartbeat change may move a gateway: re-reconcile every tunnel (there are few).
     let sight = Arc::new(Mutex::new(ApiSight::new(Instant::now())));
     let watch_sight = sight.clone();
     let triggers = futures::stream::select(node_events, lease_events).filter_map(move |r| {
         if let Ok(mut s) = watch_sight.lock() {
             match &r {
-                Ok(()) => s.succeeded(Instant::now()),
-                Err(_) => s.failed(),
+                Ok(WatchSource::Lease) => s.lease_event(Timestamp::now(), Instant::now()),
+                Ok(WatchSource::Node) => s.succeeded(Instant::now()),
+                Err(_) => {
+                    s.failed();
+                }
             }
         }
         async {
-            r.map_err(|e| tracing::warn!(error = %e, "watching nodes or leases failed"))
+            r.map(|_| ())
+                .map_err(|e| tracing::warn!(error = %e, "watching nodes or leases failed"))
                 .ok()
         }
     });
@@ -187,6 +218,36 @@ pub async fn run(
             && let Err(e) = start_ctx.sync_daemonset(None).await
         {
             tracing::warn!(error = %e, "initial agent DaemonSet sync failed");
+        }
+    });
+    // A leader whose watches never fill reconciles nothing and keeps every gateway as it was
+    // (seen once on kubelets: a replica that had just started took over and stayed silent).
+    // As controller-runtime's cache sync timeout does, give up and exit: the kubelet restarts
+    // the pod, and this replica, or the other, starts again with fresh connections.
+    let sync_ctx = ctx.clone();
+    let sync_timeout = ctx.settings.cache_sync_timeout;
+    tokio::spawn(async move {
+        let Some(limit) = sync_timeout else {
+            return;
+        };
+        let filled = tokio::time::timeout(limit, async {
+            let _ = sync_ctx.tunnels.wait_until_ready().await;
+            let _ = sync_ctx.nodes.wait_until_ready().await;
+            let _ = sync_ctx.leases.wait_until_ready().await;
+        })
+        .await;
+        match filled {
+            Ok(()) => tracing::info!("watch caches filled"),
+            Err(_) => {
+                tracing::error!(
+                    tunnels = sync_ctx.tunnels.wait_until_ready().now_or_never().is_some(),
+                    nodes = sync_ctx.nodes.wait_until_ready().now_or_never().is_some(),
+                    leases = sync_ctx.leases.wait_until_ready().now_or_never().is_some(),
+                    timeout_s = limit.as_secs(),
+                    "the watch caches did not fill in time; exiting so that the pod is restarted"
+                );
+                std::process::exit(1);
+            }
         }
     });
 
@@ -504,8 +565,12 @@ impl Context {
                 lock(&|s| s.succeeded(Instant::now()));
                 None
             }
-            Ok(Err(_)) | Err(_) => {
-                lock(&|s| s.failed());
+            Ok(Err(e)) => {
+                self.read_failed(prev, &cached, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.read_failed(prev, &cached, "timed out");
                 None
             }
         };
@@ -533,6 +598,31 @@ impl Context {
             e.active_expires = Some(until);
         }
         e
+    }
+
+    /// A direct read of `prev`'s Lease failed. It blinds us ([`ApiSight`]) unless the Lease
+    /// watch delivered an event after the cached Lease ran out: then the cache is current and
+    /// the gateway really stopped renewing. Without that exception a new leader whose reads
+    /// failed (a Service route still pointing at a stopped node) kept a dead gateway forever,
+    /// each watch event restarting the grace period.
+    fn read_failed(&self, prev: &str, cached: &Lease, why: &str) {
+        let Ok(mut s) = self.sight.lock() else {
+            return;
+        };
+        let current = heartbeat::expires_at(cached).is_some_and(|exp| s.watch_live_after(exp));
+        if current {
+            tracing::debug!(
+                node = prev,
+                error = why,
+                "reading the gateway's Lease failed; the Lease watch is current past its expiry"
+            );
+        } else if s.failed() {
+            tracing::warn!(
+                node = prev,
+                error = why,
+                "reading the gateway's Lease failed: the API server counts as not visible"
+            );
+        }
     }
 
     /// Why `node` stopped being a candidate, for the failover Event.
@@ -872,5 +962,37 @@ mod tests {
         // further successes do not extend it
         s.succeeded(later + Duration::from_secs(3));
         assert_eq!(s.blind_until(lease, later + lease), None);
+    }
+
+    #[test]
+    fn a_failing_spell_is_reported_once() {
+        let t0 = Instant::now();
+        let mut s = ApiSight::new(t0);
+        assert!(s.failed());
+        assert!(!s.failed());
+        s.succeeded(t0 + Duration::from_secs(1));
+        assert!(s.failed());
+    }
+
+    #[test]
+    fn a_lease_watch_current_past_the_expiry_outweighs_a_failed_read() {
+        let t0 = Instant::now();
+        let mut s = ApiSight::new(t0);
+        let expired = Timestamp::from_second(1_000).unwrap();
+        // no Lease event yet: nothing says the cache is current
+        assert!(!s.watch_live_after(expired));
+        // an event from before the expiry proves nothing about renewals after it
+        s.lease_event(Timestamp::from_second(999).unwrap(), t0);
+        assert!(!s.watch_live_after(expired));
+        assert!(!s.watch_live_after(Timestamp::from_second(999).unwrap()));
+        // one after it does
+        s.lease_event(Timestamp::from_second(1_001).unwrap(), t0);
+        assert!(s.watch_live_after(expired));
+        // and a Lease event is a success: it ends a failing spell
+        s.failed();
+        let back = t0 + Duration::from_secs(2);
+        s.lease_event(Timestamp::from_second(1_002).unwrap(), back);
+        assert!(!s.failing);
+        assert_eq!(s.ok_since, back);
     }
 }

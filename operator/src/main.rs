@@ -281,6 +281,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         owner_deployment: args.owner_deployment.clone().filter(|n| !n.is_empty()),
         identity,
+        // controller-runtime's cache sync timeout is 2 min; a leader must fail over sooner
+        cache_sync_timeout: args
+            .leader_election
+            .then_some(std::time::Duration::from_secs(30)),
     };
     let mut stop_rx2 = stop_rx.clone();
     let shutdown = async move {
