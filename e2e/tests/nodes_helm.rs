@@ -448,6 +448,21 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     for t in [PSK_TUNNEL, CERT_TUNNEL] {
         assert_agree(&sas, t, &exec_status(&k, &pods[0].0, t));
     }
+    // the image's nft runs in the pod, with the pod's capabilities, on its node's netfilter
+    // (what the kernel data plane's masquerade exemption and MSS clamping go through)
+    let nft = k
+        .ns_kubectl(&[
+            "exec", &pods[0].0, "-c", "agent", "--", "nft", "list", "tables",
+        ])
+        .unwrap_or_else(|e| panic!("kubectl exec {} -- nft list tables: {e:#}", pods[0].0));
+    let host = strait_e2e::netns::exec(NODE1, &["nft", "list", "tables"])
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        nft.trim(),
+        host.trim(),
+        "the pod's nft sees its node's tables"
+    );
     // the agent's sockets are in its node's namespace, bound by the pod (NET_BIND_SERVICE)
     let ss = strait_e2e::netns::exec(NODE1, &["ss", "-ulnp"])
         .unwrap()
