@@ -125,6 +125,15 @@ fn in_ns<T: Send + 'static>(ns: &str, body: impl FnOnce() -> T + Send + 'static)
     .unwrap()
 }
 
+/// Runs `f` to completion on a current-thread runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn p(s: &str) -> Prefix {
     let (a, l) = s.split_once('/').unwrap();
     Prefix::new(a.parse().unwrap(), l.parse().unwrap()).unwrap()
@@ -145,11 +154,7 @@ fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
 
     let gw = t.gw.clone();
     let listed = in_ns(&gw, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let mut nf = Netfilter::default();
             nf.set(
                 7,
@@ -174,11 +179,7 @@ fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
 
     // removed on a clean exit: the node is as it was, the other table untouched
     let tables = in_ns(&gw, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let mut nf = Netfilter::default();
             nf.set(7, None).await;
             nf.remove().await;
