@@ -216,6 +216,23 @@ fn helm_install(k: &NodeCluster, extra: &[&str]) {
     }
 }
 
+/// How many times the active gateway's node is stopped (and restarted).
+const NODE_STOPS: u32 = 3;
+
+/// How many operator pods are Ready.
+fn operator_pods_ready(k: &NodeCluster) -> usize {
+    k.ns_kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=strait-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ])
+    .map(|o| o.lines().filter(|l| *l == "True").count())
+    .unwrap_or(0)
+}
+
 /// The agent pods (DaemonSet `strait-agent`) Running and Ready, by node.
 fn agent_pods(k: &NodeCluster) -> Vec<(String, String)> {
     let out = k
@@ -649,14 +666,80 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         }
     }
 
-    // ---- install again after the uninstall ---------------------------------------------------
+    // ---- install again, then stop the active gateway's node (kubelet killed) ----------------
     helm_install(&k, &[]);
     k.kubectl_stdin(["apply", "-f", "-"], &tunnels()).unwrap();
     wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 180);
-    // Stopping the active gateway's node (`NodeCluster::kill_kubelet`, then `restart_node`) is
-    // not asserted here yet: when the operator's leader was on the stopped node, the replica
-    // that took over stopped reconciling after its first few reconciles in 3 of 10 rounds
-    // (docs/testing-nodes.md). Until that is fixed the round would make this tier flaky.
+    let mut node_times = Vec::new();
+    for round in 1..=NODE_STOPS {
+        // a healthy standby: both agents and both operator replicas Ready, and settled (a
+        // standby that had only just started when the leader's node stopped once did not fail
+        // the tunnel over within 90 s: see docs/testing-nodes.md)
+        wait_for(
+            &k,
+            "agent and operator pods Ready on both nodes",
+            Duration::from_secs(120),
+            || (agent_pods(&k).len() == 2 && operator_pods_ready(&k) == 2).then_some(()),
+        );
+        thread::sleep(Duration::from_secs(5));
+        let from = active(&status(&k, PSK_TUNNEL)).unwrap();
+        let leader_pod = k
+            .ns_kubectl(&[
+                "get",
+                "lease",
+                "strait-operator-leader",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .unwrap_or_default();
+        let leader_node = k
+            .pods("app.kubernetes.io/name=strait-operator")
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(p, _)| *p == leader_pod)
+            .map(|(_, n)| n)
+            .unwrap_or_default();
+        let t = Instant::now();
+        k.kill_kubelet(&from).unwrap();
+        let to = wait_for(
+            &k,
+            &format!("{PSK_TUNNEL} Ready off {from}"),
+            // 16-22 s when the operator's leader was on the stopped node; the bound leaves room
+            // for a new leader whose watches never filled to exit (30 s) and be restarted
+            // (a backstop: the stalls seen in session 7 were lost wake-ups, see caches.rs)
+            Duration::from_secs(150),
+            || {
+                let s = status(&k, PSK_TUNNEL);
+                (ready(&s) && active(&s).is_some_and(|a| a != from)).then(|| active(&s).unwrap())
+            },
+        );
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "node stop {round}: {from} stopped (kubelet killed, its containers stopped), Ready on \
+             {to} after {secs:.2} s; the operator's leader was {}",
+            if leader_node == from {
+                "on that node: the standby took the leader Lease first"
+            } else {
+                "elsewhere"
+            }
+        );
+        node_times.push((secs, leader_node == from));
+        wait_ready(&k, &[CERT_TUNNEL], 60);
+        // the node comes back (its Node and pods are still in the API, as after a reboot)
+        let i: u32 = from.trim_start_matches("strait-node").parse().unwrap();
+        k.restart_node(i)
+            .unwrap_or_else(|e| panic!("restarting {from}: {e:#}\n{}", dump(&k)));
+    }
+    let all: Vec<f64> = node_times.iter().map(|t| t.0).collect();
+    let with: Vec<f64> = node_times.iter().filter(|t| t.1).map(|t| t.0).collect();
+    let without: Vec<f64> = node_times.iter().filter(|t| !t.1).map(|t| t.0).collect();
+    eprintln!(
+        "failover by node stop: p50 {:.2} s over {} rounds; with the operator's leader on the \
+         stopped node {with:.2?}, without {without:.2?}",
+        median(all.clone()),
+        all.len()
+    );
+    wait_ready(&k, &[CERT_TUNNEL], 60);
     charon.stop().unwrap();
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod};
@@ -29,6 +29,7 @@ use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 use strait_crds::watch::WatchBackoff;
 use strait_crds::{IPsecTunnel, heartbeat};
 
+use crate::caches::{Cache, CacheSync};
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
 use crate::diagnosis::{self, Diagnosis, Problem};
@@ -143,6 +144,8 @@ struct Context {
     nodes: Store<Node>,
     leases: Store<Lease>,
     tunnels: Store<IPsecTunnel>,
+    /// Which of the three caches hold a complete list; wait on this, never on a store.
+    caches: CacheSync,
     ready_by_tunnel: Mutex<BTreeMap<String, String>>,
     last_daemonset: Mutex<Option<(String, Instant)>>,
     sight: Arc<Mutex<ApiSight>>,
@@ -156,10 +159,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let wc = watcher::Config::default().any_semantic();
+    let caches = CacheSync::new();
     let (nodes, nodes_writer) = reflector::store();
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .backoff(WatchBackoff::default())
         .reflect(nodes_writer)
+        .inspect_ok(caches.observer(Cache::Nodes))
         .touched_objects()
         .map_ok(|_| WatchSource::Node);
     let (leases, leases_writer) = reflector::store();
@@ -169,6 +174,7 @@ pub async fn run(
     )
     .backoff(WatchBackoff::default())
     .reflect(leases_writer)
+    .inspect_ok(caches.observer(Cache::Leases))
     .touched_objects()
     .try_filter(|l| std::future::ready(heartbeat::node_of_lease(&l.name_any()).is_some()))
     .map_ok(|_| WatchSource::Lease);
@@ -192,7 +198,13 @@ pub async fn run(
         }
     });
 
-    let controller = Controller::new(Api::<IPsecTunnel>::all(client.clone()), wc)
+    // The controller's own watch, but built here so that it reports its InitDone to `caches`.
+    let (tunnels, tunnels_writer) = reflector::store();
+    let tunnel_events = watcher(Api::<IPsecTunnel>::all(client.clone()), wc)
+        .reflect(tunnels_writer)
+        .inspect_ok(caches.observer(Cache::Tunnels))
+        .applied_objects();
+    let controller = Controller::for_stream(tunnel_events, tunnels.clone())
         .trigger_backoff(WatchBackoff::default());
     let reporter = Reporter {
         controller: "strait-operator".to_owned(),
@@ -205,7 +217,8 @@ pub async fn run(
         metrics,
         nodes,
         leases,
-        tunnels: controller.store(),
+        tunnels,
+        caches,
         ready_by_tunnel: Mutex::new(BTreeMap::new()),
         last_daemonset: Mutex::new(None),
         sight,
@@ -214,9 +227,8 @@ pub async fn run(
     // With no tunnel there is no reconcile: bring the DaemonSet in line once at start.
     let start_ctx = ctx.clone();
     tokio::spawn(async move {
-        if start_ctx.tunnels.wait_until_ready().await.is_ok()
-            && let Err(e) = start_ctx.sync_daemonset(None).await
-        {
+        start_ctx.caches.wait().await;
+        if let Err(e) = start_ctx.sync_daemonset(None).await {
             tracing::warn!(error = %e, "initial agent DaemonSet sync failed");
         }
     });
@@ -230,19 +242,12 @@ pub async fn run(
         let Some(limit) = sync_timeout else {
             return;
         };
-        let filled = tokio::time::timeout(limit, async {
-            let _ = sync_ctx.tunnels.wait_until_ready().await;
-            let _ = sync_ctx.nodes.wait_until_ready().await;
-            let _ = sync_ctx.leases.wait_until_ready().await;
-        })
-        .await;
+        let filled = tokio::time::timeout(limit, sync_ctx.caches.wait()).await;
         match filled {
             Ok(()) => tracing::info!("watch caches filled"),
             Err(_) => {
                 tracing::error!(
-                    tunnels = sync_ctx.tunnels.wait_until_ready().now_or_never().is_some(),
-                    nodes = sync_ctx.nodes.wait_until_ready().now_or_never().is_some(),
-                    leases = sync_ctx.leases.wait_until_ready().now_or_never().is_some(),
+                    missing = ?sync_ctx.caches.missing(),
                     timeout_s = limit.as_secs(),
                     "the watch caches did not fill in time; exiting so that the pod is restarted"
                 );
@@ -272,8 +277,7 @@ pub async fn run(
 async fn reconcile(tunnel: Arc<IPsecTunnel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     // Decide nothing from half-filled caches: an empty Node cache would look like "no gateway".
-    let _ = ctx.nodes.wait_until_ready().await;
-    let _ = ctx.leases.wait_until_ready().await;
+    ctx.caches.wait().await;
     let api = Api::<IPsecTunnel>::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, tunnel, |event| async {
         match event {

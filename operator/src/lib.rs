@@ -4,6 +4,7 @@
 //! See `docs/operator.md` for the contracts with the agent (heartbeat Lease, `status.gateways[]`
 //! entries, deletion) and the RBAC the chart grants.
 
+pub mod caches;
 pub mod conditions;
 pub mod controller;
 pub mod daemonset;
