@@ -63,6 +63,10 @@ struct DaemonArgs {
     /// UDP port for NAT traversal (IKE with the non-ESP marker, ESP in UDP).
     #[arg(long, default_value_t = 4500)]
     natt_port: u16,
+    /// With `--dataplane kernel`: while every tunnel has a fixed peer address, drop (and count
+    /// in nftables' `inet strait` counter `refused`) IKE, NAT-T and ESP from other addresses.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    ike_firewall: bool,
     /// Where Prometheus metrics are served (`GET /metrics`), or `off`.
     #[arg(long, default_value = metrics::DEFAULT_ADDR)]
     metrics_addr: String,
@@ -210,6 +214,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         status_socket: d.status_socket.clone(),
         ike_port: d.ike_port,
         natt_port: d.natt_port,
+        ike_firewall: d.ike_firewall,
         node: args.node.clone().unwrap_or_else(hostname),
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         lifetime_scale: args.test_lifetime_scale,
@@ -237,6 +242,7 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         status_socket: Some(d.status_socket.clone()),
         ike_port: d.ike_port,
         natt_port: d.natt_port,
+        ike_firewall: d.ike_firewall,
         lease_duration_seconds: args.lease_duration_seconds,
         renew_interval: seconds("renew-interval", args.renew_interval)?,
         status_interval: seconds("status-interval", args.status_interval)?,

@@ -11,7 +11,7 @@ use std::os::fd::AsFd as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strait_agent::dataplane::netfilter::{Netfilter, TunnelFilter};
+use strait_agent::dataplane::netfilter::{IkeGuard, Netfilter, TunnelFilter};
 use strait_xfrm::Prefix;
 
 fn sh(cmd: &str) -> String {
@@ -33,12 +33,13 @@ struct Topology {
 }
 
 impl Topology {
-    fn new() -> Self {
+    /// `tag` keeps the names of the tests of one process apart.
+    fn new(tag: &str) -> Self {
         let id = std::process::id();
         let t = Self {
-            pod: format!("strait-nf-pod-{id}"),
-            gw: format!("strait-nf-gw-{id}"),
-            remote: format!("strait-nf-rem-{id}"),
+            pod: format!("strait-nf{tag}-pod-{id}"),
+            gw: format!("strait-nf{tag}-gw-{id}"),
+            remote: format!("strait-nf{tag}-rem-{id}"),
         };
         let (p, g, r) = (&t.pod, &t.gw, &t.remote);
         for n in [p, g, r] {
@@ -145,7 +146,7 @@ const SYN: &str = "timeout 1 bash -c 'echo > /dev/tcp/203.0.113.2/80'";
 
 #[test]
 fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
-    let t = Topology::new();
+    let t = Topology::new("");
     // the setup masquerades, as a cluster does: this is what breaks the tunnel's policies
     let before = t.capture("icmp[icmptype] = 8", PING);
     assert!(before.contains("192.0.2.1 > 203.0.113.2"), "{before}");
@@ -163,6 +164,7 @@ fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
                     remote: vec![p("203.0.113.0/24")],
                     mtu_v4: Some(1400),
                     mtu_v6: None,
+                    peer: None,
                 }),
             )
             .await;
@@ -190,4 +192,111 @@ fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
     assert!(tables.contains("table ip cni"), "{tables}");
     let back = t.capture("icmp[icmptype] = 8", PING);
     assert!(back.contains("192.0.2.1 > 203.0.113.2"), "{back}");
+}
+
+/// Whether a datagram from `from` (in the remote namespace) to the gateway's `port` arrives.
+fn arrives(t: &Topology, from: &'static str, port: u16) -> bool {
+    let gw = t.gw.clone();
+    let rx = in_ns(&gw, move || {
+        std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap()
+    });
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let remote = t.remote.clone();
+    in_ns(&remote, move || {
+        let tx = std::net::UdpSocket::bind((from, 0)).unwrap();
+        tx.send_to(b"IKE_SA_INIT?", ("192.0.2.1", port)).unwrap();
+    });
+    let mut buf = [0_u8; 64];
+    match rx.recv_from(&mut buf) {
+        Ok((_, src)) => {
+            assert_eq!(src.ip().to_string(), from);
+            true
+        }
+        Err(e) => {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            );
+            false
+        }
+    }
+}
+
+fn refused(ns: &str) -> u64 {
+    let out = sh(&format!(
+        "ip netns exec {ns} nft list counter inet strait refused"
+    ));
+    let packets = out
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no packet count in {out}"));
+    packets.parse().unwrap()
+}
+
+#[test]
+fn ike_is_admitted_only_from_the_tunnels_peers_and_the_rest_is_counted() {
+    let t = Topology::new("fw");
+    // a stranger on the same segment as the peer
+    sh(&format!("ip -n {} addr add 192.0.2.9/24 dev b0", t.remote));
+    // ports of our own: nothing else on the host listens on them in this namespace
+    let guard = IkeGuard {
+        ike_port: 1500,
+        natt_port: 5500,
+    };
+    assert!(arrives(&t, "192.0.2.9", 1500), "before the firewall");
+    let gw = t.gw.clone();
+    in_ns(&gw, move || {
+        block_on(async {
+            let mut nf = Netfilter::default();
+            nf.guard_ike(guard);
+            nf.set(
+                1,
+                Some(TunnelFilter {
+                    local: vec![p("10.244.0.0/16")],
+                    remote: vec![p("203.0.113.0/24")],
+                    peer: Some("192.0.2.2".parse().unwrap()),
+                    ..TunnelFilter::default()
+                }),
+            )
+            .await;
+        });
+    });
+    assert!(arrives(&t, "192.0.2.2", 1500), "the peer's IKE");
+    assert!(arrives(&t, "192.0.2.2", 5500), "the peer's NAT-T");
+    assert!(!arrives(&t, "192.0.2.9", 1500), "a stranger's IKE");
+    assert!(!arrives(&t, "192.0.2.9", 5500), "a stranger's NAT-T");
+    assert!(
+        arrives(&t, "192.0.2.9", 1501),
+        "other ports are not ours to guard"
+    );
+    assert_eq!(refused(&t.gw), 2);
+    // the pod's traffic through the gateway is not the firewall's business
+    let ping = t.capture("icmp[icmptype] = 8", PING);
+    assert!(ping.contains("> 203.0.113.2"), "{ping}");
+
+    // a tunnel that accepts any peer address: nothing left to guard
+    let gw = t.gw.clone();
+    in_ns(&gw, move || {
+        block_on(async {
+            let mut nf = Netfilter::default();
+            nf.guard_ike(guard);
+            nf.set(1, Some(TunnelFilter::default())).await;
+            nf.set(2, Some(TunnelFilter::default())).await;
+        });
+    });
+    assert!(
+        arrives(&t, "192.0.2.9", 1500),
+        "with a tunnel open to any peer"
+    );
+    let gw = t.gw.clone();
+    let tables = in_ns(&gw, || {
+        block_on(Netfilter::default().remove());
+        sh("nft list tables")
+    });
+    assert!(!tables.contains("strait"), "{tables}");
 }

@@ -26,6 +26,7 @@ use strait_crds::heartbeat;
 use strait_ike::EndpointConfig;
 use tokio::sync::mpsc;
 
+use crate::dataplane::netfilter::IkeGuard;
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
 use crate::driver::{Driver, Settings};
 use crate::status;
@@ -46,6 +47,8 @@ pub struct Options {
     pub ike_port: u16,
     /// Our NAT-T port.
     pub natt_port: u16,
+    /// With the kernel data plane: IKE and ESP only from the tunnels' peers.
+    pub ike_firewall: bool,
     /// How long one heartbeat renewal keeps this agent alive in the operator's eyes.
     pub lease_duration_seconds: i32,
     /// How often the heartbeat is renewed.
@@ -76,7 +79,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     })?;
     match opts.dataplane {
         Kind::None => run_with(opts, client, NoDataplane::default()).await,
-        Kind::Kernel => run_with(opts, client, KernelDataplane::open()).await,
+        Kind::Kernel => {
+            let mut dp = KernelDataplane::open();
+            if opts.ike_firewall {
+                dp = dp.guard_ike(IkeGuard {
+                    ike_port: opts.ike_port,
+                    natt_port: opts.natt_port,
+                });
+            }
+            run_with(opts, client, dp).await
+        }
     }
 }
 

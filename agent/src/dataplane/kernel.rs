@@ -15,7 +15,7 @@ use strait_xfrm::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::netfilter::{Netfilter, TunnelFilter};
+use super::netfilter::{IkeGuard, Netfilter, TunnelFilter};
 use super::objects::{
     MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, prefix_of, transforms,
     tunnel_of,
@@ -71,6 +71,8 @@ struct TunnelRoutes {
     remote_ts: Vec<TsRange>,
     /// The peer's outer address, once known (configured, or from the CHILD SA).
     peer: Option<IpAddr>,
+    /// The peer's configured address (unspecified: any).
+    configured_peer: IpAddr,
     /// `spec.mtu`.
     spec_mtu: Option<u32>,
     /// The negotiated transform and whether ESP is in UDP, once a CHILD SA is in.
@@ -130,15 +132,22 @@ impl Plumbing {
 
     /// Brings the tunnel's routes in line with what is known about it now.
     async fn sync(&mut self, tunnel: u32) {
+        let wanted = match &self.routing {
+            Some(routing) => match self.wanted(routing, tunnel).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(tunnel, message = %e.message, "tunnel routes");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        // the rules do not need rtnetlink (without it they only lack the MSS clamp)
+        self.netfilter
+            .set(tunnel, self.filter(tunnel, &wanted))
+            .await;
         let Some(routing) = self.routing.clone() else {
             return;
-        };
-        let wanted = match self.wanted(&routing, tunnel).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(tunnel, message = %e.message, "tunnel routes");
-                Vec::new()
-            }
         };
         // drop the claims this tunnel no longer has
         let stale: Vec<Prefix> = self
@@ -152,9 +161,6 @@ impl Plumbing {
         for dst in stale {
             self.release(&routing, tunnel, dst).await;
         }
-        self.netfilter
-            .set(tunnel, self.filter(tunnel, &wanted))
-            .await;
         for (w, path) in wanted {
             if let Some(f) = Some(w.dst.family()).filter(|f| !self.rules.contains(f)) {
                 match routing.ensure_rule(f).await {
@@ -191,6 +197,7 @@ impl Plumbing {
             remote: prefixes(&t.remote_ts),
             mtu_v4: mtu(Family::V4),
             mtu_v6: mtu(Family::V6),
+            peer: Some(t.configured_peer).filter(|p| !p.is_unspecified()),
         })
     }
 
@@ -336,6 +343,13 @@ impl KernelDataplane {
             deferred_fallback: HashSet::new(),
             plumbing: Plumbing::open(),
         }
+    }
+
+    /// Drops IKE and ESP from addresses that are no tunnel's peer (see [`IkeGuard`]).
+    #[must_use]
+    pub fn guard_ike(mut self, guard: IkeGuard) -> Self {
+        self.plumbing.netfilter.guard_ike(guard);
+        self
     }
 
     fn xfrm(&self) -> Result<&Xfrm, TunnelError> {
@@ -665,6 +679,7 @@ impl Dataplane for KernelDataplane {
                 local_ts: cfg.local_ts.clone(),
                 remote_ts: cfg.remote_ts.clone(),
                 peer: Some(cfg.remote_addr.ip()),
+                configured_peer: cfg.remote_addr.ip(),
                 spec_mtu: mtu,
                 esp: None,
             },

@@ -11,17 +11,28 @@
 //!   carry at most the MSS that fits the tunnel's route MTU, so TCP works where ICMP
 //!   "fragmentation needed" is filtered.
 //!
+//! - **IKE only from known peers** (`input`, at the filter priority, with [`IkeGuard`]): while
+//!   every tunnel has a fixed peer address, UDP to the IKE and NAT-T ports and ESP from any
+//!   other address are dropped and counted in the named counter `refused`. A tunnel that
+//!   accepts any peer address turns this off, as there is then no list to admit. Our `accept`
+//!   ends only our chain, so other tables' rules still apply to the peers' packets.
+//!
 //! The rules are built with the `nftables` crate (typed JSON for `nft -j`, MIT/Apache-2.0) and
 //! applied by the node's `nft`, as kube-proxy's nftables mode does. Without `nft` the agent says
 //! so once and runs without these rules.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use nftables::expr::TcpOption;
-use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix as NftPrefix};
-use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
-use nftables::stmt::{Mangle, Match, NAT, NATFamily, Operator, Statement};
+use nftables::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix as NftPrefix, SetItem,
+};
+use nftables::schema::{
+    Chain, Counter as CounterObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Table,
+};
+use nftables::stmt::{Counter, Mangle, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use strait_xfrm::{Family, Prefix};
 
@@ -31,6 +42,17 @@ pub const TABLE: &str = "strait";
 const NAT_PRIORITY: i32 = 90;
 /// `mangle` (-150), where iptables' TCPMSS runs.
 const MANGLE_PRIORITY: i32 = -150;
+/// `filter` (0).
+const FILTER_PRIORITY: i32 = 0;
+/// The named counter of IKE and ESP packets the firewall dropped.
+pub const REFUSED_COUNTER: &str = "refused";
+
+/// The firewall for IKE from known peers: the node's IKE and NAT-T ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeGuard {
+    pub ike_port: u16,
+    pub natt_port: u16,
+}
 
 /// What one tunnel needs from netfilter.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -40,6 +62,8 @@ pub struct TunnelFilter {
     /// The route MTU of the tunnel's IPv4 and IPv6 traffic, when known.
     pub mtu_v4: Option<u32>,
     pub mtu_v6: Option<u32>,
+    /// The peer's configured address; `None` when the tunnel accepts any address.
+    pub peer: Option<IpAddr>,
 }
 
 /// The TCP MSS for a route MTU: the MTU less the IP and TCP headers.
@@ -54,25 +78,36 @@ pub fn mss_for(family: Family, mtu: u32) -> Option<u32> {
 /// The commands that replace our table with one holding `tunnels`' rules (the `add` before
 /// the `delete` makes the delete succeed when no table exists; all of it is one transaction,
 /// so the rules are never missing in between).
-pub fn replace_table(tunnels: &BTreeMap<u32, TunnelFilter>) -> Nftables<'static> {
+pub fn replace_table(
+    tunnels: &BTreeMap<u32, TunnelFilter>,
+    guard: Option<IkeGuard>,
+) -> Nftables<'static> {
     let mut cmds = delete_table().objects.into_owned();
     cmds.push(NfObject::CmdObject(NfCmd::Add(
         NfListObject::Table(table()),
     )));
+    let guarded = guard.and_then(|g| known_peers(tunnels).map(|p| (g, p)));
+    let input = guarded
+        .as_ref()
+        .map(|_| ("input", NfHook::Input, NfChainType::Filter, FILTER_PRIORITY));
     for (name, hook, kind, prio) in [
-        (
+        Some((
             "postrouting",
             NfHook::Postrouting,
             NfChainType::NAT,
             NAT_PRIORITY,
-        ),
-        (
+        )),
+        Some((
             "forward",
             NfHook::Forward,
             NfChainType::Filter,
             MANGLE_PRIORITY,
-        ),
-    ] {
+        )),
+        input,
+    ]
+    .into_iter()
+    .flatten()
+    {
         cmds.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
             Chain {
                 family: NfFamily::INet,
@@ -104,9 +139,98 @@ pub fn replace_table(tunnels: &BTreeMap<u32, TunnelFilter>) -> Nftables<'static>
             }
         }
     }
+    if let Some((g, peers)) = guarded {
+        cmds.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Counter(
+            CounterObject {
+                family: NfFamily::INet,
+                table: TABLE.into(),
+                name: REFUSED_COUNTER.into(),
+                handle: None,
+                packets: None,
+                bytes: None,
+            },
+        ))));
+        cmds.extend(firewall(g, &peers));
+    }
     Nftables {
         objects: Cow::Owned(cmds),
     }
+}
+
+/// Every tunnel's fixed peer address, or `None` when there is no tunnel or one accepts any
+/// address (there is then nothing to guard, or no list to admit).
+fn known_peers(tunnels: &BTreeMap<u32, TunnelFilter>) -> Option<BTreeSet<IpAddr>> {
+    if tunnels.is_empty() {
+        return None;
+    }
+    tunnels
+        .values()
+        .map(|t| t.peer.filter(|p| !p.is_unspecified()))
+        .collect()
+}
+
+/// The `input` chain: loopback and the peers pass, then IKE, NAT-T and ESP are dropped.
+fn firewall(g: IkeGuard, peers: &BTreeSet<IpAddr>) -> Vec<NfObject<'static>> {
+    let comment = "strait: IKE and ESP only from the tunnels' peers";
+    let meta = |key| Expression::Named(NamedExpression::Meta(Meta { key }));
+    let eq = |left, right| {
+        Statement::Match(Match {
+            left,
+            right,
+            op: Operator::EQ,
+        })
+    };
+    let accept = Statement::Accept(None);
+    let refuse = || {
+        [
+            Statement::Counter(Counter::Named(REFUSED_COUNTER.into())),
+            Statement::Drop(None),
+        ]
+    };
+    let mut rules = vec![rule(
+        "input",
+        comment,
+        vec![
+            eq(meta(MetaKey::Iifname), Expression::String("lo".into())),
+            accept.clone(),
+        ],
+    )];
+    for f in [Family::V4, Family::V6] {
+        let set: Vec<SetItem<'static>> = peers
+            .iter()
+            .filter(|p| Family::of(p) == f)
+            .map(|p| SetItem::Element(Expression::String(p.to_string().into())))
+            .collect();
+        if !set.is_empty() {
+            rules.push(rule(
+                "input",
+                comment,
+                vec![
+                    eq(
+                        field(proto(f), "saddr"),
+                        Expression::Named(NamedExpression::Set(set)),
+                    ),
+                    accept.clone(),
+                ],
+            ));
+        }
+    }
+    let ports = [g.ike_port, g.natt_port]
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|p| SetItem::Element(Expression::Number(u32::from(p))))
+        .collect();
+    let mut udp = vec![eq(
+        field("udp", "dport"),
+        Expression::Named(NamedExpression::Set(ports)),
+    )];
+    udp.extend(refuse());
+    rules.push(rule("input", comment, udp));
+    let mut esp = vec![eq(meta(MetaKey::L4proto), Expression::String("esp".into()))];
+    esp.extend(refuse());
+    rules.push(rule("input", comment, esp));
+    rules
 }
 
 /// The commands that delete our table (whether or not it exists).
@@ -216,6 +340,7 @@ fn clamp(f: Family, src: Prefix, dst: Prefix, mss: u32) -> Vec<Statement<'static
 #[derive(Debug)]
 pub struct Netfilter {
     nft: String,
+    guard: Option<IkeGuard>,
     tunnels: BTreeMap<u32, TunnelFilter>,
     /// What was last applied; `None` before the first apply or after a failed one.
     applied: Option<BTreeMap<u32, TunnelFilter>>,
@@ -227,6 +352,7 @@ impl Default for Netfilter {
     fn default() -> Self {
         Self {
             nft: std::env::var("STRAIT_NFT").unwrap_or_else(|_| "nft".to_owned()),
+            guard: None,
             tunnels: BTreeMap::new(),
             applied: None,
             warned: false,
@@ -235,6 +361,12 @@ impl Default for Netfilter {
 }
 
 impl Netfilter {
+    /// Turns the firewall for IKE from known peers on (from the next change of the table).
+    pub fn guard_ike(&mut self, guard: IkeGuard) {
+        self.guard = Some(guard);
+        self.applied = None;
+    }
+
     /// Sets (or with `None` removes) a tunnel's rules and applies the table when it changed.
     pub async fn set(&mut self, tunnel: u32, want: Option<TunnelFilter>) {
         match want {
@@ -244,7 +376,7 @@ impl Netfilter {
         if self.applied.as_ref() == Some(&self.tunnels) {
             return;
         }
-        let r = self.run(&replace_table(&self.tunnels)).await;
+        let r = self.run(&replace_table(&self.tunnels, self.guard)).await;
         match r {
             Ok(()) => {
                 self.applied = Some(self.tunnels.clone());
@@ -255,8 +387,8 @@ impl Netfilter {
                 if !std::mem::replace(&mut self.warned, true) {
                     tracing::warn!(
                         error = %e,
-                        "nftables: no masquerade exemption or MSS clamping for the tunnels \
-                         (traffic the node masquerades leaves the tunnel's policies)"
+                        "nftables: no masquerade exemption, MSS clamping or IKE firewall for \
+                         the tunnels (traffic the node masquerades leaves the tunnel's policies)"
                     );
                 }
             }
@@ -316,9 +448,10 @@ mod tests {
                 remote: vec![p("203.0.113.0/24")],
                 mtu_v4: Some(1400),
                 mtu_v6: None,
+                peer: None,
             },
         );
-        let v = json(&replace_table(&t));
+        let v = json(&replace_table(&t, None));
         let rules: Vec<&serde_json::Value> = v["nftables"]
             .as_array()
             .unwrap()
@@ -348,7 +481,7 @@ mod tests {
 
     #[test]
     fn the_table_is_replaced_in_one_transaction() {
-        let v = json(&replace_table(&BTreeMap::new()));
+        let v = json(&replace_table(&BTreeMap::new(), None));
         let cmds = v["nftables"].as_array().unwrap();
         assert!(cmds[0]["add"]["table"]["name"] == TABLE);
         assert!(cmds[1]["delete"]["table"]["name"] == TABLE);
@@ -357,5 +490,100 @@ mod tests {
         assert_eq!(chains.len(), 2);
         assert_eq!(chains[0]["prio"], NAT_PRIORITY);
         assert_eq!(chains[0]["type"], "nat");
+    }
+
+    const GUARD: IkeGuard = IkeGuard {
+        ike_port: 500,
+        natt_port: 4500,
+    };
+
+    fn to(peer: Option<&str>) -> TunnelFilter {
+        TunnelFilter {
+            local: vec![p("10.244.0.0/16")],
+            remote: vec![p("203.0.113.0/24")],
+            peer: peer.map(|a| a.parse().unwrap()),
+            ..TunnelFilter::default()
+        }
+    }
+
+    fn input_rules(v: &serde_json::Value) -> Vec<serde_json::Value> {
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("rule"))
+            .filter(|r| r["chain"] == "input")
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_firewall_admits_each_family_s_peers_and_drops_other_ike_and_esp() {
+        let t = BTreeMap::from([
+            (1, to(Some("192.0.2.2"))),
+            (2, to(Some("2001:db8::2"))),
+            (3, to(Some("192.0.2.3"))),
+        ]);
+        let v = json(&replace_table(&t, Some(GUARD)));
+        let rules = input_rules(&v);
+        assert_eq!(rules.len(), 5, "{v:#}");
+        assert_eq!(rules[0]["expr"][0]["match"]["right"], "lo");
+        let v4 = &rules[1]["expr"][0]["match"];
+        assert_eq!(v4["left"]["payload"]["protocol"], "ip");
+        assert_eq!(
+            v4["right"]["set"],
+            serde_json::json!(["192.0.2.2", "192.0.2.3"])
+        );
+        assert_eq!(rules[1]["expr"][1], serde_json::json!({"accept": null}));
+        assert_eq!(
+            rules[2]["expr"][0]["match"]["right"]["set"][0],
+            "2001:db8::2"
+        );
+        assert_eq!(
+            rules[3]["expr"][0]["match"]["right"]["set"],
+            serde_json::json!([500, 4500])
+        );
+        assert_eq!(rules[3]["expr"][1]["counter"], REFUSED_COUNTER);
+        assert_eq!(rules[3]["expr"][2], serde_json::json!({"drop": null}));
+        assert_eq!(rules[4]["expr"][0]["match"]["right"], "esp");
+        let chain = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("chain"))
+            .find(|c| c["name"] == "input")
+            .unwrap()
+            .clone();
+        assert_eq!(chain["hook"], "input");
+        assert_eq!(chain["policy"], "accept");
+        assert!(
+            v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["add"]["counter"]["name"] == REFUSED_COUNTER)
+        );
+    }
+
+    #[test]
+    fn no_firewall_without_a_guard_a_tunnel_or_when_one_accepts_any_peer() {
+        let fixed = BTreeMap::from([(1, to(Some("192.0.2.2")))]);
+        assert!(input_rules(&json(&replace_table(&fixed, None))).is_empty());
+        assert!(input_rules(&json(&replace_table(&BTreeMap::new(), Some(GUARD)))).is_empty());
+        let mut any = fixed.clone();
+        any.insert(2, to(None));
+        assert!(input_rules(&json(&replace_table(&any, Some(GUARD)))).is_empty());
+        any.insert(2, to(Some("0.0.0.0")));
+        assert!(input_rules(&json(&replace_table(&any, Some(GUARD)))).is_empty());
+        // one port when IKE and NAT-T share it
+        let one = IkeGuard {
+            ike_port: 4500,
+            natt_port: 4500,
+        };
+        let rules = input_rules(&json(&replace_table(&fixed, Some(one))));
+        assert_eq!(
+            rules[2]["expr"][0]["match"]["right"]["set"],
+            serde_json::json!([4500])
+        );
     }
 }

@@ -9,6 +9,7 @@ use strait_ike::EndpointConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dataplane::netfilter::IkeGuard;
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
 use crate::driver::{Command, Driver, Settings};
 use crate::spec;
@@ -32,6 +33,8 @@ pub struct Options {
     pub ike_port: u16,
     /// Our NAT-T port.
     pub natt_port: u16,
+    /// With the kernel data plane: IKE and ESP only from the tunnels' peers.
+    pub ike_firewall: bool,
     /// The node name reported in status.
     pub node: String,
     /// Where metrics are served (`None`: not at all).
@@ -73,7 +76,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     match opts.dataplane {
         Kind::None => run_with(opts, NoDataplane::default()).await,
         Kind::Kernel => {
-            let dp = KernelDataplane::open();
+            let mut dp = KernelDataplane::open();
+            if opts.ike_firewall {
+                dp = dp.guard_ike(IkeGuard {
+                    ike_port: opts.ike_port,
+                    natt_port: opts.natt_port,
+                });
+            }
             run_with(opts, dp).await
         }
     }
