@@ -3,7 +3,8 @@
 //! configuration strings and selection only.)
 
 use crate::codec::{
-    DhId, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId, Sa, Transform, TransformType,
+    DhId, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId, Sa, Transform, TransformAttrType,
+    TransformType,
 };
 use crate::crypto::alg::{Encr, Esn, Integ, KeGroup, Prf};
 use crate::proposal::{EspChoice, EspProposal, IkeChoice, IkeProposal};
@@ -63,20 +64,38 @@ pub fn esp_offer(ours: &[EspProposal], spi: [u8; 4], with_ke: bool) -> Sa {
     Sa { proposals }
 }
 
+/// The transforms of `ty` we could use. RFC 7296 §3.3.6: a transform with an attribute we do not
+/// understand is unacceptable (Key Length is the only one defined); others of its type still count.
+fn usable(p: &Proposal, ty: TransformType) -> impl Iterator<Item = &Transform> {
+    p.transforms_of(ty).filter(|t| {
+        t.attributes
+            .iter()
+            .all(|a| a.ty == TransformAttrType::KEY_LENGTH)
+    })
+}
+
+/// RFC 7296 §3.3.6: a proposal with a transform type we do not understand is unacceptable,
+/// however its other transforms read. That includes RFC 9370's additional key exchanges
+/// (ADDKE1..7), which we do not implement: answering as if they were absent would drop a
+/// transform the peer may require.
+fn has_type_beyond(p: &Proposal, understood: &[TransformType]) -> bool {
+    p.transforms.iter().any(|t| !understood.contains(&t.ty))
+}
+
 fn encr_of(p: &Proposal) -> Vec<Encr> {
-    p.transforms_of(TransformType::ENCR)
+    usable(p, TransformType::ENCR)
         .filter_map(|t| Encr::from_id(EncrId(t.id), t.key_length()))
         .collect()
 }
 
 fn integ_of(p: &Proposal) -> Vec<Integ> {
-    p.transforms_of(TransformType::INTEG)
+    usable(p, TransformType::INTEG)
         .filter_map(|t| Integ::from_id(IntegId(t.id)))
         .collect()
 }
 
 fn ke_of(p: &Proposal) -> Vec<KeGroup> {
-    p.transforms_of(TransformType::DH)
+    usable(p, TransformType::DH)
         .filter_map(|t| KeGroup::from_id(DhId(t.id)))
         .collect()
 }
@@ -94,13 +113,13 @@ fn has_unknown_of(p: &Proposal, ty: TransformType, known: usize) -> bool {
 /// The peer's IKE proposal in typed form (unsupported transforms dropped), or `None` when it is
 /// not an IKE proposal or lists a transform type only with values we cannot use.
 pub fn ike_from_wire(p: &Proposal) -> Option<IkeProposal> {
-    if p.protocol != ProtocolId::IKE {
+    use TransformType as T;
+    if p.protocol != ProtocolId::IKE || has_type_beyond(p, &[T::ENCR, T::PRF, T::INTEG, T::DH]) {
         return None;
     }
     let out = IkeProposal {
         encr: encr_of(p),
-        prf: p
-            .transforms_of(TransformType::PRF)
+        prf: usable(p, TransformType::PRF)
             .filter_map(|t| Prf::from_id(PrfId(t.id)))
             .collect(),
         integ: integ_of(p),
@@ -114,7 +133,8 @@ pub fn ike_from_wire(p: &Proposal) -> Option<IkeProposal> {
 
 /// The peer's ESP proposal in typed form, with its SPI.
 pub fn esp_from_wire(p: &Proposal) -> Option<(EspProposal, [u8; 4])> {
-    if p.protocol != ProtocolId::ESP {
+    use TransformType as T;
+    if p.protocol != ProtocolId::ESP || has_type_beyond(p, &[T::ENCR, T::INTEG, T::DH, T::ESN]) {
         return None;
     }
     let spi: [u8; 4] = p.spi.as_slice().try_into().ok()?;
@@ -122,8 +142,7 @@ pub fn esp_from_wire(p: &Proposal) -> Option<(EspProposal, [u8; 4])> {
         encr: encr_of(p),
         integ: integ_of(p),
         ke: ke_of(p),
-        esn: p
-            .transforms_of(TransformType::ESN)
+        esn: usable(p, TransformType::ESN)
             .filter_map(|t| Esn::from_id(EsnId(t.id)))
             .collect(),
     };
@@ -265,6 +284,55 @@ pub fn esp_accepted(sa: &Sa, ours: &[EspProposal], with_ke: bool) -> Option<(Esp
 mod tests {
     use super::*;
     use crate::proposal::{select_esp, select_ike};
+
+    /// RFC 7296 §3.3.6 and review finding I-5: an RFC 9370 ADDKE (here ML-KEM-768, type 6 id 36)
+    /// makes the proposal unacceptable, so the responder picks another or says
+    /// NO_PROPOSAL_CHOSEN instead of answering without a transform the peer may require.
+    #[test]
+    fn a_transform_type_we_do_not_understand_makes_the_proposal_unacceptable() {
+        let ours: Vec<IkeProposal> = vec!["aes256gcm16-prfsha384-x25519".parse().unwrap()];
+        let mut sa = ike_offer(&ours, &[]);
+        assert!(ike_from_wire(&sa.proposals[0]).is_some());
+        sa.proposals[0]
+            .transforms
+            .push(Transform::new(TransformType::ADDKE1, 36));
+        assert!(ike_from_wire(&sa.proposals[0]).is_none());
+        // so is a type nobody has defined yet, in ESP too
+        let esp: Vec<EspProposal> = vec!["aes256gcm16".parse().unwrap()];
+        let mut offer = esp_offer(&esp, [1, 2, 3, 4], true);
+        assert!(esp_from_wire(&offer.proposals[0]).is_some());
+        offer.proposals[0]
+            .transforms
+            .push(Transform::new(TransformType(200), 1));
+        assert!(esp_from_wire(&offer.proposals[0]).is_none());
+        // a type of IKE's that has no place in ESP's proposals (PRF) is not understood there
+        let mut offer = esp_offer(&esp, [1, 2, 3, 4], false);
+        offer.proposals[0]
+            .transforms
+            .push(Transform::prf(Prf::HmacSha256.id()));
+        assert!(esp_from_wire(&offer.proposals[0]).is_none());
+    }
+
+    /// A transform with an attribute we do not understand is unacceptable; the other
+    /// transforms of its type still count.
+    #[test]
+    fn a_transform_with_an_unknown_attribute_is_skipped() {
+        use crate::codec::{AttrValue, TransformAttr};
+        let ours: Vec<IkeProposal> =
+            vec!["aes256gcm16-aes128gcm16-prfsha384-x25519".parse().unwrap()];
+        let mut sa = ike_offer(&ours, &[]);
+        let first = sa.proposals[0]
+            .transforms
+            .iter_mut()
+            .find(|t| t.ty == TransformType::ENCR)
+            .unwrap();
+        first.attributes.push(TransformAttr {
+            ty: TransformAttrType(99),
+            value: AttrValue::Short(1),
+        });
+        let read = ike_from_wire(&sa.proposals[0]).unwrap();
+        assert_eq!(read.encr, ours[0].encr[1..].to_vec());
+    }
 
     #[test]
     fn offer_select_answer_accept_round_trip() {
