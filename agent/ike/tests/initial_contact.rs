@@ -55,3 +55,53 @@ fn initial_contact_from_another_identity_leaves_the_first_alone() {
     assert_eq!(p.b.children(p.b_peer).len(), 2);
     assert_eq!(p.b.ike_sa_count(), 2);
 }
+
+/// Review I-6: two tunnels between the same identities (the usual way to carry two subnets as
+/// separate tunnels). The second one's IKE_AUTH must not carry INITIAL_CONTACT, or the peer
+/// (charon does) drops the first tunnel's IKE SA as stale.
+#[test]
+fn a_second_tunnel_between_the_same_identities_sends_no_initial_contact() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let second = p.a.add_peer(a).unwrap();
+    let now = p.now;
+    p.a.initiate(now, second);
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::ups(&p.ev_b), 2);
+    assert!(Pair::downs(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert_eq!(p.b.ike_sa_count(), 2);
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+    assert_eq!(p.a.children(second).len(), 1);
+}
+
+/// INITIAL_CONTACT is judged per identity pair, as charon judges it: a peer that restarted
+/// replaces our IKE SAs with it in every tunnel, not only in the one it came in on.
+#[test]
+fn initial_contact_replaces_the_same_identities_sas_in_other_tunnels_too() {
+    let a = config_a();
+    let b = mirror(&a);
+    let mut p = Pair::new(a.clone(), b.clone());
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    // B's second tunnel to A, between the same identities, started by B
+    let b2 = p.b.add_peer(b).unwrap();
+    let now = p.now;
+    p.b.initiate(now, b2);
+    p.run_for(Duration::from_secs(1));
+    assert!(Pair::downs(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert_eq!(p.b.ike_sa_count(), 2);
+    // A loses all state and starts again on its one tunnel.
+    p.a = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(9)),
+    );
+    p.a_peer = p.a.add_peer(a).unwrap();
+    p.ev_b.clear();
+    p.initiate();
+    p.run_for(Duration::from_millis(500));
+    let downs = Pair::downs(&p.ev_b);
+    assert_eq!(downs.len(), 2, "{downs:?}");
+    assert!(downs.iter().all(|d| d.1 == Reason::Replaced), "{downs:?}");
+}

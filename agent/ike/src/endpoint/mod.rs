@@ -233,12 +233,21 @@ impl Endpoint {
             return;
         };
         let cfg = Arc::clone(&p.cfg);
-        let others = self
-            .index
-            .of_peer(peer)
-            .iter()
-            .filter_map(|id| self.sas.get(id))
-            .any(|s| s.established().is_some());
+        // RFC 7296 §2.4: INITIAL_CONTACT says this is the only IKE SA between the two
+        // identities, and charon drops every other one with them, whatever the tunnel. So it
+        // is sent only when no IKE SA of this tunnel, nor one of another tunnel between the
+        // same identities, is up (review I-6: two tunnels to one peer took turns killing
+        // each other). With `%any` as the remote identity any SA from our identity counts:
+        // leaving the notify out is always safe.
+        let others = self.sas.values().any(|s| {
+            s.established().is_some()
+                && (s.common.peer == peer
+                    || (s.common.cfg.local_id == cfg.local_id
+                        && s.common
+                            .remote_identity
+                            .as_ref()
+                            .is_some_and(|r| cfg.remote_id.matches(r))))
+        });
         let mut ctx = self.shared.ctx(now, &self.by_spi);
         let spi = ctx.ike_spi(Side::Initiator);
         match InitSent::start(&mut ctx, peer, cfg, spi) {
@@ -512,8 +521,7 @@ impl Endpoint {
             && e.initial_contact
         {
             e.initial_contact = false;
-            let peer = sa.common.peer;
-            self.replace_older(now, id, peer);
+            self.replace_older(now, id);
         }
         // IKE SAs born from a rekey get their own routing entry.
         for born in core::mem::take(&mut self.shared.spawned) {
@@ -531,21 +539,33 @@ impl Endpoint {
         id
     }
 
-    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA with it (same tunnel,
-    /// same authenticated identity: a tunnel that accepts several peers keeps the others) is
-    /// stale. Their CHILD SAs are removed without any message.
-    fn replace_older(&mut self, now: Instant, keep: SaId, peer: PeerId) {
-        let identity = self
+    /// INITIAL_CONTACT: the peer lost its state, so every other IKE SA between the same two
+    /// identities is stale, in this tunnel or another (RFC 7296 §2.4, as charon judges it; a
+    /// tunnel that accepts several peers keeps the others' SAs). Their CHILD SAs are removed
+    /// without any message.
+    fn replace_older(&mut self, now: Instant, keep: SaId) {
+        let Some((Some(identity), local)) = self
             .sas
             .get(&keep)
-            .and_then(|s| s.common.remote_identity.clone());
-        for id in self.index.of_peer(peer) {
+            .map(|s| (s.common.remote_identity.clone(), Arc::clone(&s.common.cfg)))
+        else {
+            return;
+        };
+        let stale: Vec<SaId> = self
+            .sas
+            .iter()
+            .filter(|(id, s)| {
+                **id != keep
+                    && s.common.remote_identity.as_ref() == Some(&identity)
+                    && s.common.cfg.local_id == local.local_id
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
             let Some(sa) = self.sas.get_mut(&id) else {
                 continue;
             };
-            if id == keep || sa.common.remote_identity != identity {
-                continue;
-            }
+            let peer = sa.common.peer;
             if let State::Established(e) = &mut sa.state {
                 self.dirty.push(id);
                 for ch in e.children.drain(..) {
