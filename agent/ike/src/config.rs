@@ -143,6 +143,7 @@ impl Identity {
             Self::UserFqdn(s) => {
                 id.id_type == IdType::RFC822_ADDR && id.data.eq_ignore_ascii_case(s.as_bytes())
             }
+            Self::DerDn(d) => id.id_type == IdType::DER_ASN1_DN && crate::dn::matches(d, &id.data),
             _ => self.to_payload().is_some_and(|p| &p == id),
         }
     }
