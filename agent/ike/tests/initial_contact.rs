@@ -105,3 +105,41 @@ fn initial_contact_replaces_the_same_identities_sas_in_other_tunnels_too() {
     assert_eq!(downs.len(), 2, "{downs:?}");
     assert!(downs.iter().all(|d| d.1 == Reason::Replaced), "{downs:?}");
 }
+
+/// Review I-6: a responder with several tunnels for one peer address picks the tunnel by the
+/// identity the peer names in IKE_AUTH, not the first one for the address.
+#[test]
+fn the_responder_picks_the_tunnel_by_the_initiator_s_identity() {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    // A second tunnel from A's address with another identity, and other subnets.
+    let mut a2 = a.clone();
+    a2.local_id = Identity::Fqdn("a2.example.com".into());
+    a2.local_ts = vec![util::net("10.3.0.0/16")];
+    let b2 = p.b.add_peer(mirror(&a2)).unwrap();
+    let second = p.a.add_peer(a2).unwrap();
+    // the second first: the first tunnel for the address is B's other one
+    let now = p.now;
+    p.a.initiate(now, second);
+    p.run_for(Duration::from_secs(1));
+    assert!(Pair::downs(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert_eq!(p.b.children(b2).len(), 1);
+    assert!(p.b.children(p.b_peer).is_empty());
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert!(Pair::downs(&p.ev_b).is_empty(), "{:?}", p.ev_b);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    assert_eq!(p.b.children(b2).len(), 1);
+    assert_eq!(p.a.children(second).len(), 1);
+    // and an identity no tunnel has is still refused
+    let mut stranger = config_a();
+    stranger.local_id = Identity::Fqdn("stranger.example.com".into());
+    let s = p.a.add_peer(stranger).unwrap();
+    let now = p.now;
+    p.a.initiate(now, s);
+    p.run_for(Duration::from_secs(1));
+    let downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
+    assert_eq!(downs, vec![Reason::AuthenticationFailed]);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    assert_eq!(p.b.children(b2).len(), 1);
+}

@@ -41,6 +41,7 @@ impl SaIndex {
         if let Some(e) = self.entries.get(&id)
             && e.deadline == deadline
             && e.half_open_ip == half_open_ip
+            && e.peer == sa.common.peer
         {
             return;
         }

@@ -14,27 +14,26 @@ use crate::sa::ike_init::{InitRefused, InitReplied};
 use crate::sa::{Side, State, init_error_response};
 
 impl Endpoint {
-    pub(super) fn find_responder_config(
+    /// The tunnels a request from `remote` to `local` may be for, in the order they are tried:
+    /// those for exactly this address, then those for any address. The first answers
+    /// IKE_SA_INIT; IKE_AUTH may pick another by the peer's identity.
+    pub(super) fn responder_configs(
         &self,
         local: SocketAddr,
         remote: SocketAddr,
-    ) -> Option<(PeerId, Arc<PeerConfig>)> {
+    ) -> Vec<(PeerId, Arc<PeerConfig>)> {
         let fits = |c: &PeerConfig| {
             (c.local_addr.ip().is_unspecified() || c.local_addr.ip() == local.ip())
                 && c.local_addr.is_ipv4() == remote.is_ipv4()
         };
-        // The first fitting tunnel for exactly this address, else the first for any address.
-        let first = |key: Option<IpAddr>| {
-            self.peers_by_remote
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .find_map(|id| {
-                    let p = self.peers.get(id)?;
-                    fits(&p.cfg).then(|| (*id, Arc::clone(&p.cfg)))
-                })
-        };
-        first(Some(remote.ip())).or_else(|| first(None))
+        [Some(remote.ip()), None::<IpAddr>]
+            .iter()
+            .flat_map(|key| self.peers_by_remote.get(key).into_iter().flatten())
+            .filter_map(|id| {
+                let p = self.peers.get(id)?;
+                fits(&p.cfg).then(|| (*id, Arc::clone(&p.cfg)))
+            })
+            .collect()
     }
 
     pub(super) fn on_init_request(
@@ -71,7 +70,8 @@ impl Endpoint {
             }
             return;
         }
-        let Some((peer, cfg)) = self.find_responder_config(local, remote) else {
+        let mut candidates = self.responder_configs(local, remote).into_iter();
+        let Some((peer, cfg)) = candidates.next() else {
             self.shared.stats.no_peer_config += 1;
             return;
         };
@@ -95,7 +95,10 @@ impl Endpoint {
         let mut ctx = self.shared.ctx(now, &self.by_spi);
         let spi_r = ctx.ike_spi(Side::Responder);
         match InitReplied::respond(&mut ctx, peer, cfg, &msg, raw, local, remote, spi_r) {
-            Ok(sa) => {
+            Ok(mut sa) => {
+                if let State::InitReplied(r) = &mut sa.state {
+                    r.alternatives = candidates.collect();
+                }
                 let id = self.insert_sa(sa);
                 self.by_init.insert(key, id);
                 // Indexed now, so that the key is remembered with it.

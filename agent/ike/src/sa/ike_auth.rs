@@ -292,6 +292,22 @@ impl InitReplied {
     ) -> Result<State, Box<(Reason, Option<super::Keys>)>> {
         let init = self.init;
         let inner = Inner::of(payloads);
+        // The tunnel was chosen by address in IKE_SA_INIT; now that the peer has named itself,
+        // take the first tunnel for that address whose remote identity it is (as charon picks
+        // the peer config by identities), so that several tunnels from one address work.
+        if let Some(idi) = inner.idi
+            && !c.cfg.remote_id.matches(idi)
+            && let Some((peer, cfg)) = self.alternatives.into_iter().find(|(_, cfg)| {
+                cfg.remote_id.matches(idi)
+                    && inner.idr.is_none_or(|want| {
+                        cfg.local_id.matches(want)
+                            || cfg.local_id.to_payload().as_ref() == Some(want)
+                    })
+            })
+        {
+            c.peer = peer;
+            c.cfg = cfg;
+        }
         let check =
             verify_peer(c, &init, payloads, inner.idi, inner.auth, ctx.unix_time).and_then(|()| {
                 match (inner.idr, c.cfg.local_id.to_payload()) {

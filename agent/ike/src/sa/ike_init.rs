@@ -64,6 +64,9 @@ pub(crate) struct InitSent {
 pub(crate) struct InitReplied {
     pub init: InitDone,
     pub expires: Instant,
+    /// The other tunnels that fit the initiator's address, in the order they are tried: in
+    /// IKE_AUTH the first whose remote identity matches IDi takes over if ours does not.
+    pub alternatives: Vec<(PeerId, Arc<PeerConfig>)>,
 }
 
 fn common_notifies(payloads: &mut Vec<Payload>, fragmentation: bool) {
@@ -464,6 +467,7 @@ impl InitReplied {
                     peer_hashes: peer_hashes(msg),
                 },
                 expires: ctx.now + ctx.cfg.half_open_timeout,
+                alternatives: Vec::new(),
             }),
             common: c,
         })
