@@ -80,14 +80,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     match opts.dataplane {
         Kind::None => run_with(opts, client, NoDataplane::default()).await,
         Kind::Kernel => {
-            let mut dp = KernelDataplane::open();
-            if opts.ike_firewall {
-                dp = dp.guard_ike(IkeGuard {
-                    ike_port: opts.ike_port,
-                    natt_port: opts.natt_port,
-                });
-            }
-            run_with(opts, client, dp).await
+            let guard = IkeGuard::when(opts.ike_firewall, opts.ike_port, opts.natt_port);
+            run_with(opts, client, KernelDataplane::open().guard_ike(guard)).await
         }
     }
 }

@@ -345,10 +345,13 @@ impl KernelDataplane {
         }
     }
 
-    /// Drops IKE and ESP from addresses that are no tunnel's peer (see [`IkeGuard`]).
+    /// With a guard, drops IKE and ESP from addresses that are no tunnel's peer (see
+    /// [`IkeGuard`]).
     #[must_use]
-    pub fn guard_ike(mut self, guard: IkeGuard) -> Self {
-        self.plumbing.netfilter.guard_ike(guard);
+    pub fn guard_ike(mut self, guard: Option<IkeGuard>) -> Self {
+        if let Some(g) = guard {
+            self.plumbing.netfilter.guard_ike(g);
+        }
         self
     }
 

@@ -54,6 +54,16 @@ pub struct IkeGuard {
     pub natt_port: u16,
 }
 
+impl IkeGuard {
+    /// The guard for these ports when `enabled` (`--ike-firewall`).
+    pub fn when(enabled: bool, ike_port: u16, natt_port: u16) -> Option<Self> {
+        enabled.then_some(Self {
+            ike_port,
+            natt_port,
+        })
+    }
+}
+
 /// What one tunnel needs from netfilter.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TunnelFilter {

@@ -76,14 +76,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     match opts.dataplane {
         Kind::None => run_with(opts, NoDataplane::default()).await,
         Kind::Kernel => {
-            let mut dp = KernelDataplane::open();
-            if opts.ike_firewall {
-                dp = dp.guard_ike(IkeGuard {
-                    ike_port: opts.ike_port,
-                    natt_port: opts.natt_port,
-                });
-            }
-            run_with(opts, dp).await
+            let guard = IkeGuard::when(opts.ike_firewall, opts.ike_port, opts.natt_port);
+            run_with(opts, KernelDataplane::open().guard_ike(guard)).await
         }
     }
 }
