@@ -62,6 +62,11 @@ pub struct EndpointConfig {
     /// fragments that fit (strongSwan's `fragment_size`, 1280). IP options are not counted.
     /// IKE_SA_INIT is never fragmented.
     pub fragment_size: usize,
+    /// RFC 3948 §2.3: while we are behind a NAT, a one-octet NAT keepalive goes to the peer's
+    /// NAT-T port whenever nothing else was sent to it for this long, so the NAT keeps its
+    /// mapping and the peer's ESP still reaches us (strongSwan's `keep_alive`, 20 s). `None`:
+    /// never.
+    pub nat_keepalive: Option<Duration>,
 }
 
 impl Default for EndpointConfig {
@@ -76,6 +81,7 @@ impl Default for EndpointConfig {
             cookie_secret_lifetime: Duration::from_secs(120),
             fragmentation: true,
             fragment_size: 1280,
+            nat_keepalive: Some(Duration::from_secs(20)),
         }
     }
 }

@@ -56,8 +56,9 @@ pub struct Metrics {
 }
 
 /// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "malformed",
+    "nat_keepalive",
     "unknown_spi",
     "integrity_failed",
     "unexpected",
@@ -215,6 +216,7 @@ impl Metrics {
         let to = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
         for (reason, v) in DROP_REASONS.into_iter().zip([
             s.malformed,
+            s.keepalives,
             s.unknown_spi,
             s.integrity_failed,
             s.unexpected,

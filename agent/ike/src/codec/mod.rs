@@ -27,7 +27,7 @@ pub use enums::*;
 pub use error::{DecodeError, EncodeError};
 pub use header::{Flags, HEADER_LEN, Header, Spi, WireHeader};
 pub use message::Message;
-pub use natt::{Udp4500, classify_udp4500, with_non_esp_marker};
+pub use natt::{NAT_KEEPALIVE, Udp4500, classify_udp4500, with_non_esp_marker};
 pub use payload::*;
 pub use protect::{
     Fragment, SkLayout, SkSizes, encode_inner, encode_protected, pad, parse_inner, strip_padding,

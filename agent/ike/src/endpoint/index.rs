@@ -10,6 +10,7 @@ use std::time::Instant;
 use core::net::{IpAddr, SocketAddr};
 
 use crate::codec::Spi;
+use crate::config::EndpointConfig;
 use crate::event::PeerId;
 use crate::sa::{IkeSa, SaId};
 
@@ -35,8 +36,8 @@ struct Entry {
 
 impl SaIndex {
     /// Indexes `sa` as it is now (a new SA, or one that may have changed).
-    pub(super) fn update(&mut self, id: SaId, sa: &IkeSa) {
-        let deadline = sa.next_timeout();
+    pub(super) fn update(&mut self, id: SaId, sa: &IkeSa, cfg: &EndpointConfig) {
+        let deadline = sa.next_timeout(cfg);
         let half_open_ip = sa.half_open().then(|| sa.common.remote.ip());
         if let Some(e) = self.entries.get(&id)
             && e.deadline == deadline

@@ -39,8 +39,10 @@ use index::SaIndex;
 /// Counters of input that was dropped or answered without state (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Datagrams that did not parse as IKE (or were keepalives/ESP on the NAT-T port).
+    /// Datagrams that did not parse as IKE (or were ESP on the NAT-T port).
     pub malformed: u64,
+    /// NAT keepalives received (RFC 3948 §2.3; dropped, as they should be).
+    pub keepalives: u64,
     /// Messages for an IKE SA we do not have.
     pub unknown_spi: u64,
     /// Protected messages whose integrity check failed.
@@ -332,6 +334,35 @@ impl Endpoint {
         self.delete_child_where(now, id, |ch| ch.spi_in == spi.0 || ch.spi_out == spi.0);
     }
 
+    /// The kernel took an authentic ESP-in-UDP packet of one of `peer`'s CHILD SAs (`spi`,
+    /// either direction) from `remote`, not from where the SA sends (XFRM_MSG_MAPPING): the
+    /// peer's NAT mapping changed. The IKE SA follows it as it would an IKE message from there,
+    /// and its CHILD SAs are rekeyed to the new address (review R-2, see `sa::mapping`). Moves
+    /// we do not follow (we are the NATed initiator) and unknown SPIs are ignored.
+    pub fn esp_mapping(&mut self, now: Instant, peer: PeerId, spi: EspSpi, remote: SocketAddr) {
+        let found = self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| {
+                    e.children
+                        .iter()
+                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                })
+        });
+        let Some(id) = found else { return };
+        self.with_sa(now, id, |sa, ctx| {
+            let local = sa.common.local;
+            if sa.common.nat.encapsulate()
+                && crate::sa::mapping::may_follow(&sa.common, ctx.cfg, local, remote)
+                && crate::sa::mapping::follow(&mut sa.common, local, remote)
+            {
+                crate::sa::mapping::rekey_children(sa, ctx);
+            }
+        });
+        self.settle(now);
+    }
+
     /// The driver could not install a CHILD SA it was given ([`Event::ChildSaInstall`]), e.g.
     /// the kernel refused it: the CHILD SA is deleted (INFORMATIONAL Delete to the peer, and
     /// [`Event::ChildSaDelete`]), so the peer does not keep sending into an SA that is not
@@ -390,7 +421,10 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         debug_assert_eq!(
             self.index.next_deadline(),
-            self.sas.values().filter_map(IkeSa::next_timeout).min(),
+            self.sas
+                .values()
+                .filter_map(|sa| sa.next_timeout(&self.shared.config))
+                .min(),
             "the timer index is out of date"
         );
         match (self.index.next_deadline(), self.next_recovery()) {
@@ -437,6 +471,10 @@ impl Endpoint {
         let ike = if local.port() == self.shared.config.natt_port {
             match classify_udp4500(datagram) {
                 Udp4500::Ike(b) => b,
+                Udp4500::Keepalive => {
+                    self.shared.stats.keepalives += 1;
+                    return;
+                }
                 _ => {
                     self.shared.stats.malformed += 1;
                     return;
@@ -602,7 +640,7 @@ impl Endpoint {
                 continue;
             };
             if !sa.finished(now) {
-                self.index.update(id, sa);
+                self.index.update(id, sa, &self.shared.config);
                 continue;
             }
             self.by_spi.remove(&sa.common.routing_key());

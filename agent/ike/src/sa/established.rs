@@ -8,6 +8,7 @@ use super::child::{Child, ChildState};
 use super::rekey::{self, ChildCreateOut, ChildRekeyOut, IkeRekeyOut};
 use super::{Common, Ctx, IkeSa, Keys, RequestKind, State};
 use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
+use crate::config::EndpointConfig;
 use crate::event::{EspSpi, Event};
 use crate::reason::Reason;
 
@@ -44,8 +45,9 @@ impl Established {
         }
     }
 
-    /// The next DPD-related time: a liveness check due, or an outstanding one timing out.
-    pub fn next_timeout(&self, c: &Common) -> Option<Instant> {
+    /// The next time this state needs [`on_timeout`]: a liveness check due or an outstanding
+    /// one timing out, a rekey, or a NAT keepalive.
+    pub fn next_timeout(&self, c: &Common, cfg: &EndpointConfig) -> Option<Instant> {
         if !self.queue.is_empty() && !c.win.busy() {
             return Some(c.last_heard);
         }
@@ -61,10 +63,10 @@ impl Established {
             Some(_) => None,
             None => Some(c.last_heard + dpd.interval),
         });
-        match (rekey, dpd) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [rekey, dpd, c.keepalive_at(cfg)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Emits [`Event::ChildSaDelete`] for every CHILD SA and forgets them.
@@ -171,7 +173,12 @@ pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>)
         }
     }
     rekey::schedule(e, ctx.now);
-    flush(e, c, ctx)
+    let next = flush(e, c, ctx);
+    // After the queue: a request just sent refreshes the mapping as well as a keepalive would.
+    if next == Next::Stay && c.keepalive_at(ctx.cfg).is_some_and(|at| ctx.now >= at) {
+        c.send_keepalive(ctx);
+    }
+    next
 }
 
 /// Sends what the queue holds. A request of ours that cannot be built ends the SA: it would

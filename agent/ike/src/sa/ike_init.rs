@@ -149,6 +149,8 @@ impl InitSent {
             nat: NatState::default(),
             win: Window::new(0, 0),
             last_heard: ctx.now,
+            last_sent: ctx.now,
+            keepalive: ctx.cfg.nat_keepalive,
             initial_contact: true,
             peer_fragmentation: false,
             frags: Default::default(),
@@ -405,6 +407,8 @@ impl InitReplied {
             nat: NatState::default(),
             win: Window::new(0, 1),
             last_heard: ctx.now,
+            last_sent: ctx.now,
+            keepalive: ctx.cfg.nat_keepalive,
             initial_contact: false,
             peer_fragmentation: ctx.cfg.fragmentation
                 && msg

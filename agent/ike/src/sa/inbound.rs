@@ -6,7 +6,7 @@ use core::net::SocketAddr;
 
 use super::fragments::Added;
 use super::protect::{self, Opened, ProtectError};
-use super::{Common, Ctx, IkeSa, RequestKind, State, established, informational};
+use super::{Common, Ctx, IkeSa, RequestKind, State, established, informational, mapping};
 use crate::codec::{ExchangeType, Header, Message, Notify, Payload};
 use crate::reason::Reason;
 use crate::window::RequestCheck;
@@ -161,16 +161,14 @@ pub(crate) fn on_message(
     // RFC 7296 §2.23: follow the peer to a new address only for a new message. A replayed
     // request or a stale response passes the integrity check too, and must not send our
     // traffic to whoever replayed it.
-    let moved = (local, remote) != (sa.common.local, sa.common.remote)
-        && (sa.common.nat.encapsulate() || local.port() == ctx.cfg.natt_port);
+    let moved = mapping::may_follow(&sa.common, ctx.cfg, local, remote);
     if h.flags.is_response() {
         let Some(out) = sa.common.win.take_response(h.message_id) else {
             return Outcome::Unexpected;
         };
-        if moved {
-            sa.common.local = local;
-            sa.common.remote = remote;
-        }
+        // Only an SA that was established before this datagram has CHILD SAs at the old address.
+        let rebound =
+            moved && mapping::follow(&mut sa.common, local, remote) && sa.established().is_some();
         match sa.state {
             State::AuthSent(_)
                 if out.kind == RequestKind::Auth && h.exchange_type == ExchangeType::IKE_AUTH =>
@@ -184,6 +182,9 @@ pub(crate) fn on_message(
                 informational::on_response(e, c, ctx, out.kind, &payloads)
             }),
             _ => {}
+        }
+        if rebound {
+            mapping::rekey_children(sa, ctx);
         }
         sa.with_established(ctx, established::flush);
         return Outcome::Handled;
@@ -204,10 +205,9 @@ pub(crate) fn on_message(
         }
         RequestCheck::New => {}
     }
-    if moved {
-        sa.common.local = local;
-        sa.common.remote = remote;
-    }
+    // Only an SA that was established before this datagram has CHILD SAs at the old address.
+    let rebound =
+        moved && mapping::follow(&mut sa.common, local, remote) && sa.established().is_some();
     match &mut sa.state {
         State::InitReplied(_) if h.exchange_type == ExchangeType::IKE_AUTH => {
             let State::InitReplied(s) = core::mem::replace(&mut sa.state, State::Gone) else {
@@ -241,6 +241,9 @@ pub(crate) fn on_message(
             &payloads,
         ),
         _ => {}
+    }
+    if rebound {
+        mapping::rekey_children(sa, ctx);
     }
     Outcome::Handled
 }

@@ -16,6 +16,7 @@ pub(crate) mod ike_auth;
 pub(crate) mod ike_init;
 pub(crate) mod inbound;
 pub(crate) mod informational;
+pub(crate) mod mapping;
 pub(crate) mod proposals;
 pub(crate) mod protect;
 pub(crate) mod rekey;
@@ -204,6 +205,10 @@ pub(crate) struct Common {
     pub win: Window<RequestKind>,
     /// Last time an authenticated message (or, before IKE_AUTH, any valid one) arrived.
     pub last_heard: Instant,
+    /// Last time anything was sent to the peer: a NAT keepalive is due `keepalive` after it.
+    pub last_sent: Instant,
+    /// [`crate::EndpointConfig::nat_keepalive`] when the SA was made.
+    pub keepalive: Option<core::time::Duration>,
     /// Send INITIAL_CONTACT in IKE_AUTH (no other IKE SA with this peer exists).
     pub initial_contact: bool,
     /// The peer announced RFC 7383 fragmentation in IKE_SA_INIT: our large messages are sent
@@ -256,8 +261,9 @@ impl Common {
     }
 
     /// Queues IKE messages for the wire, adding the non-ESP marker on the NAT-T port.
-    pub fn transmit(&self, ctx: &mut Ctx<'_>, datagrams: &[Vec<u8>]) {
+    pub fn transmit(&mut self, ctx: &mut Ctx<'_>, datagrams: &[Vec<u8>]) {
         let natt = self.local.port() == ctx.cfg.natt_port;
+        self.last_sent = ctx.now;
         for d in datagrams {
             ctx.transmits.push_back(Transmit {
                 local: self.local,
@@ -270,6 +276,26 @@ impl Common {
                 non_esp_marker: natt,
             });
         }
+    }
+
+    /// When a NAT keepalive is due: only while we are behind a NAT (then our mapping is what
+    /// the peer's traffic depends on; a peer behind one keeps its own) and IKE has moved to
+    /// the NAT-T port.
+    pub fn keepalive_at(&self, cfg: &EndpointConfig) -> Option<Instant> {
+        let interval = self.keepalive?;
+        (self.nat.local_behind_nat && self.local.port() == cfg.natt_port)
+            .then(|| self.last_sent + interval)
+    }
+
+    /// Sends a NAT keepalive (RFC 3948 §2.3: one 0xFF octet, no non-ESP marker).
+    pub fn send_keepalive(&mut self, ctx: &mut Ctx<'_>) {
+        self.last_sent = ctx.now;
+        ctx.transmits.push_back(Transmit {
+            local: self.local,
+            remote: self.remote,
+            payload: vec![crate::codec::NAT_KEEPALIVE],
+            non_esp_marker: false,
+        });
     }
 
     /// The longest IKE message (header included, non-ESP marker excluded) we send in one
@@ -360,7 +386,7 @@ impl Common {
     }
 
     /// Sends an unprotected message (IKE_SA_INIT and its error answers).
-    pub fn send_plain(&self, ctx: &mut Ctx<'_>, msg: &Message) -> Option<Vec<u8>> {
+    pub fn send_plain(&mut self, ctx: &mut Ctx<'_>, msg: &Message) -> Option<Vec<u8>> {
         let bytes = msg.encode().ok()?;
         self.transmit(ctx, core::slice::from_ref(&bytes));
         Some(bytes)
@@ -424,10 +450,10 @@ impl IkeSa {
     }
 
     /// The earliest time this SA wants [`IkeSa::on_timeout`].
-    pub fn next_timeout(&self) -> Option<Instant> {
+    pub fn next_timeout(&self, cfg: &EndpointConfig) -> Option<Instant> {
         let state = match &self.state {
             State::InitReplied(s) => Some(s.expires),
-            State::Established(e) => e.next_timeout(&self.common),
+            State::Established(e) => e.next_timeout(&self.common, cfg),
             // While a request is in flight only its timer matters.
             State::Closing { until, .. } if !self.common.win.busy() => Some(*until),
             _ => None,

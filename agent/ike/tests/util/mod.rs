@@ -48,13 +48,20 @@ pub struct Pair {
     pub ev_b: Vec<(Instant, Event)>,
     pub log: Vec<Sent>,
     pub filter: Filter,
-    /// A sits behind a NAT whose public address is this IP (ports + 1000).
+    /// A sits behind a NAT whose public address is this IP (ports + `nat_offset`).
     pub nat_a: Option<IpAddr>,
+    /// What A's NAT adds to its ports (1000); change it to rebind the mapping.
+    pub nat_offset: u16,
     sent_count: usize,
 }
 
 pub const A_IP: &str = "192.0.2.1";
 pub const B_IP: &str = "198.51.100.2";
+
+/// A NAT keepalive (RFC 3948 §2.3), not an IKE message.
+pub fn is_keepalive(t: &Transmit) -> bool {
+    t.payload == [strait_ike::codec::NAT_KEEPALIVE]
+}
 
 pub fn net(s: &str) -> TsRange {
     let (a, p) = s.split_once('/').unwrap();
@@ -130,6 +137,7 @@ impl Pair {
             log: Vec::new(),
             filter: Box::new(|_, _, _| Fate::Deliver),
             nat_a: None,
+            nat_offset: 1000,
             sent_count: 0,
         }
     }
@@ -199,7 +207,7 @@ impl Pair {
             Side::A => {
                 let mut src = t.local;
                 if let Some(public) = self.nat_a {
-                    src = SocketAddr::new(public, t.local.port() + 1000);
+                    src = SocketAddr::new(public, t.local.port() + self.nat_offset);
                 }
                 self.b.handle(now, t.remote, src, &t.payload);
             }
@@ -209,7 +217,14 @@ impl Pair {
                     if dst.ip() != public {
                         return;
                     }
-                    dst = SocketAddr::new(A_IP.parse().unwrap(), dst.port() - 1000);
+                    // only the current mapping leads in: an old one is gone from the NAT
+                    let Some(port) = dst.port().checked_sub(self.nat_offset) else {
+                        return;
+                    };
+                    if port != 500 && port != 4500 {
+                        return;
+                    }
+                    dst = SocketAddr::new(A_IP.parse().unwrap(), port);
                 }
                 self.a.handle(now, dst, t.local, &t.payload);
             }
@@ -247,6 +262,7 @@ impl Pair {
     pub fn exchanges(&self) -> Vec<(Side, ExchangeType, bool, u32, Spi)> {
         self.log
             .iter()
+            .filter(|s| !is_keepalive(&s.t))
             .map(|s| {
                 let raw = if s.t.non_esp_marker {
                     &s.t.payload[4..]

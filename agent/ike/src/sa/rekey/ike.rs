@@ -93,6 +93,8 @@ fn new_ike_sa(
         nat: old.nat,
         win: Window::new(0, 0),
         last_heard: ctx.now,
+        last_sent: ctx.now,
+        keepalive: ctx.cfg.nat_keepalive,
         initial_contact: false,
         peer_fragmentation: old.peer_fragmentation,
         frags: Default::default(),
