@@ -452,6 +452,13 @@ async fn forward_events(mut stream: strait_xfrm::EventStream, tx: mpsc::Sender<K
             Ok(strait_xfrm::Event::Acquire { template, .. }) => {
                 tunnel_of(template.reqid).map(|tunnel| KernelEvent::Acquire { tunnel })
             }
+            Ok(strait_xfrm::Event::Mapping { sa, reqid, new, .. }) => {
+                tunnel_of(reqid).map(|tunnel| KernelEvent::Mapping {
+                    tunnel,
+                    spi: sa.spi,
+                    remote: new,
+                })
+            }
             Ok(_) => None,
             Err(e) => {
                 // lost notifications: the IKE timers still rekey; hard expiries show as

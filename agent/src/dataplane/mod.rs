@@ -166,6 +166,16 @@ pub enum KernelEvent {
         /// The tunnel index.
         tunnel: u32,
     },
+    /// Authentic ESP-in-UDP for one of the tunnel's inbound SAs came from a new address or
+    /// port: the peer's NAT mapping changed.
+    Mapping {
+        /// The tunnel index.
+        tunnel: u32,
+        /// The inbound SA's SPI.
+        spi: u32,
+        /// Where the packet came from.
+        remote: std::net::SocketAddr,
+    },
 }
 
 /// Bytes and packets of a tunnel's CHILD SAs, by direction (kernel counters).

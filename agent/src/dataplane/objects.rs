@@ -29,6 +29,10 @@ pub const MAX_TUNNEL: u32 = 0xFFFE;
 /// The slot of a tunnel's fail-closed policies (and of its first CHILD SA selector set).
 pub const TUNNEL_SLOT: u8 = 0;
 
+/// How often an inbound NAT-T SA of ours reports the same changed mapping again (seconds): a
+/// report the endpoint already followed costs nothing, and one lost is repeated this soon.
+pub const MAPPING_MAXAGE_SECS: u32 = 10;
+
 /// The reqid (and ownership tag) of `slot` of tunnel `tunnel`.
 pub fn reqid(tunnel: u32, slot: u8) -> Result<Reqid, TunnelError> {
     if tunnel > MAX_TUNNEL {
@@ -219,6 +223,8 @@ pub(crate) fn kernel_objects(
             sport: e.remote_port,
             dport: e.local_port,
         });
+        // the peer's NAT may rebind: hear of it (review R-2), but not of every packet
+        sa_in.mapping_maxage = Some(MAPPING_MAXAGE_SECS);
         sa_out.nat_t = Some(NatT {
             sport: e.local_port,
             dport: e.remote_port,

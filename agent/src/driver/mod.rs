@@ -259,7 +259,9 @@ impl<D: Dataplane> Driver<D> {
     fn on_kernel_event(&mut self, ev: KernelEvent) {
         let now = Instant::now();
         let index = match ev {
-            KernelEvent::Expire { tunnel, .. } | KernelEvent::Acquire { tunnel } => tunnel,
+            KernelEvent::Expire { tunnel, .. }
+            | KernelEvent::Acquire { tunnel }
+            | KernelEvent::Mapping { tunnel, .. } => tunnel,
         };
         let Some(t) = self.tunnels.values().find(|t| t.index == index) else {
             return;
@@ -270,6 +272,11 @@ impl<D: Dataplane> Driver<D> {
                 tracing::debug!(tunnel = %t.def.name, spi = format_args!("{spi:08x}"), hard, "kernel: CHILD SA lifetime expired");
                 self.endpoint
                     .expire_child(now, peer, strait_ike::EspSpi(spi.to_be_bytes()), hard);
+            }
+            KernelEvent::Mapping { spi, remote, .. } => {
+                tracing::info!(tunnel = %t.def.name, %remote, spi = format_args!("{spi:08x}"), "kernel: the peer's NAT mapping changed");
+                self.endpoint
+                    .esp_mapping(now, peer, strait_ike::EspSpi(spi.to_be_bytes()), remote);
             }
             KernelEvent::Acquire { .. } => {
                 if t.role == Some(Role::OnTraffic) {

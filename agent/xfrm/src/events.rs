@@ -1,18 +1,21 @@
 //! Kernel notifications: SA expiry (soft: rekey now; hard: the SA is gone), acquires (a trap
-//! policy saw traffic without an SA) and policy expiry. Only events about our objects are
+//! policy saw traffic without an SA), NAT mapping changes and policy expiry. Only events about our objects are
 //! delivered.
 //!
-//! The stream has its own socket subscribed to the `XFRMNLGRP_ACQUIRE` and `XFRMNLGRP_EXPIRE`
-//! multicast groups, separate from the request socket, so replies and events never interleave.
+//! The stream has its own socket subscribed to the `XFRMNLGRP_ACQUIRE`, `XFRMNLGRP_EXPIRE` and
+//! `XFRMNLGRP_MAPPING` multicast groups, separate from the request socket, so replies and events never interleave.
 //! We do not join `XFRMNLGRP_SA`: its messages would carry every SA's keys.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use netlink_packet_xfrm::XfrmMessage;
-use netlink_packet_xfrm::constants::{XFRM_MSG_EXPIRE, XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE};
+use netlink_packet_xfrm::constants::{
+    XFRM_MSG_EXPIRE, XFRMNLGRP_ACQUIRE, XFRMNLGRP_EXPIRE, XFRMNLGRP_MAPPING,
+};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 
 use crate::Xfrm;
@@ -47,6 +50,19 @@ pub enum Event {
         template: Template,
         /// The kernel's sequence number for this acquire (it expires after 30 s).
         seq: u32,
+    },
+    /// An authentic ESP-in-UDP packet for one of our inbound SAs came from another address or
+    /// port than the SA's (`XFRM_MSG_MAPPING`): the peer's NAT mapping changed. The kernel
+    /// accepted the packet; our outbound SA still sends to `old`.
+    Mapping {
+        /// The inbound SA.
+        sa: SaId,
+        /// Its reqid.
+        reqid: Reqid,
+        /// Where the SA had the peer.
+        old: SocketAddr,
+        /// Where the packet came from.
+        new: SocketAddr,
     },
     /// A policy of ours reached a lifetime limit.
     PolicyExpire {
@@ -85,7 +101,7 @@ struct State {
 }
 
 impl Xfrm {
-    /// Subscribes to expire and acquire events. Subscribe before installing the objects whose
+    /// Subscribes to expire, acquire and mapping events. Subscribe before installing the objects whose
     /// events matter: the kernel does not replay past events.
     pub fn events(&self) -> Result<EventStream> {
         Self::event_stream()
@@ -94,7 +110,9 @@ impl Xfrm {
     /// The same, without a request handle.
     pub fn event_stream() -> Result<EventStream> {
         const OP: &str = "subscribe to XFRM events";
-        let groups = (1 << (XFRMNLGRP_ACQUIRE - 1)) | (1 << (XFRMNLGRP_EXPIRE - 1));
+        let groups = (1 << (XFRMNLGRP_ACQUIRE - 1))
+            | (1 << (XFRMNLGRP_EXPIRE - 1))
+            | (1 << (XFRMNLGRP_MAPPING - 1));
         let sock = open_socket(OP, groups)?;
         // A burst of expiries (many SAs added together expire together) must not overflow.
         let _ = sock.socket_ref().set_rx_buf_sz(1 << 20);
@@ -210,6 +228,29 @@ fn decode(data: &[u8], out: &mut VecDeque<Result<Event>>) {
                     },
                     template,
                     seq: a.seq,
+                })
+            }
+            XfrmMessage::Mapping(m) => {
+                let map = &m.map;
+                let reqid = Reqid::from_raw(map.reqid);
+                let fam = map.id.family;
+                let (Some(dst), Some(old), Some(new)) = (
+                    ip_from_raw(&map.id.daddr, fam),
+                    ip_from_raw(&map.old_saddr, fam),
+                    ip_from_raw(&map.new_saddr, fam),
+                ) else {
+                    continue;
+                };
+                reqid.is_ours().then_some(Event::Mapping {
+                    sa: SaId {
+                        dst,
+                        spi: map.id.spi,
+                        proto: Proto(map.id.proto),
+                        mark: None,
+                    },
+                    reqid,
+                    old: SocketAddr::new(old, map.old_sport),
+                    new: SocketAddr::new(new, map.new_sport),
                 })
             }
             XfrmMessage::PolicyExpire(m) => {

@@ -18,8 +18,8 @@ use netlink_packet_core::{
     NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_xfrm::constants::{
-    XFRM_MSG_ACQUIRE, XFRM_MSG_EXPIRE, XFRM_MSG_NEWPOLICY, XFRM_MSG_NEWSA, XFRM_MSG_POLEXPIRE,
-    XFRM_MSG_UPDPOLICY, XFRM_MSG_UPDSA,
+    XFRM_MSG_ACQUIRE, XFRM_MSG_EXPIRE, XFRM_MSG_MAPPING, XFRM_MSG_NEWPOLICY, XFRM_MSG_NEWSA,
+    XFRM_MSG_POLEXPIRE, XFRM_MSG_UPDPOLICY, XFRM_MSG_UPDSA,
 };
 use netlink_packet_xfrm::{XfrmAttrs, XfrmMessage};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_XFRM};
@@ -125,6 +125,7 @@ pub(crate) fn parse_inner(op: &'static str, raw: &RawMsg<'_>) -> Result<Option<X
         XFRM_MSG_EXPIRE => 232,
         XFRM_MSG_ACQUIRE => 280,
         XFRM_MSG_POLEXPIRE => 176,
+        XFRM_MSG_MAPPING => 64,
         _ => return Ok(None),
     };
     if raw.payload.len() < min {

@@ -491,6 +491,11 @@ pub struct Sa {
     pub nat_t: Option<NatT>,
     /// Optional mark (changes matching; see [`Mark`]).
     pub mark: Option<Mark>,
+    /// An inbound NAT-T SA reports authentic packets from a new source address or port
+    /// ([`crate::Event::Mapping`]) at most once per this many seconds for the same new port
+    /// (`XFRMA_MTIMER_THRESH`; without it the kernel reports every such packet). Never on an
+    /// outbound SA, and only with `nat_t`.
+    pub mapping_maxage: Option<u32>,
 }
 
 impl Sa {
@@ -516,6 +521,7 @@ impl Sa {
             lifetimes: Lifetimes::default(),
             nat_t: None,
             mark: None,
+            mapping_maxage: None,
         }
     }
 
@@ -617,6 +623,9 @@ impl Sa {
                 encap_dport: n.dport,
                 encap_oa: Address::from_ip(&Family::of(&self.src).unspecified()),
             }));
+            if let Some(secs) = self.mapping_maxage {
+                m.nlas.push(XfrmAttrs::MappingTimeThreshold(secs));
+            }
         }
         if let Some(mark) = self.mark {
             m.nlas.push(mark.attr());

@@ -160,6 +160,37 @@ fn policies(
     v
 }
 
+/// A's and B's transport-mode policies between A and B (reqid 1 from A, 2 from B).
+fn transport_pair_policies() -> (Vec<Policy>, Vec<Policy>) {
+    let pa = policies(
+        &format!("{A}/32"),
+        &format!("{B}/32"),
+        A,
+        B,
+        1,
+        2,
+        Mode::Transport,
+    );
+    let pb = policies(
+        &format!("{B}/32"),
+        &format!("{A}/32"),
+        B,
+        A,
+        2,
+        1,
+        Mode::Transport,
+    );
+    (pa, pb)
+}
+
+/// A UDP socket on 4500 that takes ESP-in-UDP, in the current namespace.
+fn encap_socket() -> UdpSocket {
+    let sock = UdpSocket::bind("0.0.0.0:4500").unwrap();
+    socket::bypass_policies(&sock, Family::V4).unwrap();
+    socket::set_udp_encap(&sock).unwrap();
+    sock
+}
+
 async fn install(x: &Xfrm, sas: &[Sa], pols: &[Policy]) {
     for s in sas {
         x.add_sa(s).await.unwrap();
@@ -406,6 +437,53 @@ fn nat_t_espinudp_passes_traffic_with_socket_helpers() {
         assert_eq!(xb.get_sa(&ab.id()).await.unwrap().unwrap().nat_t, nat);
         assert_counters_match(&xa, &p.a).await;
         assert_counters_match(&xb, &p.b).await;
+        drop((sock_a, sock_b));
+    });
+}
+
+#[test]
+fn a_changed_nat_mapping_is_reported_once_per_interval() {
+    let p = Pair::new("mp");
+    run(move || async move {
+        let xa = open_in(&p.a);
+        let sock_a = encap_socket();
+        let xb = open_in(&p.b);
+        let sock_b = encap_socket();
+        let mut events = xb.events().unwrap();
+        let natt = |sport, dport| Some(NatT { sport, dport });
+        // B's copy of A's outbound SA expects A at port 4500; A's sends from 4501, as if a
+        // NAT between them had given A a new mapping.
+        let mut ab = sa(A, B, 0x3113, 1, Mode::Transport, gcm(5));
+        let mut ba = sa(B, A, 0x4114, 2, Mode::Transport, gcm(6));
+        ba.nat_t = natt(4500, 4500);
+        ab.nat_t = natt(4501, 4500);
+        let (pa, pb) = transport_pair_policies();
+        install(&xa, &[ab.clone(), ba.clone()], &pa).await;
+        ab.nat_t = natt(4500, 4500);
+        ab.mapping_maxage = Some(10);
+        install(&xb, &[ab.clone(), ba.clone()], &pb).await;
+        // The packets are authentic, so they are taken (the echo replies come back), and the
+        // kernel reports the new source of the first one; the others fall in the interval.
+        ping(&p.a, B);
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("a mapping event within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ev,
+            Event::Mapping {
+                sa: ab.id(),
+                reqid: ab.reqid,
+                old: format!("{A}:4500").parse().unwrap(),
+                new: format!("{A}:4501").parse().unwrap(),
+            }
+        );
+        let more = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+        assert!(
+            more.is_err(),
+            "a second report within the interval: {more:?}"
+        );
         drop((sock_a, sock_b));
     });
 }

@@ -311,17 +311,9 @@ impl Endpoint {
     /// deletes the CHILD SA (with an INFORMATIONAL to the peer); a soft expiry starts its rekey
     /// now (unless one is already queued or running, or the SA was already replaced).
     pub fn expire_child(&mut self, now: Instant, peer: PeerId, spi: EspSpi, hard: bool) {
-        let found = self.index.of_peer(peer).into_iter().find(|id| {
-            self.sas
-                .get(id)
-                .and_then(IkeSa::established)
-                .is_some_and(|e| {
-                    e.children
-                        .iter()
-                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
-                })
-        });
-        let Some(id) = found else { return };
+        let Some(id) = self.sa_with_child(peer, spi) else {
+            return;
+        };
         if !hard {
             self.with_sa(now, id, |sa, ctx| {
                 sa.with_established(ctx, |e, c, ctx| {
@@ -340,17 +332,9 @@ impl Endpoint {
     /// and its CHILD SAs are rekeyed to the new address (review R-2, see `sa::mapping`). Moves
     /// we do not follow (we are the NATed initiator) and unknown SPIs are ignored.
     pub fn esp_mapping(&mut self, now: Instant, peer: PeerId, spi: EspSpi, remote: SocketAddr) {
-        let found = self.index.of_peer(peer).into_iter().find(|id| {
-            self.sas
-                .get(id)
-                .and_then(IkeSa::established)
-                .is_some_and(|e| {
-                    e.children
-                        .iter()
-                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
-                })
-        });
-        let Some(id) = found else { return };
+        let Some(id) = self.sa_with_child(peer, spi) else {
+            return;
+        };
         self.with_sa(now, id, |sa, ctx| {
             let local = sa.common.local;
             if sa.common.nat.encapsulate()
@@ -377,6 +361,20 @@ impl Endpoint {
         if let Some(id) = found {
             self.delete_child_where(now, id, |ch| ch.id == child);
         }
+    }
+
+    /// The established IKE SA of `peer` that holds the CHILD SA with `spi` (either direction).
+    fn sa_with_child(&self, peer: PeerId, spi: EspSpi) -> Option<SaId> {
+        self.index.of_peer(peer).into_iter().find(|id| {
+            self.sas
+                .get(id)
+                .and_then(IkeSa::established)
+                .is_some_and(|e| {
+                    e.children
+                        .iter()
+                        .any(|ch| ch.spi_in == spi.0 || ch.spi_out == spi.0)
+                })
+        })
     }
 
     fn delete_child_where(
