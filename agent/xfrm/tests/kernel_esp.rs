@@ -356,24 +356,7 @@ fn transport_mode_cbc_with_esn_passes_traffic() {
             s.esn = true;
             s.replay_window = 128;
         }
-        let pa = policies(
-            &format!("{A}/32"),
-            &format!("{B}/32"),
-            A,
-            B,
-            1,
-            2,
-            Mode::Transport,
-        );
-        let pb = policies(
-            &format!("{B}/32"),
-            &format!("{A}/32"),
-            B,
-            A,
-            2,
-            1,
-            Mode::Transport,
-        );
+        let (pa, pb) = transport_pair_policies();
         install(&xa, &[ab.clone(), ba.clone()], &pa).await;
         install(&xb, &[ab.clone(), ba.clone()], &pb).await;
         ping(&p.a, B);
@@ -408,24 +391,7 @@ fn nat_t_espinudp_passes_traffic_with_socket_helpers() {
         let mut ba = sa(B, A, 0x4004, 2, Mode::Transport, gcm(6));
         ab.nat_t = nat;
         ba.nat_t = nat;
-        let pa = policies(
-            &format!("{A}/32"),
-            &format!("{B}/32"),
-            A,
-            B,
-            1,
-            2,
-            Mode::Transport,
-        );
-        let pb = policies(
-            &format!("{B}/32"),
-            &format!("{A}/32"),
-            B,
-            A,
-            2,
-            1,
-            Mode::Transport,
-        );
+        let (pa, pb) = transport_pair_policies();
         install(&xa, &[ab.clone(), ba.clone()], &pa).await;
         install(&xb, &[ab.clone(), ba.clone()], &pb).await;
         ping(&p.a, B);
