@@ -181,6 +181,8 @@ pub enum Event {
         local_addr: SocketAddr,
         /// The peer's outer address.
         remote_addr: SocketAddr,
+        /// Taken back from saved state ([`crate::Endpoint::resume`]), not negotiated now.
+        resumed: bool,
     },
     /// An IKE SA (and every CHILD SA under it) is gone or could not be set up.
     IkeSaDown {
@@ -190,6 +192,18 @@ pub enum Event {
         spis: IkeSpis,
         /// Why.
         reason: Reason,
+    },
+    /// A CHILD SA of a resumed IKE SA: the kernel SAs with these SPIs, installed by the earlier
+    /// process, are this CHILD SA's from now on (later [`Event::ChildSaDelete`]s name it).
+    ChildSaResumed {
+        /// The tunnel.
+        peer: PeerId,
+        /// The CHILD SA.
+        child: ChildSaId,
+        /// Its inbound SPI.
+        spi_in: EspSpi,
+        /// Its outbound SPI.
+        spi_out: EspSpi,
     },
     /// An IKE SA was rekeyed: the new SPIs replace the old ones, CHILD SAs moved over.
     IkeSaRekeyed {

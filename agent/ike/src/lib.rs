@@ -17,6 +17,7 @@ pub mod event;
 pub(crate) mod natd;
 pub mod proposal;
 pub mod reason;
+pub(crate) mod resume;
 pub(crate) mod sa;
 pub mod spi;
 pub(crate) mod timers;
@@ -33,4 +34,5 @@ pub use event::{
     PeerId, Transmit, UdpEncap,
 };
 pub use reason::{Fault, Reason};
+pub use resume::{ResumeError, Resumed, SavedState};
 pub use spi::EspSpiSource;

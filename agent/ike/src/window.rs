@@ -67,6 +67,45 @@ impl<K> Window<K> {
         }
     }
 
+    /// Everything the window holds (`crate::resume` saves it): our next message ID, the peer's
+    /// expected one, our outstanding request and our last response.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        &self,
+    ) -> (
+        u32,
+        u32,
+        Option<&Outstanding<K>>,
+        Option<&(u32, Vec<Vec<u8>>)>,
+    ) {
+        (
+            self.next_id,
+            self.expected,
+            self.outstanding.as_ref(),
+            self.last_response.as_ref(),
+        )
+    }
+
+    /// The window [`Window::parts`] describes.
+    pub fn from_parts(
+        next_id: u32,
+        expected: u32,
+        outstanding: Option<Outstanding<K>>,
+        last_response: Option<(u32, Vec<Vec<u8>>)>,
+    ) -> Self {
+        Self {
+            next_id,
+            outstanding,
+            expected,
+            last_response,
+        }
+    }
+
+    /// The outstanding request, to change what it is for.
+    pub fn outstanding_mut(&mut self) -> Option<&mut Outstanding<K>> {
+        self.outstanding.as_mut()
+    }
+
     /// Whether a request of ours is in flight.
     pub fn busy(&self) -> bool {
         self.outstanding.is_some()

@@ -521,6 +521,7 @@ impl<D: Dataplane> Driver<D> {
                 initiator,
                 local_addr,
                 remote_addr,
+                resumed,
             } => {
                 let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
@@ -533,7 +534,8 @@ impl<D: Dataplane> Driver<D> {
                         remote_addr,
                     };
                     let took = t.on_ike_up(up, Instant::now());
-                    if let Some(m) = &metrics {
+                    // a resumed SA was not negotiated now: no handshake to count
+                    if let Some(m) = metrics.as_ref().filter(|_| !resumed) {
                         m.handshakes.with_label_values(&["success", "none"]).inc();
                         if let Some(d) = took {
                             m.handshake_duration.observe(d.as_secs_f64());
@@ -547,6 +549,7 @@ impl<D: Dataplane> Driver<D> {
                         local_behind_nat = nat.local_behind_nat,
                         remote_behind_nat = nat.remote_behind_nat,
                         initiator,
+                        resumed,
                         "IKE SA established"
                     );
                 }
@@ -570,6 +573,10 @@ impl<D: Dataplane> Driver<D> {
                         self.retries.push(Reverse((at, name)));
                     }
                 }
+            }
+            // Only `Endpoint::resume` reports this, which this agent does not call yet (#15).
+            Event::ChildSaResumed { .. } => {
+                tracing::warn!("a resume event, though this agent resumes no saved IKE state");
             }
             Event::IkeSaRekeyed {
                 peer,

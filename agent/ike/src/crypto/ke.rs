@@ -21,6 +21,9 @@ pub struct KeyExchange {
     group: KeGroup,
     private: Private,
     public: Vec<u8>,
+    /// The private value as given to [`KeyExchange::from_private_bytes`]: what a saved SA
+    /// with this exchange in flight holds (`crate::resume`).
+    secret: Zeroizing<Vec<u8>>,
 }
 
 enum Private {
@@ -89,6 +92,7 @@ impl KeyExchange {
     /// # Errors
     /// [`Error::KeyRejected`] if the value is not a valid private key for `group`.
     pub fn from_private_bytes(group: KeGroup, bytes: &[u8]) -> Result<Self> {
+        let secret = Zeroizing::new(bytes.to_vec());
         match group {
             KeGroup::Ecp256 | KeGroup::Ecp384 | KeGroup::Ecp521 | KeGroup::Curve25519 => {
                 let alg = ecdh_alg(group)?;
@@ -109,6 +113,7 @@ impl KeyExchange {
                     group,
                     private: Private::Ecdh(key),
                     public,
+                    secret,
                 })
             }
             KeGroup::Modp2048 => {
@@ -117,6 +122,7 @@ impl KeyExchange {
                     group,
                     private: Private::Modp2048(x),
                     public,
+                    secret,
                 })
             }
             KeGroup::Modp3072 => {
@@ -125,6 +131,7 @@ impl KeyExchange {
                     group,
                     private: Private::Modp3072(x),
                     public,
+                    secret,
                 })
             }
             KeGroup::Modp4096 => {
@@ -133,9 +140,15 @@ impl KeyExchange {
                     group,
                     private: Private::Modp4096(x),
                     public,
+                    secret,
                 })
             }
         }
+    }
+
+    /// The private value, to save an exchange in flight (`crate::resume`).
+    pub(crate) fn private_bytes(&self) -> &[u8] {
+        &self.secret
     }
 
     /// The group this exchange is for.

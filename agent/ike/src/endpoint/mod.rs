@@ -32,6 +32,7 @@ mod children;
 mod cookie;
 mod index;
 mod responder;
+mod resume;
 
 use cookie::Cookies;
 use index::SaIndex;
@@ -103,6 +104,18 @@ impl Shared {
                 None => None,
             },
         }
+    }
+
+    /// The wall-clock time at `now`, in Unix milliseconds (saved state is timed by it).
+    fn unix_millis(&self, now: Instant) -> Option<u64> {
+        let (at, base) = self.wall_clock?;
+        let base = u128::from(base).checked_mul(1000)?;
+        let t = if now >= at {
+            base.checked_add((now - at).as_millis())?
+        } else {
+            base.checked_sub((at - now).as_millis())?
+        };
+        u64::try_from(t).ok()
     }
 
     /// The wall-clock time at `now`, in Unix seconds.

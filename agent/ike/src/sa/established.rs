@@ -45,6 +45,20 @@ impl Established {
         }
     }
 
+    /// [`Event::IkeSaUp`] for this SA.
+    pub fn up_event(&self, c: &Common, resumed: bool) -> Event {
+        Event::IkeSaUp {
+            peer: c.peer,
+            proposal: self.keys.choice,
+            spis: c.spis(),
+            nat: c.nat,
+            initiator: c.initiator,
+            local_addr: c.local,
+            remote_addr: c.remote,
+            resumed,
+        }
+    }
+
     /// The next time this state needs [`on_timeout`]: a liveness check due or an outstanding
     /// one timing out, a rekey, or a NAT keepalive.
     pub fn next_timeout(&self, c: &Common, cfg: &EndpointConfig) -> Option<Instant> {

@@ -183,15 +183,7 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
 }
 
 fn up(c: &Common, ctx: &mut Ctx<'_>, e: &Established) {
-    ctx.events.push_back(Event::IkeSaUp {
-        peer: c.peer,
-        proposal: e.keys.choice,
-        spis: c.spis(),
-        nat: c.nat,
-        initiator: c.initiator,
-        local_addr: c.local,
-        remote_addr: c.remote,
-    });
+    ctx.events.push_back(e.up_event(c, false));
 }
 
 impl AuthSent {

@@ -55,6 +55,9 @@ pub struct Pair {
     sent_count: usize,
 }
 
+/// The wall-clock time (Unix seconds) of `t0` in [`Pair::set_wall_clock`].
+pub const WALL_CLOCK: u64 = 1_800_000_000;
+
 pub const A_IP: &str = "192.0.2.1";
 pub const B_IP: &str = "198.51.100.2";
 
@@ -140,6 +143,55 @@ impl Pair {
             nat_offset: 1000,
             sent_count: 0,
         }
+    }
+
+    /// Gives both endpoints the same wall clock (saved state is timed by it).
+    pub fn set_wall_clock(&mut self) {
+        self.a.set_wall_clock(self.t0, WALL_CLOCK);
+        self.b.set_wall_clock(self.t0, WALL_CLOCK);
+    }
+
+    /// Restarts `side` as a new process: what it saves now is all that survives; for `down`
+    /// nothing answers at its address (datagrams to it are lost); then a new endpoint with the
+    /// same tunnel and a fresh RNG (`seed`) resumes the saved state. Its earlier events are
+    /// dropped: they belonged to the old process.
+    pub fn restart(
+        &mut self,
+        side: Side,
+        cfg: PeerConfig,
+        seed: u64,
+        down: Duration,
+    ) -> Result<strait_ike::Resumed, strait_ike::ResumeError> {
+        let (ep, peer) = match side {
+            Side::A => (&mut self.a, self.a_peer),
+            Side::B => (&mut self.b, self.b_peer),
+        };
+        let saved = ep.save(self.now, peer).unwrap();
+        let config = EndpointConfig::default();
+        *ep = Endpoint::new(config.clone(), Box::new(DeterministicRng::new(seed)));
+        match side {
+            Side::A => self.ev_a.clear(),
+            Side::B => self.ev_b.clear(),
+        }
+        if !down.is_zero() {
+            self.run_for(down);
+        }
+        let mut ep = Endpoint::new(config, Box::new(DeterministicRng::new(seed)));
+        ep.set_wall_clock(self.t0, WALL_CLOCK);
+        let peer = ep.add_peer(cfg).unwrap();
+        let r = ep.resume(self.now, peer, saved.as_bytes());
+        match side {
+            Side::A => {
+                self.a = ep;
+                self.a_peer = peer;
+            }
+            Side::B => {
+                self.b = ep;
+                self.b_peer = peer;
+            }
+        }
+        self.collect();
+        r
     }
 
     pub fn secs(&self) -> f64 {
@@ -279,6 +331,16 @@ impl Pair {
                 )
             })
             .collect()
+    }
+
+    /// The exchange type of one logged datagram, if it is an IKE message.
+    pub fn exchanges_of(&self, s: &Sent) -> Option<ExchangeType> {
+        let raw = if s.t.non_esp_marker {
+            s.t.payload.get(4..)?
+        } else {
+            &s.t.payload[..]
+        };
+        Header::peek(raw).ok().map(|h| h.header.exchange_type)
     }
 
     pub fn installs(ev: &[(Instant, Event)]) -> Vec<strait_ike::ChildSaInstall> {

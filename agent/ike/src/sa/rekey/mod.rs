@@ -18,10 +18,11 @@ mod child;
 mod create;
 mod ike;
 
-pub(crate) use child::{ChildRekeyOut, on_child_response, soft_expire, start_child};
+pub(crate) use child::{ChildRekeyOut, Offer, on_child_response, soft_expire, start_child};
 pub(crate) use create::{ChildCreateOut, on_create_response, start_create};
 pub(crate) use ike::{
-    IkeRekeyOut, adopt_on_delete, await_delete, delete_ike, on_ike_response, start_ike,
+    IkeCollision, IkeRekeyOut, adopt_on_delete, await_delete, delete_ike, on_ike_response,
+    start_ike,
 };
 
 use core::time::Duration;
