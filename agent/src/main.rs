@@ -73,6 +73,12 @@ struct DaemonArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Save each tunnel's IKE state here (a root-only directory on tmpfs, e.g.
+    /// /run/strait/state), so that a restarted agent resumes its IKE and CHILD SAs instead of
+    /// negotiating again; SIGTERM then leaves every SA in place. Without it, SIGTERM deletes
+    /// every IKE SA and a restart negotiates anew.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,6 +224,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         node: args.node.clone().unwrap_or_else(hostname),
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         lifetime_scale: args.test_lifetime_scale,
+        state_dir: d.state_dir.clone(),
     };
     runtime()?.block_on(standalone::run::run(opts))
 }
@@ -247,6 +254,7 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         renew_interval: seconds("renew-interval", args.renew_interval)?,
         status_interval: seconds("status-interval", args.status_interval)?,
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
+        state_dir: d.state_dir.clone(),
     };
     runtime()?.block_on(cluster::run(opts))
 }

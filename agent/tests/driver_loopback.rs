@@ -22,7 +22,7 @@ use strait_crds::{IPsecTunnelSpec, IkeState};
 use strait_ike::EndpointConfig;
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall};
+use strait_ike::{ChildSaId, ChildSaInstall, ChildSaResumed};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,6 +93,15 @@ fn driver_with<D: Dataplane + 'static>(
     defs: Vec<TunnelDef>,
     dp: D,
 ) -> (Handle, impl std::future::Future<Output = ()>) {
+    driver_full(ike_port, defs, dp, None)
+}
+
+fn driver_full<D: Dataplane + 'static>(
+    ike_port: u16,
+    defs: Vec<TunnelDef>,
+    dp: D,
+    state_dir: Option<std::path::PathBuf>,
+) -> (Handle, impl std::future::Future<Output = ()>) {
     let settings = Settings {
         node: format!("node-{ike_port}"),
         endpoint: EndpointConfig {
@@ -100,6 +109,7 @@ fn driver_with<D: Dataplane + 'static>(
             natt_port: ike_port + 1,
             ..EndpointConfig::default()
         },
+        state_dir,
     };
     let (cmd, cmd_rx) = mpsc::channel(4);
     let (status, status_rx) = mpsc::channel(4);
@@ -282,6 +292,13 @@ impl Dataplane for Refusing {
         ))
     }
 
+    async fn resume(&mut self, _tunnel: u32, _sa: &ChildSaResumed) -> Result<(), TunnelError> {
+        Err(TunnelError::new(
+            StatusReason::DataplaneError,
+            "nothing to resume (test)",
+        ))
+    }
+
     async fn delete(&mut self, _child: ChildSaId) -> Result<(), TunnelError> {
         Ok(())
     }
@@ -341,4 +358,89 @@ async fn a_child_sa_our_kernel_refused_is_deleted_at_the_peer_and_created_again(
         shutdown([&a, &b]).await;
     };
     run_pair(a_run, b_run, test).await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_resumes_its_ike_sa_and_the_peer_never_notices() {
+    let (pa, pb) = (26_100u16, 26_200u16);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let a_def = || a_side(pa, pb, b"resume-psk");
+    let (b, b_run) = driver(pb, vec![b_side(pb, pa, "respond", b"resume-psk")]);
+    let up = |s: &AgentStatus| s.tunnels.first().is_some_and(|t| t.ready);
+    let phases = async {
+        // the first agent process: up, then SIGTERM's shutdown, which keeps the SAs
+        let (a, a_run) = driver_full(
+            pa,
+            vec![a_def()],
+            NoDataplane::default(),
+            Some(state.clone()),
+        );
+        let first = async {
+            let sa = a.wait("a up", up).await;
+            b.wait("b up", up).await;
+            let (tx, rx) = oneshot::channel();
+            a.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            rx.await.unwrap();
+            sa.tunnels[0].clone()
+        };
+        let (_, before) = tokio::join!(a_run, first);
+        let file = state.join("ab.ike");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // the peer heard no DELETE
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b_before = b.status().await.tunnels[0].clone();
+        assert!(b_before.ready, "the peer lost the tunnel: {b_before:#?}");
+
+        // the second process resumes: same IKE SA, same CHILD SA, no new handshake at the peer
+        let (a2, a2_run) = driver_full(
+            pa,
+            vec![a_def()],
+            NoDataplane::default(),
+            Some(state.clone()),
+        );
+        let second = async {
+            let sa = a2.wait("a resumed", up).await;
+            let t = &sa.tunnels[0];
+            assert_eq!(t.gateway.ike_spis, before.gateway.ike_spis);
+            let spis = |t: &strait_agent::status::TunnelStatus| {
+                t.gateway
+                    .child_sas
+                    .iter()
+                    .map(|c| (c.spi_in.clone(), c.spi_out.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(spis(t), spis(&before));
+            let sb = b.status().await;
+            assert_eq!(sb.tunnels[0].gateway.ike_spis, before.gateway.ike_spis);
+            // established once, before the restart
+            assert_eq!(
+                sb.tunnels[0].gateway.established_at,
+                b_before.gateway.established_at
+            );
+
+            // the resumed SA's keys work: the removal's DELETE is accepted by the peer
+            a2.cmd.send(Command::Reload(vec![])).await.unwrap();
+            let sb = b
+                .wait("b down", |s| {
+                    s.tunnels[0].gateway.ike_state == Some(IkeState::Down)
+                })
+                .await;
+            assert_eq!(
+                sb.tunnels[0].gateway.last_error.as_ref().unwrap().reason,
+                "DeletedByPeer"
+            );
+            assert!(!file.exists(), "the removed tunnel's state was kept");
+            shutdown([&a2, &b]).await;
+        };
+        tokio::join!(a2_run, second);
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(b_run, phases);
+    })
+    .await
+    .expect("timed out");
 }

@@ -82,6 +82,7 @@ fn driver(
             natt_port: ike_port + 1,
             ..EndpointConfig::default()
         },
+        state_dir: None,
     };
     let (cmd, cmd_rx) = mpsc::channel(4);
     let (status, status_rx) = mpsc::channel(4);

@@ -661,6 +661,125 @@ fn d_kill9_restart_keeps_traffic_and_leaves_nothing() {
     );
 }
 
+/// With `--state-dir` (#15): `kill -9` and a restart, then SIGTERM and a restart, under 50 pkt/s.
+/// Each restarted agent resumes the saved IKE SA and keeps the kernel's SAs for its CHILD SA:
+/// nothing lost, charon's IKE SA the same one (no new IKE_SA_INIT), our SPIs unchanged, and
+/// charon's DPD and our status go on on the resumed SA.
+#[test]
+fn d_resumed_after_kill9_and_sigterm_loses_nothing() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let charon = charon_on_right(&pair);
+    let cfg = yaml(left, right, &right.addr.to_string(), "start", "");
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let args = ["--state-dir", state_dir.to_str().unwrap()];
+    let mut agent = start(left, &cfg, &args);
+    let before = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap();
+    let charon_sa = |c: &Charon| {
+        let sas = c.list_sas().unwrap();
+        let ids: Vec<u32> = sas.ike_sas.iter().map(|s| s.unique_id).collect();
+        (ids, sas.raw)
+    };
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    let (charon_before, _) = charon_sa(&charon);
+    assert_eq!(charon_before.len(), 1);
+    let spis = |t: &Value| {
+        (
+            t["ikeSpis"].clone(),
+            t["childSas"][0]["spiIn"].clone(),
+            t["childSas"][0]["spiOut"].clone(),
+        )
+    };
+    for sig in [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let count = 500; // 10 s at 50/s
+        let p = ping_flood_timed(left, right, "0.02", count);
+        thread::sleep(Duration::from_secs(3));
+        agent.signal(sig).unwrap();
+        while agent.try_wait().unwrap().is_none() {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let log = agent.log();
+        drop(agent);
+        thread::sleep(Duration::from_secs(2));
+        agent = start(left, &cfg, &args);
+        let after = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}\n--- previous agent:\n{log}", agent.log()));
+        assert_eq!(spis(&after), spis(&before), "not resumed:\n{}", agent.log());
+        assert!(
+            agent.log().contains("resumed saved IKE state"),
+            "{}",
+            agent.log()
+        );
+        let (sent, received, text) = ping_result(p);
+        println!(
+            "{sig:?} and restart with --state-dir under 50 pkt/s: sent {sent}, received {received}"
+        );
+        assert_eq!(
+            sent - received,
+            0,
+            "{sig:?}: packets lost\n{text}\n{}",
+            kernel_view(&[left])
+        );
+        let (charon_now, raw) = charon_sa(&charon);
+        assert_eq!(
+            charon_now, charon_before,
+            "charon made another IKE SA:\n{raw}"
+        );
+    }
+    // the previous run's objects are the resumed ones: the sweep keeps exactly them
+    thread::sleep(Duration::from_secs(4));
+    assert_exact_objects(&agent);
+    // charon's liveness checks (every 5 s) are answered by the resumed SA, which carries on
+    thread::sleep(Duration::from_secs(11));
+    let (charon_now, raw) = charon_sa(&charon);
+    assert_eq!(charon_now, charon_before, "charon dropped the SA:\n{raw}");
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    check_counters(&agent);
+    // the peer rekeys the resumed CHILD SA and then the IKE SA: both answered, traffic flows
+    let child_before = agent.tunnel(TUNNEL).unwrap()["childSas"][0]["spiIn"].clone();
+    charon
+        .swanctl(&["--rekey", "--child", "net"])
+        .expect("charon rekeys the CHILD SA");
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            up(t)
+                && t["childSas"].as_array().is_some_and(|c| c.len() == 1)
+                && t["childSas"][0]["spiIn"] != child_before
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", agent.log(), charon.log()));
+    charon
+        .swanctl(&["--rekey", "--ike", TUNNEL])
+        .expect("charon rekeys the IKE SA");
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |x| {
+            up(x) && x["ikeSpis"] != t["ikeSpis"]
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", agent.log(), charon.log()));
+    ping(&pair, left, right);
+    // and deletes the tunnel: every SA of ours goes (the fail-closed policies stay)
+    charon.terminate(TUNNEL, 10).expect("charon terminates");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !xfrm_states(&left.ns).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        xfrm_states(&left.ns).is_empty(),
+        "SAs left after the peer's delete:\n{}",
+        kernel_view(&[left])
+    );
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,6 +15,7 @@ SUITES=("strait-xfrm:kernel-esp-tests:kernel_esp" "strait-e2e:vm-tests:vm_agent"
 # control plane on the host (kube-apiserver needs minutes to start under TCG). One boot each.
 HOST_SUITES=("strait-e2e:vm-tests:vm_cluster")
 # STRAIT_VM_SUITES=NAME[,NAME...]: only these test targets (e.g. vm_cluster), for a narrow run.
+# STRAIT_VM_TEST_FILTER=SUBSTRING: only the tests whose names contain it (libtest's filter).
 only=${STRAIT_VM_SUITES:-}
 selected() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 LOCKED=${STRAIT_CARGO_LOCKED---locked}
@@ -69,15 +70,16 @@ fi
 
 # The guest runs each binary serially and reports each one's status; the host exits non-zero if
 # any failed.
-cat > "$stage/run-all.sh" <<'GUEST'
-#!/bin/bash
+{ echo '#!/bin/bash'; printf 'filter=(%q)\n' "${STRAIT_VM_TEST_FILTER:-}"; } > "$stage/run-all.sh"
+cat >> "$stage/run-all.sh" <<'GUEST'
+[ -n "${filter[0]}" ] || filter=()
 rc=0
 # run the agent from the guest's tmpfs, not over 9p; a cold start under TCG is slow
 cp "$(dirname "$0")/strait-agent" /tmp/strait-agent && export STRAIT_AGENT_BIN=/tmp/strait-agent
 export STRAIT_AGENT_START_TIMEOUT_SECS=${STRAIT_AGENT_START_TIMEOUT_SECS:-60}
 for b in "$@"; do
   echo "===== vm tier: $(basename "$b")"
-  "$b" --test-threads=1 --nocapture || rc=1
+  "$b" --test-threads=1 --nocapture "${filter[@]}" || rc=1
 done
 exit $rc
 GUEST
@@ -90,6 +92,6 @@ fi
 for b in "${host_bins[@]}"; do
   say "vm tier: $(basename "$b") on the host (boots its own VM)"
   STRAIT_AGENT_BIN="$stage/strait-agent" STRAIT_OPERATOR_BIN="$operator" \
-    "$b" --test-threads=1 --nocapture || rc=1
+    "$b" --test-threads=1 --nocapture ${STRAIT_VM_TEST_FILTER:+"$STRAIT_VM_TEST_FILTER"} || rc=1
 done
 exit $rc

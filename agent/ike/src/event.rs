@@ -141,6 +141,40 @@ pub struct ChildSaInstall {
     pub redundant: bool,
 }
 
+/// A CHILD SA taken back from saved state: what [`ChildSaInstall`] said of it, without the
+/// keys (the kernel holds them) and with its lifetimes from now.
+#[derive(Debug, Clone)]
+pub struct ChildSaResumed {
+    /// The tunnel.
+    pub peer: PeerId,
+    /// This CHILD SA, under this endpoint's id.
+    pub child: ChildSaId,
+    /// Inbound SPI.
+    pub spi_in: EspSpi,
+    /// Outbound SPI.
+    pub spi_out: EspSpi,
+    /// Encryption.
+    pub encr: Encr,
+    /// Integrity, `None` with an AEAD.
+    pub integ: Option<Integ>,
+    /// Extended sequence numbers.
+    pub esn: Esn,
+    /// Our side's selectors.
+    pub local_ts: Vec<TsRange>,
+    /// The peer's side's selectors.
+    pub remote_ts: Vec<TsRange>,
+    /// ESP in UDP, if a NAT was found.
+    pub encapsulation: Option<UdpEncap>,
+    /// Our outer address.
+    pub local_addr: SocketAddr,
+    /// The peer's outer address.
+    pub remote_addr: SocketAddr,
+    /// Time left until rekeying starts (zero if it is due or under way) and until the hard limit.
+    pub lifetimes: ChildLifetimes,
+    /// In use (not yet replaced by a rekey, nor being deleted).
+    pub in_use: bool,
+}
+
 /// Something the driver must act on. Drain them ([`crate::Endpoint::poll_event`]) before the
 /// datagrams ([`crate::Endpoint::poll_transmit`]): see [`crate::Endpoint`].
 #[derive(Debug, Clone)]
@@ -193,18 +227,10 @@ pub enum Event {
         /// Why.
         reason: Reason,
     },
-    /// A CHILD SA of a resumed IKE SA: the kernel SAs with these SPIs, installed by the earlier
-    /// process, are this CHILD SA's from now on (later [`Event::ChildSaDelete`]s name it).
-    ChildSaResumed {
-        /// The tunnel.
-        peer: PeerId,
-        /// The CHILD SA.
-        child: ChildSaId,
-        /// Its inbound SPI.
-        spi_in: EspSpi,
-        /// Its outbound SPI.
-        spi_out: EspSpi,
-    },
+    /// A CHILD SA of a resumed IKE SA ([`crate::Endpoint::resume`]): the kernel SAs with its
+    /// SPIs, installed by the earlier process, are this CHILD SA's from now on (later
+    /// [`Event::ChildSaDelete`]s name it).
+    ChildSaResumed(Box<ChildSaResumed>),
     /// An IKE SA was rekeyed: the new SPIs replace the old ones, CHILD SAs moved over.
     IkeSaRekeyed {
         /// The tunnel.

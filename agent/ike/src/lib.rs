@@ -30,8 +30,8 @@ pub use config::{
 };
 pub use endpoint::{Endpoint, Stats};
 pub use event::{
-    ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, IkeSpis, Mode, NatState,
-    PeerId, Transmit, UdpEncap,
+    ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, ChildSaResumed, EspSpi, Event, IkeSpis,
+    Mode, NatState, PeerId, Transmit, UdpEncap,
 };
 pub use reason::{Fault, Reason};
 pub use resume::{ResumeError, Resumed, SavedState};

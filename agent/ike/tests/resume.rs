@@ -63,13 +63,8 @@ fn alive(ev: &[(Instant, Event)]) -> BTreeMap<ChildSaId, (EspSpi, EspSpi)> {
             Event::ChildSaInstall(i) => {
                 m.insert(i.child, (i.spi_in, i.spi_out));
             }
-            Event::ChildSaResumed {
-                child,
-                spi_in,
-                spi_out,
-                ..
-            } => {
-                m.insert(*child, (*spi_in, *spi_out));
+            Event::ChildSaResumed(r) => {
+                m.insert(r.child, (r.spi_in, r.spi_out));
             }
             Event::ChildSaDelete { child, .. } => {
                 m.remove(child);
@@ -140,6 +135,7 @@ fn restart_and_live_on(side: Side) {
     let mut p = up();
     let before = spis_up(&p.ev_a);
     let children = alive(events(&p, side));
+    let installed = Pair::installs(events(&p, side))[0].clone();
     let from = p.log.len();
 
     let r = p.restart(side, cfg_of(side), 99, Duration::from_secs(3));
@@ -154,6 +150,34 @@ fn restart_and_live_on(side: Side) {
     assert_eq!(spis_up(events(&p, side)), before);
     let resumed: Vec<_> = alive(events(&p, side)).into_values().collect();
     assert_eq!(resumed, children.into_values().collect::<Vec<_>>());
+    // with what the driver needs to take over the kernel's SAs and report them
+    let r = events(&p, side)
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::ChildSaResumed(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (&r.local_ts, &r.remote_ts, r.encr, r.integ, r.in_use),
+        (
+            &installed.local_ts,
+            &installed.remote_ts,
+            installed.encr,
+            installed.integ,
+            true
+        )
+    );
+    assert_eq!(
+        (r.local_addr, r.remote_addr),
+        (installed.local_addr, installed.remote_addr)
+    );
+    // made at 0 s with a 40 s rekey time, resumed at 5 s
+    assert!(
+        r.lifetimes.soft <= Duration::from_secs(35) && r.lifetimes.soft >= Duration::from_secs(34),
+        "{:?}",
+        r.lifetimes
+    );
 
     p.run_for(Duration::from_secs(250));
     assert_eq!(
@@ -186,6 +210,19 @@ fn restart_and_live_on(side: Side) {
     p.run_for(Duration::from_secs(5));
     assert!(alive(events(&p, side)).is_empty(), "CHILD SAs left behind");
     assert_eq!(Pair::downs(events(&p, side)).len(), 1);
+}
+
+#[test]
+fn the_tunnels_to_save_again_are_named() {
+    let mut p = up();
+    assert!(p.a.take_changed().contains(&p.a_peer));
+    assert!(p.a.take_changed().is_empty());
+    // nothing happens for a while: nothing to save
+    p.run_for(Duration::from_secs(10));
+    assert!(p.a.take_changed().is_empty());
+    // a liveness check (15 s quiet) changes the window
+    p.run_for(Duration::from_secs(10));
+    assert!(p.a.take_changed().contains(&p.a_peer));
 }
 
 #[test]

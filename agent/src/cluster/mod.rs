@@ -57,6 +57,8 @@ pub struct Options {
     pub status_interval: Duration,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where IKE state is saved for the next agent process (`--state-dir`).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs cluster mode until SIGTERM/SIGINT.
@@ -98,6 +100,7 @@ async fn run_with<D: Dataplane + 'static>(
             natt_port: opts.natt_port,
             ..EndpointConfig::default()
         },
+        state_dir: opts.state_dir.clone(),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = mpsc::channel(16);

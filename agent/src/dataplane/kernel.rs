@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use futures::StreamExt;
 use strait_ike::codec::TsRange;
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
+use strait_ike::{ChildSaId, ChildSaInstall, ChildSaResumed, PeerConfig};
 use strait_xfrm::{
     Family, GatewaySysctls, KeepSet, PolicyId, Prefix, Sa, SaId, SysctlGuard, Transform, Xfrm,
 };
@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::netfilter::{IkeGuard, Netfilter, TunnelFilter};
 use super::objects::{
-    MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, prefix_of, transforms,
-    tunnel_of,
+    self, MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, prefix_of,
+    transforms, tunnel_of,
 };
 use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
 use super::routing::{PathToPeer, Routing};
@@ -362,6 +362,47 @@ impl KernelDataplane {
     /// The reqid slot for a new CHILD SA of `tunnel`: its predecessor's for a rekey, that of a
     /// CHILD SA with the same selectors (strongSwan shares reqids the same way), else the
     /// lowest free one (slot 0, the fallback policies' own, for the first).
+    /// Puts a CHILD SA's policies in (over the tunnel's fallback for the same selectors); on
+    /// failure, back to what the other owners want.
+    async fn claim_policies(
+        &mut self,
+        xfrm: &Xfrm,
+        child: ChildSaId,
+        policies: Vec<strait_xfrm::Policy>,
+    ) -> Result<(), TunnelError> {
+        let owner = Owner::Child(child);
+        let changes = self.table.claim(owner, policies);
+        for c in &changes {
+            if let Change::Put(p) = c {
+                self.deferred_fallback.remove(&p.id());
+            }
+        }
+        if let Err(e) = apply(xfrm, &changes).await {
+            let undo = self.table.release(owner);
+            let _ = apply(xfrm, &undo).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records a CHILD SA now in the kernel and brings its tunnel's routes up to date (the
+    /// peer's address, the MTU of the negotiated transform).
+    async fn record(
+        &mut self,
+        child: ChildSaId,
+        ins: Installed,
+        peer: IpAddr,
+        esp: Option<(Transform, bool)>,
+    ) {
+        let tunnel = ins.tunnel;
+        self.installed.insert(child, ins);
+        if let Some(t) = self.plumbing.tunnels.get_mut(&tunnel) {
+            t.peer = Some(peer);
+            t.esp = esp;
+            self.plumbing.sync(tunnel).await;
+        }
+    }
+
     fn slot_for(&self, tunnel: u32, sa: &ChildSaInstall) -> Result<u8, TunnelError> {
         let mine = || self.installed.values().filter(|i| i.tunnel == tunnel);
         if let Some(old) = sa.replaces.and_then(|id| self.installed.get(&id))
@@ -533,40 +574,70 @@ impl Dataplane for KernelDataplane {
             let _ = xfrm.delete_sa(&sa_in.id()).await;
             return Err(TunnelError::kernel("installing the outbound SA", &e));
         }
-        let owner = Owner::Child(sa.child);
-        let changes = self.table.claim(owner, policies);
-        for c in &changes {
-            if let Change::Put(p) = c {
-                self.deferred_fallback.remove(&p.id());
-            }
-        }
-        if let Err(e) = apply(&xfrm, &changes).await {
-            // back to what the other owners want, then the SAs go
-            let undo = self.table.release(owner);
-            let _ = apply(&xfrm, &undo).await;
+        if let Err(e) = self.claim_policies(&xfrm, sa.child, policies).await {
             let _ = xfrm.delete_sa(&sa_out.id()).await;
             let _ = xfrm.delete_sa(&sa_in.id()).await;
             return Err(e);
         }
-        self.installed.insert(
-            sa.child,
-            Installed {
-                tunnel,
-                slot,
-                local_ts: sa.local_ts.clone(),
-                remote_ts: sa.remote_ts.clone(),
-                sa_in: sa_in.id(),
-                sa_out: sa_out.id(),
-            },
-        );
+        let ins = Installed {
+            tunnel,
+            slot,
+            local_ts: sa.local_ts.clone(),
+            remote_ts: sa.remote_ts.clone(),
+            sa_in: sa_in.id(),
+            sa_out: sa_out.id(),
+        };
         if let Outbound::AfterDeleteOf(old) = plan {
             self.deferred_out.insert(old, (sa.child, sa_out));
         }
-        if let Some(t) = self.plumbing.tunnels.get_mut(&tunnel) {
-            t.peer = Some(sa.remote_addr.ip());
-            t.esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
-            self.plumbing.sync(tunnel).await;
+        let esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
+        self.record(sa.child, ins, sa.remote_addr.ip(), esp).await;
+        Ok(())
+    }
+
+    async fn resume(&mut self, tunnel: u32, sa: &ChildSaResumed) -> Result<(), TunnelError> {
+        let xfrm = self.xfrm()?.clone();
+        let (l, r) = (sa.local_addr.ip(), sa.remote_addr.ip());
+        let sa_in = SaId::esp(l, u32::from_be_bytes(sa.spi_in.0));
+        let sa_out = SaId::esp(r, u32::from_be_bytes(sa.spi_out.0));
+        // Both SAs must be ours, under this tunnel, in one slot. (An outbound SA the previous
+        // agent still held back, as the responder of a rekey, is missing: its keys are gone,
+        // so that CHILD SA cannot be resumed.)
+        let mut slot = None;
+        for id in [sa_in, sa_out] {
+            let info = match xfrm.get_sa(&id).await {
+                Ok(Some(info)) if info.is_ours() && !info.larval => info,
+                Ok(_) => {
+                    return Err(TunnelError::new(
+                        strait_crds::contract::StatusReason::DataplaneError,
+                        format!("the kernel holds no SA of ours {id} to resume"),
+                    ));
+                }
+                Err(e) => return Err(TunnelError::kernel("looking up a resumed SA", &e)),
+            };
+            let this = (objects::tunnel_of(info.reqid), objects::slot_of(info.reqid));
+            if this.0 != Some(tunnel) || slot.is_some_and(|s| Some(s) != this.1) {
+                return Err(TunnelError::new(
+                    strait_crds::contract::StatusReason::DataplaneError,
+                    format!("the kernel's SA {id} belongs to another tunnel or slot"),
+                ));
+            }
+            slot = this.1;
         }
+        let slot = slot.unwrap_or(objects::TUNNEL_SLOT);
+        let reqid = objects::reqid(tunnel, slot)?;
+        let policies = objects::child_policies(reqid, (l, r), &sa.local_ts, &sa.remote_ts)?;
+        self.claim_policies(&xfrm, sa.child, policies).await?;
+        let ins = Installed {
+            tunnel,
+            slot,
+            local_ts: sa.local_ts.clone(),
+            remote_ts: sa.remote_ts.clone(),
+            sa_in,
+            sa_out,
+        };
+        let esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
+        self.record(sa.child, ins, r, esp).await;
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall, PeerConfig};
+use strait_ike::{ChildSaId, ChildSaInstall, ChildSaResumed, PeerConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -81,6 +81,18 @@ pub trait Dataplane: Send {
         &mut self,
         tunnel: u32,
         sa: &ChildSaInstall,
+    ) -> impl Future<Output = Result<(), TunnelError>> + Send;
+
+    /// Takes over the kernel objects an earlier agent installed for a CHILD SA this one
+    /// resumed ([`strait_ike::Event::ChildSaResumed`]), so they are not swept and a later
+    /// [`Dataplane::delete`] removes them.
+    ///
+    /// # Errors
+    /// They are not in the kernel, or not under this tunnel.
+    fn resume(
+        &mut self,
+        tunnel: u32,
+        sa: &ChildSaResumed,
     ) -> impl Future<Output = Result<(), TunnelError>> + Send;
 
     /// Removes one CHILD SA (its selectors go back to the tunnel's fail-closed policies).

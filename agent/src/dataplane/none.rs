@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use strait_ike::codec::TsRange;
 use strait_ike::proposal::EspProposal;
-use strait_ike::{ChildSaId, ChildSaInstall};
+use strait_ike::{ChildSaId, ChildSaInstall, ChildSaResumed};
 use tokio::net::UdpSocket;
 
 use super::{Dataplane, Kind};
@@ -51,6 +51,26 @@ fn summary(sa: &ChildSaInstall) -> String {
     )
 }
 
+impl NoDataplane {
+    fn record(
+        &mut self,
+        tunnel: u32,
+        child: ChildSaId,
+        (spi_in, spi_out): (strait_ike::EspSpi, strait_ike::EspSpi),
+        summary: String,
+    ) {
+        self.installed.insert(
+            child,
+            Recorded {
+                tunnel,
+                spi_in: u32::from_be_bytes(spi_in.0),
+                spi_out: u32::from_be_bytes(spi_out.0),
+                summary,
+            },
+        );
+    }
+}
+
 impl Dataplane for NoDataplane {
     fn kind(&self) -> Kind {
         Kind::None
@@ -67,15 +87,14 @@ impl Dataplane for NoDataplane {
     async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), TunnelError> {
         let summary = summary(sa);
         tracing::info!(child = sa.child.0, %summary, "dataplane none: not installing CHILD SA");
-        self.installed.insert(
-            sa.child,
-            Recorded {
-                tunnel,
-                spi_in: u32::from_be_bytes(sa.spi_in.0),
-                spi_out: u32::from_be_bytes(sa.spi_out.0),
-                summary,
-            },
-        );
+        self.record(tunnel, sa.child, (sa.spi_in, sa.spi_out), summary);
+        Ok(())
+    }
+
+    async fn resume(&mut self, tunnel: u32, sa: &ChildSaResumed) -> Result<(), TunnelError> {
+        tracing::info!(child = sa.child.0, spi_in = ?sa.spi_in, spi_out = ?sa.spi_out, "dataplane none: CHILD SA resumed");
+        let summary = format!("resumed {}", esp_name(sa.encr, sa.integ));
+        self.record(tunnel, sa.child, (sa.spi_in, sa.spi_out), summary);
         Ok(())
     }
 

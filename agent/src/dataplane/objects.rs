@@ -230,28 +230,40 @@ pub(crate) fn kernel_objects(
             dport: e.remote_port,
         });
     }
+    let policies = child_policies(reqid, (l, r), &sa.local_ts, &sa.remote_ts)?;
+    Ok((sa_in, sa_out, policies))
+}
+
+/// A CHILD SA's policies (out, in, fwd per selector pair of one family) under `reqid`,
+/// between the outer addresses `(local, remote)`.
+pub(crate) fn child_policies(
+    reqid: Reqid,
+    (l, r): (IpAddr, IpAddr),
+    local_ts: &[TsRange],
+    remote_ts: &[TsRange],
+) -> Result<Vec<Policy>, TunnelError> {
     let out = Template::esp(l, r, Mode::Tunnel, reqid);
     let inn = Template::esp(r, l, Mode::Tunnel, reqid);
-    let policies = pair_policies(
-        &sa.local_ts,
-        &sa.remote_ts,
-        Class::Child,
-        |dir, sel, prio| {
-            let t = if dir == Direction::Out { out } else { inn };
-            Policy::protect(sel, dir, prio, t)
-        },
-    )?;
+    let policies = pair_policies(local_ts, remote_ts, Class::Child, |dir, sel, prio| {
+        let t = if dir == Direction::Out { out } else { inn };
+        Policy::protect(sel, dir, prio, t)
+    })?;
     if policies.is_empty() {
         return Err(TunnelError::new(
             StatusReason::KernelUnsupported,
             format!(
                 "no pair of traffic selectors of one address family in {} === {}",
-                ts_list(&sa.local_ts),
-                ts_list(&sa.remote_ts)
+                ts_list(local_ts),
+                ts_list(remote_ts)
             ),
         ));
     }
-    Ok((sa_in, sa_out, policies))
+    Ok(policies)
+}
+
+/// The slot of a reqid of ours (its low octet).
+pub fn slot_of(reqid: Reqid) -> Option<u8> {
+    reqid.index().map(|n| (n & 0xff) as u8)
 }
 
 fn ts_list(v: &[TsRange]) -> String {

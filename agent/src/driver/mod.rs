@@ -8,6 +8,7 @@
 //! are pure and unit-tested.
 
 mod adopt;
+mod saved;
 mod sockets;
 mod tunnel;
 
@@ -58,6 +59,9 @@ pub struct Settings {
     pub node: String,
     /// The endpoint's settings; its ports are the ones the driver binds.
     pub endpoint: EndpointConfig,
+    /// Where IKE state is saved for the next agent process (`--state-dir`); `None`: not
+    /// saved, and SIGTERM deletes every IKE SA.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// The driver task's state.
@@ -80,6 +84,10 @@ pub struct Driver<D: Dataplane> {
     /// CHILD SAs the kernel refused, to be deleted at the peer at the given time.
     refused: Vec<(Instant, PeerId, strait_ike::ChildSaId)>,
     lifetime_scale: Option<f64>,
+    /// Saved IKE state ([`saved`]); `None` without `--state-dir` or when it cannot be opened.
+    state: Option<saved::StateDir>,
+    /// What a previous process saved, by tunnel, until the tunnel is added (at start).
+    to_resume: HashMap<String, saved::Saved>,
 }
 
 impl<D: Dataplane> core::fmt::Debug for Driver<D> {
@@ -116,6 +124,11 @@ impl<D: Dataplane> Driver<D> {
             endpoint.set_spi_source(spis);
         }
         let kernel_events = dp.take_events();
+        let state = settings.state_dir.as_deref().and_then(|d| {
+            saved::StateDir::open(d)
+                .map_err(|e| tracing::error!(dir = %d.display(), error = %e, "IKE state cannot be saved there; restarts will renegotiate"))
+                .ok()
+        });
         Self {
             settings,
             endpoint,
@@ -133,6 +146,8 @@ impl<D: Dataplane> Driver<D> {
             adoption: Adoption::default(),
             refused: Vec::new(),
             lifetime_scale: None,
+            state,
+            to_resume: HashMap::new(),
         }
     }
 
@@ -179,7 +194,10 @@ impl<D: Dataplane> Driver<D> {
         if self.dp.adopt().await > 0 {
             self.adoption.start(Instant::now());
         }
+        self.load_saved(&initial);
         self.reload(initial).await;
+        self.to_resume.clear();
+        self.flush().await;
         loop {
             self.check_adopted().await;
             let deadline = self.next_deadline();
@@ -347,6 +365,9 @@ impl<D: Dataplane> Driver<D> {
                 idle = false;
                 self.on_event(ev).await;
             }
+            // before the datagrams: a request of ours the peer sees is one a restarted
+            // agent knows it sent
+            self.save_changed();
             while let Some(t) = self.endpoint.poll_transmit() {
                 idle = false;
                 self.send(t).await;
@@ -378,6 +399,9 @@ impl<D: Dataplane> Driver<D> {
                 continue;
             }
             let removed = self.tunnels.remove(&name);
+            if let Some(state) = &self.state {
+                state.remove(&name);
+            }
             if let Some(t) = &removed {
                 tracing::info!(tunnel = %name, "removing tunnel");
                 if let Some(peer) = t.peer {
@@ -412,14 +436,26 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn add_tunnel(&mut self, def: TunnelDef) {
-        let index = self.next_tunnel_index();
         let name = def.name.clone();
+        // a tunnel resumed from saved state keeps the index its kernel objects carry
+        let saved = self
+            .to_resume
+            .remove(&name)
+            .filter(|s| s.digest == saved::digest(&def))
+            .filter(|s| !self.tunnels.values().any(|t| t.index == s.index));
+        let index = match &saved {
+            Some(s) => s.index,
+            None => self.next_tunnel_index(),
+        };
         let mut t = Tunnel::new(def, index, &self.settings.node);
         match self.start_tunnel(&mut t).await {
             Ok((peer, role)) => {
                 t.started(peer, role);
                 self.by_peer.insert(peer, name.clone());
-                if role == Role::Start {
+                let resumed = saved.is_some_and(|s| self.resume(&name, peer, &s));
+                if resumed {
+                    // the resumed IKE SA carries on: nothing to initiate
+                } else if role == Role::Start {
                     tracing::info!(tunnel = %name, "initiating");
                     let now = Instant::now();
                     t.initiating(now);
@@ -434,6 +470,66 @@ impl<D: Dataplane> Driver<D> {
             }
         }
         self.tunnels.insert(name, t);
+    }
+
+    /// Reads what a previous agent saved for the tunnels about to start; a tunnel whose
+    /// definition changed meanwhile is not resumed ([`Driver::add_tunnel`] compares digests).
+    fn load_saved(&mut self, defs: &[TunnelDef]) {
+        let Some(state) = &self.state else { return };
+        for def in defs {
+            match state.load(&def.name) {
+                Ok(Some(s)) => {
+                    self.to_resume.insert(def.name.clone(), s);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(tunnel = %def.name, error = %e, "saved IKE state refused; negotiating anew");
+                    state.remove(&def.name);
+                }
+            }
+        }
+        state.remove_others(defs.iter().map(|d| d.name.as_str()));
+    }
+
+    /// Resumes a tunnel's saved IKE SAs: whether any was taken back.
+    fn resume(&mut self, name: &str, peer: PeerId, s: &saved::Saved) -> bool {
+        match self.endpoint.resume(Instant::now(), peer, &s.ike) {
+            Ok(r) => {
+                tracing::info!(tunnel = %name, ike_sas = r.ike_sas, child_sas = r.child_sas, "resumed saved IKE state");
+                r.ike_sas > 0
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %name, error = %e, "saved IKE state refused; negotiating anew");
+                if let Some(state) = &self.state {
+                    state.remove(name);
+                }
+                false
+            }
+        }
+    }
+
+    /// Saves the IKE state of every tunnel whose SAs changed.
+    fn save_changed(&mut self) {
+        let changed = self.endpoint.take_changed();
+        let Some(state) = &self.state else { return };
+        let now = Instant::now();
+        for peer in changed {
+            let Some(t) = self.by_peer.get(&peer).and_then(|n| self.tunnels.get(n)) else {
+                continue;
+            };
+            let result = self
+                .endpoint
+                .save(now, peer)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    state
+                        .store(&t.def.name, t.index, &saved::digest(&t.def), s.as_bytes())
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                tracing::warn!(tunnel = %t.def.name, error = %e, "saving IKE state");
+            }
+        }
     }
 
     async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
@@ -465,6 +561,16 @@ impl<D: Dataplane> Driver<D> {
     async fn shutdown(&mut self) {
         let now = Instant::now();
         let peers: Vec<PeerId> = self.tunnels.values().filter_map(|t| t.peer).collect();
+        if self.state.is_some() {
+            // A restart: the next agent resumes the saved IKE SAs and keeps the kernel's SAs,
+            // policies and routes, so nothing is deleted and traffic flows meanwhile.
+            self.flush().await;
+            tracing::info!(
+                tunnels = peers.len(),
+                "shutting down: IKE state saved, SAs left in place for the next agent"
+            );
+            return;
+        }
         tracing::info!(tunnels = peers.len(), "shutting down: deleting IKE SAs");
         for p in peers {
             self.endpoint.remove_peer(now, p);
@@ -574,10 +680,7 @@ impl<D: Dataplane> Driver<D> {
                     }
                 }
             }
-            // Only `Endpoint::resume` reports this, which this agent does not call yet (#15).
-            Event::ChildSaResumed { .. } => {
-                tracing::warn!("a resume event, though this agent resumes no saved IKE state");
-            }
+            Event::ChildSaResumed(sa) => self.on_child_resumed(&sa).await,
             Event::IkeSaRekeyed {
                 peer,
                 old,
@@ -636,6 +739,31 @@ impl<D: Dataplane> Driver<D> {
                     self.refused
                         .push((now + REFUSED_CHILD_DELETE_DELAY, sa.peer, sa.child));
                 }
+            }
+        }
+    }
+
+    /// A resumed CHILD SA: the data plane takes over the kernel objects the previous agent
+    /// installed for it. If they are not there, the CHILD SA is deleted at the peer, and the
+    /// tunnel's CHILD SA recovery makes a new one.
+    async fn on_child_resumed(&mut self, sa: &strait_ike::ChildSaResumed) {
+        let Some(index) = self.tunnel_of(sa.peer).map(|t| t.index) else {
+            return;
+        };
+        let result = self.dp.resume(index, sa).await;
+        let Some(t) = self.tunnel_of(sa.peer) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(tunnel = %t.def.name, spi_in = ?sa.spi_in, spi_out = ?sa.spi_out, "CHILD SA resumed");
+                t.on_child_resumed(sa);
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "a resumed CHILD SA is not in the data plane: deleting it at the peer");
+                t.on_child_install_failed(e);
+                self.endpoint
+                    .child_install_failed(Instant::now(), sa.peer, sa.child);
             }
         }
     }

@@ -223,21 +223,29 @@ impl Tunnel {
 
     /// A CHILD SA is in the data plane.
     pub(crate) fn on_child_installed(&mut self, sa: &ChildSaInstall) {
-        let ts = |v: &[strait_ike::codec::TsRange]| v.iter().map(ts_string).collect();
-        self.children.insert(
-            sa.child,
-            ChildSaStatus {
-                spi_in: format!("{:?}", sa.spi_in),
-                spi_out: format!("{:?}", sa.spi_out),
-                proposal: Some(esp_name(sa.encr, sa.integ)),
-                local_ts: ts(&sa.local_ts),
-                remote_ts: ts(&sa.remote_ts),
-                mode: Some("tunnel".into()),
-                encapsulated: Some(sa.encapsulation.is_some()),
-                established_at: Some(now_time()),
-                rekey_at: time_in(sa.lifetimes.soft),
-            },
+        let mut st = child_status(
+            (sa.spi_in, sa.spi_out),
+            esp_name(sa.encr, sa.integ),
+            (&sa.local_ts, &sa.remote_ts),
+            sa.encapsulation.is_some(),
+            sa.lifetimes.soft,
         );
+        st.established_at = Some(now_time());
+        self.children.insert(sa.child, st);
+        self.refresh();
+    }
+
+    /// A CHILD SA of a resumed IKE SA is ours again (made by an earlier agent: when is not
+    /// known).
+    pub(crate) fn on_child_resumed(&mut self, sa: &strait_ike::ChildSaResumed) {
+        let st = child_status(
+            (sa.spi_in, sa.spi_out),
+            esp_name(sa.encr, sa.integ),
+            (&sa.local_ts, &sa.remote_ts),
+            sa.encapsulation.is_some(),
+            sa.lifetimes.soft,
+        );
+        self.children.insert(sa.child, st);
         self.refresh();
     }
 
@@ -268,6 +276,28 @@ impl Tunnel {
     fn refresh(&mut self) {
         self.status.gateway.child_sas = self.children.values().cloned().collect();
         self.status.ready = self.status.gateway.is_up();
+    }
+}
+
+/// A CHILD SA's status entry (without the time it was made).
+fn child_status(
+    spis: (strait_ike::EspSpi, strait_ike::EspSpi),
+    proposal: String,
+    ts: (&[strait_ike::codec::TsRange], &[strait_ike::codec::TsRange]),
+    encapsulated: bool,
+    rekey_in: Duration,
+) -> ChildSaStatus {
+    let list = |v: &[strait_ike::codec::TsRange]| v.iter().map(ts_string).collect();
+    ChildSaStatus {
+        spi_in: format!("{:?}", spis.0),
+        spi_out: format!("{:?}", spis.1),
+        proposal: Some(proposal),
+        local_ts: list(ts.0),
+        remote_ts: list(ts.1),
+        mode: Some("tunnel".into()),
+        encapsulated: Some(encapsulated),
+        established_at: None,
+        rekey_at: time_in(rekey_in),
     }
 }
 

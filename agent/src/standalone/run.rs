@@ -41,6 +41,8 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     /// For tests only: SA lifetimes scaled by this factor.
     pub lifetime_scale: Option<f64>,
+    /// Where IKE state is saved for the next agent process (`--state-dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
@@ -99,6 +101,7 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
             natt_port: opts.natt_port,
             ..EndpointConfig::default()
         },
+        state_dir: opts.state_dir.clone(),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (status_tx, status_rx) = mpsc::channel(16);

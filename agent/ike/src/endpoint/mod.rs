@@ -162,6 +162,8 @@ pub struct Endpoint {
     recovery_timers: BTreeSet<(Instant, PeerId)>,
     /// SAs changed since the index was last brought up to date ([`Endpoint::settle`]).
     dirty: Vec<SaId>,
+    /// Tunnels whose SAs changed since [`Endpoint::take_changed`] was last called.
+    changed: BTreeSet<PeerId>,
     cookies: Cookies,
 }
 
@@ -200,6 +202,7 @@ impl Endpoint {
             index: SaIndex::default(),
             recovery_timers: BTreeSet::new(),
             dirty: Vec::new(),
+            changed: BTreeSet::new(),
             cookies: Cookies::default(),
         }
     }
@@ -455,6 +458,14 @@ impl Endpoint {
         self.settle(now);
     }
 
+    /// The tunnels whose IKE SAs changed since the last call (a message, a timer, a rekey):
+    /// what a driver that keeps saved state ([`Endpoint::save`]) saves again. Save before
+    /// sending the datagrams of the same input: a peer must never see a request of ours that
+    /// a restarted process would not know it sent.
+    pub fn take_changed(&mut self) -> BTreeSet<PeerId> {
+        core::mem::take(&mut self.changed)
+    }
+
     /// Counters of dropped and statelessly answered input.
     pub fn stats(&self) -> Stats {
         self.shared.stats
@@ -663,9 +674,10 @@ impl Endpoint {
                 self.by_init.remove(&key);
             }
         }
-        for peer in tunnels {
-            self.maintain_children(now, peer);
+        for peer in &tunnels {
+            self.maintain_children(now, *peer);
         }
+        self.changed.extend(tunnels);
     }
 
     fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {

@@ -2,13 +2,14 @@
 //! [`crate::resume`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Endpoint;
-use crate::event::{EspSpi, Event, PeerId};
+use crate::event::{ChildLifetimes, ChildSaResumed, EspSpi, Event, PeerId};
 use crate::resume::record::{self, Loader};
 use crate::resume::wire::{Clock, In, Out};
 use crate::resume::{self as saved, ResumeError, Resumed, SavedState};
+use crate::sa::child::{self, ChildState};
 use crate::sa::{IkeSa, State};
 
 impl Endpoint {
@@ -94,13 +95,15 @@ impl Endpoint {
             cfg,
             next_child: &mut self.shared.next_child,
             children: Default::default(),
-            resumed: Vec::new(),
         };
         let sas = i.list(64, "IKE SAs", |i| record::get_sa(i, &mut loader, 0))?;
         if !i.is_empty() {
             return Err(ResumeError::Malformed("trailing data"));
         }
-        let children = core::mem::take(&mut loader.resumed);
+        let children: Vec<Event> = sas
+            .iter()
+            .flat_map(|sa| resumed_children(now, sa))
+            .collect();
         let mut keys: Vec<_> = sas.iter().flat_map(routing_keys).collect();
         let n = keys.len();
         keys.sort_unstable_by_key(|(spi, side)| (spi.0, *side as u8));
@@ -118,17 +121,50 @@ impl Endpoint {
             }
             self.insert_sa(sa);
         }
-        for (child, spi_in, spi_out) in children {
-            self.shared.events.push_back(Event::ChildSaResumed {
-                peer,
-                child,
-                spi_in: EspSpi(spi_in),
-                spi_out: EspSpi(spi_out),
-            });
-        }
+        self.shared.events.extend(children);
         self.settle(now);
         Ok(resumed)
     }
+}
+
+/// [`Event::ChildSaResumed`] for each CHILD SA of `sa` and of the SA it holds from a rekey
+/// collision.
+fn resumed_children(now: Instant, sa: &IkeSa) -> Vec<Event> {
+    let State::Established(e) = &sa.state else {
+        return Vec::new();
+    };
+    let c = &sa.common;
+    let mut out: Vec<Event> = e
+        .children
+        .iter()
+        .map(|ch| {
+            Event::ChildSaResumed(Box::new(ChildSaResumed {
+                peer: c.peer,
+                child: ch.id,
+                spi_in: EspSpi(ch.spi_in),
+                spi_out: EspSpi(ch.spi_out),
+                encr: ch.choice.encr,
+                integ: ch.choice.integ,
+                esn: ch.choice.esn,
+                local_ts: ch.local_ts.clone(),
+                remote_ts: ch.remote_ts.clone(),
+                encapsulation: child::encapsulation(c),
+                local_addr: c.local,
+                remote_addr: c.remote,
+                lifetimes: ChildLifetimes {
+                    soft: ch
+                        .rekey_at
+                        .map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
+                    hard: ch.hard_at.saturating_duration_since(now),
+                },
+                in_use: ch.state == ChildState::Installed,
+            }))
+        })
+        .collect();
+    if let Some(col) = e.ike_rekey.as_ref().and_then(|r| r.collision.as_ref()) {
+        out.extend(resumed_children(now, &col.sa));
+    }
+    out
 }
 
 /// The routing keys an SA and the SA it holds from a rekey collision will take.

@@ -13,14 +13,16 @@ use std::sync::Arc;
 
 use super::ResumeError;
 use super::wire::{Clock, In, Out};
-use crate::codec::{DhId, EncrId, IdType, Identification, IntegId, PrfId, Spi};
+use crate::codec::{
+    AddrRange, DhId, EncrId, EsnId, IdType, Identification, IntegId, PrfId, Spi, TsRange,
+};
 use crate::config::PeerConfig;
-use crate::crypto::alg::{Encr, Integ, KeGroup, Prf};
+use crate::crypto::alg::{Encr, Esn, Integ, KeGroup, Prf};
 use crate::crypto::ke::KeyExchange;
 use crate::crypto::keys::{IkeSaKeys, SecretBytes};
 use crate::crypto::sk::SkCipher;
 use crate::event::{ChildSaId, NatState, PeerId};
-use crate::proposal::IkeChoice;
+use crate::proposal::{EspChoice, IkeChoice};
 use crate::sa::child::{Child, ChildState};
 use crate::sa::established::Established;
 use crate::sa::rekey::{ChildCreateOut, ChildRekeyOut, IkeCollision, IkeRekeyOut, Offer};
@@ -36,8 +38,6 @@ pub(crate) struct Loader<'a> {
     pub next_child: &'a mut u64,
     /// Saved CHILD SA id → the id it has now, for the references between parts.
     pub children: HashMap<u64, ChildSaId>,
-    /// The resumed CHILD SAs, for the driver: (id, inbound SPI, outbound SPI).
-    pub resumed: Vec<(ChildSaId, [u8; 4], [u8; 4])>,
 }
 
 impl Loader<'_> {
@@ -385,6 +385,9 @@ fn put_established(o: &mut Out, clock: &Clock, e: &Established, depth: u8) -> Re
             ChildState::Rekeyed => 1,
             ChildState::Deleting => 2,
         });
+        put_esp_choice(o, &ch.choice);
+        o.list(ch.local_ts.iter(), put_ts);
+        o.list(ch.remote_ts.iter(), put_ts);
     });
     o.list(e.queue.iter(), put_kind);
     o.opt(e.child_rekey.as_ref(), |o, r| {
@@ -432,7 +435,7 @@ fn get_established(
     let mut e = Established::new(keys);
     e.initial_contact = i.bool("initial contact flag")?;
     e.ike_rekey_at = i.opt("IKE rekey time", |i| i.time(&clock, "IKE rekey time"))?;
-    let saved = i.list(21, "CHILD SAs", |i| {
+    let saved = i.list(34, "CHILD SAs", |i| {
         let id = i.u64("CHILD SA")?;
         let spi_in = i.array("CHILD SA")?;
         let spi_out = i.array("CHILD SA")?;
@@ -444,19 +447,27 @@ fn get_established(
             2 => ChildState::Deleting,
             _ => return Err(ResumeError::Malformed("CHILD SA state")),
         };
-        Ok((id, spi_in, spi_out, rekey_at, hard_at, state))
-    })?;
-    for (id, spi_in, spi_out, rekey_at, hard_at, state) in saved {
-        let id = l.new_child_id(id)?;
-        l.resumed.push((id, spi_in, spi_out));
-        e.children.push(Child {
+        let choice = get_esp_choice(i)?;
+        let local_ts = i.list(13, "CHILD SA selectors", get_ts)?;
+        let remote_ts = i.list(13, "CHILD SA selectors", get_ts)?;
+        Ok((
             id,
-            spi_in,
-            spi_out,
-            rekey_at,
-            hard_at,
-            state,
-        });
+            Child {
+                id: ChildSaId(0),
+                spi_in,
+                spi_out,
+                rekey_at,
+                hard_at,
+                state,
+                choice,
+                local_ts,
+                remote_ts,
+            },
+        ))
+    })?;
+    for (saved_id, mut ch) in saved {
+        ch.id = l.new_child_id(saved_id)?;
+        e.children.push(ch);
     }
     let mut queue: VecDeque<RequestKind> = i.list(1, "queued requests", get_kind_unmapped)?.into();
     for k in &mut queue {
@@ -529,6 +540,70 @@ type Nonces = (Vec<u8>, Vec<u8>);
 fn get_nonces(i: &mut In<'_>, what: &'static str) -> Result<Option<Nonces>, ResumeError> {
     i.opt(what, |i| {
         Ok((i.bytes(what)?.to_vec(), i.bytes(what)?.to_vec()))
+    })
+}
+
+fn put_esp_choice(o: &mut Out, c: &EspChoice) {
+    o.u16(c.encr.id().0);
+    o.u16(c.encr.key_length_attr());
+    o.opt(c.integ, |o, g| o.u16(g.id().0));
+    put_group(o, c.ke);
+    o.u16(c.esn.id().0);
+}
+
+fn get_esp_choice(i: &mut In<'_>) -> Result<EspChoice, ResumeError> {
+    let bad = || ResumeError::Malformed("ESP proposal");
+    let encr = i.u16("ESP proposal")?;
+    let bits = i.u16("ESP proposal")?;
+    Ok(EspChoice {
+        encr: Encr::from_id(EncrId(encr), Some(bits)).ok_or_else(bad)?,
+        integ: i.opt("ESP proposal", |i| {
+            Integ::from_id(IntegId(i.u16("ESP proposal")?)).ok_or_else(bad)
+        })?,
+        ke: get_group(i)?,
+        esn: Esn::from_id(EsnId(i.u16("ESP proposal")?)).ok_or_else(bad)?,
+    })
+}
+
+fn put_ts(o: &mut Out, t: &TsRange) {
+    o.u8(t.ip_protocol);
+    o.u16(t.start_port);
+    o.u16(t.end_port);
+    match t.addrs {
+        AddrRange::V4 { start, end } => {
+            o.u8(4);
+            o.raw(&start.octets());
+            o.raw(&end.octets());
+        }
+        AddrRange::V6 { start, end } => {
+            o.u8(6);
+            o.raw(&start.octets());
+            o.raw(&end.octets());
+        }
+    }
+}
+
+fn get_ts(i: &mut In<'_>) -> Result<TsRange, ResumeError> {
+    let what = "CHILD SA selectors";
+    let ip_protocol = i.u8(what)?;
+    let start_port = i.u16(what)?;
+    let end_port = i.u16(what)?;
+    let addrs = match i.u8(what)? {
+        4 => AddrRange::V4 {
+            start: i.array::<4>(what)?.into(),
+            end: i.array::<4>(what)?.into(),
+        },
+        6 => AddrRange::V6 {
+            start: i.array::<16>(what)?.into(),
+            end: i.array::<16>(what)?.into(),
+        },
+        _ => return Err(ResumeError::Malformed(what)),
+    };
+    Ok(TsRange {
+        ip_protocol,
+        start_port,
+        end_port,
+        addrs,
     })
 }
 

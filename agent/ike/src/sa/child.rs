@@ -38,6 +38,10 @@ pub(crate) struct Child {
     /// When the kernel removes the SA by itself (its hard lifetime): a rekey must be done by then.
     pub hard_at: Instant,
     pub state: ChildState,
+    /// What was negotiated, for a driver resuming the SA ([`crate::Endpoint::resume`]).
+    pub choice: EspChoice,
+    pub local_ts: Vec<TsRange>,
+    pub remote_ts: Vec<TsRange>,
 }
 
 /// A CHILD SA just negotiated, as [`install`] takes it.
@@ -114,8 +118,8 @@ pub(crate) fn install(
             encr: choice.encr,
             integ: choice.integ,
             esn: choice.esn,
-            local_ts,
-            remote_ts,
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
             mode: Mode::Tunnel,
             encapsulation: encapsulation(c),
             initiator: exchange_initiator,
@@ -132,13 +136,16 @@ pub(crate) fn install(
         rekey_at: Some(ctx.now + soft),
         hard_at: ctx.now + hard,
         state: ChildState::Installed,
+        choice,
+        local_ts,
+        remote_ts,
     })
 }
 
 /// UDP encapsulation of the CHILD SA's ESP: only when a NAT was detected (or faked, to force
 /// it), as RFC 7296 §2.23 and RFC 3948 say. Not because IKE runs on the NAT-T port: a MOBIKE
 /// peer (strongSwan's default) moves IKE to 4500 without a NAT and sends plain ESP.
-fn encapsulation(c: &Common) -> Option<UdpEncap> {
+pub(crate) fn encapsulation(c: &Common) -> Option<UdpEncap> {
     c.nat.encapsulate().then(|| UdpEncap {
         local_port: c.local.port(),
         remote_port: c.remote.port(),

@@ -1,0 +1,228 @@
+//! Saved IKE state on node-local storage (`--state-dir`), so that a restarted agent resumes its
+//! tunnels' IKE and CHILD SAs instead of negotiating again (#15).
+//!
+//! One file per tunnel, `<dir>/<tunnel>.ike`, mode 0600 in a 0700 directory, replaced
+//! atomically (written beside it, then renamed). It holds the tunnel's index (its kernel
+//! objects are numbered by it), a digest of the tunnel's definition (a tunnel changed while the
+//! agent was away is negotiated anew), and strait-ike's saved form, which carries the IKE keys:
+//! keep the directory on tmpfs (`/run`), so it never reaches a disk and is gone at reboot,
+//! together with the kernel SAs it belongs to.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::spec::TunnelDef;
+
+const MAGIC: &[u8; 8] = b"STRAITAG";
+const VERSION: u8 = 1;
+const SUFFIX: &str = ".ike";
+/// Octets of a tunnel definition's digest.
+pub(crate) const DIGEST_LEN: usize = 32;
+
+/// What one tunnel's file holds.
+pub(crate) struct Saved {
+    /// The tunnel's index when it was saved.
+    pub index: u32,
+    /// [`digest`] of its definition then.
+    pub digest: [u8; DIGEST_LEN],
+    /// `strait_ike::Endpoint::save`'s bytes.
+    pub ike: Zeroizing<Vec<u8>>,
+}
+
+impl core::fmt::Debug for Saved {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Saved")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory of saved state.
+#[derive(Debug, Clone)]
+pub(crate) struct StateDir {
+    dir: PathBuf,
+}
+
+/// A digest of what makes a tunnel the same tunnel: its spec and its secrets' digest.
+pub(crate) fn digest(def: &TunnelDef) -> [u8; DIGEST_LEN] {
+    let spec = serde_json::to_vec(&def.spec).unwrap_or_default();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&(spec.len() as u64).to_be_bytes());
+    ctx.update(&spec);
+    ctx.update(&def.secret_digest);
+    let mut out = [0u8; DIGEST_LEN];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The file name for a tunnel: its name where that is a plain file name (every Kubernetes
+/// name is), else the name in hex.
+fn file_name(tunnel: &str) -> String {
+    let plain = !tunnel.is_empty()
+        && !tunnel.starts_with('.')
+        && tunnel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if plain {
+        format!("{tunnel}{SUFFIX}")
+    } else {
+        let hex: String = tunnel.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x-{hex}{SUFFIX}")
+    }
+}
+
+impl StateDir {
+    /// Opens (creating, 0700) the directory.
+    ///
+    /// # Errors
+    /// It cannot be created, or it is not a directory.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        // an existing directory keeps its mode unless we tighten it
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, tunnel: &str) -> PathBuf {
+        self.dir.join(file_name(tunnel))
+    }
+
+    /// Replaces the tunnel's file.
+    ///
+    /// # Errors
+    /// Writing or renaming failed.
+    pub fn store(
+        &self,
+        tunnel: &str,
+        index: u32,
+        digest: &[u8; DIGEST_LEN],
+        ike: &[u8],
+    ) -> std::io::Result<()> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(MAGIC.len() + 5 + DIGEST_LEN + ike.len()));
+        buf.extend_from_slice(MAGIC);
+        buf.push(VERSION);
+        buf.extend_from_slice(&index.to_be_bytes());
+        buf.extend_from_slice(digest);
+        buf.extend_from_slice(ike);
+        let path = self.path(tunnel);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&buf)?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// The tunnel's file, if there is one.
+    ///
+    /// # Errors
+    /// It exists but cannot be read or is not a saved-state file of this version (the
+    /// message says which).
+    pub fn load(&self, tunnel: &str) -> Result<Option<Saved>, String> {
+        let bytes = match std::fs::read(self.path(tunnel)) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", self.path(tunnel).display())),
+        };
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a saved-state file (wrong magic)")?;
+        let (&version, rest) = rest.split_first().ok_or("truncated")?;
+        if version != VERSION {
+            return Err(format!(
+                "saved by format version {version}, this agent reads {VERSION}"
+            ));
+        }
+        let (index, rest) = rest.split_first_chunk::<4>().ok_or("truncated")?;
+        let (digest, ike) = rest.split_first_chunk::<DIGEST_LEN>().ok_or("truncated")?;
+        Ok(Some(Saved {
+            index: u32::from_be_bytes(*index),
+            digest: *digest,
+            ike: Zeroizing::new(ike.to_vec()),
+        }))
+    }
+
+    /// Removes the tunnel's file (nothing if there is none).
+    pub fn remove(&self, tunnel: &str) {
+        match std::fs::remove_file(self.path(tunnel)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(tunnel, error = %e, "removing saved IKE state"),
+        }
+    }
+
+    /// Removes every file of a tunnel not in `keep` (tunnels gone while the agent was away).
+    pub fn remove_others<'a>(&self, keep: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<String> = keep.into_iter().map(file_name).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(SUFFIX) || name.ends_with(".tmp");
+            if ours && !keep.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_file_round_trips_root_only_and_bad_files_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let s = StateDir::open(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert!(s.load("t1").unwrap().is_none());
+        s.store("t1", 7, &[3; DIGEST_LEN], b"ike bytes").unwrap();
+        assert_eq!(mode(&dir.join("t1.ike")), 0o600);
+        let got = s.load("t1").unwrap().unwrap();
+        assert_eq!(
+            (got.index, got.digest, &got.ike[..]),
+            (7, [3; DIGEST_LEN], &b"ike bytes"[..])
+        );
+        // replaced, not appended
+        s.store("t1", 8, &[4; DIGEST_LEN], b"newer").unwrap();
+        assert_eq!(&s.load("t1").unwrap().unwrap().ike[..], b"newer");
+
+        std::fs::write(dir.join("t2.ike"), b"garbage").unwrap();
+        assert!(s.load("t2").unwrap_err().contains("wrong magic"));
+        std::fs::write(dir.join("t3.ike"), b"STRAITAG\x09").unwrap();
+        assert!(s.load("t3").unwrap_err().contains("version 9"));
+        std::fs::write(dir.join("t4.ike"), b"STRAITAG\x01\x00\x00").unwrap();
+        assert!(s.load("t4").unwrap_err().contains("truncated"));
+
+        // a name that is no plain file name stays inside the directory
+        s.store("../evil/x", 1, &[0; DIGEST_LEN], b"x").unwrap();
+        assert!(s.load("../evil/x").unwrap().is_some());
+        assert!(!tmp.path().join("evil").exists());
+
+        s.remove_others(["t1"]);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["t1.ike".to_string()]);
+        s.remove("t1");
+        s.remove("t1");
+        assert!(s.load("t1").unwrap().is_none());
+    }
+}
