@@ -395,14 +395,13 @@ async fn a_restarted_agent_resumes_its_ike_sa_and_the_peer_never_notices() {
         let b_before = b.status().await.tunnels[0].clone();
         assert!(b_before.ready, "the peer lost the tunnel: {b_before:#?}");
 
-        // the second process resumes: same IKE SA, same CHILD SA, no new handshake at the peer
-        let (a2, a2_run) = driver_full(
-            pa,
-            vec![a_def()],
-            NoDataplane::default(),
-            Some(state.clone()),
-        );
+        // the second process resumes: same IKE SA, same CHILD SA, no new handshake at the peer.
+        // It starts with no tunnel and is given it a moment later, as cluster mode does once
+        // the operator's choice is read.
+        let (a2, a2_run) = driver_full(pa, vec![], NoDataplane::default(), Some(state.clone()));
         let second = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            a2.cmd.send(Command::Reload(vec![a_def()])).await.unwrap();
             let sa = a2.wait("a resumed", up).await;
             let t = &sa.tunnels[0];
             assert_eq!(t.gateway.ike_spis, before.gateway.ike_spis);

@@ -86,8 +86,12 @@ pub struct Driver<D: Dataplane> {
     lifetime_scale: Option<f64>,
     /// Saved IKE state ([`saved`]); `None` without `--state-dir` or when it cannot be opened.
     state: Option<saved::StateDir>,
-    /// What a previous process saved, by tunnel, until the tunnel is added (at start).
+    /// What a previous process saved, by tunnel, until the tunnel is added (at start, or in
+    /// cluster mode when the operator's choice arrives) or `resume_until`.
     to_resume: HashMap<String, saved::Saved>,
+    /// When saved state no tunnel took is dropped ([`ADOPT_MAX`] after start, when the
+    /// previous run's kernel objects are swept at the latest).
+    resume_until: Option<Instant>,
 }
 
 impl<D: Dataplane> core::fmt::Debug for Driver<D> {
@@ -148,6 +152,7 @@ impl<D: Dataplane> Driver<D> {
             lifetime_scale: None,
             state,
             to_resume: HashMap::new(),
+            resume_until: None,
         }
     }
 
@@ -194,12 +199,15 @@ impl<D: Dataplane> Driver<D> {
         if self.dp.adopt().await > 0 {
             self.adoption.start(Instant::now());
         }
-        self.load_saved(&initial);
+        if let Some(state) = &self.state {
+            self.to_resume = state.load_all();
+            self.resume_until = Some(Instant::now() + ADOPT_MAX);
+        }
         self.reload(initial).await;
-        self.to_resume.clear();
         self.flush().await;
         loop {
             self.check_adopted().await;
+            self.expire_saved();
             let deadline = self.next_deadline();
             let timer = async move {
                 match deadline {
@@ -243,6 +251,7 @@ impl<D: Dataplane> Driver<D> {
             self.endpoint.poll_timeout(),
             retry,
             self.adoption.deadline(),
+            self.resume_until,
             self.refused.iter().map(|r| r.0).min(),
         ]
         .into_iter()
@@ -472,23 +481,16 @@ impl<D: Dataplane> Driver<D> {
         self.tunnels.insert(name, t);
     }
 
-    /// Reads what a previous agent saved for the tunnels about to start; a tunnel whose
-    /// definition changed meanwhile is not resumed ([`Driver::add_tunnel`] compares digests).
-    fn load_saved(&mut self, defs: &[TunnelDef]) {
-        let Some(state) = &self.state else { return };
-        for def in defs {
-            match state.load(&def.name) {
-                Ok(Some(s)) => {
-                    self.to_resume.insert(def.name.clone(), s);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(tunnel = %def.name, error = %e, "saved IKE state refused; negotiating anew");
-                    state.remove(&def.name);
-                }
-            }
+    /// Drops the saved state no tunnel took in time: its kernel objects are swept by now.
+    fn expire_saved(&mut self) {
+        if self.resume_until.is_none_or(|t| Instant::now() < t) {
+            return;
         }
-        state.remove_others(defs.iter().map(|d| d.name.as_str()));
+        self.resume_until = None;
+        self.to_resume.clear();
+        if let Some(state) = &self.state {
+            state.remove_others(self.tunnels.keys().map(String::as_str));
+        }
     }
 
     /// Resumes a tunnel's saved IKE SAs: whether any was taken back.

@@ -24,6 +24,8 @@ pub(crate) const DIGEST_LEN: usize = 32;
 
 /// What one tunnel's file holds.
 pub(crate) struct Saved {
+    /// The tunnel's name.
+    pub name: String,
     /// The tunnel's index when it was saved.
     pub index: u32,
     /// [`digest`] of its definition then.
@@ -106,9 +108,16 @@ impl StateDir {
         digest: &[u8; DIGEST_LEN],
         ike: &[u8],
     ) -> std::io::Result<()> {
-        let mut buf = Zeroizing::new(Vec::with_capacity(MAGIC.len() + 5 + DIGEST_LEN + ike.len()));
+        let name = tunnel.as_bytes();
+        let name_len =
+            u16::try_from(name.len()).map_err(|_| std::io::Error::other("tunnel name too long"))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(
+            MAGIC.len() + 7 + name.len() + DIGEST_LEN + ike.len(),
+        ));
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
+        buf.extend_from_slice(&name_len.to_be_bytes());
+        buf.extend_from_slice(name);
         buf.extend_from_slice(&index.to_be_bytes());
         buf.extend_from_slice(digest);
         buf.extend_from_slice(ike);
@@ -125,33 +134,50 @@ impl StateDir {
         std::fs::rename(&tmp, &path)
     }
 
-    /// The tunnel's file, if there is one.
+    /// The tunnel's file, if there is one (the agent reads them all at once: [`Self::load_all`]).
     ///
     /// # Errors
-    /// It exists but cannot be read or is not a saved-state file of this version (the
-    /// message says which).
+    /// It exists but cannot be read, is not a saved-state file of this version, or is another
+    /// tunnel's (the message says which).
+    #[cfg(test)]
     pub fn load(&self, tunnel: &str) -> Result<Option<Saved>, String> {
-        let bytes = match std::fs::read(self.path(tunnel)) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("reading {}: {e}", self.path(tunnel).display())),
-        };
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or("not a saved-state file (wrong magic)")?;
-        let (&version, rest) = rest.split_first().ok_or("truncated")?;
-        if version != VERSION {
-            return Err(format!(
-                "saved by format version {version}, this agent reads {VERSION}"
-            ));
+        match read(&self.path(tunnel))? {
+            Some(s) if s.name == tunnel => Ok(Some(s)),
+            Some(_) => Err("the file names another tunnel".into()),
+            None => Ok(None),
         }
-        let (index, rest) = rest.split_first_chunk::<4>().ok_or("truncated")?;
-        let (digest, ike) = rest.split_first_chunk::<DIGEST_LEN>().ok_or("truncated")?;
-        Ok(Some(Saved {
-            index: u32::from_be_bytes(*index),
-            digest: *digest,
-            ike: Zeroizing::new(ike.to_vec()),
-        }))
+    }
+
+    /// Every tunnel's file, by tunnel name. A file that is refused is removed (and logged):
+    /// its tunnel negotiates anew.
+    pub fn load_all(&self) -> std::collections::HashMap<String, Saved> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let file = e.file_name().to_string_lossy().into_owned();
+            if !file.ends_with(SUFFIX) {
+                continue;
+            }
+            let result = read(&path).and_then(|s| match s {
+                Some(s) if file_name(&s.name) == file => Ok(Some(s)),
+                Some(_) => Err("the file names another tunnel".into()),
+                None => Ok(None),
+            });
+            match result {
+                Ok(Some(s)) => {
+                    out.insert(s.name.clone(), s);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::warn!(file = %path.display(), error = %why, "saved IKE state refused; its tunnel negotiates anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        out
     }
 
     /// Removes the tunnel's file (nothing if there is none).
@@ -177,6 +203,37 @@ impl StateDir {
             }
         }
     }
+}
+
+/// Reads one file: `None` if there is none.
+fn read(path: &Path) -> Result<Option<Saved>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not a saved-state file (wrong magic)")?;
+    let (&version, rest) = rest.split_first().ok_or("truncated")?;
+    if version != VERSION {
+        return Err(format!(
+            "saved by format version {version}, this agent reads {VERSION}"
+        ));
+    }
+    let (len, rest) = rest.split_first_chunk::<2>().ok_or("truncated")?;
+    let (name, rest) = rest
+        .split_at_checked(usize::from(u16::from_be_bytes(*len)))
+        .ok_or("truncated")?;
+    let name = String::from_utf8(name.to_vec()).map_err(|_| "a tunnel name not in UTF-8")?;
+    let (index, rest) = rest.split_first_chunk::<4>().ok_or("truncated")?;
+    let (digest, ike) = rest.split_first_chunk::<DIGEST_LEN>().ok_or("truncated")?;
+    Ok(Some(Saved {
+        name,
+        index: u32::from_be_bytes(*index),
+        digest: *digest,
+        ike: Zeroizing::new(ike.to_vec()),
+    }))
 }
 
 #[cfg(test)]
@@ -209,6 +266,19 @@ mod tests {
         assert!(s.load("t3").unwrap_err().contains("version 9"));
         std::fs::write(dir.join("t4.ike"), b"STRAITAG\x01\x00\x00").unwrap();
         assert!(s.load("t4").unwrap_err().contains("truncated"));
+        // another tunnel's file under this name
+        std::fs::copy(dir.join("t1.ike"), dir.join("t5.ike")).unwrap();
+        assert!(s.load("t5").unwrap_err().contains("another tunnel"));
+        s.store("../evil/x", 1, &[0; DIGEST_LEN], b"x").unwrap();
+
+        // all at once: the good ones by name; the refused ones removed
+        let all = s.load_all();
+        let mut names: Vec<_> = all.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, vec!["../evil/x".to_string(), "t1".to_string()]);
+        for bad in ["t2", "t3", "t4", "t5"] {
+            assert!(!dir.join(format!("{bad}.ike")).exists(), "{bad} kept");
+        }
 
         // a name that is no plain file name stays inside the directory
         s.store("../evil/x", 1, &[0; DIGEST_LEN], b"x").unwrap();
