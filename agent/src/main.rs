@@ -79,6 +79,11 @@ struct DaemonArgs {
     /// every IKE SA and a restart negotiates anew.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// While NAT detection finds this node behind a NAT, send a NAT keepalive (RFC 3948) after
+    /// this many seconds with nothing sent to the peer; `off` sends none (as strongSwan's
+    /// `keep_alive`, default 20).
+    #[arg(long, default_value = "20", value_name = "SECONDS|off")]
+    nat_keepalive: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,8 +230,23 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         lifetime_scale: args.test_lifetime_scale,
         state_dir: d.state_dir.clone(),
+        nat_keepalive: nat_keepalive(&d.nat_keepalive)?,
     };
     runtime()?.block_on(standalone::run::run(opts))
+}
+
+/// `--nat-keepalive`: whole seconds, or `off`.
+fn nat_keepalive(v: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse::<u64>()
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .map(|s| Some(std::time::Duration::from_secs(s)))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--nat-keepalive {v:?}: whole seconds from 1 to 3600, or off")
+        })
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
@@ -255,6 +275,7 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         status_interval: seconds("status-interval", args.status_interval)?,
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         state_dir: d.state_dir.clone(),
+        nat_keepalive: nat_keepalive(&d.nat_keepalive)?,
     };
     runtime()?.block_on(cluster::run(opts))
 }
@@ -295,5 +316,38 @@ fn main() -> ExitCode {
             eprintln!("strait-agent: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn nat_keepalive_takes_seconds_or_off_and_names_itself_otherwise() {
+        assert_eq!(
+            nat_keepalive("20").unwrap(),
+            Some(std::time::Duration::from_secs(20))
+        );
+        assert_eq!(nat_keepalive("off").unwrap(), None);
+        for bad in ["0", "-5", "1.5", "3601", "20s", ""] {
+            let e = nat_keepalive(bad).unwrap_err().to_string();
+            assert!(e.contains("--nat-keepalive"), "{bad}: {e}");
+        }
+        // the flag reaches the parser with its default
+        let cli = Cli::try_parse_from([
+            "strait-agent",
+            "standalone",
+            "--config",
+            "c.yaml",
+            "--secrets-dir",
+            "s",
+        ])
+        .unwrap();
+        let Command::Standalone(a) = cli.command else {
+            panic!("not standalone");
+        };
+        assert_eq!(a.daemon.nat_keepalive, "20");
     }
 }

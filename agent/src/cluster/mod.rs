@@ -59,6 +59,8 @@ pub struct Options {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where IKE state is saved for the next agent process (`--state-dir`).
     pub state_dir: Option<std::path::PathBuf>,
+    /// `EndpointConfig::nat_keepalive` (`--nat-keepalive`).
+    pub nat_keepalive: Option<std::time::Duration>,
 }
 
 /// Runs cluster mode until SIGTERM/SIGINT.
@@ -98,6 +100,7 @@ async fn run_with<D: Dataplane + 'static>(
         endpoint: EndpointConfig {
             ike_port: opts.ike_port,
             natt_port: opts.natt_port,
+            nat_keepalive: opts.nat_keepalive,
             ..EndpointConfig::default()
         },
         state_dir: opts.state_dir.clone(),

@@ -43,6 +43,8 @@ pub struct Options {
     pub lifetime_scale: Option<f64>,
     /// Where IKE state is saved for the next agent process (`--state-dir`).
     pub state_dir: Option<PathBuf>,
+    /// `EndpointConfig::nat_keepalive` (`--nat-keepalive`).
+    pub nat_keepalive: Option<std::time::Duration>,
 }
 
 /// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
@@ -99,6 +101,7 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
         endpoint: EndpointConfig {
             ike_port: opts.ike_port,
             natt_port: opts.natt_port,
+            nat_keepalive: opts.nat_keepalive,
             ..EndpointConfig::default()
         },
         state_dir: opts.state_dir.clone(),
