@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::netfilter::{IkeGuard, Netfilter, TunnelFilter};
 use super::objects::{
-    self, MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, prefix_of,
-    transforms, tunnel_of,
+    self, MAX_TUNNEL, Outbound, fallback_policies, kernel_objects, outbound_plan, transforms,
+    tunnel_of,
 };
 use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
 use super::routing::{PathToPeer, Routing};
@@ -181,10 +181,7 @@ impl Plumbing {
     fn filter(&self, tunnel: u32, wanted: &[(WantedRoute, PathToPeer)]) -> Option<TunnelFilter> {
         let t = self.tunnels.get(&tunnel)?;
         let prefixes = |ts: &[TsRange]| -> Vec<Prefix> {
-            ts.iter()
-                .filter_map(prefix_of)
-                .filter_map(|(a, l)| Prefix::new(a, l).ok())
-                .collect()
+            ts.iter().filter_map(objects::kernel_prefix).collect()
         };
         let mtu = |f: Family| {
             wanted

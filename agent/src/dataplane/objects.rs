@@ -128,6 +128,11 @@ pub fn transforms(esp: &[EspProposal]) -> Vec<Transform> {
     out
 }
 
+/// [`prefix_of`] as the kernel's prefix type, for routes and nftables sets.
+pub fn kernel_prefix(ts: &TsRange) -> Option<Prefix> {
+    prefix_of(ts).and_then(|(a, l)| Prefix::new(a, l).ok())
+}
+
 /// The prefix a selector's address range is, if it is one.
 pub fn prefix_of(ts: &TsRange) -> Option<(IpAddr, u8)> {
     let (start, end, bits) = match ts.addrs {

@@ -11,7 +11,7 @@ use strait_ike::codec::TsRange;
 use strait_ike::crypto::alg::{Encr, Integ};
 use strait_xfrm::{EspPath, Family, Integrity, Mode, Prefix, Transform};
 
-use super::objects::prefix_of;
+use super::objects::kernel_prefix;
 
 /// Strait's routing table (0x5A00: the reqid range's prefix; strongSwan uses 220).
 pub const ROUTE_TABLE: u32 = 0x5A00;
@@ -86,8 +86,7 @@ pub fn route_mtu(
 pub fn source_for(family: Family, local: &[TsRange], node: &[IpAddr]) -> Option<IpAddr> {
     let nets: Vec<Prefix> = local
         .iter()
-        .filter_map(prefix_of)
-        .filter_map(|(a, l)| Prefix::new(a, l).ok())
+        .filter_map(kernel_prefix)
         .filter(|p| p.family() == family)
         .collect();
     node.iter()
@@ -120,7 +119,7 @@ pub fn tunnel_routes(
 ) -> Vec<WantedRoute> {
     let mut out: Vec<WantedRoute> = Vec::new();
     for r in remote {
-        let Some(dst) = prefix_of(r).and_then(|(a, l)| Prefix::new(a, l).ok()) else {
+        let Some(dst) = kernel_prefix(r) else {
             continue;
         };
         if out.iter().any(|w| w.dst == dst) {
