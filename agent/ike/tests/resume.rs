@@ -378,6 +378,46 @@ fn the_time_a_process_was_gone_counts_against_its_timers() {
 }
 
 #[test]
+fn a_resumed_sa_the_peer_deleted_meanwhile_goes_down_and_the_tunnel_comes_back() {
+    let mut p = up();
+    // A saves, then B drops the tunnel while A is gone (its DELETE is lost: nobody answers)
+    let saved = p.a.save(p.now, p.a_peer).unwrap();
+    let now = p.now;
+    p.b.remove_peer(now, p.b_peer);
+    p.a = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(77)),
+    );
+    p.ev_a.clear();
+    // B retransmits its DELETE until it gives up
+    p.run_for(Duration::from_secs(300));
+    assert_eq!(p.b.ike_sa_count(), 0);
+    // B has the tunnel again (responding), A resumes the stale SA
+    p.b_peer = p.b.add_peer(mirror(&config())).unwrap();
+    let mut a = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(78)),
+    );
+    a.set_wall_clock(p.t0, WALL_CLOCK);
+    p.a_peer = a.add_peer(config()).unwrap();
+    a.resume(p.now, p.a_peer, saved.as_bytes()).unwrap();
+    p.a = a;
+    // A's liveness check gets no answer (B does not know the SA): the SA goes down as
+    // unreachable, its CHILD SA with it
+    p.run_for(Duration::from_secs(60));
+    let downs = Pair::downs(&p.ev_a);
+    assert_eq!(downs.len(), 1, "{downs:?}");
+    assert_eq!(downs[0].1, strait_ike::Reason::PeerUnreachable);
+    assert!(alive(&p.ev_a).is_empty());
+    // the driver initiates again (as its retry does): a fresh IKE SA, both sides agree
+    let from = p.log.len();
+    p.initiate();
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(count(&p, from, ExchangeType::IKE_SA_INIT), 1);
+    assert_same_children(&p);
+}
+
+#[test]
 fn restarting_at_every_timer_changes_nothing_the_peer_sees() {
     let mut p = up();
     let from = p.log.len();
