@@ -446,11 +446,12 @@ impl<D: Dataplane> Driver<D> {
 
     async fn add_tunnel(&mut self, def: TunnelDef) {
         let name = def.name.clone();
+        let digest = saved::digest(&def);
         // a tunnel resumed from saved state keeps the index its kernel objects carry
         let saved = self
             .to_resume
             .remove(&name)
-            .filter(|s| s.digest == saved::digest(&def))
+            .filter(|s| s.digest == digest)
             .filter(|s| !self.tunnels.values().any(|t| t.index == s.index));
         let index = match &saved {
             Some(s) => s.index,
@@ -525,7 +526,7 @@ impl<D: Dataplane> Driver<D> {
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     state
-                        .store(&t.def.name, t.index, &saved::digest(&t.def), s.as_bytes())
+                        .store(&t.def.name, t.index, &t.digest, s.as_bytes())
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = result {

@@ -27,6 +27,8 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct Tunnel {
     pub(crate) def: TunnelDef,
+    /// [`super::saved::digest`] of `def`, taken once: saved state is written on every change.
+    pub(crate) digest: [u8; super::saved::DIGEST_LEN],
     /// Small number of the tunnel in this run: the data plane derives its reqid from it.
     pub(crate) index: u32,
     /// The endpoint's handle, once the tunnel started.
@@ -98,6 +100,7 @@ impl Tunnel {
             ..TunnelStatus::default()
         };
         Self {
+            digest: super::saved::digest(&def),
             def,
             index,
             peer: None,
