@@ -49,6 +49,14 @@ struct ClusterArgs {
     /// At most one status write per tunnel per this many seconds.
     #[arg(long, default_value_t = 1.0)]
     status_interval: f64,
+    /// This agent's pod (the DaemonSet sets POD_NAME): a stop while it is being deleted and its
+    /// DaemonSet stays is a restart (with `--state-dir`).
+    #[arg(long, env = "POD_NAME")]
+    pod: Option<String>,
+    /// How long the heartbeat Lease stays valid when the agent stops for a restart: the time a
+    /// replacement pod has to start and resume before the operator fails the tunnels over.
+    #[arg(long, default_value_t = 30)]
+    restart_grace_seconds: i32,
 }
 
 /// What every long-running mode takes: ports, the local status socket, metrics, logs.
@@ -271,6 +279,8 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         natt_port: d.natt_port,
         ike_firewall: d.ike_firewall,
         lease_duration_seconds: args.lease_duration_seconds,
+        restart_grace_seconds: args.restart_grace_seconds,
+        pod: args.pod.clone().filter(|p| !p.is_empty()),
         renew_interval: seconds("renew-interval", args.renew_interval)?,
         status_interval: seconds("status-interval", args.status_interval)?,
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,

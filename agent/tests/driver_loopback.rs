@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use strait_agent::dataplane::{Dataplane, Kind, NoDataplane};
-use strait_agent::driver::{Command, Driver, Settings};
+use strait_agent::driver::{Command, Driver, Settings, Stop};
 use strait_agent::error::TunnelError;
 use strait_agent::spec::TunnelDef;
 use strait_agent::spec::peer::{self, Inputs};
@@ -145,7 +145,10 @@ fn b_side(pb: u16, pa: u16, initiation: &str, psk: &[u8]) -> TunnelDef {
 async fn shutdown(handles: [&Handle; 2]) {
     for h in handles {
         let (tx, rx) = oneshot::channel();
-        h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+        h.cmd
+            .send(Command::Shutdown(Stop::Restart, tx))
+            .await
+            .unwrap();
         rx.await.unwrap();
     }
 }
@@ -380,7 +383,10 @@ async fn a_restarted_agent_resumes_its_ike_sa_and_the_peer_never_notices() {
             let sa = a.wait("a up", up).await;
             b.wait("b up", up).await;
             let (tx, rx) = oneshot::channel();
-            a.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            a.cmd
+                .send(Command::Shutdown(Stop::Restart, tx))
+                .await
+                .unwrap();
             rx.await.unwrap();
             sa.tunnels[0].clone()
         };

@@ -14,7 +14,7 @@ use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use strait_agent::dataplane::NoDataplane;
-use strait_agent::driver::{Command, Driver, Settings};
+use strait_agent::driver::{Command, Driver, Settings, Stop};
 use strait_agent::metrics;
 use strait_agent::spec::TunnelDef;
 use strait_agent::spec::peer::{self, Inputs};
@@ -223,7 +223,10 @@ async fn metrics_are_served_and_promtool_accepts_them() {
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
         for h in [&a, &b] {
             let (tx, rx) = oneshot::channel();
-            h.cmd.send(Command::Shutdown(tx)).await.unwrap();
+            h.cmd
+                .send(Command::Shutdown(Stop::Restart, tx))
+                .await
+                .unwrap();
             let _ = rx.await;
         }
     };

@@ -15,6 +15,11 @@ use crate::{API_VERSION, GatewayStatus, IkeState, LastError};
 /// the agent DaemonSet.
 pub const OPERATOR_FIELD_MANAGER: &str = "strait-operator";
 
+/// The agent DaemonSet in the operator's namespace. An agent stopped while it exists (and is
+/// not being deleted) is being restarted or upgraded: with saved state it leaves its tunnels
+/// and heartbeat in place for the agent that follows.
+pub const AGENT_DAEMONSET: &str = "strait-agent";
+
 /// The field manager of the agent on `node`: its own `status.gateways[]` entry and its
 /// heartbeat Lease, so no two writers ever conflict.
 pub fn agent_field_manager(node: &str) -> String {

@@ -50,6 +50,7 @@ fn manifests() -> String {
 /// on remote, the operator and the agent on gw1 running with the chart's ServiceAccounts, and
 /// the agent's heartbeat Lease written.
 struct Installed {
+    agent_kubeconfig: std::path::PathBuf,
     agent: Daemon,
     operator: Daemon,
     charon: Charon,
@@ -58,6 +59,18 @@ struct Installed {
 }
 
 fn install(charon_cfg: &CharonConfig) -> Installed {
+    install_with(charon_cfg, &[])
+}
+
+/// The agent's arguments in these tests, then `extra`.
+fn agent_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--dataplane", "none", "--metrics-addr", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// [`install`], the agent started with `extra` arguments too.
+fn install_with(charon_cfg: &CharonConfig, extra: &[&str]) -> Installed {
     strait_e2e::cmd::require_root().expect("root");
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("control plane: {e:#}"));
     let chart = workspace().join("charts/strait");
@@ -85,7 +98,7 @@ fn install(charon_cfg: &CharonConfig) -> Installed {
         &cp,
         topo.ns("gw1").unwrap(),
         "gw1",
-        &["--dataplane", "none", "--metrics-addr", "off"],
+        &agent_args(extra),
         &agent_kubeconfig,
     )
     .expect("agent gw1");
@@ -99,6 +112,7 @@ fn install(charon_cfg: &CharonConfig) -> Installed {
         },
     );
     Installed {
+        agent_kubeconfig,
         agent,
         operator,
         charon,
@@ -163,6 +177,7 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
         charon,
         operator,
         agent,
+        ..
     } = install(&cluster::charon_config(TUNNEL, PSK));
     cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
         .unwrap();
@@ -256,6 +271,7 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
         charon,
         operator,
         agent,
+        ..
     } = install(&cfg);
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     cp.kubectl([
@@ -307,4 +323,224 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
             "key material in the {what}"
         );
     }
+}
+
+/// The agent's pod in the restart test: an API object only (no kubelet runs it), held by a
+/// finalizer so that a deletion leaves it Terminating, as a kubelet does while the pod stops.
+const POD: &str = "strait-agent-gw1-test";
+
+/// charon's IKE SA of the tunnel, by unique id (a new negotiation gives a new one).
+fn ike_id(charon: &Charon) -> u32 {
+    let sas = charon.list_sas().unwrap();
+    let ike = sas
+        .ike(TUNNEL)
+        .unwrap_or_else(|| panic!("charon has no IKE SA:\n{}", sas.raw));
+    assert_eq!(ike.state, "ESTABLISHED", "{}", sas.raw);
+    ike.unique_id
+}
+
+/// The heartbeat Lease of gw1: (holder, leaseDurationSeconds).
+fn lease(cp: &ControlPlane) -> (String, String) {
+    let out = cp
+        .kubectl([
+            "get",
+            "lease",
+            "-n",
+            NS,
+            "strait-agent-gw1",
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.leaseDurationSeconds}",
+        ])
+        .unwrap_or_default();
+    let (h, d) = out.split_once(' ').unwrap_or(("", ""));
+    (h.to_owned(), d.to_owned())
+}
+
+/// The saved-state files in `dir`.
+fn saved_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".ike"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With `--state-dir`, SIGTERM while the agent's own pod is being deleted and the agent
+/// DaemonSet stays (a rolling update, `kubectl delete pod`) is a restart: no DELETE to the peer,
+/// the Lease renewed once for `--restart-grace-seconds`, and the next agent process resumes the
+/// same IKE SA. SIGTERM without a pod deletion (a node shutting down) deletes the SAs and
+/// releases the Lease, as without saved state. Both read with the chart's RBAC.
+#[test]
+fn a_deleted_agent_pod_is_a_restart_that_resumes_and_other_stops_delete() {
+    let _serial = netns::serial();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("ike");
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let extra = [
+        "--state-dir",
+        &dir_arg,
+        "--pod",
+        POD,
+        "--lease-duration-seconds",
+        "5",
+        "--renew-interval",
+        "1",
+        "--restart-grace-seconds",
+        "45",
+    ];
+    let Installed {
+        cp,
+        topo,
+        charon,
+        operator,
+        mut agent,
+        agent_kubeconfig,
+    } = install_with(&cluster::charon_config(TUNNEL, PSK), &extra);
+    let start_agent = || {
+        Daemon::cluster_agent_as(
+            &cp,
+            topo.ns("gw1").unwrap(),
+            "gw1",
+            &agent_args(&extra),
+            &agent_kubeconfig,
+        )
+        .expect("agent gw1")
+    };
+    cp.kubectl_stdin(["apply", "-f", "-"], &manifests())
+        .unwrap();
+    assert_ready(&cp, &agent, &operator, &charon);
+    // the operator made the agent DaemonSet (what tells a restart from a stop for good)
+    wait_for(Duration::from_secs(30), "the agent DaemonSet", || {
+        cp.kubectl(["get", "ds", "strait-agent", "-n", NS, "-o", "name"])
+            .ok()
+    });
+    let pod = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {{\"name\": \"{POD}\", \
+         \"namespace\": \"{NS}\", \"finalizers\": [\"strait.dev/test-hold\"]}}, \"spec\": \
+         {{\"serviceAccountName\": \"strait-agent\", \"automountServiceAccountToken\": false, \
+         \"containers\": [{{\"name\": \"agent\", \"image\": \"localhost/strait-agent:test\"}}]}}}}"
+    );
+    cp.kubectl_stdin(["apply", "-f", "-"], &pod).unwrap();
+
+    // 1. SIGTERM, the pod not being deleted (a node shutting down): a stop for good
+    let first = ike_id(&charon);
+    assert!(!saved_files(&dir).is_empty(), "nothing saved in {dir:?}");
+    agent.terminate(Duration::from_secs(15)).unwrap();
+    wait_for(Duration::from_secs(10), "charon's IKE SA deleted", || {
+        charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
+    });
+    assert_eq!(
+        lease(&cp).0,
+        "",
+        "the Lease was not released: {:?}",
+        lease(&cp)
+    );
+    assert!(
+        saved_files(&dir).is_empty(),
+        "saved state left: {:?}",
+        saved_files(&dir)
+    );
+    let log = agent.log();
+    assert!(log.contains("no replacement agent follows"), "{log}");
+
+    // 2. a new agent negotiates anew: there was nothing to resume
+    let mut agent = start_agent();
+    assert_ready(&cp, &agent, &operator, &charon);
+    let second = ike_id(&charon);
+    assert_ne!(first, second, "the same IKE SA after a stop for good");
+
+    // 3. the pod deleted (Terminating) while the DaemonSet stays: a restart
+    cp.kubectl(["delete", "pod", POD, "-n", NS, "--wait=false"])
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the pod Terminating", || {
+        cp.kubectl([
+            "get",
+            "pod",
+            POD,
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .ok()
+        .filter(|t| !t.is_empty())
+    });
+    agent.terminate(Duration::from_secs(15)).unwrap();
+    let stopped = Instant::now();
+    assert!(
+        agent.log().contains("stopping for a restart"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        lease(&cp),
+        ("gw1".to_owned(), "45".to_owned()),
+        "the Lease was not extended for the restart"
+    );
+    assert_eq!(saved_files(&dir), vec![format!("{TUNNEL}.ike")]);
+    // the peer heard nothing: its IKE SA stays, and the tunnel stays Ready past the normal
+    // lease (5 s), which the grace covers
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        ike_id(&charon),
+        second,
+        "charon's IKE SA changed while no agent ran"
+    );
+    assert!(
+        ready(&cp, TUNNEL).starts_with("True/"),
+        "not Ready {:.1} s into the restart: {}",
+        stopped.elapsed().as_secs_f64(),
+        ready(&cp, TUNNEL)
+    );
+
+    // 4. the replacement resumes the same IKE SA
+    let mut agent = start_agent();
+    wait_for(
+        Duration::from_secs(30),
+        "the saved IKE state resumed",
+        || {
+            agent
+                .log()
+                .contains("resumed saved IKE state")
+                .then_some(())
+        },
+    );
+    assert_ready(&cp, &agent, &operator, &charon);
+    assert_eq!(ike_id(&charon), second, "renegotiated instead of resumed");
+    wait_for(
+        Duration::from_secs(10),
+        "the Lease renewed as usual",
+        || (lease(&cp) == ("gw1".to_owned(), "5".to_owned())).then_some(()),
+    );
+    println!(
+        "restart: the same IKE SA (#{second}) resumed {:.1} s after the stop, Ready throughout",
+        stopped.elapsed().as_secs_f64()
+    );
+    // the resumed IKE SA carries the tunnel's deletion to charon
+    cp.kubectl([
+        "patch",
+        "pod",
+        POD,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .unwrap();
+    cp.kubectl([
+        "delete",
+        "ipsectunnel",
+        TUNNEL,
+        "--wait=true",
+        "--timeout=30s",
+    ])
+    .unwrap_or_else(|e| panic!("delete: {e:#}\n{}", agent.log()));
+    wait_for(Duration::from_secs(10), "charon's IKE SA deleted", || {
+        charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
+    });
+    agent.terminate(Duration::from_secs(15)).unwrap();
 }

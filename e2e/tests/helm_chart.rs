@@ -581,7 +581,25 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
     );
     assert_eq!(
         c["args"],
-        serde_json::json!(["cluster", "--dataplane=none", "--log-json"])
+        serde_json::json!([
+            "cluster",
+            "--dataplane=none",
+            "--state-dir=/run/strait-state/ike",
+            "--log-json"
+        ])
+    );
+    // agent.stateDir (default): the IKE state outlives the pod, in a host directory on tmpfs
+    let state = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "state")
+        .cloned();
+    assert_eq!(
+        state,
+        Some(
+            serde_json::json!({"name": "state", "hostPath": {"path": "/run/strait-agent", "type": "DirectoryOrCreate"}})
+        )
     );
     let rust_log = c["env"]
         .as_array()
@@ -668,11 +686,22 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         ("list", "secrets"),
         ("update", "ipsectunnels"),
         ("delete", "leases"),
+        ("list", "pods"),
+        ("get", "daemonsets/other"),
+        ("list", "daemonsets"),
     ] {
         assert_eq!(
             can_i(&cp, &agent_kubeconfig, verb, resource),
             "no",
             "agent may {verb} {resource}"
+        );
+    }
+    // what it reads on SIGTERM to tell a restart (its pod deleted, the DaemonSet staying)
+    for (verb, resource) in [("get", "pods"), ("get", "daemonsets/strait-agent")] {
+        assert_eq!(
+            can_i(&cp, &agent_kubeconfig, verb, resource),
+            "yes",
+            "agent may not {verb} {resource}"
         );
     }
     for (verb, resource) in [

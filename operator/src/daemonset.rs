@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 
 /// The DaemonSet's name.
-pub const NAME: &str = "strait-agent";
+pub const NAME: &str = strait_crds::contract::AGENT_DAEMONSET;
 /// The label that selects the agent pods.
 pub const POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "strait-agent");
 
@@ -40,7 +40,13 @@ pub struct AgentTemplate {
     pub log_format: LogFormat,
     /// The pod-level settings the chart passes through (`--agent-pod-options`).
     pub pod: PodOptions,
+    /// A host directory (tmpfs: `/run`) where the agents keep their IKE state across restarts
+    /// (`--agent-state-dir`); `None`: every agent restart renegotiates its tunnels.
+    pub state_host_path: Option<String>,
 }
+
+/// Where the agent container sees [`AgentTemplate::state_host_path`].
+pub const STATE_MOUNT: &str = "/run/strait-state";
 
 /// A log level, as the chart's `logLevel` values spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -191,11 +197,27 @@ pub fn manifest(
 ) -> Value {
     let labels = json!({POD_LABEL.0: POD_LABEL.1, "app.kubernetes.io/part-of": "strait"});
     let mut args = tpl.args.clone();
+    if tpl.state_host_path.is_some() {
+        // a directory of the agent's own (0700) inside the mounted one
+        args.push(format!("--state-dir={STATE_MOUNT}/ike"));
+    }
     if tpl.log_format == LogFormat::Json {
         // a flag of the daemon subcommands, so it goes after `cluster`
         args.push("--log-json".to_owned());
     }
     let opts = &tpl.pod;
+    // the status socket (`kubectl exec ... strait-agent status`) lives in /run/strait; the root
+    // file system is read-only
+    let mut volumes = vec![json!({"name": "run", "emptyDir": {"medium": "Memory"}})];
+    let mut mounts = vec![json!({"name": "run", "mountPath": "/run/strait"})];
+    if let Some(host) = &tpl.state_host_path {
+        // A host directory, not an emptyDir: the state must outlive the pod (a rolling update
+        // replaces it). On /run it is tmpfs, gone at reboot with the kernel SAs it belongs to.
+        volumes.push(
+            json!({"name": "state", "hostPath": {"path": host, "type": "DirectoryOrCreate"}}),
+        );
+        mounts.push(json!({"name": "state", "mountPath": STATE_MOUNT}));
+    }
     let mut pod = json!({
         "serviceAccountName": tpl.service_account,
         "hostNetwork": true,
@@ -217,6 +239,8 @@ pub fn manifest(
                 {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "RUST_LOG", "value": tpl.log_level.directive()},
+                // a stop while its own pod is being deleted is a restart (with saved state)
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             ],
             // NET_ADMIN: XFRM netlink and the IKE sockets' options; NET_BIND_SERVICE:
             // UDP 500 in the host's network namespace, where unprivileged ports start
@@ -243,12 +267,10 @@ pub fn manifest(
                 "httpGet": {"path": "/healthz", "port": "metrics"},
                 "periodSeconds": 10, "timeoutSeconds": 7,
             },
-            // the status socket (`kubectl exec ... strait-agent status`) lives here;
-            // the root file system is read-only
-            "volumeMounts": [{"name": "run", "mountPath": "/run/strait"}],
+            "volumeMounts": mounts,
             "resources": opts.resources.as_ref().map_or_else(default_resources, |r| json!(r)),
         }],
-        "volumes": [{"name": "run", "emptyDir": {"medium": "Memory"}}],
+        "volumes": volumes,
     });
     // Absent fields rather than empty ones: under server-side apply an empty value would still
     // claim the field.
@@ -327,7 +349,41 @@ mod tests {
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             pod: PodOptions::default(),
+            state_host_path: None,
         }
+    }
+
+    #[test]
+    fn saved_state_lives_in_a_host_directory_that_outlives_the_pod() {
+        let t = AgentTemplate {
+            state_host_path: Some("/run/strait-agent".into()),
+            log_format: LogFormat::Json,
+            ..tpl()
+        };
+        let ds = manifest("ns", &t, &[], None);
+        let pod = &ds["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["args"],
+            json!(["cluster", "--state-dir=/run/strait-state/ike", "--log-json"])
+        );
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "state", "hostPath": {"path": "/run/strait-agent", "type": "DirectoryOrCreate"}})
+        );
+        assert_eq!(
+            c["volumeMounts"][1],
+            json!({"name": "state", "mountPath": STATE_MOUNT})
+        );
+        // off: no host path at all, and the agent renegotiates on restart
+        let ds = manifest("ns", &tpl(), &[], None);
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"].as_array().map(Vec::len), Some(1));
+        assert!(
+            !pod["containers"][0]["args"]
+                .to_string()
+                .contains("state-dir")
+        );
     }
 
     #[test]

@@ -94,6 +94,11 @@ struct RunArgs {
     /// each optional (the chart renders this from its `agent.*` values).
     #[arg(long, value_parser = PodOptions::parse, default_value = "{}")]
     agent_pod_options: PodOptions,
+    /// A host directory (keep it on tmpfs, e.g. under `/run`) where the agents save their IKE
+    /// state so that a restarted or upgraded agent resumes its tunnels without renegotiating;
+    /// empty: every agent restart renegotiates (see docs/security.md).
+    #[arg(long, default_value = "/run/strait-agent", value_parser = host_dir)]
+    agent_state_dir: String,
     /// The Deployment in `--namespace` that owns the agent DaemonSet, so that deleting it
     /// (`helm uninstall`) garbage-collects the DaemonSet. Unset: the DaemonSet has no owner.
     #[arg(long)]
@@ -278,6 +283,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             log_level: args.agent_log_level,
             log_format: args.agent_log_format,
             pod: args.agent_pod_options.clone(),
+            state_host_path: Some(args.agent_state_dir.clone()).filter(|d| !d.is_empty()),
         }),
         owner_deployment: args.owner_deployment.clone().filter(|n| !n.is_empty()),
         identity,
@@ -324,4 +330,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = stop_rx.borrow_and_update();
     Ok(())
+}
+
+/// `--agent-state-dir`: empty, or an absolute host path (a hostPath volume must be one).
+fn host_dir(s: &str) -> Result<String, String> {
+    if s.is_empty() || (s.starts_with('/') && !s.split('/').any(|c| c == "..")) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute path without `..` (or empty: off)"
+        ))
+    }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -18,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Options, report, secrets};
-use crate::driver::Command;
+use crate::driver::{Command, Stop};
 use crate::error::TunnelError;
 use crate::spec::{self, TunnelDef};
 use crate::status::{AgentStatus, StatusRequest};
@@ -31,6 +32,8 @@ const REBUILD_EVERY: Duration = Duration::from_secs(30);
 const DROP_WAIT: Duration = Duration::from_secs(5);
 /// A clear that did not show in the watch cache is repeated after this long.
 const CLEAR_RETRY: Duration = Duration::from_secs(2);
+/// How long a stopping agent waits to learn whether it is being restarted.
+const ASK_API: Duration = Duration::from_secs(3);
 /// Drives a reflector's watch stream, waking the controller on every change.
 async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
 where
@@ -100,7 +103,8 @@ impl Controller {
         self
     }
 
-    pub(super) async fn run(mut self) -> anyhow::Result<()> {
+    /// Runs until SIGTERM/SIGINT; says how it stopped.
+    pub(super) async fn run(mut self) -> anyhow::Result<Stop> {
         let (mut term, mut int) = (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
@@ -156,6 +160,38 @@ impl Controller {
                 self.report().await;
             }
         }
+        tunnel_watch.abort();
+        secret_watch.abort();
+        let how = self.how_to_stop().await;
+        if how == Stop::Restart {
+            // The replacement pod resumes the saved SAs and renews the Lease; until then one
+            // long renewal keeps the operator from failing over, and the entries stay.
+            if let Some(beat) = self.heartbeat.take() {
+                beat.abort();
+            }
+            let grace = self
+                .opts
+                .restart_grace_seconds
+                .max(self.opts.lease_duration_seconds);
+            let leases = Api::<Lease>::namespaced(self.client.clone(), &self.opts.namespace);
+            if let Err(e) = heartbeat::renew(&leases, &self.opts.node, grace).await {
+                tracing::warn!(error = %e, "could not extend the heartbeat Lease for the restart");
+            }
+            tracing::info!(
+                grace_seconds = grace,
+                "stopping for a restart: IKE state saved, SAs and status entries kept"
+            );
+            let (done_tx, done_rx) = oneshot::channel();
+            if self
+                .cmd_tx
+                .send(Command::Shutdown(how, done_tx))
+                .await
+                .is_ok()
+            {
+                let _ = done_rx.await;
+            }
+            return Ok(how);
+        }
         // Release the heartbeat first: the operator can elect another node while this one
         // tears down, and a replacement pod that renews the Lease quickly cannot hide the stop.
         if let Some(beat) = self.heartbeat.take() {
@@ -166,10 +202,13 @@ impl Controller {
             tracing::warn!(error = %e, "could not release the heartbeat Lease");
         }
         tracing::info!("stopping: deleting every IKE SA");
-        tunnel_watch.abort();
-        secret_watch.abort();
         let (done_tx, done_rx) = oneshot::channel();
-        if self.cmd_tx.send(Command::Shutdown(done_tx)).await.is_ok() {
+        if self
+            .cmd_tx
+            .send(Command::Shutdown(how, done_tx))
+            .await
+            .is_ok()
+        {
             let _ = done_rx.await;
         }
         let mut names: Vec<String> = self.running.keys().cloned().collect();
@@ -179,7 +218,50 @@ impl Controller {
         for name in names {
             self.clear(&name).await;
         }
-        Ok(())
+        Ok(how)
+    }
+
+    /// Whether this stop is a restart: with saved state (`--state-dir`), when this agent's pod
+    /// is being deleted while the agent DaemonSet stays (and is not being deleted), the
+    /// DaemonSet starts a replacement on this node (a rolling update, `kubectl delete pod`).
+    /// Anything else is a stop for good: the DaemonSet deleted (`helm uninstall`, no tunnel
+    /// left), or a SIGTERM without a pod deletion (the node shutting down), where failing over
+    /// at once beats waiting for an agent that may not come back. When the API cannot say, the
+    /// SAs are deleted: today's behaviour, never a zombie.
+    async fn how_to_stop(&self) -> Stop {
+        let (Some(_), Some(pod)) = (&self.opts.state_dir, &self.opts.pod) else {
+            return Stop::Leave;
+        };
+        let ns = &self.opts.namespace;
+        let pods = Api::<Pod>::namespaced(self.client.clone(), ns);
+        let sets = Api::<DaemonSet>::namespaced(self.client.clone(), ns);
+        let ask = async {
+            let pod = pods.get_opt(pod).await?;
+            let set = sets.get_opt(contract::AGENT_DAEMONSET).await?;
+            Ok::<_, kube::Error>((pod, set))
+        };
+        let deleting = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_some();
+        match tokio::time::timeout(ASK_API, ask).await {
+            Ok(Ok((Some(p), Some(d)))) if deleting(&p.metadata) && !deleting(&d.metadata) => {
+                Stop::Restart
+            }
+            Ok(Ok((p, d))) => {
+                tracing::info!(
+                    pod_deleted = p.as_ref().is_none_or(|p| deleting(&p.metadata)),
+                    daemonset_stays = d.as_ref().is_some_and(|d| !deleting(&d.metadata)),
+                    "no replacement agent follows on this node: leaving"
+                );
+                Stop::Leave
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot tell a restart from a stop: leaving");
+                Stop::Leave
+            }
+            Err(_) => {
+                tracing::warn!("the API did not say in time whether this is a restart: leaving");
+                Stop::Leave
+            }
+        }
     }
 
     /// Brings the driver's tunnel set in line with the tunnels this node is active for, and

@@ -8,7 +8,11 @@
 //! - writes its own `status.gateways[]` entry with server-side apply under `strait-agent/<node>`,
 //!   on change and at most once per `--status-interval` per tunnel;
 //! - a changed spec or Secret restarts that tunnel; losing the active role or a deletion removes
-//!   it from the driver (DELETE to the peer, kernel objects removed) and then clears the entry.
+//!   it from the driver (DELETE to the peer, kernel objects removed) and then clears the entry;
+//! - on SIGTERM with `--state-dir`, when its pod is being deleted while the agent DaemonSet stays
+//!   (a rolling update, `kubectl delete pod`), it stops for a restart: SAs, kernel objects and
+//!   entries stay for the replacement pod, which resumes them, and the Lease is renewed once for
+//!   `--restart-grace-seconds`; any other stop deletes the SAs and releases the Lease.
 //!
 //! This file wires the parts and renews the Lease; `controller.rs` is the control loop,
 //! `report.rs` when to write the entry, `secrets.rs` where Secrets are read from.
@@ -28,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::dataplane::netfilter::IkeGuard;
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
-use crate::driver::{Driver, Settings};
+use crate::driver::{Driver, Settings, Stop};
 use crate::status;
 use controller::Controller;
 
@@ -51,6 +55,10 @@ pub struct Options {
     pub ike_firewall: bool,
     /// How long one heartbeat renewal keeps this agent alive in the operator's eyes.
     pub lease_duration_seconds: i32,
+    /// How long the heartbeat stays valid after a stop for a restart.
+    pub restart_grace_seconds: i32,
+    /// This agent's pod, if known: whether it is being deleted tells a restart from a stop.
+    pub pod: Option<String>,
     /// How often the heartbeat is renewed.
     pub renew_interval: Duration,
     /// At most one status write per tunnel per this interval.
@@ -158,12 +166,14 @@ async fn run_with<D: Dataplane + 'static>(
         Err(e) => Err(anyhow::anyhow!("the cluster controller task failed: {e}")),
     };
     beat.abort();
-    // a clean stop: the controller released the Lease; again, in case it could not
-    if let Err(e) = heartbeat::release(&leases, &opts.node).await {
+    // a stop for good: the controller released the Lease; again, in case it could not
+    if !matches!(result, Ok(Stop::Restart))
+        && let Err(e) = heartbeat::release(&leases, &opts.node).await
+    {
         tracing::warn!(error = %e, "could not release the heartbeat Lease on stop");
     }
     tracing::info!("stopped");
-    result
+    result.map(|_| ())
 }
 
 async fn heartbeat_loop(leases: Api<Lease>, node: String, secs: i32, every: Duration) {

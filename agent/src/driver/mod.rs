@@ -48,8 +48,19 @@ pub enum Command {
     /// Replace the tunnel set: added, changed and removed tunnels are applied, the others are
     /// left alone.
     Reload(Vec<TunnelDef>),
-    /// Delete every IKE SA, wait briefly for the DELETEs to go out, clean the data plane, stop.
-    Shutdown(oneshot::Sender<()>),
+    /// Stop the driver: as [`Stop`] says, then answer on the sender.
+    Shutdown(Stop, oneshot::Sender<()>),
+}
+
+/// How the driver stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Another agent process follows on this node: with `--state-dir`, the IKE state is saved
+    /// and every SA and kernel object stays for it to resume; without, as [`Stop::Leave`].
+    Restart,
+    /// No agent follows (uninstalled, or this node no longer runs agents): delete every IKE SA,
+    /// wait briefly for the DELETEs to go out, clean the data plane and the saved state.
+    Leave,
 }
 
 /// What the driver runs with.
@@ -230,13 +241,13 @@ impl<D: Dataplane> Driver<D> {
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(defs)) => self.reload(defs).await,
-                    Some(Command::Shutdown(done)) => {
-                        self.shutdown().await;
+                    Some(Command::Shutdown(how, done)) => {
+                        self.shutdown(how).await;
                         let _ = done.send(());
                         return;
                     }
                     None => {
-                        self.shutdown().await;
+                        self.shutdown(Stop::Restart).await;
                         return;
                     }
                 },
@@ -448,7 +459,7 @@ impl<D: Dataplane> Driver<D> {
         let name = def.name.clone();
         let digest = saved::digest(&def);
         // a tunnel resumed from saved state keeps the index its kernel objects carry
-        let saved = self
+        let mut saved = self
             .to_resume
             .remove(&name)
             .filter(|s| s.digest == digest)
@@ -462,7 +473,7 @@ impl<D: Dataplane> Driver<D> {
             Ok((peer, role)) => {
                 t.started(peer, role);
                 self.by_peer.insert(peer, name.clone());
-                let resumed = saved.is_some_and(|s| self.resume(&name, peer, &s));
+                let resumed = saved.take().is_some_and(|s| self.resume(&name, peer, &s));
                 if resumed {
                     // the resumed IKE SA carries on: nothing to initiate
                 } else if role == Role::Start {
@@ -477,6 +488,10 @@ impl<D: Dataplane> Driver<D> {
             Err(e) => {
                 tracing::error!(tunnel = %name, reason = %e.reason, message = %e.message, "tunnel cannot start");
                 t.cannot_start(e);
+                // its SAs may still be resumed by a later start of the same definition
+                if let Some(s) = saved.take() {
+                    self.to_resume.insert(name.clone(), s);
+                }
             }
         }
         self.tunnels.insert(name, t);
@@ -561,10 +576,10 @@ impl<D: Dataplane> Driver<D> {
         Ok((peer, role))
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, how: Stop) {
         let now = Instant::now();
         let peers: Vec<PeerId> = self.tunnels.values().filter_map(|t| t.peer).collect();
-        if self.state.is_some() {
+        if how == Stop::Restart && self.state.is_some() {
             // A restart: the next agent resumes the saved IKE SAs and keeps the kernel's SAs,
             // policies and routes, so nothing is deleted and traffic flows meanwhile.
             self.flush().await;
@@ -575,6 +590,10 @@ impl<D: Dataplane> Driver<D> {
             return;
         }
         tracing::info!(tunnels = peers.len(), "shutting down: deleting IKE SAs");
+        if let Some(state) = self.state.take() {
+            // nothing is left to resume, and the deletes below are not saved
+            state.remove_others(std::iter::empty());
+        }
         for p in peers {
             self.endpoint.remove_peer(now, p);
         }

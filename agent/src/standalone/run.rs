@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::netfilter::IkeGuard;
 use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
-use crate::driver::{Command, Driver, Settings};
+use crate::driver::{Command, Driver, Settings, Stop};
 use crate::spec;
 use crate::spec::TunnelDef;
 use crate::standalone::config;
@@ -146,7 +146,11 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
         }
         tracing::info!("stopping");
         let (done_tx, done_rx) = oneshot::channel();
-        if cmd_tx.send(Command::Shutdown(done_tx)).await.is_ok() {
+        if cmd_tx
+            .send(Command::Shutdown(Stop::Restart, done_tx))
+            .await
+            .is_ok()
+        {
             let _ = done_rx.await;
         }
     });
