@@ -271,6 +271,74 @@ fn election_conditions_failover_events_and_metrics() {
     assert_eq!(op.health("/readyz").map(|r| r.0), Some(200));
 }
 
+/// Tunnels sharing a gateway selector spread over its nodes (least loaded first, then by name,
+/// including tunnels applied at once); a cordoned node's tunnels move to an open one, and it is
+/// elected again only when every candidate is cordoned.
+#[test]
+fn tunnels_spread_over_gateways_and_leave_a_cordoned_node() {
+    let cp = start();
+    install_crd(&cp);
+    for n in ["gw-a", "gw-b"] {
+        node(&cp, n, &[("strait.dev/gateway", "true")]);
+    }
+    let _op = operator(&cp, "op-spread", &[]);
+    let _hb_a = StandInHeartbeat::start(&cp, "gw-a", 10);
+    let _hb_b = StandInHeartbeat::start(&cp, "gw-b", 10);
+    let names = ["t1", "t2", "t3", "t4"];
+    // applied in one go, so they are reconciled together
+    let all: Vec<String> = names
+        .iter()
+        .map(|t| tunnel_yaml(t, "strait.dev/gateway"))
+        .collect();
+    apply(&cp, &all.join("---\n"));
+    let on = |node: &str| -> Vec<&str> {
+        names
+            .iter()
+            .copied()
+            .filter(|t| active(&cp, t) == node)
+            .collect()
+    };
+    wait_for(Duration::from_secs(60), "every tunnel elected", || {
+        names
+            .iter()
+            .all(|t| !active(&cp, t).is_empty())
+            .then_some(())
+    });
+    let (a, b) = (on("gw-a"), on("gw-b"));
+    assert_eq!(
+        (a.len(), b.len()),
+        (2, 2),
+        "not spread: gw-a {a:?}, gw-b {b:?}"
+    );
+
+    // cordon gw-a: its tunnels move to gw-b, and the Event says why
+    cp.kubectl(["cordon", "gw-a"]).unwrap();
+    wait_for(Duration::from_secs(30), "every tunnel on gw-b", || {
+        (on("gw-b").len() == names.len()).then_some(())
+    });
+    let notes = event_notes(&cp, a[0], "GatewayFailover");
+    assert!(notes.contains("cordoned"), "{notes}");
+    // uncordoned, it takes nothing back (a move tears the tunnel down)
+    cp.kubectl(["uncordon", "gw-a"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(on("gw-b").len(), names.len(), "tunnels moved back to gw-a");
+    // a new tunnel goes to the idle node
+    apply(&cp, &tunnel_yaml("t5", "strait.dev/gateway"));
+    wait_for(Duration::from_secs(30), "t5 on gw-a", || {
+        (active(&cp, "t5") == "gw-a").then_some(())
+    });
+    // cordoned nodes one after the other (a rolling drain): t5 moves to gw-b, and once every
+    // candidate is cordoned the tunnels stay where they are rather than go nowhere
+    cp.kubectl(["cordon", "gw-a"]).unwrap();
+    wait_for(Duration::from_secs(30), "t5 on gw-b", || {
+        (active(&cp, "t5") == "gw-b").then_some(())
+    });
+    cp.kubectl(["cordon", "gw-b"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(active(&cp, "t5"), "gw-b");
+    assert_eq!(on("gw-b").len(), names.len());
+}
+
 fn promtool_check(metrics: &str) {
     let promtool = std::path::Path::new("/usr/bin/promtool");
     assert!(

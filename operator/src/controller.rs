@@ -7,7 +7,7 @@
 //! field manager `strait-operator` — only when they changed, and never `gateways[]`, whose entries
 //! belong to the agents.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::caches::{Cache, CacheSync};
 use crate::conditions::{self, Situation};
 use crate::daemonset::{self, AgentTemplate};
 use crate::diagnosis::{self, Diagnosis, Problem};
-use crate::election::elect;
+use crate::election::{Candidate, elect};
 use crate::error::{Error, Fault};
 use crate::metrics::{Metrics, READY_STATUSES};
 
@@ -147,6 +147,8 @@ struct Context {
     /// Which of the three caches hold a complete list; wait on this, never on a store.
     caches: CacheSync,
     ready_by_tunnel: Mutex<BTreeMap<String, String>>,
+    /// The active gateway this operator last elected for each tunnel (spreading, [`elect`]).
+    assigned: Mutex<BTreeMap<String, String>>,
     last_daemonset: Mutex<Option<(String, Instant)>>,
     sight: Arc<Mutex<ApiSight>>,
 }
@@ -220,6 +222,7 @@ pub async fn run(
         tunnels,
         caches,
         ready_by_tunnel: Mutex::new(BTreeMap::new()),
+        assigned: Mutex::new(BTreeMap::new()),
         last_daemonset: Mutex::new(None),
         sight,
     });
@@ -358,8 +361,12 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
             )),
         ),
         Some(Ok(sel)) => {
-            let e = ctx.elect(&sel, previous.as_deref(), now);
+            let e = ctx.elect(&name, &sel, previous.as_deref(), now);
             let e = ctx.confirm_expiry(e, previous.as_deref(), &sel, now).await;
+            if let (Some(kept), Ok(mut a)) = (&e.active, ctx.assigned.lock()) {
+                // the previous gateway kept the tunnel after all
+                a.insert(name.clone(), kept.clone());
+            }
             (Some((e, sel)), None)
         }
     };
@@ -478,6 +485,9 @@ async fn cleanup(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
     if let Ok(mut m) = ctx.ready_by_tunnel.lock() {
         m.remove(&name);
     }
+    if let Ok(mut a) = ctx.assigned.lock() {
+        a.remove(&name);
+    }
     ctx.update_tunnel_gauges();
     ctx.sync_daemonset(Some(&name)).await?;
     Ok(Action::await_change())
@@ -491,9 +501,22 @@ fn sorted(c: &[Condition]) -> Vec<&Condition> {
 }
 
 impl Context {
-    fn elect(&self, sel: &Selector, previous: Option<&str>, now: Timestamp) -> Election {
+    fn elect(
+        &self,
+        tunnel: &str,
+        sel: &Selector,
+        previous: Option<&str>,
+        now: Timestamp,
+    ) -> Election {
+        // held until this choice is recorded: tunnels reconciled at once see each other's
+        let mut assigned = self
+            .assigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let load = self.gateway_load(tunnel, &assigned);
         let mut matching = Vec::new();
         let mut alive: BTreeMap<String, Timestamp> = BTreeMap::new();
+        let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
         for node in self.nodes.state() {
             if node.metadata.deletion_timestamp.is_some() || !sel.matches(node.labels()) {
                 continue;
@@ -507,11 +530,20 @@ impl Context {
                 .get(&lease_ref)
                 .and_then(|l| heartbeat::expires_at(&l));
             if let Some(exp) = expires.filter(|exp| *exp > now) {
+                let c = Candidate {
+                    cordoned: cordoned(&node),
+                    load: load.get(&node_name).copied().unwrap_or(0),
+                };
+                candidates.insert(node_name.clone(), c);
                 alive.insert(node_name, exp);
             }
         }
-        let candidates: BTreeSet<String> = alive.keys().cloned().collect();
         let active = elect(previous, &candidates);
+        match &active {
+            Some(n) => assigned.insert(tunnel.to_owned(), n.clone()),
+            None => assigned.remove(tunnel),
+        };
+        drop(assigned);
         matching.sort();
         Election {
             active_expires: active.as_ref().and_then(|a| alive.get(a).copied()),
@@ -519,6 +551,31 @@ impl Context {
             matching_nodes: matching.len(),
             matching,
         }
+    }
+
+    /// How many tunnels other than `tunnel` each node is the active gateway of: this
+    /// operator's own recent choices first (the cache lags its status writes, and tunnels
+    /// applied together are reconciled together), then the cached status.
+    fn gateway_load(
+        &self,
+        tunnel: &str,
+        assigned: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, usize> {
+        let mut load: BTreeMap<String, usize> = BTreeMap::new();
+        for t in self.tunnels.state() {
+            let name = t.name_any();
+            if name == tunnel || t.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let node = assigned
+                .get(&name)
+                .cloned()
+                .or_else(|| t.status.as_ref().and_then(|s| s.active_gateway.clone()));
+            if let Some(n) = node {
+                *load.entry(n).or_default() += 1;
+            }
+        }
+        load
     }
 
     /// The current gateway `previous` lost the election: if only because its heartbeat looks
@@ -535,9 +592,12 @@ impl Context {
         let Some(prev) = previous.filter(|p| e.active.as_deref() != Some(*p)) else {
             return e;
         };
-        // a node removed, being deleted or deselected loses the role at once
+        // a node removed, being deleted, deselected or cordoned loses the role at once
         match self.nodes.get(&ObjectRef::new(prev)) {
-            Some(n) if n.metadata.deletion_timestamp.is_none() && sel.matches(n.labels()) => {}
+            Some(n)
+                if n.metadata.deletion_timestamp.is_none()
+                    && sel.matches(n.labels())
+                    && !cordoned(&n) => {}
             _ => return e,
         }
         let lease_ref =
@@ -643,6 +703,9 @@ impl Context {
             }
             Some(n) if !sel.matches(n.labels()) => {
                 format!("node {node} no longer matches spec.gateway.nodeSelector")
+            }
+            Some(n) if cordoned(&n) => {
+                format!("node {node} is cordoned (spec.unschedulable): another gateway took over")
             }
             Some(_) => format!("the agent on {node} stopped renewing its heartbeat Lease"),
         }
@@ -875,6 +938,15 @@ fn ready_event(old: &[Condition], new: &[Condition]) -> Option<(EventType, Strin
         }
         _ => None,
     }
+}
+
+/// Whether `node` is cordoned (`kubectl cordon`, or drained): not elected while another
+/// candidate is not.
+fn cordoned(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
