@@ -45,7 +45,8 @@ kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 # Paths kubelet and the CNI library use whatever their configuration says (device-plugin socket,
 # container log symlinks, CNI result cache). Each node bind-mounts a directory of its own over them
 # in its mount namespace; on the host they exist only as empty mount points while nodes run.
-HOST_FIXED_DIRS="/var/lib/kubelet /var/lib/cni /var/log/containers"
+# /run/strait-agent is the chart's agent.stateDir: each node's agents keep their own IKE state.
+HOST_FIXED_DIRS="/var/lib/kubelet /var/lib/cni /var/log/containers /run/strait-agent"
 
 node_ip() { echo "198.51.100.$((241 + $1))"; }
 
@@ -158,7 +159,15 @@ spawn() { # name log cmd...
 	shift 2
 	mkdir -p "$NODES_DIR/pids"
 	setsid "$@" </dev/null >"$logf" 2>&1 &
-	echo $! >"$NODES_DIR/pids/$name"
+	local pid=$! i
+	echo "$pid" >"$NODES_DIR/pids/$name"
+	# until the child has exec'd, its command line is this shell's, which `ours` does not
+	# recognise: a check right after the spawn took a starting node for an exited one
+	for ((i = 0; i < 100; i++)); do
+		ours "$pid" && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.02
+	done
 }
 
 # A recorded pid is only signalled while it is still ours (after a crash it may have been reused):
@@ -269,6 +278,9 @@ node_up() { # index (1, 2, ...)
 	nlog "node $name: $ip, state in $d"
 	mkdir -p "$d"/{pki,containerd,cni/net.d,cni/ipam,pod-logs,kubelet,sysctl,volume-plugins} "$SHIM_ROOT/$name"
 	local p
+	# /run is tmpfs on a real node: what the agents saved there is gone at reboot, like the
+	# kernel SAs it belongs to (node_down removed this node's network namespace)
+	rm -rf "$d/host/run"
 	for p in $HOST_FIXED_DIRS; do
 		mkdir -p "$d/host$p"
 		if [ ! -e "$p" ]; then

@@ -1,7 +1,8 @@
 //! The chart on real kubelets: `helm install` on the node tier's two kubelet nodes (containerd,
 //! runc, kube-proxy, the images built by `e2e/setup/images.sh`), tunnels to a strongSwan remote
-//! site, failover by killing the active agent's pod and by stopping its node, `helm upgrade`, and
-//! `helm uninstall` leaving nothing behind. The host kernel has no ESP, so the agents run with
+//! site, restarts in place by deleting the active agent's pod (the replacement resumes the saved
+//! IKE state), failover by stopping its node, a rolling `helm upgrade` that renegotiates nothing,
+//! and `helm uninstall` leaving nothing behind. The host kernel has no ESP, so the agents run with
 //! `--dataplane none` (they negotiate IKE and CHILD SAs and install nothing).
 //!
 //! Needs `e2e/setup/install.sh` and `e2e/setup/images.sh`; run by e2e/test.sh's `nodes` tier:
@@ -339,24 +340,55 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Kills the active gateway's agent pod (`kubectl delete pod`: SIGTERM, as a rollout or an
-/// eviction does) and returns the seconds until the tunnel is Ready on the other node.
-fn kill_active_pod(k: &NodeCluster, tunnel: &str) -> (f64, String, String) {
-    let from = active(&status(k, tunnel)).expect("an active gateway");
-    let pod = agent_pod_on(k, &from).expect("the active node's agent pod");
+/// charon's IKE SA of each tunnel, by unique id: a renegotiation (a new IKE_SA_INIT) or a
+/// reauthentication gives a new one.
+fn ike_ids(charon: &Charon, tunnels: &[&str]) -> Vec<(String, u32)> {
+    let sas = charon.list_sas().unwrap();
+    tunnels
+        .iter()
+        .map(|t| {
+            let ike = sas
+                .ike(t)
+                .unwrap_or_else(|| panic!("charon has no IKE SA {t}:\n{}", sas.raw));
+            assert_eq!(ike.state, "ESTABLISHED", "{}", sas.raw);
+            ((*t).to_owned(), ike.unique_id)
+        })
+        .collect()
+}
+
+/// What a restart of the active gateway's agent pod did.
+struct Restart {
+    /// Seconds from the deletion until the replacement pod was Ready.
+    secs: f64,
+    node: String,
+    /// Whether Ready went False, or the active gateway changed, while it was replaced.
+    down_seen: bool,
+}
+
+/// Deletes the active gateway's agent pod (`kubectl delete pod`: SIGTERM, as a rollout does) and
+/// waits for the DaemonSet's replacement on the same node to be Ready.
+fn restart_active_pod(k: &NodeCluster, tunnel: &str) -> Restart {
+    let node = active(&status(k, tunnel)).expect("an active gateway");
+    let pod = agent_pod_on(k, &node).expect("the active node's agent pod");
     let t0 = Instant::now();
     k.ns_kubectl(&["delete", "pod", &pod, "--wait=false"])
         .unwrap();
-    let to = wait_for(
+    let mut down_seen = false;
+    wait_for(
         k,
-        &format!("{tunnel} Ready on a node other than {from}"),
-        Duration::from_secs(60),
+        &format!("a new agent pod Ready on {node}"),
+        Duration::from_secs(90),
         || {
             let s = status(k, tunnel);
-            (ready(&s) && active(&s).is_some_and(|a| a != from)).then(|| active(&s).unwrap())
+            down_seen |= !ready(&s) || active(&s).as_deref() != Some(node.as_str());
+            agent_pod_on(k, &node).filter(|p| *p != pod)
         },
     );
-    (t0.elapsed().as_secs_f64(), from, to)
+    Restart {
+        secs: t0.elapsed().as_secs_f64(),
+        node,
+        down_seen,
+    }
 }
 
 #[test]
@@ -503,28 +535,54 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         "the PSK leaked into a log, event or object"
     );
 
-    // ---- failover: kill the active agent's pod, 5 times -------------------------------------
+    // ---- restarts: delete the active agent's pod, 3 times: the replacement resumes --------
+    // (agent.stateDir: the IKE state outlives the pod; no renegotiation, no failover)
+    let both = [PSK_TUNNEL, CERT_TUNNEL];
     let mut times = Vec::new();
-    for round in 1..=5 {
-        let (secs, from, to) = kill_active_pod(&k, PSK_TUNNEL);
-        eprintln!("failover {round}: agent pod on {from} deleted, Ready on {to} after {secs:.2} s");
-        times.push(secs);
-        // the DaemonSet brings the pod back, so the next round has somewhere to go
-        wait_for(
-            &k,
-            &format!("the agent pod on {from} back"),
-            Duration::from_secs(90),
-            || agent_pod_on(&k, &from),
+    for round in 1..=3 {
+        let before = ike_ids(&charon, &both);
+        let r = restart_active_pod(&k, PSK_TUNNEL);
+        // the resumed IKE SA answers charon: a DPD from charon proves it (liveness)
+        let after = ike_ids(&charon, &both);
+        assert_eq!(
+            before,
+            after,
+            "round {round}: charon's IKE SAs were renegotiated across the restart\n{}",
+            dump(&k)
         );
+        assert!(
+            !r.down_seen,
+            "round {round}: Ready went False or the gateway moved during the restart\n{}",
+            dump(&k)
+        );
+        let pod = agent_pod_on(&k, &r.node).unwrap();
+        let logs = k
+            .ns_kubectl(&["logs", &pod, "-c", "agent"])
+            .unwrap_or_default();
+        for t in both {
+            assert!(
+                logs.lines()
+                    .any(|l| l.contains("resumed saved IKE state") && l.contains(t)),
+                "round {round}: {pod} did not resume {t}:\n{logs}"
+            );
+        }
+        let sas = charon.list_sas().unwrap();
+        for t in both {
+            assert_agree(&sas, t, &exec_status(&k, &pod, t));
+        }
+        eprintln!(
+            "restart {round}: agent pod on {} deleted, replacement Ready after {:.2} s; \
+             charon's IKE SAs {after:?} unchanged, Ready stayed True",
+            r.node, r.secs
+        );
+        times.push(r.secs);
     }
     eprintln!(
-        "failover by pod deletion: p50 {:.2} s (min {:.2}, max {:.2}) over {} rounds",
-        median(times.clone()),
-        times.iter().copied().fold(f64::INFINITY, f64::min),
-        times.iter().copied().fold(0.0, f64::max),
-        times.len()
+        "restart by pod deletion: replacement Ready p50 {:.2} s over {} rounds, 0 renegotiations",
+        median(times),
+        3
     );
-    wait_ready(&k, &[PSK_TUNNEL, CERT_TUNNEL], 90);
+    wait_ready(&k, &both, 30);
 
     // ---- helm upgrade to a new image: pods roll, the tunnels come back -----------------------
     for n in [NODE1, NODE2] {
@@ -551,6 +609,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         }
     }
     let old_pods = agent_pods(&k);
+    let ike_before = ike_ids(&charon, &both);
     let t = Instant::now();
     let chart = nodes::chart();
     let agent_args = format!("agent.extraArgs={AGENT_ARGS}");
@@ -597,6 +656,18 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         "helm upgrade: pods rolled and both tunnels Ready {:.1} s after the upgrade began; \
          Ready went False on the way: {down_seen}",
         t.elapsed().as_secs_f64()
+    );
+    // a rolling upgrade of the agents is a restart: the same IKE SAs, never not Ready
+    assert_eq!(
+        ike_before,
+        ike_ids(&charon, &both),
+        "the agents' rolling upgrade renegotiated\n{}",
+        dump(&k)
+    );
+    assert!(
+        !down_seen,
+        "Ready went False during the upgrade\n{}",
+        dump(&k)
     );
 
     // ---- helm uninstall with the tunnels still there: nothing of Strait is left -------------
