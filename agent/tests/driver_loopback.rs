@@ -419,6 +419,25 @@ async fn a_restarted_agent_resumes_its_ike_sa_and_the_peer_never_notices() {
                     .collect::<Vec<_>>()
             };
             assert_eq!(spis(t), spis(&before));
+            // the status shows when the SAs were established, not when the agent restarted
+            // (saved to the millisecond; the API's Time has seconds)
+            let ms = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+                t.as_ref().map(|t| t.0.as_millisecond())
+            };
+            assert!(before.gateway.established_at.is_some());
+            assert_eq!(
+                ms(&t.gateway.established_at),
+                ms(&before.gateway.established_at)
+            );
+            let when = |t: &strait_agent::status::TunnelStatus| {
+                t.gateway
+                    .child_sas
+                    .iter()
+                    .map(|c| ms(&c.established_at))
+                    .collect::<Vec<_>>()
+            };
+            assert!(when(&before).iter().all(Option::is_some), "{before:#?}");
+            assert_eq!(when(t), when(&before));
             let sb = b.status().await;
             assert_eq!(sb.tunnels[0].gateway.ike_spis, before.gateway.ike_spis);
             // established once, before the restart

@@ -473,7 +473,13 @@ impl<D: Dataplane> Driver<D> {
             Ok((peer, role)) => {
                 t.started(peer, role);
                 self.by_peer.insert(peer, name.clone());
-                let resumed = saved.take().is_some_and(|s| self.resume(&name, peer, &s));
+                let resumed = match saved.take() {
+                    Some(s) => {
+                        t.resumed_times = Some(s.times.clone());
+                        self.resume(&name, peer, &s)
+                    }
+                    None => false,
+                };
                 if resumed {
                     // the resumed IKE SA carries on: nothing to initiate
                 } else if role == Role::Start {
@@ -541,7 +547,13 @@ impl<D: Dataplane> Driver<D> {
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     state
-                        .store(&t.def.name, t.index, &t.digest, s.as_bytes())
+                        .store(
+                            &t.def.name,
+                            t.index,
+                            &t.digest,
+                            &t.established_times(),
+                            s.as_bytes(),
+                        )
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = result {
@@ -662,6 +674,9 @@ impl<D: Dataplane> Driver<D> {
                         remote_addr,
                     };
                     let took = t.on_ike_up(up, Instant::now());
+                    if resumed {
+                        t.on_ike_resumed();
+                    }
                     // a resumed SA was not negotiated now: no handshake to count
                     if let Some(m) = metrics.as_ref().filter(|_| !resumed) {
                         m.handshakes.with_label_values(&["success", "none"]).inc();

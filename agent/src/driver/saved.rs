@@ -17,7 +17,8 @@ use zeroize::Zeroizing;
 use crate::spec::TunnelDef;
 
 const MAGIC: &[u8; 8] = b"STRAITAG";
-const VERSION: u8 = 1;
+/// Version 2 added [`Times`]; version 1 files are still read (without them).
+const VERSION: u8 = 2;
 const SUFFIX: &str = ".ike";
 /// Octets of a tunnel definition's digest.
 pub(crate) const DIGEST_LEN: usize = 32;
@@ -30,8 +31,55 @@ pub(crate) struct Saved {
     pub index: u32,
     /// [`digest`] of its definition then.
     pub digest: [u8; DIGEST_LEN],
+    /// When its SAs were established.
+    pub times: Times,
     /// `strait_ike::Endpoint::save`'s bytes.
     pub ike: Zeroizing<Vec<u8>>,
+}
+
+/// When a tunnel's SAs were established (unix milliseconds), which strait-ike's saved form does
+/// not carry: a resumed tunnel shows them again instead of the time of the restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Times {
+    /// The IKE SA's.
+    pub ike: Option<i64>,
+    /// Each CHILD SA's, by its inbound SPI as the status spells it.
+    pub children: Vec<(String, i64)>,
+}
+
+impl Times {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ike.unwrap_or(i64::MIN).to_be_bytes());
+        let children: Vec<&(String, i64)> = self
+            .children
+            .iter()
+            .filter(|(spi, _)| spi.len() <= usize::from(u8::MAX))
+            .take(usize::from(u8::MAX))
+            .collect();
+        out.push(u8::try_from(children.len()).unwrap_or(u8::MAX));
+        for (spi, ms) in children {
+            out.push(u8::try_from(spi.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(spi.as_bytes());
+            out.extend_from_slice(&ms.to_be_bytes());
+        }
+    }
+
+    fn decode(rest: &[u8]) -> Result<(Self, &[u8]), &'static str> {
+        let (ike, mut rest) = rest.split_first_chunk::<8>().ok_or("truncated")?;
+        let ike = Some(i64::from_be_bytes(*ike)).filter(|ms| *ms != i64::MIN);
+        let (&n, r) = rest.split_first().ok_or("truncated")?;
+        rest = r;
+        let mut children = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let (&len, r) = rest.split_first().ok_or("truncated")?;
+            let (spi, r) = r.split_at_checked(usize::from(len)).ok_or("truncated")?;
+            let (ms, r) = r.split_first_chunk::<8>().ok_or("truncated")?;
+            let spi = String::from_utf8(spi.to_vec()).map_err(|_| "an SPI not in UTF-8")?;
+            children.push((spi, i64::from_be_bytes(*ms)));
+            rest = r;
+        }
+        Ok((Self { ike, children }, rest))
+    }
 }
 
 impl core::fmt::Debug for Saved {
@@ -106,6 +154,7 @@ impl StateDir {
         tunnel: &str,
         index: u32,
         digest: &[u8; DIGEST_LEN],
+        times: &Times,
         ike: &[u8],
     ) -> std::io::Result<()> {
         let name = tunnel.as_bytes();
@@ -120,6 +169,7 @@ impl StateDir {
         buf.extend_from_slice(name);
         buf.extend_from_slice(&index.to_be_bytes());
         buf.extend_from_slice(digest);
+        times.encode(&mut buf);
         buf.extend_from_slice(ike);
         let path = self.path(tunnel);
         let tmp = path.with_extension("tmp");
@@ -216,9 +266,9 @@ fn read(path: &Path) -> Result<Option<Saved>, String> {
         .strip_prefix(MAGIC.as_slice())
         .ok_or("not a saved-state file (wrong magic)")?;
     let (&version, rest) = rest.split_first().ok_or("truncated")?;
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(format!(
-            "saved by format version {version}, this agent reads {VERSION}"
+            "saved by format version {version}, this agent reads 1 to {VERSION}"
         ));
     }
     let (len, rest) = rest.split_first_chunk::<2>().ok_or("truncated")?;
@@ -227,11 +277,17 @@ fn read(path: &Path) -> Result<Option<Saved>, String> {
         .ok_or("truncated")?;
     let name = String::from_utf8(name.to_vec()).map_err(|_| "a tunnel name not in UTF-8")?;
     let (index, rest) = rest.split_first_chunk::<4>().ok_or("truncated")?;
-    let (digest, ike) = rest.split_first_chunk::<DIGEST_LEN>().ok_or("truncated")?;
+    let (digest, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or("truncated")?;
+    let (times, ike) = if version == 1 {
+        (Times::default(), rest)
+    } else {
+        Times::decode(rest)?
+    };
     Ok(Some(Saved {
         name,
         index: u32::from_be_bytes(*index),
         digest: *digest,
+        times,
         ike: Zeroizing::new(ike.to_vec()),
     }))
 }
@@ -249,16 +305,47 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert!(s.load("t1").unwrap().is_none());
-        s.store("t1", 7, &[3; DIGEST_LEN], b"ike bytes").unwrap();
+        let times = Times {
+            ike: Some(1_796_000_000_123),
+            children: vec![("c0ffee01".into(), 1_796_000_000_456), ("beef".into(), -1)],
+        };
+        s.store("t1", 7, &[3; DIGEST_LEN], &times, b"ike bytes")
+            .unwrap();
         assert_eq!(mode(&dir.join("t1.ike")), 0o600);
         let got = s.load("t1").unwrap().unwrap();
         assert_eq!(
-            (got.index, got.digest, &got.ike[..]),
-            (7, [3; DIGEST_LEN], &b"ike bytes"[..])
+            (got.index, got.digest, &got.times, &got.ike[..]),
+            (7, [3; DIGEST_LEN], &times, &b"ike bytes"[..])
         );
         // replaced, not appended
-        s.store("t1", 8, &[4; DIGEST_LEN], b"newer").unwrap();
-        assert_eq!(&s.load("t1").unwrap().unwrap().ike[..], b"newer");
+        s.store("t1", 8, &[4; DIGEST_LEN], &Times::default(), b"newer")
+            .unwrap();
+        let got = s.load("t1").unwrap().unwrap();
+        assert_eq!(
+            (&got.times, &got.ike[..]),
+            (&Times::default(), &b"newer"[..])
+        );
+        // a version 1 file (before the times) is still read
+        let mut v1 = b"STRAITAG\x01\x00\x02v1".to_vec();
+        v1.extend_from_slice(&9u32.to_be_bytes());
+        v1.extend_from_slice(&[5; DIGEST_LEN]);
+        v1.extend_from_slice(b"old ike");
+        std::fs::write(dir.join("v1.ike"), &v1).unwrap();
+        let got = s.load("v1").unwrap().unwrap();
+        assert_eq!(
+            (got.index, &got.times, &got.ike[..]),
+            (9, &Times::default(), &b"old ike"[..])
+        );
+        s.remove("v1");
+        // times cut short are refused, not misread as IKE bytes
+        let mut cut = b"STRAITAG\x02\x00\x02v2".to_vec();
+        cut.extend_from_slice(&9u32.to_be_bytes());
+        cut.extend_from_slice(&[5; DIGEST_LEN]);
+        cut.extend_from_slice(&1i64.to_be_bytes());
+        cut.extend_from_slice(&[3, 8]);
+        std::fs::write(dir.join("v2.ike"), &cut).unwrap();
+        assert!(s.load("v2").unwrap_err().contains("truncated"));
+        s.remove("v2");
 
         std::fs::write(dir.join("t2.ike"), b"garbage").unwrap();
         assert!(s.load("t2").unwrap_err().contains("wrong magic"));
@@ -269,7 +356,8 @@ mod tests {
         // another tunnel's file under this name
         std::fs::copy(dir.join("t1.ike"), dir.join("t5.ike")).unwrap();
         assert!(s.load("t5").unwrap_err().contains("another tunnel"));
-        s.store("../evil/x", 1, &[0; DIGEST_LEN], b"x").unwrap();
+        s.store("../evil/x", 1, &[0; DIGEST_LEN], &Times::default(), b"x")
+            .unwrap();
 
         // all at once: the good ones by name; the refused ones removed
         let all = s.load_all();
@@ -281,7 +369,8 @@ mod tests {
         }
 
         // a name that is no plain file name stays inside the directory
-        s.store("../evil/x", 1, &[0; DIGEST_LEN], b"x").unwrap();
+        s.store("../evil/x", 1, &[0; DIGEST_LEN], &Times::default(), b"x")
+            .unwrap();
         assert!(s.load("../evil/x").unwrap().is_some());
         assert!(!tmp.path().join("evil").exists());
 

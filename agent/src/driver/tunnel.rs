@@ -44,6 +44,9 @@ pub(crate) struct Tunnel {
     backoff: Duration,
     /// When we sent the first IKE_SA_INIT of the handshake under way (for its duration).
     initiated_at: Option<Instant>,
+    /// When the SAs of resumed saved state were established (shown instead of the restart's
+    /// time).
+    pub(crate) resumed_times: Option<super::saved::Times>,
 }
 
 /// An IKE SA that came up, as the endpoint reported it.
@@ -68,6 +71,12 @@ pub(crate) struct Down {
 
 fn now_time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn time_from_ms(ms: i64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(Time)
 }
 
 fn time_in(d: Duration) -> Option<Time> {
@@ -111,6 +120,7 @@ impl Tunnel {
             retry_at: None,
             backoff: RETRY_MIN,
             initiated_at: None,
+            resumed_times: None,
         }
     }
 
@@ -238,18 +248,43 @@ impl Tunnel {
         self.refresh();
     }
 
-    /// A CHILD SA of a resumed IKE SA is ours again (made by an earlier agent: when is not
-    /// known).
+    /// A CHILD SA of a resumed IKE SA is ours again (made by an earlier agent, at the time it
+    /// saved, if it did).
     pub(crate) fn on_child_resumed(&mut self, sa: &strait_ike::ChildSaResumed) {
-        let st = child_status(
+        let mut st = child_status(
             (sa.spi_in, sa.spi_out),
             esp_name(sa.encr, sa.integ),
             (&sa.local_ts, &sa.remote_ts),
             sa.encapsulation.is_some(),
             sa.lifetimes.soft,
         );
+        st.established_at = self.resumed_times.as_ref().and_then(|t| {
+            let ms = t.children.iter().find(|(spi, _)| *spi == st.spi_in)?.1;
+            time_from_ms(ms)
+        });
         self.children.insert(sa.child, st);
         self.refresh();
+    }
+
+    /// A resumed IKE SA is up: it keeps the time the earlier agent saw it established.
+    pub(crate) fn on_ike_resumed(&mut self) {
+        if let Some(ms) = self.resumed_times.as_ref().and_then(|t| t.ike) {
+            self.status.gateway.established_at =
+                time_from_ms(ms).or(self.status.gateway.established_at.take());
+        }
+    }
+
+    /// When the IKE SA and the CHILD SAs the status shows were established, for saving.
+    pub(crate) fn established_times(&self) -> super::saved::Times {
+        let ms = |t: &Time| t.0.as_millisecond();
+        super::saved::Times {
+            ike: self.status.gateway.established_at.as_ref().map(ms),
+            children: self
+                .children
+                .values()
+                .filter_map(|c| Some((c.spi_in.clone(), ms(c.established_at.as_ref()?))))
+                .collect(),
+        }
     }
 
     /// The data plane could not take a CHILD SA.
