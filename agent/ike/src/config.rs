@@ -341,6 +341,10 @@ pub enum ConfigError {
     /// trust anchor.
     #[error("unusable certificate, private key or CA")]
     InvalidCertificate,
+    /// A change that an existing tunnel cannot take in place ([`crate::Endpoint::reauthenticate`]):
+    /// another remote address or role.
+    #[error("a new remote address or role needs the tunnel removed and added again")]
+    NotInPlace,
 }
 
 impl PeerConfig {

@@ -65,6 +65,9 @@ struct Peer {
     cfg: Arc<PeerConfig>,
     /// Re-creating its CHILD SA when its IKE SA has none ([`children`]).
     recovery: children::Recovery,
+    /// The IKE SA of a make-before-break reauthentication under way
+    /// ([`Endpoint::reauthenticate`]): once it has a CHILD SA the tunnel's other IKE SAs go.
+    reauth: Option<SaId>,
 }
 
 /// What every transition borrows from the endpoint, besides the SA itself and the SPI table:
@@ -239,9 +242,100 @@ impl Endpoint {
             Peer {
                 cfg: Arc::new(cfg),
                 recovery: children::Recovery::default(),
+                reauth: None,
             },
         );
         Ok(id)
+    }
+
+    /// Gives a tunnel a new configuration (typically new credentials: a changed PSK, a renewed
+    /// certificate) without tearing it down. Its IKE SAs keep theirs; every new negotiation
+    /// uses the new one. A tunnel that initiates ([`Role::Start`], or [`Role::OnTraffic`] with an
+    /// IKE SA up) reauthenticates at once, make-before-break as strongSwan's
+    /// `make_before_break` does: a new IKE SA with its CHILD SA is negotiated beside the old
+    /// ones (without INITIAL_CONTACT, so the peer keeps them meanwhile), and once the new
+    /// CHILD SA is installed the older IKE SAs are deleted (DELETE sent). If the new IKE SA
+    /// fails, the old ones stay, and a later call tries again. A tunnel that only responds
+    /// keeps its SAs; the peer's next authentication meets the new configuration.
+    ///
+    /// Returns whether a reauthentication was started.
+    ///
+    /// # Errors
+    /// The configuration is unusable, or changes the remote address or the role (remove the
+    /// tunnel and add it again for that); the tunnel is left as it was.
+    pub fn reauthenticate(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        cfg: PeerConfig,
+    ) -> Result<bool, ConfigError> {
+        cfg.validate()?;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Ok(false);
+        };
+        if remote_key(&cfg) != remote_key(&p.cfg) || cfg.role != p.cfg.role {
+            return Err(ConfigError::NotInPlace);
+        }
+        let role = cfg.role;
+        p.cfg = Arc::new(cfg);
+        let up = matches!(self.tunnel_children(peer), children::Children::Up);
+        let initiates = role == crate::Role::Start || (role == crate::Role::OnTraffic && up);
+        if !initiates {
+            return Ok(false);
+        }
+        let before = self.last_sa;
+        self.initiate(now, peer);
+        // the SA `initiate` inserted, unless it could not start
+        let new = self
+            .sas
+            .range(SaId(before.wrapping_add(1))..)
+            .find(|(_, sa)| sa.common.peer == peer && matches!(sa.state, State::InitSent(_)))
+            .map(|(id, _)| *id);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.reauth = new;
+        }
+        Ok(new.is_some())
+    }
+
+    /// Completes or abandons tunnel `peer`'s reauthentication after one of its SAs changed;
+    /// whether older SAs were deleted.
+    fn maintain_reauth(&mut self, now: Instant, peer: PeerId) -> bool {
+        let Some(new) = self.peers.get(&peer).and_then(|p| p.reauth) else {
+            return false;
+        };
+        let done = match self.sas.get(&new).map(|sa| &sa.state) {
+            Some(State::Established(e)) => e.has_child(),
+            Some(State::InitSent(_) | State::AuthSent(_)) => false,
+            // failed, or gone: the old SAs carry on
+            _ => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.reauth = None;
+                }
+                return false;
+            }
+        };
+        if !done {
+            return false;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.reauth = None;
+        }
+        let older: Vec<SaId> = self
+            .index
+            .of_peer(peer)
+            .into_iter()
+            .filter(|id| *id != new)
+            .filter(|id| {
+                self.sas
+                    .get(id)
+                    .is_some_and(|sa| sa.established().is_some())
+            })
+            .collect();
+        let any = !older.is_empty();
+        for id in older {
+            self.with_sa(now, id, established::delete_locally);
+        }
+        any
     }
 
     /// Starts an IKE SA (with its first CHILD SA) to a configured peer. Unknown peers are
@@ -674,10 +768,17 @@ impl Endpoint {
                 self.by_init.remove(&key);
             }
         }
+        let mut replaced = false;
         for peer in &tunnels {
+            replaced |= self.maintain_reauth(now, *peer);
             self.maintain_children(now, *peer);
         }
         self.changed.extend(tunnels);
+        if replaced {
+            // the older SAs' deletions changed them: settle those too (once: the
+            // reauthentication is over)
+            self.settle(now);
+        }
     }
 
     fn send_stateless(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {

@@ -1,0 +1,136 @@
+//! Make-before-break reauthentication (`Endpoint::reauthenticate`): new credentials bring a new
+//! IKE SA and CHILD SA up beside the old ones, and only then are the old ones deleted, so a
+//! rotated PSK or certificate costs no packet (#15).
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+mod util;
+
+use std::time::Duration;
+
+use strait_ike::AuthConfig;
+use strait_ike::codec::ExchangeType;
+use strait_ike::crypto::keys::SecretBytes;
+use strait_ike::{ConfigError, Event, PeerConfig, Reason, Role};
+use util::{Pair, config_a, mirror};
+
+fn with_psk(cfg: &PeerConfig, psk: &[u8]) -> PeerConfig {
+    PeerConfig {
+        auth: AuthConfig::Psk(SecretBytes::from_slice(psk)),
+        ..cfg.clone()
+    }
+}
+
+/// Index in `ev` of the first event `f` matches.
+fn first(ev: &[(std::time::Instant, Event)], f: impl Fn(&Event) -> bool) -> Option<usize> {
+    ev.iter().position(|(_, e)| f(e))
+}
+
+fn up_pair() -> (Pair, PeerConfig) {
+    let a = config_a();
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::ups(&p.ev_a), 1);
+    (p, a)
+}
+
+#[test]
+fn new_credentials_bring_a_new_ike_sa_up_before_the_old_one_goes() {
+    let (mut p, a) = up_pair();
+    let old_child = Pair::installs(&p.ev_a)[0].clone();
+    let init_before = p
+        .exchanges()
+        .iter()
+        .filter(|x| x.1 == ExchangeType::IKE_SA_INIT)
+        .count();
+    // the peer learns the new PSK first (it only responds: nothing is sent), then we rotate
+    let now = p.now;
+    let rotated = with_psk(&a, b"the new pre-shared key");
+    assert!(!p.b.reauthenticate(now, p.b_peer, mirror(&rotated)).unwrap());
+    assert!(p.b.poll_transmit().is_none(), "a responder reauthenticated");
+    assert!(p.a.reauthenticate(now, p.a_peer, rotated).unwrap());
+    p.run_for(Duration::from_secs(5));
+
+    // a second handshake, authenticated with the new PSK (the old one no longer matches B)
+    let inits = p
+        .exchanges()
+        .iter()
+        .filter(|x| x.1 == ExchangeType::IKE_SA_INIT)
+        .count();
+    assert!(inits > init_before, "no new IKE_SA_INIT");
+    assert_eq!(Pair::ups(&p.ev_a), 2);
+    assert_eq!(Pair::ups(&p.ev_b), 2);
+    let installs = Pair::installs(&p.ev_a);
+    assert_eq!(installs.len(), 2, "{installs:?}");
+    assert_ne!(installs[1].spi_in, old_child.spi_in);
+    // make before break: the new CHILD SA is in before the old one is deleted, on both sides
+    for ev in [&p.ev_a, &p.ev_b] {
+        let installs: Vec<usize> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, e))| matches!(e, Event::ChildSaInstall(_)))
+            .map(|(i, _)| i)
+            .collect();
+        let deleted = first(ev, |e| matches!(e, Event::ChildSaDelete { .. })).unwrap();
+        assert!(
+            installs[1] < deleted,
+            "old CHILD SA deleted before the new one was in"
+        );
+    }
+    // the old IKE SA was deleted by us, not replaced by an INITIAL_CONTACT at B
+    let a_downs: Vec<Reason> = Pair::downs(&p.ev_a).into_iter().map(|d| d.1).collect();
+    let b_downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
+    assert_eq!(a_downs, vec![Reason::DeletedLocally]);
+    assert_eq!(b_downs, vec![Reason::DeletedByPeer]);
+    assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+}
+
+#[test]
+fn a_reauthentication_that_fails_leaves_the_old_sa_in_use() {
+    let (mut p, a) = up_pair();
+    let now = p.now;
+    // B still has the old PSK: the new IKE SA fails AUTH
+    assert!(
+        p.a.reauthenticate(now, p.a_peer, with_psk(&a, b"a key B does not know"))
+            .unwrap()
+    );
+    p.run_for(Duration::from_secs(5));
+    let failed: Vec<Reason> = Pair::downs(&p.ev_a).into_iter().map(|d| d.1).collect();
+    assert_eq!(failed, vec![Reason::AuthenticationFailed]);
+    assert_eq!(Pair::child_deletes(&p.ev_a), 0, "the old CHILD SA went");
+    assert_eq!(p.a.ike_sa_count(), 1);
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+    // the right key next time: replaced as usual
+    let now = p.now;
+    assert!(p.a.reauthenticate(now, p.a_peer, a.clone()).unwrap());
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(Pair::ups(&p.ev_a), 2);
+    assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+    assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
+}
+
+#[test]
+fn a_new_role_or_remote_address_is_not_taken_in_place() {
+    let (mut p, a) = up_pair();
+    let now = p.now;
+    let respond = PeerConfig {
+        role: Role::Respond,
+        ..a.clone()
+    };
+    assert!(matches!(
+        p.a.reauthenticate(now, p.a_peer, respond),
+        Err(ConfigError::NotInPlace)
+    ));
+    let elsewhere = PeerConfig {
+        remote_addr: util::addr("198.51.100.9", 500),
+        ..a
+    };
+    assert!(matches!(
+        p.a.reauthenticate(now, p.a_peer, elsewhere),
+        Err(ConfigError::NotInPlace)
+    ));
+    assert!(p.a.poll_transmit().is_none());
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+}
