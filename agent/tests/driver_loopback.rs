@@ -468,3 +468,74 @@ async fn a_restarted_agent_resumes_its_ike_sa_and_the_peer_never_notices() {
     .await
     .expect("timed out");
 }
+
+#[tokio::test]
+async fn a_rotated_psk_reauthenticates_without_the_tunnel_going_down() {
+    let (pa, pb) = (26_300u16, 26_400u16);
+    let (a, a_run) = driver(pa, vec![a_side(pa, pb, b"rotate-old")]);
+    let (b, b_run) = driver(pb, vec![b_side(pb, pa, "respond", b"rotate-old")]);
+    let test = async {
+        let up = |s: &AgentStatus| s.tunnels.first().is_some_and(|t| t.ready);
+        let before = a.wait("a up", up).await.tunnels[0].clone();
+        b.wait("b up", up).await;
+        // the responder takes the new PSK in place: no handshake, nothing torn down
+        b.cmd
+            .send(Command::Reload(vec![b_side(
+                pb,
+                pa,
+                "respond",
+                b"rotate-new",
+            )]))
+            .await
+            .unwrap();
+        let sb = b.status().await;
+        assert!(sb.tunnels[0].ready);
+        assert_eq!(sb.tunnels[0].gateway.ike_spis, before.gateway.ike_spis);
+        // the initiator reauthenticates: a new IKE SA (with the new PSK, which is all B
+        // accepts now), and the old one goes only after the new CHILD SA is in
+        a.cmd
+            .send(Command::Reload(vec![a_side(pa, pb, b"rotate-new")]))
+            .await
+            .unwrap();
+        let mut ready_throughout = true;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let s = a.status().await;
+            let t = &s.tunnels[0];
+            ready_throughout &= t.ready;
+            if t.gateway.ike_spis != before.gateway.ike_spis && t.ready {
+                break t.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reauthentication: {t:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(
+            ready_throughout,
+            "the tunnel was not Ready during the rotation"
+        );
+        assert_ne!(
+            after.gateway.child_sas[0].spi_in,
+            before.gateway.child_sas[0].spi_in
+        );
+        // B ends with the same single IKE SA, never down on the way
+        let sb = b
+            .wait("b on the new IKE SA", |s| {
+                s.tunnels[0].gateway.ike_spis == after.gateway.ike_spis
+                    && s.tunnels[0].gateway.child_sas.len() == 1
+            })
+            .await;
+        assert!(sb.tunnels[0].ready);
+        assert!(sb.tunnels[0].gateway.last_error.is_none(), "{sb:#?}");
+        let sa = a
+            .wait("a with one CHILD SA", |s| {
+                s.tunnels[0].gateway.child_sas.len() == 1
+            })
+            .await;
+        assert!(sa.tunnels[0].gateway.last_error.is_none(), "{sa:#?}");
+        shutdown([&a, &b]).await;
+    };
+    run_pair(a_run, b_run, test).await;
+}

@@ -323,6 +323,55 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
             "key material in the {what}"
         );
     }
+
+    // cert-manager renews the certificate with a new key (here a P-384 one, so that charon's
+    // log tells which key signed): the tunnel reauthenticates make-before-break, Ready all along
+    let sas = charon.list_sas().unwrap();
+    let old_id = sas.ike(TUNNEL).unwrap().unique_id;
+    let renewed = pki
+        .issue("dc1-renewed", LOCAL_ID, KeyType::Ecdsa(384))
+        .expect("the renewed cert");
+    let secret = cp
+        .kubectl([
+            "create",
+            "secret",
+            "tls",
+            "dc1-tls",
+            "-n",
+            NS,
+            &format!("--cert={}", path(&renewed.cert)),
+            &format!("--key={}", path(&renewed.key)),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+        .unwrap();
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret).unwrap();
+    let renewed_at = Instant::now();
+    let mut ready_throughout = true;
+    let new_id = wait_for(Duration::from_secs(30), "a new IKE SA at charon", || {
+        ready_throughout &= ready(&cp, TUNNEL).starts_with("True/");
+        let sas = charon.list_sas().ok()?;
+        let ike = sas.ike(TUNNEL)?;
+        (sas.ike_sas.len() == 1 && ike.unique_id != old_id && !ike.children.is_empty())
+            .then_some(ike.unique_id)
+    });
+    assert!(ready_throughout, "Ready went False during the renewal");
+    assert!(
+        charon.log().contains("ECDSA_WITH_SHA384_DER successful"),
+        "the new IKE SA was not signed with the renewed key:\n{}",
+        charon.log()
+    );
+    assert!(
+        agent.log().contains("credentials changed"),
+        "{}",
+        agent.log()
+    );
+    println!(
+        "certificate renewed: IKE SA #{old_id} replaced by #{new_id} {:.1} s after the Secret \
+         changed, Ready throughout",
+        renewed_at.elapsed().as_secs_f64()
+    );
 }
 
 /// The agent's pod in the restart test: an API object only (no kubelet runs it), held by a

@@ -305,7 +305,7 @@ impl Controller {
                 match self.running.get(name) {
                     None => tracing::info!(tunnel = %name, "active here: starting"),
                     Some(old) if old != p => {
-                        tracing::info!(tunnel = %name, "spec or Secret changed: restarting");
+                        tracing::info!(tunnel = %name, "spec or Secret changed");
                     }
                     Some(_) => {}
                 }

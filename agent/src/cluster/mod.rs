@@ -7,7 +7,8 @@
 //!   same spec → peer mapping ([`crate::spec`]) and the same driver as standalone mode;
 //! - writes its own `status.gateways[]` entry with server-side apply under `strait-agent/<node>`,
 //!   on change and at most once per `--status-interval` per tunnel;
-//! - a changed spec or Secret restarts that tunnel; losing the active role or a deletion removes
+//! - a changed spec restarts that tunnel, a changed Secret alone reauthenticates it in place
+//!   (make-before-break, [`crate::driver`]); losing the active role or a deletion removes
 //!   it from the driver (DELETE to the peer, kernel objects removed) and then clears the entry;
 //! - on SIGTERM with `--state-dir`, when its pod is being deleted while the agent DaemonSet stays
 //!   (a rolling update, `kubectl delete pod`), it stops for a restart: SAs, kernel objects and

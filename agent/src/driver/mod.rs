@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use strait_crds::contract::StatusReason;
-use strait_ike::{ChildSaInstall, Endpoint, EndpointConfig, Event, PeerId, Role};
+use strait_ike::{ChildSaInstall, Endpoint, EndpointConfig, Event, PeerConfig, PeerId, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::{Dataplane, KernelEvent};
@@ -418,6 +418,18 @@ impl<D: Dataplane> Driver<D> {
                 incoming.remove(&name);
                 continue;
             }
+            let rotate = match (incoming.get(&name), self.tunnels.get(&name)) {
+                (Some(new), Some(old)) => new.only_secrets_differ(&old.def),
+                _ => false,
+            };
+            if rotate && let Some(new) = incoming.remove(&name) {
+                match self.rotate(new) {
+                    None => continue,
+                    Some(new) => {
+                        incoming.insert(name.clone(), new);
+                    }
+                }
+            }
             let removed = self.tunnels.remove(&name);
             if let Some(state) = &self.state {
                 state.remove(&name);
@@ -562,25 +574,69 @@ impl<D: Dataplane> Driver<D> {
         }
     }
 
-    async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
-        let mut cfg = t.def.peer.as_ref().map_err(Clone::clone)?.clone();
+    /// The endpoint's configuration for `def` as this driver runs it, and a note for the
+    /// status when it differs from what the spec asks.
+    fn peer_config(&self, def: &TunnelDef) -> Result<(PeerConfig, Option<String>), TunnelError> {
+        let mut cfg = def.peer.as_ref().map_err(Clone::clone)?.clone();
+        let mut note = None;
         if cfg.role == Role::OnTraffic && !self.dp.supports_on_traffic() {
             cfg.role = Role::Respond;
-            t.status.notes.push(format!(
+            note = Some(format!(
                 "initiation onTraffic needs kernel trap policies, which the {} data plane \
                  does not have; this tunnel only responds",
                 self.dp.kind().as_str()
             ));
         }
+        if let Some(f) = self.lifetime_scale {
+            crate::spec::scale_lifetimes(&mut cfg, f, TEST_MIN_HARD_MARGIN);
+        }
+        Ok((cfg, note))
+    }
+
+    /// A running tunnel's credentials changed (its spec did not): the endpoint reauthenticates
+    /// make-before-break instead of a restart. The definition back if the tunnel could not
+    /// take it (then restart it).
+    fn rotate(&mut self, def: TunnelDef) -> Option<TunnelDef> {
+        let Some(peer) = self.tunnels.get(&def.name).and_then(|t| t.peer) else {
+            return Some(def);
+        };
+        let Ok((cfg, _)) = self.peer_config(&def) else {
+            return Some(def);
+        };
+        match self.endpoint.reauthenticate(Instant::now(), peer, cfg) {
+            Ok(started) => {
+                tracing::info!(
+                    tunnel = %def.name,
+                    reauthenticating = started,
+                    "credentials changed: {}",
+                    if started {
+                        "a new IKE SA comes up beside the old one, which goes once it is in"
+                    } else {
+                        "used from the peer's next authentication (this tunnel only responds)"
+                    }
+                );
+                if let Some(t) = self.tunnels.get_mut(&def.name) {
+                    t.digest = saved::digest(&def);
+                    t.def = def;
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %def.name, error = %e, "credentials changed, not in place: restarting the tunnel");
+                Some(def)
+            }
+        }
+    }
+
+    async fn start_tunnel(&mut self, t: &mut Tunnel) -> Result<(PeerId, Role), TunnelError> {
+        let (cfg, note) = self.peer_config(&t.def)?;
+        t.status.notes.extend(note);
         // Fail closed first: whatever happens next (no socket, no ESP in the kernel, no peer),
         // the tunnel's traffic is blocked or trapped, never sent in clear, until it is removed.
         self.dp.guard(t.index, &cfg, t.def.spec.mtu).await?;
         self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
         let role = cfg.role;
-        if let Some(f) = self.lifetime_scale {
-            crate::spec::scale_lifetimes(&mut cfg, f, TEST_MIN_HARD_MARGIN);
-        }
         let peer = self
             .endpoint
             .add_peer(cfg)

@@ -202,7 +202,21 @@ impl Tunnel {
         }
         let current = self.current.is_none_or(|c| c == spis);
         if !current || reason == Reason::Replaced {
-            tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
+            if reason.fault() != strait_ike::Fault::Peer {
+                tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
+            } else {
+                // another IKE SA than the one in use failed: a reauthentication with new
+                // credentials the peer does not take (yet). The tunnel carries on; say why.
+                tracing::warn!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "a new IKE SA failed; the established one carries on");
+                self.status.gateway.last_error = Some(LastError::now(
+                    reason.as_str(),
+                    format!(
+                        "a new IKE SA (reauthentication) failed: {}; the established IKE SA \
+                         carries on",
+                        reason_message(reason)
+                    ),
+                ));
+            }
             return out;
         }
         tracing::warn!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "IKE SA down");
@@ -523,6 +537,16 @@ auth: {psk: {secretRef: {name: s, key: psk}}}
         // a rekey of an SA we no longer describe changes nothing
         assert!(!t.on_ike_rekeyed(spis(9), spis(10), &choice()));
         assert_eq!(t.status.gateway.ike_spis, Some(spis_string(&spis(5))));
+        assert!(t.status.gateway.last_error.is_none());
+        // a reauthentication the peer refuses: still up, and the status says why
+        let d = t.on_ike_down(spis(7), Reason::AuthenticationFailed, t0);
+        assert!(t.status.ready && !d.dpd_failure && t.retry_at.is_none());
+        let e = t.status.gateway.last_error.clone().unwrap();
+        assert_eq!(e.reason, "AuthenticationFailed");
+        assert!(e.message.contains("carries on"), "{}", e.message);
+        // the next IKE SA up clears it
+        up(&mut t, spis(8), true, t0);
+        assert!(t.status.gateway.last_error.is_none());
     }
 
     #[test]

@@ -40,6 +40,16 @@ impl TunnelDef {
             && self.notes == other.notes
             && self.peer.is_ok() == other.peer.is_ok()
     }
+
+    /// Whether only what the Secrets hold changed (a rotated PSK, a renewed certificate), both
+    /// versions usable: the tunnel can reauthenticate in place instead of restarting.
+    pub fn only_secrets_differ(&self, other: &TunnelDef) -> bool {
+        self.spec == other.spec
+            && self.notes == other.notes
+            && self.secret_digest != other.secret_digest
+            && self.peer.is_ok()
+            && other.peer.is_ok()
+    }
 }
 
 /// Reads one key of one Secret. The error is a message for a person: it names the Secret and
