@@ -230,6 +230,34 @@ fn real_agent_and_operator_with_the_charts_service_accounts_reach_ready() {
 
     // Deletion: the agent (with its RBAC) clears its entry, the finalizer is released, and the
     // IKE SA is deleted at charon.
+    delete_tunnel(&cp, &agent, &charon);
+}
+
+/// Creates or replaces the `kubernetes.io/tls` Secret `dc1-tls` with `cert`, as cert-manager
+/// writes it.
+fn apply_tls_secret(cp: &ControlPlane, cert: &strait_e2e::strongswan::CertFiles) {
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let secret = cp
+        .kubectl([
+            "create",
+            "secret",
+            "tls",
+            "dc1-tls",
+            "-n",
+            NS,
+            &format!("--cert={}", path(&cert.cert)),
+            &format!("--key={}", path(&cert.key)),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+        .unwrap();
+    cp.kubectl_stdin(["apply", "-f", "-"], &secret).unwrap();
+}
+
+/// `kubectl delete` of the tunnel, waiting for the finalizer, and charon's IKE SA deleted by
+/// the agent.
+fn delete_tunnel(cp: &ControlPlane, agent: &Daemon, charon: &Charon) {
     cp.kubectl([
         "delete",
         "ipsectunnel",
@@ -274,17 +302,7 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
         ..
     } = install(&cfg);
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    cp.kubectl([
-        "create",
-        "secret",
-        "tls",
-        "dc1-tls",
-        "-n",
-        NS,
-        &format!("--cert={}", path(&ours.cert)),
-        &format!("--key={}", path(&ours.key)),
-    ])
-    .unwrap();
+    apply_tls_secret(&cp, &ours);
     cp.kubectl([
         "create",
         "secret",
@@ -331,22 +349,7 @@ fn certificate_tunnel_from_kubernetes_tls_secrets_reaches_ready() {
     let renewed = pki
         .issue("dc1-renewed", LOCAL_ID, KeyType::Ecdsa(384))
         .expect("the renewed cert");
-    let secret = cp
-        .kubectl([
-            "create",
-            "secret",
-            "tls",
-            "dc1-tls",
-            "-n",
-            NS,
-            &format!("--cert={}", path(&renewed.cert)),
-            &format!("--key={}", path(&renewed.key)),
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ])
-        .unwrap();
-    cp.kubectl_stdin(["apply", "-f", "-"], &secret).unwrap();
+    apply_tls_secret(&cp, &renewed);
     let renewed_at = Instant::now();
     let mut ready_throughout = true;
     let new_id = wait_for(Duration::from_secs(30), "a new IKE SA at charon", || {
@@ -580,16 +583,6 @@ fn a_deleted_agent_pod_is_a_restart_that_resumes_and_other_stops_delete() {
         r#"{"metadata":{"finalizers":null}}"#,
     ])
     .unwrap();
-    cp.kubectl([
-        "delete",
-        "ipsectunnel",
-        TUNNEL,
-        "--wait=true",
-        "--timeout=30s",
-    ])
-    .unwrap_or_else(|e| panic!("delete: {e:#}\n{}", agent.log()));
-    wait_for(Duration::from_secs(10), "charon's IKE SA deleted", || {
-        charon.list_sas().ok().filter(|s| s.ike_sas.is_empty())
-    });
+    delete_tunnel(&cp, &agent, &charon);
     agent.terminate(Duration::from_secs(15)).unwrap();
 }

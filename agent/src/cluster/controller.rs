@@ -181,15 +181,7 @@ impl Controller {
                 grace_seconds = grace,
                 "stopping for a restart: IKE state saved, SAs and status entries kept"
             );
-            let (done_tx, done_rx) = oneshot::channel();
-            if self
-                .cmd_tx
-                .send(Command::Shutdown(how, done_tx))
-                .await
-                .is_ok()
-            {
-                let _ = done_rx.await;
-            }
+            self.stop_driver(how).await;
             return Ok(how);
         }
         // Release the heartbeat first: the operator can elect another node while this one
@@ -202,6 +194,19 @@ impl Controller {
             tracing::warn!(error = %e, "could not release the heartbeat Lease");
         }
         tracing::info!("stopping: deleting every IKE SA");
+        self.stop_driver(how).await;
+        let mut names: Vec<String> = self.running.keys().cloned().collect();
+        names.extend(self.writer.tunnels());
+        names.sort();
+        names.dedup();
+        for name in names {
+            self.clear(&name).await;
+        }
+        Ok(how)
+    }
+
+    /// Stops the driver as `how` says and waits until it has.
+    async fn stop_driver(&self, how: Stop) {
         let (done_tx, done_rx) = oneshot::channel();
         if self
             .cmd_tx
@@ -211,14 +216,6 @@ impl Controller {
         {
             let _ = done_rx.await;
         }
-        let mut names: Vec<String> = self.running.keys().cloned().collect();
-        names.extend(self.writer.tunnels());
-        names.sort();
-        names.dedup();
-        for name in names {
-            self.clear(&name).await;
-        }
-        Ok(how)
     }
 
     /// Whether this stop is a restart: with saved state (`--state-dir`), when this agent's pod
