@@ -52,9 +52,14 @@ fn status(cp: &ControlPlane) -> Value {
 }
 
 fn ready(s: &Value) -> (String, String) {
+    condition(s, "Ready")
+}
+
+/// A condition's (status, reason).
+fn condition(s: &Value, type_: &str) -> (String, String) {
     s["conditions"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .map(|c| {
             (
                 c["status"].as_str().unwrap_or_default().to_owned(),
@@ -215,21 +220,27 @@ fn cluster_mode_end_to_end() {
         cp.kubectl(["get", "ipsectunnels", "-o", "wide"]).unwrap()
     );
 
-    // ---- wrong PSK → AuthenticationFailed; fixed → Ready, nothing restarted ----
+    // ---- a wrong PSK: the reauthentication fails, the established SA carries on (Ready,
+    // Degraded AuthenticationFailed); fixed → reauthenticated, Degraded False ----
+    let spis_before = entry(&status(&cp), "gw1").unwrap()["ikeSpis"].clone();
     cp.kubectl_stdin(["apply", "-f", "-"], &secret_yaml("not-the-right-key"))
         .unwrap();
     let t = Instant::now();
     let s = wait_status(
         &cp,
-        "Ready=False AuthenticationFailed",
+        "Degraded AuthenticationFailed, Ready still True",
         Duration::from_secs(60),
         &[&gw1],
-        |s| ready(s) == ("False".into(), "AuthenticationFailed".into()),
+        |s| {
+            condition(s, "Degraded") == ("True".into(), "AuthenticationFailed".into())
+                && ready(s).0 == "True"
+        },
     );
     println!(
-        "wrong PSK -> AuthenticationFailed: {:.2} s",
+        "wrong PSK -> Degraded AuthenticationFailed, still Ready: {:.2} s",
         t.elapsed().as_secs_f64()
     );
+    assert_eq!(entry(&s, "gw1").unwrap()["ikeSpis"], spis_before, "{s:#}");
     let msg = entry(&s, "gw1").unwrap()["lastError"]["message"].to_string();
     assert!(
         !msg.contains("not-the-right-key") && !msg.contains(PSK),
@@ -240,12 +251,19 @@ fn cluster_mode_end_to_end() {
     let t = Instant::now();
     wait_status(
         &cp,
-        "Ready again after the Secret was fixed",
+        "reauthenticated after the Secret was fixed",
         Duration::from_secs(60),
         &[&gw1],
-        |s| ready(s).0 == "True",
+        |s| {
+            ready(s).0 == "True"
+                && condition(s, "Degraded").0 == "False"
+                && entry(s, "gw1").is_some_and(|e| e["ikeSpis"] != spis_before)
+        },
     );
-    println!("Secret fixed -> Ready: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "Secret fixed -> reauthenticated, Degraded False: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // ---- proposal mismatch → NoProposalChosen; restored → Ready ----
     cp.kubectl_stdin(

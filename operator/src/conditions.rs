@@ -151,8 +151,26 @@ fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
     let children = e.child_sas.len();
     if e.is_up() {
         let msg = format!("IKE SA and {children} CHILD SA(s) established on gateway {node}");
+        // up, with an error beside it: a reauthentication (new credentials) the peer refused
+        // while the established SAs carry on
+        let degraded = match &e.last_error {
+            Some(err) => {
+                let reason = if is_valid_reason(&err.reason) {
+                    err.reason.as_str()
+                } else {
+                    "AgentError"
+                };
+                cond(
+                    DEGRADED,
+                    true,
+                    reason,
+                    cap(&format!("gateway {node}: {}", err.message)),
+                )
+            }
+            None => cond(DEGRADED, false, "AsExpected", msg.clone()),
+        };
         return vec![
-            cond(READY, true, "TunnelEstablished", msg.clone()),
+            cond(READY, true, "TunnelEstablished", msg),
             cond(
                 IKE_ESTABLISHED,
                 true,
@@ -165,7 +183,7 @@ fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
                 "ChildSasInstalled",
                 format!("{children} CHILD SA(s) installed on gateway {node}"),
             ),
-            cond(DEGRADED, false, "AsExpected", msg),
+            degraded,
         ];
     }
     if let Some(err) = &e.last_error {
@@ -339,6 +357,35 @@ mod tests {
         });
         assert_eq!(ready(&c), ("TunnelEstablished", true));
         assert!(c.iter().all(|c| c.status != (c.type_ == DEGRADED)));
+    }
+
+    #[test]
+    fn up_with_an_error_beside_it_is_ready_and_degraded() {
+        // the agent's new IKE SA (new credentials) was refused; the established one carries on
+        let e = GatewayStatus {
+            node: "gw".into(),
+            ike_state: Some(IkeState::Established),
+            child_sas: vec![ChildSaStatus::default()],
+            last_error: Some(LastError {
+                reason: "AuthenticationFailed".into(),
+                message: "a new IKE SA (reauthentication) failed".into(),
+                time: None,
+            }),
+            ..GatewayStatus::default()
+        };
+        let c = compute(Situation::Active {
+            node: "gw",
+            entry: Some(&e),
+        });
+        assert_eq!(ready(&c), ("TunnelEstablished", true));
+        let d = c.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert!(d.status);
+        assert_eq!(d.reason, "AuthenticationFailed");
+        assert!(
+            d.message.contains("gateway gw: a new IKE SA"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
