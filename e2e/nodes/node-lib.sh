@@ -159,15 +159,7 @@ spawn() { # name log cmd...
 	shift 2
 	mkdir -p "$NODES_DIR/pids"
 	setsid "$@" </dev/null >"$logf" 2>&1 &
-	local pid=$! i
-	echo "$pid" >"$NODES_DIR/pids/$name"
-	# until the child has exec'd, its command line is this shell's, which `ours` does not
-	# recognise: a check right after the spawn took a starting node for an exited one
-	for ((i = 0; i < 100; i++)); do
-		ours "$pid" && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.02
-	done
+	echo $! >"$NODES_DIR/pids/$name"
 }
 
 # A recorded pid is only signalled while it is still ours (after a crash it may have been reused):
@@ -348,10 +340,19 @@ node_up() { # index (1, 2, ...)
 }
 
 node_wait_ready() { # index timeout: fails early when the node's processes have exited
-	local name="strait-node$1" i pid
+	local name="strait-node$1" i pid gone=0
 	pid="$(cat "$NODES_DIR/pids/$name")"
 	for ((i = 0; i < ${2:-120} * 2; i++)); do
-		ours "$pid" || { nlog "$name: node-run.sh exited"; return 1; }
+		# Exited only when it is not ours twice in a row, 0.5 s apart: while the spawned chain
+		# (setsid, nsenter, unshare, env, bash) execs, its command line reads as this shell's or
+		# empty for a moment, and one such read took a starting node for an exited one (twice
+		# in four tier runs, right after restart-node).
+		if ours "$pid"; then
+			gone=0
+		else
+			gone=$((gone + 1))
+			[ "$gone" -lt 2 ] || { nlog "$name: node-run.sh exited"; return 1; }
+		fi
 		[ "$(kc get node "$name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] &&
 			return 0
 		sleep 0.5
