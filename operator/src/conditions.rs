@@ -154,19 +154,12 @@ fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
         // up, with an error beside it: a reauthentication (new credentials) the peer refused
         // while the established SAs carry on
         let degraded = match &e.last_error {
-            Some(err) => {
-                let reason = if is_valid_reason(&err.reason) {
-                    err.reason.as_str()
-                } else {
-                    "AgentError"
-                };
-                cond(
-                    DEGRADED,
-                    true,
-                    reason,
-                    cap(&format!("gateway {node}: {}", err.message)),
-                )
-            }
+            Some(err) => cond(
+                DEGRADED,
+                true,
+                agent_reason(err),
+                cap(&format!("gateway {node}: {}", err.message)),
+            ),
             None => cond(DEGRADED, false, "AsExpected", msg.clone()),
         };
         return vec![
@@ -187,13 +180,8 @@ fn from_entry(node: &str, e: &GatewayStatus) -> Vec<Cond> {
         ];
     }
     if let Some(err) = &e.last_error {
-        let reason = if is_valid_reason(&err.reason) {
-            err.reason.as_str()
-        } else {
-            "AgentError"
-        };
         let msg = cap(&format!("gateway {node}: {}", err.message));
-        let mut out = all_down(reason, &msg, true);
+        let mut out = all_down(agent_reason(err), &msg, true);
         if ike_up && let Some(c) = out.iter_mut().find(|c| c.type_ == IKE_ESTABLISHED) {
             *c = cond(
                 IKE_ESTABLISHED,
@@ -262,6 +250,15 @@ pub fn ready_status(conditions: &[Condition]) -> &str {
         .iter()
         .find(|c| c.type_ == READY)
         .map_or("Unknown", |c| c.status.as_str())
+}
+
+/// The agent's reason as a condition reason; one that is not valid becomes `AgentError`.
+fn agent_reason(err: &strait_crds::LastError) -> &str {
+    if is_valid_reason(&err.reason) {
+        err.reason.as_str()
+    } else {
+        "AgentError"
+    }
 }
 
 #[cfg(test)]

@@ -282,9 +282,12 @@ impl Tunnel {
 
     /// A resumed IKE SA is up: it keeps the time the earlier agent saw it established.
     pub(crate) fn on_ike_resumed(&mut self) {
-        if let Some(ms) = self.resumed_times.as_ref().and_then(|t| t.ike) {
-            self.status.gateway.established_at =
-                time_from_ms(ms).or(self.status.gateway.established_at.take());
+        if let Some(t) = self
+            .resumed_times
+            .as_ref()
+            .and_then(|t| time_from_ms(t.ike?))
+        {
+            self.status.gateway.established_at = Some(t);
         }
     }
 

@@ -283,14 +283,7 @@ impl Endpoint {
         if !initiates {
             return Ok(false);
         }
-        let before = self.last_sa;
-        self.initiate(now, peer);
-        // the SA `initiate` inserted, unless it could not start
-        let new = self
-            .sas
-            .range(SaId(before.wrapping_add(1))..)
-            .find(|(_, sa)| sa.common.peer == peer && matches!(sa.state, State::InitSent(_)))
-            .map(|(id, _)| *id);
+        let new = self.start_ike_sa(now, peer);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.reauth = new;
         }
@@ -341,9 +334,12 @@ impl Endpoint {
     /// Starts an IKE SA (with its first CHILD SA) to a configured peer. Unknown peers are
     /// ignored.
     pub fn initiate(&mut self, now: Instant, peer: PeerId) {
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
+        self.start_ike_sa(now, peer);
+    }
+
+    /// [`Endpoint::initiate`]: the new SA, unless the peer is unknown or it could not start.
+    fn start_ike_sa(&mut self, now: Instant, peer: PeerId) -> Option<SaId> {
+        let p = self.peers.get(&peer)?;
         let cfg = Arc::clone(&p.cfg);
         // RFC 7296 §2.4: INITIAL_CONTACT says this is the only IKE SA between the two
         // identities, and charon drops every other one with them, whatever the tunnel. So it
@@ -362,21 +358,25 @@ impl Endpoint {
         });
         let mut ctx = self.shared.ctx(now, &self.by_spi);
         let spi = ctx.ike_spi(Side::Initiator);
-        match InitSent::start(&mut ctx, peer, cfg, spi) {
+        let id = match InitSent::start(&mut ctx, peer, cfg, spi) {
             Ok(mut sa) => {
                 sa.common.initial_contact = !others;
-                self.insert_sa(sa);
+                Some(self.insert_sa(sa))
             }
-            Err(reason) => self.shared.events.push_back(Event::IkeSaDown {
-                peer,
-                spis: crate::event::IkeSpis {
-                    initiator: spi,
-                    responder: Spi::ZERO,
-                },
-                reason,
-            }),
-        }
+            Err(reason) => {
+                self.shared.events.push_back(Event::IkeSaDown {
+                    peer,
+                    spis: crate::event::IkeSpis {
+                        initiator: spi,
+                        responder: Spi::ZERO,
+                    },
+                    reason,
+                });
+                None
+            }
+        };
         self.settle(now);
+        id
     }
 
     /// The kernel saw traffic for an `onTraffic` tunnel. With no IKE SA, one is initiated; on
