@@ -50,11 +50,18 @@ impl Loader<'_> {
         Ok(id)
     }
 
-    fn child_ref(&self, saved: u64) -> Result<ChildSaId, ResumeError> {
-        self.children
-            .get(&saved)
-            .copied()
-            .ok_or(ResumeError::Malformed("reference to a CHILD SA not saved"))
+    /// The id a saved reference to a CHILD SA has now. A reference to one that is not saved
+    /// is no error: the running endpoint held it too, for a CHILD SA deleted while a request
+    /// naming it was queued or in flight (the simulator found it), and it gets an id that names
+    /// no CHILD SA here either.
+    fn child_ref(&mut self, saved: u64) -> ChildSaId {
+        if let Some(id) = self.children.get(&saved) {
+            return *id;
+        }
+        *self.next_child = self.next_child.wrapping_add(1);
+        let id = ChildSaId(*self.next_child);
+        self.children.insert(saved, id);
+        id
     }
 }
 
@@ -282,12 +289,12 @@ fn get_kind_unmapped(i: &mut In<'_>) -> Result<RequestKind, ResumeError> {
     })
 }
 
-fn remap_kind(k: &mut RequestKind, l: &Loader<'_>) -> Result<(), ResumeError> {
+fn remap_kind(k: &mut RequestKind, l: &mut Loader<'_>) -> Result<(), ResumeError> {
     match k {
         // Only an SA being set up sends these.
         RequestKind::Init | RequestKind::Auth => Err(ResumeError::Malformed("request kind")),
         RequestKind::RekeyChild { old, .. } => {
-            *old = l.child_ref(old.0)?;
+            *old = l.child_ref(old.0);
             Ok(())
         }
         _ => Ok(()),
@@ -479,14 +486,11 @@ fn get_established(
             let old = ChildSaId(i.u64("CHILD SA rekey")?);
             Ok((old, get_offer(i)?, get_nonces(i, "CHILD SA rekey")?))
         })?
-        .map(|(old, offer, collision)| {
-            l.child_ref(old.0).map(|old| ChildRekeyOut {
-                old,
-                offer,
-                collision,
-            })
-        })
-        .transpose()?;
+        .map(|(old, offer, collision)| ChildRekeyOut {
+            old: l.child_ref(old.0),
+            offer,
+            collision,
+        });
     e.child_create = i
         .opt("CHILD SA creation", |i| {
             let offer = get_offer(i)?;
@@ -499,13 +503,10 @@ fn get_established(
             })?;
             Ok((offer, collision))
         })?
-        .map(|(offer, collision)| {
-            let collision = collision
-                .map(|(id, ni, nr)| l.child_ref(id.0).map(|id| (id, ni, nr)))
-                .transpose()?;
-            Ok::<_, ResumeError>(ChildCreateOut { offer, collision })
-        })
-        .transpose()?;
+        .map(|(offer, collision)| ChildCreateOut {
+            offer,
+            collision: collision.map(|(id, ni, nr)| (l.child_ref(id.0), ni, nr)),
+        });
     e.ike_rekey = i
         .opt("IKE SA rekey", |i| {
             let spi = Spi(i.array("IKE SA rekey")?);
