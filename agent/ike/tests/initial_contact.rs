@@ -65,7 +65,10 @@ fn a_second_tunnel_between_the_same_identities_sends_no_initial_contact() {
     let mut p = Pair::new(a.clone(), mirror(&a));
     p.initiate();
     p.run_for(Duration::from_secs(1));
-    let second = p.a.add_peer(a).unwrap();
+    // another subnet of A's, inside what B's tunnel accepts (B narrows to it)
+    let mut a2 = a.clone();
+    a2.local_ts = vec![util::net("10.1.5.0/24")];
+    let second = p.a.add_peer(a2).unwrap();
     let now = p.now;
     p.a.initiate(now, second);
     p.run_for(Duration::from_secs(1));
@@ -85,8 +88,11 @@ fn initial_contact_replaces_the_same_identities_sas_in_other_tunnels_too() {
     let mut p = Pair::new(a.clone(), b.clone());
     p.initiate();
     p.run_for(Duration::from_secs(1));
-    // B's second tunnel to A, between the same identities, started by B
-    let b2 = p.b.add_peer(b).unwrap();
+    // B's second tunnel to A, between the same identities, for another subnet of B's inside
+    // what A's tunnel accepts, started by B
+    let mut b2 = b.clone();
+    b2.local_ts = vec![util::net("10.2.5.0/24")];
+    let b2 = p.b.add_peer(b2).unwrap();
     let now = p.now;
     p.b.initiate(now, b2);
     p.run_for(Duration::from_secs(1));
@@ -103,7 +109,16 @@ fn initial_contact_replaces_the_same_identities_sas_in_other_tunnels_too() {
     p.run_for(Duration::from_millis(500));
     let downs = Pair::downs(&p.ev_b);
     assert_eq!(downs.len(), 2, "{downs:?}");
-    assert!(downs.iter().all(|d| d.1 == Reason::Replaced), "{downs:?}");
+    // The one the new SA replaces, and the other tunnel's, which nothing replaces: reported as
+    // deleted by the peer so that a tunnel that starts itself comes up again (the simulator
+    // found it stayed down when this said Replaced too).
+    let mut reasons: Vec<Reason> = downs.iter().map(|d| d.1).collect();
+    reasons.sort_by_key(|r| r.as_str());
+    assert_eq!(
+        reasons,
+        [Reason::DeletedByPeer, Reason::Replaced],
+        "{downs:?}"
+    );
 }
 
 /// Review I-6: a responder with several tunnels for one peer address picks the tunnel by the
@@ -142,4 +157,56 @@ fn the_responder_picks_the_tunnel_by_the_initiator_s_identity() {
     assert_eq!(downs, vec![Reason::AuthenticationFailed]);
     assert_eq!(p.b.children(p.b_peer).len(), 1);
     assert_eq!(p.b.children(b2).len(), 1);
+}
+
+/// Both ends start the tunnel at the same moment: each initiates, each answers the other, and
+/// neither IKE_AUTH may carry INITIAL_CONTACT (each end already has the other's SA being set
+/// up). The two IKE SAs are duplicates; both ends drop the same one, so one IKE SA with one
+/// CHILD SA is left, the same on both ends (the simulator found both kept for ever).
+#[test]
+fn both_ends_initiating_at_once_keep_one_ike_sa() {
+    let a = config_a();
+    let mut b = mirror(&a);
+    b.role = strait_ike::Role::Start;
+    let mut p = Pair::new(a, b);
+    let now = p.now;
+    p.a.initiate(now, p.a_peer);
+    p.b.initiate(now, p.b_peer);
+    p.run_for(Duration::from_secs(10));
+    assert_eq!((Pair::ups(&p.ev_a), Pair::ups(&p.ev_b)), (2, 2));
+    assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
+    let (ca, cb) = (p.a.children(p.a_peer), p.b.children(p.b_peer));
+    assert_eq!((ca.len(), cb.len()), (1, 1));
+    // the same survivor: A's inbound SA is B's outbound one
+    let installed = |ev: &[(std::time::Instant, strait_ike::Event)]| {
+        Pair::installs(ev)
+            .into_iter()
+            .map(|i| (i.spi_in, i.spi_out))
+            .collect::<Vec<_>>()
+    };
+    let deleted = |ev: &[(std::time::Instant, strait_ike::Event)]| {
+        ev.iter()
+            .filter_map(|(_, e)| match e {
+                strait_ike::Event::ChildSaDelete { spi_in, .. } => Some(*spi_in),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let live_a: Vec<_> = installed(&p.ev_a)
+        .into_iter()
+        .filter(|(i, _)| !deleted(&p.ev_a).contains(i))
+        .collect();
+    let live_b: Vec<_> = installed(&p.ev_b)
+        .into_iter()
+        .filter(|(i, _)| !deleted(&p.ev_b).contains(i))
+        .collect();
+    assert_eq!(live_a.len(), 1, "{live_a:?}");
+    assert_eq!(live_b, vec![(live_a[0].1, live_a[0].0)]);
+    // the dropped SA is reported gone once on each end
+    let downs: Vec<Reason> = Pair::downs(&p.ev_a)
+        .into_iter()
+        .chain(Pair::downs(&p.ev_b))
+        .map(|d| d.1)
+        .collect();
+    assert_eq!(downs.len(), 2, "{downs:?}");
 }

@@ -35,8 +35,12 @@ pub(crate) struct Tunnel {
     pub(crate) peer: Option<PeerId>,
     /// Who initiates, as started (onTraffic falls back to respond without traps).
     pub(crate) role: Option<Role>,
-    /// The IKE SA the status describes.
+    /// The IKE SA the status describes: the newest of `up`.
     current: Option<IkeSpis>,
+    /// Every established IKE SA of the tunnel, oldest first. Mostly one; two for a moment
+    /// while a reauthentication or duplicate resolution (both ends initiated at once) drops
+    /// one, and then the tunnel is not down when the one the status shows goes.
+    up: Vec<UpSa>,
     pub(crate) status: TunnelStatus,
     children: BTreeMap<ChildSaId, ChildSaStatus>,
     /// When to initiate again, after a failure.
@@ -58,6 +62,17 @@ pub(crate) struct IkeUp<'a> {
     pub(crate) initiator: bool,
     pub(crate) local_addr: std::net::SocketAddr,
     pub(crate) remote_addr: std::net::SocketAddr,
+}
+
+/// What the status shows of an established IKE SA.
+#[derive(Debug, Clone)]
+struct UpSa {
+    spis: IkeSpis,
+    proposal: String,
+    local: String,
+    remote: String,
+    nat: bool,
+    initiator: bool,
 }
 
 /// What an IKE SA going down meant, for the metrics.
@@ -115,6 +130,7 @@ impl Tunnel {
             peer: None,
             role: None,
             current: None,
+            up: Vec::new(),
             status,
             children: BTreeMap::new(),
             retry_at: None,
@@ -154,17 +170,21 @@ impl Tunnel {
     /// An IKE SA is established. Returns how long the handshake took, when we initiated it.
     pub(crate) fn on_ike_up(&mut self, up: IkeUp<'_>, now: Instant) -> Option<Duration> {
         let started = self.initiated_at.take();
+        let sa = UpSa {
+            spis: up.spis,
+            proposal: ike_choice_name(up.proposal),
+            local: up.local_addr.to_string(),
+            remote: up.remote_addr.to_string(),
+            nat: up.nat.local_behind_nat || up.nat.remote_behind_nat,
+            initiator: up.initiator,
+        };
+        self.up.retain(|u| u.spis != up.spis);
+        self.up.push(sa.clone());
+        self.show(&sa);
         let g = &mut self.status.gateway;
         g.ike_state = Some(IkeState::Established);
-        g.ike_proposal = Some(ike_choice_name(up.proposal));
-        g.ike_spis = Some(spis_string(&up.spis));
-        g.local_endpoint = Some(up.local_addr.to_string());
-        g.remote_endpoint = Some(up.remote_addr.to_string());
-        g.nat_detected = Some(up.nat.local_behind_nat || up.nat.remote_behind_nat);
         g.established_at = Some(now_time());
         g.last_error = None;
-        self.status.initiator = Some(up.initiator);
-        self.current = Some(up.spis);
         self.retry_at = None;
         self.backoff = RETRY_MIN;
         self.refresh();
@@ -180,6 +200,10 @@ impl Tunnel {
         new: IkeSpis,
         proposal: &IkeChoice,
     ) -> bool {
+        for u in self.up.iter_mut().filter(|u| u.spis == old) {
+            u.spis = new;
+            u.proposal = ike_choice_name(proposal);
+        }
         if self.current != Some(old) {
             return false;
         }
@@ -200,7 +224,15 @@ impl Tunnel {
             out.handshake_failed = true;
             self.initiated_at = None;
         }
+        self.up.retain(|u| u.spis != spis);
         let current = self.current.is_none_or(|c| c == spis);
+        if current && let Some(other) = self.up.last().cloned() {
+            // another IKE SA of the tunnel carries it: the status shows that one now
+            tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), carries_on = %spis_string(&other.spis), "IKE SA gone; another of the tunnel carries on");
+            self.show(&other);
+            self.refresh();
+            return out;
+        }
         if !current || reason == Reason::Replaced {
             if reason.fault() != strait_ike::Fault::Peer {
                 tracing::info!(tunnel = %self.def.name, reason = reason.as_str(), spis = %spis_string(&spis), "older IKE SA gone");
@@ -326,6 +358,18 @@ impl Tunnel {
     /// How many CHILD SAs the tunnel has.
     pub(crate) fn child_count(&self) -> usize {
         self.children.len()
+    }
+
+    /// The status describes `sa` (it becomes the current IKE SA).
+    fn show(&mut self, sa: &UpSa) {
+        let g = &mut self.status.gateway;
+        g.ike_proposal = Some(sa.proposal.clone());
+        g.ike_spis = Some(spis_string(&sa.spis));
+        g.local_endpoint = Some(sa.local.clone());
+        g.remote_endpoint = Some(sa.remote.clone());
+        g.nat_detected = Some(sa.nat);
+        self.status.initiator = Some(sa.initiator);
+        self.current = Some(sa.spis);
     }
 
     fn refresh(&mut self) {
@@ -466,6 +510,30 @@ auth: {psk: {secretRef: {name: s, key: psk}}}
         assert_eq!(t.status.gateway.child_sas.len(), 1);
         t.on_child_deleted(ChildSaId(1));
         assert!(!t.status.ready);
+    }
+
+    #[test]
+    fn when_one_of_two_ike_sas_goes_the_other_carries_on() {
+        // both ends initiated at once: two IKE SAs, and the endpoint drops one of them
+        let t0 = Instant::now();
+        let mut t = tunnel();
+        t.started(PeerId(0), Role::Start);
+        up(&mut t, spis(1), true, t0);
+        t.on_child_installed(&child(1));
+        up(&mut t, spis(2), false, t0);
+        assert_eq!(t.status.gateway.ike_spis, Some(spis_string(&spis(2))));
+        // the one the status shows goes (here the peer deleted it): no outage, no retry
+        let d = t.on_ike_down(spis(2), Reason::DeletedByPeer, t0);
+        assert_eq!(d, Down::default());
+        assert_eq!(t.retry_at, None);
+        assert!(t.status.ready);
+        assert_eq!(t.status.gateway.ike_state, Some(IkeState::Established));
+        assert_eq!(t.status.gateway.ike_spis, Some(spis_string(&spis(1))));
+        assert_eq!(t.status.initiator, Some(true));
+        // the last one going is an outage as ever
+        t.on_ike_down(spis(1), Reason::PeerUnreachable, t0);
+        assert!(!t.status.ready);
+        assert_eq!(t.retry_at, Some(t0 + RETRY_MIN));
     }
 
     #[test]

@@ -331,6 +331,50 @@ impl Endpoint {
         any
     }
 
+    /// Both ends initiated at once (two `start` tunnels, or two acquires): the tunnel ends up
+    /// with two IKE SAs, one initiated by each end, each with a CHILD SA for the same
+    /// selectors, and would keep both, rekeying each, for ever (the simulator found it). Both
+    /// ends drop the same one, the one with the lower initiator SPI (then responder SPI), as
+    /// soon as they hold both with their CHILD SAs: the choice needs no message, and a Delete
+    /// crossing the peer's own is answered like any other. Two SAs initiated by the same end
+    /// are a reauthentication, which that end finishes itself; nothing is dropped while it or
+    /// an IKE SA rekey is under way. Returns whether one was deleted.
+    fn drop_duplicate(&mut self, now: Instant, peer: PeerId) -> bool {
+        if self.peers.get(&peer).is_none_or(|p| p.reauth.is_some()) {
+            return false;
+        }
+        let mut up: Vec<UpSa<'_>> = Vec::new();
+        for id in self.index.of_peer(peer) {
+            let Some(sa) = self.sas.get(&id) else {
+                continue;
+            };
+            if let State::Established(e) = &sa.state {
+                if e.ike_rekey.is_some() {
+                    return false;
+                }
+                if let (true, Some(ch)) = (e.has_child(), e.children.first()) {
+                    up.push(UpSa {
+                        spis: (sa.common.spi_i.0, sa.common.spi_r.0),
+                        id,
+                        ours: sa.common.initiator,
+                        identity: sa.common.remote_identity.as_ref(),
+                        ts: (&ch.local_ts, &ch.remote_ts),
+                    });
+                }
+            }
+        }
+        up.sort_unstable_by_key(|u| u.spis);
+        let Some(loser) = up
+            .iter()
+            .find(|u| up.iter().any(|o| u.duplicates(o)))
+            .map(|u| u.id)
+        else {
+            return false;
+        };
+        self.with_sa(now, loser, established::delete_locally);
+        true
+    }
+
     /// Starts an IKE SA (with its first CHILD SA) to a configured peer. Unknown peers are
     /// ignored.
     pub fn initiate(&mut self, now: Instant, peer: PeerId) {
@@ -344,18 +388,10 @@ impl Endpoint {
         // RFC 7296 §2.4: INITIAL_CONTACT says this is the only IKE SA between the two
         // identities, and charon drops every other one with them, whatever the tunnel. So it
         // is sent only when no IKE SA of this tunnel, nor one of another tunnel between the
-        // same identities, is up (review I-6: two tunnels to one peer took turns killing
-        // each other). With `%any` as the remote identity any SA from our identity counts:
-        // leaving the notify out is always safe.
-        let others = self.sas.values().any(|s| {
-            s.established().is_some()
-                && (s.common.peer == peer
-                    || (s.common.cfg.local_id == cfg.local_id
-                        && s.common
-                            .remote_identity
-                            .as_ref()
-                            .is_some_and(|r| cfg.remote_id.matches(r))))
-        });
+        // same identities, is up or being set up (review I-6: two tunnels to one peer took
+        // turns killing each other; the simulator found the same with an SA still being set
+        // up). [`Endpoint::settle`] withdraws it if such an SA appears before IKE_AUTH goes.
+        let others = self.sas.values().any(|s| shares_contact(s, peer, &cfg));
         let mut ctx = self.shared.ctx(now, &self.by_spi);
         let spi = ctx.ike_spi(Side::Initiator);
         let id = match InitSent::start(&mut ctx, peer, cfg, spi) {
@@ -698,11 +734,13 @@ impl Endpoint {
     /// tunnel that accepts several peers keeps the others' SAs). Their CHILD SAs are removed
     /// without any message.
     fn replace_older(&mut self, now: Instant, keep: SaId) {
-        let Some((Some(identity), local)) = self
-            .sas
-            .get(&keep)
-            .map(|s| (s.common.remote_identity.clone(), Arc::clone(&s.common.cfg)))
-        else {
+        let Some((Some(identity), local, kept_peer)) = self.sas.get(&keep).map(|s| {
+            (
+                s.common.remote_identity.clone(),
+                Arc::clone(&s.common.cfg),
+                s.common.peer,
+            )
+        }) else {
             return;
         };
         let stale: Vec<SaId> = self
@@ -720,6 +758,13 @@ impl Endpoint {
                 continue;
             };
             let peer = sa.common.peer;
+            // In another tunnel nothing replaces it: the tunnel must come up again on its own
+            // (a tunnel that starts itself re-initiates on DeletedByPeer, not on Replaced).
+            let reason = if peer == kept_peer {
+                Reason::Replaced
+            } else {
+                Reason::DeletedByPeer
+            };
             if let State::Established(e) = &mut sa.state {
                 self.dirty.push(id);
                 for ch in e.children.drain(..) {
@@ -730,7 +775,7 @@ impl Endpoint {
                 self.shared.events.push_back(Event::IkeSaDown {
                     peer,
                     spis: sa.common.spis(),
-                    reason: Reason::Replaced,
+                    reason,
                 });
                 sa.common.win.abandon();
                 sa.state = State::Closing {
@@ -768,9 +813,11 @@ impl Endpoint {
                 self.by_init.remove(&key);
             }
         }
+        self.withdraw_initial_contact();
         let mut replaced = false;
         for peer in &tunnels {
             replaced |= self.maintain_reauth(now, *peer);
+            replaced |= self.drop_duplicate(now, *peer);
             self.maintain_children(now, *peer);
         }
         self.changed.extend(tunnels);
@@ -778,6 +825,30 @@ impl Endpoint {
             // the older SAs' deletions changed them: settle those too (once: the
             // reauthentication is over)
             self.settle(now);
+        }
+    }
+
+    /// An IKE SA of ours that has not yet sent IKE_AUTH drops its INITIAL_CONTACT once another
+    /// SA with the same identities exists: the peer would otherwise take that one for stale.
+    fn withdraw_initial_contact(&mut self) {
+        let pending: Vec<SaId> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.common.initial_contact && matches!(s.state, State::InitSent(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            let Some(sa) = self.sas.get(&id) else {
+                continue;
+            };
+            let (peer, cfg) = (sa.common.peer, Arc::clone(&sa.common.cfg));
+            let others = self
+                .sas
+                .iter()
+                .any(|(other, s)| *other != id && shares_contact(s, peer, &cfg));
+            if others && let Some(sa) = self.sas.get_mut(&id) {
+                sa.common.initial_contact = false;
+            }
         }
     }
 
@@ -796,6 +867,44 @@ impl Endpoint {
             non_esp_marker: natt,
         });
     }
+}
+
+/// An established IKE SA with a CHILD SA, as [`Endpoint::drop_duplicate`] compares them.
+struct UpSa<'a> {
+    spis: ([u8; 8], [u8; 8]),
+    id: SaId,
+    /// We initiated it.
+    ours: bool,
+    identity: Option<&'a crate::codec::Identification>,
+    /// Its first CHILD SA's selectors, ours and the peer's.
+    ts: (&'a [crate::codec::TsRange], &'a [crate::codec::TsRange]),
+}
+
+impl UpSa<'_> {
+    /// Duplicates: one initiated by each end, authenticating the same identity, carrying the
+    /// same selectors (a tunnel that accepts several identities, or whose selectors several
+    /// narrower tunnels of the peer fit in, keeps each).
+    fn duplicates(&self, other: &Self) -> bool {
+        self.ours != other.ours && self.identity == other.identity && self.ts == other.ts
+    }
+}
+
+/// Whether `s` is an IKE SA (up or being set up) of tunnel `peer`, or of another tunnel between
+/// the identities of `cfg`: then a new SA of `peer` must not claim INITIAL_CONTACT. With `%any`
+/// as the remote identity any SA from our identity counts: leaving the notify out is always
+/// safe.
+fn shares_contact(s: &IkeSa, peer: PeerId, cfg: &PeerConfig) -> bool {
+    if matches!(s.state, State::Closing { .. } | State::Gone) {
+        return false;
+    }
+    if s.common.peer == peer {
+        return true;
+    }
+    s.common.cfg.local_id == cfg.local_id
+        && match &s.common.remote_identity {
+            Some(r) => cfg.remote_id.matches(r),
+            None => s.common.cfg.remote_id == cfg.remote_id,
+        }
 }
 
 /// Where [`Endpoint::peers_by_remote`] files a tunnel.
