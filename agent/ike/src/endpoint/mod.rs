@@ -331,19 +331,22 @@ impl Endpoint {
         any
     }
 
-    /// Both ends initiated at once (two `start` tunnels, or two acquires): the tunnel ends up
-    /// with two IKE SAs, one initiated by each end, each with a CHILD SA for the same
-    /// selectors, and would keep both, rekeying each, for ever (the simulator found it). Both
-    /// ends drop the same one, the one with the lower initiator SPI (then responder SPI), as
-    /// soon as they hold both with their CHILD SAs: the choice needs no message, and a Delete
-    /// crossing the peer's own is answered like any other. Two SAs initiated by the same end
-    /// are a reauthentication, which that end finishes itself; nothing is dropped while it or
-    /// an IKE SA rekey is under way. Returns whether one was deleted.
+    /// Both ends initiated at once (two `start` tunnels, or two acquires), or a retry raced a
+    /// slow handshake: the tunnel ends up with two IKE SAs, each with a CHILD SA for the same
+    /// selectors, and would keep both, rekeying each, for ever (the simulator found both). The
+    /// one with the lower initiator SPI (then responder SPI) goes, as soon as an end holds both
+    /// with their CHILD SAs: when one is each end's, both ends drop the same one without a
+    /// message (a Delete crossing the peer's own is answered like any other); when both are
+    /// one end's, that end does. Nothing is dropped while we reauthenticate (our two SAs are
+    /// then on purpose) or an IKE SA rekey is under way. An older SA without a CHILD SA beside
+    /// one with goes too. Returns whether one was deleted.
     fn drop_duplicate(&mut self, now: Instant, peer: PeerId) -> bool {
         if self.peers.get(&peer).is_none_or(|p| p.reauth.is_some()) {
             return false;
         }
         let mut up: Vec<UpSa<'_>> = Vec::new();
+        // Established SAs without a CHILD SA, none coming from us.
+        let mut bare = Vec::new();
         for id in self.index.of_peer(peer) {
             let Some(sa) = self.sas.get(&id) else {
                 continue;
@@ -352,22 +355,36 @@ impl Endpoint {
                 if e.ike_rekey.is_some() {
                     return false;
                 }
-                if let (true, Some(ch)) = (e.has_child(), e.children.first()) {
-                    up.push(UpSa {
+                let installed = e
+                    .children
+                    .iter()
+                    .find(|ch| ch.state == crate::sa::child::ChildState::Installed);
+                match installed {
+                    Some(ch) => up.push(UpSa {
                         spis: (sa.common.spi_i.0, sa.common.spi_r.0),
                         id,
                         ours: sa.common.initiator,
                         identity: sa.common.remote_identity.as_ref(),
                         ts: (&ch.local_ts, &ch.remote_ts),
-                    });
+                    }),
+                    None if !e.creating() => bare.push((id, sa.common.remote_identity.as_ref())),
+                    None => {}
                 }
             }
         }
         up.sort_unstable_by_key(|u| u.spis);
+        // An SA left without a CHILD SA beside a newer one that has one is of no use: one
+        // the peer gave up on while we were gone, say (the simulator found such an SA resumed
+        // after a restart and kept until its rekey time).
+        let stale = bare
+            .iter()
+            .find(|(id, who)| up.iter().any(|u| u.id > *id && u.identity == *who))
+            .map(|(id, _)| *id);
         let Some(loser) = up
             .iter()
             .find(|u| up.iter().any(|o| u.duplicates(o)))
             .map(|u| u.id)
+            .or(stale)
         else {
             return false;
         };
@@ -881,11 +898,15 @@ struct UpSa<'a> {
 }
 
 impl UpSa<'_> {
-    /// Duplicates: one initiated by each end, authenticating the same identity, carrying the
-    /// same selectors (a tunnel that accepts several identities, or whose selectors several
-    /// narrower tunnels of the peer fit in, keeps each).
+    /// Duplicates: two SAs authenticating the same identity and carrying the same selectors (a
+    /// tunnel that accepts several identities, or whose selectors several narrower tunnels of
+    /// the peer fit in, keeps each), at least one of them ours. Two of the peer's are left to
+    /// the peer: it may be reauthenticating.
     fn duplicates(&self, other: &Self) -> bool {
-        self.ours != other.ours && self.identity == other.identity && self.ts == other.ts
+        self.id != other.id
+            && (self.ours || other.ours)
+            && self.identity == other.identity
+            && self.ts == other.ts
     }
 }
 
