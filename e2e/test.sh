@@ -61,7 +61,10 @@ for t in "${tiers[@]}"; do
       # Default members only: the e2e crate is left out on purpose and runs in its own tier.
       step unit cargo test --locked --no-fail-fast
       # Each criterion benchmark once, to keep them working (never judged on a number).
-      step benches cargo test -p strait-ike --benches --locked ;;
+      step benches cargo test -p strait-ike --benches --locked
+      # The deterministic simulator on fresh seeds (printed: a failure replays from its line).
+      step simulation env STRAIT_SIM_SCHEDULES="${STRAIT_SIM_SCHEDULES:-20000}" \
+        cargo test --release --locked -p strait-ike --test simulation -- --nocapture ;;
     e2e)
       # The e2e tests run the real binaries as processes; build them first.
       step build cargo build --locked -p strait-agent -p strait-operator
