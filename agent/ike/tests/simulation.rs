@@ -173,17 +173,36 @@ fn a_scenario_line_parses_back_to_itself() {
             .is_err()
     );
     assert!("seed=1 endpoints=2".parse::<Scenario>().is_err());
+    assert!(
+        "seed=1 endpoints=3 tunnel=0-1:SR:20:30:-:pfs:cert"
+            .parse::<Scenario>()
+            .is_err()
+    );
 }
 
 #[test]
 fn the_same_scenario_runs_the_same_way() {
     // Replay and shrinking rely on it: nothing in a run may depend on the real clock, OS
     // randomness or hash order.
-    let sc = Scenario::from_seed(7);
-    let (a, b) = (run(&sc), run(&sc));
-    assert_ne!(a.coverage.datagrams, 0);
-    assert_eq!(a.trace, b.trace, "{sc}");
-    assert_eq!(a.coverage.datagrams, b.coverage.datagrams);
+    let cert: Scenario = "seed=3 endpoints=2 faults=60 loss=10 dup=2 jitter=100 traffic=1000 \
+                          tunnel=0-1:SS:20:30:5/10:pfs:cert event=restart@20:1:5"
+        .parse()
+        .unwrap();
+    for sc in [Scenario::from_seed(7), cert] {
+        let (a, b) = (run(&sc), run(&sc));
+        assert_ne!(a.coverage.datagrams, 0);
+        assert_eq!(a.trace, b.trace, "{sc}");
+        assert_eq!(a.coverage.datagrams, b.coverage.datagrams);
+        assert!(a.violations.is_empty(), "{sc}: {:?}", a.violations);
+    }
+}
+
+#[test]
+fn certificates_authenticate_both_ways_under_faults() {
+    expect_clean(
+        "seed=5 endpoints=2 faults=120 loss=20 dup=10 jitter=1000 traffic=500 \
+         tunnel=0-1:SR:20:30:-:pfs:cert tunnel=1-0:TT:30:60:5/10:nopfs:cert event=crash@30:0:5",
+    );
 }
 
 #[test]

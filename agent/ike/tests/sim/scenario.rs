@@ -56,6 +56,9 @@ pub struct TunnelSpec {
     pub dpd: Option<(u64, u64)>,
     /// A key exchange in the ESP proposal: PFS on CHILD SA rekeys.
     pub pfs: bool,
+    /// Certificates (RSA one end, ECDSA through an intermediate the other) instead of a PSK;
+    /// their identities are the certificates', so only between two endpoints.
+    pub cert: bool,
 }
 
 /// A process event on one endpoint.
@@ -125,6 +128,7 @@ impl Scenario {
                         .chance(50)
                         .then(|| (r.pick(&[5, 10, 30]), r.pick(&[10, 20, 60]))),
                     pfs: r.chance(50),
+                    cert: endpoints == 2 && r.chance(30),
                 }
             })
             .collect();
@@ -181,6 +185,7 @@ impl Scenario {
         for i in 0..self.tunnels.len() {
             with(&|s| s.tunnels[i].dpd = None);
             with(&|s| s.tunnels[i].pfs = false);
+            with(&|s| s.tunnels[i].cert = false);
             with(&|s| s.tunnels[i].ike_rekey = 600);
             with(&|s| s.tunnels[i].child_rekey = 120);
             with(&|s| s.tunnels[i].role_b = Role::Respond);
@@ -225,7 +230,7 @@ impl fmt::Display for Scenario {
         for t in &self.tunnels {
             write!(
                 f,
-                " tunnel={}-{}:{}{}:{}:{}:{}:{}",
+                " tunnel={}-{}:{}{}:{}:{}:{}:{}{}",
                 t.a,
                 t.b,
                 role_char(t.role_a),
@@ -233,7 +238,8 @@ impl fmt::Display for Scenario {
                 t.child_rekey,
                 t.ike_rekey,
                 t.dpd.map_or("-".to_owned(), |(i, o)| format!("{i}/{o}")),
-                if t.pfs { "pfs" } else { "nopfs" }
+                if t.pfs { "pfs" } else { "nopfs" },
+                if t.cert { ":cert" } else { "" }
             )?;
         }
         for e in &self.events {
@@ -290,8 +296,14 @@ impl FromStr for Scenario {
                 "traffic" => s.traffic_ms = num(v, k)?,
                 "tunnel" => {
                     let p: Vec<&str> = v.split(':').collect();
-                    let [ends, roles, child, ike, dpd, pfs] = p[..] else {
-                        return Err(format!("tunnel {v:?}: want a-b:RR:child:ike:dpd:pfs"));
+                    let (ends, roles, child, ike, dpd, pfs, cert) = match p[..] {
+                        [e, r, c, i, d, p] => (e, r, c, i, d, p, false),
+                        [e, r, c, i, d, p, "cert"] => (e, r, c, i, d, p, true),
+                        _ => {
+                            return Err(format!(
+                                "tunnel {v:?}: want a-b:RR:child:ike:dpd:pfs[:cert]"
+                            ));
+                        }
                     };
                     let (a, b) = ends.split_once('-').ok_or("tunnel ends: want a-b")?;
                     let mut rc = roles.chars();
@@ -310,6 +322,7 @@ impl FromStr for Scenario {
                             Some((i, o)) => Some((num(i, "dpd")?, num(o, "dpd")?)),
                         },
                         pfs: pfs == "pfs",
+                        cert,
                     });
                 }
                 "event" => {
@@ -339,6 +352,9 @@ impl FromStr for Scenario {
             || s.events.iter().any(|e| e.endpoint >= s.endpoints);
         if bad || s.tunnels.is_empty() {
             return Err("a tunnel or event names an endpoint that is not there".into());
+        }
+        if s.endpoints != 2 && s.tunnels.iter().any(|t| t.cert) {
+            return Err("certificate tunnels only between two endpoints".into());
         }
         Ok(s)
     }
