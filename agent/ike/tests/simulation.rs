@@ -145,6 +145,7 @@ fn explore_fresh_schedules() {
             ),
             ("hard expiries", cov.hard_expiries),
             ("peer deletions", cov.down_by_peer),
+            ("IKE fragments", cov.fragments),
         ];
         for (what, count) in reached {
             assert!(count > 0, "{n} schedules exercised no {what}: {cov:?}");

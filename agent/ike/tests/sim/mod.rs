@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strait_ike::codec::{Flags, Header, NAT_KEEPALIVE, TsRange};
+use strait_ike::codec::{Flags, Header, NAT_KEEPALIVE, PayloadType, TsRange};
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
 use strait_ike::{
@@ -79,6 +79,8 @@ pub struct Coverage {
     pub hard_expiries: u64,
     pub datagrams: u64,
     pub lost: u64,
+    pub too_big: u64,
+    pub fragments: u64,
     pub duplicated: u64,
     pub retransmits: u64,
     pub esp_ok: u64,
@@ -113,6 +115,8 @@ impl Coverage {
             hard_expiries,
             datagrams,
             lost,
+            too_big,
+            fragments,
             duplicated,
             retransmits,
             esp_ok,
@@ -600,7 +604,12 @@ impl World {
                 base: 1.5,
                 tries: 3,
             },
-            fragmentation: false,
+            fragmentation: true,
+            fragment_size: if self.sc.mtu == 0 {
+                1280
+            } else {
+                usize::from(self.sc.mtu)
+            },
             nat_keepalive: None,
             ..EndpointConfig::default()
         };
@@ -772,6 +781,9 @@ impl World {
             self.violation(format!("e{n} sent a datagram that is not IKE"));
             return;
         };
+        if w.next_payload == PayloadType::SKF {
+            self.cov.fragments += 1;
+        }
         let h = w.header;
         let response = h.flags.0 & Flags::RESPONSE.0 != 0;
         let key = (n, h.initiator_spi.0, h.responder_spi.0, response);
@@ -791,6 +803,14 @@ impl World {
 
     fn send(&mut self, d: Datagram) {
         self.cov.datagrams += 1;
+        if let Payload::Ike(p) = &d.payload
+            && self.sc.mtu != 0
+            && p.len() + 28 > usize::from(self.sc.mtu)
+        {
+            // too big for the path: gone, as a router would drop it (no PMTU discovery for UDP)
+            self.cov.too_big += 1;
+            return;
+        }
         let since = (self.now - self.t0).as_millis() as u64;
         self.trace = fnv(self.trace, &since.to_be_bytes());
         self.trace = fnv(self.trace, d.to.to_string().as_bytes());

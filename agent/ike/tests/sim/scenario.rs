@@ -95,6 +95,9 @@ pub struct Scenario {
     pub jitter_ms: u64,
     /// Milliseconds between ESP packets each side sends on each tunnel.
     pub traffic_ms: u64,
+    /// The path MTU (IKE datagrams longer than this, IP and UDP headers counted, are dropped)
+    /// and every endpoint's IKE fragment size; 0: no limit, fragment size 1280.
+    pub mtu: u16,
     pub events: Vec<ProcessEvent>,
 }
 
@@ -150,6 +153,7 @@ impl Scenario {
             dup_pct: r.pick(&[0, 0, 2, 10]),
             jitter_ms: r.pick(&[0, 10, 100, 1000]),
             traffic_ms: r.pick(&[500, 1000, 3000]),
+            mtu: r.pick(&[0, 0, 1280, 576]),
             events,
         }
     }
@@ -182,6 +186,7 @@ impl Scenario {
         with(&|s| s.jitter_ms = 0);
         with(&|s| s.fault_secs /= 2);
         with(&|s| s.traffic_ms = 3000);
+        with(&|s| s.mtu = 0);
         for i in 0..self.tunnels.len() {
             with(&|s| s.tunnels[i].dpd = None);
             with(&|s| s.tunnels[i].pfs = false);
@@ -218,14 +223,15 @@ impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} endpoints={} faults={} loss={} dup={} jitter={} traffic={}",
+            "seed={} endpoints={} faults={} loss={} dup={} jitter={} traffic={} mtu={}",
             self.seed,
             self.endpoints,
             self.fault_secs,
             self.loss_pct,
             self.dup_pct,
             self.jitter_ms,
-            self.traffic_ms
+            self.traffic_ms,
+            self.mtu
         )?;
         for t in &self.tunnels {
             write!(
@@ -280,6 +286,7 @@ impl FromStr for Scenario {
             dup_pct: 0,
             jitter_ms: 0,
             traffic_ms: 1000,
+            mtu: 0,
             events: Vec::new(),
         };
         for word in line.split_whitespace() {
@@ -294,6 +301,7 @@ impl FromStr for Scenario {
                 "dup" => s.dup_pct = num(v, k)?,
                 "jitter" => s.jitter_ms = num(v, k)?,
                 "traffic" => s.traffic_ms = num(v, k)?,
+                "mtu" => s.mtu = num(v, k)?,
                 "tunnel" => {
                     let p: Vec<&str> = v.split(':').collect();
                     let (ends, roles, child, ike, dpd, pfs, cert) = match p[..] {
