@@ -129,6 +129,7 @@ fn explore_fresh_schedules() {
             ("IKE SA rekeys", cov.ike_rekeys),
             ("crashes", cov.crashes),
             ("hitless restarts", cov.restarts),
+            ("pauses", cov.pauses),
             ("resumed IKE SAs", cov.ike_resumed),
             ("re-initiations", cov.retries),
             ("acquires", cov.acquires),

@@ -75,6 +75,7 @@ pub struct Coverage {
     pub retries: u64,
     pub acquires: u64,
     pub crashes: u64,
+    pub pauses: u64,
     pub restarts: u64,
     pub hard_expiries: u64,
     pub datagrams: u64,
@@ -111,6 +112,7 @@ impl Coverage {
             retries,
             acquires,
             crashes,
+            pauses,
             restarts,
             hard_expiries,
             datagrams,
@@ -220,6 +222,8 @@ struct Driver {
 
 enum Comeback {
     Crash,
+    /// The same process goes on.
+    Pause,
     /// Saved state per tunnel.
     Restart(BTreeMap<usize, Vec<u8>>),
 }
@@ -232,11 +236,32 @@ struct Node {
     back_at: Option<(Instant, Comeback)>,
     /// The machine is down with it (a crash): the kernel neither sends nor receives.
     crashed: bool,
+    /// The process is stopped: it keeps its state, and what comes in waits in `inbox`.
+    paused: bool,
+    inbox: Vec<Inbox>,
     drivers: BTreeMap<usize, Driver>,
     kernel: Kernel,
     spis: Arc<Mutex<SpiPool>>,
     timeout: Option<Instant>,
 }
+
+/// What waits for a stopped process: datagrams in its socket (a socket buffer's worth), the
+/// kernel's expiry messages.
+enum Inbox {
+    Ike {
+        to: SocketAddr,
+        from: SocketAddr,
+        payload: Vec<u8>,
+    },
+    Expire {
+        peer: PeerId,
+        spi: u32,
+        hard: bool,
+    },
+}
+
+/// Datagrams a stopped process's socket holds; more are dropped.
+const SOCKET_BUFFER: usize = 64;
 
 #[derive(Debug, Clone)]
 enum Payload {
@@ -432,6 +457,8 @@ impl World {
                     generation: 0,
                     back_at: None,
                     crashed: false,
+                    paused: false,
+                    inbox: Vec::new(),
                     drivers: BTreeMap::new(),
                     kernel: Kernel::default(),
                     spis: Arc::new(Mutex::new(SpiPool {
@@ -566,7 +593,7 @@ impl World {
             offer(*at, Step::Deliver);
         }
         for (n, node) in self.nodes.iter().enumerate() {
-            if let (Some(at), Some(_)) = (node.timeout, &node.ep) {
+            if let (Some(at), Some(_), false) = (node.timeout, &node.ep, node.paused) {
                 offer(at, Step::Timeout(n));
             }
             for (spi, sa) in &node.kernel.sas {
@@ -579,7 +606,7 @@ impl World {
                 offer(at, Step::Sweep(n));
             }
             for (t, d) in &node.drivers {
-                if let Some(at) = d.retry_at {
+                if let (Some(at), false) = (d.retry_at, node.paused) {
                     offer(at, Step::Retry(n, *t));
                 }
             }
@@ -663,11 +690,16 @@ impl World {
         self.next_event += 1;
         let e = self.events[i];
         let node = &mut self.nodes[e.endpoint];
-        if node.ep.is_none() {
+        if node.ep.is_none() || node.paused {
             return;
         }
         let back = self.now + secs(e.down);
         match e.kind {
+            Kind::Pause => {
+                self.cov.pauses += 1;
+                node.paused = true;
+                node.back_at = Some((back, Comeback::Pause));
+            }
             Kind::Crash => {
                 self.cov.crashes += 1;
                 let ep = node.ep.take().unwrap();
@@ -712,6 +744,22 @@ impl World {
             return;
         };
         match how {
+            Comeback::Pause => {
+                self.nodes[n].paused = false;
+                for m in core::mem::take(&mut self.nodes[n].inbox) {
+                    let Some(ep) = self.nodes[n].ep.as_mut() else {
+                        return;
+                    };
+                    match m {
+                        Inbox::Ike { to, from, payload } => ep.handle(self.now, to, from, &payload),
+                        Inbox::Expire { peer, spi, hard } => {
+                            ep.expire_child(self.now, peer, EspSpi(spi.to_be_bytes()), hard);
+                        }
+                    }
+                    self.flush(n);
+                }
+                self.flush(n);
+            }
             Comeback::Crash => self.start_process(n, None),
             Comeback::Restart(saved) => self.start_process(n, Some(saved)),
         }
@@ -850,7 +898,21 @@ impl World {
         };
         match d.payload {
             Payload::Ike(p) => {
-                if let Some(ep) = self.nodes[n].ep.as_mut() {
+                let node = &mut self.nodes[n];
+                if node.paused {
+                    let queued = node
+                        .inbox
+                        .iter()
+                        .filter(|m| matches!(m, Inbox::Ike { .. }))
+                        .count();
+                    if queued < SOCKET_BUFFER {
+                        node.inbox.push(Inbox::Ike {
+                            to: d.to,
+                            from: d.from,
+                            payload: p,
+                        });
+                    }
+                } else if let Some(ep) = node.ep.as_mut() {
                     ep.handle(self.now, d.to, d.from, &p);
                     self.flush(n);
                 }
@@ -945,6 +1007,9 @@ impl World {
         }
         d.last_acquire = Some(now);
         let peer = d.peer.unwrap();
+        if self.nodes[n].paused {
+            return;
+        }
         if let Some(ep) = self.nodes[n].ep.as_mut() {
             self.cov.acquires += 1;
             ep.acquire(now, peer);
@@ -973,10 +1038,7 @@ impl World {
         sa.soft_at = None;
         let (tunnel, owned) = (sa.tunnel, sa.child.is_some());
         let peer = self.nodes[n].drivers[&tunnel].peer.unwrap();
-        if let (true, Some(ep)) = (owned, self.nodes[n].ep.as_mut()) {
-            ep.expire_child(self.now, peer, EspSpi(spi.to_be_bytes()), false);
-            self.flush(n);
-        }
+        self.expire(n, owned, peer, spi, false);
     }
 
     fn hard_expiry(&mut self, n: usize, spi: u32) {
@@ -992,8 +1054,21 @@ impl World {
             ));
         }
         let peer = self.nodes[n].drivers[&sa.tunnel].peer.unwrap();
-        if let (Some(_), Some(ep)) = (sa.child, self.nodes[n].ep.as_mut()) {
-            ep.expire_child(self.now, peer, EspSpi(spi.to_be_bytes()), true);
+        self.expire(n, sa.child.is_some(), peer, spi, true);
+    }
+
+    /// The kernel tells the agent of an expiry of one of its SAs (`owned`: of this process's).
+    fn expire(&mut self, n: usize, owned: bool, peer: PeerId, spi: u32, hard: bool) {
+        let node = &mut self.nodes[n];
+        if !owned {
+            return;
+        }
+        if node.paused {
+            node.inbox.push(Inbox::Expire { peer, spi, hard });
+            return;
+        }
+        if let Some(ep) = node.ep.as_mut() {
+            ep.expire_child(self.now, peer, EspSpi(spi.to_be_bytes()), hard);
             self.flush(n);
         }
     }

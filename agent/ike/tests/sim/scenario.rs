@@ -69,6 +69,9 @@ pub enum Kind {
     Crash,
     /// The agent restarts hitlessly: saved state is imported, the kernel keeps its SAs.
     Restart,
+    /// The agent stops (SIGSTOP, a suspended VM) and goes on after `down` seconds: its clock
+    /// jumps, its timers fire late, what queued in its sockets arrives at once.
+    Pause,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +143,7 @@ impl Scenario {
             .map(|_| ProcessEvent {
                 at: r.below(fault_secs),
                 endpoint: r.below(endpoints as u64) as usize,
-                kind: r.pick(&[Kind::Crash, Kind::Restart, Kind::Restart]),
+                kind: r.pick(&[Kind::Crash, Kind::Restart, Kind::Restart, Kind::Pause]),
                 down: r.pick(&[0, 1, 5, 20]),
             })
             .collect();
@@ -252,6 +255,7 @@ impl fmt::Display for Scenario {
             let k = match e.kind {
                 Kind::Crash => "crash",
                 Kind::Restart => "restart",
+                Kind::Pause => "pause",
             };
             write!(f, " event={}@{}:{}:{}", k, e.at, e.endpoint, e.down)?;
         }
@@ -345,6 +349,7 @@ impl FromStr for Scenario {
                         kind: match kind {
                             "crash" => Kind::Crash,
                             "restart" => Kind::Restart,
+                            "pause" => Kind::Pause,
                             _ => return Err(format!("event kind {kind:?}")),
                         },
                         down: num(down, "event down")?,
