@@ -147,6 +147,10 @@ fn explore_fresh_schedules() {
             ("hard expiries", cov.hard_expiries),
             ("peer deletions", cov.down_by_peer),
             ("IKE fragments", cov.fragments),
+            ("CHILD SAs in UDP (NAT)", cov.encapsulated),
+            ("NAT keepalives", cov.keepalives),
+            ("NAT rebindings", cov.rebinds),
+            ("ESP mappings followed", cov.esp_mappings),
         ];
         for (what, count) in reached {
             assert!(count > 0, "{n} schedules exercised no {what}: {cov:?}");
@@ -204,6 +208,14 @@ fn certificates_authenticate_both_ways_under_faults() {
     expect_clean(
         "seed=5 endpoints=2 faults=120 loss=20 dup=10 jitter=1000 traffic=500 \
          tunnel=0-1:SR:20:30:-:pfs:cert tunnel=1-0:TT:30:60:5/10:nopfs:cert event=crash@30:0:5",
+    );
+}
+
+#[test]
+fn a_nat_that_rebinds_twice_is_followed() {
+    expect_clean(
+        "seed=11 endpoints=2 faults=120 loss=10 dup=2 jitter=100 traffic=500 \
+         tunnel=0-1:SR:20:30:10/20:pfs:nat event=rebind@40:0:0 event=rebind@80:0:0",
     );
 }
 

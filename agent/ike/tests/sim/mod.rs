@@ -81,6 +81,11 @@ pub struct Coverage {
     pub datagrams: u64,
     pub lost: u64,
     pub too_big: u64,
+    pub nat_dropped: u64,
+    pub encapsulated: u64,
+    pub esp_mappings: u64,
+    pub keepalives: u64,
+    pub rebinds: u64,
     pub fragments: u64,
     pub duplicated: u64,
     pub retransmits: u64,
@@ -118,6 +123,11 @@ impl Coverage {
             datagrams,
             lost,
             too_big,
+            nat_dropped,
+            encapsulated,
+            esp_mappings,
+            keepalives,
+            rebinds,
             fragments,
             duplicated,
             retransmits,
@@ -178,6 +188,12 @@ struct KernelSa {
     key_in: Vec<u8>,
     key_out: Vec<u8>,
     out: Outbound,
+    /// Where its ESP goes from and to: ports are the UDP encapsulation's, 0 for plain ESP.
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// The last new source address of the peer's ESP-in-UDP already reported
+    /// (`XFRM_MSG_MAPPING`, once per address).
+    mapped: Option<SocketAddr>,
     /// Order of installation: the kernel sends on the newest.
     seq: u64,
     soft_at: Option<Instant>,
@@ -316,8 +332,10 @@ pub struct World {
     t0: Instant,
     now: Instant,
     nodes: Vec<Node>,
-    /// Address → (node, tunnel).
-    addr_of: HashMap<SocketAddr, (usize, usize)>,
+    /// IP address → (node, tunnel).
+    addr_of: HashMap<IpAddr, (usize, usize)>,
+    /// NAT tunnels → what the NAT adds to its inside end's ports.
+    nat_offset: BTreeMap<usize, u16>,
     net: BTreeMap<(Instant, u64), Datagram>,
     seq: u64,
     traffic_at: Instant,
@@ -349,6 +367,11 @@ fn addr(node: usize, tunnel: usize) -> SocketAddr {
         IpAddr::V4(Ipv4Addr::new(10, node as u8 + 1, tunnel as u8 + 1, 1)),
         500,
     )
+}
+
+/// The NAT's address in front of NAT tunnel `tunnel`'s inside end.
+fn public_ip(tunnel: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(100, 64, tunnel as u8 + 1, 1))
 }
 
 fn subnet(node: usize, tunnel: usize) -> TsRange {
@@ -393,6 +416,10 @@ fn peer_config(t: &TunnelSpec, index: usize, node: usize) -> PeerConfig {
         c.local_id = Identity::Fqdn(format!("{mine}.example.com"));
         c.remote_id = Identity::Fqdn(format!("{theirs}.example.com"));
         c.auth = AuthConfig::Certificate(certificate(mine));
+    }
+    if t.nat && node == t.b {
+        // it cannot know the NAT's ports (nor follow a rebinding by configuration)
+        c.remote_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 500);
     }
     c.role = role;
     c.child_lifetime = Lifetime::from_rekey(secs(t.child_rekey));
@@ -469,6 +496,7 @@ impl World {
                 })
                 .collect(),
             addr_of: HashMap::new(),
+            nat_offset: BTreeMap::new(),
             net: BTreeMap::new(),
             seq: 0,
             traffic_at: t0 + Duration::from_millis(sc.traffic_ms),
@@ -491,8 +519,11 @@ impl World {
             sc: sc.clone(),
         };
         for (i, t) in sc.tunnels.iter().enumerate() {
-            w.addr_of.insert(addr(t.a, i), (t.a, i));
-            w.addr_of.insert(addr(t.b, i), (t.b, i));
+            w.addr_of.insert(addr(t.a, i).ip(), (t.a, i));
+            w.addr_of.insert(addr(t.b, i).ip(), (t.b, i));
+            if t.nat {
+                w.nat_offset.insert(i, 1000);
+            }
             for (node, role) in [(t.a, t.role_a), (t.b, t.role_b)] {
                 w.nodes[node].drivers.insert(
                     i,
@@ -637,7 +668,7 @@ impl World {
             } else {
                 usize::from(self.sc.mtu)
             },
-            nat_keepalive: None,
+            nat_keepalive: Some(secs(20)),
             ..EndpointConfig::default()
         };
         let seed = self.sc.seed ^ ((n as u64) << 48) ^ (node.generation << 32);
@@ -695,6 +726,14 @@ impl World {
         }
         let back = self.now + secs(e.down);
         match e.kind {
+            Kind::Rebind => {
+                for (i, off) in self.nat_offset.iter_mut() {
+                    if self.sc.tunnels[*i].a == e.endpoint {
+                        self.cov.rebinds += 1;
+                        *off = if *off >= 50_000 { 1000 } else { *off + 1000 };
+                    }
+                }
+            }
             Kind::Pause => {
                 self.cov.pauses += 1;
                 node.paused = true;
@@ -808,18 +847,20 @@ impl World {
             }
         }
         for t in out {
-            let payload = if t.payload == [NAT_KEEPALIVE] {
-                continue;
-            } else if t.non_esp_marker {
-                t.payload[4..].to_vec()
+            if t.payload == [NAT_KEEPALIVE] {
+                self.cov.keepalives += 1;
             } else {
-                t.payload
-            };
-            self.check_message_id(n, &payload);
+                let ike = if t.non_esp_marker {
+                    &t.payload[4..]
+                } else {
+                    &t.payload[..]
+                };
+                self.check_message_id(n, ike);
+            }
             self.send(Datagram {
                 from: t.local,
                 to: t.remote,
-                payload: Payload::Ike(payload),
+                payload: Payload::Ike(t.payload),
             });
         }
     }
@@ -850,6 +891,9 @@ impl World {
     }
 
     fn send(&mut self, d: Datagram) {
+        let Some(d) = self.nat_outbound(d) else {
+            return;
+        };
         self.cov.datagrams += 1;
         if let Payload::Ike(p) = &d.payload
             && self.sc.mtu != 0
@@ -865,7 +909,8 @@ impl World {
         if let Payload::Ike(p) = &d.payload {
             // The header without its length: an ECDSA signature's length and bytes vary from
             // run to run (its nonce is not ours to draw), nothing else does.
-            self.trace = fnv(self.trace, p.get(..24).unwrap_or(p));
+            let ike = p.strip_prefix(&[0u8; 4][..]).unwrap_or(p);
+            self.trace = fnv(self.trace, ike.get(..24).unwrap_or(ike));
         }
         let faulty = self.phase == Phase::Faults;
         let copies = if faulty && self.net_rng.chance(self.sc.loss_pct) {
@@ -889,11 +934,69 @@ impl World {
         }
     }
 
+    /// A datagram leaving the inside end of a NAT tunnel gets the NAT's address and port;
+    /// plain ESP (no port) cannot pass.
+    fn nat_outbound(&mut self, mut d: Datagram) -> Option<Datagram> {
+        let &(n, i) = self.addr_of.get(&d.from.ip())?;
+        let Some(offset) = self.nat_offset.get(&i) else {
+            return Some(d);
+        };
+        if n != self.sc.tunnels[i].a {
+            return Some(d);
+        }
+        if d.from.port() == 0 {
+            self.cov.nat_dropped += 1;
+            return None;
+        }
+        d.from = SocketAddr::new(public_ip(i), d.from.port() + offset);
+        Some(d)
+    }
+
+    /// A datagram to a NAT's address goes to its inside end if it matches the current
+    /// mapping; one for an old mapping is dropped.
+    fn nat_inbound(&mut self, mut d: Datagram) -> Option<Datagram> {
+        let Some((&i, &offset)) = self
+            .nat_offset
+            .iter()
+            .find(|(i, _)| public_ip(**i) == d.to.ip())
+        else {
+            return Some(d);
+        };
+        let inside = d.to.port().checked_sub(offset);
+        match inside {
+            Some(port @ (500 | 4500)) => {
+                d.to = SocketAddr::new(addr(self.sc.tunnels[i].a, i).ip(), port);
+                Some(d)
+            }
+            _ => {
+                self.cov.nat_dropped += 1;
+                None
+            }
+        }
+    }
+
+    /// The kernel reports ESP in UDP of `spi` from a new address (`XFRM_MSG_MAPPING`).
+    fn esp_mapping(&mut self, n: usize, tunnel: usize, owned: bool, spi: u32, from: SocketAddr) {
+        let node = &mut self.nodes[n];
+        let peer = node.drivers[&tunnel].peer.unwrap();
+        if !owned || node.paused {
+            return;
+        }
+        if let Some(ep) = node.ep.as_mut() {
+            self.cov.esp_mappings += 1;
+            ep.esp_mapping(self.now, peer, EspSpi(spi.to_be_bytes()), from);
+            self.flush(n);
+        }
+    }
+
     fn deliver(&mut self) {
         let Some((_, d)) = self.net.pop_first() else {
             return;
         };
-        let Some(&(n, tunnel)) = self.addr_of.get(&d.to) else {
+        let Some(d) = self.nat_inbound(d) else {
+            return;
+        };
+        let Some(&(n, tunnel)) = self.addr_of.get(&d.to.ip()) else {
             return;
         };
         match d.payload {
@@ -923,8 +1026,19 @@ impl World {
                 tunnel: t,
             } => {
                 debug_assert_eq!(t, tunnel);
-                match self.nodes[n].kernel.sas.get(&spi) {
-                    Some(sa) if sa.tunnel == tunnel && sa.key_in == key => self.cov.esp_ok += 1,
+                match self.nodes[n].kernel.sas.get_mut(&spi) {
+                    Some(sa) if sa.tunnel == tunnel && sa.key_in == key => {
+                        self.cov.esp_ok += 1;
+                        // ESP in UDP from a new address: the peer's NAT moved it
+                        let moved = sa.local.port() != 0
+                            && d.from != sa.remote
+                            && sa.mapped != Some(d.from);
+                        if moved {
+                            sa.mapped = Some(d.from);
+                            let owned = sa.child.is_some();
+                            self.esp_mapping(n, tunnel, owned, spi, d.from);
+                        }
+                    }
                     Some(_) => self.violation(format!(
                         "e{n} took an ESP packet of tunnel {tunnel} on SPI {spi:08x} with other keys"
                     )),
@@ -946,23 +1060,23 @@ impl World {
         self.traffic_at = self.now + Duration::from_millis(self.sc.traffic_ms);
         for i in 0..self.sc.tunnels.len() {
             let t = self.sc.tunnels[i].clone();
-            for (n, other) in [(t.a, t.b), (t.b, t.a)] {
+            for n in [t.a, t.b] {
                 if self.nodes[n].crashed {
                     continue;
                 }
                 self.check_outbound_count(n, i);
                 match self.nodes[n].kernel.outbound(i) {
                     Some(sa) => {
-                        let payload = Payload::Esp {
-                            spi: sa.spi_out,
-                            key: sa.key_out.clone(),
-                            tunnel: i,
+                        let d = Datagram {
+                            from: sa.local,
+                            to: sa.remote,
+                            payload: Payload::Esp {
+                                spi: sa.spi_out,
+                                key: sa.key_out.clone(),
+                                tunnel: i,
+                            },
                         };
-                        self.send(Datagram {
-                            from: addr(n, i),
-                            to: addr(other, i),
-                            payload,
-                        });
+                        self.send(d);
                     }
                     None => {
                         self.cov.esp_no_sa += 1;
@@ -1254,6 +1368,19 @@ impl World {
             (false, Some(old)) if !sa.initiator => Outbound::After(old),
             _ => Outbound::Now,
         };
+        let (local, remote) = match sa.encapsulation {
+            Some(e) => (
+                SocketAddr::new(sa.local_addr.ip(), e.local_port),
+                SocketAddr::new(sa.remote_addr.ip(), e.remote_port),
+            ),
+            None => (
+                SocketAddr::new(sa.local_addr.ip(), 0),
+                SocketAddr::new(sa.remote_addr.ip(), 0),
+            ),
+        };
+        if sa.encapsulation.is_some() {
+            self.cov.encapsulated += 1;
+        }
         let k = &mut self.nodes[n].kernel;
         k.seq += 1;
         k.sas.insert(
@@ -1265,6 +1392,9 @@ impl World {
                 key_in,
                 key_out,
                 out,
+                local,
+                remote,
+                mapped: None,
                 seq: k.seq,
                 soft_at: Some(self.now + sa.lifetimes.soft),
                 hard_at: self.now + sa.lifetimes.hard,

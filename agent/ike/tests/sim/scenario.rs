@@ -59,6 +59,10 @@ pub struct TunnelSpec {
     /// Certificates (RSA one end, ECDSA through an intermediate the other) instead of a PSK;
     /// their identities are the certificates', so only between two endpoints.
     pub cert: bool,
+    /// End `a` sits behind a NAPT (and `b`, which only answers, accepts it from any address):
+    /// NAT-T, ESP in UDP, keepalives; `rebind` events move its mapping. Only on a tunnel that
+    /// is alone between its two endpoints (`b` tells such tunnels apart by address).
+    pub nat: bool,
 }
 
 /// A process event on one endpoint.
@@ -72,6 +76,9 @@ pub enum Kind {
     /// The agent stops (SIGSTOP, a suspended VM) and goes on after `down` seconds: its clock
     /// jumps, its timers fire late, what queued in its sockets arrives at once.
     Pause,
+    /// The NAT in front of the endpoint maps it to new ports (its old mapping expired):
+    /// `down` is unused.
+    Rebind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +125,7 @@ impl Scenario {
         let mut r = SimRng::new(seed ^ 0x5eed_5eed_5eed_5eed);
         let endpoints = 2 + r.below(3) as usize;
         let n = 1 + r.below(if endpoints == 2 { 2 } else { 4 }) as usize;
-        let tunnels = (0..n)
+        let mut tunnels = (0..n)
             .map(|_| {
                 let a = r.below(endpoints as u64) as usize;
                 let b = (a + 1 + r.below(endpoints as u64 - 1) as usize) % endpoints;
@@ -135,15 +142,28 @@ impl Scenario {
                         .then(|| (r.pick(&[5, 10, 30]), r.pick(&[10, 20, 60]))),
                     pfs: r.chance(50),
                     cert: endpoints == 2 && r.chance(30),
+                    nat: false,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        for i in 0..tunnels.len() {
+            if r.chance(30) && alone(&tunnels, i) {
+                tunnels[i].nat = true;
+                tunnels[i].role_b = Role::Respond;
+            }
+        }
         let fault_secs = r.pick(&[30, 60, 120, 300]);
         let events = (0..r.pick(&[0, 0, 1, 2]))
             .map(|_| ProcessEvent {
                 at: r.below(fault_secs),
                 endpoint: r.below(endpoints as u64) as usize,
-                kind: r.pick(&[Kind::Crash, Kind::Restart, Kind::Restart, Kind::Pause]),
+                kind: r.pick(&[
+                    Kind::Crash,
+                    Kind::Restart,
+                    Kind::Restart,
+                    Kind::Pause,
+                    Kind::Rebind,
+                ]),
                 down: r.pick(&[0, 1, 5, 20]),
             })
             .collect();
@@ -194,6 +214,7 @@ impl Scenario {
             with(&|s| s.tunnels[i].dpd = None);
             with(&|s| s.tunnels[i].pfs = false);
             with(&|s| s.tunnels[i].cert = false);
+            with(&|s| s.tunnels[i].nat = false);
             with(&|s| s.tunnels[i].ike_rekey = 600);
             with(&|s| s.tunnels[i].child_rekey = 120);
             with(&|s| s.tunnels[i].role_b = Role::Respond);
@@ -239,7 +260,7 @@ impl fmt::Display for Scenario {
         for t in &self.tunnels {
             write!(
                 f,
-                " tunnel={}-{}:{}{}:{}:{}:{}:{}{}",
+                " tunnel={}-{}:{}{}:{}:{}:{}:{}{}{}",
                 t.a,
                 t.b,
                 role_char(t.role_a),
@@ -248,7 +269,8 @@ impl fmt::Display for Scenario {
                 t.ike_rekey,
                 t.dpd.map_or("-".to_owned(), |(i, o)| format!("{i}/{o}")),
                 if t.pfs { "pfs" } else { "nopfs" },
-                if t.cert { ":cert" } else { "" }
+                if t.cert { ":cert" } else { "" },
+                if t.nat { ":nat" } else { "" }
             )?;
         }
         for e in &self.events {
@@ -256,11 +278,21 @@ impl fmt::Display for Scenario {
                 Kind::Crash => "crash",
                 Kind::Restart => "restart",
                 Kind::Pause => "pause",
+                Kind::Rebind => "rebind",
             };
             write!(f, " event={}@{}:{}:{}", k, e.at, e.endpoint, e.down)?;
         }
         Ok(())
     }
+}
+
+/// Whether tunnel `i` is the only one between its two endpoints.
+fn alone(tunnels: &[TunnelSpec], i: usize) -> bool {
+    let pair = |t: &TunnelSpec| (t.a.min(t.b), t.a.max(t.b));
+    tunnels
+        .iter()
+        .enumerate()
+        .all(|(j, t)| j == i || pair(t) != pair(&tunnels[i]))
 }
 
 fn num<T: FromStr>(s: &str, what: &str) -> Result<T, String> {
@@ -308,15 +340,16 @@ impl FromStr for Scenario {
                 "mtu" => s.mtu = num(v, k)?,
                 "tunnel" => {
                     let p: Vec<&str> = v.split(':').collect();
-                    let (ends, roles, child, ike, dpd, pfs, cert) = match p[..] {
-                        [e, r, c, i, d, p] => (e, r, c, i, d, p, false),
-                        [e, r, c, i, d, p, "cert"] => (e, r, c, i, d, p, true),
-                        _ => {
-                            return Err(format!(
-                                "tunnel {v:?}: want a-b:RR:child:ike:dpd:pfs[:cert]"
-                            ));
-                        }
+                    let [ends, roles, child, ike, dpd, pfs, ref flags @ ..] = p[..] else {
+                        return Err(format!(
+                            "tunnel {v:?}: want a-b:RR:child:ike:dpd:pfs[:cert][:nat]"
+                        ));
                     };
+                    if let Some(f) = flags.iter().find(|f| !matches!(**f, "cert" | "nat")) {
+                        return Err(format!("tunnel {v:?}: unknown flag {f:?}"));
+                    }
+                    let cert = flags.contains(&"cert");
+                    let nat = flags.contains(&"nat");
                     let (a, b) = ends.split_once('-').ok_or("tunnel ends: want a-b")?;
                     let mut rc = roles.chars();
                     let (Some(ra), Some(rb)) = (rc.next(), rc.next()) else {
@@ -335,6 +368,7 @@ impl FromStr for Scenario {
                         },
                         pfs: pfs == "pfs",
                         cert,
+                        nat,
                     });
                 }
                 "event" => {
@@ -350,6 +384,7 @@ impl FromStr for Scenario {
                             "crash" => Kind::Crash,
                             "restart" => Kind::Restart,
                             "pause" => Kind::Pause,
+                            "rebind" => Kind::Rebind,
                             _ => return Err(format!("event kind {kind:?}")),
                         },
                         down: num(down, "event down")?,
@@ -368,6 +403,12 @@ impl FromStr for Scenario {
         }
         if s.endpoints != 2 && s.tunnels.iter().any(|t| t.cert) {
             return Err("certificate tunnels only between two endpoints".into());
+        }
+        if (0..s.tunnels.len()).any(|i| s.tunnels[i].nat && !alone(&s.tunnels, i)) {
+            return Err("a NAT tunnel must be alone between its endpoints".into());
+        }
+        if s.tunnels.iter().any(|t| t.nat && t.role_b != Role::Respond) {
+            return Err("behind a NAT's tunnel, the far end only responds".into());
         }
         Ok(s)
     }
