@@ -150,6 +150,7 @@ fn explore_fresh_schedules() {
             ("CHILD SAs in UDP (NAT)", cov.encapsulated),
             ("NAT keepalives", cov.keepalives),
             ("NAT rebindings", cov.rebinds),
+            ("reauthentications", cov.reauths),
             ("ESP mappings followed", cov.esp_mappings),
         ];
         for (what, count) in reached {

@@ -86,6 +86,7 @@ pub struct Coverage {
     pub esp_mappings: u64,
     pub keepalives: u64,
     pub rebinds: u64,
+    pub reauths: u64,
     pub fragments: u64,
     pub duplicated: u64,
     pub retransmits: u64,
@@ -128,6 +129,7 @@ impl Coverage {
             esp_mappings,
             keepalives,
             rebinds,
+            reauths,
             fragments,
             duplicated,
             retransmits,
@@ -726,6 +728,25 @@ impl World {
         }
         let back = self.now + secs(e.down);
         match e.kind {
+            Kind::Reauth => {
+                let n = e.endpoint;
+                let tunnels: Vec<(usize, PeerId)> = node
+                    .drivers
+                    .iter()
+                    .map(|(t, d)| (*t, d.peer.unwrap()))
+                    .collect();
+                for (t, peer) in tunnels {
+                    let cfg = peer_config(&self.sc.tunnels[t], t, n);
+                    let ep = self.nodes[n].ep.as_mut().unwrap();
+                    match ep.reauthenticate(self.now, peer, cfg) {
+                        Ok(started) => self.cov.reauths += u64::from(started),
+                        Err(err) => {
+                            self.violation(format!("e{n} could not reauthenticate {t}: {err}"))
+                        }
+                    }
+                    self.flush(n);
+                }
+            }
             Kind::Rebind => {
                 for (i, off) in self.nat_offset.iter_mut() {
                     if self.sc.tunnels[*i].a == e.endpoint {

@@ -79,6 +79,9 @@ pub enum Kind {
     /// The NAT in front of the endpoint maps it to new ports (its old mapping expired):
     /// `down` is unused.
     Rebind,
+    /// Every tunnel of the endpoint reauthenticates, make before break (a rotated key or
+    /// certificate): `down` is unused.
+    Reauth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +166,7 @@ impl Scenario {
                     Kind::Restart,
                     Kind::Pause,
                     Kind::Rebind,
+                    Kind::Reauth,
                 ]),
                 down: r.pick(&[0, 1, 5, 20]),
             })
@@ -279,6 +283,7 @@ impl fmt::Display for Scenario {
                 Kind::Restart => "restart",
                 Kind::Pause => "pause",
                 Kind::Rebind => "rebind",
+                Kind::Reauth => "reauth",
             };
             write!(f, " event={}@{}:{}:{}", k, e.at, e.endpoint, e.down)?;
         }
@@ -385,6 +390,7 @@ impl FromStr for Scenario {
                             "restart" => Kind::Restart,
                             "pause" => Kind::Pause,
                             "rebind" => Kind::Rebind,
+                            "reauth" => Kind::Reauth,
                             _ => return Err(format!("event kind {kind:?}")),
                         },
                         down: num(down, "event down")?,
