@@ -151,6 +151,7 @@ fn explore_fresh_schedules() {
             ("NAT keepalives", cov.keepalives),
             ("NAT rebindings", cov.rebinds),
             ("reauthentications", cov.reauths),
+            ("wall-clock steps", cov.clock_steps),
             ("ESP mappings followed", cov.esp_mappings),
         ];
         for (what, count) in reached {

@@ -87,6 +87,7 @@ pub struct Coverage {
     pub keepalives: u64,
     pub rebinds: u64,
     pub reauths: u64,
+    pub clock_steps: u64,
     pub fragments: u64,
     pub duplicated: u64,
     pub retransmits: u64,
@@ -130,6 +131,7 @@ impl Coverage {
             keepalives,
             rebinds,
             reauths,
+            clock_steps,
             fragments,
             duplicated,
             retransmits,
@@ -254,6 +256,8 @@ struct Node {
     back_at: Option<(Instant, Comeback)>,
     /// The machine is down with it (a crash): the kernel neither sends nor receives.
     crashed: bool,
+    /// How far (seconds) the node's wall clock was stepped back.
+    clock_back: u64,
     /// The process is stopped: it keeps its state, and what comes in waits in `inbox`.
     paused: bool,
     inbox: Vec<Inbox>,
@@ -446,6 +450,11 @@ fn certificate(leaf: &str) -> CertificateAuth {
     CertificateAuth::from_pem(&chain, &data(&format!("{leaf}.key")), &data("ca.pem")).unwrap()
 }
 
+/// A node's wall-clock time (Unix seconds) `since` the start, after steps back by `back` s.
+fn wall_clock(since: Duration, back: u64) -> u64 {
+    (WALL_CLOCK + since.as_secs()).saturating_sub(back)
+}
+
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(h, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -486,6 +495,7 @@ impl World {
                     generation: 0,
                     back_at: None,
                     crashed: false,
+                    clock_back: 0,
                     paused: false,
                     inbox: Vec::new(),
                     drivers: BTreeMap::new(),
@@ -675,7 +685,7 @@ impl World {
         };
         let seed = self.sc.seed ^ ((n as u64) << 48) ^ (node.generation << 32);
         let mut ep = Endpoint::new(config, Box::new(DeterministicRng::new(seed)));
-        ep.set_wall_clock(self.t0, WALL_CLOCK);
+        ep.set_wall_clock(self.now, wall_clock(self.now - self.t0, node.clock_back));
         ep.set_spi_source(Box::new(NodeSpis(Arc::clone(&node.spis))));
         for (i, d) in node.drivers.iter_mut() {
             let cfg = peer_config(&self.sc.tunnels[*i], *i, n);
@@ -728,6 +738,12 @@ impl World {
         }
         let back = self.now + secs(e.down);
         match e.kind {
+            Kind::ClockBack => {
+                self.cov.clock_steps += 1;
+                node.clock_back += e.down * 3600;
+                let at = wall_clock(self.now - self.t0, node.clock_back);
+                node.ep.as_mut().unwrap().set_wall_clock(self.now, at);
+            }
             Kind::Reauth => {
                 let n = e.endpoint;
                 let tunnels: Vec<(usize, PeerId)> = node

@@ -82,6 +82,9 @@ pub enum Kind {
     /// Every tunnel of the endpoint reauthenticates, make before break (a rotated key or
     /// certificate): `down` is unused.
     Reauth,
+    /// The endpoint's wall clock steps back `down` hours (NTP correcting it); the monotonic
+    /// clock goes on. Saved state is timed by the wall clock.
+    ClockBack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +170,7 @@ impl Scenario {
                     Kind::Pause,
                     Kind::Rebind,
                     Kind::Reauth,
+                    Kind::ClockBack,
                 ]),
                 down: r.pick(&[0, 1, 5, 20]),
             })
@@ -284,6 +288,7 @@ impl fmt::Display for Scenario {
                 Kind::Pause => "pause",
                 Kind::Rebind => "rebind",
                 Kind::Reauth => "reauth",
+                Kind::ClockBack => "clockback",
             };
             write!(f, " event={}@{}:{}:{}", k, e.at, e.endpoint, e.down)?;
         }
@@ -391,6 +396,7 @@ impl FromStr for Scenario {
                             "pause" => Kind::Pause,
                             "rebind" => Kind::Rebind,
                             "reauth" => Kind::Reauth,
+                            "clockback" => Kind::ClockBack,
                             _ => return Err(format!("event kind {kind:?}")),
                         },
                         down: num(down, "event down")?,
