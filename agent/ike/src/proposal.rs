@@ -545,6 +545,7 @@ pub fn select_esp(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -746,5 +747,92 @@ mod tests {
             (c.encr, c.integ),
             (Encr::AesCbc256, Some(Integ::HmacSha256_128))
         );
+    }
+
+    /// A random non-empty subset of `all`, in a random order.
+    fn subset<T: Copy>(rng: &mut crate::crypto::rng::DeterministicRng, all: &[T]) -> Vec<T> {
+        use crate::crypto::rng::Rng;
+        let mut b = [0u8; 8];
+        let mut below = |n: usize| {
+            rng.fill(&mut b);
+            (u64::from_be_bytes(b) % n.max(1) as u64) as usize
+        };
+        let mut v: Vec<T> = all.iter().copied().filter(|_| below(2) == 0).collect();
+        if v.is_empty() {
+            v.push(all[below(all.len())]);
+        }
+        for i in (1..v.len()).rev() {
+            v.swap(i, below(i + 1));
+        }
+        v
+    }
+
+    fn random_ike(rng: &mut crate::crypto::rng::DeterministicRng) -> IkeProposal {
+        let aead = subset(rng, &[true, false])[0];
+        let encr: Vec<Encr> = Encr::ALL
+            .iter()
+            .copied()
+            .filter(|e| e.is_aead() == aead)
+            .collect();
+        IkeProposal {
+            encr: subset(rng, &encr),
+            prf: subset(rng, &Prf::ALL),
+            integ: if aead {
+                Vec::new()
+            } else {
+                subset(rng, &Integ::ALL)
+            },
+            ke: subset(rng, &KeGroup::ALL),
+        }
+    }
+
+    #[test]
+    fn ike_selection_follows_our_order_and_stays_within_both_for_random_proposals() {
+        let mut rng = crate::crypto::rng::DeterministicRng::new(11);
+        let common = |a: &[KeGroup], b: &[KeGroup]| a.iter().any(|x| b.contains(x));
+        let fits = |o: &IkeProposal, t: &IkeProposal| {
+            o.encr.iter().any(|e| t.encr.contains(e))
+                && o.prf.iter().any(|p| t.prf.contains(p))
+                && common(&o.ke, &t.ke)
+                && (o.encr.iter().all(|e| e.is_aead())
+                    || o.integ.iter().any(|i| t.integ.contains(i)))
+        };
+        let mut chosen = 0;
+        for _ in 0..20_000 {
+            let n = subset(&mut rng, &[1usize, 2, 3])[0];
+            let ours: Vec<IkeProposal> = (0..n).map(|_| random_ike(&mut rng)).collect();
+            let m = subset(&mut rng, &[1usize, 2, 3])[0];
+            let theirs: Vec<IkeProposal> = (0..m).map(|_| random_ike(&mut rng)).collect();
+            let peer_ke = subset(&mut rng, &KeGroup::ALL)[0];
+            // the first (ours, theirs) pair that fits, ours first
+            let expect = ours
+                .iter()
+                .find_map(|o| theirs.iter().position(|t| fits(o, t)).map(|i| (o, i)));
+            let got = select_ike(&ours, &theirs, Some(peer_ke));
+            let (Some((o, i)), Some((idx, ch))) = (expect, got) else {
+                assert_eq!(expect.is_none(), got.is_none(), "{ours:?} {theirs:?}");
+                continue;
+            };
+            chosen += 1;
+            let t = &theirs[idx];
+            assert_eq!(idx, i);
+            // our most preferred algorithm of each kind that they offer
+            let first = |ours: &[Encr]| ours.iter().copied().find(|e| t.encr.contains(e));
+            assert_eq!(Some(ch.encr), first(&o.encr));
+            assert_eq!(
+                Some(ch.prf),
+                o.prf.iter().copied().find(|p| t.prf.contains(p))
+            );
+            match ch.integ {
+                None => assert!(ch.encr.is_aead()),
+                Some(g) => assert!(o.integ.contains(&g) && t.integ.contains(&g)),
+            }
+            assert!(o.ke.contains(&ch.ke) && t.ke.contains(&ch.ke));
+            // the group the initiator's KE payload is for, when both allow it
+            if o.ke.contains(&peer_ke) && t.ke.contains(&peer_ke) {
+                assert_eq!(ch.ke, peer_ke);
+            }
+        }
+        assert!(chosen > 5_000, "{chosen}");
     }
 }

@@ -86,7 +86,7 @@ pub fn all_within(answer: &[TsRange], proposed: &[TsRange]) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -120,5 +120,84 @@ mod tests {
         assert!(!all_within(&[wide], &[mine]));
         assert!(!all_within(&[], &[mine]));
         assert_eq!(ranges(&payload(&[mine, wide])), vec![mine, wide]);
+    }
+
+    /// A small generator for the property tests: ranges drawn from a small space so that
+    /// they overlap often.
+    struct Gen(crate::crypto::rng::DeterministicRng);
+
+    impl Gen {
+        fn below(&mut self, n: u64) -> u64 {
+            use crate::crypto::rng::Rng;
+            let mut b = [0u8; 8];
+            self.0.fill(&mut b);
+            u64::from_be_bytes(b) % n
+        }
+
+        fn range(&mut self) -> TsRange {
+            let (a, b) = (self.below(64) as u8, self.below(64) as u8);
+            let addrs = if self.below(8) == 0 {
+                let v6 = |x: u8| core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, x.into());
+                AddrRange::V6 {
+                    start: v6(a.min(b)),
+                    end: v6(a.max(b)),
+                }
+            } else {
+                let v4 = |x: u8| core::net::Ipv4Addr::new(10, 0, 0, x);
+                AddrRange::V4 {
+                    start: v4(a.min(b)),
+                    end: v4(a.max(b)),
+                }
+            };
+            let (p, q) = (self.below(100) as u16, self.below(100) as u16);
+            let any_port = self.below(2) == 0;
+            TsRange {
+                ip_protocol: [0, 0, 6, 17][self.below(4) as usize],
+                start_port: if any_port { 0 } else { p.min(q) },
+                end_port: if any_port { u16::MAX } else { p.max(q) },
+                addrs,
+            }
+        }
+
+        fn ranges(&mut self) -> Vec<TsRange> {
+            (0..1 + self.below(3)).map(|_| self.range()).collect()
+        }
+    }
+
+    #[test]
+    fn narrowing_is_sound_complete_and_accepted_for_random_selectors() {
+        let mut g = Gen(crate::crypto::rng::DeterministicRng::new(7));
+        let mut nonempty = 0;
+        for _ in 0..20_000 {
+            let (proposed, configured) = (g.ranges(), g.ranges());
+            let got = narrow(&proposed, &configured);
+            // sound: every selector is within one proposed and one configured
+            for s in &got {
+                assert!(proposed.iter().any(|p| within(s, p)), "{s:?} not proposed");
+                assert!(
+                    configured.iter().any(|c| within(s, c)),
+                    "{s:?} not configured"
+                );
+            }
+            // complete: whatever both allow is covered; intersection commutes
+            for p in &proposed {
+                for c in &configured {
+                    assert_eq!(intersect(p, c), intersect(c, p));
+                    if let Some(i) = intersect(p, c) {
+                        assert!(got.iter().any(|s| within(&i, s)), "{i:?} lost");
+                    }
+                }
+            }
+            // no duplicates, and the initiator's check takes the answer
+            for (k, s) in got.iter().enumerate() {
+                assert!(!got[..k].contains(s));
+            }
+            if !got.is_empty() {
+                nonempty += 1;
+                assert!(all_within(&got, &proposed));
+            }
+        }
+        // the generator overlaps often enough to test something
+        assert!(nonempty > 5_000, "{nonempty}");
     }
 }
