@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = strip_padding(rest);
         if let Ok(payloads) = parse_inner(PayloadType(*first), rest) {
             let (ty, bytes) = encode_inner(&payloads).expect("parsed payloads encode");
-            assert_eq!(parse_inner(ty, &bytes).expect("re-encoding parses"), payloads);
+            assert_eq!(
+                parse_inner(ty, &bytes).expect("re-encoding parses"),
+                payloads
+            );
         }
     }
 });

@@ -39,7 +39,10 @@ fn config() -> PeerConfig {
 }
 
 fn endpoint(now: Instant) -> (Endpoint, strait_ike::PeerId) {
-    let mut e = Endpoint::new(EndpointConfig::default(), Box::new(DeterministicRng::new(1)));
+    let mut e = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(1)),
+    );
     e.set_wall_clock(now, WALL_CLOCK);
     let peer = e.add_peer(config()).expect("config");
     (e, peer)
@@ -69,7 +72,9 @@ fuzz_target!(|body: &[u8]| {
     // what was accepted saves again, and that is accepted elsewhere
     let again = e.save(now, peer).expect("save");
     let (mut f, fpeer) = endpoint(now);
-    let r = f.resume(now, fpeer, again.as_bytes()).expect("a re-saved state was refused");
+    let r = f
+        .resume(now, fpeer, again.as_bytes())
+        .expect("a re-saved state was refused");
     assert_eq!(r.ike_sas, again.ike_sas());
 
     // and the SAs live on: timers fire, a datagram arrives, nothing panics
@@ -78,7 +83,10 @@ fuzz_target!(|body: &[u8]| {
         e.handle_timeout(t);
         drain(&mut e);
     }
-    let (local, remote) = ("192.0.2.1:500".parse().expect("a"), "198.51.100.2:500".parse().expect("b"));
+    let (local, remote) = (
+        "192.0.2.1:500".parse().expect("a"),
+        "198.51.100.2:500".parse().expect("b"),
+    );
     e.handle(now + Duration::from_secs(1001), local, remote, body);
     drain(&mut e);
 });

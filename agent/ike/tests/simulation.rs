@@ -105,7 +105,13 @@ fn explore_fresh_schedules() {
     let keep_going = std::env::var_os("STRAIT_SIM_KEEP_GOING").is_some();
     let mut cov = Coverage::default();
     let mut failed = 0;
+    let started = std::time::Instant::now();
     for i in 0..n {
+        if i > 0 && i % 50_000 == 0 {
+            // long runs show they are alive, and what they covered so far
+            let secs = started.elapsed().as_secs_f64();
+            println!("simulation: {i} schedules in {secs:.0} s, {failed} failed; {cov:?}");
+        }
         let sc = Scenario::from_seed(first.wrapping_add(i));
         let o = run(&sc);
         if !o.violations.is_empty() {
@@ -118,6 +124,8 @@ fn explore_fresh_schedules() {
         cov.add(&o.coverage);
     }
     assert_eq!(failed, 0, "{failed} of {n} schedules failed");
+    let secs = started.elapsed().as_secs_f64();
+    println!("simulation: {n} schedules in {secs:.1} s, {failed} failed");
     println!("simulation coverage: {cov:?}");
     assert_eq!(cov.runs, n);
     if n >= 1000 {
