@@ -1,13 +1,16 @@
 //! What the `responder` and `initiator` targets share: one PSK tunnel between two honest
 //! endpoints on a simulated clock.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strait_ike::codec::TsRange;
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::proposal::{parse_esp_list, parse_ike_list};
-use strait_ike::{AuthConfig, EndpointConfig, Identity, Lifetime, PeerConfig, Role};
+use strait_ike::{
+    AuthConfig, Endpoint, EndpointConfig, Identity, Lifetime, PeerConfig, Role, Transmit,
+};
 
 pub const RESPONDER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const INITIATOR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -71,5 +74,117 @@ pub fn endpoint_config(fragment_size: Option<usize>) -> EndpointConfig {
         cookie_threshold_per_ip: COOKIE_THRESHOLD_PER_IP,
         fragment_size: fragment_size.unwrap_or(d.fragment_size),
         ..d
+    }
+}
+
+/// The endpoint under test and its honest peer on one clock: the target's datagrams to the
+/// peer's address go straight to it; the peer's wait in a queue for the fuzzer to decide on.
+pub struct Honest {
+    pub now: Instant,
+    pub target: Endpoint,
+    pub peer: Endpoint,
+    peer_ip: Ipv4Addr,
+    /// The peer's datagrams not yet delivered.
+    queue: VecDeque<Transmit>,
+    /// Every honest datagram seen, for replays.
+    history: Vec<Transmit>,
+}
+
+impl Honest {
+    pub fn new(now: Instant, target: Endpoint, peer: Endpoint, peer_ip: Ipv4Addr) -> Self {
+        let mut s = Self {
+            now,
+            target,
+            peer,
+            peer_ip,
+            queue: VecDeque::new(),
+            history: Vec::new(),
+        };
+        s.pump();
+        s
+    }
+
+    /// Drains both endpoints (events are drained and ignored). Replies to the fuzzer's own
+    /// datagrams from other addresses are dropped.
+    pub fn pump(&mut self) {
+        for _ in 0..8 {
+            let mut sent = 0usize;
+            while let Some(t) = self.target.poll_transmit() {
+                sent += 1;
+                assert!(sent < 256, "the endpoint under test keeps transmitting");
+                if t.remote.ip() == IpAddr::V4(self.peer_ip) {
+                    self.peer.handle(self.now, t.remote, t.local, &t.payload);
+                }
+            }
+            while self.target.poll_event().is_some() {}
+            while self.peer.poll_event().is_some() {}
+            let mut queued = false;
+            while let Some(t) = self.peer.poll_transmit() {
+                queued = true;
+                if self.history.len() < 64 {
+                    self.history.push(t.clone());
+                }
+                self.queue.push_back(t);
+            }
+            if !queued {
+                break;
+            }
+            assert!(self.queue.len() < 1024, "unbounded honest traffic");
+        }
+    }
+
+    fn deliver(&mut self, t: &Transmit) {
+        self.target.handle(self.now, t.remote, t.local, &t.payload);
+    }
+
+    /// What the fuzzer does to the honest traffic, by `op`: deliver the next datagram (0),
+    /// deliver it with one octet changed (1: `[pos][xor]`), lose it (2), replay an older one
+    /// (3: `[index]`), let time pass for both (4: `[half seconds]`). Returns the input left,
+    /// `None` when it ran out.
+    pub fn honest_op<'a>(&mut self, op: u8, rest: &'a [u8]) -> Option<&'a [u8]> {
+        match op {
+            0 => {
+                if let Some(t) = self.queue.pop_front() {
+                    self.deliver(&t);
+                }
+                Some(rest)
+            }
+            1 => {
+                let [pos, xor, tail @ ..] = rest else {
+                    return None;
+                };
+                if let Some(mut t) = self.queue.pop_front() {
+                    if !t.payload.is_empty() {
+                        let i = usize::from(*pos) % t.payload.len();
+                        t.payload[i] ^= *xor;
+                    }
+                    self.deliver(&t);
+                }
+                Some(tail)
+            }
+            2 => {
+                self.queue.pop_front();
+                Some(rest)
+            }
+            3 => {
+                let [i, tail @ ..] = rest else {
+                    return None;
+                };
+                if !self.history.is_empty() {
+                    let t = self.history[usize::from(*i) % self.history.len()].clone();
+                    self.deliver(&t);
+                }
+                Some(tail)
+            }
+            _ => {
+                let [secs, tail @ ..] = rest else {
+                    return None;
+                };
+                self.now += Duration::from_millis(u64::from(*secs) * 500);
+                self.target.handle_timeout(self.now);
+                self.peer.handle_timeout(self.now);
+                Some(tail)
+            }
+        }
     }
 }
