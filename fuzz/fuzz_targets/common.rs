@@ -137,19 +137,20 @@ impl Honest {
         self.target.handle(self.now, t.remote, t.local, &t.payload);
     }
 
-    /// What the fuzzer does to the honest traffic, by `op`: deliver the next datagram (0),
-    /// deliver it with one octet changed (1: `[pos][xor]`), lose it (2), replay an older one
-    /// (3: `[index]`), let time pass for both (4: `[half seconds]`). Returns the input left,
-    /// `None` when it ran out.
+    /// What the fuzzer does to the honest traffic, by the op codes both targets share (0 and 1
+    /// are each target's raw datagrams, the initiator's 7 its starts): deliver the next datagram
+    /// (2, 3), deliver it with one octet changed (4: `[pos][xor]`), lose it (5), replay an
+    /// older one (6: `[index]`), let time pass for both (any other: `[half seconds]`). Returns
+    /// the input left, `None` when it ran out.
     pub fn honest_op<'a>(&mut self, op: u8, rest: &'a [u8]) -> Option<&'a [u8]> {
         match op {
-            0 => {
+            2 | 3 => {
                 if let Some(t) = self.queue.pop_front() {
                     self.deliver(&t);
                 }
                 Some(rest)
             }
-            1 => {
+            4 => {
                 let [pos, xor, tail @ ..] = rest else {
                     return None;
                 };
@@ -162,11 +163,11 @@ impl Honest {
                 }
                 Some(tail)
             }
-            2 => {
+            5 => {
                 self.queue.pop_front();
                 Some(rest)
             }
-            3 => {
+            6 => {
                 let [i, tail @ ..] = rest else {
                     return None;
                 };

@@ -91,11 +91,7 @@ fuzz_target!(|data: &[u8]| {
                 Some(tail)
             }
             // the honest initiator's next datagram, as sent, changed or lost; a replay; time
-            2 | 3 => sim.honest_op(0, rest),
-            4 => sim.honest_op(1, rest),
-            5 => sim.honest_op(2, rest),
-            6 => sim.honest_op(3, rest),
-            _ => sim.honest_op(4, rest),
+            code => sim.honest_op(code, rest),
         };
         let Some(left) = left else { break };
         rest = left;
