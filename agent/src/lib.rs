@@ -17,3 +17,4 @@ pub mod rng;
 pub mod spec;
 pub mod standalone;
 pub mod status;
+pub mod steering;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::{cluster, dataplane, metrics, spec, standalone, status};
+use strait_agent::{cluster, dataplane, metrics, spec, standalone, status, steering};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -25,6 +25,42 @@ enum Command {
     /// Run on a gateway node of a Kubernetes cluster: the tunnels the operator elects this node
     /// for, status written to each IPsecTunnel (API access: KUBECONFIG, or in-cluster).
     Cluster(ClusterArgs),
+    /// Run on every node of a Kubernetes cluster: steer the tunnels' remote subnets to each
+    /// tunnel's active gateway (a VXLAN overlay, or direct routes), following failover.
+    Route(RouteArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RouteArgs {
+    /// This node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// `vxlan`: an overlay to the gateway (any routed underlay); `direct`: a route via the
+    /// gateway's internal address (all nodes on one segment).
+    #[arg(long, value_enum, default_value_t = RouteMode::Vxlan)]
+    mode: RouteMode,
+    /// The overlay's VXLAN network identifier.
+    #[arg(long, default_value_t = steering::Overlay::default().vni)]
+    vxlan_vni: u32,
+    /// The overlay's UDP port (4789 and 8472 are usually the CNI's).
+    #[arg(long, default_value_t = steering::Overlay::default().port)]
+    vxlan_port: u16,
+    /// The overlay's IPv4 prefix: a node's overlay address is this prefix with the host bits
+    /// of its internal address.
+    #[arg(long, default_value = "240.0.0.0/8")]
+    vxlan_cidr: String,
+    /// Leave the routes and the device in place on exit, for the next process to adopt.
+    #[arg(long)]
+    keep_on_exit: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteMode {
+    Vxlan,
+    Direct,
 }
 
 #[derive(clap::Args, Debug)]
@@ -290,6 +326,39 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
     runtime()?.block_on(cluster::run(opts))
 }
 
+fn run_route(args: &RouteArgs) -> anyhow::Result<()> {
+    init_logs(args.log_json);
+    let mode = match args.mode {
+        RouteMode::Direct => steering::Mode::Direct,
+        RouteMode::Vxlan => {
+            let cidr: strait_xfrm::Prefix = args
+                .vxlan_cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--vxlan-cidr {:?}: {e}", args.vxlan_cidr))?;
+            if cidr.family() != strait_xfrm::Family::V4 || !(8..=24).contains(&cidr.len()) {
+                anyhow::bail!(
+                    "--vxlan-cidr {}: an IPv4 prefix from /8 to /24, please",
+                    args.vxlan_cidr
+                );
+            }
+            if !(1..=0xFF_FFFF).contains(&args.vxlan_vni) {
+                anyhow::bail!("--vxlan-vni {}: from 1 to 16777215", args.vxlan_vni);
+            }
+            steering::Mode::Vxlan(steering::Overlay {
+                vni: args.vxlan_vni,
+                port: args.vxlan_port,
+                cidr,
+            })
+        }
+    };
+    let opts = steering::Options {
+        node: args.node.clone(),
+        mode,
+        keep_on_exit: args.keep_on_exit,
+    };
+    runtime()?.block_on(steering::run(opts))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -310,6 +379,7 @@ fn main() -> ExitCode {
         }),
         Command::Standalone(args) => run_standalone(args),
         Command::Cluster(args) => run_cluster(args),
+        Command::Route(args) => run_route(args),
         Command::Status(args) => runtime().and_then(|rt| {
             let s = rt.block_on(status::query(&args.status_socket))?;
             if args.json {

@@ -35,7 +35,7 @@ const CLEAR_RETRY: Duration = Duration::from_secs(2);
 /// How long a stopping agent waits to learn whether it is being restarted.
 const ASK_API: Duration = Duration::from_secs(3);
 /// Drives a reflector's watch stream, waking the controller on every change.
-async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
+pub(crate) async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
 where
     S: Stream<Item = Result<K, watcher::Error>>,
 {

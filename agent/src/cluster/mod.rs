@@ -36,6 +36,7 @@ use crate::dataplane::{Dataplane, KernelDataplane, Kind, NoDataplane};
 use crate::driver::{Driver, Settings, Stop};
 use crate::status;
 use controller::Controller;
+pub(crate) use controller::drive;
 
 /// The options of `strait-agent cluster`.
 #[derive(Debug, Clone)]

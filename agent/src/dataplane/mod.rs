@@ -19,7 +19,7 @@ pub mod netfilter;
 mod none;
 pub mod objects;
 pub mod routes;
-mod routing;
+pub(crate) mod routing;
 mod table;
 
 use std::collections::BTreeMap;

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
@@ -24,6 +24,8 @@ use crate::error::TunnelError;
 #[derive(Debug, Clone)]
 pub(crate) struct Routing {
     handle: Handle,
+    table: u32,
+    rule_priority: u32,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> TunnelError {
@@ -67,12 +69,48 @@ const fn libc_esrch() -> i32 {
 }
 
 impl Routing {
-    /// Opens an rtnetlink socket (inside a tokio runtime).
+    /// Opens an rtnetlink socket (inside a tokio runtime) for the gateway's table.
     pub(crate) fn open() -> Result<Self, TunnelError> {
+        Self::open_table(ROUTE_TABLE, RULE_PRIORITY)
+    }
+
+    /// Opens an rtnetlink socket for our routes in `table`, looked up by a rule at
+    /// `rule_priority`.
+    pub(crate) fn open_table(table: u32, rule_priority: u32) -> Result<Self, TunnelError> {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| err("opening rtnetlink", e))?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            table,
+            rule_priority,
+        })
+    }
+
+    /// The rtnetlink handle, for links and neighbours.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Installs or replaces a route message built by the caller, in our table with our
+    /// protocol.
+    pub(crate) async fn put_message(
+        &self,
+        mut msg: RouteMessage,
+        what: &str,
+    ) -> Result<(), TunnelError> {
+        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        msg.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        msg.attributes.push(RouteAttribute::Table(self.table));
+        msg.header.table = u8::try_from(self.table).unwrap_or(252); // RT_TABLE_COMPAT
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| err(what, e))
     }
 
     /// How the kernel reaches `peer` now (`ip route get PEER`).
@@ -145,11 +183,11 @@ impl Routing {
 
     /// Installs or replaces `r` in our table, with the next hop of `path`.
     pub(crate) async fn put(&self, r: &WantedRoute, path: &PathToPeer) -> Result<(), TunnelError> {
-        let what = format!("route to {} in table {ROUTE_TABLE}", r.dst);
+        let what = format!("route to {} in table {}", r.dst, self.table);
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(r.dst.addr(), r.dst.len())
             .map_err(|e| err(&what, e))?
-            .table_id(ROUTE_TABLE)
+            .table_id(self.table)
             .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
             .output_interface(path.oif);
         match path.gateway.filter(|g| Family::of(g) == r.dst.family()) {
@@ -177,14 +215,16 @@ impl Routing {
     /// Removes our route to `dst` (absent: fine).
     pub(crate) async fn remove(&self, dst: Prefix) -> Result<(), TunnelError> {
         let what = format!("removing the route to {dst}");
-        let msg = RouteMessageBuilder::<IpAddr>::new()
+        let mut msg = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.len())
             .map_err(|e| err(&what, e))?
-            .table_id(ROUTE_TABLE)
+            .table_id(self.table)
             .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
             // any scope (as `ip route del` asks): ours are link or universe
             .scope(RouteScope::NoWhere)
             .build();
+        // any type too: the steering table holds `unreachable` routes
+        msg.header.kind = RouteType::Unspec;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_enoent(&e) => Ok(()),
@@ -207,7 +247,7 @@ impl Routing {
                 .await
                 .map_err(|e| err("listing routes", e))?
             {
-                if let Some(p) = our_destination(&r) {
+                if let Some(p) = our_destination(&r, self.table) {
                     out.push(p);
                 }
             }
@@ -215,14 +255,14 @@ impl Routing {
         Ok(out)
     }
 
-    /// Makes sure the rule `from all lookup ROUTE_TABLE` exists for `family`.
+    /// Makes sure the rule `from all lookup <our table>` exists for `family`.
     pub(crate) async fn ensure_rule(&self, family: Family) -> Result<(), TunnelError> {
         let req = self
             .handle
             .rule()
             .add()
-            .table_id(ROUTE_TABLE)
-            .priority(RULE_PRIORITY)
+            .table_id(self.table)
+            .priority(self.rule_priority)
             .action(RuleAction::ToTable);
         let r = match family {
             Family::V4 => req.v4().execute().await,
@@ -231,7 +271,7 @@ impl Routing {
         match r {
             Ok(()) => Ok(()),
             Err(e) if is_eexist(&e) => Ok(()),
-            Err(e) => Err(err(&format!("adding the rule for table {ROUTE_TABLE}"), e)),
+            Err(e) => Err(err(&format!("adding the rule for table {}", self.table), e)),
         }
     }
 
@@ -255,7 +295,7 @@ impl Routing {
                         _ => None,
                     })
                     .unwrap_or(u32::from(rule.header.table));
-                if table != ROUTE_TABLE {
+                if table != self.table {
                     continue;
                 }
                 match self.handle.rule().del(rule).execute().await {
@@ -270,7 +310,7 @@ impl Routing {
 }
 
 /// The destination of one of our routes (our table and protocol), else `None`.
-fn our_destination(r: &RouteMessage) -> Option<Prefix> {
+fn our_destination(r: &RouteMessage, ours: u32) -> Option<Prefix> {
     let table = r
         .attributes
         .iter()
@@ -279,7 +319,7 @@ fn our_destination(r: &RouteMessage) -> Option<Prefix> {
             _ => None,
         })
         .unwrap_or(u32::from(r.header.table));
-    if table != ROUTE_TABLE || u8::from(r.header.protocol) != ROUTE_PROTOCOL {
+    if table != ours || u8::from(r.header.protocol) != ROUTE_PROTOCOL {
         return None;
     }
     let dst = r.attributes.iter().find_map(|a| match a {

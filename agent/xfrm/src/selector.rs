@@ -10,7 +10,7 @@ use netlink_packet_xfrm::{Address, Selector as RawSelector};
 use crate::error::{Error, Result};
 
 /// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     /// IPv4.
     V4,
@@ -60,7 +60,7 @@ impl Family {
 
 /// An address prefix such as `198.51.100.0/24`. Host bits are cleared on construction, as the
 /// kernel compares prefixes byte for byte when it looks a policy up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Prefix {
     addr: IpAddr,
     len: u8,
