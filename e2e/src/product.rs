@@ -242,13 +242,6 @@ impl Daemon {
         extra: &[&str],
         kubeconfig: &Path,
     ) -> Result<Self> {
-        let bin = binary("strait-agent")?;
-        let api: std::net::SocketAddr = cp
-            .server_url()
-            .trim_start_matches("https://")
-            .parse()
-            .with_context(|| format!("API server URL {}", cp.server_url()))?;
-        let forward = PortForward::start(ns, api)?;
         let sock = cp.scratch_dir().join(format!("agent-{node}.sock"));
         let mut args: Vec<String> = vec![
             "cluster".into(),
@@ -260,14 +253,50 @@ impl Daemon {
             sock.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let log = cp.scratch_dir().join(format!("agent-{node}.log"));
+        Self::agent_in(cp, ns, &format!("agent-{node}"), &args, kubeconfig)
+    }
+
+    /// `strait-agent route` for `node` inside the namespace `ns`, with the admin's kubeconfig
+    /// (the API server forwarded into the namespace).
+    ///
+    /// # Errors
+    /// As [`Daemon::cluster_agent`].
+    pub fn route_agent(cp: &ControlPlane, ns: &str, node: &str, extra: &[&str]) -> Result<Self> {
+        let mut args: Vec<String> = vec!["route".into(), "--node".into(), node.into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::agent_in(
+            cp,
+            ns,
+            &format!("route-{node}"),
+            &args,
+            cp.kubeconfig_path(),
+        )
+    }
+
+    /// `strait-agent ARGS` in `ns`, logging to `<name>.log` in the scratch directory (a
+    /// restarted one keeps the earlier log as `.log.previous`).
+    fn agent_in(
+        cp: &ControlPlane,
+        ns: &str,
+        name: &str,
+        args: &[String],
+        kubeconfig: &Path,
+    ) -> Result<Self> {
+        let bin = binary("strait-agent")?;
+        let api: std::net::SocketAddr = cp
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("API server URL {}", cp.server_url()))?;
+        let forward = PortForward::start(ns, api)?;
+        let log = cp.scratch_dir().join(format!("{name}.log"));
         // append: a restarted agent keeps the earlier log above
         let earlier = fs::read_to_string(&log).unwrap_or_default();
         let d = Self::spawn(
-            &format!("agent-{node}"),
+            name,
             Some(ns),
             &bin,
-            &args,
+            args,
             &[("KUBECONFIG", &kubeconfig.to_string_lossy())],
             log.clone(),
             Some(forward),

@@ -209,14 +209,26 @@ impl Steering {
         }
         // Traffic from other nodes' pods arrives here but their replies leave by the CNI: the
         // return path is asymmetric, so the overlay filters loosely (as Submariner's does).
-        write_rp_filter(DEVICE, "2")?;
+        // A node that refuses (read-only /proc/sys in an unprivileged pod) still steers; it
+        // says what to set instead.
+        if let Err(e) = write_rp_filter(DEVICE, "2") {
+            tracing::warn!(error = %e.message, "set net.ipv4.conf.{DEVICE}.rp_filter=2 on the node");
+        }
         // Replies from the remote site reach a non-gateway node on its uplink while the route
         // back points into the overlay: loosen a strict uplink (and put it back on exit).
         if self.loosened.is_none() && effective_rp_filter(&up_name) == Some(1) {
             let old = read_rp_filter(&up_name).unwrap_or_else(|| "1".into());
-            write_rp_filter(&up_name, "2")?;
-            tracing::info!(uplink = %up_name, "reverse-path filter of the uplink loosened (2)");
-            self.loosened = Some((up_name, old));
+            match write_rp_filter(&up_name, "2") {
+                Ok(()) => {
+                    tracing::info!(uplink = %up_name, "reverse-path filter of the uplink loosened (2)");
+                    self.loosened = Some((up_name, old));
+                }
+                Err(e) => tracing::warn!(
+                    error = %e.message,
+                    "the uplink filters reverse paths strictly: replies from the remote site \
+                     may be dropped; set net.ipv4.conf.{up_name}.rp_filter=2 on the node"
+                ),
+            }
         }
         Ok(index)
     }
