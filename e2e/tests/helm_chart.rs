@@ -549,6 +549,41 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
         cp.kubectl(["get", "ds", "strait-agent", "-n", NS, "-o", "name"])
             .ok()
     });
+    // The route role: on every node (tolerates everything, no affinity), reading tunnels and
+    // Nodes with its own ServiceAccount and allowed nothing else.
+    let route = get_json(&cp, "ds", "strait-route");
+    let pod = &route["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "strait-route", "{pod:#}");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert!(pod.get("affinity").is_none(), "{pod:#}");
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("\"route\"") && args.contains("--mode=vxlan"),
+        "{args}"
+    );
+    let route_kubeconfig = sa_kubeconfig(&cp, "strait-route");
+    for (verb, what, allowed) in [
+        ("list", "ipsectunnels.strait.dev", "yes"),
+        ("watch", "ipsectunnels.strait.dev", "yes"),
+        ("watch", "nodes", "yes"),
+        ("patch", "ipsectunnels.strait.dev", "no"),
+        ("get", "secrets", "no"),
+    ] {
+        let o = kubectl_as(
+            &cp,
+            &route_kubeconfig,
+            &["auth", "can-i", verb, what, "--all-namespaces"],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            allowed,
+            "strait-route may {verb} {what}?"
+        );
+    }
     // Every agent value reached the DaemonSet, and the DaemonSet is owned by the chart's
     // Deployment (so garbage collection removes it with the release).
     let ds = get_json(&cp, "ds", "strait-agent");

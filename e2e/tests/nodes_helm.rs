@@ -234,6 +234,13 @@ fn operator_pods_ready(k: &NodeCluster) -> usize {
     .unwrap_or(0)
 }
 
+/// The route role's table on `node` (an empty table does not exist for `ip`: "").
+fn steering_table(node: &str) -> String {
+    strait_e2e::netns::exec_unchecked(node, &["ip", "route", "show", "table", "23041"])
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+}
+
 /// The agent pods (DaemonSet `strait-agent`) Running and Ready, by node.
 fn agent_pods(k: &NodeCluster) -> Vec<(String, String)> {
     let out = k
@@ -475,6 +482,36 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     for t in [PSK_TUNNEL, CERT_TUNNEL] {
         assert_eq!(active(&status(&k, t)).as_deref(), Some(NODE1));
     }
+    // the route role runs on both nodes; the other node steers both tunnels' remote subnets
+    // over the overlay to the gateway's InternalIP (198.51.100.242 -> 240.51.100.242)
+    wait_for(
+        &k,
+        "a route pod on each node",
+        Duration::from_secs(60),
+        || {
+            let p = k.pods("app.kubernetes.io/name=strait-route").ok()?;
+            let mut nodes: Vec<String> = p.into_iter().map(|(_, n)| n).collect();
+            nodes.sort();
+            (nodes == [NODE1, NODE2]).then_some(())
+        },
+    );
+    wait_for(
+        &k,
+        "node2 steering to node1",
+        Duration::from_secs(60),
+        || {
+            let t = steering_table(NODE2);
+            [PSK_NET, CERT_NET]
+                .iter()
+                .all(|n| t.contains(&format!("{n} via 240.51.100.242 dev strait-vx")))
+                .then_some(())
+        },
+    );
+    assert!(
+        steering_table(NODE1).trim().is_empty(),
+        "the gateway steers nothing: {}",
+        steering_table(NODE1)
+    );
     // `kubectl exec` status agrees with charon, for both tunnels
     let sas = charon.list_sas().unwrap();
     for t in [PSK_TUNNEL, CERT_TUNNEL] {
@@ -735,6 +772,12 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
                 .stdout;
             assert!(x.trim().is_empty(), "xfrm {what} left on {n}:\n{x}");
         }
+        // the route pods removed their overlay and routes when they stopped
+        wait_for(&k, "no steering left", Duration::from_secs(30), || {
+            let dev = strait_e2e::netns::exec_unchecked(n, &["ip", "link", "show", "strait-vx"])
+                .is_ok_and(|o| o.status.success());
+            (!dev && steering_table(n).trim().is_empty()).then_some(())
+        });
     }
 
     // ---- install again, then stop the active gateway's node (kubelet killed) ----------------
@@ -884,6 +927,10 @@ fn bad_input_on_kubelets_is_reported_and_recovers() {
             "agent.image.tag=no-such-tag",
             "--set",
             "agent.image.pullPolicy=Never",
+            // the route role shares the agent image: it would never start either, and
+            // `helm install --wait` would wait for it
+            "--set",
+            "routeAgent.enabled=false",
         ],
     );
     k.kubectl_stdin(["apply", "-f", "-"], &psk_only).unwrap();
