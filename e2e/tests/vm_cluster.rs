@@ -13,7 +13,16 @@
 //!   gw1: strait-agent cluster --dataplane kernel, 127.0.0.1:PORT forwarded to 10.0.2.2:PORT
 //!        192.0.2.1/30 ---- 192.0.2.2/30 remote (charon, kernel-netlink), IKE 192.0.2.100
 //!        inner 198.51.100.1                 inner 203.0.113.1
+//!        10.1.0.1/24 (InternalIP)
+//!         |
+//!   node2: strait-agent route (gw1 runs one too), InternalIP 10.1.0.3/24
+//!        198.51.100.65/26 ---- pod 198.51.100.66 (the test CNI: gw1 routes 198.51.100.64/26
+//!                                                 via node2)
 //! ```
+//!
+//! The pod on node2 reaches the remote host through the route role's VXLAN overlay to gw1 and
+//! gw1's ESP SA, both ways, and a capture on gw1's link to the remote site sees no cleartext
+//! packet of the tunnel's subnets throughout.
 //!
 //! The two halves meet through files in a directory both see (`--rwdir`): the host writes the
 //! kubeconfig and the port; the guest writes `node-up` once charon and the agent run, and
@@ -49,6 +58,9 @@ const PSK: &str = "strait-vm-cluster-psk-7c31a9e05d";
 const LOCAL_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const REMOTE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const NODE: &str = "gw1";
+/// The node without a tunnel, with a pod behind it.
+const NODE2: &str = "node2";
+const POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 /// The guest half finds the shared directory here.
 const SHARED_ENV: &str = "STRAIT_VM_CLUSTER_DIR";
 /// Printed by the guest half when all its checks passed.
@@ -120,6 +132,24 @@ fn cluster_kernel_dataplane_in_vm() {
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, NODE).unwrap();
+    cp.kubectl_stdin(
+        ["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE2}}}\n"),
+    )
+    .unwrap();
+    // what the route role reads: the nodes' InternalIPs (a kubelet would report them)
+    for (n, ip) in [(NODE, "10.1.0.1"), (NODE2, "10.1.0.3")] {
+        cp.kubectl([
+            "patch",
+            "node",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{ip}"}}]}}}}"#),
+        ])
+        .unwrap();
+    }
     cp.kubectl_stdin(["apply", "-f", "-"], &cluster::psk_secret("dc2-psk", PSK))
         .unwrap();
     let operator = Daemon::operator(&cp, &[]).expect("operator");
@@ -285,10 +315,36 @@ fn cluster_kernel_dataplane_in_vm() {
 struct GuestAgent {
     child: Child,
     log: PathBuf,
-    _forward: PortForward,
+    _forward: Option<PortForward>,
 }
 
 impl GuestAgent {
+    /// `/tmp/strait-agent ARGS` inside `ns`, logging to `/tmp/<name>.log`; with `forward`, the
+    /// API server is forwarded into the namespace for as long as this runs (one forward per
+    /// namespace: a second process there uses the first's).
+    fn start(dir: &Path, ns: &str, port: u16, forward: bool, name: &str, args: &[&str]) -> Self {
+        let api = SocketAddr::from((vm::HOST_LOOPBACK, port));
+        let forward =
+            forward.then(|| PortForward::start(ns, api).expect("API forward into the node"));
+        let log = PathBuf::from(format!("/tmp/{name}.log"));
+        let out = fs::File::create(&log).unwrap();
+        let mut argv = vec!["/tmp/strait-agent"];
+        argv.extend_from_slice(args);
+        let child = netns::exec_command(ns, &argv)
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _forward: forward,
+        }
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -411,6 +467,14 @@ fn guest_gateway_node() {
         .subnet("remote", &format!("{REMOTE_ADDR}/32"))
         .subnet("remote", &format!("{REMOTE_HOST}/32"))
         .subnet(NODE, &format!("{LOCAL_HOST}/32"))
+        // node2 on the cluster's underlay, a pod behind it, and the test CNI's route to it
+        .node(NODE2)
+        .node("pod")
+        .link(NODE2, "10.1.0.3/24", NODE, "10.1.0.1/24")
+        .link("pod", &format!("{POD}/26"), NODE2, "198.51.100.65/26")
+        .route("pod", &["default", "via", "198.51.100.65"])
+        .route(NODE, &["198.51.100.64/26", "via", "10.1.0.3"])
+        .router(NODE2)
         // a main-table route of the test's own (the agent adds its own in table 23040, which
         // is looked up first): the remote subnet via the link, from our inner address
         .route(
@@ -442,16 +506,14 @@ fn guest_gateway_node() {
     println!("guest: charon up at {:.1} s", t0.elapsed().as_secs_f64());
 
     // run the agent from the guest's tmpfs, not over 9p
-    let bin = Path::new("/tmp/strait-agent");
-    fs::copy(dir.join("strait-agent"), bin).unwrap();
-    let api = SocketAddr::from((vm::HOST_LOOPBACK, port));
-    let forward = PortForward::start(&gw, api).expect("API forward into the node");
-    let log = PathBuf::from("/tmp/strait-agent-gw1.log");
-    let out = fs::File::create(&log).unwrap();
-    let agent_child = netns::exec_command(
+    fs::copy(dir.join("strait-agent"), "/tmp/strait-agent").unwrap();
+    let mut agent = GuestAgent::start(
+        &dir,
         &gw,
+        port,
+        true,
+        "strait-agent-gw1",
         &[
-            bin.to_str().unwrap(),
             "cluster",
             "--node",
             NODE,
@@ -464,19 +526,20 @@ fn guest_gateway_node() {
             "--metrics-addr",
             "off",
         ],
-    )
-    .env("KUBECONFIG", dir.join("kubeconfig"))
-    .env("RUST_LOG", "info,kube=warn")
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out)
-    .spawn()
-    .unwrap();
-    let mut agent = GuestAgent {
-        child: agent_child,
-        log,
-        _forward: forward,
-    };
+    );
+    // the route role on both nodes (on gw1 it only keeps the overlay device to receive on)
+    let node2 = topo.ns(NODE2).unwrap().to_owned();
+    let mut roles =
+        [(NODE, gw.as_str(), false), (NODE2, node2.as_str(), true)].map(|(n, ns, fwd)| {
+            GuestAgent::start(
+                &dir,
+                ns,
+                port,
+                fwd,
+                &format!("route-{n}"),
+                &["route", "--node", n],
+            )
+        });
     publish(&dir.join("node-up"), "up");
     println!(
         "guest: agent started at {:.1} s",
@@ -547,9 +610,95 @@ fn guest_gateway_node() {
          equal to charon's kernel counters",
         sa_in.2, sa_in.3, sa_in.0, sa_out.2, sa_out.3, sa_out.0
     );
+    let (spi_in, spi_out, bytes_in, bytes_out) =
+        (sa_in.0.clone(), sa_out.0.clone(), sa_in.2, sa_out.2);
+
+    // ---- a pod on node2 <-> the remote host: the overlay to gw1, then ESP; nothing in clear ----
+    let via = format!("{REMOTE_NET} via 240.1.0.1 dev strait-vx");
+    wait_until(
+        "node2 steering the remote subnet to gw1",
+        Duration::from_secs(60),
+        || {
+            netns::exec_unchecked(&node2, &["ip", "route", "show", "table", "23041"])
+                .is_ok_and(|o| o.stdout.contains(&via))
+        },
+        || format!("{}\n{}", roles[1].log(), roles[0].log()),
+    );
+    // What each end of the gw1-remote link sends is everything on that wire. Outbound only:
+    // on the way in, tcpdump also shows the packets the kernel has just decrypted.
+    let wire_out = |ns: &str, iface: &str| {
+        netns::exec_command(
+            ns,
+            &[
+                "tcpdump",
+                "-n",
+                "-l",
+                "--immediate-mode",
+                "-Q",
+                "out",
+                "-i",
+                iface,
+                "net 198.51.100.0/24 or net 203.0.113.0/24",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump")
+    };
+    let dumps = [
+        wire_out(&gw, &topo.interface(NODE, "remote").unwrap()),
+        wire_out(&remote, &topo.interface("remote", NODE).unwrap()),
+    ];
+    thread::sleep(Duration::from_secs(2));
+    let before = sas(&gw);
+    for (node, from, to) in [("pod", POD, REMOTE_HOST), ("remote", REMOTE_HOST, POD)] {
+        if let Err(e) = topo.ping(node, Some(from), to, 3) {
+            panic!(
+                "ping {from} -> {to}: {e:#}\n{:?}\n--- route node2:\n{}\n--- route gw1:\n{}\n--- agent:\n{}",
+                sas(&gw),
+                roles[1].log(),
+                roles[0].log(),
+                agent.log()
+            );
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    for dump in dumps {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(dump.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let out = dump.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("listening on"), "tcpdump did not start: {err}");
+        let clear: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            clear.is_empty(),
+            "cleartext on the gw1-remote wire: {clear:#?}"
+        );
+    }
+    let after = sas(&gw);
+    let packets = |v: &[(String, String, u64, u64)], dst: &str| {
+        v.iter().find(|s| s.1 == dst).map_or(0, |s| s.3)
+    };
+    let (more_out, more_in) = (
+        packets(&after, REMOTE_ADDR).saturating_sub(packets(&before, REMOTE_ADDR)),
+        packets(&after, gw_addr).saturating_sub(packets(&before, gw_addr)),
+    );
+    assert!(
+        more_out >= 6 && more_in >= 6,
+        "the pod's 6 pings each way went through ESP: +{more_out} out, +{more_in} in"
+    );
+    println!(
+        "guest: pod on {NODE2} <-> remote host through the overlay and ESP both ways (+{more_out} \
+         out, +{more_in} in on the SAs), 0 cleartext packets on the gw1-remote wire"
+    );
     publish(
         &dir.join("traffic"),
-        &format!("{} {} {} {}", sa_in.0, sa_out.0, sa_in.2, sa_out.2),
+        &format!("{spi_in} {spi_out} {bytes_in} {bytes_out}"),
     );
 
     // ---- the host deletes the tunnel: DELETE reaches charon, the node's kernel is clean ----
@@ -583,6 +732,17 @@ fn guest_gateway_node() {
     );
     let st = agent.terminate();
     assert!(st.success(), "agent exit {st}\n{}", agent.log());
+    for r in &mut roles {
+        let st = r.terminate();
+        assert!(st.success(), "route role exit {st}\n{}", r.log());
+    }
+    for ns in [&gw, &node2] {
+        assert!(
+            !netns::exec_unchecked(ns, &["ip", "link", "show", "strait-vx"])
+                .is_ok_and(|o| o.status.success()),
+            "strait-vx left in {ns}"
+        );
+    }
     assert!(
         !agent.log().contains(PSK),
         "the PSK reached the agent's log"
