@@ -122,7 +122,7 @@ impl Template {
     }
 }
 
-/// How the kernel finds a policy: selector, direction, mark.
+/// How the kernel finds a policy: selector, direction, mark, interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyId {
     /// The traffic.
@@ -131,6 +131,9 @@ pub struct PolicyId {
     pub dir: Direction,
     /// The mark, when the policy has one.
     pub mark: Option<Mark>,
+    /// The XFRM interface (`XFRMA_IF_ID`), for a route-based tunnel's policy: it matches only
+    /// traffic through that interface, so two tunnels may have the same selectors.
+    pub if_id: Option<u32>,
 }
 
 /// A policy to install.
@@ -148,6 +151,8 @@ pub struct Policy {
     pub templates: Vec<Template>,
     /// Optional mark (changes matching; see [`Mark`]).
     pub mark: Option<Mark>,
+    /// The XFRM interface it applies to, for a route-based tunnel.
+    pub if_id: Option<u32>,
 }
 
 impl Policy {
@@ -160,6 +165,7 @@ impl Policy {
             priority,
             templates: vec![template],
             mark: None,
+            if_id: None,
         }
     }
 
@@ -174,6 +180,7 @@ impl Policy {
             priority,
             templates: vec![Template::esp(any, any, Mode::Transport, reqid)],
             mark: None,
+            if_id: None,
         }
     }
 
@@ -183,6 +190,7 @@ impl Policy {
             selector: self.selector,
             dir: self.dir,
             mark: self.mark,
+            if_id: self.if_id,
         }
     }
 
@@ -211,6 +219,9 @@ impl Policy {
         m.nlas.push(XfrmAttrs::Template(tmpls));
         if let Some(mark) = self.mark {
             m.nlas.push(mark.attr());
+        }
+        if let Some(id) = self.if_id {
+            m.nlas.push(XfrmAttrs::IfId(id));
         }
         Ok(m)
     }
@@ -256,6 +267,7 @@ impl PolicyInfo {
             priority: self.priority,
             templates: self.templates.clone(),
             mark: self.id.mark,
+            if_id: self.id.if_id,
         }
     }
 
@@ -281,6 +293,7 @@ impl PolicyInfo {
                 selector,
                 dir,
                 mark: Mark::find(&m.nlas),
+                if_id: crate::sa::if_id_of(&m.nlas),
             },
             action: if info.action == XFRM_POLICY_BLOCK {
                 Action::Block
@@ -303,6 +316,9 @@ fn id_message(id: &PolicyId, index: u32) -> Result<DelGetMessage> {
     m.user_policy_id.direction = id.dir.raw();
     if let Some(mark) = id.mark {
         m.nlas.push(mark.attr());
+    }
+    if let Some(i) = id.if_id {
+        m.nlas.push(XfrmAttrs::IfId(i));
     }
     Ok(m)
 }

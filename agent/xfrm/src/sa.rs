@@ -496,6 +496,9 @@ pub struct Sa {
     /// (`XFRMA_MTIMER_THRESH`; without it the kernel reports every such packet). Never on an
     /// outbound SA, and only with `nat_t`.
     pub mapping_maxage: Option<u32>,
+    /// The XFRM interface the SA belongs to (`XFRMA_IF_ID`; route-based tunnels): its traffic
+    /// leaves and arrives through the interface with this `if_id`.
+    pub if_id: Option<u32>,
 }
 
 impl Sa {
@@ -522,6 +525,7 @@ impl Sa {
             nat_t: None,
             mark: None,
             mapping_maxage: None,
+            if_id: None,
         }
     }
 
@@ -630,10 +634,21 @@ impl Sa {
         if let Some(mark) = self.mark {
             m.nlas.push(mark.attr());
         }
+        if let Some(id) = self.if_id {
+            m.nlas.push(XfrmAttrs::IfId(id));
+        }
         // Keys last: nothing fallible follows, so no early return leaves a copy behind.
         self.crypto.push_attrs(&mut m.nlas);
         Ok(m)
     }
+}
+
+/// The `XFRMA_IF_ID` among `nlas` (0, as the kernel sends for none, is none).
+pub(crate) fn if_id_of(nlas: &[XfrmAttrs]) -> Option<u32> {
+    nlas.iter().find_map(|a| match a {
+        XfrmAttrs::IfId(id) if *id != 0 => Some(*id),
+        _ => None,
+    })
 }
 
 /// An SA as the kernel reports it, without its keys.
@@ -663,6 +678,8 @@ pub struct SaInfo {
     pub larval: bool,
     /// Counters at the time of the read.
     pub counters: SaCounters,
+    /// The XFRM interface it belongs to (`XFRMA_IF_ID`), if any.
+    pub if_id: Option<u32>,
 }
 
 impl SaInfo {
@@ -718,6 +735,7 @@ impl SaInfo {
             replay_window,
             lifetimes: Lifetimes::from_raw(&info.lifetime_cfg),
             nat_t,
+            if_id: if_id_of(&m.nlas),
         })
     }
 }

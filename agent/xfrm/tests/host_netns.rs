@@ -353,3 +353,42 @@ fn the_kernel_allocates_unique_spis_synchronously() {
         assert!(x.list_our_sas().await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn policies_with_the_same_selector_coexist_per_interface_id() {
+    in_netns(|| async {
+        let x = Xfrm::open().unwrap();
+        // two route-based tunnels to two peers with identical subnets: one policy each,
+        // told apart by the XFRM interface they belong to
+        let mut a = tunnel_out(1, "10.1.0.0/16", "10.2.0.0/16");
+        a.if_id = Some(0x5A00_0001);
+        let mut b = tunnel_out(2, "10.1.0.0/16", "10.2.0.0/16");
+        b.if_id = Some(0x5A00_0002);
+        x.add_policy(&a).await.unwrap();
+        x.add_policy(&b).await.unwrap();
+        // and one without an interface beside them
+        let plain = tunnel_out(3, "10.1.0.0/16", "10.2.0.0/16");
+        x.add_policy(&plain).await.unwrap();
+        let listed = x.list_our_policies().await.unwrap();
+        let mut ids: Vec<Option<u32>> = listed.iter().map(|p| p.id.if_id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [None, Some(0x5A00_0001), Some(0x5A00_0002)]);
+        assert!(sh("ip xfrm policy").contains("if_id 0x5a000002"));
+        // lookups and deletes find the one of the asked interface
+        let got = x.get_policy(&b.id()).await.unwrap().expect("b");
+        assert_eq!(got.reqid(), Reqid::ours(2).unwrap());
+        x.delete_policy(&a.id()).await.unwrap();
+        let left: Vec<Option<u32>> = x
+            .list_our_policies()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.id.if_id)
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert!(!left.contains(&Some(0x5A00_0001)), "{left:?}");
+        x.delete_policy(&b.id()).await.unwrap();
+        x.delete_policy(&plain.id()).await.unwrap();
+        assert!(x.list_our_policies().await.unwrap().is_empty());
+    });
+}
