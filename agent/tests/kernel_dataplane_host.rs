@@ -13,7 +13,7 @@ use std::future::Future;
 use std::process::Command;
 use std::time::Duration;
 
-use strait_agent::dataplane::{Dataplane, KernelDataplane};
+use strait_agent::dataplane::{Dataplane, KernelDataplane, PathOptions};
 use strait_agent::spec::peer::{self, Inputs};
 use strait_crds::IPsecTunnelSpec;
 use strait_ike::codec::TsRange;
@@ -158,7 +158,7 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
         );
 
         let cfg = peer("start", "198.51.100.0/24", "203.0.113.0/24");
-        dp.guard(1, &cfg, None).await.unwrap();
+        dp.guard(1, &cfg, PathOptions::default()).await.unwrap();
         // the gateway plumbing: our table, our rule, forwarding on
         let table = sh("ip route show table 23040");
         assert_eq!(
@@ -190,7 +190,16 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
 
         // an onTraffic tunnel's trap policies: protect, with the tunnel's endpoints
         let trap = peer("onTraffic", "198.51.100.0/24", "192.0.2.128/25");
-        dp.guard(2, &trap, Some(1400)).await.unwrap();
+        dp.guard(
+            2,
+            &trap,
+            PathOptions {
+                mtu: Some(1400),
+                route_metric: None,
+            },
+        )
+        .await
+        .unwrap();
         let table = sh("ip route show table 23040");
         assert!(
             table.contains(
@@ -206,7 +215,7 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
 
         // a third tunnel with the first one's subnets: one policy per selector in the kernel,
         // and removing the first tunnel leaves the third's in place
-        dp.guard(3, &cfg, None).await.unwrap();
+        dp.guard(3, &cfg, PathOptions::default()).await.unwrap();
         assert_eq!(ours(&x).await.len(), 6);
         dp.unguard(1).await.unwrap();
         let table = sh("ip route show table 23040");
@@ -238,11 +247,73 @@ fn a_tunnel_without_sas_blocks_its_traffic_and_cleans_up() {
 
         // a clean exit removes everything, guards, routes and rule included, and puts the
         // sysctls back
-        dp.guard(1, &cfg, None).await.unwrap();
+        dp.guard(1, &cfg, PathOptions::default()).await.unwrap();
         dp.shutdown().await.unwrap();
         assert!(ours(&x).await.is_empty());
         assert_eq!(sh("ip route show table 23040").trim(), "");
         assert!(!sh("ip rule").contains("23040"));
         assert_eq!(forwarding(), forwarding_before);
+    });
+}
+
+#[test]
+fn a_route_based_tunnel_gets_its_interface_or_a_clear_refusal() {
+    in_netns(|| async {
+        // This machine's kernel has XFRM but (measured) no xfrm_interface; the kernel VM has
+        // it (e2e/tests/vm_agent.rs, j_route_based_through_an_xfrm_interface). Either way the
+        // outcome is checked.
+        let supported = Command::new("sh")
+            .args([
+                "-c",
+                "ip link add strait-probe type xfrm if_id 1 && ip link del strait-probe",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        let mut dp = KernelDataplane::open();
+        let cfg = peer("start", "198.51.100.0/24", "203.0.113.0/24");
+        let route = PathOptions {
+            mtu: None,
+            route_metric: Some(100),
+        };
+        let x = Xfrm::open().unwrap();
+        match dp.guard(4, &cfg, route).await {
+            Err(e) => {
+                assert!(
+                    !supported,
+                    "refused on a kernel that has xfrm interfaces: {e:?}"
+                );
+                assert_eq!(
+                    e.reason,
+                    strait_crds::contract::StatusReason::KernelUnsupported,
+                    "{e:?}"
+                );
+                assert!(
+                    e.message.contains("strait-x4") && e.message.contains("xfrm_interface"),
+                    "{}",
+                    e.message
+                );
+                eprintln!("no xfrm interfaces here; refused with: {}", e.message);
+                // fail closed all the same: the subnets are blocked until the tunnel goes
+                let pols = x.list_our_policies().await.unwrap();
+                assert!(
+                    !pols.is_empty() && pols.iter().all(|p| p.action == strait_xfrm::Action::Block),
+                    "{pols:?}"
+                );
+                dp.unguard(4).await.unwrap();
+            }
+            Ok(()) => {
+                assert!(supported, "an interface was made on a kernel without them?");
+                let link = sh("ip -d link show strait-x4");
+                assert!(link.contains("if_id 0x5a000004"), "{link}");
+                let table = sh("ip route show table 23042");
+                assert!(table.contains("unreachable 203.0.113.0/24"), "{table}");
+                dp.unguard(4).await.unwrap();
+                assert!(sh("ip link show type xfrm").trim().is_empty());
+            }
+        }
+        // nothing left once the tunnel is gone
+        assert!(x.list_our_policies().await.unwrap().is_empty());
     });
 }

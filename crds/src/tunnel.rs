@@ -63,6 +63,7 @@ const PROPOSALS_MESSAGE: &str = "unknown or weak algorithm in a proposal: use st
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.dataPlane) || !has(self.dataPlane.mode) || self.dataPlane.mode != 'routeBased' || !has(self.initiation) || self.initiation != 'onTraffic'").message("initiation onTraffic needs dataPlane.mode policyBased (a route-based tunnel has no trap policies)"))]
 pub struct IPsecTunnelSpec {
     /// Which nodes may terminate the tunnel (cluster mode only; ignored in standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +94,46 @@ pub struct IPsecTunnelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000))]
     pub mtu: Option<u32>,
+    /// How traffic enters the tunnel on the gateway: policy-based (the default) or through an
+    /// XFRM interface of its own (route-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<DataPlaneSpec>,
+}
+
+/// How traffic enters the tunnel on the gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.routeMetric) || self.mode == 'routeBased'").message("dataPlane.routeMetric needs dataPlane.mode routeBased"))]
+pub struct DataPlaneSpec {
+    /// `policyBased` (the default): XFRM policies for the tunnel's subnets pick its traffic, as
+    /// strongSwan does by default. `routeBased`: an XFRM interface of the tunnel's own
+    /// (`strait-x<N>`), its SAs and policies bound to it, and routes to the remote subnets
+    /// through it; two tunnels may then have the same subnets (primary and backup, by
+    /// `routeMetric`).
+    #[serde(default)]
+    pub mode: DataPlaneMode,
+    /// Route-based only: the metric of the routes into the tunnel's interface. Of two tunnels
+    /// to the same subnets, the one with the lower metric carries the traffic while it has a
+    /// CHILD SA (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub route_metric: Option<u32>,
+}
+
+/// Policy-based or route-based.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DataPlaneMode {
+    /// Policies select the traffic.
+    #[default]
+    PolicyBased,
+    /// Routes into an XFRM interface select the traffic.
+    RouteBased,
+}
+
+impl DataPlaneSpec {
+    /// The route metric of a route-based tunnel when none is set.
+    pub const DEFAULT_ROUTE_METRIC: u32 = 100;
 }
 
 /// Where the tunnel may be terminated.

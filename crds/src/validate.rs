@@ -152,6 +152,32 @@ pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
             format!("timeout {t} is shorter than the interval {i}"),
         );
     }
+    if let Some(dp) = &spec.data_plane {
+        let route = dp.mode == crate::DataPlaneMode::RouteBased;
+        if dp.route_metric.is_some() && !route {
+            err(
+                "spec.dataPlane.routeMetric".into(),
+                "dataPlane.routeMetric needs dataPlane.mode routeBased".into(),
+            );
+        }
+        if dp
+            .route_metric
+            .is_some_and(|m| !(1..=1_000_000).contains(&m))
+        {
+            err(
+                "spec.dataPlane.routeMetric".into(),
+                "must be from 1 to 1000000".into(),
+            );
+        }
+        if route && spec.initiation == crate::Initiation::OnTraffic {
+            err(
+                "spec.initiation".into(),
+                "initiation onTraffic needs dataPlane.mode policyBased (a route-based tunnel has \
+                 no trap policies)"
+                    .into(),
+            );
+        }
+    }
     errs
 }
 
@@ -174,6 +200,29 @@ mod tests {
             86_400
         );
         assert_eq!(validate(&t.spec), vec![]);
+    }
+
+    #[test]
+    fn route_based_options_are_checked() {
+        let mut t = example();
+        t.spec.data_plane = Some(crate::DataPlaneSpec {
+            mode: crate::DataPlaneMode::RouteBased,
+            route_metric: Some(200),
+        });
+        assert_eq!(validate(&t.spec), vec![]);
+        t.spec.initiation = crate::Initiation::OnTraffic;
+        let fields: Vec<_> = validate(&t.spec).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.initiation"]);
+        t.spec.initiation = crate::Initiation::Start;
+        t.spec.data_plane = Some(crate::DataPlaneSpec {
+            mode: crate::DataPlaneMode::PolicyBased,
+            route_metric: Some(0),
+        });
+        let fields: Vec<_> = validate(&t.spec).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["spec.dataPlane.routeMetric", "spec.dataPlane.routeMetric"]
+        );
     }
 
     #[test]

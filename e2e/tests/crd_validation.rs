@@ -35,6 +35,10 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
         EXAMPLE.replace("address: 192.0.2.2", "address: gw.dc2.example.com"),
         EXAMPLE.replace("203.0.113.0/24", "2001:db8:1::/48"),
         EXAMPLE.replace("aes256gcm16-prfsha384-x25519", "AES256-SHA256-MODP3072"),
+        EXAMPLE.replace(
+            "initiation: start",
+            "initiation: start\n  dataPlane: {mode: routeBased, routeMetric: 200}",
+        ),
     ] {
         apply(&cp, &ok).unwrap_or_else(|e| panic!("a valid tunnel was refused: {e}\n{ok}"));
     }
@@ -90,6 +94,22 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
             "unknown initiation",
             EXAMPLE.replace("initiation: start", "initiation: sometimes"),
             "spec.initiation",
+        ),
+        (
+            "route-based and onTraffic",
+            EXAMPLE.replace(
+                "initiation: start",
+                "initiation: onTraffic\n  dataPlane: {mode: routeBased}",
+            ),
+            "needs dataPlane.mode policyBased",
+        ),
+        (
+            "a route metric for a policy-based tunnel",
+            EXAMPLE.replace(
+                "initiation: start",
+                "initiation: start\n  dataPlane: {routeMetric: 5}",
+            ),
+            "dataPlane.routeMetric needs dataPlane.mode routeBased",
         ),
     ];
     let mut failures = Vec::new();

@@ -23,7 +23,8 @@ use super::objects::{
 use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
 use super::routing::{PathToPeer, Routing};
 use super::table::{Change, Owner, PolicyTable};
-use super::{Dataplane, KernelEvent, Kind, Traffic};
+use super::xfrmi::{self, RouteBased};
+use super::{Dataplane, KernelEvent, Kind, PathOptions, Traffic};
 use crate::error::TunnelError;
 
 /// What the kernel data plane installed for one CHILD SA.
@@ -62,6 +63,8 @@ pub struct KernelDataplane {
     deferred_fallback: HashSet<PolicyId>,
     /// The gateway plumbing: routes, rules, sysctls.
     plumbing: Plumbing,
+    /// Route-based tunnels' interfaces and routes.
+    route_based: RouteBased,
 }
 
 /// What a tunnel's routes are computed from.
@@ -77,6 +80,9 @@ struct TunnelRoutes {
     spec_mtu: Option<u32>,
     /// The negotiated transform and whether ESP is in UDP, once a CHILD SA is in.
     esp: Option<(Transform, bool)>,
+    /// Route-based: its routes are [`RouteBased`]'s (the ones computed here only give the MTU
+    /// for the MSS clamp).
+    route_based: bool,
 }
 
 /// Routes in Strait's table (one per remote subnet; when two tunnels want the same one, the
@@ -148,6 +154,11 @@ impl Plumbing {
             .await;
         let Some(routing) = self.routing.clone() else {
             return;
+        };
+        let wanted = if self.tunnels.get(&tunnel).is_some_and(|t| t.route_based) {
+            Vec::new()
+        } else {
+            wanted
         };
         // drop the claims this tunnel no longer has
         let stale: Vec<Prefix> = self
@@ -339,6 +350,7 @@ impl KernelDataplane {
             table: PolicyTable::default(),
             deferred_fallback: HashSet::new(),
             plumbing: Plumbing::open(),
+            route_based: RouteBased::default(),
         }
     }
 
@@ -397,6 +409,14 @@ impl KernelDataplane {
             t.peer = Some(peer);
             t.esp = esp;
             self.plumbing.sync(tunnel).await;
+        }
+    }
+
+    /// A route-based tunnel's CHILD SA is in: its routes through the interface (routes are
+    /// reachability, not protection: a failure is logged).
+    async fn route_up(&mut self, tunnel: u32, child: ChildSaId, esp: Option<(Transform, bool)>) {
+        if let Err(e) = self.route_based.child_up(tunnel, child, esp).await {
+            tracing::warn!(tunnel, message = %e.message, "routes through the XFRM interface");
         }
     }
 
@@ -552,7 +572,13 @@ impl Dataplane for KernelDataplane {
     async fn install(&mut self, tunnel: u32, sa: &ChildSaInstall) -> Result<(), TunnelError> {
         let xfrm = self.xfrm()?.clone();
         let slot = self.slot_for(tunnel, sa)?;
-        let (sa_in, sa_out, policies) = kernel_objects(tunnel, slot, sa)?;
+        let (mut sa_in, mut sa_out, mut policies) = kernel_objects(tunnel, slot, sa)?;
+        if self.route_based.has(tunnel) {
+            let id = Some(xfrmi::if_id(tunnel));
+            sa_in.if_id = id;
+            sa_out.if_id = id;
+            policies.iter_mut().for_each(|p| p.if_id = id);
+        }
         let mut added = xfrm.add_sa(&sa_in).await;
         if matches!(added, Err(strait_xfrm::Error::AlreadyExists { .. })) {
             // the kernel allocated the inbound SPI and a larval SA of ours holds it: key that
@@ -589,6 +615,7 @@ impl Dataplane for KernelDataplane {
         }
         let esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
         self.record(sa.child, ins, sa.remote_addr.ip(), esp).await;
+        self.route_up(tunnel, sa.child, esp).await;
         Ok(())
     }
 
@@ -623,7 +650,12 @@ impl Dataplane for KernelDataplane {
         }
         let slot = slot.unwrap_or(objects::TUNNEL_SLOT);
         let reqid = objects::reqid(tunnel, slot)?;
-        let policies = objects::child_policies(reqid, (l, r), &sa.local_ts, &sa.remote_ts)?;
+        let mut policies = objects::child_policies(reqid, (l, r), &sa.local_ts, &sa.remote_ts)?;
+        if self.route_based.has(tunnel) {
+            policies
+                .iter_mut()
+                .for_each(|p| p.if_id = Some(xfrmi::if_id(tunnel)));
+        }
         self.claim_policies(&xfrm, sa.child, policies).await?;
         let ins = Installed {
             tunnel,
@@ -635,6 +667,7 @@ impl Dataplane for KernelDataplane {
         };
         let esp = transform_of(sa.encr, sa.integ).map(|x| (x, sa.encapsulation.is_some()));
         self.record(sa.child, ins, r, esp).await;
+        self.route_up(tunnel, sa.child, esp).await;
         Ok(())
     }
 
@@ -643,6 +676,9 @@ impl Dataplane for KernelDataplane {
         let Some(ins) = self.installed.remove(&child) else {
             return Ok(());
         };
+        // a route-based tunnel's last CHILD SA: its routes go first, so a backup tunnel (or
+        // the fallback) takes the traffic before the SAs go
+        self.route_based.child_down(ins.tunnel, child).await;
         let xfrm = self.xfrm()?.clone();
         // the replacement's outbound SA goes in before the old one goes out
         if let Some((_, out)) = self.deferred_out.remove(&child)
@@ -678,6 +714,7 @@ impl Dataplane for KernelDataplane {
         self.deferred_fallback.clear();
         self.adopted = None;
         self.plumbing.restore().await;
+        self.route_based.shutdown().await;
         let xfrm = self.xfrm()?.clone();
         xfrm.flush_ours()
             .await
@@ -711,8 +748,9 @@ impl Dataplane for KernelDataplane {
         &mut self,
         tunnel: u32,
         cfg: &PeerConfig,
-        mtu: Option<u32>,
+        path: PathOptions,
     ) -> Result<(), TunnelError> {
+        let mtu = path.mtu;
         if tunnel > MAX_TUNNEL {
             return Err(TunnelError::new(
                 strait_crds::contract::StatusReason::InvalidConfig,
@@ -720,7 +758,22 @@ impl Dataplane for KernelDataplane {
             ));
         }
         let xfrm = self.xfrm()?.clone();
-        let policies = fallback_policies(tunnel, cfg)?;
+        // Route-based: no fail-closed policies (they would catch traffic of the tunnel's
+        // selectors that is not routed into its interface); the interface without SAs and the
+        // fallback routes fail closed instead.
+        let mut refused = None;
+        let policies = match path.route_metric {
+            Some(metric) => match self.route_based.add(tunnel, cfg, metric, mtu).await {
+                Ok(()) => Vec::new(),
+                // no interface: the tunnel cannot start, and its subnets stay blocked by
+                // policies until it is removed, as a policy-based tunnel's would
+                Err(e) => {
+                    refused = Some(e);
+                    fallback_policies(tunnel, cfg)?
+                }
+            },
+            None => fallback_policies(tunnel, cfg)?,
+        };
         let owner = Owner::Tunnel(tunnel);
         let mut changes = self.table.claim(owner, policies);
         if self.adopted.is_some() {
@@ -745,6 +798,9 @@ impl Dataplane for KernelDataplane {
             let _ = apply(&xfrm, &undo).await;
             return Err(e);
         }
+        if let Some(e) = refused {
+            return Err(e);
+        }
         let ipv6 = cfg
             .local_ts
             .iter()
@@ -760,6 +816,7 @@ impl Dataplane for KernelDataplane {
                 configured_peer: cfg.remote_addr.ip(),
                 spec_mtu: mtu,
                 esp: None,
+                route_based: path.route_metric.is_some(),
             },
         );
         self.plumbing.sync(tunnel).await;
@@ -769,6 +826,7 @@ impl Dataplane for KernelDataplane {
     async fn unguard(&mut self, tunnel: u32) -> Result<(), TunnelError> {
         self.retired.remove(&tunnel);
         self.plumbing.forget(tunnel).await;
+        self.route_based.remove(tunnel).await;
         let owner = Owner::Tunnel(tunnel);
         if !self.table.has(owner) {
             return Ok(());
@@ -862,6 +920,7 @@ impl Dataplane for KernelDataplane {
             "swept the previous run's XFRM objects"
         );
         self.plumbing.sweep_stale().await;
+        self.route_based.sweep_stale().await;
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ pub mod objects;
 pub mod routes;
 pub(crate) mod routing;
 mod table;
+pub mod xfrmi;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -108,14 +109,16 @@ pub trait Dataplane: Send {
     /// installs nothing has nothing to guard.
     ///
     /// The kernel data plane also plumbs the gateway for the tunnel: a route per remote subnet
-    /// in Strait's table (`src` from the local subnets, MTU `mtu` (`spec.mtu`) or computed from
-    /// the negotiated transform once a CHILD SA is in), and the forwarding sysctls; all of it
-    /// goes with [`Dataplane::unguard`] or a clean shutdown.
+    /// in Strait's table (`src` from the local subnets, MTU `path.mtu` (`spec.mtu`) or computed
+    /// from the negotiated transform once a CHILD SA is in), and the forwarding sysctls; all of
+    /// it goes with [`Dataplane::unguard`] or a clean shutdown. A route-based tunnel
+    /// (`path.route_metric`) gets its XFRM interface instead of fail-closed policies
+    /// ([`xfrmi`]).
     fn guard(
         &mut self,
         _tunnel: u32,
         _cfg: &PeerConfig,
-        _mtu: Option<u32>,
+        _path: PathOptions,
     ) -> impl Future<Output = Result<(), TunnelError>> + Send {
         async { Ok(()) }
     }
@@ -158,6 +161,34 @@ pub trait Dataplane: Send {
     /// adopted ones the new CHILD SAs replaced).
     fn sweep_adopted(&mut self) -> impl Future<Output = Result<(), TunnelError>> + Send {
         async { Ok(()) }
+    }
+}
+
+/// What the spec says about a tunnel's data path, beyond its IKE configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathOptions {
+    /// `spec.mtu`.
+    pub mtu: Option<u32>,
+    /// Route-based (`spec.dataPlane.mode: routeBased`), with this route metric; `None`:
+    /// policy-based.
+    pub route_metric: Option<u32>,
+}
+
+impl PathOptions {
+    /// The options `spec` asks for.
+    pub fn of(spec: &strait_crds::IPsecTunnelSpec) -> Self {
+        let route_metric = spec
+            .data_plane
+            .as_ref()
+            .filter(|d| d.mode == strait_crds::DataPlaneMode::RouteBased)
+            .map(|d| {
+                d.route_metric
+                    .unwrap_or(strait_crds::DataPlaneSpec::DEFAULT_ROUTE_METRIC)
+            });
+        Self {
+            mtu: spec.mtu,
+            route_metric,
+        }
     }
 }
 

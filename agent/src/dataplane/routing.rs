@@ -212,6 +212,21 @@ impl Routing {
             .map_err(|e| err(&what, e))
     }
 
+    /// Removes the route of ours `msg` describes (destination, and whatever else it sets, such
+    /// as the metric and interface), in our table with our protocol; absent: fine.
+    pub(crate) async fn remove_message(&self, mut msg: RouteMessage) -> Result<(), TunnelError> {
+        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        msg.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        msg.attributes.push(RouteAttribute::Table(self.table));
+        msg.header.table = u8::try_from(self.table).unwrap_or(252);
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(err("removing a route", e)),
+        }
+    }
+
     /// Removes our route to `dst` (absent: fine).
     pub(crate) async fn remove(&self, dst: Prefix) -> Result<(), TunnelError> {
         let what = format!("removing the route to {dst}");

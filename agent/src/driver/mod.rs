@@ -633,7 +633,8 @@ impl<D: Dataplane> Driver<D> {
         t.status.notes.extend(note);
         // Fail closed first: whatever happens next (no socket, no ESP in the kernel, no peer),
         // the tunnel's traffic is blocked or trapped, never sent in clear, until it is removed.
-        self.dp.guard(t.index, &cfg, t.def.spec.mtu).await?;
+        let path = crate::dataplane::PathOptions::of(&t.def.spec);
+        self.dp.guard(t.index, &cfg, path).await?;
         self.sockets.ensure(cfg.local_addr.ip(), &self.dp)?;
         self.dp.preflight(&cfg.esp_proposals).await?;
         let role = cfg.role;
