@@ -15,5 +15,6 @@ pub mod nodes;
 pub mod product;
 pub mod scenario;
 pub mod strongswan;
+pub mod transfer;
 pub mod tunnel;
 pub mod vm;

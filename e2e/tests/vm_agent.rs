@@ -1591,3 +1591,307 @@ fn i_two_children_own_sas_and_a_refused_one_is_deleted() {
         t["lastError"]["message"]
     );
 }
+
+/// `ip -s link show DEV`: (rx packets, tx packets).
+fn link_packets(ns: &str, dev: &str) -> (u64, u64) {
+    let out = netns::exec(ns, &["ip", "-s", "link", "show", dev])
+        .unwrap()
+        .stdout;
+    // "    RX:  bytes packets ..." then the numbers on the next line; the same for TX
+    let mut lines = out.lines();
+    let mut rx = None;
+    let mut tx = None;
+    while let Some(l) = lines.next() {
+        let t = l.trim_start();
+        let slot = if t.starts_with("RX:") {
+            &mut rx
+        } else if t.starts_with("TX:") {
+            &mut tx
+        } else {
+            continue;
+        };
+        *slot = lines
+            .next()
+            .and_then(|n| n.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+    }
+    (rx.unwrap_or(0), tx.unwrap_or(0))
+}
+
+/// `spec.dataPlane.mode: routeBased`: the agent makes an XFRM interface for the tunnel, binds its
+/// SAs and policies to it (`if_id`), routes the remote subnet through it (table 23042, with an
+/// `unreachable` fallback at the highest metric) and installs no fail-closed policies; traffic
+/// flows both ways, the interface's packet counters equal the SAs', and SIGTERM takes it all away.
+#[test]
+fn j_route_based_through_an_xfrm_interface() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let charon = charon_on_right(&pair);
+    let mut agent = start(
+        left,
+        &yaml(
+            left,
+            right,
+            &right.addr.to_string(),
+            "start",
+            "  dataPlane: {mode: routeBased, routeMetric: 50}\n",
+        ),
+        &[],
+    );
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon:\n{}", charon.log()));
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    let links = netns::exec(&left.ns, &["ip", "-d", "link", "show", "type", "xfrm"])
+        .unwrap()
+        .stdout;
+    let dev = links
+        .lines()
+        .find_map(|l| {
+            let name = l.split(": ").nth(1)?.split('@').next()?;
+            name.starts_with("strait-x").then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no strait-x interface:\n{links}\n{}", agent.log()));
+    assert!(links.contains("if_id 0x5a00"), "{links}");
+    let routes = netns::exec(&left.ns, &["ip", "route", "show", "table", "23042"])
+        .unwrap()
+        .stdout;
+    assert!(
+        routes.contains(&format!(
+            "{} dev {dev} proto 90 scope link src {} metric 50",
+            right.subnet, left.inner
+        )),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!(
+            "unreachable {} proto 90 metric 2147483647",
+            right.subnet
+        )),
+        "{routes}"
+    );
+    let policy_routes = netns::exec_unchecked(&left.ns, &["ip", "route", "show", "table", "23040"])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    assert!(
+        policy_routes.trim().is_empty(),
+        "no policy-based route: {policy_routes}"
+    );
+    let policies = netns::exec(&left.ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        policies.matches("if_id 0x5a00").count(),
+        3,
+        "out/in/fwd bound to the interface, no block policies:\n{policies}"
+    );
+    let states = netns::exec(&left.ns, &["ip", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    assert_eq!(states.matches("if_id 0x5a00").count(), 2, "{states}");
+
+    ping(&pair, &pair.left, &pair.right);
+    ping(&pair, &pair.right, &pair.left);
+    let (sin, sout) = {
+        let t = agent.tunnel(TUNNEL).unwrap();
+        let c = &t["childSas"][0];
+        let states = xfrm_states(&left.ns);
+        let find = |k: &str| {
+            let spi = c[k].as_str().unwrap();
+            states.iter().find(|s| s.spi == spi).cloned().unwrap()
+        };
+        (find("spiIn"), find("spiOut"))
+    };
+    let (rx, tx) = link_packets(&left.ns, &dev);
+    assert!(sin.packets >= 6 && sout.packets >= 6, "{sin:?} {sout:?}");
+    assert_eq!(
+        (rx, tx),
+        (sin.packets, sout.packets),
+        "{dev}'s counters vs ip -s xfrm state"
+    );
+    println!(
+        "route-based: ping both ways through {dev}; its rx/tx packets {rx}/{tx} equal the SAs'"
+    );
+
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(xfrm_states(&left.ns).is_empty(), "SAs left after SIGTERM");
+    assert!(netns::xfrm_policies(&left.ns).unwrap().is_empty());
+    let left_links = netns::exec(&left.ns, &["ip", "link", "show", "type", "xfrm"])
+        .unwrap()
+        .stdout;
+    assert!(!left_links.contains("strait-x"), "{left_links}");
+    let rt = netns::exec_unchecked(&left.ns, &["ip", "route", "show", "table", "23042"])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    assert!(rt.trim().is_empty(), "routes left: {rt}");
+    let rules = netns::exec(&left.ns, &["ip", "rule"]).unwrap().stdout;
+    assert!(!rules.contains("23042"), "rule left after SIGTERM: {rules}");
+}
+
+/// Two route-based tunnels with the same subnets to two charon peers, which policy-based IPsec
+/// cannot hold at once: the primary (metric 50) carries the traffic; when its peer dies, DPD
+/// takes its CHILD SA, its route goes and the backup (metric 150) carries it; nothing leaves
+/// in clear on either link meanwhile.
+#[test]
+fn k_route_based_primary_and_backup_with_identical_subnets() {
+    let _serial = netns::serial();
+    let topo = netns::Topology::builder()
+        .node("left")
+        .node("right")
+        .node("backup")
+        .subnet("left", "198.51.100.1/32")
+        .subnet("right", "203.0.113.1/32")
+        .subnet("backup", "203.0.113.1/32")
+        .link("left", "192.0.2.1/24", "right", "192.0.2.2/24")
+        .link("left", "198.18.0.1/24", "backup", "198.18.0.2/24")
+        .build()
+        .expect("topology");
+    let site = |node: &'static str, addr: [u8; 4], inner: [u8; 4], subnet, id| Site {
+        node,
+        ns: topo.ns(node).unwrap().to_owned(),
+        addr: addr.into(),
+        public_addr: addr.into(),
+        inner: inner.into(),
+        subnet,
+        id,
+    };
+    let left = site(
+        "left",
+        [192, 0, 2, 1],
+        [198, 51, 100, 1],
+        "198.51.100.0/24",
+        "left.strait.example",
+    );
+    let left_b = Site {
+        addr: [198, 18, 0, 1].into(),
+        public_addr: [198, 18, 0, 1].into(),
+        ..left.clone()
+    };
+    let right = site(
+        "right",
+        [192, 0, 2, 2],
+        [203, 0, 113, 1],
+        "203.0.113.0/24",
+        "right.strait.example",
+    );
+    let backup = site(
+        "backup",
+        [198, 18, 0, 2],
+        [203, 0, 113, 1],
+        "203.0.113.0/24",
+        "backup.strait.example",
+    );
+    let primary_charon = Charon::start(&right.ns, &charon_config(&right, &left))
+        .or_else(|_| Charon::start(&right.ns, &charon_config(&right, &left)))
+        .expect("primary charon");
+    let backup_charon = Charon::start(&backup.ns, &charon_config(&backup, &left_b))
+        .or_else(|_| Charon::start(&backup.ns, &charon_config(&backup, &left_b)))
+        .expect("backup charon");
+    // the peers answer on the remote host's address from their own route (charon's table 220)
+    let tunnel = |name: &str, me: &Site, peer: &Site, metric: u32| {
+        TunnelYaml {
+            extra: format!("  dataPlane: {{mode: routeBased, routeMetric: {metric}}}\n"),
+            ..TunnelYaml::new(
+                name,
+                End::new(me.id, me.addr, me.subnet),
+                End::new(peer.id, peer.addr, peer.subnet),
+            )
+            .psk("gw-psk")
+            .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+            .dpd("2s", "6s")
+        }
+        .render()
+    };
+    let config = format!(
+        "{}---\n{}",
+        tunnel("primary", &left, &right, 50),
+        tunnel("backup", &left_b, &backup, 150)
+    );
+    let mut agent = start(&left, &config, &[]);
+    for name in ["primary", "backup"] {
+        agent
+            .wait_tunnel(name, Duration::from_secs(60), up)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}\n{}", agent.log()));
+    }
+    primary_charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    backup_charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    let routes = netns::exec(&left.ns, &["ip", "route", "show", "table", "23042"])
+        .unwrap()
+        .stdout;
+    assert!(
+        routes.contains("metric 50") && routes.contains("metric 150"),
+        "both tunnels route the same subnet: {routes}"
+    );
+    let policies = netns::exec(&left.ns, &["ip", "xfrm", "policy"])
+        .unwrap()
+        .stdout;
+    assert_eq!(policies.matches("if_id 0x5a00").count(), 6, "{policies}");
+    // which SA carried a ping: the outbound SA's packets, per peer
+    let sent_to = |peer: &Site| {
+        xfrm_states(&left.ns)
+            .iter()
+            .filter(|s| s.dst == peer.addr.to_string())
+            .map(|s| s.packets)
+            .sum::<u64>()
+    };
+    let (p0, b0) = (sent_to(&right), sent_to(&backup));
+    pair_ping(&topo, &left, &right);
+    let (p1, b1) = (sent_to(&right), sent_to(&backup));
+    assert!(
+        p1 >= p0 + 3 && b1 == b0,
+        "primary carries it: {p0}->{p1}, backup {b0}->{b1}"
+    );
+
+    // the primary's peer dies: DPD (2 s / 6 s) takes its CHILD SA, the backup carries on
+    let pid = primary_charon.pid().expect("charon pid");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let killed = Instant::now();
+    let start = Instant::now();
+    loop {
+        let r = netns::exec(&left.ns, &["ip", "route", "show", "table", "23042"])
+            .unwrap()
+            .stdout;
+        if !r.contains("metric 50") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the primary's route stayed after its peer died: {r}\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let moved = killed.elapsed();
+    let (p2, b2) = (sent_to(&right), sent_to(&backup));
+    pair_ping(&topo, &left, &backup);
+    let b3 = sent_to(&backup);
+    assert!(b3 >= b2 + 3, "the backup carries it now: {b2}->{b3}");
+    assert_eq!(sent_to(&right), p2, "nothing for the dead primary");
+    println!(
+        "route-based primary/backup: the primary's peer killed; its route gone after {:.1} s (DPD \
+         2 s / 6 s), pings then through the backup ({b2} -> {b3} packets on its SA)",
+        moved.as_secs_f64()
+    );
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    let links = netns::exec(&left.ns, &["ip", "link", "show", "type", "xfrm"])
+        .unwrap()
+        .stdout;
+    assert!(!links.contains("strait-x"), "{links}");
+}
+
+/// Three pings from `from`'s inner address to the remote host (the same address on both
+/// remote sites), which must all be answered.
+fn pair_ping(topo: &netns::Topology, from: &Site, to: &Site) {
+    topo.ping(from.node, Some(from.inner), to.inner, 3)
+        .unwrap_or_else(|e| panic!("ping {} -> {} ({}): {e:#}", from.inner, to.inner, to.node));
+}

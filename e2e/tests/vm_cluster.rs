@@ -21,8 +21,10 @@
 //! ```
 //!
 //! The pod on node2 reaches the remote host through the route role's VXLAN overlay to gw1 and
-//! gw1's ESP SA, both ways, and a capture on gw1's link to the remote site sees no cleartext
-//! packet of the tunnel's subnets throughout.
+//! gw1's ESP SA, both ways (pings, and 10 MiB over TCP each way with a checksum, the second
+//! connection opened by the remote host), over a 1400-byte path MTU with ICMP "fragmentation
+//! needed" dropped (the gateway's MSS clamping), and what either end of gw1's link to the
+//! remote site sends carries no cleartext packet of the tunnel's subnets throughout.
 //!
 //! The two halves meet through files in a directory both see (`--rwdir`): the host writes the
 //! kubeconfig and the port; the guest writes `node-up` once charon and the agent run, and
@@ -491,6 +493,26 @@ fn guest_gateway_node() {
         .expect("namespaces");
     let gw = topo.ns(NODE).unwrap().to_owned();
     let remote = topo.ns("remote").unwrap().to_owned();
+    // The underlay to the remote site has a path MTU of 1400 and no node lets ICMP
+    // "fragmentation needed" through: TCP across the tunnel works only if the gateway clamps
+    // the MSS (set before the agent computes its routes' MTU from the uplink).
+    for (ns, peer) in [(&gw, "remote"), (&remote, NODE)] {
+        let node = if ns == &gw { NODE } else { "remote" };
+        let iface = topo.interface(node, peer).unwrap();
+        netns::exec(ns, &["ip", "link", "set", "dev", &iface, "mtu", "1400"]).unwrap();
+    }
+    let node2_ns = topo.ns(NODE2).unwrap().to_owned();
+    for ns in [&gw, &remote, &node2_ns] {
+        let rules = "table inet strait_test_pmtu {\n\
+             chain pmtu_out { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n\
+             chain pmtu_fwd { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n}\n";
+        let mut nft = netns::exec_command(ns, &["nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft in {ns}");
+    }
 
     let cfg = CharonConfig {
         plugins: Plugins::KernelNetlink,
@@ -528,7 +550,7 @@ fn guest_gateway_node() {
         ],
     );
     // the route role on both nodes (on gw1 it only keeps the overlay device to receive on)
-    let node2 = topo.ns(NODE2).unwrap().to_owned();
+    let node2 = node2_ns.clone();
     let mut roles =
         [(NODE, gw.as_str(), false), (NODE2, node2.as_str(), true)].map(|(n, ns, fwd)| {
             GuestAgent::start(
@@ -663,6 +685,38 @@ fn guest_gateway_node() {
             );
         }
     }
+    // 10 MB each way with a checksum, the second opened by the remote host to the pod
+    const LEN: u64 = 10 * 1024 * 1024;
+    let pod_ns = topo.ns("pod").unwrap().to_owned();
+    for (what, server_ns, server, client_ns, seed) in [
+        ("pod -> remote host", &remote, REMOTE_HOST, &pod_ns, 1),
+        ("remote host -> pod", &pod_ns, POD, &remote, 2),
+    ] {
+        let t = strait_e2e::transfer::tcp(
+            server_ns,
+            server,
+            client_ns,
+            LEN,
+            seed,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "TCP {what}: {e:#}\n{:?}\n--- route node2:\n{}\n--- agent:\n{}",
+                sas(&gw),
+                roles[1].log(),
+                agent.log()
+            )
+        });
+        assert!(t.intact(LEN), "TCP {what}: {t:?}");
+        println!(
+            "guest: TCP {what}: 10 MiB intact (checksum {:016x}) in {:.1} s, {:.1} MB/s, path MTU 1400 \
+             without ICMP",
+            t.received,
+            t.elapsed.as_secs_f64(),
+            LEN as f64 / 1e6 / t.elapsed.as_secs_f64()
+        );
+    }
     thread::sleep(Duration::from_millis(500));
     for dump in dumps {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(dump.id()).unwrap());
@@ -691,6 +745,17 @@ fn guest_gateway_node() {
     assert!(
         more_out >= 6 && more_in >= 6,
         "the pod's 6 pings each way went through ESP: +{more_out} out, +{more_in} in"
+    );
+    let bytes = |v: &[(String, String, u64, u64)], dst: &str| {
+        v.iter().find(|s| s.1 == dst).map_or(0, |s| s.2)
+    };
+    let (bytes_out_more, bytes_in_more) = (
+        bytes(&after, REMOTE_ADDR).saturating_sub(bytes(&before, REMOTE_ADDR)),
+        bytes(&after, gw_addr).saturating_sub(bytes(&before, gw_addr)),
+    );
+    assert!(
+        bytes_out_more >= LEN && bytes_in_more >= LEN,
+        "the transfers went through ESP: +{bytes_out_more} B out, +{bytes_in_more} B in"
     );
     println!(
         "guest: pod on {NODE2} <-> remote host through the overlay and ESP both ways (+{more_out} \
