@@ -92,6 +92,30 @@ impl Routing {
         &self.handle
     }
 
+    /// The link named `name`, if there is one.
+    pub(crate) async fn link_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>, TunnelError> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(l) => Ok(l),
+            // ENODEV: no such link
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -19 => Ok(None),
+            Err(e) => Err(err(&format!("reading link {name}"), e)),
+        }
+    }
+
+    /// Puts `msg` in our table with our protocol.
+    fn make_ours(&self, msg: &mut RouteMessage) {
+        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+        msg.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        msg.attributes.push(RouteAttribute::Table(self.table));
+        // RT_TABLE_COMPAT in the header when the id needs the attribute
+        msg.header.table = u8::try_from(self.table).unwrap_or(252);
+    }
+
     /// Installs or replaces a route message built by the caller, in our table with our
     /// protocol.
     pub(crate) async fn put_message(
@@ -99,11 +123,7 @@ impl Routing {
         mut msg: RouteMessage,
         what: &str,
     ) -> Result<(), TunnelError> {
-        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
-        msg.attributes
-            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
-        msg.attributes.push(RouteAttribute::Table(self.table));
-        msg.header.table = u8::try_from(self.table).unwrap_or(252); // RT_TABLE_COMPAT
+        self.make_ours(&mut msg);
         self.handle
             .route()
             .add(msg)
@@ -215,11 +235,7 @@ impl Routing {
     /// Removes the route of ours `msg` describes (destination, and whatever else it sets, such
     /// as the metric and interface), in our table with our protocol; absent: fine.
     pub(crate) async fn remove_message(&self, mut msg: RouteMessage) -> Result<(), TunnelError> {
-        msg.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
-        msg.attributes
-            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
-        msg.attributes.push(RouteAttribute::Table(self.table));
-        msg.header.table = u8::try_from(self.table).unwrap_or(252);
+        self.make_ours(&mut msg);
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_enoent(&e) => Ok(()),

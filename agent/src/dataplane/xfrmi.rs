@@ -179,7 +179,7 @@ impl RouteBased {
         uplink: u32,
     ) -> Result<u32, TunnelError> {
         let name = device(tunnel);
-        if let Some(l) = link_by_name(routing, &name).await? {
+        if let Some(l) = routing.link_by_name(&name).await? {
             if link_if_id(&l) == Some(if_id(tunnel)) {
                 // a previous run's, with SAs bound to it that may still carry traffic
                 return Ok(l.header.index);
@@ -210,7 +210,8 @@ impl RouteBased {
                     e,
                 )
             })?;
-        link_by_name(routing, &name)
+        routing
+            .link_by_name(&name)
             .await?
             .map(|l| l.header.index)
             .ok_or_else(|| err(&name, "vanished after it was created"))
@@ -393,15 +394,6 @@ async fn remove_route(routing: &Routing, dst: Prefix, oif: Option<u32>, metric: 
     msg.header.kind = RouteType::Unspec;
     if let Err(e) = routing.remove_message(msg).await {
         tracing::warn!(%dst, message = %e.message, "removing a route-based route");
-    }
-}
-
-async fn link_by_name(routing: &Routing, name: &str) -> Result<Option<LinkMessage>, TunnelError> {
-    let mut links = routing.handle().link().get().match_name(name).execute();
-    match links.try_next().await {
-        Ok(l) => Ok(l),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -19 => Ok(None),
-        Err(e) => Err(err(&format!("reading link {name}"), e)),
     }
 }
 

@@ -115,22 +115,6 @@ impl Steering {
         first.map_or(Ok(()), Err)
     }
 
-    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, TunnelError> {
-        let mut links = self
-            .routing
-            .handle()
-            .link()
-            .get()
-            .match_name(name)
-            .execute();
-        match links.try_next().await {
-            Ok(l) => Ok(l),
-            // ENODEV: no such link
-            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -19 => Ok(None),
-            Err(e) => Err(err(&format!("reading link {name}"), e)),
-        }
-    }
-
     /// The index and MTU of the link that holds `addr`.
     async fn uplink_of(&self, addr: Ipv4Addr) -> Result<(u32, String, u32), TunnelError> {
         let h = self.routing.handle();
@@ -176,7 +160,7 @@ impl Steering {
     async fn ensure_device(&mut self, me: OverlayAddrs) -> Result<u32, TunnelError> {
         let (up_index, up_name, up_mtu) = self.uplink_of(me.node).await?;
         let mtu = up_mtu.saturating_sub(VXLAN_OVERHEAD);
-        let index = match self.link_by_name(DEVICE).await? {
+        let index = match self.routing.link_by_name(DEVICE).await? {
             Some(l) if is_our_device(&l, me, self.overlay) => l.header.index,
             Some(l) => {
                 // ours from an older configuration (another address, port or VNI): remake it
@@ -254,7 +238,8 @@ impl Steering {
             .execute()
             .await
             .map_err(|e| err(&format!("creating the VXLAN device {DEVICE}"), e))?;
-        self.link_by_name(DEVICE)
+        self.routing
+            .link_by_name(DEVICE)
             .await?
             .map(|l| l.header.index)
             .ok_or_else(|| err("creating the VXLAN device", "it vanished at once"))
@@ -269,7 +254,7 @@ impl Steering {
     }
 
     async fn remove_device(&self) -> Result<(), TunnelError> {
-        match self.link_by_name(DEVICE).await? {
+        match self.routing.link_by_name(DEVICE).await? {
             Some(l) => self.delete_link(l.header.index).await,
             None => Ok(()),
         }
