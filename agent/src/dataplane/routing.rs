@@ -28,7 +28,8 @@ pub(crate) struct Routing {
     rule_priority: u32,
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> TunnelError {
+/// A routing failure: what was being done, and the kernel's answer.
+pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> TunnelError {
     TunnelError::new(StatusReason::KernelUnsupported, format!("{what}: {e}"))
 }
 
@@ -223,13 +224,7 @@ impl Routing {
             msg.attributes
                 .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
         }
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| err(&what, e))
+        self.put_message(msg, &what).await
     }
 
     /// Removes the route of ours `msg` describes (destination, and whatever else it sets, such

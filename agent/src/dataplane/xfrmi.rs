@@ -16,12 +16,11 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoXfrm, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMetric, RouteScope, RouteType};
 use rtnetlink::{LinkUnspec, LinkXfrm, RouteMessageBuilder};
-use strait_crds::contract::StatusReason;
 use strait_ike::{ChildSaId, PeerConfig};
 use strait_xfrm::{Family, Prefix, Transform};
 
 use super::routes::{route_mtu, tunnel_routes};
-use super::routing::Routing;
+use super::routing::{Routing, err};
 use crate::error::TunnelError;
 
 /// The `if_id` range of Strait's interfaces (the reqid range's prefix).
@@ -45,10 +44,6 @@ pub fn if_id(tunnel: u32) -> u32 {
 /// The name of tunnel `tunnel`'s interface (at most 13 characters).
 pub fn device(tunnel: u32) -> String {
     format!("strait-x{tunnel}")
-}
-
-fn err(what: &str, e: impl std::fmt::Display) -> TunnelError {
-    TunnelError::new(StatusReason::KernelUnsupported, format!("{what}: {e}"))
 }
 
 /// One route-based tunnel.

@@ -15,19 +15,14 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
-use strait_crds::contract::StatusReason;
 use strait_xfrm::{Family, Prefix};
 
 use super::plan::{
     DEVICE, OVERLAY6_LEN, Overlay, OverlayAddrs, Plan, STEER_RULE_PRIORITY, STEER_TABLE, Target,
     VXLAN_OVERHEAD,
 };
-use crate::dataplane::routing::Routing;
+use crate::dataplane::routing::{Routing, err};
 use crate::error::TunnelError;
-
-fn err(what: &str, e: impl std::fmt::Display) -> TunnelError {
-    TunnelError::new(StatusReason::KernelUnsupported, format!("{what}: {e}"))
-}
 
 /// The node's steering state as far as this process put it there.
 #[derive(Debug)]
