@@ -52,6 +52,13 @@ struct RouteArgs {
     /// Leave the routes and the device in place on exit, for the next process to adopt.
     #[arg(long)]
     keep_on_exit: bool,
+    /// This process's pod (the DaemonSet sets POD_NAME): a stop while it is being deleted and
+    /// the `strait-route` DaemonSet stays (a rolling update) leaves the routes for the next pod.
+    #[arg(long, env = "POD_NAME")]
+    pod: Option<String>,
+    /// The pod's namespace (the DaemonSet sets POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "strait-system")]
+    namespace: String,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -355,6 +362,11 @@ fn run_route(args: &RouteArgs) -> anyhow::Result<()> {
         node: args.node.clone(),
         mode,
         keep_on_exit: args.keep_on_exit,
+        pod: args
+            .pod
+            .clone()
+            .filter(|p| !p.is_empty())
+            .map(|p| (args.namespace.clone(), p)),
     };
     runtime()?.block_on(steering::run(opts))
 }

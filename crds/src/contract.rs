@@ -20,6 +20,11 @@ pub const OPERATOR_FIELD_MANAGER: &str = "strait-operator";
 /// and heartbeat in place for the agent that follows.
 pub const AGENT_DAEMONSET: &str = "strait-agent";
 
+/// The route role's DaemonSet in the chart's namespace (the chart makes it, not the operator).
+/// A route pod stopped while it exists (and is not being deleted) leaves its routes for the
+/// pod that follows, so no packet takes the default route in clear during a rolling update.
+pub const ROUTE_DAEMONSET: &str = "strait-route";
+
 /// The field manager of the agent on `node`: its own `status.gateways[]` entry and its
 /// heartbeat Lease, so no two writers ever conflict.
 pub fn agent_field_manager(node: &str) -> String {

@@ -496,7 +496,7 @@ fn a_deleted_agent_pod_is_a_restart_that_resumes_and_other_stops_delete() {
         saved_files(&dir)
     );
     let log = agent.log();
-    assert!(log.contains("no replacement agent follows"), "{log}");
+    assert!(log.contains("no replacement follows"), "{log}");
 
     // 2. a new agent negotiates anew: there was nothing to resume
     let mut agent = start_agent();

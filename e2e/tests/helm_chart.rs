@@ -584,6 +584,25 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
             "strait-route may {verb} {what}?"
         );
     }
+    // on SIGTERM it reads its own pod and DaemonSet (a rolling update keeps its routes), in
+    // the release's namespace only
+    for (verb, resource, allowed) in [
+        ("get", "pods", "yes"),
+        ("get", "daemonsets/strait-route", "yes"),
+        ("get", "daemonsets/strait-agent", "no"),
+        ("list", "pods", "no"),
+    ] {
+        assert_eq!(
+            can_i(&cp, &route_kubeconfig, verb, resource),
+            allowed,
+            "strait-route may {verb} {resource}?"
+        );
+    }
+    let env = pod["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("\"POD_NAME\"") && env.contains("\"POD_NAMESPACE\""),
+        "{env}"
+    );
     // Every agent value reached the DaemonSet, and the DaemonSet is owned by the chart's
     // Deployment (so garbage collection removes it with the release).
     let ds = get_json(&cp, "ds", "strait-agent");

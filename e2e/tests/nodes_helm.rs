@@ -512,6 +512,50 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         "the gateway steers nothing: {}",
         steering_table(NODE1)
     );
+    // a rolling update of the route role: each pod stops for a restart and its replacement
+    // adopts the steering, so node2's routes never go (pods there would send in clear)
+    let steered = |t: &str| {
+        [PSK_NET, CERT_NET]
+            .iter()
+            .all(|n| t.contains(&format!("{n} via 240.51.100.242 dev strait-vx")))
+    };
+    let old_route_pods = k.pods("app.kubernetes.io/name=strait-route").unwrap();
+    k.ns_kubectl(&["rollout", "restart", "ds/strait-route"])
+        .unwrap();
+    let rolled = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let (samples, missing) = thread::scope(|sc| {
+        let rollout = sc.spawn(|| {
+            let r = k.ns_kubectl(&["rollout", "status", "ds/strait-route", "--timeout=180s"]);
+            rolled.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        let (mut samples, mut missing) = (0u32, Vec::new());
+        while !rolled.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = steering_table(NODE2);
+            samples += 1;
+            if !steered(&t) {
+                missing.push(format!("{:.2} s: {t}", started.elapsed().as_secs_f64()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let r = rollout.join().unwrap();
+        assert!(r.is_ok(), "rollout status: {r:?}");
+        (samples, missing)
+    });
+    let new_route_pods = k.pods("app.kubernetes.io/name=strait-route").unwrap();
+    assert!(
+        new_route_pods.iter().all(|p| !old_route_pods.contains(p)) && new_route_pods.len() == 2,
+        "the route pods were not all replaced: {old_route_pods:?} -> {new_route_pods:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "node2's steering was missing during the rolling update: {missing:#?}"
+    );
+    eprintln!(
+        "route role rolling update: {:.1} s, node2 steered in all {samples} samples (every 50 ms)",
+        started.elapsed().as_secs_f64()
+    );
     // `kubectl exec` status agrees with charon, for both tunnels
     let sas = charon.list_sas().unwrap();
     for t in [PSK_TUNNEL, CERT_TUNNEL] {

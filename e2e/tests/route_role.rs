@@ -2,8 +2,9 @@
 //! none`: the host kernel has no ESP) and charon as in `cluster_tunnel.rs`, plus a third node
 //! running `strait-agent route`. Its steering table must point the remote subnet at the active
 //! gateway's overlay address, follow a failover within 1 s of the operator writing the new
-//! `activeGateway`, put it all back after a restart, and leave nothing behind on SIGTERM or
-//! when the tunnel is deleted. Packets through the overlay: `agent/tests/steering_host.rs`.
+//! `activeGateway`, put it all back after a restart, keep it through a rolling update (its pod
+//! deleted while its DaemonSet stays), and leave nothing behind on any other stop or when the
+//! tunnel is deleted. Packets through the overlay: `agent/tests/steering_host.rs`.
 //!
 //! ```text
 //!  gw1 192.0.2.1/30 ---- remote (charon)     node3 10.1.0.3/24 ---- gw1 10.1.0.1/24
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use strait_e2e::cluster::{self, AGENT_ARGS, REMOTE_ADDR, REMOTE_NET};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns;
-use strait_e2e::product::{self, Daemon};
+use strait_e2e::product::{self, Daemon, NAMESPACE};
 use strait_e2e::strongswan::Charon;
 
 const TUNNEL: &str = "dc1-to-dc2";
@@ -69,6 +70,37 @@ fn wait_table(ns: &str, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool
             log.log()
         );
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The route role's DaemonSet (the chart's name; no controller runs it here) and a pod of it:
+/// API objects only, the pod held by a finalizer so a deletion leaves it Terminating, as a
+/// kubelet does while the pod stops.
+const ROUTE_DS: &str = "strait-route";
+const POD: &str = "strait-route-node3-test";
+
+fn route_daemonset_and_pod() -> String {
+    let labels = "{app.kubernetes.io/name: strait-route}";
+    let container = "{name: route, image: localhost/strait-agent:test}";
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {ROUTE_DS}, namespace: {NAMESPACE}}}\n\
+         spec:\n  selector: {{matchLabels: {labels}}}\n  template:\n    metadata: {{labels: {labels}}}\n\
+         \x20   spec: {{containers: [{container}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: {POD}, namespace: {NAMESPACE}, \
+         finalizers: [strait.dev/test-hold]}}\nspec: {{automountServiceAccountToken: false, \
+         containers: [{container}]}}\n"
+    )
+}
+
+fn wait_for_log(d: &Daemon, what: &str) {
+    let start = Instant::now();
+    while !d.log().contains(what) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {what:?} in:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -203,10 +235,66 @@ fn the_route_role_steers_to_the_active_gateway_and_follows_failover() {
     assert!(!device(&node3), "strait-vx left after SIGTERM");
     let rules = netns::exec(&node3, &["ip", "rule"]).unwrap();
     assert!(!rules.stdout.contains(TABLE), "{}", rules.stdout);
-    let role = Daemon::route_agent(&cp, &node3, "node3", &[]).unwrap();
+    let as_pod = ["--pod", POD, "--namespace", NAMESPACE];
+    let mut role = Daemon::route_agent(&cp, &node3, "node3", &as_pod).unwrap();
     wait_table(
         &node3,
         "steered again after a restart",
+        Duration::from_secs(10),
+        |t| t.contains(&via_gw2),
+        &role,
+    );
+
+    // ---- a rolling update: its pod deleted while the DaemonSet stays. Nothing is removed,
+    // so node3's pods never take the default route in clear; the next process adopts it ----
+    cp.kubectl_stdin(["apply", "-f", "-"], &route_daemonset_and_pod())
+        .unwrap();
+    cp.kubectl(["delete", "pod", POD, "-n", NAMESPACE, "--wait=false"])
+        .unwrap();
+    let before = table(&node3);
+    role.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        role.log().contains("stopping for a restart"),
+        "{}",
+        role.log()
+    );
+    assert_eq!(table(&node3), before, "steering changed by a restart");
+    assert!(device(&node3), "strait-vx removed by a restart");
+    let mut role = Daemon::route_agent(&cp, &node3, "node3", &as_pod).unwrap();
+    wait_for_log(&role, "steering updated");
+    assert_eq!(
+        table(&node3),
+        before,
+        "the replacement changed the steering"
+    );
+    println!("route role restarted for a rolling update: steering kept and adopted");
+
+    // ---- the DaemonSet deleted (helm uninstall): a stop for good, everything removed ----
+    cp.kubectl(["delete", "ds", ROUTE_DS, "-n", NAMESPACE])
+        .unwrap();
+    role.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        role.log().contains("no replacement follows"),
+        "{}",
+        role.log()
+    );
+    assert!(table(&node3).trim().is_empty(), "{}", table(&node3));
+    assert!(!device(&node3), "strait-vx left after the DaemonSet went");
+    cp.kubectl([
+        "patch",
+        "pod",
+        POD,
+        "-n",
+        NAMESPACE,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .unwrap();
+    let role = Daemon::route_agent(&cp, &node3, "node3", &[]).unwrap();
+    wait_table(
+        &node3,
+        "steered again",
         Duration::from_secs(10),
         |t| t.contains(&via_gw2),
         &role,

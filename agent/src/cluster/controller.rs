@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -18,7 +17,7 @@ use strait_crds::{IPsecTunnel, contract, heartbeat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Options, report, secrets};
+use super::{Options, report, secrets, succession};
 use crate::driver::{Command, Stop};
 use crate::error::TunnelError;
 use crate::spec::{self, TunnelDef};
@@ -32,8 +31,6 @@ const REBUILD_EVERY: Duration = Duration::from_secs(30);
 const DROP_WAIT: Duration = Duration::from_secs(5);
 /// A clear that did not show in the watch cache is repeated after this long.
 const CLEAR_RETRY: Duration = Duration::from_secs(2);
-/// How long a stopping agent waits to learn whether it is being restarted.
-const ASK_API: Duration = Duration::from_secs(3);
 /// Drives a reflector's watch stream, waking the controller on every change.
 pub(crate) async fn drive<S, K>(what: &'static str, stream: S, wake: Arc<Notify>)
 where
@@ -218,46 +215,20 @@ impl Controller {
         }
     }
 
-    /// Whether this stop is a restart: with saved state (`--state-dir`), when this agent's pod
-    /// is being deleted while the agent DaemonSet stays (and is not being deleted), the
-    /// DaemonSet starts a replacement on this node (a rolling update, `kubectl delete pod`).
-    /// Anything else is a stop for good: the DaemonSet deleted (`helm uninstall`, no tunnel
-    /// left), or a SIGTERM without a pod deletion (the node shutting down), where failing over
-    /// at once beats waiting for an agent that may not come back. When the API cannot say, the
-    /// SAs are deleted: today's behaviour, never a zombie.
+    /// Whether this stop is a restart: with saved state (`--state-dir`), when a replacement
+    /// agent follows on this node ([`succession`]). When the API cannot say, the SAs are
+    /// deleted: today's behaviour, never a zombie.
     async fn how_to_stop(&self) -> Stop {
         let (Some(_), Some(pod)) = (&self.opts.state_dir, &self.opts.pod) else {
             return Stop::Leave;
         };
         let ns = &self.opts.namespace;
-        let pods = Api::<Pod>::namespaced(self.client.clone(), ns);
-        let sets = Api::<DaemonSet>::namespaced(self.client.clone(), ns);
-        let ask = async {
-            let pod = pods.get_opt(pod).await?;
-            let set = sets.get_opt(contract::AGENT_DAEMONSET).await?;
-            Ok::<_, kube::Error>((pod, set))
-        };
-        let deleting = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_some();
-        match tokio::time::timeout(ASK_API, ask).await {
-            Ok(Ok((Some(p), Some(d)))) if deleting(&p.metadata) && !deleting(&d.metadata) => {
-                Stop::Restart
-            }
-            Ok(Ok((p, d))) => {
-                tracing::info!(
-                    pod_deleted = p.as_ref().is_none_or(|p| deleting(&p.metadata)),
-                    daemonset_stays = d.as_ref().is_some_and(|d| !deleting(&d.metadata)),
-                    "no replacement agent follows on this node: leaving"
-                );
-                Stop::Leave
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot tell a restart from a stop: leaving");
-                Stop::Leave
-            }
-            Err(_) => {
-                tracing::warn!("the API did not say in time whether this is a restart: leaving");
-                Stop::Leave
-            }
+        if succession::replacement_follows(self.client.clone(), ns, pod, contract::AGENT_DAEMONSET)
+            .await
+        {
+            Stop::Restart
+        } else {
+            Stop::Leave
         }
     }
 

@@ -21,6 +21,7 @@
 mod controller;
 pub mod report;
 pub mod secrets;
+pub mod succession;
 
 use std::path::PathBuf;
 use std::time::Duration;

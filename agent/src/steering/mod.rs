@@ -10,8 +10,11 @@
 //!   internal address (nodes on one segment);
 //! - subnets whose tunnel has no gateway are refused with `unreachable` routes instead of
 //!   leaving by the default route in clear;
-//! - on SIGTERM/SIGINT everything it added is removed (`--keep-on-exit` leaves it for the next
-//!   process, which adopts it).
+//! - on SIGTERM/SIGINT everything it added is removed, except when a replacement follows on
+//!   this node (its pod is being deleted while the `strait-route` DaemonSet stays: a rolling
+//!   update, [`crate::cluster::succession`]) or with `--keep-on-exit`: then it stays for the
+//!   next process, which adopts it, so pods' traffic never takes the default route in clear
+//!   while no route role runs.
 //!
 //! `plan.rs` is the pure computation, `netlink.rs` the kernel side.
 
@@ -27,11 +30,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use strait_crds::IPsecTunnel;
+use strait_crds::{IPsecTunnel, contract};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
-use crate::cluster::drive;
+use crate::cluster::{drive, succession};
 pub use netlink::Steering;
 pub use plan::{Mode, Overlay, Plan, TunnelView};
 
@@ -49,6 +52,9 @@ pub struct Options {
     pub mode: Mode,
     /// Leave routes and the device in place on exit.
     pub keep_on_exit: bool,
+    /// This process's pod and its namespace, if known: a stop while the pod is being deleted
+    /// and the route DaemonSet stays leaves the steering for the replacement.
+    pub pod: Option<(String, String)>,
 }
 
 /// The node's internal IPv4 address, as the kubelet reports it.
@@ -104,6 +110,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Mode::Vxlan(o) => o,
         Mode::Direct => Overlay::default(),
     };
+    let api = client.clone();
     let mut steering = Steering::open(overlay).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (mut term, mut int) = (
         signal(SignalKind::terminate())?,
@@ -186,6 +193,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     node_watch.abort();
     if opts.keep_on_exit {
         tracing::info!("stopped; steering left in place (--keep-on-exit)");
+        return Ok(());
+    }
+    if let Some((namespace, pod)) = &opts.pod
+        && succession::replacement_follows(api, namespace, pod, contract::ROUTE_DAEMONSET).await
+    {
+        tracing::info!("stopping for a restart: steering left in place for the replacement");
         return Ok(());
     }
     steering

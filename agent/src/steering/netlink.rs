@@ -24,6 +24,24 @@ use super::plan::{
 use crate::dataplane::routing::{Routing, err};
 use crate::error::TunnelError;
 
+/// The alias of [`DEVICE`] that records a loosened uplink: `PREFIX<uplink>=<old value>`.
+const ALIAS_PREFIX: &str = "strait-route loosened rp_filter ";
+
+/// The uplink and old filter value an earlier process recorded on the device.
+fn loosened_by_alias(l: &LinkMessage) -> Option<(String, String)> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => {
+            let (dev, old) = s.strip_prefix(ALIAS_PREFIX)?.split_once('=')?;
+            // a name that is a path component of /proc/sys only, and a filter value
+            let name_ok =
+                (1..=15).contains(&dev.len()) && !dev.contains('/') && dev != "." && dev != "..";
+            let valid = name_ok && ["0", "1", "2"].contains(&old);
+            valid.then(|| (dev.to_owned(), old.to_owned()))
+        }
+        _ => None,
+    })
+}
+
 /// The node's steering state as far as this process put it there.
 #[derive(Debug)]
 pub struct Steering {
@@ -156,7 +174,14 @@ impl Steering {
         let (up_index, up_name, up_mtu) = self.uplink_of(me.node).await?;
         let mtu = up_mtu.saturating_sub(VXLAN_OVERHEAD);
         let index = match self.routing.link_by_name(DEVICE).await? {
-            Some(l) if is_our_device(&l, me, self.overlay) => l.header.index,
+            Some(l) if is_our_device(&l, me, self.overlay) => {
+                // an earlier process loosened the uplink and left it so for us (a restart):
+                // its alias says what to put back
+                if self.loosened.is_none() {
+                    self.loosened = loosened_by_alias(&l);
+                }
+                l.header.index
+            }
             Some(l) => {
                 // ours from an older configuration (another address, port or VNI): remake it
                 self.delete_link(l.header.index).await?;
@@ -200,6 +225,20 @@ impl Steering {
             match write_rp_filter(&up_name, "2") {
                 Ok(()) => {
                     tracing::info!(uplink = %up_name, "reverse-path filter of the uplink loosened (2)");
+                    // kept with the device, so that a process that adopts it can put it back
+                    let alias = format!("{ALIAS_PREFIX}{up_name}={old}");
+                    if let Err(e) = h
+                        .link()
+                        .set(
+                            rtnetlink::LinkUnspec::new_with_index(index)
+                                .alias(alias)
+                                .build(),
+                        )
+                        .execute()
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot note the uplink's filter on {DEVICE}");
+                    }
                     self.loosened = Some((up_name, old));
                 }
                 Err(e) => tracing::warn!(
@@ -415,4 +454,35 @@ fn effective_rp_filter(dev: &str) -> Option<u8> {
 fn write_rp_filter(dev: &str, value: &str) -> Result<(), TunnelError> {
     std::fs::write(rp_path(dev), value)
         .map_err(|e| err(&format!("setting net.ipv4.conf.{dev}.rp_filter"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_alias(a: &str) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.attributes.push(LinkAttribute::IfAlias(a.to_owned()));
+        l
+    }
+
+    #[test]
+    fn a_loosened_uplink_is_read_back_from_the_alias_and_nothing_else_is() {
+        assert_eq!(
+            loosened_by_alias(&with_alias(&format!("{ALIAS_PREFIX}eth0=1"))),
+            Some(("eth0".to_owned(), "1".to_owned()))
+        );
+        for bad in [
+            "eth0=1".to_owned(),
+            format!("{ALIAS_PREFIX}eth0"),
+            format!("{ALIAS_PREFIX}=1"),
+            format!("{ALIAS_PREFIX}eth0=7"),
+            format!("{ALIAS_PREFIX}../../kernel=1"),
+            format!("{ALIAS_PREFIX}..=1"),
+            format!("{ALIAS_PREFIX}a-name-too-long-for-linux=1"),
+        ] {
+            assert_eq!(loosened_by_alias(&with_alias(&bad)), None, "{bad}");
+        }
+        assert_eq!(loosened_by_alias(&LinkMessage::default()), None);
+    }
 }
