@@ -24,7 +24,7 @@ use super::routes::{WantedRoute, route_mtu, transform_of, tunnel_routes};
 use super::routing::{PathToPeer, Routing};
 use super::table::{Change, Owner, PolicyTable};
 use super::xfrmi::{self, RouteBased};
-use super::{Dataplane, KernelEvent, Kind, PathOptions, Traffic};
+use super::{Dataplane, InterfaceCounters, KernelEvent, Kind, PathOptions, Traffic};
 use crate::error::TunnelError;
 
 /// What the kernel data plane installed for one CHILD SA.
@@ -834,6 +834,10 @@ impl Dataplane for KernelDataplane {
         let changes = self.table.release(owner);
         let xfrm = self.xfrm()?.clone();
         apply(&xfrm, &changes).await
+    }
+
+    async fn interfaces(&mut self) -> BTreeMap<u32, InterfaceCounters> {
+        self.route_based.counters().await
     }
 
     async fn traffic(&mut self) -> BTreeMap<u32, Traffic> {

@@ -146,6 +146,11 @@ pub trait Dataplane: Send {
         async { BTreeMap::new() }
     }
 
+    /// The XFRM interfaces of route-based tunnels and their counters, by tunnel index.
+    fn interfaces(&mut self) -> impl Future<Output = BTreeMap<u32, InterfaceCounters>> + Send {
+        async { BTreeMap::new() }
+    }
+
     /// At start: notes the objects of ours a previous run left behind (after a crash) and keeps
     /// them, so traffic keeps flowing until the new CHILD SAs are up. Returns how many.
     fn adopt(&mut self) -> impl Future<Output = usize> + Send {
@@ -219,6 +224,29 @@ pub enum KernelEvent {
         /// Where the packet came from.
         remote: std::net::SocketAddr,
     },
+}
+
+/// A route-based tunnel's XFRM interface and its device counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    /// The interface's name (`strait-x<N>`).
+    pub interface: String,
+    /// Received: packets decrypted by the tunnel's inbound SAs.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Sent: packets routed into the interface for encryption.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Send errors (for example, no SA for the traffic).
+    pub tx_errors: u64,
+    /// Sent packets dropped.
+    pub tx_dropped: u64,
 }
 
 /// Bytes and packets of a tunnel's CHILD SAs, by direction (kernel counters).

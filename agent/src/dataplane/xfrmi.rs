@@ -19,6 +19,7 @@ use rtnetlink::{LinkUnspec, LinkXfrm, RouteMessageBuilder};
 use strait_ike::{ChildSaId, PeerConfig};
 use strait_xfrm::{Family, Prefix, Transform};
 
+use super::InterfaceCounters;
 use super::routes::{route_mtu, tunnel_routes};
 use super::routing::{Routing, err};
 use crate::error::TunnelError;
@@ -97,6 +98,47 @@ impl RouteBased {
         self.routing
             .clone()
             .ok_or_else(|| err("rtnetlink", "unavailable"))
+    }
+
+    /// The counters of every route-based tunnel's interface, by tunnel index (one dump of the
+    /// node's XFRM links; an interface that cannot be read is left out).
+    pub(crate) async fn counters(&mut self) -> BTreeMap<u32, InterfaceCounters> {
+        let mut out = BTreeMap::new();
+        let Some(routing) = self.routing.clone().filter(|_| !self.tunnels.is_empty()) else {
+            return out;
+        };
+        for tunnel in self.tunnels.keys() {
+            let name = device(*tunnel);
+            let link = match routing.link_by_name(&name).await {
+                Ok(Some(l)) if link_if_id(&l) == Some(if_id(*tunnel)) => l,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, interface = %name, "reading counters");
+                    continue;
+                }
+            };
+            let stats = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some(s),
+                _ => None,
+            });
+            if let Some(s) = stats {
+                out.insert(
+                    *tunnel,
+                    InterfaceCounters {
+                        interface: name,
+                        rx_bytes: s.rx_bytes,
+                        rx_packets: s.rx_packets,
+                        rx_errors: s.rx_errors,
+                        rx_dropped: s.rx_dropped,
+                        tx_bytes: s.tx_bytes,
+                        tx_packets: s.tx_packets,
+                        tx_errors: s.tx_errors,
+                        tx_dropped: s.tx_dropped,
+                    },
+                );
+            }
+        }
+        out
     }
 
     /// Creates (or takes over) the tunnel's interface and refuses its remote subnets until a

@@ -342,6 +342,17 @@ impl<D: Dataplane> Driver<D> {
             .filter_map(|t| traffic.get(&t.index).map(|x| (t.def.name.clone(), *x)))
             .collect();
         m.set_traffic(&by_name);
+        let interfaces = self.dp.interfaces().await;
+        let by_name = self
+            .tunnels
+            .values()
+            .filter_map(|t| {
+                interfaces
+                    .get(&t.index)
+                    .map(|x| (t.def.name.clone(), x.clone()))
+            })
+            .collect();
+        m.set_interfaces(&by_name);
         m.encode()
     }
 

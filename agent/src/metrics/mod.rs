@@ -1,11 +1,12 @@
 //! Prometheus metrics (`--metrics-addr`, served on `GET /metrics` by [`http`]).
 //!
 //! Every name is `strait_…` with its unit in the name; label values come from fixed sets (IKE
-//! states, CamelCase reasons, `ike`/`child`, `in`/`out`) or are tunnel names — never a `Debug`
+//! states, CamelCase reasons, `ike`/`child`, `in`/`out`) or are tunnel and interface names — never a `Debug`
 //! rendering, never key material. The driver owns the [`Metrics`]; a scrape asks the driver
-//! (over a channel) to refresh the gauges and the kernel's per-CHILD-SA counters and to encode.
+//! (over a channel) to refresh the gauges, the kernel's per-CHILD-SA counters and route-based
+//! tunnels' interface counters, and to encode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 use strait_crds::IkeState;
 
-use crate::dataplane::Traffic;
+use crate::dataplane::{InterfaceCounters, Traffic};
 
 mod http;
 
@@ -53,6 +54,15 @@ pub struct Metrics {
     pub ike_dropped: IntCounterVec,
     /// COOKIE challenges sent (RFC 7296 §2.6: many half-open SAs, likely a flood).
     pub cookies_sent: IntCounter,
+    /// A route-based tunnel's XFRM interface: bytes, packets, errors and drops by direction
+    /// (the device's own counters).
+    pub interface_bytes: IntCounterVec,
+    /// Packets through the interface.
+    pub interface_packets: IntCounterVec,
+    /// Errors on the interface.
+    pub interface_errors: IntCounterVec,
+    /// Packets the interface dropped (for example, no SA yet).
+    pub interface_dropped: IntCounterVec,
 }
 
 /// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
@@ -72,6 +82,51 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
     let m = m?;
     r.register(Box::new(m.clone()))?;
     Ok(m)
+}
+
+/// `strait_xfrm_interface_<what>_total{tunnel, interface, direction}`.
+fn interface_counter(r: &Registry, what: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+    reg(
+        r,
+        IntCounterVec::new(
+            Opts::new(
+                format!("strait_xfrm_interface_{what}_total"),
+                format!(
+                    "{help} through a route-based tunnel's XFRM interface (device counters), by \
+                     direction."
+                ),
+            ),
+            &["tunnel", "interface", "direction"],
+        ),
+    )
+}
+
+/// Sets the counter `labels` of `vec` to `v`, a kernel counter: one that went down (its
+/// object was re-created) starts again from the new value.
+fn set_counter(vec: &IntCounterVec, labels: &[&str], v: u64) {
+    let c = vec.with_label_values(labels);
+    let have = c.get();
+    if v >= have {
+        c.inc_by(v - have);
+    } else {
+        let _ = vec.remove_label_values(labels);
+        vec.with_label_values(labels).inc_by(v);
+    }
+}
+
+/// Removes the series of `vec` whose labels `keep` refuses.
+fn drop_series(vec: &IntCounterVec, keep: impl Fn(&HashMap<&str, &str>) -> bool) {
+    let families = prometheus::core::Collector::collect(vec);
+    for m in families.iter().flat_map(|mf| mf.get_metric().iter()) {
+        let labels: HashMap<&str, &str> = m
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .collect();
+        if !keep(&labels) {
+            let _ = vec.remove(&labels);
+        }
+    }
 }
 
 impl Metrics {
@@ -176,6 +231,10 @@ impl Metrics {
                     "COOKIE challenges sent to IKE_SA_INIT requests (many half-open SAs).",
                 ),
             )?,
+            interface_bytes: interface_counter(&r, "bytes", "Bytes")?,
+            interface_packets: interface_counter(&r, "packets", "Packets")?,
+            interface_errors: interface_counter(&r, "errors", "Errors")?,
+            interface_dropped: interface_counter(&r, "dropped", "Packets dropped")?,
             registry: r,
         };
         for reason in DROP_REASONS {
@@ -241,38 +300,44 @@ impl Metrics {
                 ("in", t.bytes_in, t.packets_in),
                 ("out", t.bytes_out, t.packets_out),
             ] {
-                for (vec, v) in [
-                    (&self.child_sa_bytes, bytes),
-                    (&self.child_sa_packets, packets),
-                ] {
-                    let c = vec.with_label_values(&[name.as_str(), dir]);
-                    let have = c.get();
-                    if v >= have {
-                        c.inc_by(v - have);
-                    } else {
-                        let _ = vec.remove_label_values(&[name.as_str(), dir]);
-                        vec.with_label_values(&[name.as_str(), dir]).inc_by(v);
-                    }
-                }
+                set_counter(&self.child_sa_bytes, &[name, dir], bytes);
+                set_counter(&self.child_sa_packets, &[name, dir], packets);
             }
         }
         for vec in [&self.child_sa_bytes, &self.child_sa_packets] {
-            let stale: Vec<String> = prometheus::core::Collector::collect(vec)
-                .iter()
-                .flat_map(|mf| mf.get_metric().iter())
-                .filter_map(|m| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == "tunnel")
-                        .map(|l| l.value().to_owned())
-                })
-                .filter(|n| !traffic.contains_key(n))
-                .collect();
-            for n in stale {
-                for dir in ["in", "out"] {
-                    let _ = vec.remove_label_values(&[n.as_str(), dir]);
-                }
+            drop_series(vec, |l| {
+                l.get("tunnel").is_some_and(|t| traffic.contains_key(*t))
+            });
+        }
+    }
+
+    /// Sets the counters of route-based tunnels' XFRM interfaces to the kernel's (by tunnel
+    /// name: interface and counters). Interfaces not in `interfaces` lose their series.
+    pub fn set_interfaces(&self, interfaces: &BTreeMap<String, InterfaceCounters>) {
+        for (name, c) in interfaces {
+            let dev = c.interface.as_str();
+            for (dir, bytes, packets, errors, dropped) in [
+                ("in", c.rx_bytes, c.rx_packets, c.rx_errors, c.rx_dropped),
+                ("out", c.tx_bytes, c.tx_packets, c.tx_errors, c.tx_dropped),
+            ] {
+                let labels = [name.as_str(), dev, dir];
+                set_counter(&self.interface_bytes, &labels, bytes);
+                set_counter(&self.interface_packets, &labels, packets);
+                set_counter(&self.interface_errors, &labels, errors);
+                set_counter(&self.interface_dropped, &labels, dropped);
             }
+        }
+        for vec in [
+            &self.interface_bytes,
+            &self.interface_packets,
+            &self.interface_errors,
+            &self.interface_dropped,
+        ] {
+            drop_series(vec, |l| {
+                l.get("tunnel")
+                    .and_then(|t| interfaces.get(*t))
+                    .is_some_and(|c| l.get("interface") == Some(&c.interface.as_str()))
+            });
         }
     }
 
@@ -317,6 +382,49 @@ mod tests {
         // a removed tunnel loses its series
         m.set_traffic(&BTreeMap::new());
         assert!(!m.encode().contains("tunnel=\"gw\""));
+    }
+
+    #[test]
+    fn interface_counters_follow_the_device() {
+        let m = Metrics::new().unwrap();
+        let mut i = BTreeMap::new();
+        let c = InterfaceCounters {
+            interface: "strait-x1".to_owned(),
+            rx_bytes: 840,
+            rx_packets: 10,
+            tx_bytes: 420,
+            tx_packets: 5,
+            tx_dropped: 2,
+            ..InterfaceCounters::default()
+        };
+        i.insert("gw".to_owned(), c.clone());
+        m.set_interfaces(&i);
+        let text = m.encode();
+        for line in [
+            "strait_xfrm_interface_bytes_total{direction=\"in\",interface=\"strait-x1\",tunnel=\"gw\"} 840",
+            "strait_xfrm_interface_packets_total{direction=\"out\",interface=\"strait-x1\",tunnel=\"gw\"} 5",
+            "strait_xfrm_interface_dropped_total{direction=\"out\",interface=\"strait-x1\",tunnel=\"gw\"} 2",
+            "strait_xfrm_interface_errors_total{direction=\"in\",interface=\"strait-x1\",tunnel=\"gw\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        // the tunnel's interface re-made under another name: the old series go
+        i.insert(
+            "gw".to_owned(),
+            InterfaceCounters {
+                interface: "strait-x2".to_owned(),
+                rx_packets: 1,
+                ..c
+            },
+        );
+        m.set_interfaces(&i);
+        let text = m.encode();
+        assert!(!text.contains("strait-x1"), "{text}");
+        assert!(text.contains(
+            "strait_xfrm_interface_packets_total{direction=\"in\",interface=\"strait-x2\",tunnel=\"gw\"} 1"
+        ));
+        m.set_interfaces(&BTreeMap::new());
+        assert!(!m.encode().contains("strait_xfrm_interface_bytes_total{"));
     }
 
     #[test]
