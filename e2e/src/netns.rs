@@ -59,6 +59,25 @@ pub fn exec_command<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
     c
 }
 
+/// Makes `ns` drop ICMP "fragmentation needed", sent or forwarded (table `inet
+/// strait_test_pmtu`, gone with the namespace): with a smaller MTU on the path, TCP then works
+/// only if the gateway clamps the MSS, as behind the many firewalls that drop ICMP.
+///
+/// # Errors
+/// `nft` fails.
+pub fn drop_frag_needed(ns: &str) -> Result<()> {
+    let rules = "table inet strait_test_pmtu {\n\
+         chain pmtu_out { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n\
+         chain pmtu_fwd { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n}\n";
+    let file = tempfile::NamedTempFile::new().context("a file for nft's rules")?;
+    std::fs::write(file.path(), rules).context("writing nft's rules")?;
+    exec(
+        ns,
+        &[OsStr::new("nft"), OsStr::new("-f"), file.path().as_os_str()],
+    )
+    .map(|_| ())
+}
+
 /// The XFRM policies in `ns` (`ip xfrm policy` lines starting with `src`) but the IKE sockets'
 /// bypass policies, which show as 0.0.0.0/0 <-> 0.0.0.0/0 (one per socket and direction).
 ///
@@ -503,14 +522,31 @@ pub struct SitePair {
 
 impl SitePair {
     /// Builds the two sites, with a masquerading router between them when `nat` is true.
+    ///
+    /// # Errors
+    /// The namespaces cannot be made.
     pub fn new(nat: bool) -> Result<Self> {
+        Self::build(nat, |b| b)
+    }
+
+    /// The pair without NAT, with what `more` adds to it (hosts behind a site, say).
+    ///
+    /// # Errors
+    /// The namespaces cannot be made.
+    pub fn with(more: impl FnOnce(TopologyBuilder) -> TopologyBuilder) -> Result<Self> {
+        Self::build(false, more)
+    }
+
+    fn build(nat: bool, more: impl FnOnce(TopologyBuilder) -> TopologyBuilder) -> Result<Self> {
         let left_inner = Ipv4Addr::new(198, 51, 100, 1);
         let right_inner = Ipv4Addr::new(203, 0, 113, 1);
-        let b = Topology::builder()
-            .node("left")
-            .node("right")
-            .subnet("left", "198.51.100.1/32")
-            .subnet("right", "203.0.113.1/32");
+        let b = more(
+            Topology::builder()
+                .node("left")
+                .node("right")
+                .subnet("left", "198.51.100.1/32")
+                .subnet("right", "203.0.113.1/32"),
+        );
         let (topology, left_addr, left_public, right_addr) = if nat {
             let topo = b
                 .node("nat")

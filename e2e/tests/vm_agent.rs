@@ -1625,7 +1625,7 @@ fn link_packets(ns: &str, dev: &str) -> (u64, u64) {
 #[test]
 fn j_route_based_through_an_xfrm_interface() {
     let _serial = netns::serial();
-    let pair = SitePair::new(false).expect("topology");
+    let pair = pair_with_a_host_behind_left();
     let (left, right) = (&pair.left, &pair.right);
     let charon = charon_on_right(&pair);
     let mut agent = start(
@@ -1712,9 +1712,65 @@ fn j_route_based_through_an_xfrm_interface() {
         (sin.packets, sout.packets),
         "{dev}'s counters vs ip -s xfrm state"
     );
-    println!(
-        "route-based: ping both ways through {dev}; its rx/tx packets {rx}/{tx} equal the SAs'"
+    // /metrics shows the device's counters (read after the kernel's: pings are over)
+    let body = metrics(left.ns.as_str());
+    let series = |what: &str, dir: &str| {
+        metric(
+            &body,
+            &format!(
+                "strait_xfrm_interface_{what}_total{{direction=\"{dir}\",interface=\"{dev}\",tunnel=\"{TUNNEL}\"}}"
+            ),
+        )
+        .map_or(u64::MAX, |v| v as u64)
+    };
+    assert_eq!(
+        (series("packets", "in"), series("packets", "out")),
+        (rx, tx),
+        "{body}"
     );
+    assert_eq!(series("errors", "out"), 0, "{body}");
+    println!(
+        "route-based: ping both ways through {dev}; its rx/tx packets {rx}/{tx} equal the SAs' \
+         and strait_xfrm_interface_packets_total"
+    );
+
+    // forwarded TCP from a host behind left, both ways, over a 1400-byte path MTU with ICMP
+    // "fragmentation needed" dropped: only left's MSS clamp for the interface's routes makes
+    // it work (the remote side's own stack learns its MTU locally)
+    let host = pair.topology.ns("lhost").unwrap();
+    for (what, server_ns, server, client_ns, seed) in [
+        (
+            "host behind left -> right",
+            right.ns.as_str(),
+            right.inner,
+            host,
+            1,
+        ),
+        (
+            "right -> host behind left",
+            host,
+            LEFT_HOST,
+            right.ns.as_str(),
+            2,
+        ),
+    ] {
+        const LEN: u64 = 4 * 1024 * 1024;
+        let t = strait_e2e::transfer::tcp(
+            server_ns,
+            server,
+            client_ns,
+            LEN,
+            seed,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("TCP {what}: {e:#}\n{}", agent.log()));
+        assert!(t.intact(LEN), "TCP {what}: {t:?}");
+        println!(
+            "route-based: TCP {what}: 4 MiB intact in {:.1} s through {dev}, path MTU 1400 \
+             without ICMP",
+            t.elapsed.as_secs_f64()
+        );
+    }
 
     agent.terminate(Duration::from_secs(10)).unwrap();
     assert!(xfrm_states(&left.ns).is_empty(), "SAs left after SIGTERM");
@@ -1729,6 +1785,36 @@ fn j_route_based_through_an_xfrm_interface() {
     assert!(rt.trim().is_empty(), "routes left: {rt}");
     let rules = netns::exec(&left.ns, &["ip", "rule"]).unwrap().stdout;
     assert!(!rules.contains("23042"), "rule left after SIGTERM: {rules}");
+}
+
+/// A host behind `left`, forwarded by it (its /26 inside left's subnet).
+const LEFT_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 66);
+
+/// [`SitePair`] without NAT, plus a host `lhost` behind left, and a path MTU of 1400 between
+/// the sites with ICMP "fragmentation needed" dropped everywhere.
+fn pair_with_a_host_behind_left() -> SitePair {
+    let pair = SitePair::with(|b| {
+        b.node("lhost")
+            .link(
+                "lhost",
+                &format!("{LEFT_HOST}/26"),
+                "left",
+                "198.51.100.65/26",
+            )
+            .route("lhost", &["default", "via", "198.51.100.65"])
+            .router("left")
+    })
+    .expect("topology");
+    let t = &pair.topology;
+    for (node, peer) in [("left", "right"), ("right", "left")] {
+        let iface = t.interface(node, peer).unwrap();
+        t.exec(node, &["ip", "link", "set", "dev", &iface, "mtu", "1400"])
+            .unwrap();
+    }
+    for node in ["left", "right", "lhost"] {
+        netns::drop_frag_needed(t.ns(node).unwrap()).unwrap();
+    }
+    pair
 }
 
 /// Two route-based tunnels with the same subnets to two charon peers, which policy-based IPsec

@@ -11,26 +11,31 @@
 //!   |  slirp: guest 10.0.2.2:PORT -> host 127.0.0.1:PORT
 //!  guest (Debian kernel with ESP):
 //!   gw1: strait-agent cluster --dataplane kernel, 127.0.0.1:PORT forwarded to 10.0.2.2:PORT
-//!        192.0.2.1/30 ---- 192.0.2.2/30 remote (charon, kernel-netlink), IKE 192.0.2.100
-//!        inner 198.51.100.1                 inner 203.0.113.1
-//!        10.1.0.1/24 (InternalIP)
-//!         |
-//!   node2: strait-agent route (gw1 runs one too), InternalIP 10.1.0.3/24
-//!        198.51.100.65/26 ---- pod 198.51.100.66 (the test CNI: gw1 routes 198.51.100.64/26
-//!                                                 via node2)
+//!        192.0.2.1/30 ---- 192.0.2.2/30 \
+//!        inner 198.51.100.1                 remote (charon, kernel-netlink), IKE 192.0.2.100
+//!   gw2: the same, standby                  inner 203.0.113.1
+//!        192.0.2.5/30 ---- 192.0.2.6/30 /
+//!   the cluster's routed underlay: gw1 10.1.1.2/24, gw2 10.1.2.2/24, node2 10.1.3.2/24, each
+//!        on its own link to a router `fabric` (.1); the InternalIPs
+//!   node2: strait-agent route (both gateways run one too)
+//!        198.51.100.65/26 ---- pod 198.51.100.66 (the test CNI: the pod's /26 via node2)
 //! ```
 //!
 //! The pod on node2 reaches the remote host through the route role's VXLAN overlay to gw1 and
 //! gw1's ESP SA, both ways (pings, and 10 MiB over TCP each way with a checksum, the second
 //! connection opened by the remote host), over a 1400-byte path MTU with ICMP "fragmentation
-//! needed" dropped (the gateway's MSS clamping), and what either end of gw1's link to the
-//! remote site sends carries no cleartext packet of the tunnel's subnets throughout.
+//! needed" dropped (the gateway's MSS clamping). Then gw1 dies (its processes killed, its links
+//! down) while the remote host streams to the pod over TCP and the pod pings the remote host:
+//! the operator fails over to gw2, node2 follows, the stream survives intact, and the gap is
+//! reported. What either end of a gateway's link to the remote site sends carries no cleartext
+//! packet of the tunnel's subnets throughout.
 //!
 //! The two halves meet through files in a directory both see (`--rwdir`): the host writes the
-//! kubeconfig and the port; the guest writes `node-up` once charon and the agent run, and
-//! `traffic` once pings passed through ESP. The host applies the tunnel, waits for `Ready`,
-//! waits for `traffic`, deletes the tunnel; the guest then sees charon's IKE SA and its own XFRM
-//! objects go.
+//! kubeconfig and the port; the guest writes `node-up` once charon and the agents run, and
+//! `traffic` once traffic passed through gw1's ESP SAs. The host applies the tunnel, waits for
+//! `Ready`, waits for `traffic` and checks the status against it, writes `failover-go`, waits
+//! for the guest's `failover` (gw2's SAs) and checks the status again, then deletes the tunnel;
+//! the guest then sees charon's IKE SA and gw2's XFRM objects go.
 
 #![allow(
     clippy::unwrap_used,
@@ -60,8 +65,20 @@ const PSK: &str = "strait-vm-cluster-psk-7c31a9e05d";
 const LOCAL_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const REMOTE_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const NODE: &str = "gw1";
+/// The standby gateway.
+const NODE_B: &str = "gw2";
 /// The node without a tunnel, with a pod behind it.
 const NODE2: &str = "node2";
+/// The nodes' InternalIPs on the routed underlay, and the overlay addresses they give.
+const INTERNAL: [(&str, &str); 3] = [
+    (NODE, "10.1.1.2"),
+    (NODE_B, "10.1.2.2"),
+    (NODE2, "10.1.3.2"),
+];
+const OVERLAY_GW1: &str = "240.1.1.2";
+const OVERLAY_GW2: &str = "240.1.2.2";
+/// A short heartbeat, so that gw1's death is noticed within seconds.
+const LEASE_ARGS: [&str; 4] = ["--lease-duration-seconds", "5", "--renew-interval", "1"];
 const POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 /// The guest half finds the shared directory here.
 const SHARED_ENV: &str = "STRAIT_VM_CLUSTER_DIR";
@@ -92,6 +109,30 @@ fn status(cp: &ControlPlane) -> Value {
 
 /// A copy of `src` in `dir`, stripped of debug info when `strip` can (the guest reads it over
 /// 9p under TCG).
+/// The status entry of `node` names the SPIs the guest found in its kernel (`spi_in spi_out`
+/// first in `file`).
+fn assert_status_spis(cp: &ControlPlane, node: &str, file: &str) {
+    let s = status(cp);
+    let entry = s["gateways"]
+        .as_array()
+        .and_then(|g| g.iter().find(|e| e["node"] == node))
+        .unwrap_or_else(|| panic!("no status entry of {node}: {s:#}"));
+    let spis: Vec<&str> = file.split_whitespace().take(2).collect();
+    assert_eq!(spis.len(), 2, "the guest's file: {file:?}");
+    let child = &entry["childSas"][0];
+    let ours = |k: &str| {
+        child[k]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("0x")
+    };
+    assert_eq!(
+        (ours("spiIn"), ours("spiOut")),
+        (spis[0], spis[1]),
+        "{node}'s status SPIs vs its kernel's in the guest: {entry:#}"
+    );
+}
+
 fn stage_binary(src: &Path, dir: &Path, name: &str) -> PathBuf {
     let dst = dir.join(name);
     let stripped = Command::new("strip")
@@ -134,13 +175,14 @@ fn cluster_kernel_dataplane_in_vm() {
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, NODE).unwrap();
+    product::gateway_node(&cp, NODE_B).unwrap();
     cp.kubectl_stdin(
         ["apply", "-f", "-"],
         &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE2}}}\n"),
     )
     .unwrap();
     // what the route role reads: the nodes' InternalIPs (a kubelet would report them)
-    for (n, ip) in [(NODE, "10.1.0.1"), (NODE2, "10.1.0.3")] {
+    for (n, ip) in INTERNAL {
         cp.kubectl([
             "patch",
             "node",
@@ -154,7 +196,8 @@ fn cluster_kernel_dataplane_in_vm() {
     }
     cp.kubectl_stdin(["apply", "-f", "-"], &cluster::psk_secret("dc2-psk", PSK))
         .unwrap();
-    let operator = Daemon::operator(&cp, &[]).expect("operator");
+    // gw1 dies below and never clears its status entry: do not wait a minute for it on delete
+    let operator = Daemon::operator(&cp, &["--deletion-timeout", "10s"]).expect("operator");
     println!(
         "host: control plane + CRD + operator in {:.1} s",
         t_cp.elapsed().as_secs_f64()
@@ -214,9 +257,11 @@ fn cluster_kernel_dataplane_in_vm() {
         "host: guest node up {:.1} s after the VM start",
         t_vm.elapsed().as_secs_f64()
     );
-    // the heartbeat makes the node a candidate; without it the operator elects no one
-    cluster::wait_heartbeats(&cp, &[NODE], Duration::from_secs(120), || guest.output())
-        .unwrap_or_else(|e| panic!("the guest agent: {e:#}"));
+    // the heartbeat makes a node a candidate; with both, gw1 is elected (the first by name)
+    cluster::wait_heartbeats(&cp, &[NODE, NODE_B], Duration::from_secs(120), || {
+        guest.output()
+    })
+    .unwrap_or_else(|e| panic!("the guest agent: {e:#}"));
 
     // ---- apply → Ready ----
     let tunnel = cluster::tunnel(TUNNEL, "dc2-psk").render();
@@ -240,13 +285,7 @@ fn cluster_kernel_dataplane_in_vm() {
         "host: apply -> Ready (agent in the VM, kernel data plane): {:.2} s",
         apply_to_ready.as_secs_f64()
     );
-    let s = status(&cp);
-    assert_eq!(s["activeGateway"], NODE, "{s:#}");
-    let entry = s["gateways"]
-        .as_array()
-        .and_then(|g| g.iter().find(|e| e["node"] == NODE))
-        .unwrap_or_else(|| panic!("no status entry of {NODE}: {s:#}"))
-        .clone();
+    assert_eq!(status(&cp)["activeGateway"], NODE, "{:#}", status(&cp));
 
     // ---- traffic through ESP (judged in the guest); its SAs are the ones our status names ----
     let traffic = wait_file(
@@ -255,21 +294,21 @@ fn cluster_kernel_dataplane_in_vm() {
         &mut guest,
         "the guest's traffic checks",
     );
-    let spis: Vec<&str> = traffic.split_whitespace().take(2).collect();
-    assert_eq!(spis.len(), 2, "the guest's traffic file: {traffic:?}");
-    let child = &entry["childSas"][0];
-    let ours = |k: &str| {
-        child[k]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches("0x")
-    };
-    assert_eq!(
-        (ours("spiIn"), ours("spiOut")),
-        (spis[0], spis[1]),
-        "status SPIs vs the kernel's in the guest: {entry:#}"
+    assert_status_spis(&cp, NODE, &traffic);
+    println!("host: the status's SPIs are gw1's kernel SAs that carried the traffic: {traffic}");
+
+    // ---- gw1 dies (in the guest); the operator fails over to gw2 ----
+    publish(&dir.join("failover-go"), "go");
+    let failover = wait_file(
+        &dir.join("failover"),
+        Duration::from_secs(300),
+        &mut guest,
+        "the guest's failover",
     );
-    println!("host: the status's SPIs are the kernel's SAs that carried the pings: {traffic}");
+    let s = status(&cp);
+    assert_eq!(s["activeGateway"], NODE_B, "{s:#}");
+    assert_status_spis(&cp, NODE_B, &failover);
+    println!("host: failed over to gw2; the status's SPIs are gw2's kernel SAs: {failover}");
 
     // ---- delete: finalizer released; the guest checks charon and the kernel ----
     let t = Instant::now();
@@ -349,6 +388,12 @@ impl GuestAgent {
 
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as when its node dies.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and its exit status.
@@ -465,18 +510,28 @@ fn guest_gateway_node() {
         .parse()
         .unwrap();
     let _serial = netns::serial();
-    let topo = cluster::builder(&[NODE], REMOTE_ADDR)
+    let topo = cluster::builder(&[NODE, NODE_B], REMOTE_ADDR)
         .subnet("remote", &format!("{REMOTE_ADDR}/32"))
         .subnet("remote", &format!("{REMOTE_HOST}/32"))
         .subnet(NODE, &format!("{LOCAL_HOST}/32"))
-        // node2 on the cluster's underlay, a pod behind it, and the test CNI's route to it
+        // the cluster's routed underlay: every node on its own link to a router
+        .node("fabric")
         .node(NODE2)
         .node("pod")
-        .link(NODE2, "10.1.0.3/24", NODE, "10.1.0.1/24")
+        .link(NODE, "10.1.1.2/24", "fabric", "10.1.1.1/24")
+        .link(NODE_B, "10.1.2.2/24", "fabric", "10.1.2.1/24")
+        .link(NODE2, "10.1.3.2/24", "fabric", "10.1.3.1/24")
+        .router("fabric")
+        .route(NODE, &["10.1.0.0/16", "via", "10.1.1.1"])
+        .route(NODE_B, &["10.1.0.0/16", "via", "10.1.2.1"])
+        .route(NODE2, &["10.1.0.0/16", "via", "10.1.3.1"])
+        // a pod behind node2, and the test CNI's routes to its /26 from every node
         .link("pod", &format!("{POD}/26"), NODE2, "198.51.100.65/26")
         .route("pod", &["default", "via", "198.51.100.65"])
-        .route(NODE, &["198.51.100.64/26", "via", "10.1.0.3"])
         .router(NODE2)
+        .route(NODE, &["198.51.100.64/26", "via", "10.1.1.1"])
+        .route(NODE_B, &["198.51.100.64/26", "via", "10.1.2.1"])
+        .route("fabric", &["198.51.100.64/26", "via", "10.1.3.2"])
         // a main-table route of the test's own (the agent adds its own in table 23040, which
         // is looked up first): the remote subnet via the link, from our inner address
         .route(
@@ -492,26 +547,21 @@ fn guest_gateway_node() {
         .build()
         .expect("namespaces");
     let gw = topo.ns(NODE).unwrap().to_owned();
+    let gw_b = topo.ns(NODE_B).unwrap().to_owned();
     let remote = topo.ns("remote").unwrap().to_owned();
     // The underlay to the remote site has a path MTU of 1400 and no node lets ICMP
     // "fragmentation needed" through: TCP across the tunnel works only if the gateway clamps
     // the MSS (set before the agent computes its routes' MTU from the uplink).
-    for (ns, peer) in [(&gw, "remote"), (&remote, NODE)] {
-        let node = if ns == &gw { NODE } else { "remote" };
-        let iface = topo.interface(node, peer).unwrap();
-        netns::exec(ns, &["ip", "link", "set", "dev", &iface, "mtu", "1400"]).unwrap();
+    for g in [NODE, NODE_B] {
+        for (node, peer) in [(g, "remote"), ("remote", g)] {
+            let iface = topo.interface(node, peer).unwrap();
+            topo.exec(node, &["ip", "link", "set", "dev", &iface, "mtu", "1400"])
+                .unwrap();
+        }
     }
     let node2_ns = topo.ns(NODE2).unwrap().to_owned();
-    for ns in [&gw, &remote, &node2_ns] {
-        let rules = "table inet strait_test_pmtu {\n\
-             chain pmtu_out { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n\
-             chain pmtu_fwd { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n}\n";
-        let mut nft = netns::exec_command(ns, &["nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-        assert!(nft.wait().unwrap().success(), "nft in {ns}");
+    for ns in [&gw, &gw_b, &remote, &node2_ns] {
+        netns::drop_frag_needed(ns).unwrap();
     }
 
     let cfg = CharonConfig {
@@ -529,42 +579,47 @@ fn guest_gateway_node() {
 
     // run the agent from the guest's tmpfs, not over 9p
     fs::copy(dir.join("strait-agent"), "/tmp/strait-agent").unwrap();
-    let mut agent = GuestAgent::start(
-        &dir,
-        &gw,
-        port,
-        true,
-        "strait-agent-gw1",
-        &[
+    let gateway_agent = |node: &str, ns: &str| {
+        let sock = format!("/tmp/strait-agent-{node}.sock");
+        let mut args = vec![
             "cluster",
             "--node",
-            NODE,
+            node,
             "--namespace",
             NAMESPACE,
             "--status-socket",
-            "/tmp/strait-agent-gw1.sock",
+            &sock,
             "--dataplane",
             "kernel",
             "--metrics-addr",
             "off",
-        ],
-    );
-    // the route role on both nodes (on gw1 it only keeps the overlay device to receive on)
+        ];
+        args.extend(LEASE_ARGS);
+        GuestAgent::start(&dir, ns, port, true, &format!("strait-agent-{node}"), &args)
+    };
+    let mut agent = gateway_agent(NODE, &gw);
+    let mut agent_b = gateway_agent(NODE_B, &gw_b);
+    // the route role on every node (on a gateway it only keeps the overlay device to receive
+    // on); the gateways' namespaces already have the agent's API forward
     let node2 = node2_ns.clone();
-    let mut roles =
-        [(NODE, gw.as_str(), false), (NODE2, node2.as_str(), true)].map(|(n, ns, fwd)| {
-            GuestAgent::start(
-                &dir,
-                ns,
-                port,
-                fwd,
-                &format!("route-{n}"),
-                &["route", "--node", n],
-            )
-        });
+    let [mut role_gw1, mut role_gw2, mut role_node2] = [
+        (NODE, gw.as_str(), false),
+        (NODE_B, gw_b.as_str(), false),
+        (NODE2, node2.as_str(), true),
+    ]
+    .map(|(n, ns, fwd)| {
+        GuestAgent::start(
+            &dir,
+            ns,
+            port,
+            fwd,
+            &format!("route-{n}"),
+            &["route", "--node", n],
+        )
+    });
     publish(&dir.join("node-up"), "up");
     println!(
-        "guest: agent started at {:.1} s",
+        "guest: agents started at {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 
@@ -636,21 +691,24 @@ fn guest_gateway_node() {
         (sa_in.0.clone(), sa_out.0.clone(), sa_in.2, sa_out.2);
 
     // ---- a pod on node2 <-> the remote host: the overlay to gw1, then ESP; nothing in clear ----
-    let via = format!("{REMOTE_NET} via 240.1.0.1 dev strait-vx");
+    let steered_to = |overlay: &str| {
+        let via = format!("{REMOTE_NET} via {overlay} dev strait-vx");
+        netns::exec_unchecked(&node2, &["ip", "route", "show", "table", "23041"])
+            .is_ok_and(|o| o.stdout.contains(&via))
+    };
     wait_until(
         "node2 steering the remote subnet to gw1",
         Duration::from_secs(60),
-        || {
-            netns::exec_unchecked(&node2, &["ip", "route", "show", "table", "23041"])
-                .is_ok_and(|o| o.stdout.contains(&via))
-        },
-        || format!("{}\n{}", roles[1].log(), roles[0].log()),
+        || steered_to(OVERLAY_GW1),
+        || format!("{}\n{}", role_node2.log(), role_gw1.log()),
     );
-    // What each end of the gw1-remote link sends is everything on that wire. Outbound only:
-    // on the way in, tcpdump also shows the packets the kernel has just decrypted.
-    let wire_out = |ns: &str, iface: &str| {
-        netns::exec_command(
-            ns,
+    // What each end of a gateway's link to the remote site sends is everything on that wire.
+    // Outbound only: on the way in, tcpdump also shows the packets the kernel has just
+    // decrypted.
+    let wire_out = |node: &str, peer: &str| Capture {
+        what: format!("{node} -> {peer}"),
+        child: netns::exec_command(
+            topo.ns(node).unwrap(),
             &[
                 "tcpdump",
                 "-n",
@@ -659,18 +717,20 @@ fn guest_gateway_node() {
                 "-Q",
                 "out",
                 "-i",
-                iface,
+                &topo.interface(node, peer).unwrap(),
                 "net 198.51.100.0/24 or net 203.0.113.0/24",
             ],
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("tcpdump")
+        .expect("tcpdump"),
     };
+    let gw1_dump = wire_out(NODE, "remote");
     let dumps = [
-        wire_out(&gw, &topo.interface(NODE, "remote").unwrap()),
-        wire_out(&remote, &topo.interface("remote", NODE).unwrap()),
+        wire_out("remote", NODE),
+        wire_out(NODE_B, "remote"),
+        wire_out("remote", NODE_B),
     ];
     thread::sleep(Duration::from_secs(2));
     let before = sas(&gw);
@@ -679,8 +739,8 @@ fn guest_gateway_node() {
             panic!(
                 "ping {from} -> {to}: {e:#}\n{:?}\n--- route node2:\n{}\n--- route gw1:\n{}\n--- agent:\n{}",
                 sas(&gw),
-                roles[1].log(),
-                roles[0].log(),
+                role_node2.log(),
+                role_gw1.log(),
                 agent.log()
             );
         }
@@ -704,7 +764,7 @@ fn guest_gateway_node() {
             panic!(
                 "TCP {what}: {e:#}\n{:?}\n--- route node2:\n{}\n--- agent:\n{}",
                 sas(&gw),
-                roles[1].log(),
+                role_node2.log(),
                 agent.log()
             )
         });
@@ -718,22 +778,6 @@ fn guest_gateway_node() {
         );
     }
     thread::sleep(Duration::from_millis(500));
-    for dump in dumps {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(dump.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let out = dump.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("listening on"), "tcpdump did not start: {err}");
-        let clear: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-            .collect();
-        assert!(
-            clear.is_empty(),
-            "cleartext on the gw1-remote wire: {clear:#?}"
-        );
-    }
     let after = sas(&gw);
     let packets = |v: &[(String, String, u64, u64)], dst: &str| {
         v.iter().find(|s| s.1 == dst).map_or(0, |s| s.3)
@@ -759,32 +803,158 @@ fn guest_gateway_node() {
     );
     println!(
         "guest: pod on {NODE2} <-> remote host through the overlay and ESP both ways (+{more_out} \
-         out, +{more_in} in on the SAs), 0 cleartext packets on the gw1-remote wire"
+         out, +{more_in} in on the SAs)"
     );
     publish(
         &dir.join("traffic"),
         &format!("{spi_in} {spi_out} {bytes_in} {bytes_out}"),
     );
 
-    // ---- the host deletes the tunnel: DELETE reaches charon, the node's kernel is clean ----
+    // ---- gw1 dies during a TCP stream: gw2 takes over, node2 follows, the stream survives ----
+    wait_until(
+        "the host's go for the failover",
+        Duration::from_secs(120),
+        || dir.join("failover-go").exists(),
+        String::new,
+    );
+    // the remote host streams to the pod (1 KiB every 10 ms) while the pod pings it (every
+    // 50 ms, timestamped): the pings give the data plane's gap, the stream that TCP survives
+    let stream = strait_e2e::transfer::Stream::start(
+        &pod_ns,
+        POD,
+        &remote,
+        1024,
+        Duration::from_millis(10),
+        3,
+        Duration::from_secs(120),
+    )
+    .expect("the TCP stream");
+    let pings = netns::exec_command(
+        &pod_ns,
+        &["ping", "-D", "-n", "-i", "0.05", &REMOTE_HOST.to_string()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("ping");
+    thread::sleep(Duration::from_secs(3));
+    assert!(gw1_dump.judge().is_empty(), "cleartext from gw1");
+    let died = Instant::now();
+    agent.kill();
+    role_gw1.kill();
+    for peer in ["remote", "fabric"] {
+        let iface = topo.interface(NODE, peer).unwrap();
+        topo.exec(NODE, &["ip", "link", "set", "dev", &iface, "down"])
+            .unwrap();
+    }
+    let gw_b_addr = "192.0.2.5";
+    wait_until(
+        "node2 steering to gw2, and gw2's SAs carrying the pings",
+        Duration::from_secs(120),
+        || {
+            steered_to(OVERLAY_GW2) && {
+                let v = sas(&gw_b);
+                packets(&v, REMOTE_ADDR) > 0 && packets(&v, gw_b_addr) > 0
+            }
+        },
+        || {
+            format!(
+                "{:?}\n--- route node2:\n{}\n--- agent gw2:\n{}\n--- charon:\n{}",
+                sas(&gw_b),
+                role_node2.log(),
+                agent_b.log(),
+                charon.log()
+            )
+        },
+    );
+    let took_over = died.elapsed();
+    thread::sleep(Duration::from_secs(3));
+    let streamed = stream.finish().unwrap_or_else(|e| {
+        panic!(
+            "the TCP stream across the failover: {e:#}\n{:?}\n--- agent gw2:\n{}",
+            sas(&gw_b),
+            agent_b.log()
+        )
+    });
+    assert!(
+        streamed.intact(),
+        "the stream across the failover: {streamed:?}"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pings.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let out = pings.wait_with_output().unwrap();
+    let replies: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = replies
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    assert!(
+        replies.len() > 40,
+        "too few ping replies: {}",
+        replies.len()
+    );
+    // the lease (5 s), the election, gw2's handshake under emulation and node2's route
+    assert!(
+        gap < 60.0,
+        "the data plane was down {gap:.1} s across the failover"
+    );
+    for dump in dumps {
+        let clear = dump.judge();
+        assert!(clear.is_empty(), "cleartext on the wire: {clear:#?}");
+    }
+    let theirs = sas(&remote);
+    let ours = sas(&gw_b);
+    let b_in = ours
+        .iter()
+        .find(|s| s.1 == gw_b_addr)
+        .expect("gw2's inbound SA");
+    let b_out = ours
+        .iter()
+        .find(|s| s.1 == REMOTE_ADDR)
+        .expect("gw2's outbound SA");
+    assert!(
+        theirs.iter().any(|s| s.0 == b_in.0) && theirs.iter().any(|s| s.0 == b_out.0),
+        "charon does not hold gw2's SAs: {theirs:?} {ours:?}"
+    );
+    println!(
+        "guest: gw1 died (agent and route role killed, links down): node2 steered to gw2 and \
+         gw2's SAs carried traffic {:.1} s later; data-plane gap {:.0} ms (pings every 50 ms, \
+         {} replies); the remote host's TCP stream to the pod survived intact ({} B, longest \
+         stall {} ms); 0 cleartext packets on either gateway's wire to the remote site",
+        took_over.as_secs_f64(),
+        gap * 1000.0,
+        replies.len(),
+        streamed.sent_bytes,
+        streamed.longest_pause.as_millis()
+    );
+    publish(
+        &dir.join("failover"),
+        &format!("{} {} {:.0}", b_in.0, b_out.0, gap * 1000.0),
+    );
+
+    // ---- the host deletes the tunnel: DELETE reaches charon, gw2's kernel is clean ----
     wait_until(
         "charon's IKE SA gone after the deletion",
         Duration::from_secs(300),
         || charon.list_sas().is_ok_and(|s| s.ike_sas.is_empty()),
         || {
             format!(
-                "{}\n--- agent:\n{}",
+                "{}\n--- agent gw2:\n{}",
                 charon.list_sas().map(|s| s.raw).unwrap_or_default(),
-                agent.log()
+                agent_b.log()
             )
         },
     );
     let deleted = Instant::now();
     wait_until(
-        "the node's SAs and policies removed",
+        "gw2's SAs and policies removed",
         Duration::from_secs(30),
-        || sas(&gw).is_empty() && netns::xfrm_policies(&gw).unwrap().is_empty(),
-        || kernel_view(&gw, &agent),
+        || sas(&gw_b).is_empty() && netns::xfrm_policies(&gw_b).unwrap().is_empty(),
+        || kernel_view(&gw_b, &agent_b),
     );
     assert!(
         charon.log().contains("received DELETE"),
@@ -792,25 +962,50 @@ fn guest_gateway_node() {
         charon.log()
     );
     println!(
-        "guest: DELETE reached charon; node SAs and policies gone {:?} later",
+        "guest: DELETE reached charon; gw2's SAs and policies gone {:?} later",
         deleted.elapsed()
     );
-    let st = agent.terminate();
-    assert!(st.success(), "agent exit {st}\n{}", agent.log());
-    for r in &mut roles {
+    let st = agent_b.terminate();
+    assert!(st.success(), "agent exit {st}\n{}", agent_b.log());
+    for r in [&mut role_gw2, &mut role_node2] {
         let st = r.terminate();
         assert!(st.success(), "route role exit {st}\n{}", r.log());
     }
-    for ns in [&gw, &node2] {
+    for ns in [&gw_b, &node2] {
         assert!(
             !netns::exec_unchecked(ns, &["ip", "link", "show", "strait-vx"])
                 .is_ok_and(|o| o.status.success()),
             "strait-vx left in {ns}"
         );
     }
-    assert!(
-        !agent.log().contains(PSK),
-        "the PSK reached the agent's log"
-    );
+    for a in [&agent, &agent_b] {
+        assert!(!a.log().contains(PSK), "the PSK reached an agent's log");
+    }
     println!("{GUEST_PASS} at {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// A tcpdump of what one end of a link sends.
+struct Capture {
+    what: String,
+    child: Child,
+}
+
+impl Capture {
+    /// Stops the capture and returns the packets it saw.
+    fn judge(self) -> Vec<String> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let out = self.child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("listening on"),
+            "tcpdump {} did not start: {err}",
+            self.what
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{}: {l}", self.what))
+            .collect()
+    }
 }
