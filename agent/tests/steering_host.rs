@@ -5,8 +5,9 @@
 //! kernel has no ESP; the kernel VM tier carries the same path through real ESP). Every node's
 //! reverse-path filter is strict, as many distributions set it.
 //!
-//! B steers the remote subnet to the active gateway; the test checks the pod's traffic goes
-//! through the overlay (VXLAN datagrams on the underlay, the pod's packet never in clear
+//! B masquerades its pods' traffic out of the pod network, as many CNIs do. B steers the
+//! remote subnet to the active gateway and exempts it from that masquerade; the test checks
+//! the pod's traffic goes through the overlay (VXLAN datagrams on the underlay, the pod's packet never in clear
 //! beside them), follows a failover to C, is refused (not leaked by the default route) while
 //! there is no gateway, works with direct routes, and that removal gives the node back.
 
@@ -95,6 +96,15 @@ impl Topology {
                 }
             }
         }
+        // B masquerades what its pods send out of the pod network, as many CNIs do (flannel,
+        // Calico's natOutgoing): without the route role's exemption the pod's packets would
+        // reach the gateway from B's overlay address, outside the tunnel's policies
+        sh(&format!(
+            "ip netns exec {} nft 'add table ip cni; \
+             add chain ip cni post {{ type nat hook postrouting priority srcnat; }}; \
+             add rule ip cni post ip saddr 10.244.2.0/24 ip daddr != 10.244.0.0/16 masquerade'",
+            t.b
+        ));
         // a pod on B
         sh(&format!(
             "ip link add e0 netns {pod} type veth peer name pod0 netns {b} && \
@@ -201,6 +211,7 @@ fn addresses() -> BTreeMap<String, Ipv4Addr> {
 fn plan_for(node: &str, mode: Mode, gateway: Option<&str>) -> Plan {
     let tunnels = [TunnelView {
         key: "default/site".into(),
+        local_subnets: vec!["10.244.0.0/16".into()],
         remote_subnets: vec![SUBNET.into()],
         gateway: gateway.map(str::to_owned),
     }];
@@ -301,9 +312,20 @@ fn vxlan_steers_the_pod_to_the_gateway_follows_failover_refuses_without_one_and_
         "2",
         "strict uplink loosened"
     );
+    let exempt = sh(&format!(
+        "ip netns exec {} nft list table inet strait_route",
+        t.b
+    ));
+    assert!(
+        exempt.contains("ip saddr 10.244.0.0/16 ip daddr 198.51.100.0/24 snat ip to ip saddr"),
+        "{exempt}"
+    );
     let mut up = false;
     let (vxlan, clear) = t.underlay_during(|| up = t.ping());
-    assert!(up, "pod on B -> remote host through the overlay to A");
+    assert!(
+        up,
+        "pod on B -> remote host through the overlay to A, with the pod's own address"
+    );
     assert!(vxlan > 0, "the request crossed the underlay as VXLAN");
     assert_eq!(clear, 0, "nothing for the remote subnet in clear");
 
@@ -358,6 +380,10 @@ fn vxlan_steers_the_pod_to_the_gateway_follows_failover_refuses_without_one_and_
     // removal gives the node back
     b.apply(None);
     assert!(table(&t.b).trim().is_empty());
+    assert!(!ok(&format!(
+        "ip netns exec {} nft list table inet strait_route",
+        t.b
+    )));
     assert!(!sh(&format!("ip -n {} rule", t.b)).contains("23041"));
     assert!(!ok(&format!("ip -n {} link show strait-vx", t.b)));
     assert_eq!(

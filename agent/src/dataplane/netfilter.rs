@@ -17,6 +17,9 @@
 //!   accepts any peer address turns this off, as there is then no list to admit. Our `accept`
 //!   ends only our chain, so other tables' rules still apply to the peers' packets.
 //!
+//! The route role keeps the same kind of table of its own, `inet strait_route`
+//! ([`ROUTE_TABLE`]), with masquerade exemptions only, for pods on nodes that steer.
+//!
 //! The rules are built with the `nftables` crate (typed JSON for `nft -j`, MIT/Apache-2.0) and
 //! applied by the node's `nft`, as kube-proxy's nftables mode does. Without `nft` the agent says
 //! so once and runs without these rules.
@@ -36,8 +39,10 @@ use nftables::stmt::{Counter, Mangle, Match, NAT, NATFamily, Operator, Statement
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use strait_xfrm::{Family, Prefix};
 
-/// The table's name (family `inet`).
+/// The gateway agent's table (family `inet`).
 pub const TABLE: &str = "strait";
+/// The route role's table: only masquerade exemptions, for the pods of nodes that steer.
+pub const ROUTE_TABLE: &str = "strait_route";
 /// `srcnat` (100) minus 10: before the masquerade rules of iptables and of other tables.
 const NAT_PRIORITY: i32 = 90;
 /// `mangle` (-150), where iptables' TCPMSS runs.
@@ -89,18 +94,20 @@ pub fn mss_for(family: Family, mtu: u32) -> Option<u32> {
 /// the `delete` makes the delete succeed when no table exists; all of it is one transaction,
 /// so the rules are never missing in between).
 pub fn replace_table(
+    name: &'static str,
     tunnels: &BTreeMap<u32, TunnelFilter>,
     guard: Option<IkeGuard>,
 ) -> Nftables<'static> {
-    let mut cmds = delete_table().objects.into_owned();
-    cmds.push(NfObject::CmdObject(NfCmd::Add(
-        NfListObject::Table(table()),
-    )));
+    let mut cmds = delete_table(name).objects.into_owned();
+    cmds.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(
+        name,
+    )))));
     let guarded = guard.and_then(|g| known_peers(tunnels).map(|p| (g, p)));
     let input = guarded
         .as_ref()
         .map(|_| ("input", NfHook::Input, NfChainType::Filter, FILTER_PRIORITY));
-    for (name, hook, kind, prio) in [
+    let table_name = name;
+    for (chain, hook, kind, prio) in [
         Some((
             "postrouting",
             NfHook::Postrouting,
@@ -121,8 +128,8 @@ pub fn replace_table(
         cmds.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(
             Chain {
                 family: NfFamily::INet,
-                table: TABLE.into(),
-                name: name.into(),
+                table: table_name.into(),
+                name: chain.into(),
                 _type: Some(kind),
                 hook: Some(hook),
                 prio: Some(prio),
@@ -136,15 +143,30 @@ pub fn replace_table(
         for l in &t.local {
             for r in t.remote.iter().filter(|r| r.family() == l.family()) {
                 let fam = l.family();
-                cmds.push(rule("postrouting", &comment, exempt(fam, *l, *r)));
+                cmds.push(rule(
+                    table_name,
+                    "postrouting",
+                    &comment,
+                    exempt(fam, *l, *r),
+                ));
                 let mtu = match fam {
                     Family::V4 => t.mtu_v4,
                     Family::V6 => t.mtu_v6,
                 };
                 if let Some(mss) = mtu.and_then(|m| mss_for(fam, m)) {
                     // both directions: a connection may be opened from either site
-                    cmds.push(rule("forward", &comment, clamp(fam, *l, *r, mss)));
-                    cmds.push(rule("forward", &comment, clamp(fam, *r, *l, mss)));
+                    cmds.push(rule(
+                        table_name,
+                        "forward",
+                        &comment,
+                        clamp(fam, *l, *r, mss),
+                    ));
+                    cmds.push(rule(
+                        table_name,
+                        "forward",
+                        &comment,
+                        clamp(fam, *r, *l, mss),
+                    ));
                 }
             }
         }
@@ -153,14 +175,14 @@ pub fn replace_table(
         cmds.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Counter(
             CounterObject {
                 family: NfFamily::INet,
-                table: TABLE.into(),
+                table: table_name.into(),
                 name: REFUSED_COUNTER.into(),
                 handle: None,
                 packets: None,
                 bytes: None,
             },
         ))));
-        cmds.extend(firewall(g, &peers));
+        cmds.extend(firewall(table_name, g, &peers));
     }
     Nftables {
         objects: Cow::Owned(cmds),
@@ -180,7 +202,11 @@ fn known_peers(tunnels: &BTreeMap<u32, TunnelFilter>) -> Option<BTreeSet<IpAddr>
 }
 
 /// The `input` chain: loopback and the peers pass, then IKE, NAT-T and ESP are dropped.
-fn firewall(g: IkeGuard, peers: &BTreeSet<IpAddr>) -> Vec<NfObject<'static>> {
+fn firewall(
+    table_name: &'static str,
+    g: IkeGuard,
+    peers: &BTreeSet<IpAddr>,
+) -> Vec<NfObject<'static>> {
     let comment = "strait: IKE and ESP only from the tunnels' peers";
     let meta = |key| Expression::Named(NamedExpression::Meta(Meta { key }));
     let eq = |left, right| {
@@ -198,6 +224,7 @@ fn firewall(g: IkeGuard, peers: &BTreeSet<IpAddr>) -> Vec<NfObject<'static>> {
         ]
     };
     let mut rules = vec![rule(
+        table_name,
         "input",
         comment,
         vec![
@@ -213,6 +240,7 @@ fn firewall(g: IkeGuard, peers: &BTreeSet<IpAddr>) -> Vec<NfObject<'static>> {
             .collect();
         if !set.is_empty() {
             rules.push(rule(
+                table_name,
                 "input",
                 comment,
                 vec![
@@ -236,35 +264,40 @@ fn firewall(g: IkeGuard, peers: &BTreeSet<IpAddr>) -> Vec<NfObject<'static>> {
         Expression::Named(NamedExpression::Set(ports)),
     )];
     udp.extend(refuse());
-    rules.push(rule("input", comment, udp));
+    rules.push(rule(table_name, "input", comment, udp));
     let mut esp = vec![eq(meta(MetaKey::L4proto), Expression::String("esp".into()))];
     esp.extend(refuse());
-    rules.push(rule("input", comment, esp));
+    rules.push(rule(table_name, "input", comment, esp));
     rules
 }
 
-/// The commands that delete our table (whether or not it exists).
-pub fn delete_table() -> Nftables<'static> {
+/// The commands that delete table `name` (whether or not it exists).
+pub fn delete_table(name: &'static str) -> Nftables<'static> {
     Nftables {
         objects: Cow::Owned(vec![
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
+            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(name)))),
+            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(name)))),
         ]),
     }
 }
 
-fn table() -> Table<'static> {
+fn table(name: &'static str) -> Table<'static> {
     Table {
         family: NfFamily::INet,
-        name: TABLE.into(),
+        name: name.into(),
         handle: None,
     }
 }
 
-fn rule(chain: &str, comment: &str, expr: Vec<Statement<'static>>) -> NfObject<'static> {
+fn rule(
+    table: &'static str,
+    chain: &str,
+    comment: &str,
+    expr: Vec<Statement<'static>>,
+) -> NfObject<'static> {
     NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(Rule {
         family: NfFamily::INet,
-        table: TABLE.into(),
+        table: table.into(),
         chain: chain.to_owned().into(),
         expr: Cow::Owned(expr),
         comment: Some(comment.to_owned().into()),
@@ -349,6 +382,8 @@ fn clamp(f: Family, src: Prefix, dst: Prefix, mss: u32) -> Vec<Statement<'static
 /// The table as the agent wants it, applied through the node's `nft`.
 #[derive(Debug)]
 pub struct Netfilter {
+    /// The table (family `inet`) this instance owns.
+    table: &'static str,
     nft: String,
     guard: Option<IkeGuard>,
     tunnels: BTreeMap<u32, TunnelFilter>,
@@ -359,8 +394,17 @@ pub struct Netfilter {
 }
 
 impl Default for Netfilter {
+    /// The gateway agent's table, [`TABLE`].
     fn default() -> Self {
+        Self::for_table(TABLE)
+    }
+}
+
+impl Netfilter {
+    /// The rules of table `inet <table>` (the route role keeps [`ROUTE_TABLE`]).
+    pub fn for_table(table: &'static str) -> Self {
         Self {
+            table,
             nft: std::env::var("STRAIT_NFT").unwrap_or_else(|_| "nft".to_owned()),
             guard: None,
             tunnels: BTreeMap::new(),
@@ -368,9 +412,7 @@ impl Default for Netfilter {
             warned: false,
         }
     }
-}
 
-impl Netfilter {
     /// Turns the firewall for IKE from known peers on (from the next change of the table).
     pub fn guard_ike(&mut self, guard: IkeGuard) {
         self.guard = Some(guard);
@@ -383,10 +425,22 @@ impl Netfilter {
             Some(w) => self.tunnels.insert(tunnel, w),
             None => self.tunnels.remove(&tunnel),
         };
+        self.apply().await;
+    }
+
+    /// Replaces every tunnel's rules with `tunnels` and applies the table when it changed.
+    pub async fn set_all(&mut self, tunnels: BTreeMap<u32, TunnelFilter>) {
+        self.tunnels = tunnels;
+        self.apply().await;
+    }
+
+    async fn apply(&mut self) {
         if self.applied.as_ref() == Some(&self.tunnels) {
             return;
         }
-        let r = self.run(&replace_table(&self.tunnels, self.guard)).await;
+        let r = self
+            .run(&replace_table(self.table, &self.tunnels, self.guard))
+            .await;
         match r {
             Ok(()) => {
                 self.applied = Some(self.tunnels.clone());
@@ -411,8 +465,8 @@ impl Netfilter {
         if self.applied.take().is_none() && self.warned {
             return;
         }
-        if let Err(e) = self.run(&delete_table()).await {
-            tracing::warn!(error = %e, "nftables: removing table inet {TABLE}");
+        if let Err(e) = self.run(&delete_table(self.table)).await {
+            tracing::warn!(error = %e, table = self.table, "nftables: removing our table");
         }
     }
 
@@ -461,7 +515,7 @@ mod tests {
                 peer: None,
             },
         );
-        let v = json(&replace_table(&t, None));
+        let v = json(&replace_table(TABLE, &t, None));
         let rules: Vec<&serde_json::Value> = v["nftables"]
             .as_array()
             .unwrap()
@@ -491,7 +545,7 @@ mod tests {
 
     #[test]
     fn the_table_is_replaced_in_one_transaction() {
-        let v = json(&replace_table(&BTreeMap::new(), None));
+        let v = json(&replace_table(TABLE, &BTreeMap::new(), None));
         let cmds = v["nftables"].as_array().unwrap();
         assert!(cmds[0]["add"]["table"]["name"] == TABLE);
         assert!(cmds[1]["delete"]["table"]["name"] == TABLE);
@@ -534,7 +588,7 @@ mod tests {
             (2, to(Some("2001:db8::2"))),
             (3, to(Some("192.0.2.3"))),
         ]);
-        let v = json(&replace_table(&t, Some(GUARD)));
+        let v = json(&replace_table(TABLE, &t, Some(GUARD)));
         let rules = input_rules(&v);
         assert_eq!(rules.len(), 5, "{v:#}");
         assert_eq!(rules[0]["expr"][0]["match"]["right"], "lo");
@@ -578,19 +632,21 @@ mod tests {
     #[test]
     fn no_firewall_without_a_guard_a_tunnel_or_when_one_accepts_any_peer() {
         let fixed = BTreeMap::from([(1, to(Some("192.0.2.2")))]);
-        assert!(input_rules(&json(&replace_table(&fixed, None))).is_empty());
-        assert!(input_rules(&json(&replace_table(&BTreeMap::new(), Some(GUARD)))).is_empty());
+        assert!(input_rules(&json(&replace_table(TABLE, &fixed, None))).is_empty());
+        assert!(
+            input_rules(&json(&replace_table(TABLE, &BTreeMap::new(), Some(GUARD)))).is_empty()
+        );
         let mut any = fixed.clone();
         any.insert(2, to(None));
-        assert!(input_rules(&json(&replace_table(&any, Some(GUARD)))).is_empty());
+        assert!(input_rules(&json(&replace_table(TABLE, &any, Some(GUARD)))).is_empty());
         any.insert(2, to(Some("0.0.0.0")));
-        assert!(input_rules(&json(&replace_table(&any, Some(GUARD)))).is_empty());
+        assert!(input_rules(&json(&replace_table(TABLE, &any, Some(GUARD)))).is_empty());
         // one port when IKE and NAT-T share it
         let one = IkeGuard {
             ike_port: 4500,
             natt_port: 4500,
         };
-        let rules = input_rules(&json(&replace_table(&fixed, Some(one))));
+        let rules = input_rules(&json(&replace_table(TABLE, &fixed, Some(one))));
         assert_eq!(
             rules[2]["expr"][0]["match"]["right"]["set"],
             serde_json::json!([4500])

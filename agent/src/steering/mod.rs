@@ -10,6 +10,8 @@
 //!   internal address (nodes on one segment);
 //! - subnets whose tunnel has no gateway are refused with `unreachable` routes instead of
 //!   leaving by the default route in clear;
+//! - traffic from a steered tunnel's local to its remote subnets is exempt from the node's
+//!   masquerade (nftables table `inet strait_route`), so the gateway sees the pod's address;
 //! - on SIGTERM/SIGINT everything it added is removed, except when a replacement follows on
 //!   this node (its pod is being deleted while the `strait-route` DaemonSet stays: a rolling
 //!   update, [`crate::cluster::succession`]) or with `--keep-on-exit`: then it stays for the
@@ -79,6 +81,7 @@ pub fn view(t: &IPsecTunnel) -> TunnelView {
             t.metadata.namespace.as_deref().unwrap_or_default(),
             t.metadata.name.as_deref().unwrap_or_default()
         ),
+        local_subnets: t.spec.local.subnets.clone(),
         remote_subnets: t.spec.remote.subnets.clone(),
         gateway: t
             .status

@@ -1,7 +1,8 @@
 //! Puts a [`Plan`] into the node over rtnetlink and takes it out again: the overlay device
 //! [`DEVICE`] with its addresses, one permanent neighbour and forwarding entry per gateway, the
-//! routes of [`STEER_TABLE`] and the rules that look it up. Only our device, our table's routes
-//! of our protocol and the rules pointing at our table are touched.
+//! routes of [`STEER_TABLE`] and the rules that look it up, and the masquerade exemptions in
+//! nftables table `inet strait_route`. Only our device, our table's routes of our protocol, the
+//! rules pointing at our table and our nftables table are touched.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,6 +22,7 @@ use super::plan::{
     DEVICE, OVERLAY6_LEN, Overlay, OverlayAddrs, Plan, STEER_RULE_PRIORITY, STEER_TABLE, Target,
     VXLAN_OVERHEAD,
 };
+use crate::dataplane::netfilter::{Netfilter, ROUTE_TABLE, TunnelFilter};
 use crate::dataplane::routing::{Routing, err};
 use crate::error::TunnelError;
 
@@ -46,6 +48,8 @@ fn loosened_by_alias(l: &LinkMessage) -> Option<(String, String)> {
 #[derive(Debug)]
 pub struct Steering {
     routing: Routing,
+    /// The masquerade exemptions of the tunnels this node steers.
+    netfilter: Netfilter,
     overlay: Overlay,
     /// The uplink whose strict reverse-path filter we loosened, and its old value.
     loosened: Option<(String, String)>,
@@ -59,6 +63,7 @@ impl Steering {
     pub fn open(overlay: Overlay) -> Result<Self, TunnelError> {
         Ok(Self {
             routing: Routing::open_table(STEER_TABLE, STEER_RULE_PRIORITY)?,
+            netfilter: Netfilter::for_table(ROUTE_TABLE),
             overlay,
             loosened: None,
         })
@@ -99,6 +104,19 @@ impl Steering {
         if families.is_empty() {
             self.routing.remove_rules().await?;
         }
+        // without nft the exemption is missing: said once by `Netfilter`, steering goes on
+        let exempt = (0u32..)
+            .zip(plan.exempt.values())
+            .map(|(i, (local, remote))| {
+                let f = TunnelFilter {
+                    local: local.clone(),
+                    remote: remote.clone(),
+                    ..TunnelFilter::default()
+                };
+                (i, f)
+            })
+            .collect();
+        self.netfilter.set_all(exempt).await;
         Ok(())
     }
 
@@ -108,6 +126,7 @@ impl Steering {
     /// # Errors
     /// Something could not be removed (the rest still was tried).
     pub async fn remove_all(&mut self) -> Result<(), TunnelError> {
+        self.netfilter.remove().await;
         let mut first = None;
         for p in self.routing.ours().await.unwrap_or_default() {
             if let Err(e) = self.routing.remove(p).await {

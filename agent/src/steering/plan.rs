@@ -9,6 +9,10 @@
 //! - A subnet whose tunnel has no active gateway, or whose gateway has no usable address, gets
 //!   an `unreachable` route: its traffic is refused here instead of leaving by the default route
 //!   in clear.
+//! - Traffic from a steered tunnel's local subnets to its remote subnets is exempt from the
+//!   node's masquerade ([`Plan::exempt`]): a CNI that masquerades pod traffic leaving the pod
+//!   network would otherwise give it the overlay device's address, outside the tunnel's
+//!   policies on the gateway.
 //!
 //! The overlay needs no exchange of addresses between nodes: each node's overlay addresses and
 //! MAC are derived from its internal IPv4 address, the way Submariner derives its VXLAN
@@ -106,6 +110,8 @@ impl Overlay {
 pub struct TunnelView {
     /// `namespace/name`, for messages and to order tunnels.
     pub key: String,
+    /// `spec.local.subnets`, as written.
+    pub local_subnets: Vec<String>,
     /// `spec.remote.subnets`, as written.
     pub remote_subnets: Vec<String>,
     /// `status.activeGateway`.
@@ -131,6 +137,9 @@ pub struct Plan {
     pub device: Option<OverlayAddrs>,
     /// Remote subnet → where it goes.
     pub routes: BTreeMap<Prefix, Target>,
+    /// Per steered tunnel (by key): its local and remote subnets, whose traffic the node must
+    /// not masquerade.
+    pub exempt: BTreeMap<String, (Vec<Prefix>, Vec<Prefix>)>,
     /// What could not be steered as asked, one sentence each (logged, never secret).
     pub problems: Vec<String>,
 }
@@ -188,6 +197,12 @@ pub fn plan(
             continue;
         }
         let target = target_for(t, me, mode, mine, addresses, &mut out.problems);
+        let parsed =
+            |v: &[String]| -> Vec<Prefix> { v.iter().filter_map(|s| s.parse().ok()).collect() };
+        let (local, remote) = (parsed(&t.local_subnets), parsed(&t.remote_subnets));
+        if !local.is_empty() && !remote.is_empty() {
+            out.exempt.insert(t.key.clone(), (local, remote));
+        }
         for s in &t.remote_subnets {
             let p: Prefix = match s.parse() {
                 Ok(p) => p,
@@ -244,6 +259,7 @@ mod tests {
     fn t(key: &str, subnets: &[&str], gw: Option<&str>) -> TunnelView {
         TunnelView {
             key: key.into(),
+            local_subnets: vec!["10.244.0.0/16".into(), "fd00:244::/56".into()],
             remote_subnets: subnets.iter().map(|s| (*s).to_owned()).collect(),
             gateway: gw.map(str::to_owned),
         }
@@ -306,9 +322,21 @@ mod tests {
         );
         assert_eq!(on_b.peers(), vec![gw]);
         assert!(on_b.problems.is_empty(), "{:?}", on_b.problems);
+        // the tunnel's traffic is exempt from b's masquerade, both families
+        assert_eq!(
+            on_b.exempt.get("ns/x"),
+            Some(&(
+                vec![p("10.244.0.0/16"), p("fd00:244::/56")],
+                vec![p("198.51.100.0/24"), p("2001:db8:5::/64")]
+            ))
+        );
 
         let on_a = plan("a", Mode::Vxlan(o), &tunnels, &nodes());
         assert!(on_a.routes.is_empty());
+        assert!(
+            on_a.exempt.is_empty(),
+            "the gateway's agent exempts its own"
+        );
         assert!(on_a.device.is_some(), "the gateway receives on the overlay");
 
         let direct = plan("b", Mode::Direct, &tunnels, &nodes());
