@@ -69,6 +69,25 @@ pub fn drop_frag_needed(ns: &str) -> Result<()> {
     let rules = "table inet strait_test_pmtu {\n\
          chain pmtu_out { type filter hook output priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n\
          chain pmtu_fwd { type filter hook forward priority 0; icmp type destination-unreachable icmp code frag-needed drop; }\n}\n";
+    nft_file(ns, rules)
+}
+
+/// Makes `ns` masquerade what leaves the pod network `pods` as a CNI does (flannel's rule, or
+/// Calico's `natOutgoing`: `ip saddr PODS ip daddr != PODS masquerade`, table `ip cni`, gone
+/// with the namespace). Tunnel traffic then keeps its pod address only where Strait exempts
+/// it.
+///
+/// # Errors
+/// `nft` fails.
+pub fn masquerade_like_a_cni(ns: &str, pods: &str) -> Result<()> {
+    let rules = format!(
+        "table ip cni {{\n\
+         chain post {{ type nat hook postrouting priority srcnat; ip saddr {pods} ip daddr != {pods} masquerade; }}\n}}\n"
+    );
+    nft_file(ns, &rules)
+}
+
+fn nft_file(ns: &str, rules: &str) -> Result<()> {
     let file = tempfile::NamedTempFile::new().context("a file for nft's rules")?;
     std::fs::write(file.path(), rules).context("writing nft's rules")?;
     exec(

@@ -24,7 +24,9 @@
 //! The pod on node2 reaches the remote host through the route role's VXLAN overlay to gw1 and
 //! gw1's ESP SA, both ways (pings, and 10 MiB over TCP each way with a checksum, the second
 //! connection opened by the remote host), over a 1400-byte path MTU with ICMP "fragmentation
-//! needed" dropped (the gateway's MSS clamping). Then gw1 dies (its processes killed, its links
+//! needed" dropped (the gateway's MSS clamping), while every node masquerades what leaves the
+//! pod network as flannel does (the exemptions of the route role and the agent keep the pod's
+//! address). Then gw1 dies (its processes killed, its links
 //! down) while the remote host streams to the pod over TCP and the pod pings the remote host:
 //! the operator fails over to gw2, node2 follows, the stream survives intact, and the gap is
 //! reported. What either end of a gateway's link to the remote site sends carries no cleartext
@@ -53,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_e2e::apiforward::PortForward;
-use strait_e2e::cluster::{self, REMOTE_ADDR, REMOTE_NET};
+use strait_e2e::cluster::{self, LOCAL_NET, REMOTE_ADDR, REMOTE_NET};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon, NAMESPACE};
@@ -562,6 +564,12 @@ fn guest_gateway_node() {
     let node2_ns = topo.ns(NODE2).unwrap().to_owned();
     for ns in [&gw, &gw_b, &remote, &node2_ns] {
         netns::drop_frag_needed(ns).unwrap();
+    }
+    // every node masquerades what leaves the pod network, as flannel does: the pod's packets
+    // keep its address only through the route role's exemption on node2 and the agent's on
+    // the gateway (the remote host could not answer the overlay's or a node's address)
+    for ns in [&gw, &gw_b, &node2_ns] {
+        netns::masquerade_like_a_cni(ns, LOCAL_NET).unwrap();
     }
 
     let cfg = CharonConfig {
