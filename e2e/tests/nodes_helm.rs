@@ -512,6 +512,18 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
         "the gateway steers nothing: {}",
         steering_table(NODE1)
     );
+    // the route pod (unprivileged, NET_ADMIN) exempts both tunnels from node2's masquerade
+    let exempt = strait_e2e::netns::exec(NODE2, &["nft", "list", "table", "inet", "strait_route"])
+        .map(|o| o.stdout)
+        .unwrap_or_else(|e| panic!("no exemption table on {NODE2}: {e:#}"));
+    for n in [PSK_NET, CERT_NET] {
+        assert!(
+            exempt.contains(&format!(
+                "ip saddr {POD_NET} ip daddr {n} snat ip to ip saddr"
+            )),
+            "{exempt}"
+        );
+    }
     // a rolling update of the route role: each pod stops for a restart and its replacement
     // adopts the steering, so node2's routes never go (pods there would send in clear)
     let steered = |t: &str| {
@@ -816,11 +828,14 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
                 .stdout;
             assert!(x.trim().is_empty(), "xfrm {what} left on {n}:\n{x}");
         }
-        // the route pods removed their overlay and routes when they stopped
+        // the route pods removed their overlay, routes and exemptions when they stopped
         wait_for(&k, "no steering left", Duration::from_secs(30), || {
-            let dev = strait_e2e::netns::exec_unchecked(n, &["ip", "link", "show", "strait-vx"])
-                .is_ok_and(|o| o.status.success());
-            (!dev && steering_table(n).trim().is_empty()).then_some(())
+            let exists = |args: &[&str]| {
+                strait_e2e::netns::exec_unchecked(n, args).is_ok_and(|o| o.status.success())
+            };
+            let dev = exists(&["ip", "link", "show", "strait-vx"]);
+            let nft = exists(&["nft", "list", "table", "inet", "strait_route"]);
+            (!dev && !nft && steering_table(n).trim().is_empty()).then_some(())
         });
     }
 
