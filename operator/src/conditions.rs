@@ -252,6 +252,14 @@ pub fn ready_status(conditions: &[Condition]) -> &str {
         .map_or("Unknown", |c| c.status.as_str())
 }
 
+/// The Ready condition's reason (empty without one).
+pub fn ready_reason(conditions: &[Condition]) -> &str {
+    conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map_or("", |c| c.reason.as_str())
+}
+
 /// The agent's reason as a condition reason; one that is not valid becomes `AgentError`.
 fn agent_reason(err: &strait_crds::LastError) -> &str {
     if is_valid_reason(&err.reason) {

@@ -146,7 +146,8 @@ struct Context {
     tunnels: Store<IPsecTunnel>,
     /// Which of the three caches hold a complete list; wait on this, never on a store.
     caches: CacheSync,
-    ready_by_tunnel: Mutex<BTreeMap<String, String>>,
+    /// Tunnel name → its Ready condition's status and reason.
+    ready_by_tunnel: Mutex<BTreeMap<String, (String, String)>>,
     /// The active gateway this operator last elected for each tunnel (spreading, [`elect`]).
     assigned: Mutex<BTreeMap<String, String>>,
     last_daemonset: Mutex<Option<(String, Instant)>>,
@@ -433,7 +434,11 @@ async fn apply(t: &IPsecTunnel, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    ctx.set_ready(&name, conditions::ready_status(&conditions));
+    ctx.set_ready(
+        &name,
+        conditions::ready_status(&conditions),
+        conditions::ready_reason(&conditions),
+    );
 
     // A heartbeat that runs out is no event: wake up when the active one would.
     let diagnosing = election
@@ -768,9 +773,9 @@ impl Context {
         }
     }
 
-    fn set_ready(&self, tunnel: &str, status: &str) {
+    fn set_ready(&self, tunnel: &str, status: &str, reason: &str) {
         if let Ok(mut m) = self.ready_by_tunnel.lock() {
-            m.insert(tunnel.to_owned(), status.to_owned());
+            m.insert(tunnel.to_owned(), (status.to_owned(), reason.to_owned()));
         }
         self.update_tunnel_gauges();
     }
@@ -780,12 +785,16 @@ impl Context {
             return;
         };
         for s in READY_STATUSES {
-            let n = m.values().filter(|v| v.as_str() == s).count();
+            let n = m.values().filter(|v| v.0 == s).count();
             self.metrics
                 .tunnels
                 .with_label_values(&[s])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        self.metrics.set_tunnel_ready(
+            m.iter()
+                .map(|(t, (s, r))| (t.as_str(), s.as_str(), r.as_str())),
+        );
     }
 
     /// Why the agents on `nodes` (matching, none alive) do not run, from the operator's

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`strait_operator_*`) and the small HTTP server for `/metrics`, `/healthz`
 //! and `/readyz`. Label values come from fixed sets only.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,9 @@ pub struct Metrics {
     pub failovers: IntCounterVec,
     /// `strait_operator_leader`: 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// `strait_tunnel_ready{tunnel,reason}`: 1 while the tunnel is Ready, else 0, with the
+    /// Ready condition's reason; one series per tunnel.
+    pub tunnel_ready: IntGaugeVec,
     ready: Arc<AtomicBool>,
 }
 
@@ -88,7 +92,26 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(tunnels.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
+        let tunnel_ready = IntGaugeVec::new(
+            Opts::new(
+                "strait_tunnel_ready",
+                "1 while the tunnel is Ready, else 0; `reason` is its Ready condition's reason.",
+            ),
+            &["tunnel", "reason"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "strait_operator_build_info",
+                "Always 1; `version` is the operator's.",
+            ),
+            &["version"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(tunnel_ready.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         // Fixed label sets: export every series from the start, at zero.
         for r in RESULTS {
             reconciles.with_label_values(&[r]);
@@ -105,8 +128,39 @@ impl Metrics {
             tunnels,
             failovers,
             leader,
+            tunnel_ready,
             ready: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Sets `strait_tunnel_ready` to `tunnels` (name → Ready status and reason): one series
+    /// per tunnel, the one of an earlier reason or of a tunnel gone removed.
+    pub fn set_tunnel_ready<'a>(&self, tunnels: impl Iterator<Item = (&'a str, &'a str, &'a str)>) {
+        let want: BTreeMap<(String, String), i64> = tunnels
+            .map(|(t, status, reason)| {
+                (
+                    (t.to_owned(), reason.to_owned()),
+                    i64::from(status == "True"),
+                )
+            })
+            .collect();
+        let families = prometheus::core::Collector::collect(&self.tunnel_ready);
+        for m in families.iter().flat_map(|f| f.get_metric().iter()) {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let (t, r) = (label("tunnel"), label("reason"));
+            if !want.contains_key(&(t.clone(), r.clone())) {
+                let _ = self.tunnel_ready.remove_label_values(&[&t, &r]);
+            }
+        }
+        for ((t, r), v) in want {
+            self.tunnel_ready.with_label_values(&[&t, &r]).set(v);
+        }
     }
 
     /// Marks the process ready (`/readyz` answers `ok`).
@@ -208,6 +262,39 @@ mod tests {
         );
         assert!(
             text.contains("strait_operator_tunnels{ready=\"Unknown\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strait_operator_build_info{version=\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_ready_series_per_tunnel_with_its_reason() {
+        let m = Metrics::new().unwrap();
+        m.set_tunnel_ready(
+            [
+                ("a", "True", "TunnelEstablished"),
+                ("b", "False", "AuthenticationFailed"),
+            ]
+            .into_iter(),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("strait_tunnel_ready{reason=\"TunnelEstablished\",tunnel=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strait_tunnel_ready{reason=\"AuthenticationFailed\",tunnel=\"b\"} 0"),
+            "{text}"
+        );
+        // b's reason changes, a goes: one series for b, none for a
+        m.set_tunnel_ready([("b", "False", "PeerUnreachable")].into_iter());
+        let text = m.render();
+        assert_eq!(text.matches("strait_tunnel_ready{").count(), 1, "{text}");
+        assert!(
+            text.contains("strait_tunnel_ready{reason=\"PeerUnreachable\",tunnel=\"b\"} 0"),
             "{text}"
         );
     }

@@ -836,6 +836,14 @@ impl Dataplane for KernelDataplane {
         apply(&xfrm, &changes).await
     }
 
+    fn xfrm_errors(&mut self) -> BTreeMap<String, u64> {
+        // the counters of this network namespace (a kernel without CONFIG_XFRM_STATISTICS has
+        // no file: no series)
+        std::fs::read_to_string("/proc/net/xfrm_stat")
+            .map(|t| super::parse_xfrm_stat(&t))
+            .unwrap_or_default()
+    }
+
     async fn interfaces(&mut self) -> BTreeMap<u32, InterfaceCounters> {
         self.route_based.counters().await
     }

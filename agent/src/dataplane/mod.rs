@@ -146,6 +146,12 @@ pub trait Dataplane: Send {
         async { BTreeMap::new() }
     }
 
+    /// The kernel's XFRM error counters (`/proc/net/xfrm_stat`), by name; empty when this
+    /// data plane has no kernel.
+    fn xfrm_errors(&mut self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
+
     /// The XFRM interfaces of route-based tunnels and their counters, by tunnel index.
     fn interfaces(&mut self) -> impl Future<Output = BTreeMap<u32, InterfaceCounters>> + Send {
         async { BTreeMap::new() }
@@ -226,6 +232,18 @@ pub enum KernelEvent {
     },
 }
 
+/// `/proc/net/xfrm_stat` (`XfrmInNoStates<TAB>3` per line) as name → value; lines that do not
+/// parse are skipped.
+pub fn parse_xfrm_stat(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, value) = (w.next()?, w.next()?.parse().ok()?);
+            (name.starts_with("Xfrm") && w.next().is_none()).then(|| (name.to_owned(), value))
+        })
+        .collect()
+}
+
 /// A route-based tunnel's XFRM interface and its device counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfaceCounters {
@@ -260,4 +278,19 @@ pub struct Traffic {
     pub bytes_out: u64,
     /// Packets sent.
     pub packets_out: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfrm_stat_is_read_by_name() {
+        let text = "XfrmInError             \t0\nXfrmInNoStates          \t7\nXfrmOutPolBlock\t12\n\
+                    garbage line here\nXfrmBad notanumber\n";
+        let m = parse_xfrm_stat(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m.get("XfrmInNoStates"), Some(&7));
+        assert_eq!(m.get("XfrmOutPolBlock"), Some(&12));
+    }
 }

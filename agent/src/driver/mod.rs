@@ -335,6 +335,12 @@ impl<D: Dataplane> Driver<D> {
             self.tunnels.values().map(Tunnel::child_count).sum(),
         );
         m.set_endpoint_stats(&self.endpoint.stats());
+        m.set_tunnel_status(
+            self.tunnels
+                .values()
+                .map(|t| (t.def.name.as_str(), &t.status.gateway)),
+        );
+        m.set_xfrm_errors(&self.dp.xfrm_errors());
         let traffic = self.dp.traffic().await;
         let by_name = self
             .tunnels

@@ -14,7 +14,7 @@ use prometheus::{
 };
 use tokio::sync::oneshot;
 
-use strait_crds::IkeState;
+use strait_crds::{GatewayStatus, IkeState};
 
 use crate::dataplane::{InterfaceCounters, Traffic};
 
@@ -63,6 +63,12 @@ pub struct Metrics {
     pub interface_errors: IntCounterVec,
     /// Packets the interface dropped (for example, no SA yet).
     pub interface_dropped: IntCounterVec,
+    /// Per tunnel: 1 while its IKE SA is established with at least one CHILD SA.
+    pub tunnel_up: IntGaugeVec,
+    /// Per tunnel: when its IKE SA was established (Unix seconds), while it is.
+    pub tunnel_established: IntGaugeVec,
+    /// The kernel's XFRM error counters (`/proc/net/xfrm_stat`), by name.
+    pub xfrm_errors: IntCounterVec,
 }
 
 /// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
@@ -235,8 +241,51 @@ impl Metrics {
             interface_packets: interface_counter(&r, "packets", "Packets")?,
             interface_errors: interface_counter(&r, "errors", "Errors")?,
             interface_dropped: interface_counter(&r, "dropped", "Packets dropped")?,
+            tunnel_up: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "strait_tunnel_up",
+                        "1 while the tunnel's IKE SA is established with at least one CHILD SA.",
+                    ),
+                    &["tunnel"],
+                ),
+            )?,
+            tunnel_established: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "strait_tunnel_established_timestamp_seconds",
+                        "When the tunnel's current IKE SA was established (Unix time).",
+                    ),
+                    &["tunnel"],
+                ),
+            )?,
+            xfrm_errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_kernel_xfrm_errors_total",
+                        "The kernel's XFRM error counters (/proc/net/xfrm_stat of the agent's \
+                         network namespace), by name.",
+                    ),
+                    &["error"],
+                ),
+            )?,
             registry: r,
         };
+        reg(
+            &m.registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "strait_agent_build_info",
+                    "Always 1; `version` is the agent's.",
+                ),
+                &["version"],
+            ),
+        )?
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         for reason in DROP_REASONS {
             m.ike_dropped.with_label_values(&[reason]);
         }
@@ -308,6 +357,51 @@ impl Metrics {
             drop_series(vec, |l| {
                 l.get("tunnel").is_some_and(|t| traffic.contains_key(*t))
             });
+        }
+    }
+
+    /// Sets the per-tunnel gauges from each tunnel's status (by name); tunnels not given lose
+    /// their series.
+    pub fn set_tunnel_status<'a>(
+        &self,
+        tunnels: impl Iterator<Item = (&'a str, &'a GatewayStatus)>,
+    ) {
+        let mut names = BTreeMap::new();
+        for (name, g) in tunnels {
+            self.tunnel_up
+                .with_label_values(&[name])
+                .set(i64::from(g.is_up()));
+            let at = g
+                .established_at
+                .as_ref()
+                .filter(|_| g.ike_established())
+                .map(|t| t.0.as_second());
+            match at {
+                Some(secs) => self.tunnel_established.with_label_values(&[name]).set(secs),
+                None => {
+                    let _ = self.tunnel_established.remove_label_values(&[name]);
+                }
+            }
+            names.insert(name.to_owned(), ());
+        }
+        for vec in [&self.tunnel_up, &self.tunnel_established] {
+            let stale: Vec<String> = prometheus::core::Collector::collect(vec)
+                .iter()
+                .flat_map(|mf| mf.get_metric().iter())
+                .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
+                .filter(|n| !names.contains_key(n))
+                .collect();
+            for n in stale {
+                let _ = vec.remove_label_values(&[&n]);
+            }
+        }
+    }
+
+    /// Sets the kernel's XFRM error counters (name → value, as `/proc/net/xfrm_stat` lists
+    /// them).
+    pub fn set_xfrm_errors(&self, counters: &BTreeMap<String, u64>) {
+        for (name, v) in counters {
+            set_counter(&self.xfrm_errors, &[name], *v);
         }
     }
 
@@ -425,6 +519,39 @@ mod tests {
         ));
         m.set_interfaces(&BTreeMap::new());
         assert!(!m.encode().contains("strait_xfrm_interface_bytes_total{"));
+    }
+
+    #[test]
+    fn per_tunnel_state_and_kernel_errors() {
+        let m = Metrics::new().unwrap();
+        let up = GatewayStatus {
+            ike_state: Some(IkeState::Established),
+            established_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            )),
+            child_sas: vec![strait_crds::ChildSaStatus::default()],
+            ..GatewayStatus::default()
+        };
+        let down = GatewayStatus {
+            ike_state: Some(IkeState::Connecting),
+            ..GatewayStatus::default()
+        };
+        m.set_tunnel_status([("a", &up), ("b", &down)].into_iter());
+        m.set_xfrm_errors(&[("XfrmInNoStates".to_owned(), 4)].into_iter().collect());
+        let text = m.encode();
+        for line in [
+            "strait_tunnel_up{tunnel=\"a\"} 1",
+            "strait_tunnel_up{tunnel=\"b\"} 0",
+            "strait_tunnel_established_timestamp_seconds{tunnel=\"a\"} 1800000000",
+            "strait_kernel_xfrm_errors_total{error=\"XfrmInNoStates\"} 4",
+            "strait_agent_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("strait_tunnel_established_timestamp_seconds{tunnel=\"b\"}"));
+        m.set_tunnel_status([("b", &up)].into_iter());
+        let text = m.encode();
+        assert!(!text.contains("tunnel=\"a\""), "{text}");
     }
 
     #[test]
