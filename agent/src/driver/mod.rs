@@ -341,6 +341,25 @@ impl<D: Dataplane> Driver<D> {
                 .map(|t| (t.def.name.as_str(), &t.status.gateway)),
         );
         m.set_xfrm_errors(&self.dp.xfrm_errors());
+        let certs: Vec<(String, &'static str, i64)> = self
+            .tunnels
+            .values()
+            .filter_map(|t| match &t.def.peer {
+                Ok(p) => match &p.auth {
+                    strait_ike::AuthConfig::Certificate(c) => Some((t.def.name.clone(), c)),
+                    _ => None,
+                },
+                Err(_) => None,
+            })
+            .flat_map(|(name, c)| {
+                let local = c.chain.first().and_then(|x| x.not_after().ok());
+                let ca = c.ca.iter().filter_map(|x| x.not_after().ok()).min();
+                [("local", local), ("ca", ca)]
+                    .into_iter()
+                    .filter_map(move |(w, at)| Some((name.clone(), w, at?)))
+            })
+            .collect();
+        m.set_cert_expiry(&certs);
         let traffic = self.dp.traffic().await;
         let by_name = self
             .tunnels

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub tunnel_established: IntGaugeVec,
     /// The kernel's XFRM error counters (`/proc/net/xfrm_stat`), by name.
     pub xfrm_errors: IntCounterVec,
+    /// Per certificate tunnel: when its own certificate (`local`) and its earliest trust anchor
+    /// (`ca`) expire (Unix seconds).
+    pub cert_expiry: IntGaugeVec,
 }
 
 /// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
@@ -272,6 +275,17 @@ impl Metrics {
                     &["error"],
                 ),
             )?,
+            cert_expiry: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "strait_certificate_expiry_timestamp_seconds",
+                        "When the tunnel's own certificate (local) or its earliest-expiring \
+                         trust anchor (ca) expires (Unix time).",
+                    ),
+                    &["tunnel", "certificate"],
+                ),
+            )?,
             registry: r,
         };
         reg(
@@ -394,6 +408,26 @@ impl Metrics {
             for n in stale {
                 let _ = vec.remove_label_values(&[&n]);
             }
+        }
+    }
+
+    /// Sets the certificate expiry gauges: (tunnel, `local` or `ca`, Unix seconds); series
+    /// not given go.
+    pub fn set_cert_expiry(&self, certs: &[(String, &'static str, i64)]) {
+        let families = prometheus::core::Collector::collect(&self.cert_expiry);
+        for m in families.iter().flat_map(|f| f.get_metric().iter()) {
+            let l: Vec<&str> = m.get_label().iter().map(|l| l.value()).collect();
+            // labels come sorted by name: certificate, tunnel
+            if let [which, tunnel] = l.as_slice()
+                && !certs.iter().any(|(t, w, _)| t == tunnel && w == which)
+            {
+                let _ = self.cert_expiry.remove_label_values(&[tunnel, which]);
+            }
+        }
+        for (tunnel, which, at) in certs {
+            self.cert_expiry
+                .with_label_values(&[tunnel.as_str(), *which])
+                .set(*at);
         }
     }
 
@@ -549,9 +583,19 @@ mod tests {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
         assert!(!text.contains("strait_tunnel_established_timestamp_seconds{tunnel=\"b\"}"));
+        m.set_cert_expiry(&[
+            ("b".to_owned(), "local", 1_900_000_000),
+            ("b".to_owned(), "ca", 2_000_000_000),
+        ]);
+        let text = m.encode();
+        assert!(text.contains(
+            "strait_certificate_expiry_timestamp_seconds{certificate=\"local\",tunnel=\"b\"} 1900000000"
+        ));
         m.set_tunnel_status([("b", &up)].into_iter());
+        m.set_cert_expiry(&[("b".to_owned(), "local", 1_900_000_000)]);
         let text = m.encode();
         assert!(!text.contains("tunnel=\"a\""), "{text}");
+        assert!(!text.contains("certificate=\"ca\""), "{text}");
     }
 
     #[test]

@@ -175,6 +175,14 @@ impl Certificate {
         d.as_ref().try_into().map_err(|_| Error::Internal)
     }
 
+    /// notAfter, in Unix seconds: when the certificate expires.
+    ///
+    /// # Errors
+    /// [`Error::Certificate`] if the certificate does not parse.
+    pub fn not_after(&self) -> Result<i64> {
+        Ok(self.parsed()?.validity().not_after.timestamp())
+    }
+
     /// Whether `unix_time` (seconds) lies within notBefore..=notAfter.
     ///
     /// # Errors
@@ -403,6 +411,9 @@ mod tests {
         assert!(gw.verify_signed_by(&other).is_err());
         assert!(gw.is_valid_at(JAN_2027).unwrap());
         assert!(!gw.is_valid_at(JAN_2020).unwrap());
+        // notAfter is the last second it is valid
+        let end = gw.not_after().unwrap();
+        assert!(gw.is_valid_at(end).unwrap() && !gw.is_valid_at(end + 1).unwrap());
 
         validate_chain(&gw, &[], &[other.clone(), ca.clone()], JAN_2027).unwrap();
         // The CA handed over as an "intermediate" and trusted via itself also works.
