@@ -89,6 +89,103 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().find_map(|a| a.strip_prefix(&prefix))
 }
 
+/// `promtool ARGS` in `dir`, which must succeed; its output.
+fn promtool(dir: &std::path::Path, args: &[&str]) -> String {
+    let promtool = std::path::Path::new("/usr/bin/promtool");
+    assert!(
+        promtool.is_file(),
+        "promtool missing: run e2e/setup/packages.sh (Debian's prometheus)"
+    );
+    let out = Command::new(promtool)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+/// The chart's monitoring: off by default; the PrometheusRule it renders is
+/// `files/alerts.yaml`, which `promtool test rules` proves alert by alert (each fires on its
+/// series, not before its `for`, with its annotations); every Grafana panel query is valid
+/// PromQL over Strait's series; the PodMonitor selects the agents' pods by the label the
+/// operator gives them.
+#[test]
+fn the_charts_alerts_pass_promtool_and_every_dashboard_query_parses() {
+    let plain = render(&[]);
+    for kind in ["PrometheusRule", "PodMonitor", "ConfigMap"] {
+        assert!(
+            !plain.iter().any(|d| d["kind"] == kind),
+            "{kind} rendered without being asked for"
+        );
+    }
+    let docs = render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+    ]);
+    let rule = find(&docs, "PrometheusRule", "strait").expect("no PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alerts.yaml"),
+        serde_yaml::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    let tests = std::fs::read_to_string(chart().join("files/alerts_test.yaml")).unwrap();
+    std::fs::write(dir.path().join("alerts_test.yaml"), &tests).unwrap();
+    promtool(dir.path(), &["check", "rules", "alerts.yaml"]);
+    let out = promtool(dir.path(), &["test", "rules", "alerts_test.yaml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let alerts: Vec<String> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
+    for a in &alerts {
+        assert!(
+            tests.contains(&format!("alertname: {a}\n")),
+            "no promtool test for {a}"
+        );
+    }
+
+    let cm = find(&docs, "ConfigMap", "strait-dashboard").expect("no dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dash: serde_json::Value =
+        serde_json::from_str(cm["data"]["strait.json"].as_str().unwrap()).unwrap();
+    let mut records = String::from("groups:\n- name: dashboard\n  rules:\n");
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for (i, p) in panels.iter().enumerate() {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for (j, t) in targets.iter().enumerate() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(expr.contains("strait_"), "{expr}");
+            assert_eq!(t["datasource"]["uid"], "${datasource}");
+            records.push_str(&format!(
+                "  - record: strait:panel_{i}_{j}\n    expr: {}\n",
+                serde_json::to_string(expr).unwrap()
+            ));
+        }
+    }
+    std::fs::write(dir.path().join("panels.yaml"), records).unwrap();
+    promtool(dir.path(), &["check", "rules", "panels.yaml"]);
+
+    let pm = find(&docs, "PodMonitor", "strait-agent").expect("no PodMonitor");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "strait-agent"
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+}
+
 #[test]
 fn helm_lint_is_clean() {
     let out = helm_offline(&["lint", "--strict", "charts/strait"]);
