@@ -736,6 +736,7 @@ fn helm_install_upgrade_uninstall_with_the_charts_rbac() {
             "cluster",
             "--dataplane=none",
             "--state-dir=/run/strait-state/ike",
+            "--metrics-addr=$(HOST_IP):9470",
             "--log-json"
         ])
     );

@@ -22,6 +22,8 @@ use strait_crds::contract::OPERATOR_FIELD_MANAGER;
 pub const NAME: &str = strait_crds::contract::AGENT_DAEMONSET;
 /// The label that selects the agent pods.
 pub const POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "strait-agent");
+/// The agents' metrics port, on the node's own address.
+pub const METRICS_PORT: u16 = 9470;
 
 /// What the agent pods run: from the operator's flags, which the chart sets.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +203,10 @@ pub fn manifest(
         // a directory of the agent's own (0700) inside the mounted one
         args.push(format!("--state-dir={STATE_MOUNT}/ike"));
     }
+    if !args.iter().any(|a| a.starts_with("--metrics-addr")) {
+        // the node's own address, not every interface: a gateway node faces the Internet
+        args.push(format!("--metrics-addr=$(HOST_IP):{METRICS_PORT}"));
+    }
     if tpl.log_format == LogFormat::Json {
         // a flag of the daemon subcommands, so it goes after `cluster`
         args.push("--log-json".to_owned());
@@ -241,6 +247,8 @@ pub fn manifest(
                 {"name": "RUST_LOG", "value": tpl.log_level.directive()},
                 // a stop while its own pod is being deleted is a restart (with saved state)
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                // where /metrics listens (`$(HOST_IP)` in the arguments)
+                {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
             ],
             // NET_ADMIN: XFRM netlink and the IKE sockets' options; NET_BIND_SERVICE:
             // UDP 500 in the host's network namespace, where unprivileged ports start
@@ -254,7 +262,7 @@ pub fn manifest(
             "ports": [
                 {"name": "ike", "containerPort": 500, "protocol": "UDP"},
                 {"name": "ike-natt", "containerPort": 4500, "protocol": "UDP"},
-                {"name": "metrics", "containerPort": 9470, "protocol": "TCP"},
+                {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
             ],
             // /healthz asks the IKE driver loop itself: a wedged loop is restarted
             // even while the heartbeat task still renews the Lease
@@ -365,7 +373,12 @@ mod tests {
         let c = &pod["containers"][0];
         assert_eq!(
             c["args"],
-            json!(["cluster", "--state-dir=/run/strait-state/ike", "--log-json"])
+            json!([
+                "cluster",
+                "--state-dir=/run/strait-state/ike",
+                "--metrics-addr=$(HOST_IP):9470",
+                "--log-json"
+            ])
         );
         assert_eq!(
             pod["volumes"][1],
@@ -396,7 +409,15 @@ mod tests {
             c["resources"],
             json!({"requests": {"cpu": "10m", "memory": "32Mi"}})
         );
-        assert_eq!(c["args"], json!(["cluster"]));
+        // metrics on the node's own address, from the downward API
+        assert_eq!(
+            c["args"],
+            json!(["cluster", "--metrics-addr=$(HOST_IP):9470"])
+        );
+        assert_eq!(
+            c["env"][4],
+            json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})
+        );
         assert_eq!(
             c["env"][2],
             json!({"name": "RUST_LOG", "value": "info,kube=warn"})
@@ -436,7 +457,22 @@ mod tests {
         // JSON logs: the agent's own flag, after the subcommand's arguments
         assert_eq!(
             c["args"],
-            json!(["cluster", "--dataplane=none", "--log-json"])
+            json!([
+                "cluster",
+                "--dataplane=none",
+                "--metrics-addr=$(HOST_IP):9470",
+                "--log-json"
+            ])
+        );
+        // an address the chart's agent.args give is kept, and not given twice
+        let t = AgentTemplate {
+            args: vec!["cluster".into(), "--metrics-addr=127.0.0.1:9999".into()],
+            ..tpl()
+        };
+        let ds = manifest("strait-system", &t, &[], None);
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["cluster", "--metrics-addr=127.0.0.1:9999"])
         );
         assert_eq!(c["env"][2]["value"], "debug,kube=warn");
         // the node selector adds to the tunnels' affinity, it does not replace it

@@ -16,10 +16,12 @@ use super::MetricsRequest;
 /// How long the driver loop may take to answer a liveness check.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The default listen address.
-pub const DEFAULT_ADDR: &str = "0.0.0.0:9470";
+/// The default listen address: loopback, as a gateway faces the Internet. In a cluster the
+/// operator's DaemonSet binds the node's own address instead (`$(HOST_IP):9470`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9470";
 
-/// Parses `--metrics-addr`: an address, or `off`.
+/// Parses `--metrics-addr`: `ADDR:PORT` (an IPv6 address bracketed, or bare as the downward
+/// API's `status.hostIP` gives it), or `off`.
 ///
 /// # Errors
 /// Neither.
@@ -27,9 +29,14 @@ pub fn parse_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
     if s == "off" {
         return Ok(None);
     }
-    s.parse()
-        .map(Some)
-        .map_err(|_| format!("--metrics-addr {s:?}: expected HOST:PORT or off"))
+    let bad = || format!("--metrics-addr {s:?}: expected ADDR:PORT or off");
+    if let Ok(a) = s.parse() {
+        return Ok(Some(a));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = host.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(Some(std::net::SocketAddr::new(ip, port)))
 }
 
 /// Serves `GET /metrics` and `GET /healthz` (HTTP/1.x, one request per connection) until the
@@ -180,6 +187,16 @@ mod tests {
     fn addr() {
         assert_eq!(parse_addr("off"), Ok(None));
         assert!(parse_addr("127.0.0.1:9470").unwrap().is_some());
-        assert!(parse_addr("nope").is_err());
+        assert_eq!(
+            parse_addr("fd00::7:9470").unwrap(),
+            Some("[fd00::7]:9470".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("[fd00::7]:9470").unwrap(),
+            Some("[fd00::7]:9470".parse().unwrap())
+        );
+        for bad in ["nope", "10.0.0.1", "10.0.0.1:99999", "$(HOST_IP):9470"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -55,9 +55,10 @@ fn charon_config() -> CharonConfig {
 
 /// `GET /metrics` from inside a node's namespace (the agent serves it there), via bash's
 /// /dev/tcp so nothing else needs installing.
-fn scrape(ns: &str, port: u16) -> Result<String> {
+/// `GET /metrics` on `addr:port` from inside `ns`.
+fn scrape(ns: &str, addr: &str, port: u16) -> Result<String> {
     let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+        "exec 3<>/dev/tcp/{addr}/{port} && printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
     );
     let out = netns::exec(ns, &["bash", "-c", &script])?;
     let body = out
@@ -205,8 +206,17 @@ fn run() -> Result<()> {
         "{}",
         k.ns_kubectl(&["exec", &pod, "-c", "agent", "--", "strait-agent", "status"])?
     );
-    println!("\n$ curl http://127.0.0.1:9470/metrics   (the agent on {active}, strait_ lines)");
-    match scrape(&active, 9470) {
+    // the agent listens on its node's own address (status.hostIP), not on every interface
+    let node_ip = k.kubectl([
+        "get",
+        "node",
+        active.as_str(),
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ])?;
+    let node_ip = node_ip.trim();
+    println!("\n$ curl http://{node_ip}:9470/metrics   (the agent on {active}, strait_ lines)");
+    match scrape(&active, node_ip, 9470) {
         Ok(body) => {
             let lines: Vec<&str> = body
                 .lines()
