@@ -83,11 +83,13 @@ fn route_daemonset_and_pod() -> String {
     let labels = "{app.kubernetes.io/name: strait-route}";
     let container = "{name: route, image: localhost/strait-agent:test}";
     format!(
-        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {ROUTE_DS}, namespace: {NAMESPACE}}}\n\
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {ROUTE_DS}, namespace: {NAMESPACE}}}\n---\n\
+         apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: {ROUTE_DS}, namespace: {NAMESPACE}}}\n\
          spec:\n  selector: {{matchLabels: {labels}}}\n  template:\n    metadata: {{labels: {labels}}}\n\
          \x20   spec: {{containers: [{container}]}}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {{name: {POD}, namespace: {NAMESPACE}, \
-         finalizers: [strait.dev/test-hold]}}\nspec: {{automountServiceAccountToken: false, \
+         finalizers: [strait.dev/test-hold]}}\nspec: {{serviceAccountName: {ROUTE_DS}, \
+         automountServiceAccountToken: false, \
          containers: [{container}]}}\n"
     )
 }
