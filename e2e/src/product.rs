@@ -208,6 +208,11 @@ impl Daemon {
         Ok(d)
     }
 
+    /// An operator replica's metrics port on the root namespace's loopback, if it has one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.ports.map(|(m, _)| m)
+    }
+
     /// An operator replica's `/metrics` text (empty when it does not answer).
     pub fn metrics(&self) -> String {
         self.ports
