@@ -19,11 +19,12 @@
 //!        on its own link to a router `fabric` (.1); the InternalIPs
 //!   node2: strait-agent route (both gateways run one too)
 //!        198.51.100.65/26 ---- pod 198.51.100.66 (the test CNI: the pod's /26 via node2)
+//!   gw1: 198.51.100.129/26 ---- gwpod 198.51.100.130 (a pod on the gateway node)
 //! ```
 //!
 //! The pod on node2 reaches the remote host through the route role's VXLAN overlay to gw1 and
 //! gw1's ESP SA, both ways (pings, and 10 MiB over TCP each way with a checksum, the second
-//! connection opened by the remote host), over a 1400-byte path MTU with ICMP "fragmentation
+//! connection opened by the remote host), and so do a pod on gw1 and gw1's own process, over a 1400-byte path MTU with ICMP "fragmentation
 //! needed" dropped (the gateway's MSS clamping), while every node masquerades what leaves the
 //! pod network as flannel does (the exemptions of the route role and the agent keep the pod's
 //! address). Then gw1 dies (its processes killed, its links
@@ -82,6 +83,8 @@ const OVERLAY_GW2: &str = "240.1.2.2";
 /// A short heartbeat, so that gw1's death is noticed within seconds.
 const LEASE_ARGS: [&str; 4] = ["--lease-duration-seconds", "5", "--renew-interval", "1"];
 const POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
+/// A pod on the gateway node itself.
+const GW_POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
 /// The guest half finds the shared directory here.
 const SHARED_ENV: &str = "STRAIT_VM_CLUSTER_DIR";
 /// Printed by the guest half when all its checks passed.
@@ -534,6 +537,10 @@ fn guest_gateway_node() {
         .route(NODE, &["198.51.100.64/26", "via", "10.1.1.1"])
         .route(NODE_B, &["198.51.100.64/26", "via", "10.1.2.1"])
         .route("fabric", &["198.51.100.64/26", "via", "10.1.3.2"])
+        // a pod on gw1 itself (its /26 only reached before the failover)
+        .node("gwpod")
+        .link("gwpod", &format!("{GW_POD}/26"), NODE, "198.51.100.129/26")
+        .route("gwpod", &["default", "via", "198.51.100.129"])
         // a main-table route of the test's own (the agent adds its own in table 23040, which
         // is looked up first): the remote subnet via the link, from our inner address
         .route(
@@ -742,7 +749,12 @@ fn guest_gateway_node() {
     ];
     thread::sleep(Duration::from_secs(2));
     let before = sas(&gw);
-    for (node, from, to) in [("pod", POD, REMOTE_HOST), ("remote", REMOTE_HOST, POD)] {
+    for (node, from, to) in [
+        ("pod", POD, REMOTE_HOST),
+        ("remote", REMOTE_HOST, POD),
+        ("gwpod", GW_POD, REMOTE_HOST),
+        ("remote", REMOTE_HOST, GW_POD),
+    ] {
         if let Err(e) = topo.ping(node, Some(from), to, 3) {
             panic!(
                 "ping {from} -> {to}: {e:#}\n{:?}\n--- route node2:\n{}\n--- route gw1:\n{}\n--- agent:\n{}",
@@ -753,12 +765,31 @@ fn guest_gateway_node() {
             );
         }
     }
-    // 10 MB each way with a checksum, the second opened by the remote host to the pod
+    // 10 MB each way with a checksum, for a pod on node2, a pod on the gateway node and the
+    // gateway's own process (its source from the agent's route); the remote host opens the
+    // second connection of each pair
     const LEN: u64 = 10 * 1024 * 1024;
     let pod_ns = topo.ns("pod").unwrap().to_owned();
+    let gwpod_ns = topo.ns("gwpod").unwrap().to_owned();
     for (what, server_ns, server, client_ns, seed) in [
-        ("pod -> remote host", &remote, REMOTE_HOST, &pod_ns, 1),
-        ("remote host -> pod", &pod_ns, POD, &remote, 2),
+        (
+            "pod on node2 -> remote host",
+            &remote,
+            REMOTE_HOST,
+            &pod_ns,
+            1,
+        ),
+        ("remote host -> pod on node2", &pod_ns, POD, &remote, 2),
+        (
+            "pod on gw1 -> remote host",
+            &remote,
+            REMOTE_HOST,
+            &gwpod_ns,
+            4,
+        ),
+        ("remote host -> pod on gw1", &gwpod_ns, GW_POD, &remote, 5),
+        ("gw1 itself -> remote host", &remote, REMOTE_HOST, &gw, 6),
+        ("remote host -> gw1 itself", &gw, LOCAL_HOST, &remote, 7),
     ] {
         let t = strait_e2e::transfer::tcp(
             server_ns,
@@ -795,8 +826,8 @@ fn guest_gateway_node() {
         packets(&after, gw_addr).saturating_sub(packets(&before, gw_addr)),
     );
     assert!(
-        more_out >= 6 && more_in >= 6,
-        "the pod's 6 pings each way went through ESP: +{more_out} out, +{more_in} in"
+        more_out >= 12 && more_in >= 12,
+        "the pods' 12 pings each way went through ESP: +{more_out} out, +{more_in} in"
     );
     let bytes = |v: &[(String, String, u64, u64)], dst: &str| {
         v.iter().find(|s| s.1 == dst).map_or(0, |s| s.2)
@@ -806,7 +837,7 @@ fn guest_gateway_node() {
         bytes(&after, gw_addr).saturating_sub(bytes(&before, gw_addr)),
     );
     assert!(
-        bytes_out_more >= LEN && bytes_in_more >= LEN,
+        bytes_out_more >= 3 * LEN && bytes_in_more >= 3 * LEN,
         "the transfers went through ESP: +{bytes_out_more} B out, +{bytes_in_more} B in"
     );
     println!(
