@@ -80,8 +80,9 @@ const INTERNAL: [(&str, &str); 3] = [
 ];
 const OVERLAY_GW1: &str = "240.1.1.2";
 const OVERLAY_GW2: &str = "240.1.2.2";
-/// A short heartbeat, so that gw1's death is noticed within seconds.
-const LEASE_ARGS: [&str; 4] = ["--lease-duration-seconds", "5", "--renew-interval", "1"];
+/// A short heartbeat, so that gw1's death is noticed within seconds (8 s: renewals through
+/// the emulated VM's API forward can take a few seconds).
+const LEASE_ARGS: [&str; 4] = ["--lease-duration-seconds", "8", "--renew-interval", "1"];
 const POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 /// A pod on the gateway node itself.
 const GW_POD: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
@@ -262,11 +263,10 @@ fn cluster_kernel_dataplane_in_vm() {
         "host: guest node up {:.1} s after the VM start",
         t_vm.elapsed().as_secs_f64()
     );
-    // the heartbeat makes a node a candidate; with both, gw1 is elected (the first by name)
-    cluster::wait_heartbeats(&cp, &[NODE, NODE_B], Duration::from_secs(120), || {
-        guest.output()
-    })
-    .unwrap_or_else(|e| panic!("the guest agent: {e:#}"));
+    // the heartbeat makes a node a candidate: gw1 is the only one (gw2's agent starts once
+    // the tunnel is up on gw1, and an election keeps a live active gateway)
+    cluster::wait_heartbeats(&cp, &[NODE], Duration::from_secs(120), || guest.output())
+        .unwrap_or_else(|e| panic!("the guest agent: {e:#}"));
 
     // ---- apply → Ready ----
     let tunnel = cluster::tunnel(TUNNEL, "dc2-psk").render();
@@ -303,6 +303,9 @@ fn cluster_kernel_dataplane_in_vm() {
     println!("host: the status's SPIs are gw1's kernel SAs that carried the traffic: {traffic}");
 
     // ---- gw1 dies (in the guest); the operator fails over to gw2 ----
+    cluster::wait_heartbeats(&cp, &[NODE_B], Duration::from_secs(120), || guest.output())
+        .unwrap_or_else(|e| panic!("the guest's standby agent: {e:#}"));
+    assert_eq!(status(&cp)["activeGateway"], NODE, "{:#}", status(&cp));
     publish(&dir.join("failover-go"), "go");
     let failover = wait_file(
         &dir.join("failover"),
@@ -613,7 +616,6 @@ fn guest_gateway_node() {
         GuestAgent::start(&dir, ns, port, true, &format!("strait-agent-{node}"), &args)
     };
     let mut agent = gateway_agent(NODE, &gw);
-    let mut agent_b = gateway_agent(NODE_B, &gw_b);
     // the route role on every node (on a gateway it only keeps the overlay device to receive
     // on); the gateways' namespaces already have the agent's API forward
     let node2 = node2_ns.clone();
@@ -655,6 +657,8 @@ fn guest_gateway_node() {
         || kernel_view(&gw, &agent),
     );
     println!("guest: tunnel up at {:.1} s", t0.elapsed().as_secs_f64());
+    // the standby gateway's agent, now that gw1 holds the tunnel
+    let mut agent_b = gateway_agent(NODE_B, &gw_b);
     for (node, from, to) in [
         (NODE, LOCAL_HOST, REMOTE_HOST),
         ("remote", REMOTE_HOST, LOCAL_HOST),
