@@ -12,8 +12,12 @@
 //! after a rekey (RFC 7296 §2.17: split by who started that CREATE_CHILD_SA) is not visible
 //! here; the kernel VM tier checks it with traffic.
 //!
+//! The cases run side by side (no `netns::serial`): each has its own namespaces, charon and
+//! agent, and mostly waits for lifetimes to run out, so `e2e/test.sh` runs this binary in a step
+//! of its own with three threads (a third of the wall time of one at a time).
+//!
 //! Needs root, `e2e/setup/packages.sh` and a built agent (`cargo build -p strait-agent`). Run:
-//! `cargo test -p strait-e2e --test interop_rekey -- --test-threads=1`
+//! `cargo test -p strait-e2e --test interop_rekey -- --test-threads=3`
 
 #![allow(
     clippy::unwrap_used,
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange, KE, SA};
-use strait_e2e::netns::{self, Site, SitePair};
+use strait_e2e::netns::{Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, charon_for, dump, up};
 use strait_e2e::strongswan::{Charon, CharonConfig};
 use strait_e2e::tunnel::{End, TunnelYaml};
@@ -408,7 +412,6 @@ fn run(case: &Case) -> Seen {
 }
 
 fn child_rekeys_by_charon(esp: &'static str, agent_initiates: bool) {
-    let _serial = netns::serial();
     let case = Case {
         esp,
         child_rekey: Some("5s"),
@@ -442,7 +445,6 @@ fn child_rekeys_by_charon_as_ike_initiator_without_pfs() {
 }
 
 fn ike_rekeys_by_charon(agent_initiates: bool) {
-    let _serial = netns::serial();
     let case = Case {
         ike_rekey: Some("8s"),
         agent_initiates,
@@ -466,7 +468,6 @@ fn ike_rekeys_by_charon_as_ike_initiator() {
 /// work during an IKE rekey answered TEMPORARY_FAILURE and retried) happen for real.
 #[test]
 fn child_and_ike_rekeys_by_charon_together() {
-    let _serial = netns::serial();
     let case = Case {
         esp: "aes256gcm16-x25519",
         child_rekey: Some("5s"),
@@ -539,7 +540,6 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
 }
 
 fn child_rekeys_by_us(esp: &'static str, agent_initiates: bool, capture: bool) {
-    let _serial = netns::serial();
     // 60 s (the API's minimum) × 0.1: we rekey the CHILD SA every 5.4-6 s
     let case = Case {
         esp,
@@ -572,7 +572,6 @@ fn child_rekeys_by_us_as_ike_responder_without_pfs() {
 }
 
 fn ike_rekeys_by_us(agent_initiates: bool) {
-    let _serial = netns::serial();
     // 60 s × 0.15: we rekey the IKE SA every 8.1-9 s (the CHILD SA's 1 h becomes 9 min)
     let case = Case {
         our_ike_lifetime: Some("60s"),
