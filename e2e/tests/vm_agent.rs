@@ -1738,7 +1738,8 @@ fn j_route_based_through_an_xfrm_interface() {
          and strait_xfrm_interface_packets_total"
     );
 
-    // forwarded TCP from a host behind left, both ways, over a 1400-byte path MTU with ICMP
+    // forwarded TCP (10 MiB with a checksum) from a host behind left, both ways, the second
+    // connection opened by the remote side, over a 1400-byte path MTU with ICMP
     // "fragmentation needed" dropped: only left's MSS clamp for the interface's routes makes
     // it work (the remote side's own stack learns its MTU locally)
     let host = pair.topology.ns("lhost").unwrap();
@@ -1758,7 +1759,7 @@ fn j_route_based_through_an_xfrm_interface() {
             2,
         ),
     ] {
-        const LEN: u64 = 4 * 1024 * 1024;
+        const LEN: u64 = 10 * 1024 * 1024;
         let t = strait_e2e::transfer::tcp(
             server_ns,
             server,
@@ -1770,7 +1771,7 @@ fn j_route_based_through_an_xfrm_interface() {
         .unwrap_or_else(|e| panic!("TCP {what}: {e:#}\n{}", agent.log()));
         assert!(t.intact(LEN), "TCP {what}: {t:?}");
         println!(
-            "route-based: TCP {what}: 4 MiB intact in {:.1} s through {dev}, path MTU 1400 \
+            "route-based: TCP {what}: 10 MiB intact in {:.1} s through {dev}, path MTU 1400 \
              without ICMP",
             t.elapsed.as_secs_f64()
         );
