@@ -104,7 +104,7 @@ fn daemonset_follows_selectors_and_deletion_waits_for_agents() {
     .unwrap();
     assert_eq!(
         pod,
-        r#"registry.example/strait-agent:test ["cluster","--dataplane=kernel","--state-dir=/run/strait-state/ike"] true strait-agent"#
+        r#"registry.example/strait-agent:test ["cluster","--dataplane=kernel","--state-dir=/run/strait-state/ike","--metrics-addr=$(HOST_IP):9470"] true strait-agent"#
     );
 
     // Deleting a tunnel no agent reported on releases it at once and narrows the DaemonSet.
