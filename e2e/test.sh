@@ -61,13 +61,16 @@ for t in "${tiers[@]}"; do
       # Default members only: the e2e crate is left out on purpose and runs in its own tier.
       step unit cargo test --locked --no-fail-fast
       # Each criterion benchmark once, to keep them working (never judged on a number).
-      step benches cargo test -p strait-ike --benches --locked
-      # The deterministic simulator on fresh seeds (printed: a failure replays from its line).
+      # --workspace with a target filter, not -p strait-ike: one crate alone resolves features
+      # differently and compiles its dependencies (AWS-LC's C code among them) once more.
+      step benches cargo test --workspace --bench '*' --locked
+      # The deterministic simulator on fresh seeds (printed: a failure replays from its line);
+      # --workspace for the same reason (its release build is then the demo's too).
       step simulation env STRAIT_SIM_SCHEDULES="${STRAIT_SIM_SCHEDULES:-20000}" \
-        cargo test --release --locked -p strait-ike --test simulation -- --nocapture ;;
+        cargo test --release --locked --workspace --test simulation -- --nocapture ;;
     e2e)
       # The e2e tests run the real binaries as processes; build them first.
-      step build cargo build --locked -p strait-agent -p strait-operator
+      step build cargo build --locked -p strait-agent -p strait-operator -p kubectl-strait
       # Tests that create namespaces, charons, API servers and VMs run one at a time, but for
       # the rekey cases, which mostly wait for lifetimes and run side by side in a step of
       # their own (interop_rekey.rs says why that is safe).

@@ -57,6 +57,41 @@ const PROPOSALS_MESSAGE: &str = "unknown or weak algorithm in a proposal: use st
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
+        name = "Local Subnets",
+        type_ = "string",
+        json_path = ".spec.local.subnets",
+        priority = 1,
+        description = "Subnets on this side"
+    ),
+    printcolumn(
+        name = "Remote Subnets",
+        type_ = "string",
+        json_path = ".spec.remote.subnets",
+        priority = 1,
+        description = "Subnets on the remote side"
+    ),
+    printcolumn(
+        name = "NAT",
+        type_ = "string",
+        json_path = ".status.gateways[*].natDetected",
+        priority = 1,
+        description = "Whether each reporting gateway detected a NAT"
+    ),
+    printcolumn(
+        name = "IKE",
+        type_ = "string",
+        json_path = ".status.gateways[*].ikeProposal",
+        priority = 1,
+        description = "The negotiated IKE proposal"
+    ),
+    printcolumn(
+        name = "ESP",
+        type_ = "string",
+        json_path = ".status.gateways[*].childSas[*].proposal",
+        priority = 1,
+        description = "The negotiated ESP proposal of each CHILD SA"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

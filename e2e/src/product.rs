@@ -21,11 +21,11 @@ use crate::controlplane::ControlPlane;
 /// The operator's namespace used by the tests and the demo.
 pub const NAMESPACE: &str = "strait-system";
 
-/// The built product binary `name` (`strait-agent` or `strait-operator`).
+/// The built product binary `name` (`strait-agent`, `strait-operator` or `kubectl-strait`).
 ///
 /// `$STRAIT_AGENT_BIN` / `$STRAIT_OPERATOR_BIN` when set: a build made beforehand (the VM tier's
-/// stripped copy, the demo's release build). Otherwise both are built once per process with
-/// `cargo build -p strait-agent -p strait-operator` (a no-op when current; the same command as
+/// stripped copy, the demo's release build). Otherwise all three are built once per process with
+/// `cargo build -p strait-agent -p strait-operator -p kubectl-strait` (a no-op when current; the same command as
 /// e2e/test.sh, so features unify the same way and nothing is rebuilt), and the binary is found
 /// in `$CARGO_TARGET_DIR` or `<workspace>/target`. A bare `cargo test -p strait-e2e` works too.
 ///
@@ -42,7 +42,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
-        .get_or_init(build_both)
+        .get_or_init(build_products)
         .clone()
         .map_err(|e| anyhow!(e))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -57,18 +57,31 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
 }
 
-fn build_both() -> Result<(), String> {
+/// What e2e/test.sh's build step and the VM tier run too (the same selection, so features unify
+/// the same way and nothing is compiled twice).
+const BUILD_ARGS: [&str; 7] = [
+    "build",
+    "-p",
+    "strait-agent",
+    "-p",
+    "strait-operator",
+    "-p",
+    "kubectl-strait",
+];
+
+fn build_products() -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(&cargo)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["build", "-p", "strait-agent", "-p", "strait-operator"])
+        .args(BUILD_ARGS)
         .output()
         .map_err(|e| format!("running {cargo} build: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`cargo build -p strait-agent -p strait-operator` failed:\n{}",
+            "`cargo {}` failed:\n{}",
+            BUILD_ARGS.join(" "),
             String::from_utf8_lossy(&out.stderr)
         ))
     }

@@ -47,7 +47,7 @@ done
 # operator for the host suites: one build of both, the command e2e/test.sh's build step runs, so
 # features unify the same way and nothing is compiled again (one -p alone resolves differently).
 say "vm tier: building strait-agent and strait-operator"
-products=$(cargo build -p strait-agent -p strait-operator $LOCKED --message-format=json \
+products=$(cargo build -p strait-agent -p strait-operator -p kubectl-strait $LOCKED --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:

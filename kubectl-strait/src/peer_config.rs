@@ -1,0 +1,529 @@
+//! `kubectl strait peer-config`: the remote site's half of a tunnel, for strongSwan
+//! (`swanctl.conf`) or Libreswan (`ipsec.conf` + `ipsec.secrets`). Everything is mirrored from
+//! the spec (their local is our remote), the proposals are the ones the agent offers (the
+//! defaults spelled out when the spec names none), and no secret is ever printed: the PSK line
+//! holds a placeholder and the command that fills it in.
+
+use std::fmt::Write as _;
+
+use strait_agent::spec::peer::{DEFAULT_DPD_INTERVAL, DEFAULT_ESP_LIFETIME, DEFAULT_IKE_LIFETIME};
+use strait_agent::spec::peer::{esp_proposals, ike_proposals};
+use strait_crds::{IPsecTunnel, Initiation};
+
+/// The placeholder on the PSK line: the config loads, but authenticates with nothing the
+/// cluster knows until it is replaced.
+pub const PSK_PLACEHOLDER: &str = "PASTE-THE-0s-VALUE-HERE";
+
+/// Which IKE daemon the remote site runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavor {
+    /// strongSwan 5.9 / 6 with swanctl.
+    Strongswan,
+    /// Libreswan 4 / 5 with ipsec.conf.
+    Libreswan,
+}
+
+/// What the remote site needs to know about the cluster beyond the spec.
+#[derive(Debug, Clone)]
+pub struct ClusterSide {
+    /// The operator's namespace (where the Secrets are).
+    pub namespace: String,
+    /// The addresses the cluster's gateways send IKE from: `spec.local.address`, else the
+    /// active and standby gateways' reported endpoints and the eligible nodes' addresses.
+    pub addresses: Vec<String>,
+}
+
+/// The config text, or why it cannot be made (a spec the agent itself would refuse).
+///
+/// # Errors
+/// A proposal of the spec does not parse.
+pub fn render(t: &IPsecTunnel, cluster: &ClusterSide, flavor: Flavor) -> Result<String, String> {
+    let ike: Vec<String> = ike_proposals(&t.spec)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let esp: Vec<String> = esp_proposals(&t.spec)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let p = Plan {
+        name: format!("strait-{}", t.metadata.name.as_deref().unwrap_or("tunnel")),
+        tunnel: t.metadata.name.clone().unwrap_or_default(),
+        t,
+        cluster,
+        ike,
+        esp,
+    };
+    Ok(match flavor {
+        Flavor::Strongswan => p.swanctl(),
+        Flavor::Libreswan => p.libreswan(),
+    })
+}
+
+struct Plan<'a> {
+    name: String,
+    tunnel: String,
+    t: &'a IPsecTunnel,
+    cluster: &'a ClusterSide,
+    ike: Vec<String>,
+    esp: Vec<String>,
+}
+
+/// A swanctl.conf value, quoted when it holds anything but a plain word.
+fn sw(v: &str) -> String {
+    if v.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "@.:-_%/*".contains(c))
+        && !v.is_empty()
+    {
+        v.to_owned()
+    } else {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+impl Plan<'_> {
+    fn secret_command(&self) -> Option<String> {
+        let psk = self.t.spec.auth.psk.as_ref()?;
+        let r = &psk.secret_ref;
+        // the agent drops one trailing newline of the key; so does this pipeline
+        Some(format!(
+            "kubectl get secret -n {} {} -o jsonpath='{{.data.{}}}' | base64 -d | sed -z 's/\\r\\?\\n$//' | base64 -w0",
+            self.cluster.namespace,
+            r.name,
+            r.key.replace('.', "\\.")
+        ))
+    }
+
+    fn cluster_addrs(&self) -> String {
+        if self.cluster.addresses.is_empty() {
+            "%any".to_owned()
+        } else {
+            self.cluster.addresses.join(", ")
+        }
+    }
+
+    fn ike_lifetime(&self) -> u64 {
+        self.t
+            .spec
+            .ike
+            .as_ref()
+            .and_then(|p| p.lifetime)
+            .map_or(DEFAULT_IKE_LIFETIME.as_secs(), |d| d.as_secs())
+    }
+
+    fn esp_lifetime(&self) -> u64 {
+        self.t
+            .spec
+            .esp
+            .as_ref()
+            .and_then(|p| p.lifetime)
+            .map_or(DEFAULT_ESP_LIFETIME.as_secs(), |d| d.as_secs())
+    }
+
+    fn dpd(&self) -> u64 {
+        self.t
+            .spec
+            .dpd
+            .as_ref()
+            .and_then(|d| d.interval)
+            .map_or(DEFAULT_DPD_INTERVAL.as_secs(), |d| d.as_secs())
+    }
+
+    fn encap(&self) -> bool {
+        self.t
+            .spec
+            .nat_traversal
+            .as_ref()
+            .is_some_and(|n| n.force_encapsulation)
+    }
+
+    /// The remote side's start action: it initiates when we only respond, traps when we do.
+    fn peer_start(&self) -> (&'static str, &'static str) {
+        match self.t.spec.initiation {
+            Initiation::Respond => ("start", "the cluster only responds, so this side initiates"),
+            Initiation::OnTraffic => (
+                "trap",
+                "the cluster initiates on traffic; so does this side",
+            ),
+            Initiation::Start => ("none", "the cluster initiates and keeps the tunnel up"),
+        }
+    }
+
+    fn header(&self, out: &mut String, file: &str) {
+        let _ = writeln!(
+            out,
+            "# {file} for the remote side of IPsecTunnel {:?}, generated by `kubectl strait peer-config`.",
+            self.tunnel
+        );
+        let _ = writeln!(
+            out,
+            "# Mirrors the tunnel's spec: this site's identity {}, the cluster's {}.",
+            self.t.spec.remote.id, self.t.spec.local.id
+        );
+        if self.cluster.addresses.is_empty() {
+            let _ = writeln!(
+                out,
+                "# No gateway address is known yet (no spec.local.address, no agent report): the cluster side is %any."
+            );
+        }
+    }
+
+    fn swanctl(&self) -> String {
+        let s = &self.t.spec;
+        let mut o = String::new();
+        self.header(&mut o, "swanctl.conf");
+        let _ = writeln!(
+            o,
+            "# Put it in /etc/swanctl/conf.d/{}.conf, fill in the secret below, then `swanctl --load-all`.",
+            self.name
+        );
+        let pubkey = s.auth.certificate.is_some();
+        let auth = if pubkey { "pubkey" } else { "psk" };
+        let (start, why) = self.peer_start();
+        let _ = writeln!(o, "connections {{");
+        let _ = writeln!(o, "    {} {{", self.name);
+        let _ = writeln!(o, "        version = 2");
+        let _ = writeln!(
+            o,
+            "        # the cluster's gateway nodes (behind a NAT: the address this site sees)"
+        );
+        let _ = writeln!(o, "        remote_addrs = {}", self.cluster_addrs());
+        if s.remote.address.parse::<std::net::IpAddr>().is_ok() {
+            let _ = writeln!(
+                o,
+                "        # behind a NAT: this site's private address, or %any"
+            );
+            let _ = writeln!(o, "        local_addrs = {}", s.remote.address);
+        } else {
+            let _ = writeln!(o, "        # the cluster sends to {}", s.remote.address);
+            let _ = writeln!(o, "        local_addrs = %any");
+        }
+        let _ = writeln!(o, "        proposals = {}", self.ike.join(", "));
+        let _ = writeln!(o, "        rekey_time = {}s", self.ike_lifetime());
+        let _ = writeln!(o, "        dpd_delay = {}s", self.dpd());
+        if self.encap() {
+            let _ = writeln!(o, "        encap = yes");
+        }
+        let _ = writeln!(o, "        local {{");
+        let _ = writeln!(o, "            auth = {auth}");
+        if s.remote.id != "%any" {
+            let _ = writeln!(o, "            id = {}", sw(&s.remote.id));
+        }
+        if pubkey {
+            let _ = writeln!(
+                o,
+                "            # this site's certificate (in swanctl/x509/), issued by the CA the cluster trusts (spec.auth.ca)"
+            );
+            let _ = writeln!(o, "            certs = {}.crt", self.name);
+        }
+        let _ = writeln!(o, "        }}");
+        let _ = writeln!(o, "        remote {{");
+        let _ = writeln!(o, "            auth = {auth}");
+        let _ = writeln!(o, "            id = {}", sw(&s.local.id));
+        if pubkey {
+            let _ = writeln!(
+                o,
+                "            # the CA that issued the cluster's certificate (the issuer of tls.crt in Secret {}), in swanctl/x509ca/",
+                s.auth
+                    .certificate
+                    .as_ref()
+                    .map_or("", |c| c.secret_ref.name.as_str())
+            );
+            let _ = writeln!(o, "            cacerts = {}-ca.crt", self.name);
+        }
+        let _ = writeln!(o, "        }}");
+        let _ = writeln!(o, "        children {{");
+        let _ = writeln!(o, "            {} {{", self.name);
+        let _ = writeln!(
+            o,
+            "                local_ts = {}",
+            s.remote.subnets.join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "                remote_ts = {}",
+            s.local.subnets.join(", ")
+        );
+        let _ = writeln!(o, "                esp_proposals = {}", self.esp.join(", "));
+        let _ = writeln!(o, "                rekey_time = {}s", self.esp_lifetime());
+        let _ = writeln!(o, "                # {why}");
+        let _ = writeln!(o, "                start_action = {start}");
+        let restart = if start == "none" { "clear" } else { "restart" };
+        let _ = writeln!(o, "                dpd_action = {restart}");
+        let _ = writeln!(o, "                close_action = {restart}");
+        let _ = writeln!(o, "            }}");
+        let _ = writeln!(o, "        }}");
+        let _ = writeln!(o, "    }}");
+        let _ = writeln!(o, "}}");
+        if let Some(cmd) = self.secret_command() {
+            let _ = writeln!(o, "secrets {{");
+            let _ = writeln!(o, "    ike-{} {{", self.name);
+            if s.remote.id != "%any" {
+                let _ = writeln!(o, "        id-site = {}", sw(&s.remote.id));
+            }
+            let _ = writeln!(o, "        id-cluster = {}", sw(&s.local.id));
+            let _ = writeln!(
+                o,
+                "        # The key is not printed. Replace the placeholder with 0s followed by the output of:"
+            );
+            let _ = writeln!(o, "        #   {cmd}");
+            let _ = writeln!(o, "        secret = {PSK_PLACEHOLDER}");
+            let _ = writeln!(o, "    }}");
+            let _ = writeln!(o, "}}");
+        }
+        o
+    }
+
+    fn libreswan(&self) -> String {
+        let s = &self.t.spec;
+        let mut o = String::new();
+        self.header(&mut o, "ipsec.conf");
+        let _ = writeln!(
+            o,
+            "# Put it in /etc/ipsec.d/{}.conf (and the secret in /etc/ipsec.d/{}.secrets), then `ipsec auto --add {}`.",
+            self.name, self.name, self.name
+        );
+        let (start, why) = self.peer_start();
+        let auto = match start {
+            "start" => "start",
+            "trap" => "ondemand",
+            _ => "add",
+        };
+        let _ = writeln!(o, "conn {}", self.name);
+        let _ = writeln!(o, "    ikev2=yes");
+        let _ = writeln!(o, "    left=%defaultroute");
+        if s.remote.id != "%any" {
+            let _ = writeln!(o, "    leftid={}", ls_id(&s.remote.id));
+        }
+        let _ = writeln!(o, "    {}", ls_subnets("left", &s.remote.subnets));
+        let _ = writeln!(
+            o,
+            "    # the cluster's gateway node (behind a NAT: the address this site sees)"
+        );
+        let right = self
+            .cluster
+            .addresses
+            .first()
+            .map_or("%any", String::as_str);
+        let _ = writeln!(o, "    right={right}");
+        let _ = writeln!(o, "    rightid={}", ls_id(&s.local.id));
+        let _ = writeln!(o, "    {}", ls_subnets("right", &s.local.subnets));
+        if s.auth.certificate.is_some() {
+            let _ = writeln!(o, "    authby=rsasig");
+            let _ = writeln!(
+                o,
+                "    # this site's certificate nickname in the NSS database"
+            );
+            let _ = writeln!(o, "    leftcert={}", self.name);
+            let _ = writeln!(o, "    rightca=%same");
+        } else {
+            let _ = writeln!(o, "    authby=secret");
+        }
+        let _ = writeln!(
+            o,
+            "    # Libreswan's names for the proposals the agent offers (not yet proven against pluto)"
+        );
+        let _ = writeln!(o, "    ike={}", ls_proposals(&self.ike));
+        let _ = writeln!(o, "    esp={}", ls_proposals(&self.esp));
+        let _ = writeln!(o, "    ikelifetime={}s", self.ike_lifetime());
+        let _ = writeln!(o, "    salifetime={}s", self.esp_lifetime());
+        let _ = writeln!(o, "    dpddelay={}s", self.dpd());
+        if self.encap() {
+            let _ = writeln!(o, "    encapsulation=yes");
+        }
+        let _ = writeln!(o, "    # {why}");
+        let _ = writeln!(o, "    auto={auto}");
+        if let Some(cmd) = self.secret_command() {
+            let _ = writeln!(o);
+            let _ = writeln!(o, "# ---- /etc/ipsec.d/{}.secrets ----", self.name);
+            let _ = writeln!(
+                o,
+                "# The key is not printed. Replace the placeholder with 0s followed by the output of:"
+            );
+            let _ = writeln!(o, "#   {cmd}");
+            let _ = writeln!(
+                o,
+                "{} {} : PSK \"{PSK_PLACEHOLDER}\"",
+                ls_id(&s.remote.id),
+                ls_id(&s.local.id)
+            );
+        }
+        o
+    }
+}
+
+/// strongSwan proposal strings in Libreswan's algorithm names (`aes256gcm16-prfsha384-x25519`
+/// is `aes_gcm256-sha2_384-dh31`), proposals separated by commas.
+fn ls_proposals(list: &[String]) -> String {
+    let token = |t: &str| -> String {
+        match t {
+            "aes128gcm16" | "aes128gcm128" => "aes_gcm128".into(),
+            "aes256gcm16" | "aes256gcm128" => "aes_gcm256".into(),
+            "prfsha256" | "sha256" | "sha2_256" => "sha2_256".into(),
+            "prfsha384" | "sha384" | "sha2_384" => "sha2_384".into(),
+            "prfsha512" | "sha512" | "sha2_512" => "sha2_512".into(),
+            "x25519" | "curve25519" => "dh31".into(),
+            "ecp256" => "dh19".into(),
+            "ecp384" => "dh20".into(),
+            "ecp521" => "dh21".into(),
+            other => other.to_owned(),
+        }
+    };
+    list.iter()
+        .map(|p| {
+            p.split('-')
+                .filter(|t| !matches!(*t, "esn" | "noesn"))
+                .map(token)
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A Libreswan identity: DNs in quotes, `@fqdn` and addresses as they are.
+fn ls_id(id: &str) -> String {
+    if id.contains('=') {
+        format!("\"{id}\"")
+    } else {
+        id.to_owned()
+    }
+}
+
+fn ls_subnets(side: &str, nets: &[String]) -> String {
+    match nets {
+        [one] => format!("{side}subnet={one}"),
+        many => format!("{side}subnets={{{}}}", many.join(" ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use strait_crds::IPsecTunnel;
+
+    use super::{ClusterSide, Flavor, PSK_PLACEHOLDER, render};
+
+    fn tunnel(extra: &str) -> IPsecTunnel {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {{name: site-b}}
+spec:
+  local: {{id: "@cluster.example", subnets: [10.1.0.0/16, 10.3.0.0/24]}}
+  remote: {{id: "C=CH, O=Site B, CN=gw", address: 192.0.2.7, subnets: [10.2.0.0/16]}}
+  auth: {{psk: {{secretRef: {{name: site-b-psk, key: psk}}}}}}
+{extra}"#
+        ))
+        .unwrap()
+    }
+
+    fn side() -> ClusterSide {
+        ClusterSide {
+            namespace: "strait-system".into(),
+            addresses: vec!["198.51.100.1".into(), "198.51.100.2".into()],
+        }
+    }
+
+    #[test]
+    fn swanctl_mirrors_the_spec_and_prints_no_secret() {
+        let t = tunnel(
+            "  esp: {proposals: [aes128gcm16-modp3072], lifetime: 30m}\n  initiation: respond\n",
+        );
+        let c = render(&t, &side(), Flavor::Strongswan).unwrap();
+        for want in [
+            "remote_addrs = 198.51.100.1, 198.51.100.2\n",
+            "local_addrs = 192.0.2.7\n",
+            "            id = \"C=CH, O=Site B, CN=gw\"\n",
+            "            id = @cluster.example\n",
+            "local_ts = 10.2.0.0/16\n",
+            "remote_ts = 10.1.0.0/16, 10.3.0.0/24\n",
+            "esp_proposals = aes128gcm16-modp3072\n",
+            "rekey_time = 1800s\n",
+            // the agent's default IKE proposals, spelled out
+            "proposals = aes256gcm16-prfsha384-x25519, ",
+            "start_action = start\n",
+            "dpd_action = restart\n",
+            "auth = psk\n",
+            &format!("secret = {PSK_PLACEHOLDER}\n"),
+            "kubectl get secret -n strait-system site-b-psk -o jsonpath='{.data.psk}' | base64 -d",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in:\n{c}");
+        }
+        assert!(!c.contains("encap"), "{c}");
+    }
+
+    #[test]
+    fn swanctl_for_certificates_and_a_cluster_that_initiates() {
+        let t: IPsecTunnel = serde_yaml::from_str(
+            r#"
+apiVersion: strait.dev/v1alpha1
+kind: IPsecTunnel
+metadata: {name: certs}
+spec:
+  local: {id: "CN=cluster", subnets: [10.1.0.0/16]}
+  remote: {id: "%any", address: site.example, subnets: [10.2.0.0/16]}
+  auth: {certificate: {secretRef: {name: tls}}, ca: {secretRef: {name: ca, key: ca.crt}}}
+  natTraversal: {forceEncapsulation: true}
+"#,
+        )
+        .unwrap();
+        let c = render(
+            &t,
+            &ClusterSide {
+                namespace: "n".into(),
+                addresses: vec![],
+            },
+            Flavor::Strongswan,
+        )
+        .unwrap();
+        for want in [
+            "remote_addrs = %any\n",
+            "local_addrs = %any\n",
+            "auth = pubkey\n",
+            "certs = strait-certs.crt\n",
+            "cacerts = strait-certs-ca.crt\n",
+            "id = \"CN=cluster\"\n",
+            "encap = yes\n",
+            "start_action = none\n",
+            "dpd_action = clear\n",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in:\n{c}");
+        }
+        assert!(!c.contains("secrets {"), "{c}");
+    }
+
+    #[test]
+    fn libreswan_mirrors_the_spec() {
+        let t = tunnel("  initiation: onTraffic\n");
+        let c = render(&t, &side(), Flavor::Libreswan).unwrap();
+        for want in [
+            "conn strait-site-b\n",
+            "    leftid=\"C=CH, O=Site B, CN=gw\"\n",
+            "    leftsubnet=10.2.0.0/16\n",
+            "    right=198.51.100.1\n",
+            "    rightid=@cluster.example\n",
+            "    rightsubnets={10.1.0.0/16 10.3.0.0/24}\n",
+            "    authby=secret\n",
+            "    auto=ondemand\n",
+            "    ike=aes_gcm256-sha2_384-dh31,",
+            &format!(": PSK \"{PSK_PLACEHOLDER}\"\n"),
+        ] {
+            assert!(c.contains(want), "missing {want:?} in:\n{c}");
+        }
+    }
+
+    #[test]
+    fn a_spec_the_agent_refuses_is_refused_here() {
+        let t = tunnel("  ike: {proposals: [aes256-bogus-x25519]}\n");
+        let e = render(&t, &side(), Flavor::Strongswan).unwrap_err();
+        assert!(
+            e.contains("spec.ike.proposals[0]") && e.contains("bogus"),
+            "{e}"
+        );
+    }
+}
