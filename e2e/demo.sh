@@ -16,9 +16,11 @@ say "building"
 # The product goes into the images as a release build; the demo's own driver (strait-demo) is a
 # harness, built in the dev profile the test suite already builds (a release build of the
 # harness's dependencies cost minutes on a cold machine for nothing).
-cargo build --release --locked -p strait-agent -p strait-operator
+# kubectl-strait, the kubectl plugin, shares every dependency with the product (seconds more).
+cargo build --release --locked -p strait-agent -p strait-operator -p kubectl-strait
 cargo build --locked -p strait-e2e --bin strait-demo
 target=${CARGO_TARGET_DIR:-$REPO/target}
 say "images"
 e2e/setup/images.sh --agent "$target/release/strait-agent" --operator "$target/release/strait-operator"
-exec "$target/debug/strait-demo"
+# the plugin is found on PATH, as kubectl finds it for a user
+STRAIT_PLUGIN_DIR="$target/release" exec "$target/debug/strait-demo"

@@ -2,7 +2,7 @@
 //! and the kubelet [`crate::nodes::NodeCluster`] both hand out a [`Kube`], so the steps the tests
 //! share (apply, wait, read status) are written once for either.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -45,6 +45,36 @@ impl Kube {
         cmd.env("KUBECONFIG", &self.kubeconfig)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The environment a user of a kubectl plugin in `plugin_dir` has: the plugin and kubectl
+    /// on `$PATH`, this cluster's kubeconfig in `$KUBECONFIG`.
+    pub fn plugin_env(&self, plugin_dir: &Path) -> [(&'static str, OsString); 2] {
+        let mut path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .collect::<Vec<_>>();
+        path.insert(0, plugin_dir.to_owned());
+        if let Some(d) = self.kubectl.parent() {
+            path.insert(1, d.to_owned());
+        }
+        [
+            ("KUBECONFIG", self.kubeconfig.clone().into_os_string()),
+            ("PATH", std::env::join_paths(path).unwrap_or_default()),
+        ]
+    }
+
+    /// `kubectl ARGS` for a kubectl plugin in `plugin_dir`, found on `$PATH` as a user's would
+    /// be (kubectl looks a plugin up only by the arguments before the first flag, so the
+    /// kubeconfig goes in `$KUBECONFIG`, not in a `--kubeconfig` in front).
+    pub fn kubectl_plugin_command<I, S>(&self, plugin_dir: &Path, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.envs(self.plugin_env(plugin_dir))
             .args(args)
             .stdin(Stdio::null());
         cmd

@@ -49,19 +49,7 @@ const GW1: &str = "192.0.2.1";
 /// `kubectl strait ARGS` through the real kubectl, the plugin found on `$PATH`.
 fn strait(cp: &ControlPlane, args: &[&str]) -> Output {
     let plugin = product::binary("kubectl-strait").unwrap();
-    let dir = plugin.parent().unwrap();
-    let kubectl = &cp.binaries().kubectl;
-    let path = format!(
-        "{}:{}:{}",
-        dir.display(),
-        kubectl.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    Command::new(kubectl)
-        .arg("strait")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", cp.kubeconfig_path())
+    cp.kubectl_plugin_command(plugin.parent().unwrap(), ["strait"].iter().chain(args))
         .output()
         .expect("running kubectl strait")
 }
@@ -230,17 +218,10 @@ fn kubectl_strait_status_diagnose_peer_config_and_gather() {
         .find_map(|l| l.trim().strip_prefix("#   kubectl get secret"))
         .map(|rest| format!("kubectl get secret{rest}"))
         .expect("the config says how to get the key");
+    let plugin = product::binary("kubectl-strait").unwrap();
     let key = Command::new("bash")
         .args(["-c", &cmd])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                cp.binaries().kubectl.parent().unwrap().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("KUBECONFIG", cp.kubeconfig_path())
+        .envs(cp.plugin_env(plugin.parent().unwrap()))
         .output()
         .unwrap();
     assert!(key.status.success(), "{cmd}: {}", text(&key));
@@ -294,7 +275,10 @@ fn kubectl_strait_status_diagnose_peer_config_and_gather() {
         assert!(wide.contains(want), "-o wide: missing {want:?}");
     }
     let nat = cluster::status(&cp, "plugin-main")["gateways"][0]["natDetected"].clone();
-    assert!(wide.contains(&format!("   {nat}   ")), "-o wide: NAT column is not {nat}");
+    assert!(
+        wide.contains(&format!("   {nat}   ")),
+        "-o wide: NAT column is not {nat}"
+    );
     diagnose(
         &cp,
         "plugin-main",

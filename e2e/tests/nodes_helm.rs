@@ -342,6 +342,86 @@ fn all_logs(k: &NodeCluster) -> String {
     s
 }
 
+/// A line from the middle of a PEM private key: what a leaked key would contain.
+fn key_body(pem: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(pem).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    lines[lines.len() / 2].to_owned()
+}
+
+/// `kubectl strait` against real pods: `diagnose` reads the agent pod and its heartbeat,
+/// `gather` collects the pods' own logs, and neither says any of `secrets`.
+fn plugin_on_kubelets(k: &NodeCluster, agent_pod: &str, secrets: &[&str]) {
+    let plugin = strait_e2e::product::binary("kubectl-strait").unwrap();
+    let dir = plugin.parent().unwrap();
+    let out = k
+        .kubectl_plugin_command(dir, ["strait", "diagnose", CERT_TUNNEL])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("---- kubectl strait diagnose {CERT_TUNNEL}\n{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("[ok  ] node {NODE1}: heartbeat "))
+            && text.contains(&format!("agent pod {agent_pod} Running")),
+        "{text}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("kubelets.tar.gz");
+    let out = k
+        .kubectl_plugin_command(dir, ["strait", "gather", "-o", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = std::process::Command::new("tar")
+        .args([
+            "-xzf",
+            archive.to_str().unwrap(),
+            "-C",
+            tmp.path().to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(x.success());
+    let log = tmp
+        .path()
+        .join(format!("kubelets/{NAMESPACE}/logs/{agent_pod}/agent.log"));
+    let agent_log =
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert!(
+        agent_log.contains(CERT_TUNNEL),
+        "the agent's log names no tunnel:\n{agent_log}"
+    );
+    let mut stack = vec![tmp.path().join("kubelets")];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            n += 1;
+            let body = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            for s in secrets {
+                assert!(!body.contains(s), "{} holds a secret", p.display());
+            }
+        }
+    }
+    eprintln!(
+        "kubectl strait gather: {n} files, the agent's log {} bytes, no secret",
+        agent_log.len()
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -482,6 +562,7 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     for t in [PSK_TUNNEL, CERT_TUNNEL] {
         assert_eq!(active(&status(&k, t)).as_deref(), Some(NODE1));
     }
+    plugin_on_kubelets(&k, &pods[0].0, &[PSK, &key_body(&ours.key)]);
     // the route role runs on both nodes; the other node steers both tunnels' remote subnets
     // over the overlay to the gateway's InternalIP (198.51.100.242 -> 240.51.100.242)
     wait_for(

@@ -179,6 +179,26 @@ fn run() -> Result<()> {
     print!("{}", k.ns_kubectl(&["get", "pods", "-o", "wide"])?);
     println!("\n$ kubectl get ipsectunnels -o wide");
     print!("{}", k.kubectl(["get", "ipsectunnels", "-o", "wide"])?);
+    // the kubectl plugin, built beside the product by demo.sh
+    let plugin_dir = std::env::var_os("STRAIT_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .context("STRAIT_PLUGIN_DIR is not set (e2e/demo.sh sets it)")?;
+    for args in [
+        ["strait", "status"].as_slice(),
+        &["strait", "diagnose", "demo"],
+    ] {
+        println!("\n$ kubectl {}", args.join(" "));
+        let out = k.kubectl_plugin_command(&plugin_dir, args).output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     println!("\n$ kubectl get ipsectunnel demo -o yaml   (status)");
     let full = k.kubectl(["get", "ipsectunnel", "demo", "-o", "yaml"])?;
     let status = full
