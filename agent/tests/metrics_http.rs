@@ -168,7 +168,7 @@ async fn metrics_are_served_and_promtool_accepts_them() {
         assert_eq!(
             value(
                 body,
-                "strait_handshakes_total{reason=\"none\",result=\"success\"}"
+                "strait_handshakes_total{reason=\"none\",result=\"success\",tunnel=\"ab\"}"
             ),
             Some(1.0),
             "{body}"
@@ -179,8 +179,8 @@ async fn metrics_are_served_and_promtool_accepts_them() {
             "{body}"
         );
         for name in [
-            "strait_rekeys_total{kind=\"ike\"}",
-            "strait_rekeys_total{kind=\"child\"}",
+            "strait_rekeys_total{kind=\"ike\",tunnel=\"ab\"}",
+            "strait_rekeys_total{kind=\"child\",tunnel=\"ab\"}",
             "strait_dpd_failures_total",
             "strait_retransmissions_total",
         ] {

@@ -122,7 +122,7 @@ pub fn scrape_metrics(ns: &str, addr: SocketAddr) -> Result<String> {
 }
 
 /// The value of the sample `name` (with its labels exactly as exposed, e.g.
-/// `strait_rekeys_total{kind="child"}`) in a Prometheus exposition.
+/// `strait_rekeys_total{kind="child",tunnel="gw"}`) in a Prometheus exposition.
 pub fn metric(exposition: &str, name: &str) -> Option<f64> {
     exposition.lines().find_map(|l| {
         let (k, v) = l.rsplit_once(' ')?;

@@ -826,8 +826,8 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
             }
             let metrics = flood::scrape_metrics(&left.ns, metrics_addr).unwrap_or_default();
             let count = |n: &str| flood::metric(&metrics, n).unwrap_or(0.0);
-            let enough = count("strait_rekeys_total{kind=\"child\"}") >= f64::from(CHILD_REKEYS)
-                && count("strait_rekeys_total{kind=\"ike\"}") >= f64::from(IKE_REKEYS)
+            let enough = count("strait_rekeys_total{kind=\"child\",tunnel=\"gw\"}") >= f64::from(CHILD_REKEYS)
+                && count("strait_rekeys_total{kind=\"ike\",tunnel=\"gw\"}") >= f64::from(IKE_REKEYS)
                 && span(&charon_child) >= CHILD_REKEYS
                 && span(&charon_ike) >= IKE_REKEYS
                 // and our status was sampled after them too
@@ -891,8 +891,8 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
         charon_ike.len(),
         not_ready.len(),
         samples,
-        m("strait_rekeys_total{kind=\"child\"}"),
-        m("strait_rekeys_total{kind=\"ike\"}"),
+        m("strait_rekeys_total{kind=\"child\",tunnel=\"gw\"}"),
+        m("strait_rekeys_total{kind=\"ike\",tunnel=\"gw\"}"),
         m("strait_retransmissions_total"),
         log.matches("CHILD SA installed").count(),
         log.matches("IKE SA rekeyed").count(),
@@ -912,8 +912,8 @@ fn twenty_percent_loss_still_establishes_and_rekeys() {
     // that lived less than a sampling period (a rekey queued behind another runs at once), so
     // count our completed rekeys (metrics) and the span of charon's unique ids.
     let (our_child, our_ike) = (
-        m("strait_rekeys_total{kind=\"child\"}"),
-        m("strait_rekeys_total{kind=\"ike\"}"),
+        m("strait_rekeys_total{kind=\"child\",tunnel=\"gw\"}"),
+        m("strait_rekeys_total{kind=\"ike\",tunnel=\"gw\"}"),
     );
     assert!(
         our_child >= f64::from(CHILD_REKEYS) && child_spis.len() >= 2,

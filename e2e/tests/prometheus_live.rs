@@ -40,10 +40,12 @@ const AGENT_METRICS: &str = "127.0.0.1:9470";
 const PROMETHEUS: &str = "127.0.0.1:9090";
 /// Series this setup cannot produce: a PSK tunnel has no certificate, and `--dataplane none`
 /// reads no kernel counters. The kernel VM tier's agents export them (`vm_agent.rs`).
-const NOT_FED_HERE: [&str; 3] = [
+const NOT_FED_HERE: [&str; 5] = [
     "strait_certificate_expiry_timestamp_seconds",
     "strait_kernel_xfrm_errors_total",
     "strait_child_sa_bytes_total",
+    "strait_child_sa_replay_drops_total",
+    "strait_child_sa_integrity_failures_total",
 ];
 
 fn workspace() -> PathBuf {

@@ -517,7 +517,7 @@ fn c_rekeys_lose_nothing() {
     let rekeys = |a: &Agent, kind: &str| {
         metric(
             &metrics(a.ns()),
-            &format!("strait_rekeys_total{{kind=\"{kind}\"}}"),
+            &format!("strait_rekeys_total{{kind=\"{kind}\",tunnel=\"{TUNNEL}\"}}"),
         )
         .unwrap_or(0.0) as u64
     };

@@ -533,13 +533,19 @@ async fn forward_events(mut stream: strait_xfrm::EventStream, tx: mpsc::Sender<K
     }
 }
 
-fn add_traffic(t: &mut Traffic, inbound: bool, bytes: u64, packets: u64) {
+fn add_traffic(t: &mut Traffic, inbound: bool, c: &strait_xfrm::SaCounters) {
     if inbound {
-        t.bytes_in = t.bytes_in.saturating_add(bytes);
-        t.packets_in = t.packets_in.saturating_add(packets);
+        t.bytes_in = t.bytes_in.saturating_add(c.bytes);
+        t.packets_in = t.packets_in.saturating_add(c.packets);
+        // only an inbound SA checks replays and integrity
+        let replays = u64::from(c.replay_window_drops) + u64::from(c.replayed);
+        t.replay_drops = t.replay_drops.saturating_add(replays);
+        t.integrity_failures = t
+            .integrity_failures
+            .saturating_add(u64::from(c.integrity_failures));
     } else {
-        t.bytes_out = t.bytes_out.saturating_add(bytes);
-        t.packets_out = t.packets_out.saturating_add(packets);
+        t.bytes_out = t.bytes_out.saturating_add(c.bytes);
+        t.packets_out = t.packets_out.saturating_add(c.packets);
     }
 }
 
@@ -688,9 +694,8 @@ impl Dataplane for KernelDataplane {
         }
         for (id, inbound) in [(ins.sa_in, true), (ins.sa_out, false)] {
             if let Ok(Some(info)) = xfrm.get_sa(&id).await {
-                let c = info.counters;
                 let t = self.retired.entry(ins.tunnel).or_default();
-                add_traffic(t, inbound, c.bytes, c.packets);
+                add_traffic(t, inbound, &info.counters);
             }
         }
         // Policies first: the tunnel's block or trap policies (or another CHILD SA's) take
@@ -860,19 +865,12 @@ impl Dataplane for KernelDataplane {
                 return out;
             }
         };
-        let by_id: BTreeMap<(IpAddr, u32), (u64, u64)> = counters
-            .iter()
-            .map(|c| ((c.id.dst, c.id.spi), (c.bytes, c.packets)))
-            .collect();
+        let by_id: BTreeMap<(IpAddr, u32), &strait_xfrm::SaCounters> =
+            counters.iter().map(|c| ((c.id.dst, c.id.spi), c)).collect();
         for ins in self.installed.values() {
             for (id, inbound) in [(ins.sa_in, true), (ins.sa_out, false)] {
-                if let Some((bytes, packets)) = by_id.get(&(id.dst, id.spi)) {
-                    add_traffic(
-                        out.entry(ins.tunnel).or_default(),
-                        inbound,
-                        *bytes,
-                        *packets,
-                    );
+                if let Some(c) = by_id.get(&(id.dst, id.spi)) {
+                    add_traffic(out.entry(ins.tunnel).or_default(), inbound, c);
                 }
             }
         }

@@ -278,6 +278,11 @@ pub struct Traffic {
     pub bytes_out: u64,
     /// Packets sent.
     pub packets_out: u64,
+    /// Inbound packets dropped as replayed or outside the anti-replay window.
+    pub replay_drops: u64,
+    /// Inbound packets that failed the integrity check (a wrong key, or forged or corrupted
+    /// on the way).
+    pub integrity_failures: u64,
 }
 
 #[cfg(test)]

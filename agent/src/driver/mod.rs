@@ -741,7 +741,13 @@ impl<D: Dataplane> Driver<D> {
                 }
             }
             Event::ChildSaFailed { peer, reason } => {
+                let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
+                    if let Some(m) = &metrics {
+                        m.child_sa_failures
+                            .with_label_values(&[t.def.name.as_str(), reason.as_str()])
+                            .inc();
+                    }
                     tracing::warn!(tunnel = %t.def.name, reason = reason.as_str(), "CHILD SA failed");
                     t.on_child_failed(reason);
                 }
@@ -772,7 +778,9 @@ impl<D: Dataplane> Driver<D> {
                     }
                     // a resumed SA was not negotiated now: no handshake to count
                     if let Some(m) = metrics.as_ref().filter(|_| !resumed) {
-                        m.handshakes.with_label_values(&["success", "none"]).inc();
+                        m.handshakes
+                            .with_label_values(&[t.def.name.as_str(), "success", "none"])
+                            .inc();
                         if let Some(d) = took {
                             m.handshake_duration.observe(d.as_secs_f64());
                         }
@@ -800,7 +808,11 @@ impl<D: Dataplane> Driver<D> {
                         }
                         if down.handshake_failed {
                             m.handshakes
-                                .with_label_values(&["failure", reason.as_str()])
+                                .with_label_values(&[
+                                    t.def.name.as_str(),
+                                    "failure",
+                                    reason.as_str(),
+                                ])
                                 .inc();
                         }
                     }
@@ -817,13 +829,16 @@ impl<D: Dataplane> Driver<D> {
                 new,
                 proposal,
             } => {
-                if let Some(m) = &self.metrics {
-                    m.rekeys.with_label_values(&["ike"]).inc();
-                }
-                if let Some(t) = self.tunnel_of(peer)
-                    && t.on_ike_rekeyed(old, new, &proposal)
-                {
-                    tracing::info!(tunnel = %t.def.name, "IKE SA rekeyed");
+                let metrics = self.metrics.clone();
+                if let Some(t) = self.tunnel_of(peer) {
+                    if let Some(m) = &metrics {
+                        m.rekeys
+                            .with_label_values(&[t.def.name.as_str(), "ike"])
+                            .inc();
+                    }
+                    if t.on_ike_rekeyed(old, new, &proposal) {
+                        tracing::info!(tunnel = %t.def.name, "IKE SA rekeyed");
+                    }
                 }
             }
         }
@@ -834,15 +849,18 @@ impl<D: Dataplane> Driver<D> {
             return;
         };
         let result = self.dp.install(index, sa).await;
-        if let Some(m) = &self.metrics
-            && result.is_ok()
-            && sa.replaces.is_some()
-        {
-            m.rekeys.with_label_values(&["child"]).inc();
-        }
+        let metrics = self.metrics.clone();
         let Some(t) = self.tunnel_of(sa.peer) else {
             return;
         };
+        if let Some(m) = &metrics
+            && result.is_ok()
+            && sa.replaces.is_some()
+        {
+            m.rekeys
+                .with_label_values(&[t.def.name.as_str(), "child"])
+                .inc();
+        }
         match result {
             Ok(()) => {
                 tracing::info!(

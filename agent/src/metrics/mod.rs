@@ -6,7 +6,7 @@
 //! (over a channel) to refresh the gauges, the kernel's per-CHILD-SA counters and route-based
 //! tunnels' interface counters, and to encode.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -36,10 +36,18 @@ pub struct Metrics {
     pub ike_sas: IntGaugeVec,
     /// CHILD SAs installed.
     pub child_sas: IntGauge,
-    /// Completed and failed initial handshakes (IKE_SA_INIT + IKE_AUTH).
+    /// Completed and failed initial handshakes (IKE_SA_INIT + IKE_AUTH), by tunnel, result
+    /// and reason.
     pub handshakes: IntCounterVec,
-    /// Rekeys, by kind (`ike`, `child`).
+    /// Rekeys, by tunnel and kind (`ike`, `child`).
     pub rekeys: IntCounterVec,
+    /// CHILD SAs that could not be created or rekeyed while the IKE SA stayed up, by tunnel
+    /// and reason.
+    pub child_sa_failures: IntCounterVec,
+    /// Inbound packets the kernel dropped as replayed, by tunnel.
+    pub child_sa_replay_drops: IntCounterVec,
+    /// Inbound packets that failed the kernel's integrity check, by tunnel.
+    pub child_sa_integrity_failures: IntCounterVec,
     /// Established IKE SAs declared dead (the peer stopped answering).
     pub dpd_failures: IntCounter,
     /// Datagrams sent again unchanged (our retransmitted requests and repeated answers).
@@ -123,8 +131,11 @@ fn set_counter(vec: &IntCounterVec, labels: &[&str], v: u64) {
     }
 }
 
-/// Removes the series of `vec` whose labels `keep` refuses.
-fn drop_series(vec: &IntCounterVec, keep: impl Fn(&HashMap<&str, &str>) -> bool) {
+/// Removes the series of `vec` (a counter or gauge family) whose labels `keep` refuses.
+fn drop_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    keep: impl Fn(&HashMap<&str, &str>) -> bool,
+) {
     let families = prometheus::core::Collector::collect(vec);
     for m in families.iter().flat_map(|mf| mf.get_metric().iter()) {
         let labels: HashMap<&str, &str> = m
@@ -162,9 +173,9 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "strait_handshakes_total",
-                        "Initial IKE handshakes, by result (success/failure) and reason.",
+                        "Initial IKE handshakes, by tunnel, result (success/failure) and reason.",
                     ),
-                    &["result", "reason"],
+                    &["tunnel", "result", "reason"],
                 ),
             )?,
             rekeys: reg(
@@ -172,9 +183,39 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "strait_rekeys_total",
-                        "Completed rekeys, by kind (ike/child).",
+                        "Completed rekeys, by tunnel and kind (ike/child).",
                     ),
-                    &["kind"],
+                    &["tunnel", "kind"],
+                ),
+            )?,
+            child_sa_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_child_sa_failures_total",
+                        "CHILD SAs that could not be created or rekeyed (the IKE SA stayed up), by tunnel and reason.",
+                    ),
+                    &["tunnel", "reason"],
+                ),
+            )?,
+            child_sa_replay_drops: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_child_sa_replay_drops_total",
+                        "Inbound ESP packets the kernel dropped as replayed or outside the anti-replay window (kernel counters).",
+                    ),
+                    &["tunnel"],
+                ),
+            )?,
+            child_sa_integrity_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strait_child_sa_integrity_failures_total",
+                        "Inbound ESP packets that failed the kernel's integrity check (kernel counters).",
+                    ),
+                    &["tunnel"],
                 ),
             )?,
             dpd_failures: reg(
@@ -306,9 +347,6 @@ impl Metrics {
         for s in IKE_STATES {
             m.ike_sas.with_label_values(&[s]).set(0);
         }
-        for k in ["ike", "child"] {
-            m.rekeys.with_label_values(&[k]);
-        }
         Ok(m)
     }
 
@@ -366,8 +404,19 @@ impl Metrics {
                 set_counter(&self.child_sa_bytes, &[name, dir], bytes);
                 set_counter(&self.child_sa_packets, &[name, dir], packets);
             }
+            set_counter(&self.child_sa_replay_drops, &[name], t.replay_drops);
+            set_counter(
+                &self.child_sa_integrity_failures,
+                &[name],
+                t.integrity_failures,
+            );
         }
-        for vec in [&self.child_sa_bytes, &self.child_sa_packets] {
+        for vec in [
+            &self.child_sa_bytes,
+            &self.child_sa_packets,
+            &self.child_sa_replay_drops,
+            &self.child_sa_integrity_failures,
+        ] {
             drop_series(vec, |l| {
                 l.get("tunnel").is_some_and(|t| traffic.contains_key(*t))
             });
@@ -380,7 +429,7 @@ impl Metrics {
         &self,
         tunnels: impl Iterator<Item = (&'a str, &'a GatewayStatus)>,
     ) {
-        let mut names = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for (name, g) in tunnels {
             self.tunnel_up
                 .with_label_values(&[name])
@@ -396,18 +445,20 @@ impl Metrics {
                     let _ = self.tunnel_established.remove_label_values(&[name]);
                 }
             }
-            names.insert(name.to_owned(), ());
-        }
-        for vec in [&self.tunnel_up, &self.tunnel_established] {
-            let stale: Vec<String> = prometheus::core::Collector::collect(vec)
-                .iter()
-                .flat_map(|mf| mf.get_metric().iter())
-                .filter_map(|m| m.get_label().first().map(|l| l.value().to_owned()))
-                .filter(|n| !names.contains_key(n))
-                .collect();
-            for n in stale {
-                let _ = vec.remove_label_values(&[&n]);
+            // zero from the start, so rate() and increase() see the first rekey and handshake
+            for kind in ["ike", "child"] {
+                self.rekeys.with_label_values(&[name, kind]);
             }
+            self.handshakes
+                .with_label_values(&[name, "success", "none"]);
+            names.insert(name.to_owned());
+        }
+        // a tunnel that is gone takes its series with it, counters included
+        let known = |l: &HashMap<&str, &str>| l.get("tunnel").is_some_and(|t| names.contains(*t));
+        drop_series(&self.tunnel_up, known);
+        drop_series(&self.tunnel_established, known);
+        for vec in [&self.handshakes, &self.rekeys, &self.child_sa_failures] {
+            drop_series(vec, known);
         }
     }
 
@@ -495,11 +546,15 @@ mod tests {
                 packets_in: 1,
                 bytes_out: 200,
                 packets_out: 2,
+                replay_drops: 3,
+                integrity_failures: 4,
             },
         );
         m.set_traffic(&t);
         let text = m.encode();
         assert!(text.contains("strait_child_sa_bytes_total{direction=\"out\",tunnel=\"gw\"} 200"));
+        assert!(text.contains("strait_child_sa_replay_drops_total{tunnel=\"gw\"} 3"));
+        assert!(text.contains("strait_child_sa_integrity_failures_total{tunnel=\"gw\"} 4"));
         assert!(text.contains("strait_ike_sas{state=\"established\"} 0"));
         // a re-created tunnel starts again from the kernel's value
         if let Some(x) = t.get_mut("gw") {
@@ -572,8 +627,20 @@ mod tests {
         };
         m.set_tunnel_status([("a", &up), ("b", &down)].into_iter());
         m.set_xfrm_errors(&[("XfrmInNoStates".to_owned(), 4)].into_iter().collect());
+        m.handshakes
+            .with_label_values(&["a", "failure", "AuthenticationFailed"])
+            .inc();
+        m.rekeys.with_label_values(&["a", "child"]).inc();
+        m.child_sa_failures
+            .with_label_values(&["a", "TsUnacceptable"])
+            .inc();
         let text = m.encode();
         for line in [
+            "strait_handshakes_total{reason=\"AuthenticationFailed\",result=\"failure\",tunnel=\"a\"} 1",
+            "strait_rekeys_total{kind=\"child\",tunnel=\"a\"} 1",
+            "strait_rekeys_total{kind=\"ike\",tunnel=\"b\"} 0",
+            "strait_handshakes_total{reason=\"none\",result=\"success\",tunnel=\"b\"} 0",
+            "strait_child_sa_failures_total{reason=\"TsUnacceptable\",tunnel=\"a\"} 1",
             "strait_tunnel_up{tunnel=\"a\"} 1",
             "strait_tunnel_up{tunnel=\"b\"} 0",
             "strait_tunnel_established_timestamp_seconds{tunnel=\"a\"} 1800000000",
