@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Reconcile outcomes (`result` label).
 pub const RESULTS: [&str; 3] = ["success", "error", "waiting"];
@@ -178,7 +183,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (and, when `health` is true, `/healthz` and `/readyz`) on `addr` forever.
+/// Serves `/metrics` (and, when `health` is true, `/healthz` and `/readyz`) on `addr` forever,
+/// with hyper's HTTP/1 server, one request per connection.
 pub async fn serve(addr: SocketAddr, metrics: Metrics, health: bool) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, health, "serving HTTP");
@@ -186,70 +192,83 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics, health: bool) -> std::io:
         let (stream, _) = listener.accept().await?;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics, health).await {
-                tracing::debug!(error = %e, "HTTP request failed");
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let r = respond(req.method(), req.uri().path(), &metrics, health);
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(Duration::from_secs(30), conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "HTTP request failed"),
+                Err(_) => tracing::debug!("HTTP connection timed out"),
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
-/// One HTTP/1.1 request, answered and closed. Enough for probes and scrapers.
-async fn answer(mut stream: TcpStream, metrics: &Metrics, health: bool) -> std::io::Result<()> {
-    let mut buf = vec![0_u8; 4096];
-    let mut len = 0;
-    let read = async {
-        loop {
-            let n = stream.read(buf.get_mut(len..).unwrap_or_default()).await?;
-            len += n;
-            if n == 0
-                || buf
-                    .get(..len)
-                    .is_some_and(|b| b.windows(4).any(|w| w == b"\r\n\r\n"))
-                || len == buf.len()
-            {
-                return Ok::<_, std::io::Error>(());
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    let head = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
+/// The answer to `method path`.
+fn respond(method: &Method, path: &str, metrics: &Metrics, health: bool) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
     let (code, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", "/healthz") if health => ("200 OK", "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") if health => {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        (&Method::GET, "/healthz") if health => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+        (&Method::GET, "/readyz") if health => {
             if metrics.ready.load(Ordering::Relaxed) {
-                ("200 OK", "text/plain", "ok\n".to_owned())
+                (StatusCode::OK, TEXT, "ok\n".to_owned())
             } else {
                 (
-                    "503 Service Unavailable",
-                    "text/plain",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
                     "not ready\n".to_owned(),
                 )
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
         _ => (
-            "405 Method Not Allowed",
-            "text/plain",
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
             "method not allowed\n".to_owned(),
         ),
     };
-    let response = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_by_method_and_path() {
+        let m = Metrics::new().unwrap();
+        let code =
+            |method: Method, path: &str, health: bool| respond(&method, path, &m, health).status();
+        assert_eq!(code(Method::GET, "/metrics", false), StatusCode::OK);
+        assert_eq!(code(Method::GET, "/healthz", true), StatusCode::OK);
+        assert_eq!(code(Method::GET, "/healthz", false), StatusCode::NOT_FOUND);
+        m.ready.store(false, Ordering::Relaxed);
+        assert_eq!(
+            code(Method::GET, "/readyz", true),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.ready.store(true, Ordering::Relaxed);
+        assert_eq!(code(Method::GET, "/readyz", true), StatusCode::OK);
+        assert_eq!(
+            code(Method::POST, "/metrics", true),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 
     #[test]
     fn renders_fixed_series() {

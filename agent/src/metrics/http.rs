@@ -1,14 +1,22 @@
-//! The `/metrics` and `/healthz` HTTP endpoint: one request per connection, each scrape answered
-//! by the driver over a channel, so the IKE loop is never touched by a slow client.
+//! The `/metrics` and `/healthz` HTTP endpoint (hyper's HTTP/1 server, one request per
+//! connection), each scrape answered by the driver over a channel, so the IKE loop is never
+//! touched by a slow client: hyper reads and writes, the loop only renders the text.
 //!
 //! `/healthz` is the liveness check: it asks the driver loop itself (the same round trip as a
 //! scrape) and fails when the loop does not answer within [`HEALTH_TIMEOUT`], so a wedged IKE
 //! driver gets its pod restarted even while other tasks (the heartbeat Lease) still run.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::MetricsRequest;
@@ -55,11 +63,17 @@ async fn serve_with(
             Ok((stream, _)) => {
                 let scrape = scrape.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        answer(stream, scrape, health_timeout),
-                    )
-                    .await;
+                    let service = service_fn(move |req| {
+                        let scrape = scrape.clone();
+                        async move { Ok::<_, Infallible>(respond(&req, &scrape, health_timeout).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service);
+                    // a client that reads its answer slowly cannot hold a task for ever
+                    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
                 });
             }
             Err(e) => {
@@ -80,68 +94,55 @@ async fn ask(scrape: &mpsc::Sender<MetricsRequest>) -> Option<String> {
     rx.await.ok()
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    scrape: mpsc::Sender<MetricsRequest>,
+async fn respond(
+    req: &Request<Incoming>,
+    scrape: &mpsc::Sender<MetricsRequest>,
     health_timeout: Duration,
-) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
-        if buf.len() > 8192 {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (words.next(), words.next());
-    let path = target.map(|t| t.split('?').next().unwrap_or_default());
-    let (code, ctype, body) = match (method, path) {
-        (Some("GET" | "HEAD"), Some("/metrics")) => match ask(&scrape).await {
-            Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-            None => ("503 Service Unavailable", "text/plain", "stopping\n".into()),
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (code, ctype, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => match ask(scrape).await {
+            Some(text) => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            ),
+            None => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "stopping\n".into()),
         },
-        (Some("GET" | "HEAD"), Some("/healthz")) => {
-            match tokio::time::timeout(health_timeout, ask(&scrape)).await {
-                Ok(Some(_)) => ("200 OK", "text/plain", "ok\n".into()),
-                Ok(None) => ("503 Service Unavailable", "text/plain", "stopping\n".into()),
-                Err(_) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    format!(
-                        "the IKE driver loop did not answer within {} s\n",
-                        health_timeout.as_secs_f64()
-                    ),
+        (true, "/healthz") => match tokio::time::timeout(health_timeout, ask(scrape)).await {
+            Ok(Some(_)) => (StatusCode::OK, TEXT, "ok\n".into()),
+            Ok(None) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "stopping\n".into()),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!(
+                    "the IKE driver loop did not answer within {} s\n",
+                    health_timeout.as_secs_f64()
                 ),
-            }
-        }
-        (Some(_), Some(_)) => (
-            "404 Not Found",
-            "text/plain",
+            ),
+        },
+        (true, _) => (
+            StatusCode::NOT_FOUND,
+            TEXT,
             "try /metrics or /healthz\n".into(),
         ),
-        _ => ("400 Bad Request", "text/plain", "bad request\n".into()),
+        (false, _) => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET or HEAD\n".into()),
     };
-    let body = if method == Some("HEAD") {
-        String::new()
-    } else {
-        body
-    };
-    let resp = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    // hyper leaves the body out of an answer to HEAD itself
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -181,6 +182,12 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         assert!(r.ends_with("ok\n"), "{r}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        // not HTTP at all: an answer and a closed connection, nothing else
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"\x16\x03\x01 garbage\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 400"), "{out}");
     }
 
     #[test]
