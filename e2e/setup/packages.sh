@@ -16,6 +16,8 @@ PKGS=(
   iproute2 iputils-ping nftables tcpdump tshark
   qemu-system-x86 busybox-static kmod file python3-venv
   prometheus valgrind openssl
+  # the Debian package's test root (e2e/setup/debroot.sh)
+  mmdebstrap
   # the node tier: runc is built with seccomp (cgo), the pause image with gcc -static
   gcc libc6-dev libseccomp-dev pkg-config
 )

@@ -96,6 +96,21 @@ impl Agent {
         extra: &[&str],
     ) -> Result<Self> {
         let bin = crate::product::binary("strait-agent")?;
+        Self::start_binary(bin, ns, config, secrets, dataplane, extra)
+    }
+
+    /// [`Agent::start`] with the binary at `bin` (e.g. one a Debian package installed).
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub fn start_binary(
+        bin: PathBuf,
+        ns: &str,
+        config: &str,
+        secrets: &[SecretFile],
+        dataplane: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("strait-agent-{}-", std::process::id()))
             .tempdir()
