@@ -100,29 +100,7 @@ struct ReadSecrets<'a> {
 
 impl SecretSource for ReadSecrets<'_> {
     fn read(&mut self, r: &SecretKeyRef) -> std::result::Result<Zeroizing<Vec<u8>>, String> {
-        let s = self
-            .secrets
-            .get(&r.name)
-            .ok_or_else(|| format!("Secret {}/{} not found", self.namespace, r.name))?;
-        let mut bytes = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|v| Zeroizing::new(v.0.clone()))
-            .ok_or_else(|| {
-                format!(
-                    "Secret {}/{} has no key {:?}",
-                    self.namespace, r.name, r.key
-                )
-            })?;
-        spec::trim_newline(&mut bytes);
-        if bytes.is_empty() {
-            return Err(format!(
-                "Secret {}/{} key {:?} is empty",
-                self.namespace, r.name, r.key
-            ));
-        }
-        Ok(bytes)
+        strait_agent::cluster::secrets::key_of(self.namespace, self.secrets.get(&r.name), r)
     }
 }
 
