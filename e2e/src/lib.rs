@@ -13,6 +13,7 @@ pub mod kube;
 pub mod netns;
 pub mod nodes;
 pub mod product;
+pub mod prometheus;
 pub mod scenario;
 pub mod strongswan;
 pub mod transfer;

@@ -19,10 +19,7 @@
 )]
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,14 +29,15 @@ use strait_e2e::cluster::{self, AGENT_ARGS};
 use strait_e2e::controlplane::ControlPlane;
 use strait_e2e::netns;
 use strait_e2e::product::{self, Daemon};
+use strait_e2e::prometheus::{Prometheus, dashboard_queries, metric_names};
 use strait_e2e::strongswan::Charon;
 
 const TUNNEL: &str = "dc1-to-dc2";
 const PSK: &str = "strait-prometheus-live-psk-3e7f0a";
 const AGENT_METRICS: &str = "127.0.0.1:9470";
-const PROMETHEUS: &str = "127.0.0.1:9090";
 /// Series this setup cannot produce: a PSK tunnel has no certificate, and `--dataplane none`
-/// reads no kernel counters. The kernel VM tier's agents export them (`vm_agent.rs`).
+/// reads no kernel counters. The kernel VM tier scrapes them with Prometheus too
+/// (`vm_agent.rs`, `g_certificates_carry_traffic`).
 const NOT_FED_HERE: [&str; 5] = [
     "strait_certificate_expiry_timestamp_seconds",
     "strait_kernel_xfrm_errors_total",
@@ -50,61 +48,6 @@ const NOT_FED_HERE: [&str; 5] = [
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Prometheus in the gateway's namespace, killed on drop.
-struct Prometheus {
-    child: Child,
-    ns: String,
-    log: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// `GET /api/v1/query?query=EXPR`: the result vector.
-    fn query(&self, expr: &str) -> Vec<Value> {
-        let path = format!("/api/v1/query?query={}", urlencode(expr));
-        let body = http_get(&self.ns, &path).unwrap_or_default();
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert!(
-            v.is_null() || v["status"] == "success",
-            "query {expr}: {body}"
-        );
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// An HTTP/1.0 GET to Prometheus inside `ns`: the body.
-fn http_get(ns: &str, path: &str) -> Option<String> {
-    let mut s = strait_e2e::transfer::within(ns, || TcpStream::connect(PROMETHEUS))
-        .ok()?
-        .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
 fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool, log: impl Fn() -> String) {
@@ -132,33 +75,10 @@ fn alerts_with_for(for_: &str) -> String {
         .join("\n")
 }
 
-/// The metric names an expression reads.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(i) = rest.find("strait_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        out.insert(tail[..end].to_owned());
-        rest = &tail[end..];
-    }
-    if expr.starts_with("up{") || expr.contains(" up{") {
-        out.insert("up".to_owned());
-    }
-    out
-}
-
 #[test]
 fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_peer_stops() {
     let _serial = netns::serial();
     strait_e2e::cmd::require_root().expect("root");
-    let prometheus_bin = Path::new("/usr/bin/prometheus");
-    assert!(
-        prometheus_bin.is_file(),
-        "prometheus missing: run e2e/setup/packages.sh (Debian's prometheus)"
-    );
     let cp = ControlPlane::start().expect("control plane");
     product::install_crd(&cp).unwrap();
     product::gateway_node(&cp, "gw1").unwrap();
@@ -196,9 +116,10 @@ fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_pe
     let _forward = PortForward::start(&gw, ([127, 0, 0, 1], op_port).into()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("alerts.yaml"), alerts_with_for("3s")).unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
+    let prom = Prometheus::start(
+        &gw,
+        dir.path(),
+        &format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              rule_files: [alerts.yaml]\n\
              scrape_configs:\n\
@@ -207,29 +128,6 @@ fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_pe
         ),
     )
     .unwrap();
-    let log = dir.path().join("prometheus.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let config = dir.path().join("prometheus.yml");
-    let data = dir.path().join("data");
-    let child = netns::exec_command(
-        &gw,
-        &[
-            prometheus_bin.as_os_str(),
-            std::ffi::OsStr::new(&format!("--config.file={}", config.display())),
-            std::ffi::OsStr::new(&format!("--storage.tsdb.path={}", data.display())),
-            std::ffi::OsStr::new(&format!("--web.listen-address={PROMETHEUS}")),
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out)
-    .spawn()
-    .unwrap();
-    let prom = Prometheus {
-        child,
-        ns: gw.clone(),
-        log,
-    };
     wait(
         "both targets scraped",
         Duration::from_secs(60),
@@ -260,26 +158,18 @@ fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_pe
             checked += 1;
         }
     }
-    let dash: Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace().join("charts/strait/files/dashboard.json")).unwrap(),
-    )
-    .unwrap();
     let mut queries = 0;
-    for p in dash["panels"].as_array().unwrap() {
-        for t in p["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap();
-            let names = metric_names(expr);
-            if let Some(n) = names.iter().find(|n| NOT_FED_HERE.contains(&n.as_str())) {
-                not_fed.insert(n.clone());
-                continue;
-            }
-            assert!(
-                !prom.query(expr).is_empty(),
-                "panel {}: no series for {expr}",
-                p["title"]
-            );
-            queries += 1;
+    for (title, expr) in dashboard_queries().unwrap() {
+        let names = metric_names(&expr);
+        if let Some(n) = names.iter().find(|n| NOT_FED_HERE.contains(&n.as_str())) {
+            not_fed.insert(n.clone());
+            continue;
         }
+        assert!(
+            !prom.query(&expr).is_empty(),
+            "panel {title}: no series for {expr}"
+        );
+        queries += 1;
     }
     let firing = prom.query("ALERTS{alertstate=\"firing\"}");
     assert!(firing.is_empty(), "alerts firing while Ready: {firing:?}");

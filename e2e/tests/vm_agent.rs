@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::netns::{self, Site, SitePair};
+use strait_e2e::prometheus::{Prometheus, dashboard_queries, metric_names};
 use strait_e2e::scenario::{TUNNEL, charon_for, up};
 use strait_e2e::strongswan::{
     Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Plugins, Secret, TestPki,
@@ -1276,9 +1277,67 @@ fn g_certificates_carry_traffic() {
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     let log: String = agent.log().split_whitespace().collect();
     assert!(!log.contains(&body[..40]), "key material in our log");
+    let panels = prometheus_reads_the_kernel_series(left);
     println!(
-        "certificates (ECDSA P-256): ping both ways; bytes in {bin} out {bout} agree with the kernel and charon"
+        "certificates (ECDSA P-256): ping both ways; bytes in {bin} out {bout} agree with the kernel and charon; \
+         Prometheus has every kernel and certificate series, {panels} dashboard queries on them answered"
     );
+}
+
+/// The series only a kernel data plane with a certificate tunnel feeds (the control-plane test,
+/// `prometheus_live.rs`, runs `--dataplane none` with a PSK): a real Prometheus in `site`'s
+/// namespace scrapes the agent there, and each series, and each dashboard query reading one,
+/// must return data. Returns how many dashboard queries were checked.
+fn prometheus_reads_the_kernel_series(site: &Site) -> usize {
+    const KERNEL_SERIES: [&str; 5] = [
+        "strait_certificate_expiry_timestamp_seconds",
+        "strait_kernel_xfrm_errors_total",
+        "strait_child_sa_bytes_total",
+        "strait_child_sa_replay_drops_total",
+        "strait_child_sa_integrity_failures_total",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let prom = Prometheus::start(
+        &site.ns,
+        dir.path(),
+        &format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n\
+             - job_name: strait-agent\n  static_configs: [{{targets: ['{METRICS}']}}]\n"
+        ),
+    )
+    .unwrap();
+    // Prometheus starts slowly under TCG
+    prom.wait("the agent scraped twice", Duration::from_secs(120), |p| {
+        !p.query("count_over_time(strait_child_sa_bytes_total[1m]) >= 2")
+            .is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for name in KERNEL_SERIES {
+        let got = prom.query(&format!("count({{__name__=\"{name}\"}})"));
+        assert!(
+            !got.is_empty(),
+            "Prometheus has no {name}:\n{}",
+            metrics(&site.ns)
+        );
+    }
+    let mut checked = 0;
+    for (title, expr) in dashboard_queries().unwrap() {
+        if metric_names(&expr)
+            .iter()
+            .any(|n| KERNEL_SERIES.contains(&n.as_str()))
+        {
+            assert!(
+                !prom.query(&expr).is_empty(),
+                "panel {title}: no data for {expr}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} dashboard queries read kernel series"
+    );
+    checked
 }
 
 /// Dual-stack selectors over an IPv4 outer path (review I-1): one CHILD SA carries IPv4 and
