@@ -50,18 +50,6 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not within {timeout:?}\n{}",
-            log()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// The chart's alerts with every `for:` at `for_`.
 fn alerts_with_for(for_: &str) -> String {
     let text =
@@ -128,17 +116,13 @@ fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_pe
         ),
     )
     .unwrap();
-    wait(
-        "both targets scraped",
-        Duration::from_secs(60),
-        || {
-            prom.query("up == 1").len() == 2
-                && !prom
-                    .query("strait_tunnel_up{tunnel=\"dc1-to-dc2\"} == 1")
-                    .is_empty()
-        },
-        || prom.log(),
-    );
+    prom.wait("both targets scraped", Duration::from_secs(60), |p| {
+        p.query("up == 1").len() == 2
+            && !p
+                .query("strait_tunnel_up{tunnel=\"dc1-to-dc2\"} == 1")
+                .is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
     // a few evaluations, so rate() and increase() have two samples
     thread::sleep(Duration::from_secs(5));
 
@@ -182,16 +166,11 @@ fn a_live_prometheus_scrapes_every_series_and_fires_tunnel_not_ready_when_the_pe
     // and after its (shortened) `for` StraitTunnelNotReady fires with the reason
     let stopped = Instant::now();
     charon.stop().unwrap();
-    wait(
-        "StraitTunnelNotReady firing",
-        Duration::from_secs(120),
-        || {
-            !prom
-                .query("ALERTS{alertname=\"StraitTunnelNotReady\",alertstate=\"firing\",tunnel=\"dc1-to-dc2\"}")
-                .is_empty()
-        },
-        || format!("{}\n--- agent:\n{}", prom.log(), agent.log()),
-    );
+    prom.wait("StraitTunnelNotReady firing", Duration::from_secs(120), |p| {
+        !p.query("ALERTS{alertname=\"StraitTunnelNotReady\",alertstate=\"firing\",tunnel=\"dc1-to-dc2\"}")
+            .is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n--- agent:\n{}", agent.log()));
     let alert = prom.query("ALERTS{alertname=\"StraitTunnelNotReady\",alertstate=\"firing\"}");
     let reason = alert[0]["metric"]["reason"]
         .as_str()

@@ -13,7 +13,7 @@ use strait_xfrm::Family;
 
 use crate::facts::{Facts, SecretState, endpoint_ip};
 use crate::reasons::advice;
-use crate::status::{age, ready};
+use crate::status::{active_entry, age, ready};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,7 +321,7 @@ fn gateway(f: &Facts, b: &mut Builder) {
         }
         return;
     };
-    let Some(g) = status.gateways.iter().find(|g| &g.node == active) else {
+    let Some(g) = active_entry(t) else {
         b.warn(format!(
             "active gateway {active} has not reported on the tunnel yet"
         ));
@@ -365,13 +365,7 @@ fn next_step(t: &IPsecTunnel, reason: &str, ns: &str) -> String {
         )
         .replace("NAMESPACE", ns);
     let s = &t.spec;
-    let gw_addr = t
-        .status
-        .as_ref()
-        .and_then(|st| {
-            let active = st.active_gateway.as_deref()?;
-            st.gateways.iter().find(|g| g.node == active)
-        })
+    let gw_addr = active_entry(t)
         .and_then(|g| g.local_endpoint.as_deref().and_then(endpoint_ip))
         .map_or_else(|| "the gateway node".to_owned(), |a| a.to_string());
     match reason {
@@ -418,10 +412,7 @@ fn proposals(p: Option<&[String]>) -> String {
 /// The largest inner packet that fits a 1500-byte path with the tunnel's ESP proposal (the
 /// negotiated one, else the first offered), computed as the agent computes route MTUs.
 fn mtu_line(t: &IPsecTunnel) -> Option<String> {
-    let gw = t.status.as_ref().and_then(|s| {
-        let active = s.active_gateway.as_deref()?;
-        s.gateways.iter().find(|g| g.node == active)
-    });
+    let gw = active_entry(t);
     let text = gw
         .and_then(|g| g.child_sas.first())
         .and_then(|c| c.proposal.clone())

@@ -74,6 +74,26 @@ fn scrub(mut pods: Vec<Pod>) -> Vec<Pod> {
     pods
 }
 
+/// Lists `api` into `file` of the archive; a list the API refuses is noted in `errors`.
+async fn list_into<K>(
+    a: &mut Archive,
+    errors: &mut Vec<String>,
+    api: Api<K>,
+    lp: &ListParams,
+    file: &str,
+) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    match api.list(lp).await {
+        Ok(l) => a.yaml(file, &l.items),
+        Err(e) => {
+            errors.push(format!("{file}: {e}"));
+            Ok(())
+        }
+    }
+}
+
 /// Writes the archive to `out` and returns the names of the files in it.
 ///
 /// # Errors
@@ -123,40 +143,48 @@ pub async fn gather(client: &Client, namespace: &str, out: &Path) -> Result<Vec<
         }
         Err(e) => errors.push(format!("nodes: {e}")),
     }
-    let ns = |p: &str| format!("{namespace}/{p}");
-    match Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
-    {
-        Ok(l) => a.yaml(&ns("deployments.yaml"), &l.items)?,
-        Err(e) => errors.push(format!("deployments: {e}")),
-    }
-    match Api::<DaemonSet>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
-    {
-        Ok(l) => a.yaml(&ns("daemonsets.yaml"), &l.items)?,
-        Err(e) => errors.push(format!("daemonsets: {e}")),
-    }
-    match Api::<Lease>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
-    {
-        Ok(l) => a.yaml(&ns("leases.yaml"), &l.items)?,
-        Err(e) => errors.push(format!("leases: {e}")),
-    }
-    match Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&lp)
-        .await
-    {
-        Ok(l) => a.yaml(&ns("events.yaml"), &l.items)?,
-        Err(e) => errors.push(format!("events in {namespace}: {e}")),
-    }
+    let here = |file: &str| format!("{namespace}/{file}");
+    list_into(
+        &mut a,
+        &mut errors,
+        Api::<Deployment>::namespaced(client.clone(), namespace),
+        &lp,
+        &here("deployments.yaml"),
+    )
+    .await?;
+    list_into(
+        &mut a,
+        &mut errors,
+        Api::<DaemonSet>::namespaced(client.clone(), namespace),
+        &lp,
+        &here("daemonsets.yaml"),
+    )
+    .await?;
+    list_into(
+        &mut a,
+        &mut errors,
+        Api::<Lease>::namespaced(client.clone(), namespace),
+        &lp,
+        &here("leases.yaml"),
+    )
+    .await?;
+    list_into(
+        &mut a,
+        &mut errors,
+        Api::<Event>::namespaced(client.clone(), namespace),
+        &lp,
+        &here("events.yaml"),
+    )
+    .await?;
     let about = ListParams::default().fields("involvedObject.kind=IPsecTunnel");
-    match Api::<Event>::all(client.clone()).list(&about).await {
-        Ok(l) => a.yaml("tunnel-events.yaml", &l.items)?,
-        Err(e) => errors.push(format!("tunnel events: {e}")),
-    }
+    list_into(
+        &mut a,
+        &mut errors,
+        Api::<Event>::all(client.clone()),
+        &about,
+        "tunnel-events.yaml",
+    )
+    .await?;
     let pods_api = Api::<Pod>::namespaced(client.clone(), namespace);
     let pods = match pods_api.list(&lp).await {
         Ok(l) => scrub(l.items),
@@ -165,7 +193,7 @@ pub async fn gather(client: &Client, namespace: &str, out: &Path) -> Result<Vec<
             Vec::new()
         }
     };
-    a.yaml(&ns("pods.yaml"), &pods)?;
+    a.yaml(&here("pods.yaml"), &pods)?;
     for p in &pods {
         let name = p.name_any();
         let containers: Vec<String> = p

@@ -17,6 +17,13 @@ pub fn ready(t: &IPsecTunnel) -> (&str, &str, &str) {
         })
 }
 
+/// The active gateway's own status entry, once it has reported.
+pub fn active_entry(t: &IPsecTunnel) -> Option<&GatewayStatus> {
+    let s = t.status.as_ref()?;
+    let active = s.active_gateway.as_deref()?;
+    s.gateways.iter().find(|g| g.node == active)
+}
+
 /// A duration as kubectl writes ages: `45s`, `3m12s`, `2h5m`, `4d3h`.
 pub fn age(secs: i64) -> String {
     let s = secs.max(0);
