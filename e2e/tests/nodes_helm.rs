@@ -620,6 +620,16 @@ fn helm_install_on_kubelets_tunnels_failover_upgrade_uninstall() {
     let (samples, missing) = thread::scope(|sc| {
         let rollout = sc.spawn(|| {
             let r = k.ns_kubectl(&["rollout", "status", "ds/strait-route", "--timeout=180s"]);
+            // `rollout status` returns once the new pods are ready; the DaemonSet controller
+            // may start a replacement while the old pod is still terminating, so keep sampling
+            // until the old pods are gone (their exit must not take the steering with it)
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while r.is_ok() && Instant::now() < deadline {
+                match k.pods("app.kubernetes.io/name=strait-route") {
+                    Ok(p) if !p.iter().any(|p| old_route_pods.contains(p)) => break,
+                    _ => thread::sleep(Duration::from_millis(200)),
+                }
+            }
             rolled.store(true, std::sync::atomic::Ordering::SeqCst);
             r
         });
