@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{Context as _, Result, bail};
@@ -112,6 +112,13 @@ pub fn require_file(path: &Path, setup: &str) -> Result<()> {
     }
 }
 
+/// The cache the setup scripts fill: `${STRAIT_CACHE:-/var/cache/strait}`.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("STRAIT_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/var/cache/strait"), PathBuf::from)
+}
+
 /// Fails with a message naming `setup` unless `program` is found on `PATH`.
 pub fn require_program(program: &str, setup: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
@@ -133,4 +140,47 @@ pub fn require_root() -> Result<()> {
     } else {
         bail!("this test needs root (network namespaces); it runs as uid {uid}")
     }
+}
+
+/// Removes the directories `<temp dir>/<prefix><pid>-...` whose process `pid` is gone: left by
+/// test processes that died without unwinding (their daemons died with their namespaces).
+pub fn sweep_stale_tmp(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A daemon's log file followed by what it printed (`stdout`), for a failure's message.
+pub fn daemon_log(log: &Path, stdout: &Path) -> String {
+    let mut s = std::fs::read_to_string(log).unwrap_or_default();
+    if let Ok(out) = std::fs::read_to_string(stdout)
+        && !out.trim().is_empty()
+    {
+        s.push_str("\n--- stdout/stderr:\n");
+        s.push_str(&out);
+    }
+    s
+}
+
+/// The last 40 lines of `log` (a daemon's, read from `path`), headed for a failure's message.
+pub fn log_tail(who: &str, path: &Path, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines.get(lines.len().saturating_sub(40)..).unwrap_or(&[]);
+    format!(
+        "\n--- last lines of {who}'s log ({}):\n{}",
+        path.display(),
+        tail.join("\n")
+    )
 }

@@ -39,10 +39,7 @@ const START_ATTEMPTS: usize = 3;
 
 /// The directory holding the control-plane binaries: `${STRAIT_CACHE:-/var/cache/strait}/bin`.
 pub fn bin_dir() -> PathBuf {
-    let cache = std::env::var_os("STRAIT_CACHE")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/var/cache/strait"), PathBuf::from);
-    cache.join("bin")
+    crate::cmd::cache_root().join("bin")
 }
 
 /// Paths of the installed control-plane binaries.

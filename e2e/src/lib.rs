@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod controlplane;
 pub mod flood;
 pub mod kube;
+pub mod libreswan;
 pub mod netns;
 pub mod nodes;
 pub mod product;

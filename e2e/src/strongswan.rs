@@ -623,22 +623,7 @@ fn counters(text: &str) -> (u64, u64) {
 /// Removes charon directories left in the temp dir by test processes that died without
 /// unwinding (their charons died with their namespaces, see [`netns::sweep_stale`]).
 pub fn sweep_stale_dirs() {
-    let tmp = std::env::temp_dir();
-    let Ok(entries) = fs::read_dir(&tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
+    cmd::sweep_stale_tmp(DIR_PREFIX);
 }
 
 /// A running charon in a network namespace.
@@ -765,25 +750,11 @@ impl Charon {
 
     /// charon's log so far.
     pub fn log(&self) -> String {
-        let mut s = fs::read_to_string(self.log_path()).unwrap_or_default();
-        if let Ok(out) = fs::read_to_string(self.dir.path().join("charon.stdout"))
-            && !out.trim().is_empty()
-        {
-            s.push_str("\n--- stdout/stderr:\n");
-            s.push_str(&out);
-        }
-        s
+        cmd::daemon_log(&self.log_path(), &self.dir.path().join("charon.stdout"))
     }
 
     fn log_excerpt(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines.get(lines.len().saturating_sub(40)..).unwrap_or(&[]);
-        format!(
-            "\n--- last lines of charon's log ({}):\n{}",
-            self.log_path().display(),
-            tail.join("\n")
-        )
+        cmd::log_tail("charon", &self.log_path(), &self.log())
     }
 
     /// Copies a certificate or key into this instance's `swanctl/<subdir>/` (`x509`, `x509ca`,

@@ -30,10 +30,7 @@ pub fn guest_script(name: &str) -> PathBuf {
 
 /// `${STRAIT_CACHE:-/var/cache/strait}/vm`
 pub fn cache_dir() -> PathBuf {
-    let cache = std::env::var_os("STRAIT_CACHE")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/var/cache/strait"), PathBuf::from);
-    cache.join("vm")
+    crate::cmd::cache_root().join("vm")
 }
 
 /// Fails, naming the setup scripts, unless qemu, the extracted kernel and virtme-ng are in place.

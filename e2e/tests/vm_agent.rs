@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
+use strait_e2e::libreswan::{self, Pluto};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::prometheus::{Prometheus, dashboard_queries, metric_names};
 use strait_e2e::scenario::{TUNNEL, charon_for, up};
@@ -2044,4 +2045,192 @@ fn k_route_based_primary_and_backup_with_identical_subnets() {
 fn pair_ping(topo: &netns::Topology, from: &Site, to: &Site) {
     topo.ping(from.node, Some(from.inner), to.inner, 3)
         .unwrap_or_else(|e| panic!("ping {} -> {} ({}): {e:#}", from.inner, to.inner, to.node));
+}
+
+/// `kubectl strait peer-config --for libreswan --config FILE` for the agent's own config, as
+/// the remote site's operator gets it, with the PSK placeholder filled in by running the
+/// command the output names: returns (ipsec.conf, ipsec.secrets).
+fn libreswan_peer_config(agent: &Agent) -> (String, String) {
+    let plugin = strait_e2e::product::binary("kubectl-strait").expect("kubectl-strait");
+    let config = agent.dir().join("tunnels.yaml");
+    let secrets = agent.dir().join("secrets");
+    let out = strait_e2e::cmd::check(std::process::Command::new(&plugin).args([
+        "peer-config".as_ref(),
+        TUNNEL.as_ref(),
+        "--for".as_ref(),
+        "libreswan".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--secrets-dir".as_ref(),
+        secrets.as_os_str(),
+    ]))
+    .expect("kubectl strait peer-config");
+    let text = out.stdout;
+    eprintln!("---- kubectl strait peer-config {TUNNEL} --for libreswan\n{text}");
+    assert!(!text.contains(PSK), "the PSK is in peer-config's output");
+    let (conf, secrets_part) = text
+        .split_once("# ---- /etc/ipsec.d/")
+        .unwrap_or_else(|| panic!("no secrets part:\n{text}"));
+    let command = secrets_part
+        .lines()
+        .find_map(|l| l.strip_prefix("#   "))
+        .unwrap_or_else(|| panic!("no command for the key:\n{text}"));
+    let key = strait_e2e::cmd::run("sh", &["-c", command]).expect("the key's command");
+    let secrets: String = secrets_part
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(" PSK "))
+        .map(|l| l.replace(PSK_PLACEHOLDER, &format!("0s{}", key.stdout.trim())))
+        .collect();
+    assert!(secrets.contains(" : PSK "), "{secrets_part}");
+    // a remote site's /etc/ipsec.conf has a `config setup` section and includes the file
+    (format!("config setup\n\n{conf}"), format!("{secrets}\n"))
+}
+
+/// The placeholder `peer-config` puts on the PSK line.
+const PSK_PLACEHOLDER: &str = "PASTE-THE-0s-VALUE-HERE";
+
+/// The agent against pluto, configured only by `peer-config`'s output: pluto initiates to a
+/// responding agent, then the agent initiates and rekeys its CHILD and IKE SAs under traffic.
+fn libreswan_case(version: libreswan::Version) {
+    let _serial = netns::serial();
+    libreswan::require_installed(version).expect("the Libreswan root");
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let name = version.name();
+    // a remote site has a default route: the config's `left=%defaultroute` finds its address
+    // by it
+    pair.topology
+        .exec(
+            right.node,
+            &[
+                "ip",
+                "route",
+                "replace",
+                "default",
+                "via",
+                &left.addr.to_string(),
+            ],
+        )
+        .unwrap();
+    let cfg = |init: &str, lifetimes: Option<(&str, &str)>| {
+        TunnelYaml {
+            auth: Auth::Psk("gw-psk".into()),
+            ike_lifetime: lifetimes.map(|l| l.0.to_owned()),
+            esp_lifetime: lifetimes.map(|l| l.1.to_owned()),
+            ..TunnelYaml::new(
+                TUNNEL,
+                End::new(left.id, left.addr, left.subnet),
+                End::new(right.id, right.addr, right.subnet),
+            )
+            .initiation(init)
+        }
+        .render()
+    };
+    let conn = format!("strait-{TUNNEL}");
+
+    // 1. the agent only responds: the config says auto=start, pluto initiates (default
+    // lifetimes: no rekey while the counters are compared)
+    let agent = start(left, &cfg("respond", None), &[]);
+    let (conf, secrets) = libreswan_peer_config(&agent);
+    assert!(conf.contains("    auto=start\n"), "{conf}");
+    let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
+    assert_eq!(t["initiator"], false, "{t}");
+    pluto
+        .wait_up(&conn, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\n--- agent:\n{}", agent.log()));
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let (bin, bout) = check_counters(&agent);
+    let theirs = pluto.traffic().unwrap();
+    assert!(
+        theirs
+            .iter()
+            .any(|t| t.conn == conn && t.in_bytes > 0 && t.out_bytes > 0),
+        "{name} counted no traffic: {theirs:?}"
+    );
+    println!("{name} -> agent: ping both ways; our bytes in {bin} out {bout}; pluto's {theirs:?}");
+    drop(pluto);
+    drop(agent);
+
+    // 2. the agent initiates (auto=add) and rekeys under 50 pkt/s: lifetimes 1 m (CHILD) and
+    // 2 m (IKE), scaled by 0.1 on our side, so we rekey the CHILD SA every ~5-6 s and the IKE
+    // SA every ~11-12 s; pluto keeps the unscaled ones (and rekeys the CHILD SA itself 0-30 s
+    // after it is made: its margin is cut to half the lifetime, its fuzz is 100 %)
+    let scale = ["--test-lifetime-scale", "0.1"];
+    let agent = start(left, &cfg("start", Some(("2m", "1m"))), &scale);
+    let (conf, secrets) = libreswan_peer_config(&agent);
+    assert!(conf.contains("    auto=add\n"), "{conf}");
+    let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
+    assert_eq!(t["initiator"], true, "{t}");
+    pluto.wait_up(&conn, Duration::from_secs(20)).unwrap();
+    let count = 900; // 18 s at 50/s
+    let (sent, received, text) = ping_result(ping_flood_timed(left, right, "0.02", count));
+    let rekeys = |kind: &str| {
+        metric(
+            &metrics(agent.ns()),
+            &format!("strait_rekeys_total{{kind=\"{kind}\",tunnel=\"{TUNNEL}\"}}"),
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let (child, ike) = (rekeys("child"), rekeys("ike"));
+    let lost = lost_send_times(&text, count);
+    println!(
+        "agent -> {name}, 50 pkt/s for 18 s: {child} CHILD SA rekeys, {ike} IKE SA rekeys; \
+         ping sent {sent}, received {received}, lost at {lost:?}"
+    );
+    assert!(child >= 2, "only {child} CHILD SA rekeys\n{}", agent.log());
+    assert!(ike >= 1, "only {ike} IKE SA rekeys\n{}", agent.log());
+    // pluto switches to a new CHILD SA before its answer reaches us (ENVIRONMENT.md): at most
+    // the packets of that window, never a gap
+    assert!(
+        sent - received <= 2 * child,
+        "{} of {sent} lost across {child} CHILD rekeys: {lost:?}\n--- agent:\n{}\n--- pluto:\n{}",
+        sent - received,
+        agent.log(),
+        pluto.log()
+    );
+    // afterwards traffic flows both ways, and between rekeys (they go on every few seconds)
+    // each side holds one CHILD SA: no SA is left behind
+    ping(&pair, left, right);
+    ping(&pair, right, left);
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            up(t) && t["childSas"].as_array().is_some_and(|c| c.len() == 1)
+        })
+        .unwrap();
+    assert_eq!(t["initiator"], true, "{t}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let theirs: Vec<_> = pluto
+            .traffic()
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.conn == conn)
+            .collect();
+        if theirs.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never held just one CHILD SA after the rekeys: {theirs:?}\n{}",
+            pluto.log()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn l_libreswan4_peer_config_both_directions_and_rekeys() {
+    libreswan_case(libreswan::Version::V4);
+}
+
+#[test]
+fn l_libreswan5_peer_config_both_directions_and_rekeys() {
+    libreswan_case(libreswan::Version::V5);
 }

@@ -94,6 +94,8 @@ for c in qemu-system-x86_64 busybox; do
   command -v $c >/dev/null || { echo "run.sh: $c missing: run e2e/setup/packages.sh" >&2; exit 3; }
 done
 export PATH="$VM/venv/bin:$PATH"   # vng finds virtme-run etc. through PATH
+# the peers' root file systems (e2e/setup/peers.sh), under /var/cache like the kernel tree
+[ -d "$CACHE/peers" ] && rw+=("--rodir=$CACHE/peers")
 
 # The guest command line goes through a shell inside the guest: quote every word.
 guest_cmd=$(printf '%q ' "$SELF" --in-guest "$PWD" -- "$@")

@@ -60,6 +60,9 @@ operator=$(awk '$1 == "strait-operator" {print $2}' <<<"$products")
 [ -n "$agent" ] && [ -n "$operator" ] || die "vm tier: cargo built no strait-agent or strait-operator"
 # stripped: the guest reads it over 9p under TCG, and a debug build is ~200 MB
 strip -o "$stage/strait-agent" "$agent"
+plugin=$(awk '$1 == "kubectl-strait" {print $2}' <<<"$products")
+[ -n "$plugin" ] || die "vm tier: cargo built no kubectl-strait"
+strip -o "$stage/kubectl-strait" "$plugin"
 
 # The guest runs each binary serially and reports each one's status; the host exits non-zero if
 # any failed.
@@ -69,6 +72,7 @@ cat >> "$stage/run-all.sh" <<'GUEST'
 rc=0
 # run the agent from the guest's tmpfs, not over 9p; a cold start under TCG is slow
 cp "$(dirname "$0")/strait-agent" /tmp/strait-agent && export STRAIT_AGENT_BIN=/tmp/strait-agent
+export KUBECTL_STRAIT_BIN=$(dirname "$0")/kubectl-strait
 export STRAIT_AGENT_START_TIMEOUT_SECS=${STRAIT_AGENT_START_TIMEOUT_SECS:-60}
 for b in "$@"; do
   echo "===== vm tier: $(basename "$b")"

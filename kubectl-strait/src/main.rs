@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use kubectl_strait::peer_config::{ClusterSide, Flavor};
+use kubectl_strait::peer_config::{ClusterSide, Flavor, SecretSource};
 use kubectl_strait::{diagnose, facts, gather, peer_config, status};
 use strait_crds::IPsecTunnel;
 
@@ -53,6 +53,18 @@ enum Command {
         /// The remote site's IKE daemon.
         #[arg(long = "for", value_enum, default_value = "strongswan")]
         flavor: Flavor,
+        /// Read the tunnel from a standalone agent's config file instead of the cluster (no
+        /// API server needed).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With --config: the agent's --secrets-dir, for the command that prints the PSK.
+        #[arg(
+            long,
+            value_name = "DIR",
+            requires = "config",
+            default_value = "/etc/strait/secrets"
+        )]
+        secrets_dir: PathBuf,
     },
     /// Tunnels, nodes, the operator's namespace, Events and logs into one .tar.gz (no Secrets).
     Gather {
@@ -76,7 +88,49 @@ async fn client(context: Option<&str>) -> Result<Client> {
     Client::try_from(config).context("creating the API client")
 }
 
+/// `peer-config --config FILE`: the tunnel named `tunnel` among the file's documents, with the
+/// addresses the file gives (`spec.local.address`).
+fn peer_config_from_file(
+    file: &std::path::Path,
+    secrets_dir: PathBuf,
+    tunnel: &str,
+    flavor: Flavor,
+) -> Result<ExitCode> {
+    let tunnels = strait_agent::standalone::config::load(file)?;
+    let Some(t) = tunnels
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some(tunnel))
+    else {
+        let names: Vec<&str> = tunnels
+            .iter()
+            .filter_map(|t| t.metadata.name.as_deref())
+            .collect();
+        anyhow::bail!(
+            "{} has no tunnel named {tunnel:?} (it has {})",
+            file.display(),
+            names.join(", ")
+        );
+    };
+    let side = ClusterSide {
+        secrets: SecretSource::Dir(secrets_dir),
+        addresses: facts::cluster_addresses(t, &[]),
+    };
+    let text = peer_config::render(t, &side, flavor)
+        .map_err(|e| anyhow::anyhow!("tunnel {tunnel:?} of {}: {e}", file.display()))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::PeerConfig {
+        tunnel,
+        flavor,
+        config: Some(file),
+        secrets_dir,
+    } = cli.command
+    {
+        return peer_config_from_file(&file, secrets_dir, &tunnel, flavor);
+    }
     let client = client(cli.context.as_deref()).await?;
     match cli.command {
         Command::Status { tunnel } => {
@@ -110,10 +164,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::PeerConfig { tunnel, flavor } => {
+        Command::PeerConfig { tunnel, flavor, .. } => {
             let f = facts::collect(&client, &cli.namespace, &tunnel).await?;
             let side = ClusterSide {
-                namespace: cli.namespace.clone(),
+                secrets: SecretSource::Namespace(cli.namespace.clone()),
                 addresses: facts::cluster_addresses(&f.tunnel, &f.candidates),
             };
             let text = peer_config::render(&f.tunnel, &side, flavor)

@@ -23,11 +23,20 @@ pub enum Flavor {
     Libreswan,
 }
 
+/// Where the tunnel's Secrets are, for the command that prints the PSK.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// Kubernetes Secrets in the operator's namespace.
+    Namespace(String),
+    /// A standalone agent's `--secrets-dir` (`DIR/<name>/<key>`).
+    Dir(std::path::PathBuf),
+}
+
 /// What the remote site needs to know about the cluster beyond the spec.
 #[derive(Debug, Clone)]
 pub struct ClusterSide {
-    /// The operator's namespace (where the Secrets are).
-    pub namespace: String,
+    /// Where the Secrets are.
+    pub secrets: SecretSource,
     /// The addresses the cluster's gateways send IKE from: `spec.local.address`, else the
     /// active and standby gateways' reported endpoints and the eligible nodes' addresses.
     pub addresses: Vec<String>,
@@ -88,12 +97,18 @@ impl Plan<'_> {
         let psk = self.t.spec.auth.psk.as_ref()?;
         let r = &psk.secret_ref;
         // the agent drops one trailing newline of the key; so does this pipeline
-        Some(format!(
-            "kubectl get secret -n {} {} -o jsonpath='{{.data.{}}}' | base64 -d | sed -z 's/\\r\\?\\n$//' | base64 -w0",
-            self.cluster.namespace,
-            r.name,
-            r.key.replace('.', "\\.")
-        ))
+        let strip = "sed -z 's/\\r\\?\\n$//'";
+        Some(match &self.cluster.secrets {
+            SecretSource::Namespace(ns) => format!(
+                "kubectl get secret -n {ns} {} -o jsonpath='{{.data.{}}}' | base64 -d | {strip} | base64 -w0",
+                r.name,
+                r.key.replace('.', "\\.")
+            ),
+            SecretSource::Dir(dir) => format!(
+                "{strip} {} | base64 -w0",
+                dir.join(&r.name).join(&r.key).display()
+            ),
+        })
     }
 
     fn cluster_addrs(&self) -> String {
@@ -292,6 +307,7 @@ impl Plan<'_> {
             _ => "add",
         };
         let _ = writeln!(o, "conn {}", self.name);
+        // Libreswan 5 reads it as keyexchange=ikev2; 4 knows only this spelling
         let _ = writeln!(o, "    ikev2=yes");
         let _ = writeln!(o, "    left=%defaultroute");
         if s.remote.id != "%any" {
@@ -323,10 +339,15 @@ impl Plan<'_> {
         }
         let _ = writeln!(
             o,
-            "    # Libreswan's names for the proposals the agent offers (not yet proven against pluto)"
+            "    # Libreswan's names for the proposals the agent offers"
         );
-        let _ = writeln!(o, "    ike={}", ls_proposals(&self.ike));
-        let _ = writeln!(o, "    esp={}", ls_proposals(&self.esp));
+        let _ = writeln!(o, "    ike={}", ls_proposals(&self.ike, false));
+        let _ = writeln!(o, "    esp={}", ls_proposals(&self.esp, true));
+        if !self.esp.iter().any(|p| p.split('-').any(is_ke)) {
+            // pluto would otherwise add a key exchange to its CHILD SA rekeys, which the
+            // agent's ESP proposals do not accept
+            let _ = writeln!(o, "    pfs=no");
+        }
         let _ = writeln!(o, "    ikelifetime={}s", self.ike_lifetime());
         let _ = writeln!(o, "    salifetime={}s", self.esp_lifetime());
         let _ = writeln!(o, "    dpddelay={}s", self.dpd());
@@ -338,14 +359,19 @@ impl Plan<'_> {
         if let Some(cmd) = self.secret_command() {
             let _ = writeln!(o);
             let _ = writeln!(o, "# ---- /etc/ipsec.d/{}.secrets ----", self.name);
+            // pluto takes a quoted secret literally; `0s` (base64) is read only unquoted
             let _ = writeln!(
                 o,
-                "# The key is not printed. Replace the placeholder with 0s followed by the output of:"
+                "# The key is not printed. Replace the placeholder with 0s followed by the output of"
+            );
+            let _ = writeln!(
+                o,
+                "# this command, without quotes (pluto would take a quoted 0s... literally):"
             );
             let _ = writeln!(o, "#   {cmd}");
             let _ = writeln!(
                 o,
-                "{} {} : PSK \"{PSK_PLACEHOLDER}\"",
+                "{} {} : PSK {PSK_PLACEHOLDER}",
                 ls_id(&s.remote.id),
                 ls_id(&s.local.id)
             );
@@ -354,9 +380,19 @@ impl Plan<'_> {
     }
 }
 
+/// A key exchange token of a strongSwan proposal.
+fn is_ke(t: &str) -> bool {
+    matches!(t, "x25519" | "curve25519" | "x448" | "curve448")
+        || t.starts_with("ecp")
+        || t.starts_with("modp")
+}
+
 /// strongSwan proposal strings in Libreswan's algorithm names (`aes256gcm16-prfsha384-x25519`
-/// is `aes_gcm256-sha2_384-dh31`), proposals separated by commas.
-fn ls_proposals(list: &[String]) -> String {
+/// is `aes_gcm256-sha2_384-dh31`), proposals separated by commas. An ESP proposal with an AEAD
+/// cipher and a key exchange names its (absent) integrity `null`: pluto reads the token after
+/// the cipher as integrity (`aes_gcm256-null-dh31`). pluto's IKE syntax has no separate
+/// integrity: it follows from the PRF.
+fn ls_proposals(list: &[String], esp: bool) -> String {
     let token = |t: &str| -> String {
         match t {
             "aes128gcm16" | "aes128gcm128" => "aes_gcm128".into(),
@@ -373,22 +409,36 @@ fn ls_proposals(list: &[String]) -> String {
     };
     list.iter()
         .map(|p| {
-            p.split('-')
+            let raw: Vec<&str> = p
+                .split('-')
                 .filter(|t| !matches!(*t, "esn" | "noesn"))
-                .map(token)
-                .collect::<Vec<_>>()
-                .join("-")
+                .collect();
+            let mut out: Vec<String> = raw.iter().map(|t| token(t)).collect();
+            // an IKE proposal's integrity is implied by its PRF in pluto's syntax
+            // (`aes256-sha2_256-modp3072`), so `aes256-sha256-prfsha256` names it once
+            out.dedup();
+            if let [cipher, ke, ..] = raw.as_slice()
+                && esp
+                && cipher.contains("gcm")
+                && is_ke(ke)
+            {
+                out.insert(1, "null".into());
+            }
+            out.join("-")
         })
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// A Libreswan identity: DNs in quotes, `@fqdn` and addresses as they are.
+/// A Libreswan identity: DNs in quotes; addresses, `%any`, `@fqdn` and `user@fqdn` as they
+/// are; a bare host name gets its `@` (pluto would look it up in DNS and use the address).
 fn ls_id(id: &str) -> String {
     if id.contains('=') {
         format!("\"{id}\"")
-    } else {
+    } else if id.contains('@') || id.starts_with('%') || id.parse::<std::net::IpAddr>().is_ok() {
         id.to_owned()
+    } else {
+        format!("@{id}")
     }
 }
 
@@ -405,7 +455,7 @@ mod tests {
 
     use strait_crds::IPsecTunnel;
 
-    use super::{ClusterSide, Flavor, PSK_PLACEHOLDER, render};
+    use super::{ClusterSide, Flavor, PSK_PLACEHOLDER, SecretSource, ls_id, render};
 
     fn tunnel(extra: &str) -> IPsecTunnel {
         serde_yaml::from_str(&format!(
@@ -424,7 +474,7 @@ spec:
 
     fn side() -> ClusterSide {
         ClusterSide {
-            namespace: "strait-system".into(),
+            secrets: SecretSource::Namespace("strait-system".into()),
             addresses: vec!["198.51.100.1".into(), "198.51.100.2".into()],
         }
     }
@@ -475,7 +525,7 @@ spec:
         let c = render(
             &t,
             &ClusterSide {
-                namespace: "n".into(),
+                secrets: SecretSource::Namespace("n".into()),
                 addresses: vec![],
             },
             Flavor::Strongswan,
@@ -510,11 +560,54 @@ spec:
             "    rightsubnets={10.1.0.0/16 10.3.0.0/24}\n",
             "    authby=secret\n",
             "    auto=ondemand\n",
-            "    ike=aes_gcm256-sha2_384-dh31,",
-            &format!(": PSK \"{PSK_PLACEHOLDER}\"\n"),
+            "    ike=aes_gcm256-sha2_384-dh31,aes_gcm256-sha2_256-dh19,aes256-sha2_256-modp3072\n",
+            // the default ESP proposals have no key exchange, so neither may pluto's rekeys
+            "    esp=aes_gcm256,aes_gcm128,aes256-sha2_256\n    pfs=no\n",
+            &format!(": PSK {PSK_PLACEHOLDER}\n"),
         ] {
             assert!(c.contains(want), "missing {want:?} in:\n{c}");
         }
+        // an AEAD ESP proposal with a key exchange: `null` integrity in between, PFS on
+        let t = tunnel("  esp: {proposals: [aes256gcm16-x25519, aes256-sha256-ecp256]}\n");
+        let c = render(&t, &side(), Flavor::Libreswan).unwrap();
+        assert!(
+            c.contains("    esp=aes_gcm256-null-dh31,aes256-sha2_256-dh19\n"),
+            "{c}"
+        );
+        assert!(!c.contains("pfs="), "{c}");
+    }
+
+    #[test]
+    fn libreswan_identities() {
+        // a bare host name is an FQDN identity, as strongSwan reads it; pluto needs the `@`
+        assert_eq!(ls_id("gw.example"), "@gw.example");
+        assert_eq!(ls_id("@gw.example"), "@gw.example");
+        assert_eq!(ls_id("ops@example.com"), "ops@example.com");
+        assert_eq!(ls_id("192.0.2.7"), "192.0.2.7");
+        assert_eq!(ls_id("2001:db8::7"), "2001:db8::7");
+        assert_eq!(ls_id("%any"), "%any");
+        assert_eq!(ls_id("CN=gw, O=Site"), "\"CN=gw, O=Site\"");
+    }
+
+    #[test]
+    fn secrets_of_a_standalone_agent() {
+        let t = tunnel("");
+        let c = render(
+            &t,
+            &ClusterSide {
+                secrets: SecretSource::Dir("/etc/strait/secrets".into()),
+                addresses: vec![],
+            },
+            Flavor::Libreswan,
+        )
+        .unwrap();
+        assert!(
+            c.contains(
+                "#   sed -z 's/\\r\\?\\n$//' /etc/strait/secrets/site-b-psk/psk | base64 -w0\n"
+            ),
+            "{c}"
+        );
+        assert!(c.contains("    right=%any\n"), "{c}");
     }
 
     #[test]
