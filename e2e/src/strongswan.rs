@@ -248,6 +248,14 @@ pub struct CharonConfig {
     pub extra_charon: Vec<String>,
     /// Files copied into `swanctl/` before the first `--load-all`: certificates, keys.
     pub files: Vec<SwanctlFile>,
+    /// The root file system charon runs from, chrooted (e.g. [`strongswan6_root`]); `None`: the
+    /// host's charon. swanctl stays the host's: it reaches charon over the vici socket.
+    pub root: Option<PathBuf>,
+}
+
+/// strongSwan 6.0.1 (Debian trixie), built by `e2e/setup/peers.sh`.
+pub fn strongswan6_root() -> PathBuf {
+    cmd::cache_root().join("peers/strongswan-trixie")
 }
 
 /// A file to copy into the instance's `swanctl/<subdir>/`.
@@ -285,6 +293,7 @@ impl Default for CharonConfig {
             log_level: 2,
             extra_charon: Vec::new(),
             files: Vec::new(),
+            root: None,
         }
     }
 }
@@ -632,13 +641,17 @@ pub struct Charon {
     ns: String,
     dir: TempDir,
     child: Option<Child>,
+    root: Option<PathBuf>,
 }
 
 impl Charon {
     /// Writes the configuration, starts charon in `ns`, waits for its vici socket and loads
     /// connections and secrets (`swanctl --load-all`).
     pub fn start(ns: &str, config: &CharonConfig) -> Result<Self> {
-        require_installed()?;
+        match &config.root {
+            None => require_installed()?,
+            Some(r) => cmd::require_file(&r.join(&CHARON[1..]), "e2e/setup/peers.sh")?,
+        }
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -662,6 +675,7 @@ impl Charon {
             ns: ns.to_owned(),
             dir,
             child: None,
+            root: config.root.clone(),
         };
         charon.spawn()?;
         charon.load_all()?;
@@ -671,7 +685,20 @@ impl Charon {
     fn spawn(&mut self) -> Result<()> {
         let root = self.dir.path();
         let out = fs::File::create(root.join("charon.stdout"))?;
-        let script = format!("mount -t tmpfs tmpfs /run && exec {CHARON}");
+        let script = match &self.root {
+            None => format!("mount -t tmpfs tmpfs /run && exec {CHARON}"),
+            // the instance's directory at the same path inside the root, so strongswan.conf,
+            // the vici socket and the log are where the host's swanctl and the tests look
+            Some(r) => {
+                let (r, d) = (r.display(), root.display());
+                format!(
+                    "mount -t tmpfs tmpfs {r}/run && mount -t tmpfs tmpfs {r}/tmp \
+                     && mkdir -p {r}{d} && mount --bind {d} {r}{d} && mount -t proc proc {r}/proc \
+                     && mount --rbind /dev {r}/dev && mount --rbind /sys {r}/sys \
+                     && exec chroot {r} {CHARON}"
+                )
+            }
+        };
         let mut c = netns::exec_command(
             &self.ns,
             &[

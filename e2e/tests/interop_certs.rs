@@ -17,7 +17,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,7 +26,7 @@ use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, assert_agree, dump, up};
 use strait_e2e::strongswan::{
-    CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, TestPki,
+    self, CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, TestPki,
 };
 use strait_e2e::tunnel::{Auth, End, TunnelYaml};
 
@@ -148,12 +148,20 @@ fn pki(dir: &Path, pair: &SitePair, key: KeyType) -> (TestPki, CertFiles, CertFi
 
 /// The agent (left) initiates to charon (right).
 fn agent_initiates(key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
+    agent_initiates_to(None, key, ids)
+}
+
+/// The same against the charon of `root` (`None`: the host's).
+fn agent_initiates_to(root: Option<PathBuf>, key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
     let (pki, left, right) = pki(dir.path(), &pair, key);
     let charon = Charon::start(
         &pair.right.ns,
-        &charon_config(&pair.right, &pair.left, None, ids, &pki, &right),
+        &CharonConfig {
+            root,
+            ..charon_config(&pair.right, &pair.left, None, ids, &pki, &right)
+        },
     )
     .expect("start charon");
     let agent = start_agent(
@@ -185,6 +193,11 @@ fn agent_initiates(key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
 
 /// charon (left) initiates to the agent (right).
 fn charon_initiates(key: KeyType, ids: Ids) {
+    charon_initiates_from(None, key, ids);
+}
+
+/// The same from the charon of `root` (`None`: the host's).
+fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids) {
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
     let (pki, left, right) = pki(dir.path(), &pair, key);
@@ -199,14 +212,17 @@ fn charon_initiates(key: KeyType, ids: Ids) {
     );
     let charon = Charon::start(
         &pair.left.ns,
-        &charon_config(
-            &pair.left,
-            &pair.right,
-            Some(pair.right.addr.to_string()),
-            ids,
-            &pki,
-            &left,
-        ),
+        &CharonConfig {
+            root,
+            ..charon_config(
+                &pair.left,
+                &pair.right,
+                Some(pair.right.addr.to_string()),
+                ids,
+                &pki,
+                &left,
+            )
+        },
     )
     .expect("start charon");
     charon
@@ -690,4 +706,19 @@ fn fragmentation_both_ways_with_large_certificates() {
                 .join(" | ")
         );
     }
+}
+
+// ---- strongSwan 6.0.1 (Debian trixie), chrooted from the root `e2e/setup/peers.sh` builds ----
+
+#[test]
+fn strongswan6_rsa_dn_and_ecdsa_fqdn_both_directions() {
+    let _serial = netns::serial();
+    let six = || Some(strongswan::strongswan6_root());
+    let up = agent_initiates_to(six(), KeyType::Rsa(2048), Ids::Dn);
+    assert!(up.1.log().contains("strongSwan 6.0.1"), "{}", up.1.log());
+    // the agent, charon, then the sites
+    drop(up);
+    charon_initiates_from(six(), KeyType::Rsa(2048), Ids::Dn);
+    agent_initiates_to(six(), KeyType::Ecdsa(256), Ids::Fqdn);
+    charon_initiates_from(six(), KeyType::Ecdsa(384), Ids::Fqdn);
 }

@@ -13,6 +13,7 @@
     clippy::indexing_slicing
 )]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,7 +21,7 @@ use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, assert_agree, charon_for, dump, up};
-use strait_e2e::strongswan::{Charon, CharonConfig, ListSas};
+use strait_e2e::strongswan::{self, Charon, CharonConfig, ListSas};
 use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-interop-psk-7c1f0a9e3b5d";
@@ -37,6 +38,16 @@ struct Case {
     charon_psk: &'static str,
     /// DPD `(interval, timeout)` for the agent.
     dpd: Option<(&'static str, &'static str)>,
+    /// The peer's root file system (`None`: the host's strongSwan 5.9.8).
+    root: Option<PathBuf>,
+}
+
+/// The same case against strongSwan 6.0.1 (Debian trixie, `e2e/setup/peers.sh`).
+fn six(case: Case) -> Case {
+    Case {
+        root: Some(strongswan::strongswan6_root()),
+        ..case
+    }
 }
 
 impl Default for Case {
@@ -49,6 +60,7 @@ impl Default for Case {
             agent_psk: PSK,
             charon_psk: PSK,
             dpd: None,
+            root: None,
         }
     }
 }
@@ -100,6 +112,7 @@ fn charon_config(case: &Case, me: &Site, peer: &Site, remote_addr: Option<String
     let conn = &mut cfg.connections[0];
     conn.proposals = case.charon_ike.iter().map(|s| (*s).to_owned()).collect();
     conn.children[0].esp_proposals = case.charon_esp.iter().map(|s| (*s).to_owned()).collect();
+    cfg.root.clone_from(&case.root);
     cfg
 }
 
@@ -183,6 +196,9 @@ fn agent_to_charon(case: &Case, nat: bool) -> (SitePair, Charon, Agent) {
         &charon_config(case, &pair.right, &pair.left, None),
     )
     .expect("start charon");
+    if case.root.is_some() {
+        assert_is_six(&charon);
+    }
     let agent = start_agent(
         case,
         &pair.left,
@@ -233,11 +249,10 @@ fn agent_initiates_charon_responds() {
 
 /// charon on `left` (behind the NAT with `nat`) initiates to the agent on `right`, which knows
 /// it at `left`'s public address; returns our status once up, both sides agreeing.
-fn charon_initiates(nat: bool) -> (Value, SitePair) {
-    let case = Case::default();
+fn charon_initiates(case: &Case, nat: bool) -> (Value, SitePair) {
     let pair = SitePair::new(nat).expect("topology");
     let agent = start_agent(
-        &case,
+        case,
         &pair.right,
         &pair.left,
         &pair.left.public_addr.to_string(),
@@ -246,13 +261,16 @@ fn charon_initiates(nat: bool) -> (Value, SitePair) {
     let charon = Charon::start(
         &pair.left.ns,
         &charon_config(
-            &case,
+            case,
             &pair.left,
             &pair.right,
             Some(pair.right.addr.to_string()),
         ),
     )
     .expect("start charon");
+    if case.root.is_some() {
+        assert_is_six(&charon);
+    }
     charon
         .initiate(TUNNEL, "net", 20)
         .unwrap_or_else(|e| panic!("charon initiate: {e:#}\n{}", dump(&agent, &charon)));
@@ -270,7 +288,7 @@ fn charon_initiates(nat: bool) -> (Value, SitePair) {
 #[test]
 fn charon_initiates_agent_responds() {
     let _serial = netns::serial();
-    let (ours, _pair) = charon_initiates(false);
+    let (ours, _pair) = charon_initiates(&Case::default(), false);
     assert_eq!(ours["initiator"], false);
     assert_eq!(ours["initiation"], "respond");
 }
@@ -284,7 +302,7 @@ fn through_nat_agent_behind_nat_initiates() {
 fn through_nat_charon_behind_nat_initiates() {
     let _serial = netns::serial();
     // the agent knows the peer only by the NAT's outside address
-    let (ours, pair) = charon_initiates(true);
+    let (ours, pair) = charon_initiates(&Case::default(), true);
     assert_eq!(ours["natDetected"], true);
     let remote = ours["remoteEndpoint"].as_str().unwrap();
     assert!(
@@ -297,6 +315,10 @@ fn through_nat_charon_behind_nat_initiates() {
 /// both sides.
 #[test]
 fn proposal_table() {
+    proposals(|c| c);
+}
+
+fn proposals(peer: fn(Case) -> Case) {
     let rows: [(&str, &str); 5] = [
         ("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519"),
         ("aes128gcm16-prfsha256-ecp256", "aes128gcm16-ecp256"),
@@ -305,13 +327,13 @@ fn proposal_table() {
         ("aes256-sha512-modp3072", "aes256-sha512-modp3072"),
     ];
     for (ike, esp) in rows {
-        let case = Case {
+        let case = peer(Case {
             agent_ike: vec![ike],
             agent_esp: vec![esp],
             charon_ike: vec![ike],
             charon_esp: vec![esp],
             ..Case::default()
-        };
+        });
         // our status names the PRF explicitly; for the CBC rows it equals the integrity hash
         let expect = match ike {
             "aes256-sha256-modp2048" => "aes256-sha256-prfsha256-modp2048",
@@ -567,4 +589,37 @@ fn sighup_adds_and_removes_tunnels_without_disturbing_others() {
     let after = agent.tunnel(TUNNEL).unwrap();
     assert_eq!(after["ikeSpis"], before["ikeSpis"], "gw was disturbed");
     assert!(charon.list_sas().unwrap().is_up(TUNNEL, "net"));
+}
+
+// ---- strongSwan 6.0.1 (Debian trixie), chrooted from the root `e2e/setup/peers.sh` builds ----
+
+/// The peer really is strongSwan 6: its log names the version.
+fn assert_is_six(charon: &Charon) {
+    let log = charon.log();
+    assert!(
+        log.contains("strongSwan 6.0.1"),
+        "not strongSwan 6.0.1:\n{}",
+        log.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn strongswan6_agent_initiates_and_charon_initiates() {
+    agent_initiates(&six(Case::default()), false, "aes256gcm16-prfsha256-x25519");
+    let _serial = netns::serial();
+    let (ours, _pair) = charon_initiates(&six(Case::default()), false);
+    assert_eq!(ours["initiator"], false);
+}
+
+#[test]
+fn strongswan6_through_nat_both_ways() {
+    agent_initiates(&six(Case::default()), true, "aes256gcm16-prfsha256-x25519");
+    let _serial = netns::serial();
+    let (ours, _pair) = charon_initiates(&six(Case::default()), true);
+    assert_eq!(ours["natDetected"], true, "{ours}");
+}
+
+#[test]
+fn strongswan6_proposal_table() {
+    proposals(six);
 }

@@ -27,13 +27,14 @@
 )]
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange, KE, SA};
 use strait_e2e::netns::{Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, charon_for, dump, up};
-use strait_e2e::strongswan::{Charon, CharonConfig};
+use strait_e2e::strongswan::{self, Charon, CharonConfig};
 use strait_e2e::tunnel::{End, TunnelYaml};
 
 const PSK: &str = "strait-rekey-psk-2b9e6d41";
@@ -60,6 +61,9 @@ struct Case {
     /// whether every CREATE_CHILD_SA carrying an SA then has a KE payload (`Some(true)`: PFS,
     /// IKE rekeys) or none has (`Some(false)`: CHILD rekeys without PFS only).
     capture: Option<Option<bool>>,
+    /// charon's root file system (`None`: the host's strongSwan 5.9.8; see
+    /// [`strongswan::strongswan6_root`]).
+    root: Option<PathBuf>,
 }
 
 impl Default for Case {
@@ -74,6 +78,7 @@ impl Default for Case {
             watch: Duration::from_secs(24),
             scale: None,
             capture: None,
+            root: None,
         }
     }
 }
@@ -114,6 +119,7 @@ fn charon_config(case: &Case, me: &Site, peer: &Site, initiates: bool) -> Charon
         // ike = 4: charon logs each IKE SA's keys, which let tshark decrypt CREATE_CHILD_SA
         cfg.log_level = 4;
     }
+    cfg.root.clone_from(&case.root);
     cfg
 }
 
@@ -502,7 +508,9 @@ fn run_allowing_temporary_failure(case: &Case) -> Seen {
             value: PSK.into(),
         }],
         "none",
-        &[],
+        &case
+            .scale
+            .map_or(vec![], |f| vec!["--test-lifetime-scale", f]),
     )
     .expect("start strait-agent");
     let charon = Charon::start(
@@ -591,4 +599,39 @@ fn ike_rekeys_by_us_as_ike_initiator() {
 #[test]
 fn ike_rekeys_by_us_as_ike_responder() {
     ike_rekeys_by_us(false);
+}
+
+// ---- strongSwan 6.0.1 (Debian trixie), chrooted from the root `e2e/setup/peers.sh` builds ----
+
+/// strongSwan 6 rekeys the CHILD SA every 5 s and the IKE SA every 8 s, tshark judging every
+/// CREATE_CHILD_SA (each carries a KE).
+#[test]
+fn strongswan6_child_and_ike_rekeys_by_charon() {
+    let case = Case {
+        child_rekey: Some("5s"),
+        ike_rekey: Some("8s"),
+        watch: Duration::from_secs(30),
+        capture: Some(Some(true)),
+        root: Some(strongswan::strongswan6_root()),
+        ..Case::default()
+    };
+    let seen = run_allowing_temporary_failure(&case);
+    assert!(seen.child_spis.len() >= 2, "{seen:?}");
+    assert!(seen.ike_spis.len() >= 3, "{seen:?}");
+}
+
+/// We rekey the CHILD SA every ~8-9 s and the IKE SA every ~16-18 s against strongSwan 6.
+#[test]
+fn strongswan6_child_and_ike_rekeys_by_us() {
+    let case = Case {
+        our_esp_lifetime: Some("60s"),
+        our_ike_lifetime: Some("120s"),
+        scale: Some("0.15"),
+        watch: Duration::from_secs(30),
+        root: Some(strongswan::strongswan6_root()),
+        ..Case::default()
+    };
+    let seen = run_allowing_temporary_failure(&case);
+    assert!(seen.child_spis.len() >= 3, "{seen:?}");
+    assert!(seen.ike_spis.len() >= 2, "{seen:?}");
 }

@@ -379,6 +379,7 @@ fn charon_config(proposal: &str) -> CharonConfig {
             "ikesa_table_segments = 16".into(),
         ],
         files: Vec::new(),
+        root: None,
     }
 }
 
