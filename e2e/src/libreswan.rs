@@ -98,6 +98,19 @@ pub fn parse_traffic(text: &str) -> Vec<Traffic> {
         .collect()
 }
 
+/// What goes into pluto's NSS database before it starts, as a site's admin puts it there.
+#[derive(Debug, Clone)]
+pub struct NssCerts {
+    /// The site's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that issued it (PEM), trusted for peers' certificates (`CT,,`).
+    pub ca: PathBuf,
+    /// The nickname `leftcert=` names.
+    pub nickname: String,
+}
+
 /// A running pluto in a network namespace.
 #[derive(Debug)]
 pub struct Pluto {
@@ -111,6 +124,19 @@ impl Pluto {
     /// Writes `ipsec.conf` and `ipsec.secrets`, creates an empty NSS database, starts pluto in
     /// `ns` and waits for its control socket; pluto loads the connections itself.
     pub fn start(ns: &str, version: Version, ipsec_conf: &str, secrets: &str) -> Result<Self> {
+        Self::start_with(ns, version, ipsec_conf, secrets, None)
+    }
+
+    /// [`Pluto::start`] with the site's certificate and key in the NSS database and its CA
+    /// trusted, as `peer-config` tells the site's admin: packed with `openssl pkcs12 -export
+    /// -name NICKNAME`, imported with pk12util (what `ipsec import` runs) and `certutil -A`.
+    pub fn start_with(
+        ns: &str,
+        version: Version,
+        ipsec_conf: &str,
+        secrets: &str,
+        certs: Option<&NssCerts>,
+    ) -> Result<Self> {
         require_installed(version)?;
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
@@ -122,24 +148,55 @@ impl Pluto {
         }
         fs::write(dir.path().join("ipsec.conf"), ipsec_conf)?;
         fs::write(dir.path().join("ipsec.secrets"), secrets)?;
+        let import = match certs {
+            None => String::new(),
+            Some(c) => {
+                let p12 = dir.path().join("site.p12");
+                cmd::check(
+                    Command::new("openssl")
+                        .args([
+                            "pkcs12",
+                            "-export",
+                            "-passout",
+                            "pass:",
+                            "-name",
+                            &c.nickname,
+                        ])
+                        .arg("-in")
+                        .arg(&c.cert)
+                        .arg("-inkey")
+                        .arg(&c.key)
+                        .arg("-out")
+                        .arg(&p12),
+                )?;
+                fs::copy(&c.ca, dir.path().join("ca.crt"))?;
+                // what `ipsec import` runs, without its password prompt
+                format!(
+                    " && chroot {r} pk12util -i {INNER}/site.p12 -d sql:{INNER}/nss -W '' \
+                     && chroot {r} certutil -A -d sql:{INNER}/nss -n {n}-ca -t CT,, -a -i {INNER}/ca.crt",
+                    r = version.root().display(),
+                    n = c.nickname
+                )
+            }
+        };
         let mut p = Self {
             ns: ns.to_owned(),
             version,
             dir,
             child: None,
         };
-        p.spawn()?;
+        p.spawn(&import)?;
         Ok(p)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    fn spawn(&mut self, import: &str) -> Result<()> {
         let root = self.version.root();
         let r = root.display();
         let d = self.dir.path().display();
         let script = format!(
             "mount -t tmpfs tmpfs {r}/run && mkdir {r}{INNER} {r}/run/pluto && mount --bind {d} {r}{INNER} \
              && mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev \
-             && chroot {r} certutil -N -d sql:{INNER}/nss --empty-password \
+             && chroot {r} certutil -N -d sql:{INNER}/nss --empty-password{import} \
              && exec chroot {r} /usr/libexec/ipsec/pluto --nofork --config {INNER}/ipsec.conf \
              --rundir {INNER}/run --nssdir {INNER}/nss --secretsfile {INNER}/ipsec.secrets \
              --ipsecdir {INNER}/ipsec.d --logfile {INNER}/pluto.log"

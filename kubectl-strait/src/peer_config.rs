@@ -327,10 +327,30 @@ impl Plan<'_> {
         let _ = writeln!(o, "    rightid={}", ls_id(&s.local.id));
         let _ = writeln!(o, "    {}", ls_subnets("right", &s.local.subnets));
         if s.auth.certificate.is_some() {
-            let _ = writeln!(o, "    authby=rsasig");
+            // pluto does not choose the signature from the key: with an ECDSA key and its
+            // default (or explicit) `authby=rsasig,ecdsa`, 5.2 tried an RSA signature and failed
             let _ = writeln!(
                 o,
-                "    # this site's certificate nickname in the NSS database"
+                "    # an ECDSA key on this site: add leftauth=ecdsa (pluto signs RSA unless told)"
+            );
+            let _ = writeln!(
+                o,
+                "    # this site's certificate and key in pluto's NSS database under the nickname below, and the"
+            );
+            let _ = writeln!(
+                o,
+                "    # CA that issued it trusted (the cluster's certificate must come from the same CA: rightca=%same):"
+            );
+            let _ = writeln!(
+                o,
+                "    #   openssl pkcs12 -export -in site.crt -inkey site.key -name {} -out site.p12",
+                self.name
+            );
+            let _ = writeln!(o, "    #   ipsec import site.p12");
+            let _ = writeln!(
+                o,
+                "    #   certutil -A -d sql:/var/lib/ipsec/nss -n {}-ca -t CT,, -a -i ca.crt",
+                self.name
             );
             let _ = writeln!(o, "    leftcert={}", self.name);
             let _ = writeln!(o, "    rightca=%same");
@@ -545,6 +565,27 @@ spec:
             assert!(c.contains(want), "missing {want:?} in:\n{c}");
         }
         assert!(!c.contains("secrets {"), "{c}");
+        // Libreswan: the NSS steps, no PSK file, and no authby (pluto's default takes RSA and
+        // ECDSA certificates; an ECDSA site key needs leftauth=ecdsa, which the comment says)
+        let l = render(
+            &t,
+            &ClusterSide {
+                secrets: SecretSource::Namespace("n".into()),
+                addresses: vec![],
+            },
+            Flavor::Libreswan,
+        )
+        .unwrap();
+        for want in [
+            "    leftcert=strait-certs\n",
+            "    rightca=%same\n",
+            "#   ipsec import site.p12\n",
+            "leftauth=ecdsa",
+            "    encapsulation=yes\n",
+        ] {
+            assert!(l.contains(want), "missing {want:?} in:\n{l}");
+        }
+        assert!(!l.contains("authby=") && !l.contains(": PSK"), "{l}");
     }
 
     #[test]
