@@ -184,3 +184,23 @@ pub fn log_tail(who: &str, path: &Path, log: &str) -> String {
         tail.join("\n")
     )
 }
+
+/// Waits until a daemon that `child` runs has created `path` (its control socket), failing
+/// when the daemon exits first or `timeout` passes; the caller adds who and where, and its log.
+pub fn wait_for_path(
+    child: &mut std::process::Child,
+    path: &Path,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("exited during start-up ({status})");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("did not open {} within {timeout:?}", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}

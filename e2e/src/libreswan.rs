@@ -40,9 +40,6 @@ pub enum Version {
 }
 
 impl Version {
-    /// Every version, oldest first.
-    pub const ALL: [Self; 2] = [Self::V4, Self::V5];
-
     /// The root file system holding this version.
     pub fn root(self) -> PathBuf {
         let suite = match self {
@@ -202,48 +199,23 @@ impl Pluto {
              --ipsecdir {INNER}/ipsec.d --logfile {INNER}/pluto.log"
         );
         let out = fs::File::create(self.dir.path().join("pluto.stdout"))?;
-        let mut c = netns::exec_command(
-            &self.ns,
-            &[
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ],
-        );
+        let mut c = netns::exec_private_mounts(&self.ns, &script);
         c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         // `ip netns exec`, `unshare`, `sh -c 'exec'` and `chroot` all exec: the child is pluto
-        self.child = Some(
-            c.spawn()
-                .with_context(|| format!("cannot start `{}`", cmd::display(&c)))?,
-        );
-        let deadline = Instant::now() + START_TIMEOUT;
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::display(&c)))?;
         let ctl = self.dir.path().join("run/pluto.ctl");
-        while !ctl.exists() {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "pluto ({}) in {} exited during start-up ({status}){}",
-                    self.version.name(),
-                    self.ns,
-                    self.log_excerpt()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pluto in {} did not open {} within {START_TIMEOUT:?}{}",
-                    self.ns,
-                    ctl.display(),
-                    self.log_excerpt()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let started = cmd::wait_for_path(&mut child, &ctl, START_TIMEOUT);
+        self.child = Some(child);
+        started.map_err(|e| {
+            anyhow::anyhow!(
+                "pluto ({}) in {}: {e}{}",
+                self.version.name(),
+                self.ns,
+                self.log_excerpt()
+            )
+        })
     }
 
     /// The namespace pluto runs in.
@@ -290,11 +262,6 @@ impl Pluto {
     /// Runs `whack ARGS...`, checked; errors carry pluto's log tail.
     pub fn whack(&self, args: &[&str]) -> Result<Output> {
         cmd::check(&mut self.whack_command(args)?).map_err(|e| e.context(self.log_excerpt()))
-    }
-
-    /// Starts `conn` without waiting for it (`whack --initiate --asynchronous`).
-    pub fn initiate(&self, conn: &str) -> Result<Output> {
-        self.whack(&["--name", conn, "--initiate", "--asynchronous"])
     }
 
     /// The established CHILD SAs (`whack --trafficstatus`).

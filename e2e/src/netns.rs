@@ -52,6 +52,24 @@ pub fn exec_unchecked<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Result<Output> {
     cmd::output(&mut exec_command(ns, args))
 }
 
+/// A [`Command`] running the shell `script` inside `ns` and in a mount namespace of its own
+/// (`unshare -m --propagation private`): what a daemon needs for a private `/run` or a chroot
+/// with mounts that go when it exits.
+pub fn exec_private_mounts(ns: &str, script: &str) -> Command {
+    exec_command(
+        ns,
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
 /// A [`Command`] running `args` inside `ns`, for callers that need to set more (env, stdio).
 pub fn exec_command<S: AsRef<OsStr>>(ns: &str, args: &[S]) -> Command {
     let mut c = Command::new("ip");

@@ -699,50 +699,18 @@ impl Charon {
                 )
             }
         };
-        let mut c = netns::exec_command(
-            &self.ns,
-            &[
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ],
-        );
+        let mut c = netns::exec_private_mounts(&self.ns, &script);
         c.env("STRONGSWAN_CONF", root.join("strongswan.conf"))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
         // `ip netns exec`, `unshare` and `sh -c 'exec'` all exec: the child's pid is charon's
-        let child = c
+        let mut child = c
             .spawn()
             .with_context(|| format!("cannot start `{}`", cmd::display(&c)))?;
+        let started = cmd::wait_for_path(&mut child, &self.vici_path(), START_TIMEOUT);
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let vici = self.vici_path();
-        while !vici.exists() {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "charon in {} exited during start-up ({status}){}",
-                    self.ns,
-                    self.log_excerpt()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "charon in {} did not open {} within {START_TIMEOUT:?}{}",
-                    self.ns,
-                    vici.display(),
-                    self.log_excerpt()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        started.map_err(|e| anyhow::anyhow!("charon in {}: {e}{}", self.ns, self.log_excerpt()))
     }
 
     /// The namespace charon runs in.

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use strait_agent::spec::peer::{DEFAULT_DPD_INTERVAL, DEFAULT_ESP_LIFETIME, DEFAULT_IKE_LIFETIME};
 use strait_agent::spec::peer::{esp_proposals, ike_proposals};
 use strait_crds::{IPsecTunnel, Initiation};
+use strait_ike::proposal::{EspProposal, Keyword as _};
 
 /// The placeholder on the PSK line: the config loads, but authenticates with nothing the
 /// cluster knows until it is replaced.
@@ -52,18 +53,15 @@ pub fn render(t: &IPsecTunnel, cluster: &ClusterSide, flavor: Flavor) -> Result<
         .iter()
         .map(ToString::to_string)
         .collect();
-    let esp: Vec<String> = esp_proposals(&t.spec)
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let esp_parsed = esp_proposals(&t.spec).map_err(|e| e.to_string())?;
     let p = Plan {
         name: format!("strait-{}", t.metadata.name.as_deref().unwrap_or("tunnel")),
         tunnel: t.metadata.name.clone().unwrap_or_default(),
         t,
         cluster,
         ike,
-        esp,
+        esp: esp_parsed.iter().map(ToString::to_string).collect(),
+        esp_parsed,
     };
     Ok(match flavor {
         Flavor::Strongswan => p.swanctl(),
@@ -78,6 +76,7 @@ struct Plan<'a> {
     cluster: &'a ClusterSide,
     ike: Vec<String>,
     esp: Vec<String>,
+    esp_parsed: Vec<EspProposal>,
 }
 
 /// A swanctl.conf value, quoted when it holds anything but a plain word.
@@ -361,9 +360,9 @@ impl Plan<'_> {
             o,
             "    # Libreswan's names for the proposals the agent offers"
         );
-        let _ = writeln!(o, "    ike={}", ls_proposals(&self.ike, false));
-        let _ = writeln!(o, "    esp={}", ls_proposals(&self.esp, true));
-        if !self.esp.iter().any(|p| p.split('-').any(is_ke)) {
+        let _ = writeln!(o, "    ike={}", ls_ike(&self.ike));
+        let _ = writeln!(o, "    esp={}", ls_esp(&self.esp_parsed));
+        if self.esp_parsed.iter().all(|p| p.ke.is_empty()) {
             // pluto would otherwise add a key exchange to its CHILD SA rekeys, which the
             // agent's ESP proposals do not accept
             let _ = writeln!(o, "    pfs=no");
@@ -400,50 +399,49 @@ impl Plan<'_> {
     }
 }
 
-/// A key exchange token of a strongSwan proposal.
-fn is_ke(t: &str) -> bool {
-    matches!(t, "x25519" | "curve25519" | "x448" | "curve448")
-        || t.starts_with("ecp")
-        || t.starts_with("modp")
+/// One strongSwan proposal token in Libreswan's name (`aes256gcm16` is `aes_gcm256`,
+/// `x25519` is `dh31`).
+fn ls_token(t: &str) -> String {
+    match t {
+        "aes128gcm16" | "aes128gcm128" => "aes_gcm128".into(),
+        "aes256gcm16" | "aes256gcm128" => "aes_gcm256".into(),
+        "prfsha256" | "sha256" | "sha2_256" => "sha2_256".into(),
+        "prfsha384" | "sha384" | "sha2_384" => "sha2_384".into(),
+        "prfsha512" | "sha512" | "sha2_512" => "sha2_512".into(),
+        "x25519" | "curve25519" => "dh31".into(),
+        "ecp256" => "dh19".into(),
+        "ecp384" => "dh20".into(),
+        "ecp521" => "dh21".into(),
+        other => other.to_owned(),
+    }
 }
 
-/// strongSwan proposal strings in Libreswan's algorithm names (`aes256gcm16-prfsha384-x25519`
-/// is `aes_gcm256-sha2_384-dh31`), proposals separated by commas. An ESP proposal with an AEAD
-/// cipher and a key exchange names its (absent) integrity `null`: pluto reads the token after
-/// the cipher as integrity (`aes_gcm256-null-dh31`). pluto's IKE syntax has no separate
-/// integrity: it follows from the PRF.
-fn ls_proposals(list: &[String], esp: bool) -> String {
-    let token = |t: &str| -> String {
-        match t {
-            "aes128gcm16" | "aes128gcm128" => "aes_gcm128".into(),
-            "aes256gcm16" | "aes256gcm128" => "aes_gcm256".into(),
-            "prfsha256" | "sha256" | "sha2_256" => "sha2_256".into(),
-            "prfsha384" | "sha384" | "sha2_384" => "sha2_384".into(),
-            "prfsha512" | "sha512" | "sha2_512" => "sha2_512".into(),
-            "x25519" | "curve25519" => "dh31".into(),
-            "ecp256" => "dh19".into(),
-            "ecp384" => "dh20".into(),
-            "ecp521" => "dh21".into(),
-            other => other.to_owned(),
-        }
-    };
+/// IKE proposals in Libreswan's syntax (`aes256gcm16-prfsha384-x25519` is
+/// `aes_gcm256-sha2_384-dh31`), separated by commas. pluto's IKE syntax has no separate
+/// integrity: it follows from the PRF, so `aes256-sha256-prfsha256` names the hash once.
+fn ls_ike(list: &[String]) -> String {
     list.iter()
         .map(|p| {
-            let raw: Vec<&str> = p
-                .split('-')
-                .filter(|t| !matches!(*t, "esn" | "noesn"))
-                .collect();
-            let mut out: Vec<String> = raw.iter().map(|t| token(t)).collect();
-            // an IKE proposal's integrity is implied by its PRF in pluto's syntax
-            // (`aes256-sha2_256-modp3072`), so `aes256-sha256-prfsha256` names it once
+            let mut out: Vec<String> = p.split('-').map(ls_token).collect();
             out.dedup();
-            if let [cipher, ke, ..] = raw.as_slice()
-                && esp
-                && cipher.contains("gcm")
-                && is_ke(ke)
-            {
-                out.insert(1, "null".into());
+            out.join("-")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// ESP proposals in Libreswan's syntax, separated by commas. ESN choices are pluto's own; an
+/// AEAD proposal with a key exchange names its (absent) integrity `null`, since pluto reads the
+/// token after the cipher as integrity (`aes_gcm256-null-dh31`).
+fn ls_esp(list: &[EspProposal]) -> String {
+    list.iter()
+        .map(|p| {
+            let mut out: Vec<String> = p.encr.iter().map(|a| ls_token(a.keyword())).collect();
+            if p.integ.is_empty() && !p.ke.is_empty() {
+                out.push("null".into());
             }
+            out.extend(p.integ.iter().map(|a| ls_token(a.keyword())));
+            out.extend(p.ke.iter().map(|a| ls_token(a.keyword())));
             out.join("-")
         })
         .collect::<Vec<_>>()
