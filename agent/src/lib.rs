@@ -13,6 +13,7 @@ pub mod driver;
 pub mod error;
 pub mod metrics;
 pub mod notation;
+pub mod probe;
 pub mod rng;
 pub mod spec;
 pub mod standalone;

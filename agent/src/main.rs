@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strait_agent::{cluster, dataplane, metrics, spec, standalone, status, steering};
+use strait_agent::{cluster, dataplane, metrics, probe, spec, standalone, status, steering};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Strait's per-node IPsec agent")]
@@ -28,6 +28,34 @@ enum Command {
     /// Run on every node of a Kubernetes cluster: steer the tunnels' remote subnets to each
     /// tunnel's active gateway (a VXLAN overlay, or direct routes), following failover.
     Route(RouteArgs),
+    /// Send one IKE_SA_INIT with a tunnel's IKE proposals to a peer on UDP 500 and 4500 and
+    /// say how it answers (`kubectl strait diagnose` runs it on the gateway). A peer that
+    /// accepts keeps a half-open IKE SA until its own timeout; nothing is authenticated.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// The peer's address or DNS name (resolved here, as the agent resolves it).
+    remote: String,
+    /// Send from this address (the tunnel's local.address); default: the route's source.
+    #[arg(long)]
+    local: Option<std::net::IpAddr>,
+    /// IKE proposals to offer, strongSwan notation (default: the CRD's defaults).
+    #[arg(long = "ike-proposal", value_name = "PROPOSAL")]
+    ike_proposals: Vec<String>,
+    /// The peer's IKE port.
+    #[arg(long, default_value_t = 500)]
+    ike_port: u16,
+    /// The peer's NAT-T port (probed with the non-ESP marker).
+    #[arg(long, default_value_t = 4500)]
+    natt_port: u16,
+    /// Seconds to wait for an answer on each port (one request per second).
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -371,6 +399,40 @@ fn run_route(args: &RouteArgs) -> anyhow::Result<()> {
     runtime()?.block_on(steering::run(opts))
 }
 
+/// Exits non-zero when neither port answered, so scripts can test reachability alone.
+fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
+    let proposals = if args.ike_proposals.is_empty() {
+        strait_ike::proposal::default_ike()
+    } else {
+        strait_ike::proposal::parse_ike_list(&args.ike_proposals)
+            .map_err(|e| anyhow::anyhow!("--ike-proposal: {e}"))?
+    };
+    let remote = probe::resolve(&args.remote)?;
+    let target = probe::Target {
+        remote,
+        local: args.local,
+        ike_port: args.ike_port,
+        natt_port: args.natt_port,
+        proposals,
+        timeout: seconds("timeout", args.timeout)?,
+    };
+    let results = probe::run(&target);
+    if args.json {
+        println!("{}", serde_json::to_string(&results)?);
+    } else {
+        print!("{}", probe::render(remote, &results));
+    }
+    if results.iter().any(|r| r.outcome.answered()) {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{remote} did not answer IKE on UDP {} or {}",
+            args.ike_port,
+            args.natt_port
+        )
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -392,6 +454,7 @@ fn main() -> ExitCode {
         Command::Standalone(args) => run_standalone(args),
         Command::Cluster(args) => run_cluster(args),
         Command::Route(args) => run_route(args),
+        Command::Probe(args) => probe(args),
         Command::Status(args) => runtime().and_then(|rt| {
             let s = rt.block_on(status::query(&args.status_socket))?;
             if args.json {

@@ -623,3 +623,88 @@ fn strongswan6_through_nat_both_ways() {
 fn strongswan6_proposal_table() {
     proposals(six);
 }
+
+/// `strait-agent probe` from `left` to charon on `right` (left behind a NAT): the outcome of
+/// each port, parsed from `--json`, and the exit status.
+fn probe(pair: &SitePair, proposal: &str) -> (Vec<Value>, bool) {
+    let bin = strait_e2e::product::binary("strait-agent").unwrap();
+    let right = pair.right.addr.to_string();
+    let o = netns::exec_unchecked(
+        &pair.left.ns,
+        &[
+            bin.to_str().unwrap(),
+            "probe",
+            &right,
+            "--ike-proposal",
+            proposal,
+            "--timeout",
+            "2",
+            "--json",
+        ],
+    )
+    .unwrap();
+    let text = &o.stdout;
+    eprintln!("probe {proposal}: {text}{}", o.stderr);
+    let v: Vec<Value> = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v.len(), 2, "{text}");
+    assert_eq!(
+        (v[0]["port"].as_u64(), v[1]["port"].as_u64()),
+        (Some(500), Some(4500))
+    );
+    (v, o.status.success())
+}
+
+/// The probe `kubectl strait diagnose` runs on a gateway tells the four things apart: a charon
+/// that accepts the proposal (and the NAT between), one that refuses it, a firewall that drops
+/// IKE, and no charon at all.
+#[test]
+fn probe_tells_acceptance_refusal_silence_and_a_closed_port_apart() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(true).expect("topology");
+    let mut charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&Case::default(), &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let (v, ok) = probe(&pair, "aes256gcm16-prfsha256-x25519");
+    assert!(ok);
+    for p in &v {
+        assert_eq!(p["outcome"]["kind"], "accepted", "{p}");
+        assert_eq!(
+            p["outcome"]["proposal"], "aes256gcm16-prfsha256-x25519",
+            "{p}"
+        );
+        // left is behind the NAT router: charon saw the mapped address
+        let nat = p["outcome"]["nat"].as_str().unwrap_or_default();
+        assert!(nat == "local" || nat == "both", "{p}");
+    }
+    let (v, ok) = probe(&pair, "aes128-sha256-modp2048");
+    assert!(ok, "a refusal is an answer");
+    for p in &v {
+        assert_eq!(p["outcome"]["kind"], "noProposalChosen", "{p}");
+    }
+    // a firewall in front of charon that drops IKE: silence, and a failing exit status
+    netns::exec(
+        &pair.right.ns,
+        &[
+            "nft",
+            "add table inet probe; add chain inet probe in { type filter hook input priority 0; \
+             udp dport { 500, 4500 } drop; }",
+        ],
+    )
+    .unwrap();
+    let (v, ok) = probe(&pair, "aes256gcm16-prfsha256-x25519");
+    assert!(!ok);
+    for p in &v {
+        assert_eq!(p["outcome"]["kind"], "noAnswer", "{p}");
+        assert_eq!(p["outcome"]["attempts"], 2, "{p}");
+    }
+    netns::exec(&pair.right.ns, &["nft", "delete table inet probe"]).unwrap();
+    // charon gone: the peer's kernel answers ICMP port unreachable
+    charon.stop().unwrap();
+    let (v, ok) = probe(&pair, "aes256gcm16-prfsha256-x25519");
+    assert!(!ok);
+    for p in &v {
+        assert_eq!(p["outcome"]["kind"], "unreachable", "{p}");
+    }
+}

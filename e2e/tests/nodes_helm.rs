@@ -349,7 +349,8 @@ fn key_body(pem: &std::path::Path) -> String {
     lines[lines.len() / 2].to_owned()
 }
 
-/// `kubectl strait` against real pods: `diagnose` reads the agent pod and its heartbeat,
+/// `kubectl strait` against real pods: `diagnose` reads the agent pod and its heartbeat and
+/// probes the peer from inside it,
 /// `gather` collects the pods' own logs, and neither says any of `secrets`.
 fn plugin_on_kubelets(k: &NodeCluster, agent_pod: &str, secrets: &[&str]) {
     let plugin = strait_e2e::product::binary("kubectl-strait").unwrap();
@@ -370,6 +371,16 @@ fn plugin_on_kubelets(k: &NodeCluster, agent_pod: &str, secrets: &[&str]) {
             && text.contains(&format!("agent pod {agent_pod} Running")),
         "{text}"
     );
+    // the UDP probe ran in the agent pod (kubectl exec through the kubelet) and charon answered
+    // on both ports with the tunnel's proposal
+    for port in [500, 4500] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("  [ok  ] probe from {NODE1} ("))
+                    && l.contains(&format!(" UDP {port}: answered, accepts "))),
+            "no answered probe on UDP {port}:\n{text}"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("kubelets.tar.gz");
     let out = k

@@ -11,7 +11,9 @@ use strait_crds::{IPsecTunnel, IkeState};
 use strait_ike::proposal::EspProposal;
 use strait_xfrm::Family;
 
-use crate::facts::{Facts, SecretState, endpoint_ip};
+use strait_agent::probe::Outcome;
+
+use crate::facts::{Facts, ProbeFact, SecretState, endpoint_ip};
 use crate::reasons::advice;
 use crate::status::{active_entry, age, ready};
 
@@ -152,6 +154,7 @@ pub fn diagnose(f: &Facts) -> Report {
     spec_and_secrets(f, &mut b);
     election(f, &mut b);
     gateway(f, &mut b);
+    probe(f, &mut b);
     for (r, m) in f.warnings.iter().rev().take(3) {
         b.warn(format!("Warning event {r}: {m}"));
     }
@@ -352,6 +355,75 @@ fn gateway(f: &Facts, b: &mut Builder) {
     }
 }
 
+/// The UDP probe's lines: each port as the gateway saw it. Silence on both ports is
+/// PeerUnreachable; a refusal of every proposal is NoProposalChosen, whatever the tunnel's
+/// own state says (the probe offers exactly the tunnel's IKE proposals).
+fn probe(f: &Facts, b: &mut Builder) {
+    let remote = &f.tunnel.spec.remote.address;
+    let (node, results) = match &f.probe {
+        ProbeFact::Skipped(why) if why == "--no-probe" => return,
+        ProbeFact::Skipped(why) => {
+            b.warn(format!("UDP probe of the peer not run: {why}"));
+            return;
+        }
+        ProbeFact::Failed { command, error } => {
+            b.warn(format!(
+                "UDP probe of the peer could not run on the gateway ({error}); by hand: {command}"
+            ));
+            return;
+        }
+        ProbeFact::Ran { node, results } => (node, results),
+    };
+    let nat = results
+        .iter()
+        .any(|r| matches!(&r.outcome, Outcome::Accepted { nat: Some(n), .. } if n != "none"));
+    let mut silent = Vec::new();
+    for r in results {
+        let from = r
+            .from
+            .as_deref()
+            .map_or_else(String::new, |a| format!(" ({a})"));
+        let rtt = r.rtt_ms.map_or_else(String::new, |m| format!(" in {m} ms"));
+        let line = format!(
+            "probe from {node}{from} to {remote} UDP {}: {}{rtt}",
+            r.port,
+            r.outcome.describe()
+        );
+        match &r.outcome {
+            Outcome::Accepted { .. } | Outcome::InvalidKe { .. } | Outcome::Cookie => b.ok(line),
+            Outcome::NoProposalChosen => {
+                b.fail(line);
+                b.cause(
+                    "NoProposalChosen",
+                    "the peer answered the gateway's probe with NO_PROPOSAL_CHOSEN: it accepts none of our IKE proposals".to_owned(),
+                );
+            }
+            Outcome::Refused { .. } => b.warn(line),
+            Outcome::NoAnswer { .. } | Outcome::Unreachable { .. } => {
+                silent.push(format!("{}: {}", r.port, r.outcome.describe()));
+                // Without a NAT, IKE and ESP need only port 500 and protocol 50.
+                if r.port == 500 || nat || silent.len() == results.len() {
+                    b.fail(line);
+                } else {
+                    b.warn(line);
+                }
+            }
+        }
+    }
+    let ike_silent = results
+        .iter()
+        .any(|r| r.port == 500 && !r.outcome.answered());
+    if silent.len() == results.len() || ike_silent || (nat && !silent.is_empty()) {
+        b.cause(
+            "PeerUnreachable",
+            format!(
+                "from gateway {node}, {remote} does not answer IKE on UDP {}",
+                silent.join("; UDP ")
+            ),
+        );
+    }
+}
+
 /// The next step for `reason`, made concrete with this tunnel's names and addresses.
 fn next_step(t: &IPsecTunnel, reason: &str, ns: &str) -> String {
     let generic = advice(reason)
@@ -457,8 +529,10 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
     use strait_crds::{IPsecTunnel, SecretKeyRef};
 
+    use strait_agent::probe::{Outcome, PortResult};
+
     use super::{Mark, diagnose, id_kind};
-    use crate::facts::{Facts, NodeFact, SecretCheck, SecretState};
+    use crate::facts::{Facts, NodeFact, ProbeFact, SecretCheck, SecretState};
 
     fn tunnel(status: &str) -> IPsecTunnel {
         serde_yaml::from_str(&format!(
@@ -518,9 +592,42 @@ spec:
             }],
             mapping: Ok(()),
             warnings: vec![],
+            probe: ProbeFact::Skipped("--no-probe".into()),
             now: Timestamp::UNIX_EPOCH,
         }
     }
+
+    fn port(port: u16, outcome: Outcome) -> PortResult {
+        PortResult {
+            port,
+            from: Some("198.51.100.1:40000".into()),
+            outcome,
+            rtt_ms: None,
+        }
+    }
+
+    fn probed(mut f: Facts, results: Vec<PortResult>) -> Facts {
+        f.probe = ProbeFact::Ran {
+            node: "gw1".into(),
+            results,
+        };
+        f
+    }
+
+    fn accepted(nat: &str) -> Outcome {
+        Outcome::Accepted {
+            proposal: "aes256gcm16-prfsha384-x25519".into(),
+            nat: Some(nat.into()),
+        }
+    }
+
+    const CONNECTING: &str = r#"status:
+  activeGateway: gw1
+  conditions:
+  - {type: Ready, status: "False", reason: IkeSaDown, message: "connecting", lastTransitionTime: "2026-12-07T00:00:00Z"}
+  gateways:
+  - {node: gw1, ikeState: Connecting}
+"#;
 
     fn cause(f: &Facts) -> String {
         diagnose(f).cause.unwrap().0
@@ -603,6 +710,121 @@ spec:
                 "UDP 500, UDP 4500 and IP protocol 50 (ESP) from 198.51.100.1 to 192.0.2.7"
             ),
             "{next}"
+        );
+    }
+
+    #[test]
+    fn a_probe_without_answers_is_peer_unreachable_from_that_gateway() {
+        let silent = Outcome::NoAnswer { attempts: 3 };
+        let f = probed(
+            facts(tunnel(CONNECTING)),
+            vec![port(500, silent.clone()), port(4500, silent)],
+        );
+        let r = diagnose(&f);
+        let (reason, what) = r.cause.clone().unwrap();
+        assert_eq!(reason, "PeerUnreachable");
+        assert!(
+            what.contains(
+                "from gateway gw1, 192.0.2.7 does not answer IKE on UDP 500: no answer to 3"
+            ) && what.contains("UDP 4500"),
+            "{what}"
+        );
+        assert!(
+            r.render()
+                .contains("[FAIL] probe from gw1 (198.51.100.1:40000) to 192.0.2.7 UDP 500")
+        );
+        assert!(r.next.unwrap().contains("allow UDP 500, UDP 4500"));
+        // port 500 closed, 4500 answering: still unreachable for IKE, which starts on 500
+        let f = probed(
+            facts(tunnel(CONNECTING)),
+            vec![
+                port(
+                    500,
+                    Outcome::Unreachable {
+                        error: "Connection refused".into(),
+                    },
+                ),
+                port(4500, accepted("none")),
+            ],
+        );
+        assert_eq!(cause(&f), "PeerUnreachable");
+    }
+
+    #[test]
+    fn a_probe_refused_for_its_proposals_is_no_proposal_chosen() {
+        let f = probed(
+            facts(tunnel(CONNECTING)),
+            vec![
+                port(500, Outcome::NoProposalChosen),
+                port(4500, Outcome::NoProposalChosen),
+            ],
+        );
+        let r = diagnose(&f);
+        assert_eq!(r.cause.as_ref().unwrap().0, "NoProposalChosen");
+        assert!(
+            r.next
+                .unwrap()
+                .contains("we offer IKE [the agent's defaults]")
+        );
+    }
+
+    #[test]
+    fn an_answering_peer_is_ok_and_4500_matters_only_behind_a_nat() {
+        let ready = r#"status:
+  activeGateway: gw1
+  conditions:
+  - {type: Ready, status: "True", reason: TunnelEstablished, message: up, lastTransitionTime: "2026-12-07T00:00:00Z"}
+  gateways:
+  - {node: gw1, ikeState: Established, childSas: [{spiIn: a, spiOut: b, proposal: aes256gcm16}]}
+"#;
+        let f = probed(
+            facts(tunnel(ready)),
+            vec![port(500, accepted("none")), port(4500, accepted("none"))],
+        );
+        let r = diagnose(&f);
+        assert!(r.healthy(), "{}", r.render());
+        assert!(r.render().contains("[ok  ] probe from gw1 (198.51.100.1:40000) to 192.0.2.7 UDP 4500: answered, accepts aes256gcm16-prfsha384-x25519"));
+        // no NAT: IKE and ESP need only port 500 and ESP itself; 4500 silent is a warning
+        let silent = Outcome::NoAnswer { attempts: 3 };
+        let f = probed(
+            facts(tunnel(ready)),
+            vec![port(500, accepted("none")), port(4500, silent.clone())],
+        );
+        let r = diagnose(&f);
+        assert!(r.healthy(), "{}", r.render());
+        assert!(
+            r.checks
+                .iter()
+                .any(|c| c.mark == Mark::Warn && c.text.contains("UDP 4500"))
+        );
+        // behind a NAT, IKE and ESP move to 4500: silence there is the cause
+        let f = probed(
+            facts(tunnel(ready)),
+            vec![port(500, accepted("local")), port(4500, silent)],
+        );
+        let r = diagnose(&f);
+        assert!(!r.healthy());
+        assert_eq!(r.cause.unwrap().0, "PeerUnreachable");
+    }
+
+    #[test]
+    fn a_probe_that_cannot_run_says_how_to_run_it_by_hand() {
+        let mut f = facts(tunnel(CONNECTING));
+        f.probe = ProbeFact::Failed {
+            command: "kubectl exec -n strait-system strait-agent-x -c agent -- strait-agent probe 192.0.2.7".into(),
+            error: "pods \"strait-agent-x\" is forbidden".into(),
+        };
+        let text = diagnose(&f).render();
+        assert!(
+            text.contains("[warn] UDP probe of the peer could not run on the gateway (pods")
+                && text.contains("by hand: kubectl exec -n strait-system strait-agent-x"),
+            "{text}"
+        );
+        f.probe = ProbeFact::Skipped("no gateway node with a running agent pod".into());
+        assert!(
+            diagnose(&f)
+                .render()
+                .contains("[warn] UDP probe of the peer not run: no gateway")
         );
     }
 

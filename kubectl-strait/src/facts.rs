@@ -10,9 +10,10 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
+use kube::api::{AttachParams, ListParams};
 use kube::core::{Selector, SelectorExt as _};
 use kube::{Api, Client, ResourceExt as _};
+use strait_agent::probe::PortResult;
 use strait_agent::spec::{self, SecretSource};
 use strait_crds::heartbeat;
 use strait_crds::{IPsecTunnel, SecretKeyRef};
@@ -88,8 +89,32 @@ pub struct Facts {
     pub mapping: Result<(), (String, String)>,
     /// Warning Events about the tunnel, newest last: (reason, message).
     pub warnings: Vec<(String, String)>,
+    /// The UDP probe from the gateway.
+    pub probe: ProbeFact,
     /// When the facts were read.
     pub now: Timestamp,
+}
+
+/// The UDP 500/4500 probe (`strait-agent probe`) run in a gateway's agent pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeFact {
+    /// Not run, and why.
+    Skipped(String),
+    /// Run on this node, with each port's result.
+    Ran {
+        /// The node it ran on.
+        node: String,
+        /// One result per port.
+        results: Vec<PortResult>,
+    },
+    /// It could not run there (no pods/exec right, an agent image without `probe`): the
+    /// command and the error.
+    Failed {
+        /// What to run by hand.
+        command: String,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// Secrets read from the API for one mapping run (dropped with it).
@@ -104,11 +129,12 @@ impl SecretSource for ReadSecrets<'_> {
     }
 }
 
-/// Reads the tunnel `name` and what it depends on.
+/// Reads the tunnel `name` and what it depends on; with `probe`, runs the UDP probe in the
+/// gateway's agent pod.
 ///
 /// # Errors
 /// The tunnel cannot be read (missing, or the API is unreachable).
-pub async fn collect(client: &Client, namespace: &str, name: &str) -> Result<Facts> {
+pub async fn collect(client: &Client, namespace: &str, name: &str, probe: bool) -> Result<Facts> {
     let tunnel = Api::<IPsecTunnel>::all(client.clone())
         .get(name)
         .await
@@ -117,6 +143,11 @@ pub async fn collect(client: &Client, namespace: &str, name: &str) -> Result<Fac
     let (selector_error, candidates) = candidates(client, namespace, &tunnel, now).await?;
     let (secrets, mapping) = secrets_and_mapping(client, namespace, &tunnel).await;
     let warnings = warnings(client, name).await;
+    let probe = if probe {
+        probe_from_gateway(client, namespace, &tunnel, &candidates).await
+    } else {
+        ProbeFact::Skipped("--no-probe".to_owned())
+    };
     Ok(Facts {
         namespace: namespace.to_owned(),
         tunnel,
@@ -125,8 +156,122 @@ pub async fn collect(client: &Client, namespace: &str, name: &str) -> Result<Fac
         secrets,
         mapping,
         warnings,
+        probe,
         now,
     })
+}
+
+/// The agent's container in its pod (the operator's DaemonSet).
+const AGENT_CONTAINER: &str = "agent";
+
+/// How long the probe waits on each port, in seconds (it probes 500, then 4500).
+const PROBE_TIMEOUT_SECONDS: u32 = 3;
+
+/// The gateway to probe from: the active one, else the first candidate with a live agent,
+/// as long as its agent pod runs.
+fn probe_node<'a>(tunnel: &IPsecTunnel, candidates: &'a [NodeFact]) -> Option<&'a NodeFact> {
+    let running = |n: &&NodeFact| n.agent_pod.as_ref().is_some_and(|(_, s)| s == "Running");
+    let active = tunnel
+        .status
+        .as_ref()
+        .and_then(|s| s.active_gateway.as_deref());
+    candidates
+        .iter()
+        .filter(running)
+        .find(|n| Some(n.name.as_str()) == active)
+        .or_else(|| candidates.iter().filter(running).find(|n| n.alive))
+}
+
+/// The `strait-agent probe` command line for `tunnel`.
+pub fn probe_command(tunnel: &IPsecTunnel) -> Vec<String> {
+    let s = &tunnel.spec;
+    let mut cmd = vec![
+        "strait-agent".to_owned(),
+        "probe".to_owned(),
+        s.remote.address.clone(),
+        "--timeout".to_owned(),
+        PROBE_TIMEOUT_SECONDS.to_string(),
+        "--json".to_owned(),
+    ];
+    if let Some(a) = &s.local.address {
+        cmd.extend(["--local".to_owned(), a.clone()]);
+    }
+    for p in s.ike.iter().flat_map(|i| &i.proposals) {
+        cmd.extend(["--ike-proposal".to_owned(), p.clone()]);
+    }
+    cmd
+}
+
+async fn probe_from_gateway(
+    client: &Client,
+    namespace: &str,
+    tunnel: &IPsecTunnel,
+    candidates: &[NodeFact],
+) -> ProbeFact {
+    let remote = &tunnel.spec.remote.address;
+    if remote == "%any" {
+        return ProbeFact::Skipped(
+            "the peer's address is %any: nothing to probe (the peer must initiate)".to_owned(),
+        );
+    }
+    let Some(node) = probe_node(tunnel, candidates) else {
+        return ProbeFact::Skipped("no gateway node with a running agent pod".to_owned());
+    };
+    let Some((pod, _)) = &node.agent_pod else {
+        return ProbeFact::Skipped("no agent pod".to_owned());
+    };
+    let cmd = probe_command(tunnel);
+    let by_hand = format!(
+        "kubectl exec -n {namespace} {pod} -c {AGENT_CONTAINER} -- {}",
+        cmd.join(" ")
+    );
+    let failed = |error: String| ProbeFact::Failed {
+        command: by_hand.clone(),
+        error,
+    };
+    // Two ports, each waited on for the timeout, plus the exec's own round trips.
+    let limit = std::time::Duration::from_secs(u64::from(2 * PROBE_TIMEOUT_SECONDS + 15));
+    match tokio::time::timeout(limit, exec(client, namespace, pod, &cmd)).await {
+        Err(_) => failed(format!("no result within {} s", limit.as_secs())),
+        Ok(Err(e)) => failed(format!("{e:#}")),
+        Ok(Ok(stdout)) => match serde_json::from_slice::<Vec<PortResult>>(&stdout) {
+            Ok(results) if !results.is_empty() => ProbeFact::Ran {
+                node: node.name.clone(),
+                results,
+            },
+            _ => failed(format!(
+                "unexpected output: {}",
+                String::from_utf8_lossy(&stdout).trim()
+            )),
+        },
+    }
+}
+
+/// Runs `cmd` in the agent container of `pod` and returns its standard output (the probe
+/// exits 1 when no port answered: its JSON still says what happened).
+async fn exec(client: &Client, namespace: &str, pod: &str, cmd: &[String]) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let params = AttachParams::default()
+        .container(AGENT_CONTAINER)
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let mut proc = pods
+        .exec(pod, cmd.iter().map(String::as_str), &params)
+        .await
+        .with_context(|| format!("exec in pod {namespace}/{pod}"))?;
+    let mut stdout = proc.stdout().context("no stdout from exec")?;
+    let mut stderr = proc.stderr().context("no stderr from exec")?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    o.context("reading the probe's output")?;
+    e.context("reading the probe's errors")?;
+    proc.join().await.context("waiting for the probe")?;
+    if out.is_empty() {
+        anyhow::bail!("{}", String::from_utf8_lossy(&err).trim());
+    }
+    Ok(out)
 }
 
 async fn candidates(

@@ -44,6 +44,10 @@ enum Command {
     Diagnose {
         /// The tunnel.
         tunnel: String,
+        /// Do not send the IKE_SA_INIT probe to the peer from the gateway (it needs pods/exec
+        /// and leaves a half-open IKE SA on the peer until the peer's timeout).
+        #[arg(long)]
+        no_probe: bool,
     },
     /// The remote site's configuration for a tunnel (no secrets: the PSK line says how to fill
     /// it in).
@@ -154,8 +158,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diagnose { tunnel } => {
-            let f = facts::collect(&client, &cli.namespace, &tunnel).await?;
+        Command::Diagnose { tunnel, no_probe } => {
+            let f = facts::collect(&client, &cli.namespace, &tunnel, !no_probe).await?;
             let report = diagnose::diagnose(&f);
             print!("{}", report.render());
             Ok(if report.healthy() {
@@ -165,7 +169,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::PeerConfig { tunnel, flavor, .. } => {
-            let f = facts::collect(&client, &cli.namespace, &tunnel).await?;
+            let f = facts::collect(&client, &cli.namespace, &tunnel, false).await?;
             let side = ClusterSide {
                 secrets: SecretSource::Namespace(cli.namespace.clone()),
                 addresses: facts::cluster_addresses(&f.tunnel, &f.candidates),

@@ -15,6 +15,7 @@ pub(crate) mod dn;
 pub mod endpoint;
 pub mod event;
 pub(crate) mod natd;
+pub mod probe;
 pub mod proposal;
 pub mod reason;
 pub(crate) mod resume;
