@@ -1,12 +1,10 @@
 //! How the agent writes what IKE negotiated for people: strongSwan's notation for proposals and
 //! traffic selectors, SPIs as status shows them, and a sentence for each reason an SA failed.
 
-use strait_ike::codec::{AddrRange, TsRange};
+use strait_ike::codec::TsRange;
 use strait_ike::crypto::alg::{Encr, Integ};
 use strait_ike::proposal::{IkeChoice, Keyword};
 use strait_ike::{IkeSpis, Reason};
-
-use crate::dataplane::objects::prefix_of;
 
 /// The IKE proposal in strongSwan's notation.
 pub fn ike_choice_name(c: &IkeChoice) -> String {
@@ -62,23 +60,9 @@ pub fn esp_name(encr: Encr, integ: Option<Integ>) -> String {
     }
 }
 
-/// A traffic selector as text: `198.51.100.0/24` when it is a prefix, else `a-b`, with
-/// protocol and ports when restricted.
+/// A traffic selector as text (strongSwan's notation, [`TsRange`]'s `Display`).
 pub fn ts_string(ts: &TsRange) -> String {
-    let addrs = match prefix_of(ts) {
-        Some((a, len)) => format!("{a}/{len}"),
-        None => match ts.addrs {
-            AddrRange::V4 { start, end } => format!("{start}-{end}"),
-            AddrRange::V6 { start, end } => format!("{start}-{end}"),
-        },
-    };
-    let any_port = ts.start_port == 0 && ts.end_port == u16::MAX;
-    match (ts.ip_protocol, any_port) {
-        (0, true) => addrs,
-        (p, true) => format!("{addrs}[{p}]"),
-        (p, false) if ts.start_port == ts.end_port => format!("{addrs}[{p}/{}]", ts.start_port),
-        (p, false) => format!("{addrs}[{p}/{}-{}]", ts.start_port, ts.end_port),
-    }
+    ts.to_string()
 }
 
 #[cfg(test)]

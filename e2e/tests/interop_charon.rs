@@ -393,13 +393,54 @@ fn mismatched_proposals_are_no_proposal_chosen_on_both_sides() {
         charon_ike: vec!["aes128-sha256-modp3072"],
         ..Case::default()
     };
-    let (_pair, charon, _agent, ours) = agent_fails(&case, "NoProposalChosen");
+    let (pair, charon, agent, ours) = agent_fails(&case, "NoProposalChosen");
     assert_ne!(ours["ikeState"], "Established");
     let log = charon.log();
     assert!(
         log.contains("NO_PROP") || log.contains("NO_PROPOSAL_CHOSEN"),
         "charon's log does not show NO_PROPOSAL_CHOSEN:\n{log}"
     );
+    // our log alone says what we offered
+    let ours = agent.log();
+    assert!(
+        ours.contains(
+            "the peer chose none of our IKE proposals (NO_PROPOSAL_CHOSEN); offered: aes256gcm16-prfsha384-ecp384"
+        ),
+        "{ours}"
+    );
+    drop((agent, charon));
+    // the other way round, our log names what charon sent and what we have
+    let agent = start_agent(
+        &case,
+        &pair.right,
+        &pair.left,
+        &pair.left.addr.to_string(),
+        "respond",
+    );
+    let charon = Charon::start(
+        &pair.left.ns,
+        &charon_config(
+            &case,
+            &pair.left,
+            &pair.right,
+            Some(pair.right.addr.to_string()),
+        ),
+    )
+    .expect("start charon");
+    let _ = charon.initiate(TUNNEL, "net", 5);
+    let want = format!(
+        "no IKE proposal matches: received from {}:500: aes128-sha256-prfsha256-modp3072; configured: aes256gcm16-prfsha384-ecp384",
+        pair.left.addr
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {want:?} in our log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

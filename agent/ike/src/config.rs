@@ -67,6 +67,10 @@ pub struct EndpointConfig {
     /// mapping and the peer's ESP still reaches us (strongSwan's `keep_alive`, 20 s). `None`:
     /// never.
     pub nat_keepalive: Option<Duration>,
+    /// Also emit the success-path [`crate::diagnostic::Diagnostic`]s (the tunnel chosen, the
+    /// narrowed selectors) and one per dropped datagram; failures are emitted regardless. The
+    /// agent turns it on when its debug log is enabled.
+    pub diagnostics: bool,
 }
 
 impl Default for EndpointConfig {
@@ -82,6 +86,7 @@ impl Default for EndpointConfig {
             fragmentation: true,
             fragment_size: 1280,
             nat_keepalive: Some(Duration::from_secs(20)),
+            diagnostics: false,
         }
     }
 }

@@ -28,6 +28,14 @@ pub(crate) fn matches(pattern: &[u8], presented: &[u8]) -> bool {
     }
 }
 
+/// A DER Name as RFC 4514-style text (`C=CH, O=strongSwan, CN=moon`), for logs.
+pub(crate) fn text_of(der: &[u8]) -> Option<String> {
+    match X509Name::from_der(der) {
+        Ok(([], n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 fn value_matches(
     pattern: &AttributeTypeAndValue<'_>,
     presented: &AttributeTypeAndValue<'_>,

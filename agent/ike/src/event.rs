@@ -179,6 +179,8 @@ pub struct ChildSaResumed {
 /// datagrams ([`crate::Endpoint::poll_transmit`]): see [`crate::Endpoint`].
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// Something to log: what was received, configured and decided ([`crate::diagnostic`]).
+    Diagnostic(Box<crate::diagnostic::Diagnostic>),
     /// Install a CHILD SA.
     ChildSaInstall(Box<ChildSaInstall>),
     /// Remove a CHILD SA from the data plane.

@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod diagnostic;
 pub(crate) mod dn;
 pub mod endpoint;
 pub mod event;

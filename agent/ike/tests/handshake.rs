@@ -201,9 +201,13 @@ fn ike_proposal_mismatch_is_no_proposal_chosen() {
     assert_eq!(da.len(), 1);
     assert_eq!(da[0].1, Reason::NoProposalChosen);
     assert_eq!(Reason::NoProposalChosen.as_str(), "NoProposalChosen");
-    // The responder kept no state.
+    // The responder kept no state: its one event is the diagnostic that explains the refusal.
     assert_eq!(p.b.ike_sa_count(), 0);
-    assert!(p.ev_b.is_empty());
+    assert!(
+        matches!(&p.ev_b[..], [(_, Event::Diagnostic(_))]),
+        "{:?}",
+        p.ev_b
+    );
 }
 
 #[test]

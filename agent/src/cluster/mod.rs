@@ -112,6 +112,8 @@ async fn run_with<D: Dataplane + 'static>(
             ike_port: opts.ike_port,
             natt_port: opts.natt_port,
             nat_keepalive: opts.nat_keepalive,
+            // the tunnel chosen, the selectors, each dropped datagram: only when they are logged
+            diagnostics: tracing::enabled!(target: "strait_agent::driver", tracing::Level::DEBUG),
             ..EndpointConfig::default()
         },
         state_dir: opts.state_dir.clone(),

@@ -135,25 +135,7 @@ pub fn kernel_prefix(ts: &TsRange) -> Option<Prefix> {
 
 /// The prefix a selector's address range is, if it is one.
 pub fn prefix_of(ts: &TsRange) -> Option<(IpAddr, u8)> {
-    let (start, end, bits) = match ts.addrs {
-        AddrRange::V4 { start, end } => (
-            u128::from(u32::from(start)),
-            u128::from(u32::from(end)),
-            32u32,
-        ),
-        AddrRange::V6 { start, end } => (u128::from(start), u128::from(end), 128u32),
-    };
-    let host = start ^ end;
-    // host bits must be a run of ones at the bottom, and start must have them clear
-    if host & host.wrapping_add(1) != 0 || start & host != 0 {
-        return None;
-    }
-    let len = bits - (128 - host.leading_zeros()).min(bits);
-    let addr = match ts.addrs {
-        AddrRange::V4 { start, .. } => IpAddr::V4(start),
-        AddrRange::V6 { start, .. } => IpAddr::V6(start),
-    };
-    u8::try_from(len).ok().map(|l| (addr, l))
+    ts.prefix()
 }
 
 fn crypto(

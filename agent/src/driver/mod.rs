@@ -725,6 +725,20 @@ impl<D: Dataplane> Driver<D> {
 
     async fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::Diagnostic(d) => {
+                // what was received and configured when a negotiation fails (as charon logs
+                // "received proposals ... configured proposals"); the rest is debug detail
+                let tunnel = d
+                    .peer()
+                    .and_then(|p| self.tunnel_of(p))
+                    .map(|t| t.def.name.clone())
+                    .unwrap_or_default();
+                if d.is_failure() {
+                    tracing::info!(tunnel, "{d}");
+                } else {
+                    tracing::debug!(tunnel, "{d}");
+                }
+            }
             Event::ChildSaInstall(sa) => self.on_child_install(&sa).await,
             Event::ChildSaDelete {
                 peer,

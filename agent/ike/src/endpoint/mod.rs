@@ -88,6 +88,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Notes a dropped datagram as a diagnostic, when asked for them.
+    fn dropped(&mut self, remote: SocketAddr, why: &'static str) {
+        if self.config.diagnostics {
+            self.events.push_back(Event::Diagnostic(Box::new(
+                crate::diagnostic::Diagnostic::Dropped { remote, why },
+            )));
+        }
+    }
+
     /// The context of a transition at `now`: the one place a [`Ctx`] is built.
     fn ctx<'a>(&'a mut self, now: Instant, by_spi: &'a HashMap<(Spi, Side), SaId>) -> Ctx<'a> {
         let unix_time = self.unix_time(now);
@@ -646,6 +655,8 @@ impl Endpoint {
                 }
                 _ => {
                     self.shared.stats.malformed += 1;
+                    self.shared
+                        .dropped(remote, "not IKE on the NAT-T port (no non-ESP marker)");
                     return;
                 }
             }
@@ -656,6 +667,7 @@ impl Endpoint {
             Ok(w) => w,
             Err(crate::codec::DecodeError::InvalidMajorVersion { major, header }) => {
                 self.shared.stats.malformed += 1;
+                self.shared.dropped(remote, "another IKE major version");
                 // RFC 7296 §2.5: a request with a higher major version is answered, unprotected,
                 // with INVALID_MAJOR_VERSION in a header carrying our version (2.0). As charon
                 // does, only an IKE_SA_INIT request (nothing else can come from a peer that
@@ -680,6 +692,7 @@ impl Endpoint {
             }
             Err(_) => {
                 self.shared.stats.malformed += 1;
+                self.shared.dropped(remote, "not an IKE header");
                 return;
             }
         };
@@ -689,6 +702,10 @@ impl Endpoint {
                 self.on_init_request(now, local, remote, ike);
             } else {
                 self.shared.stats.malformed += 1;
+                self.shared.dropped(
+                    remote,
+                    "IKE_SA_INIT request with a responder SPI or message ID",
+                );
             }
             self.settle(now);
             return;
@@ -702,6 +719,7 @@ impl Endpoint {
         };
         let Some(&id) = self.by_spi.get(&(our_spi, Side::of(we_initiator))) else {
             self.shared.stats.unknown_spi += 1;
+            self.shared.dropped(remote, "no IKE SA with this SPI");
             return;
         };
         let mut outcome = Outcome::Handled;
@@ -710,8 +728,18 @@ impl Endpoint {
         });
         match outcome {
             Outcome::Handled => {}
-            Outcome::Integrity => self.shared.stats.integrity_failed += 1,
-            Outcome::Unexpected => self.shared.stats.unexpected += 1,
+            Outcome::Integrity => {
+                self.shared.stats.integrity_failed += 1;
+                self.shared
+                    .dropped(remote, "integrity check failed (wrong keys or corrupted)");
+            }
+            Outcome::Unexpected => {
+                self.shared.stats.unexpected += 1;
+                self.shared.dropped(
+                    remote,
+                    "unexpected here (message ID outside the window, or state)",
+                );
+            }
             Outcome::Retransmit => self.shared.stats.retransmits_answered += 1,
         }
         self.settle(now);

@@ -45,6 +45,8 @@ impl Endpoint {
     ) {
         let Ok(msg) = Message::parse(raw) else {
             self.shared.stats.malformed += 1;
+            self.shared
+                .dropped(remote, "IKE_SA_INIT request does not parse");
             return;
         };
         let key = (remote, msg.header.initiator_spi);
@@ -73,6 +75,8 @@ impl Endpoint {
         let mut candidates = self.responder_configs(local, remote).into_iter();
         let Some((peer, cfg)) = candidates.next() else {
             self.shared.stats.no_peer_config += 1;
+            self.shared
+                .dropped(remote, "IKE_SA_INIT from an address no tunnel accepts");
             return;
         };
         let lifetime = self.shared.config.cookie_secret_lifetime;

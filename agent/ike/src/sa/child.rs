@@ -7,6 +7,7 @@ use super::proposals;
 use super::{Common, Ctx, Keys};
 use crate::codec::{Notify, NotifyType, Payload, Sa, TrafficSelectors, TsRange};
 use crate::crypto::kdf;
+use crate::diagnostic::{self, Diagnostic, SaKind};
 use crate::event::{
     ChildKeys, ChildLifetimes, ChildSaId, ChildSaInstall, EspSpi, Event, Mode, UdpEncap,
 };
@@ -152,6 +153,27 @@ pub(crate) fn encapsulation(c: &Common) -> Option<UdpEncap> {
     })
 }
 
+/// Reports a CHILD SA that could not be created (the IKE SA stays up); a refusal of our
+/// proposals also says what we offered.
+pub(crate) fn failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
+    if reason == Reason::NoProposalChosen {
+        ctx.diagnose(Diagnostic::ProposalsRefused {
+            peer: c.peer,
+            kind: SaKind::Child,
+            offered: c
+                .cfg
+                .esp_proposals
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+    }
+    ctx.events.push_back(Event::ChildSaFailed {
+        peer: c.peer,
+        reason,
+    });
+}
+
 /// The initiator's CHILD SA request payloads: SA, TSi, TSr.
 pub(crate) fn request_payloads(c: &Common, spi_in: [u8; 4], with_ke: bool) -> [Payload; 3] {
     [
@@ -174,9 +196,10 @@ pub(crate) struct Agreed {
 }
 
 /// Responder: picks an ESP proposal and narrows the selectors; an error notification type when
-/// the CHILD SA cannot be created.
+/// the CHILD SA cannot be created (with a diagnostic saying what did not meet).
 pub(crate) fn respond(
     c: &Common,
+    ctx: &mut Ctx<'_>,
     sa: Option<&Sa>,
     tsi: Option<&TrafficSelectors>,
     tsr: Option<&TrafficSelectors>,
@@ -193,17 +216,45 @@ pub(crate) fn respond(
             meta.push((p.number, spi));
         }
     }
-    let (idx, choice) = select_esp(&c.cfg.esp_proposals, &theirs, ignore_ke)
-        .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
-    let (number, spi_out) = meta
-        .get(idx)
-        .copied()
-        .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
-    let tsi = ts::narrow(&ts::ranges(tsi), &c.cfg.remote_ts);
-    let tsr = ts::narrow(&ts::ranges(tsr), &c.cfg.local_ts);
+    let selected = select_esp(&c.cfg.esp_proposals, &theirs, ignore_ke)
+        .and_then(|(idx, choice)| meta.get(idx).map(|&(n, spi)| (n, spi, choice)));
+    let Some((number, spi_out, choice)) = selected else {
+        ctx.diagnose(Diagnostic::NoProposalMatch {
+            peer: c.peer,
+            remote: c.remote,
+            kind: SaKind::Child,
+            received: sa.proposals.iter().map(diagnostic::wire_proposal).collect(),
+            configured: c
+                .cfg
+                .esp_proposals
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+        return Err(NotifyType::NO_PROPOSAL_CHOSEN);
+    };
+    let (theirs_i, theirs_r) = (ts::ranges(tsi), ts::ranges(tsr));
+    let tsi = ts::narrow(&theirs_i, &c.cfg.remote_ts);
+    let tsr = ts::narrow(&theirs_r, &c.cfg.local_ts);
     if tsi.is_empty() || tsr.is_empty() {
+        ctx.diagnose(Diagnostic::TsMismatch {
+            peer: c.peer,
+            received: (
+                diagnostic::selectors(&theirs_i),
+                diagnostic::selectors(&theirs_r),
+            ),
+            configured: (
+                diagnostic::selectors(&c.cfg.remote_ts),
+                diagnostic::selectors(&c.cfg.local_ts),
+            ),
+        });
         return Err(NotifyType::TS_UNACCEPTABLE);
     }
+    ctx.detail(|| Diagnostic::TsNarrowed {
+        peer: c.peer,
+        local: diagnostic::selectors(&tsr),
+        remote: diagnostic::selectors(&tsi),
+    });
     Ok(Agreed {
         number,
         choice,

@@ -14,6 +14,7 @@ use crate::codec::{
 };
 use crate::config::AuthConfig;
 use crate::crypto::auth;
+use crate::diagnostic::{self, Diagnostic};
 use crate::event::Event;
 use crate::reason::Reason;
 
@@ -197,6 +198,16 @@ impl AuthSent {
             c.down(ctx, reason);
             return State::Gone;
         }
+        if let Some(idr) = inner.idr
+            && !c.cfg.remote_id.matches(idr)
+        {
+            ctx.diagnose(Diagnostic::IdentityMismatch {
+                peer: c.peer,
+                remote: c.remote,
+                received: diagnostic::identification(idr),
+                expected: vec![diagnostic::identity(&c.cfg.remote_id)],
+            });
+        }
         if let Err(r) = verify_peer(
             c,
             &self.init,
@@ -247,14 +258,14 @@ impl AuthSent {
                 };
                 match child::install(c, ctx, &est.keys, new) {
                     Ok(ch) => est.children.push(ch),
-                    Err(r) => child_failed(c, ctx, r),
+                    Err(r) => child::failed(c, ctx, r),
                 }
             }
             Err(r) => {
                 let reason = notifies(payloads)
                     .find(|n| n.ty.is_error())
                     .map_or(r, |n| Reason::from_notify(n.ty));
-                child_failed(c, ctx, reason);
+                child::failed(c, ctx, reason);
                 if inner.sa.is_some() {
                     // The responder installed something we cannot accept: delete it.
                     est.queue
@@ -264,13 +275,6 @@ impl AuthSent {
         }
         State::Established(est)
     }
-}
-
-fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
-    ctx.events.push_back(Event::ChildSaFailed {
-        peer: c.peer,
-        reason,
-    });
 }
 
 impl InitReplied {
@@ -287,6 +291,25 @@ impl InitReplied {
         // The tunnel was chosen by address in IKE_SA_INIT; now that the peer has named itself,
         // take the first tunnel for that address whose remote identity it is (as charon picks
         // the peer config by identities), so that several tunnels from one address work.
+        let candidates = 1 + self.alternatives.len();
+        if let Some(idi) = inner.idi
+            && !c.cfg.remote_id.matches(idi)
+            && !self
+                .alternatives
+                .iter()
+                .any(|(_, cfg)| cfg.remote_id.matches(idi))
+        {
+            let expected = core::iter::once(&c.cfg)
+                .chain(self.alternatives.iter().map(|(_, cfg)| cfg))
+                .map(|cfg| diagnostic::identity(&cfg.remote_id))
+                .collect();
+            ctx.diagnose(Diagnostic::IdentityMismatch {
+                peer: c.peer,
+                remote: c.remote,
+                received: diagnostic::identification(idi),
+                expected,
+            });
+        }
         if let Some(idi) = inner.idi
             && !c.cfg.remote_id.matches(idi)
             && let Some((peer, cfg)) = self.alternatives.into_iter().find(|(_, cfg)| {
@@ -328,6 +351,14 @@ impl InitReplied {
             Err(r) => return Err(Box::new((r, Some(init.keys)))),
         };
         c.remote_identity = inner.idi.cloned();
+        ctx.detail(|| Diagnostic::TunnelChosen {
+            peer: c.peer,
+            remote: c.remote,
+            identity: inner
+                .idi
+                .map_or_else(String::new, diagnostic::identification),
+            candidates,
+        });
         let mut est = Established::new(init.keys);
         est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
@@ -337,7 +368,7 @@ impl InitReplied {
         let mut new_child: Option<Child> = None;
         let mut failure = None;
         if inner.sa.is_some() {
-            match child::respond(c, inner.sa, inner.tsi, inner.tsr, true) {
+            match child::respond(c, ctx, inner.sa, inner.tsi, inner.tsr, true) {
                 Ok(agreed) => {
                     let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
                     out.extend(child::answer_payloads(&agreed, spi_in));
@@ -375,7 +406,7 @@ impl InitReplied {
         up(c, ctx, &est);
         ctx.events.extend(pending);
         if let Some(r) = failure {
-            child_failed(c, ctx, r);
+            child::failed(c, ctx, r);
         }
         est.children.extend(new_child);
         Ok(State::Established(est))

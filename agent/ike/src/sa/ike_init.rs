@@ -17,6 +17,7 @@ use crate::crypto::alg::KeGroup;
 use crate::crypto::kdf;
 use crate::crypto::ke::KeyExchange;
 use crate::crypto::sk::SkCipher;
+use crate::diagnostic::{self, Diagnostic, SaKind};
 use crate::event::{NatState, PeerId};
 use crate::natd;
 use crate::proposal::{IkeChoice, select_ike};
@@ -230,6 +231,18 @@ impl InitSent {
             };
         }
         if let Some(n) = msg.notifies().find(|n| n.ty.is_error()) {
+            if n.ty == NotifyType::NO_PROPOSAL_CHOSEN {
+                ctx.diagnose(Diagnostic::ProposalsRefused {
+                    peer: c.peer,
+                    kind: SaKind::Ike,
+                    offered: c
+                        .cfg
+                        .ike_proposals
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                });
+            }
             return fail(c, ctx, Reason::from_notify(n.ty));
         }
         if msg.header.responder_spi.is_zero() {
@@ -381,6 +394,13 @@ impl InitReplied {
             .collect();
         let peer_ke = KeGroup::from_id(ke_p.group);
         let Some((idx, choice)) = select_ike(&cfg.ike_proposals, &theirs, peer_ke) else {
+            ctx.diagnose(Diagnostic::NoProposalMatch {
+                peer,
+                remote,
+                kind: SaKind::Ike,
+                received: sa.proposals.iter().map(diagnostic::wire_proposal).collect(),
+                configured: cfg.ike_proposals.iter().map(ToString::to_string).collect(),
+            });
             return Err(InitRefused::Answer(init_error_response(
                 &msg.header,
                 Notify::empty(NotifyType::NO_PROPOSAL_CHOSEN),

@@ -160,6 +160,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// Emits a failure diagnostic (always).
+    pub fn diagnose(&mut self, d: crate::diagnostic::Diagnostic) {
+        self.events.push_back(Event::Diagnostic(Box::new(d)));
+    }
+
+    /// Emits a success-path diagnostic, made only when [`EndpointConfig::diagnostics`] is on.
+    pub fn detail(&mut self, d: impl FnOnce() -> crate::diagnostic::Diagnostic) {
+        if self.cfg.diagnostics {
+            self.diagnose(d());
+        }
+    }
+
     /// A fresh CHILD SA id.
     pub fn child_id(&mut self) -> crate::event::ChildSaId {
         *self.next_child = self.next_child.wrapping_add(1);

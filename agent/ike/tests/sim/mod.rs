@@ -681,6 +681,8 @@ impl World {
                 usize::from(self.sc.mtu)
             },
             nat_keepalive: Some(secs(20)),
+            // every other node also emits the success-path and per-drop diagnostics
+            diagnostics: n % 2 == 1,
             ..EndpointConfig::default()
         };
         let seed = self.sc.seed ^ ((n as u64) << 48) ^ (node.generation << 32);
@@ -1258,6 +1260,10 @@ impl World {
             println!("{:10.3} e{n}: {what}", (now - self.t0).as_secs_f64());
         }
         match e {
+            // rendered, so every schedule also proves the log text cannot panic
+            Event::Diagnostic(d) => {
+                let _ = d.to_string();
+            }
             Event::ChildSaInstall(sa) => self.install(n, &sa),
             Event::ChildSaDelete {
                 peer,

@@ -61,7 +61,51 @@ pub enum AddrRange {
     },
 }
 
+impl core::fmt::Display for TsRange {
+    /// strongSwan's notation: `198.51.100.0/24` when the range is a prefix, else `a-b`, then
+    /// `[proto]` or `[proto/port]` / `[proto/lo-hi]` when restricted.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match (self.prefix(), self.addrs) {
+            (Some((a, len)), _) => write!(f, "{a}/{len}")?,
+            (None, AddrRange::V4 { start, end }) => write!(f, "{start}-{end}")?,
+            (None, AddrRange::V6 { start, end }) => write!(f, "{start}-{end}")?,
+        }
+        let any_port = self.start_port == 0 && self.end_port == u16::MAX;
+        match (self.ip_protocol, any_port) {
+            (0, true) => Ok(()),
+            (p, true) => write!(f, "[{p}]"),
+            (p, false) if self.start_port == self.end_port => {
+                write!(f, "[{p}/{}]", self.start_port)
+            }
+            (p, false) => write!(f, "[{p}/{}-{}]", self.start_port, self.end_port),
+        }
+    }
+}
+
 impl TsRange {
+    /// The range as a prefix (address, length), if it is one.
+    pub fn prefix(&self) -> Option<(IpAddr, u8)> {
+        let (start, end, bits) = match self.addrs {
+            AddrRange::V4 { start, end } => (
+                u128::from(u32::from(start)),
+                u128::from(u32::from(end)),
+                32u32,
+            ),
+            AddrRange::V6 { start, end } => (u128::from(start), u128::from(end), 128u32),
+        };
+        let host = start ^ end;
+        // host bits must be a run of ones at the bottom, and start must have them clear
+        if host & host.wrapping_add(1) != 0 || start & host != 0 {
+            return None;
+        }
+        let len = bits - (128 - host.leading_zeros()).min(bits);
+        let addr = match self.addrs {
+            AddrRange::V4 { start, .. } => IpAddr::V4(start),
+            AddrRange::V6 { start, .. } => IpAddr::V6(start),
+        };
+        u8::try_from(len).ok().map(|l| (addr, l))
+    }
+
     /// All traffic of a subnet (any protocol and port). `None` if `prefix_len` is too long for
     /// the address family.
     pub fn subnet(addr: IpAddr, prefix_len: u8) -> Option<Self> {

@@ -10,7 +10,7 @@ use crate::codec::{
 };
 use crate::crypto::alg::KeGroup;
 use crate::crypto::ke::KeyExchange;
-use crate::event::{ChildSaId, Event};
+use crate::event::ChildSaId;
 use crate::reason::Reason;
 use crate::sa::child::{self, ChildState};
 use crate::sa::established::{self, Established, Next};
@@ -138,13 +138,6 @@ pub(crate) fn start_child(
     Ok(())
 }
 
-pub(super) fn child_failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
-    ctx.events.push_back(Event::ChildSaFailed {
-        peer: c.peer,
-        reason,
-    });
-}
-
 /// Retries the rekey of `old` later, if it is still ours to rekey, after the usual random
 /// delay. A `transient` refusal (TEMPORARY_FAILURE: an exchange in flight, done in a round
 /// trip) is retried no later than halfway to the SA's hard expiry, when the kernel drops the
@@ -203,7 +196,7 @@ pub(crate) fn on_child_response(
         }
         let transient = n.ty == NotifyType::TEMPORARY_FAILURE;
         if !transient {
-            child_failed(c, ctx, Reason::from_notify(n.ty));
+            child::failed(c, ctx, Reason::from_notify(n.ty));
         }
         retry_child_later(e, ctx, p.old, transient);
         return;
@@ -236,7 +229,7 @@ pub(crate) fn on_child_response(
             }
         }
         Err(r) => {
-            child_failed(c, ctx, r);
+            child::failed(c, ctx, r);
             // The peer installed what it answered (no error came back): have it removed.
             e.queue
                 .push_back(RequestKind::DeleteChild(vec![p.offer.spi_in]));
@@ -324,7 +317,7 @@ pub(super) fn respond_child(
         }
         None => None,
     };
-    let agreed = child::respond(c, inner.sa, inner.tsi, inner.tsr, false)?;
+    let agreed = child::respond(c, ctx, inner.sa, inner.tsi, inner.tsr, false)?;
     let ni = inner
         .nonce
         .ok_or(NotifyType::INVALID_SYNTAX)?

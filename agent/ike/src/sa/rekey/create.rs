@@ -19,7 +19,7 @@
 //! retransmitted after its own completed), that one still deletes it. Either way one SA is
 //! left.
 
-use super::child::{self, Offer, child_failed, nonce_of};
+use super::child::{self, Offer, nonce_of};
 use super::lowest_nonce_in_first;
 use crate::codec::message::notifies;
 use crate::codec::{ExchangeType, NotifyType, Payload};
@@ -143,7 +143,7 @@ pub(crate) fn on_create_response(
             }
         }
         if p.collision.is_none() && n.ty != NotifyType::TEMPORARY_FAILURE {
-            child_failed(c, ctx, Reason::from_notify(n.ty));
+            crate::sa::child::failed(c, ctx, Reason::from_notify(n.ty));
         }
         // With a collision, the peer's CHILD SA stands.
         return;
@@ -177,7 +177,7 @@ pub(crate) fn on_create_response(
             }
         }
         Err(r) => {
-            child_failed(c, ctx, r);
+            crate::sa::child::failed(c, ctx, r);
             // The peer installed what it answered (no error came back): have it removed.
             e.queue
                 .push_back(RequestKind::DeleteChild(vec![p.offer.spi_in]));

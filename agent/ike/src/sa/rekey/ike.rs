@@ -292,8 +292,25 @@ fn answer_ike_rekey(
         })
         .collect();
     let peer_ke = KeGroup::from_id(ke_p.group);
-    let (idx, choice) =
-        select_ike(&c.cfg.ike_proposals, &theirs, peer_ke).ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
+    let Some((idx, choice)) = select_ike(&c.cfg.ike_proposals, &theirs, peer_ke) else {
+        ctx.diagnose(crate::diagnostic::Diagnostic::NoProposalMatch {
+            peer: c.peer,
+            remote: c.remote,
+            kind: crate::diagnostic::SaKind::Ike,
+            received: sa_p
+                .proposals
+                .iter()
+                .map(crate::diagnostic::wire_proposal)
+                .collect(),
+            configured: c
+                .cfg
+                .ike_proposals
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+        return Err(NotifyType::NO_PROPOSAL_CHOSEN.into());
+    };
     if Some(choice.ke) != peer_ke {
         return Err(Refusal::InvalidKe(choice.ke));
     }
