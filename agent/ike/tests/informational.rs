@@ -44,7 +44,10 @@ fn invalid_ke_for_a_group_we_do_not_offer_fails() {
     b.ike_proposals = parse_ike_list(&["aes256gcm16-prfsha256-ecp256"]).unwrap();
     let mut p = Pair::new(a, b);
     p.initiate();
+    // unauthenticated, the refusal ends the attempt only when the retransmission falls due
     p.run_for(Duration::from_secs(1));
+    assert!(Pair::downs(&p.ev_a).is_empty());
+    p.run_for(Duration::from_secs(4));
     assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::NoProposalChosen);
 }
 
@@ -230,6 +233,9 @@ fn deleting_the_ike_sa_reaches_both_sides() {
     assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::DeletedLocally);
     assert_eq!(Pair::downs(&p.ev_b)[0].1, Reason::DeletedByPeer);
     assert_eq!(p.a.ike_sa_count(), 0);
+    // B lingers, closing, long enough to answer three sends of the Delete (4 + 7.2 + 13 s)
+    p.run_for(Duration::from_secs(20));
+    assert_eq!(p.b.ike_sa_count(), 1);
     p.run_for(Duration::from_secs(10));
     assert_eq!(p.b.ike_sa_count(), 0);
     // The CHILD SA deletes name the installed SPIs.
@@ -253,7 +259,7 @@ fn responder_can_delete_too_and_lost_delete_is_retransmitted() {
         }
     });
     p.b.remove_peer(p.now, p.b_peer);
-    p.run_for(Duration::from_secs(10));
+    p.run_for(Duration::from_secs(30));
     assert_eq!(Pair::downs(&p.ev_a)[0].1, Reason::DeletedByPeer);
     assert_eq!(Pair::downs(&p.ev_b)[0].1, Reason::DeletedLocally);
     assert_eq!(p.a.ike_sa_count() + p.b.ike_sa_count(), 0);

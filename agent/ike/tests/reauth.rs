@@ -82,6 +82,8 @@ fn new_credentials_bring_a_new_ike_sa_up_before_the_old_one_goes() {
     let b_downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
     assert_eq!(a_downs, vec![Reason::DeletedLocally]);
     assert_eq!(b_downs, vec![Reason::DeletedByPeer]);
+    // B keeps the deleted SA, closing, to answer a lost Delete's retransmissions
+    p.run_for(Duration::from_secs(25));
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
     assert_eq!(p.a.children(p.a_peer).len(), 1);
     assert_eq!(p.b.children(p.b_peer).len(), 1);
@@ -108,6 +110,8 @@ fn a_reauthentication_that_fails_leaves_the_old_sa_in_use() {
     p.run_for(Duration::from_secs(5));
     assert_eq!(Pair::ups(&p.ev_a), 2);
     assert_eq!(Pair::child_deletes(&p.ev_a), 1);
+    // the failed attempt and the deleted SA linger at B until their closing time is over
+    p.run_for(Duration::from_secs(25));
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
 }
 

@@ -441,7 +441,8 @@ fn ike_rekey_moves_children_and_a_child_rekey_follows_on_the_new_sa() {
 
     // DPD-less INFORMATIONAL traffic and deletion work on the new SA.
     p.b.remove_peer(p.now, p.b_peer);
-    p.run_for(Duration::from_secs(10));
+    // (A answers the Delete and lingers, closing, for the peer's retransmissions)
+    p.run_for(Duration::from_secs(30));
     assert_eq!(Pair::downs(&p.ev_a)[0].1, strait_ike::Reason::DeletedByPeer);
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (0, 0));
 }

@@ -698,13 +698,18 @@ impl Endpoint {
         };
         let h = wire.header;
         if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.is_response() {
-            if h.flags.is_initiator() && h.responder_spi.is_zero() && h.message_id == 0 {
+            // §3.1: SPIi MUST NOT be zero (review M-1b).
+            if h.flags.is_initiator()
+                && !h.initiator_spi.is_zero()
+                && h.responder_spi.is_zero()
+                && h.message_id == 0
+            {
                 self.on_init_request(now, local, remote, ike);
             } else {
                 self.shared.stats.malformed += 1;
                 self.shared.dropped(
                     remote,
-                    "IKE_SA_INIT request with a responder SPI or message ID",
+                    "IKE_SA_INIT request with a zero SPIi, a responder SPI or a message ID",
                 );
             }
             self.settle(now);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use core::net::{IpAddr, SocketAddr};
 
 use super::Endpoint;
-use crate::codec::{Message, Notify, NotifyType, Payload};
+use crate::codec::{DecodeError, Header, Message, Notify, NotifyType, Payload};
 use crate::config::PeerConfig;
 use crate::event::PeerId;
 use crate::sa::ike_init::{InitRefused, InitReplied};
@@ -43,11 +43,27 @@ impl Endpoint {
         remote: SocketAddr,
         raw: &[u8],
     ) {
-        let Ok(msg) = Message::parse(raw) else {
-            self.shared.stats.malformed += 1;
-            self.shared
-                .dropped(remote, "IKE_SA_INIT request does not parse");
-            return;
+        let msg = match Message::parse(raw) {
+            Ok(m) => m,
+            Err(DecodeError::UnsupportedCriticalPayload(ty)) => {
+                // §2.5: a critical payload we do not know is answered, with its type as data
+                // (review M-1c); the header parsed, or the payload would not have been reached.
+                self.shared.stats.malformed += 1;
+                if let Ok(w) = Header::peek(raw) {
+                    let answer = init_error_response(
+                        &w.header,
+                        Notify::new(NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![ty.0]),
+                    );
+                    self.send_stateless(local, remote, &answer);
+                }
+                return;
+            }
+            Err(_) => {
+                self.shared.stats.malformed += 1;
+                self.shared
+                    .dropped(remote, "IKE_SA_INIT request does not parse");
+                return;
+            }
         };
         let key = (remote, msg.header.initiator_spi);
         if let Some(id) = self.by_init.get(&key).copied() {

@@ -44,7 +44,12 @@ impl IkeSa {
             State::Closing { keys, .. } => keys,
             State::InitSent(_) | State::Gone => None,
         };
-        let linger = crate::timers::retransmit_wait(&ctx.cfg.retransmit, 0);
+        // Long enough for the peer's first three sends of a request whose answer was lost
+        // (4 + 7.2 + 13 s with strongSwan's schedule), so it learns the real outcome from our
+        // cached answer instead of timing out (review M-1f).
+        let linger = (0..3)
+            .map(|k| crate::timers::retransmit_wait(&ctx.cfg.retransmit, k))
+            .sum::<core::time::Duration>();
         self.state = State::Closing {
             keys,
             until: ctx.now + linger,

@@ -27,12 +27,13 @@ use crate::window::Window;
 /// How many COOKIE or INVALID_KE_PAYLOAD round trips an initiator accepts for one SA.
 const MAX_INIT_RETRIES: u8 = 4;
 
-/// The hash algorithms we advertise for RFC 7427 signatures (as strongSwan does).
-const SIGNATURE_HASHES: [HashAlgorithm; 4] = [
+/// The hash algorithms we advertise for RFC 7427 signatures. Not IDENTITY (5): RFC 8420 makes
+/// it the announcement of EdDSA, which we cannot verify (review M-1d), so a peer with an Ed25519
+/// key learns it in IKE_SA_INIT instead of failing AUTH.
+const SIGNATURE_HASHES: [HashAlgorithm; 3] = [
     HashAlgorithm::SHA2_256,
     HashAlgorithm::SHA2_384,
     HashAlgorithm::SHA2_512,
-    HashAlgorithm::IDENTITY,
 ];
 
 /// What both ends hold once IKE_SA_INIT is done.
@@ -58,6 +59,10 @@ pub(crate) struct InitSent {
     cookie: Option<Vec<u8>>,
     retries: u8,
     fake_natd: Option<[u8; 20]>,
+    /// An unauthenticated error answer already received: the attempt ends with it when the
+    /// next retransmission falls due, unless a real answer comes first (RFC 7296 §2.21.1,
+    /// review M-1a: anyone who saw our SPI can send one).
+    refused: Option<Reason>,
 }
 
 /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH until `expires`.
@@ -165,6 +170,7 @@ impl InitSent {
             cookie: None,
             retries: 0,
             fake_natd,
+            refused: None,
         };
         let mut st = st;
         let cfg = Arc::clone(&c.cfg);
@@ -197,6 +203,18 @@ impl InitSent {
         }
     }
 
+    /// Notes an unauthenticated refusal and keeps waiting (see `refused`); the first one is
+    /// the reason reported.
+    fn refuse(mut self, reason: Reason) -> State {
+        self.refused.get_or_insert(reason);
+        State::InitSent(self)
+    }
+
+    /// The refusal to end the attempt with when its retransmission falls due.
+    pub fn refused(&self) -> Option<Reason> {
+        self.refused
+    }
+
     /// Handles the IKE_SA_INIT response.
     pub fn on_response(
         mut self,
@@ -227,11 +245,11 @@ impl InitSent {
                         Err(_) => fail(c, ctx, Reason::LocalCrypto),
                     }
                 }
-                _ => fail(c, ctx, Reason::NoProposalChosen),
+                _ => self.refuse(Reason::NoProposalChosen),
             };
         }
         if let Some(n) = msg.notifies().find(|n| n.ty.is_error()) {
-            if n.ty == NotifyType::NO_PROPOSAL_CHOSEN {
+            if n.ty == NotifyType::NO_PROPOSAL_CHOSEN && self.refused.is_none() {
                 ctx.diagnose(Diagnostic::ProposalsRefused {
                     peer: c.peer,
                     kind: SaKind::Ike,
@@ -243,7 +261,7 @@ impl InitSent {
                         .collect(),
                 });
             }
-            return fail(c, ctx, Reason::from_notify(n.ty));
+            return self.refuse(Reason::from_notify(n.ty));
         }
         if msg.header.responder_spi.is_zero() {
             // Unusable: a real answer carries the responder's SPI. Keep waiting.

@@ -163,6 +163,16 @@ pub(crate) fn on_message(
     // traffic to whoever replayed it.
     let moved = mapping::may_follow(&sa.common, ctx.cfg, local, remote);
     if h.flags.is_response() {
+        // M-1e: an answer in another exchange than our request's is not its answer; the
+        // request stays outstanding and is retransmitted (a consumed one would hang the SA).
+        if sa
+            .common
+            .win
+            .outstanding()
+            .is_some_and(|o| o.id == h.message_id && o.kind.exchange() != h.exchange_type)
+        {
+            return Outcome::Unexpected;
+        }
         let Some(out) = sa.common.win.take_response(h.message_id) else {
             return Outcome::Unexpected;
         };

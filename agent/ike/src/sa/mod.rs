@@ -69,6 +69,22 @@ pub(crate) enum RequestKind {
     RekeyIke { group: Option<KeGroup> },
 }
 
+impl RequestKind {
+    /// The exchange a request of this kind is sent in (its response must be of the same).
+    pub(crate) fn exchange(&self) -> ExchangeType {
+        match self {
+            Self::Init => ExchangeType::IKE_SA_INIT,
+            Self::Auth => ExchangeType::IKE_AUTH,
+            Self::Dpd | Self::DeleteIke | Self::DeleteChild(_) | Self::Notify => {
+                ExchangeType::INFORMATIONAL
+            }
+            Self::RekeyChild { .. } | Self::CreateChild { .. } | Self::RekeyIke { .. } => {
+                ExchangeType::CREATE_CHILD_SA
+            }
+        }
+    }
+}
+
 /// Which end of an IKE SA we are: its original initiator or responder (RFC 7296 §2.2). With our
 /// SPI, it is what the peer's messages are routed by: a peer may pick the same SPI as we did
 /// for another SA where it plays the other part.
@@ -481,6 +497,16 @@ impl IkeSa {
         use crate::window::Timeout;
         match self.common.win.on_timeout(ctx.now, &ctx.cfg.retransmit) {
             Timeout::Nothing => {}
+            // An IKE_SA_INIT refused (unauthenticated) and answered by nobody else since.
+            Timeout::Resend
+                if let State::InitSent(s) = &self.state
+                    && let Some(r) = s.refused() =>
+            {
+                self.common.win.abandon();
+                self.common.down(ctx, r);
+                self.state = State::Gone;
+                return;
+            }
             Timeout::Resend => {
                 if let Some(o) = self.common.win.outstanding() {
                     let d = o.datagrams.clone();
