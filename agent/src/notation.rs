@@ -43,6 +43,9 @@ pub fn reason_message(r: Reason) -> &'static str {
         Reason::CertificateNotYetValid => "the peer's certificate is not yet valid",
         Reason::CertificateExpired => "the peer's certificate has expired",
         Reason::PeerError => "the peer answered with an error notification",
+        Reason::LifetimeExpired => {
+            "the IKE SA reached its hard lifetime (spec.ike.maxLifetime) without a successful rekey"
+        }
         Reason::ClockUnset => {
             "this node's clock is not set (before 1970), so certificates cannot be checked"
         }

@@ -104,6 +104,8 @@ fn child(local: &str, remote: &str) -> ChildSaInstall {
         lifetimes: ChildLifetimes {
             soft: Duration::from_secs(10),
             hard: Duration::from_secs(20),
+            bytes: None,
+            packets: None,
         },
         replaces: None,
         initiator: true,

@@ -277,9 +277,35 @@ pub struct ProposalSpec {
     #[schemars(length(max = 16), inner(length(min = 1, max = 128)))]
     #[x_kube(validation = Rule::new(PROPOSALS_RULE).message(PROPOSALS_MESSAGE))]
     pub proposals: Vec<String>,
-    /// How long an SA lives before it is rekeyed (IKE default 24h, ESP default 1h).
+    /// How long an SA lives before it is rekeyed (IKE default 24h, ESP default 1h);
+    /// strongSwan's `rekey_time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Duration>,
+    /// The hard limit: an SA not rekeyed by then is deleted (default: lifetime + 10 %).
+    /// strongSwan's `life_time` for CHILD SAs, `rekey_time + over_time` for IKE SAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Duration>,
+    /// Up to this much earlier than `lifetime`, at random, the rekey starts, so that both ends
+    /// and many tunnels do not rekey at once (default: maxLifetime - lifetime); `rand_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rand_time: Option<Duration>,
+    /// ESP only: rekey after this many bytes through a CHILD SA (either direction, counted by
+    /// the kernel); strongSwan's `rekey_bytes`. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rekey_bytes: Option<u64>,
+    /// ESP only: the hard byte limit (default: rekeyBytes + 10 %); `life_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub life_bytes: Option<u64>,
+    /// ESP only: rekey after this many packets; `rekey_packets`. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rekey_packets: Option<u64>,
+    /// ESP only: the hard packet limit (default: rekeyPackets + 10 %); `life_packets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub life_packets: Option<u64>,
 }
 
 /// Dead peer detection timers.

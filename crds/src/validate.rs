@@ -78,6 +78,46 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// The rekey times the API documents when `lifetime` is unset (IKE 24h, ESP 1h).
+fn default_lifetime(name: &str) -> u64 {
+    if name == "ike" { 24 * 3600 } else { 3600 }
+}
+
+/// The lifetime fields of one ProposalSpec agree with each other, as strongSwan wants them:
+/// the hard limit after the rekey, the jitter shorter than the rekey time.
+fn lifetime_rules(name: &str, p: &crate::ProposalSpec, err: &mut impl FnMut(String, String)) {
+    let rekey = p.lifetime.map_or(default_lifetime(name), |l| l.as_secs());
+    if let Some(max) = p.max_lifetime
+        && max.as_secs() <= rekey
+    {
+        err(
+            format!("spec.{name}.maxLifetime"),
+            format!("{max} must be longer than the lifetime ({rekey}s)"),
+        );
+    }
+    if let Some(r) = p.rand_time
+        && r.as_secs() >= rekey
+    {
+        err(
+            format!("spec.{name}.randTime"),
+            format!("{r} must be shorter than the lifetime ({rekey}s)"),
+        );
+    }
+    for (field, soft, hard) in [
+        ("lifeBytes", p.rekey_bytes, p.life_bytes),
+        ("lifePackets", p.rekey_packets, p.life_packets),
+    ] {
+        if let (Some(s), Some(h)) = (soft, hard)
+            && h <= s
+        {
+            err(
+                format!("spec.{name}.{field}"),
+                format!("{h} must be more than the rekey limit ({s})"),
+            );
+        }
+    }
+}
+
 /// Every problem in `spec` that can be seen without the network or secrets. Proposal strings
 /// are checked by the IKE crate, which owns their grammar.
 pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
@@ -139,6 +179,24 @@ pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
                 format!("spec.{name}.lifetime"),
                 format!("{l} is shorter than the minimum of {min}s"),
             );
+        }
+        if let Some(p) = p {
+            lifetime_rules(name, p, &mut err);
+        }
+    }
+    if let Some(p) = &spec.ike {
+        for (field, v) in [
+            ("rekeyBytes", p.rekey_bytes),
+            ("lifeBytes", p.life_bytes),
+            ("rekeyPackets", p.rekey_packets),
+            ("lifePackets", p.life_packets),
+        ] {
+            if v.is_some() {
+                err(
+                    format!("spec.ike.{field}"),
+                    "byte and packet limits are for CHILD SAs: set them in spec.esp".into(),
+                );
+            }
         }
     }
     if let Some(DpdSpec {
@@ -248,6 +306,46 @@ mod tests {
                 "spec.dpd.timeout"
             ]
         );
+    }
+
+    #[test]
+    fn lifetimes_agree_with_each_other_and_volumes_are_for_esp() {
+        let mut t = example();
+        let d = crate::Duration::from_secs;
+        let ike = t.spec.ike.get_or_insert_with(Default::default);
+        ike.lifetime = Some(d(3600));
+        ike.max_lifetime = Some(d(3600));
+        ike.rand_time = Some(d(4000));
+        ike.rekey_bytes = Some(1000);
+        let esp = t.spec.esp.get_or_insert_with(Default::default);
+        esp.lifetime = None;
+        // shorter than the default ESP lifetime (1h)
+        esp.max_lifetime = Some(d(1800));
+        esp.rekey_bytes = Some(1_000_000);
+        esp.life_bytes = Some(1_000_000);
+        esp.rekey_packets = Some(1000);
+        esp.life_packets = Some(2000);
+        let errs = validate(&t.spec);
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.ike.maxLifetime",
+                "spec.ike.randTime",
+                "spec.esp.maxLifetime",
+                "spec.esp.lifeBytes",
+                "spec.ike.rekeyBytes"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[2].message.contains("(3600s)"), "{}", errs[2].message);
+        assert!(errs[4].message.contains("set them in spec.esp"));
+        // the same, sound
+        let ike = t.spec.ike.as_mut().unwrap();
+        (ike.max_lifetime, ike.rand_time, ike.rekey_bytes) = (Some(d(4000)), Some(d(60)), None);
+        let esp = t.spec.esp.as_mut().unwrap();
+        (esp.max_lifetime, esp.life_bytes) = (Some(d(4000)), Some(1_100_000));
+        assert_eq!(validate(&t.spec), vec![]);
     }
 
     #[test]

@@ -136,6 +136,40 @@ impl Plan<'_> {
             .map_or(DEFAULT_ESP_LIFETIME.as_secs(), |d| d.as_secs())
     }
 
+    /// swanctl.conf lines for the lifetime fields the spec sets beyond `lifetime` (the rest
+    /// are strongSwan's defaults, derived as the agent derives them): IKE `over_time` and
+    /// `rand_time`; CHILD `life_time`, `rand_time` and the byte and packet limits.
+    fn swanctl_lifetimes(&self, ike: bool) -> Vec<String> {
+        let (p, rekey) = if ike {
+            (self.t.spec.ike.as_ref(), self.ike_lifetime())
+        } else {
+            (self.t.spec.esp.as_ref(), self.esp_lifetime())
+        };
+        let Some(p) = p else { return Vec::new() };
+        let mut out = Vec::new();
+        if let Some(max) = p.max_lifetime {
+            out.push(if ike {
+                format!("over_time = {}s", max.as_secs().saturating_sub(rekey))
+            } else {
+                format!("life_time = {}s", max.as_secs())
+            });
+        }
+        if let Some(r) = p.rand_time {
+            out.push(format!("rand_time = {}s", r.as_secs()));
+        }
+        for (key, v) in [
+            ("rekey_bytes", p.rekey_bytes),
+            ("life_bytes", p.life_bytes),
+            ("rekey_packets", p.rekey_packets),
+            ("life_packets", p.life_packets),
+        ] {
+            if let (false, Some(v)) = (ike, v) {
+                out.push(format!("{key} = {v}"));
+            }
+        }
+        out
+    }
+
     fn dpd(&self) -> u64 {
         self.t
             .spec
@@ -216,6 +250,9 @@ impl Plan<'_> {
         }
         let _ = writeln!(o, "        proposals = {}", self.ike.join(", "));
         let _ = writeln!(o, "        rekey_time = {}s", self.ike_lifetime());
+        for l in self.swanctl_lifetimes(true) {
+            let _ = writeln!(o, "        {l}");
+        }
         let _ = writeln!(o, "        dpd_delay = {}s", self.dpd());
         if self.encap() {
             let _ = writeln!(o, "        encap = yes");
@@ -262,6 +299,9 @@ impl Plan<'_> {
         );
         let _ = writeln!(o, "                esp_proposals = {}", self.esp.join(", "));
         let _ = writeln!(o, "                rekey_time = {}s", self.esp_lifetime());
+        for l in self.swanctl_lifetimes(false) {
+            let _ = writeln!(o, "                {l}");
+        }
         let _ = writeln!(o, "                # {why}");
         let _ = writeln!(o, "                start_action = {start}");
         let restart = if start == "none" { "clear" } else { "restart" };
@@ -523,6 +563,23 @@ spec:
             assert!(c.contains(want), "missing {want:?} in:\n{c}");
         }
         assert!(!c.contains("encap"), "{c}");
+    }
+
+    #[test]
+    fn swanctl_carries_the_lifetimes_the_spec_sets() {
+        let t = tunnel(
+            "  ike: {lifetime: 4h, maxLifetime: 5h, randTime: 10m}\n  esp: {lifetime: 1h, maxLifetime: 70m, rekeyBytes: 500000000, lifePackets: 9000000}\n",
+        );
+        let c = render(&t, &side(), Flavor::Strongswan).unwrap();
+        for want in [
+            "        rekey_time = 14400s\n        over_time = 3600s\n        rand_time = 600s\n",
+            "                rekey_time = 3600s\n                life_time = 4200s\n                rekey_bytes = 500000000\n                life_packets = 9000000\n",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in:\n{c}");
+        }
+        // none of them when the spec sets only lifetime
+        let c = render(&tunnel(""), &side(), Flavor::Strongswan).unwrap();
+        assert!(!c.contains("over_time") && !c.contains("_bytes"), "{c}");
     }
 
     #[test]

@@ -219,6 +219,11 @@ pub const TABLE: &[Advice] = &[
         "lastError.message names the notification; the peer's log says why it sent it",
     ),
     a(
+        "LifetimeExpired",
+        "the IKE SA reached spec.ike.maxLifetime because every rekey failed (the peer kept refusing it), and was deleted",
+        "read the agent's log for the refused rekeys (CREATE_CHILD_SA) and the peer's log for why; a start tunnel negotiates a new IKE SA",
+    ),
+    a(
         "ClockUnset",
         "the agent had no wall-clock time to check certificates with (a bug)",
         "report it with `kubectl strait gather`",
@@ -267,6 +272,7 @@ mod tests {
             | Reason::CertificateNotYetValid
             | Reason::CertificateExpired
             | Reason::PeerError
+            | Reason::LifetimeExpired
             | Reason::ClockUnset
             | Reason::LocalCrypto
             | Reason::Encode
@@ -303,6 +309,7 @@ mod tests {
             Reason::CertificateNotYetValid,
             Reason::CertificateExpired,
             Reason::PeerError,
+            Reason::LifetimeExpired,
             Reason::ClockUnset,
             Reason::LocalCrypto,
             Reason::Encode,

@@ -260,17 +260,62 @@ pub struct Lifetime {
     pub rand_time: Duration,
     /// Hard lifetime.
     pub life_time: Duration,
+    /// CHILD SAs only: limits on the bytes through the SA, counted by the data plane.
+    pub bytes: Option<Volume>,
+    /// CHILD SAs only: limits on the packets through the SA.
+    pub packets: Option<Volume>,
 }
 
 impl Lifetime {
     /// strongSwan's derivation from one lifetime: rekey at `lifetime`, jitter 10 %, hard
-    /// limit 110 %.
+    /// limit 110 %; no volume limits.
     pub fn from_rekey(rekey_time: Duration) -> Self {
         Self {
             rekey_time,
             rand_time: rekey_time / 10,
             life_time: rekey_time.saturating_add(rekey_time / 10),
+            bytes: None,
+            packets: None,
         }
+    }
+}
+
+/// A volume limit of a CHILD SA (strongSwan's `rekey_bytes`, `rand_bytes`, `life_bytes` and
+/// their packet twins): the data plane reports the soft limit (rekey at `rekey` minus a jitter
+/// in `0..rand`) and removes the SA at `life`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Volume {
+    /// Nominal rekey point.
+    pub rekey: u64,
+    /// Up to this much is subtracted at random from `rekey`.
+    pub rand: u64,
+    /// Hard limit.
+    pub life: u64,
+}
+
+impl Volume {
+    /// strongSwan's derivation: hard limit `rekey` + 10 %, jitter the difference.
+    pub fn from_rekey(rekey: u64) -> Self {
+        let life = rekey
+            .saturating_add(rekey / 10)
+            .max(rekey.saturating_add(1));
+        Self {
+            rekey,
+            rand: life - rekey,
+            life,
+        }
+    }
+
+    /// The soft limit after jitter drawn from `random` (at least 1, below `life`).
+    pub fn soft(&self, random: u64) -> u64 {
+        let jitter = if self.rand == 0 {
+            0
+        } else {
+            random % self.rand
+        };
+        self.rekey
+            .saturating_sub(jitter)
+            .clamp(1, self.life.saturating_sub(1).max(1))
     }
 }
 

@@ -91,6 +91,10 @@ pub struct ChildLifetimes {
     pub soft: Duration,
     /// Time until the SA must be gone.
     pub hard: Duration,
+    /// Bytes until rekeying starts, and until the SA must be gone (jitter applied).
+    pub bytes: Option<(u64, u64)>,
+    /// Packets until rekeying starts, and until the SA must be gone.
+    pub packets: Option<(u64, u64)>,
 }
 
 /// Install one CHILD SA (both directions) in the data plane.

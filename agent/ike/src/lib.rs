@@ -28,7 +28,7 @@ pub(crate) mod window;
 
 pub use config::{
     AuthConfig, CertificateAuth, ConfigError, Dpd, EndpointConfig, Identity, Lifetime, PeerConfig,
-    RetransmitConfig, Role,
+    RetransmitConfig, Role, Volume,
 };
 pub use endpoint::{Endpoint, Stats};
 pub use event::{

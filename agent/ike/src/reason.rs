@@ -33,6 +33,9 @@ pub enum Reason {
     CertificateExpired,
     /// The peer answered with an error notification we do not map to anything finer.
     PeerError,
+    /// The IKE SA reached its hard lifetime without a rekey that succeeded (the peer kept
+    /// refusing it), and was deleted; strongSwan's `over_time` expiry.
+    LifetimeExpired,
     /// No wall-clock time was set ([`crate::Endpoint::set_wall_clock`]), so the peer's
     /// certificate could not be checked: a bug in the driver.
     ClockUnset,
@@ -88,6 +91,7 @@ impl Reason {
             Self::CertificateNotYetValid => "CertificateNotYetValid",
             Self::CertificateExpired => "CertificateExpired",
             Self::PeerError => "PeerError",
+            Self::LifetimeExpired => "LifetimeExpired",
             Self::ClockUnset => "ClockUnset",
             Self::LocalCrypto => "LocalCrypto",
             Self::Encode => "Encode",
@@ -104,7 +108,8 @@ impl Reason {
             | Self::InvalidSyntax
             | Self::CertificateNotYetValid
             | Self::CertificateExpired
-            | Self::PeerError => Fault::Peer,
+            | Self::PeerError
+            | Self::LifetimeExpired => Fault::Peer,
             Self::PeerUnreachable | Self::HalfOpenTimeout => Fault::Network,
             Self::DeletedByPeer | Self::DeletedLocally | Self::Replaced => Fault::Lifecycle,
             Self::ClockUnset | Self::LocalCrypto | Self::Encode | Self::InternalError => {

@@ -15,6 +15,8 @@ fn lifetime(secs: u64) -> Lifetime {
         rekey_time: Duration::from_secs(secs),
         rand_time: Duration::ZERO,
         life_time: Duration::from_secs(secs + secs / 10),
+        bytes: None,
+        packets: None,
     }
 }
 
@@ -572,6 +574,8 @@ fn a_refused_child_rekey_is_retried_before_the_hard_expiry() {
         rekey_time: Duration::from_secs(100),
         rand_time: Duration::ZERO,
         life_time: Duration::from_secs(104),
+        bytes: None,
+        packets: None,
     };
     a.ike_lifetime = lifetime(10_000);
     let mut b = mirror(&a);

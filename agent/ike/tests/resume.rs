@@ -22,6 +22,8 @@ fn lifetime(secs: u64) -> Lifetime {
         rekey_time: Duration::from_secs(secs),
         rand_time: Duration::ZERO,
         life_time: Duration::from_secs(secs + secs / 10),
+        bytes: None,
+        packets: None,
     }
 }
 
@@ -46,7 +48,10 @@ fn cfg_of(side: Side) -> PeerConfig {
 }
 
 fn up() -> Pair {
-    let a = config();
+    up_with(config())
+}
+
+fn up_with(a: PeerConfig) -> Pair {
     let mut p = Pair::new(a.clone(), mirror(&a));
     p.set_wall_clock();
     p.initiate();
@@ -379,7 +384,13 @@ fn the_time_a_process_was_gone_counts_against_its_timers() {
 
 #[test]
 fn a_resumed_sa_the_peer_deleted_meanwhile_goes_down_and_the_tunnel_comes_back() {
-    let mut p = up();
+    // an IKE SA that lives long enough to outlast B's retransmissions (300 s), so that what
+    // ends it is the peer, not its own hard lifetime
+    let long = || PeerConfig {
+        ike_lifetime: lifetime(1000),
+        ..config()
+    };
+    let mut p = up_with(long());
     // A saves, then B drops the tunnel while A is gone (its DELETE is lost: nobody answers)
     let saved = p.a.save(p.now, p.a_peer).unwrap();
     let now = p.now;
@@ -393,13 +404,13 @@ fn a_resumed_sa_the_peer_deleted_meanwhile_goes_down_and_the_tunnel_comes_back()
     p.run_for(Duration::from_secs(300));
     assert_eq!(p.b.ike_sa_count(), 0);
     // B has the tunnel again (responding), A resumes the stale SA
-    p.b_peer = p.b.add_peer(mirror(&config())).unwrap();
+    p.b_peer = p.b.add_peer(mirror(&long())).unwrap();
     let mut a = Endpoint::new(
         EndpointConfig::default(),
         Box::new(DeterministicRng::new(78)),
     );
     a.set_wall_clock(p.t0, WALL_CLOCK);
-    p.a_peer = a.add_peer(config()).unwrap();
+    p.a_peer = a.add_peer(long()).unwrap();
     a.resume(p.now, p.a_peer, saved.as_bytes()).unwrap();
     p.a = a;
     // A's liveness check gets no answer (B does not know the SA): the SA goes down as
@@ -537,9 +548,9 @@ fn bad_saved_state_is_refused_and_never_panics() {
         e.resume(now, peer, b"not saved state at all"),
         Err(ResumeError::NotSavedState)
     );
-    let mut v2 = good.clone();
-    v2[8] = 2;
-    assert_eq!(e.resume(now, peer, &v2), Err(ResumeError::Version(2)));
+    let mut v3 = good.clone();
+    v3[8] = 3;
+    assert_eq!(e.resume(now, peer, &v3), Err(ResumeError::Version(3)));
     assert_eq!(
         e.resume(now, strait_ike::PeerId(42), &good),
         Err(ResumeError::UnknownPeer)
@@ -564,4 +575,35 @@ fn bad_saved_state_is_refused_and_never_panics() {
         ResumeError::Checksum.to_string(),
         "saved IKE state is corrupted (checksum mismatch)"
     );
+}
+
+/// A state saved by the agent before the format recorded the IKE SA's hard lifetime (format
+/// version 1, `tests/data/saved-v1.bin`, written by this file's `up()` and `save` at commit
+/// 76f33d9): an upgraded agent resumes it without negotiating, and the next IKE rekey gives
+/// the new SA its hard lifetime.
+#[test]
+fn a_state_saved_by_the_previous_format_is_resumed() {
+    let v1 = include_bytes!("data/saved-v1.bin");
+    assert_eq!(&v1[..9], b"STRAITSA\x01");
+    let mut p = up();
+    let from = p.log.len();
+    let r = p.restart_from(Side::A, config(), 99, Duration::from_secs(3), v1);
+    assert_eq!(
+        r,
+        Ok(Resumed {
+            ike_sas: 1,
+            child_sas: 1
+        })
+    );
+    p.run_for(Duration::from_secs(250));
+    assert_eq!(
+        count(&p, from, ExchangeType::IKE_SA_INIT),
+        0,
+        "renegotiated"
+    );
+    assert!(Pair::downs(&p.ev_a).is_empty() && Pair::downs(&p.ev_b).is_empty());
+    assert_eq!(rekeyed(&p.ev_a).len(), 2);
+    assert_same_children(&p);
+    // and what it saves now is the current format
+    assert_eq!(p.a.save(p.now, p.a_peer).unwrap().as_bytes()[8], 2);
 }

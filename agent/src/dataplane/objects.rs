@@ -163,13 +163,20 @@ pub(crate) fn kernel_objects(
 ) -> Result<(Sa, Sa, Vec<Policy>), TunnelError> {
     let reqid = reqid(tunnel, slot)?;
     let (l, r) = (sa.local_addr.ip(), sa.remote_addr.ip());
+    // The kernel counts bytes and packets per SA and sends a soft expire (the agent rekeys)
+    // and a hard one (it has deleted the SA), as it does for time.
+    let lt = &sa.lifetimes;
     let lifetimes = Lifetimes {
         soft: Limits {
-            add_seconds: Some(sa.lifetimes.soft.as_secs().max(1)),
+            add_seconds: Some(lt.soft.as_secs().max(1)),
+            bytes: lt.bytes.map(|(soft, _)| soft),
+            packets: lt.packets.map(|(soft, _)| soft),
             ..Limits::default()
         },
         hard: Limits {
-            add_seconds: Some(sa.lifetimes.hard.as_secs().max(2)),
+            add_seconds: Some(lt.hard.as_secs().max(2)),
+            bytes: lt.bytes.map(|(_, hard)| hard),
+            packets: lt.packets.map(|(_, hard)| hard),
             ..Limits::default()
         },
     };
@@ -445,6 +452,8 @@ mod tests {
             lifetimes: ChildLifetimes {
                 soft: Duration::from_secs(10),
                 hard: Duration::from_secs(20),
+                bytes: None,
+                packets: None,
             },
             replaces: None,
             initiator: true,

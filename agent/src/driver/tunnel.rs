@@ -487,6 +487,8 @@ auth: {psk: {secretRef: {name: s, key: psk}}}
             lifetimes: ChildLifetimes {
                 soft: Duration::from_secs(10),
                 hard: Duration::from_secs(20),
+                bytes: None,
+                packets: None,
             },
             replaces: None,
             initiator: true,

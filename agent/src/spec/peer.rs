@@ -9,10 +9,46 @@ use strait_crds::{IPsecTunnelSpec, Initiation, SecretKeyRef, validate::Cidr};
 use strait_ike::codec::TsRange;
 use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::proposal::{self, EspProposal, IkeProposal};
-use strait_ike::{AuthConfig, CertificateAuth, Dpd, Identity, Lifetime, PeerConfig, Role};
+use strait_ike::{AuthConfig, CertificateAuth, Dpd, Identity, Lifetime, PeerConfig, Role, Volume};
 
 /// Default IKE SA lifetime (strongSwan's `rekey_time` for IKE: 4h; the API documents 24h).
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// A ProposalSpec's lifetime fields as strongSwan derives them: each unset one from the one
+/// it follows (hard limit = rekey + 10 %, jitter = hard − rekey). The CRD's validation has
+/// already refused a hard limit before the rekey or a jitter beyond it.
+fn lifetime_of(p: Option<&strait_crds::ProposalSpec>, default: Duration) -> Lifetime {
+    let secs = |d: strait_crds::Duration| Duration::from_secs(d.as_secs());
+    let rekey = p.and_then(|p| p.lifetime).map_or(default, secs);
+    let base = Lifetime::from_rekey(rekey);
+    let Some(p) = p else { return base };
+    let life_time = p.max_lifetime.map_or(base.life_time, secs);
+    let rand_time = p
+        .rand_time
+        .map_or_else(|| life_time.saturating_sub(rekey), secs);
+    let volume = |rekey: Option<u64>, life: Option<u64>| match (rekey, life) {
+        (Some(r), Some(l)) => Some(Volume {
+            rekey: r,
+            rand: l.saturating_sub(r),
+            life: l,
+        }),
+        (Some(r), None) => Some(Volume::from_rekey(r)),
+        // only a hard limit: rekey at 90 % of it, as strongSwan would need rekey_bytes for
+        (None, Some(l)) => Some(Volume {
+            rekey: l - l / 10,
+            rand: 0,
+            life: l,
+        }),
+        (None, None) => None,
+    };
+    Lifetime {
+        rekey_time: rekey,
+        rand_time,
+        life_time,
+        bytes: volume(p.rekey_bytes, p.life_bytes),
+        packets: volume(p.rekey_packets, p.life_packets),
+    }
+}
+
 /// Default CHILD SA lifetime.
 pub const DEFAULT_ESP_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default DPD interval.
@@ -55,6 +91,15 @@ pub enum PeerError {
         /// What is wrong.
         message: String,
     },
+    /// Lifetime fields that contradict each other (the API server's schema cannot compare
+    /// them; the CRD's client-side validation names the same).
+    #[error("{field}: {message}")]
+    Lifetime {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A subnet is not a CIDR prefix.
     #[error("spec.{side}.subnets[{index}]: {message}")]
     Subnet {
@@ -88,9 +133,11 @@ impl PeerError {
         match self {
             Self::IkeProposal { .. } | Self::EspProposal { .. } => StatusReason::InvalidProposal,
             Self::NoCertificate(_) | Self::InvalidCertificate => StatusReason::InvalidCertificate,
-            Self::Id { .. } | Self::Subnet { .. } | Self::NoPsk | Self::Config(_) => {
-                StatusReason::InvalidConfig
-            }
+            Self::Id { .. }
+            | Self::Subnet { .. }
+            | Self::Lifetime { .. }
+            | Self::NoPsk
+            | Self::Config(_) => StatusReason::InvalidConfig,
         }
     }
 }
@@ -280,13 +327,17 @@ pub fn build_with(
     } else {
         AuthConfig::Psk(inputs.psk.ok_or(PeerError::NoPsk)?)
     };
-    let lifetime = |p: &Option<strait_crds::ProposalSpec>, d: Duration| {
-        Lifetime::from_rekey(
-            p.as_ref()
-                .and_then(|p| p.lifetime)
-                .map_or(d, |l| Duration::from_secs(l.as_secs())),
-        )
-    };
+    if let Some(e) = strait_crds::validate::validate(spec)
+        .into_iter()
+        .find(|e| e.field.starts_with("spec.ike.") || e.field.starts_with("spec.esp."))
+        .filter(|e| !e.field.ends_with(".proposals") && !e.field.contains(".proposals["))
+    {
+        return Err(PeerError::Lifetime {
+            field: e.field,
+            message: e.message,
+        });
+    }
+    let lifetime = |p: &Option<strait_crds::ProposalSpec>, d: Duration| lifetime_of(p.as_ref(), d);
     let dpd = spec.dpd.as_ref();
     let secs = |d: Option<strait_crds::Duration>, dflt: Duration| {
         d.map_or(dflt, |d| Duration::from_secs(d.as_secs()))
@@ -670,6 +721,61 @@ auth:
         );
         assert_eq!(c.local_ts.len(), 1);
         assert_eq!(c.remote_addr, "192.0.2.2:500".parse().unwrap());
+    }
+
+    #[test]
+    fn lifetimes_follow_strongswan_s_derivations() {
+        let s = spec(&format!(
+            "{BASE}ike: {{lifetime: 4h, maxLifetime: 5h}}\n\
+             esp: {{lifetime: 1h, randTime: 5m, rekeyBytes: 1000000, lifePackets: 20000}}\n"
+        ));
+        let c = build(&s, inputs()).unwrap().config;
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        // IKE: the hard limit given, the jitter the rest of the way to it
+        assert_eq!(
+            (
+                c.ike_lifetime.rekey_time,
+                c.ike_lifetime.life_time,
+                c.ike_lifetime.rand_time
+            ),
+            (h(4), h(5), h(1))
+        );
+        assert_eq!((c.ike_lifetime.bytes, c.ike_lifetime.packets), (None, None));
+        // ESP: +10 % hard limit, the jitter given; bytes rekey at 1 MB and go at 1.1 MB;
+        // only a packet hard limit: rekey at 90 % of it
+        let l = &c.child_lifetime;
+        assert_eq!(
+            (l.rekey_time, l.life_time, l.rand_time),
+            (h(1), Duration::from_secs(3960), Duration::from_secs(300))
+        );
+        assert_eq!(
+            l.bytes,
+            Some(Volume {
+                rekey: 1_000_000,
+                rand: 100_000,
+                life: 1_100_000
+            })
+        );
+        assert_eq!(
+            l.packets,
+            Some(Volume {
+                rekey: 18_000,
+                rand: 0,
+                life: 20_000
+            })
+        );
+        // contradictions are refused with the field named, in cluster mode too
+        let bad = spec(&format!("{BASE}ike: {{lifetime: 4h, maxLifetime: 3h}}\n"));
+        let e = build(&bad, inputs()).unwrap_err();
+        assert_eq!(e.reason(), StatusReason::InvalidConfig);
+        assert!(
+            e.to_string()
+                .starts_with("spec.ike.maxLifetime: 3h must be longer"),
+            "{e}"
+        );
+        // nothing set: 24h / 1h, +10 %, no volume limits
+        let c = build(&spec(BASE), inputs()).unwrap().config;
+        assert_eq!(c.child_lifetime, Lifetime::from_rekey(DEFAULT_ESP_LIFETIME));
     }
 
     #[test]

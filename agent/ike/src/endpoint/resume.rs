@@ -85,7 +85,8 @@ impl Endpoint {
             .shared
             .unix_millis(now)
             .ok_or(ResumeError::ClockUnset)?;
-        let mut i = In::new(saved::open(bytes)?);
+        let (version, body) = saved::open(bytes)?;
+        let mut i = In::new(body);
         let saved_at = i.u64("time of saving")?;
         // A wall clock that went back counts as no time passed.
         let clock = Clock::loading(now, unix_now.saturating_sub(saved_at));
@@ -95,6 +96,7 @@ impl Endpoint {
             cfg,
             next_child: &mut self.shared.next_child,
             children: Default::default(),
+            version,
         };
         let sas = i.list(64, "IKE SAs", |i| record::get_sa(i, &mut loader, 0))?;
         if !i.is_empty() {
@@ -156,6 +158,9 @@ fn resumed_children(now: Instant, sa: &IkeSa) -> Vec<Event> {
                         .rekey_at
                         .map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
                     hard: ch.hard_at.saturating_duration_since(now),
+                    // the kernel SA being adopted keeps the volume limits it was installed with
+                    bytes: None,
+                    packets: None,
                 },
                 in_use: ch.state == ChildState::Installed,
             }))

@@ -78,8 +78,11 @@ pub enum ResumeError {
 
 /// The first octets of saved state.
 pub(crate) const MAGIC: &[u8; 8] = b"STRAITSA";
-/// The format version written.
-pub(crate) const VERSION: u8 = 1;
+/// The format version written. Version 2 adds each IKE SA's hard-lifetime time; version 1
+/// (written by the agent before it) is still read, so an upgrade resumes its SAs too.
+pub(crate) const VERSION: u8 = 2;
+/// The oldest version read.
+pub(crate) const OLDEST: u8 = 1;
 /// Octets of the trailing SHA-256.
 pub(crate) const CHECKSUM_LEN: usize = 32;
 
@@ -90,16 +93,16 @@ pub(crate) fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
     out
 }
 
-/// Splits saved bytes into the body after the magic and version, checking all three and the
-/// checksum.
-pub(crate) fn open(bytes: &[u8]) -> Result<&[u8], ResumeError> {
+/// Splits saved bytes into their format version and the body after the magic and version,
+/// checking all three and the checksum.
+pub(crate) fn open(bytes: &[u8]) -> Result<(u8, &[u8]), ResumeError> {
     let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
         return Err(ResumeError::NotSavedState);
     };
     let Some((&version, _)) = rest.split_first() else {
         return Err(ResumeError::Malformed("version"));
     };
-    if version != VERSION {
+    if !(OLDEST..=VERSION).contains(&version) {
         return Err(ResumeError::Version(version));
     }
     let Some(split) = bytes.len().checked_sub(CHECKSUM_LEN) else {
@@ -107,7 +110,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<&[u8], ResumeError> {
     };
     let (signed, sum) = bytes.split_at(split);
     match signed.get(MAGIC.len() + 1..) {
-        Some(body) if checksum(signed) == sum => Ok(body),
+        Some(body) if checksum(signed) == sum => Ok((version, body)),
         _ => Err(ResumeError::Checksum),
     }
 }

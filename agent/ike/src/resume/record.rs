@@ -38,6 +38,8 @@ pub(crate) struct Loader<'a> {
     pub next_child: &'a mut u64,
     /// Saved CHILD SA id → the id it has now, for the references between parts.
     pub children: HashMap<u64, ChildSaId>,
+    /// The format version being read (fields added later are absent from older ones).
+    pub version: u8,
 }
 
 impl Loader<'_> {
@@ -381,6 +383,7 @@ fn get_ke(i: &mut In<'_>) -> Result<KeyExchange, ResumeError> {
 fn put_established(o: &mut Out, clock: &Clock, e: &Established, depth: u8) -> Result<(), NotSaved> {
     o.bool(e.initial_contact);
     o.opt(e.ike_rekey_at, |o, t| o.time(clock, t));
+    o.opt(e.ike_expires_at, |o, t| o.time(clock, t));
     o.list(e.children.iter(), |o, ch| {
         o.u64(ch.id.0);
         o.raw(&ch.spi_in);
@@ -442,6 +445,9 @@ fn get_established(
     let mut e = Established::new(keys);
     e.initial_contact = i.bool("initial contact flag")?;
     e.ike_rekey_at = i.opt("IKE rekey time", |i| i.time(&clock, "IKE rekey time"))?;
+    if l.version >= 2 {
+        e.ike_expires_at = i.opt("IKE hard lifetime", |i| i.time(&clock, "IKE hard lifetime"))?;
+    }
     let saved = i.list(34, "CHILD SAs", |i| {
         let id = i.u64("CHILD SA")?;
         let spi_in = i.array("CHILD SA")?;

@@ -126,7 +126,12 @@ pub(crate) fn install(
             initiator: exchange_initiator,
             local_addr: c.local,
             remote_addr: c.remote,
-            lifetimes: ChildLifetimes { soft, hard },
+            lifetimes: ChildLifetimes {
+                soft,
+                hard,
+                bytes: lt.bytes.map(|v| (v.soft(random.rotate_left(21)), v.life)),
+                packets: lt.packets.map(|v| (v.soft(random.rotate_left(42)), v.life)),
+            },
             replaces,
             redundant: false,
         })));

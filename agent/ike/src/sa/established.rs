@@ -29,6 +29,9 @@ pub(crate) struct Established {
     pub ike_rekey: Option<IkeRekeyOut>,
     /// When to rekey the IKE SA; `None` while a rekey is queued or running.
     pub ike_rekey_at: Option<Instant>,
+    /// The IKE SA's hard lifetime: not rekeyed by then, it is deleted (`None`: resumed from
+    /// a saved state that did not record it).
+    pub ike_expires_at: Option<Instant>,
 }
 
 impl Established {
@@ -42,6 +45,7 @@ impl Established {
             child_create: None,
             ike_rekey: None,
             ike_rekey_at: None,
+            ike_expires_at: None,
         }
     }
 
@@ -71,6 +75,7 @@ impl Established {
             .filter(|ch| ch.state == ChildState::Installed)
             .filter_map(|ch| ch.rekey_at)
             .chain(self.ike_rekey_at)
+            .chain(self.ike_expires_at)
             .min();
         let dpd = c.cfg.dpd.and_then(|dpd| match c.win.outstanding() {
             Some(o) if o.kind == RequestKind::Dpd => Some(o.first_sent + dpd.timeout),
@@ -185,6 +190,13 @@ pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>)
         if !c.win.busy() && e.queue.is_empty() && ctx.now >= c.last_heard + dpd.interval {
             e.queue.push_back(RequestKind::Dpd);
         }
+    }
+    if e.ike_expires_at.is_some_and(|t| ctx.now >= t) {
+        // No rekey made it in time (the peer kept refusing): strongSwan deletes the IKE SA
+        // at its hard lifetime too; the tunnel's role decides what comes next.
+        e.delete_all_children(c, ctx);
+        c.down(ctx, Reason::LifetimeExpired);
+        return Next::DeleteIke;
     }
     rekey::schedule(e, ctx.now);
     let next = flush(e, c, ctx);

@@ -241,7 +241,7 @@ impl AuthSent {
         }
         c.remote_identity = inner.idr.cloned();
         let mut est = Established::new(self.init.keys);
-        est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
+        super::rekey::start_ike_timers(&mut est, c, ctx);
         up(c, ctx, &est);
         match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
             Ok((choice, spi_out, tsi, tsr)) => {
@@ -360,7 +360,7 @@ impl InitReplied {
             candidates,
         });
         let mut est = Established::new(init.keys);
-        est.ike_rekey_at = Some(super::rekey::ike_rekey_time(c, ctx));
+        super::rekey::start_ike_timers(&mut est, c, ctx);
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
         let mut out = vec![Payload::IdResponder(idr)];
         out.extend(cert_payloads(c));

@@ -163,11 +163,28 @@ impl Pair {
         down: Duration,
     ) -> Result<strait_ike::Resumed, strait_ike::ResumeError> {
         let (ep, peer) = match side {
-            Side::A => (&mut self.a, self.a_peer),
-            Side::B => (&mut self.b, self.b_peer),
+            Side::A => (&self.a, self.a_peer),
+            Side::B => (&self.b, self.b_peer),
         };
         let saved = ep.save(self.now, peer).unwrap();
+        self.restart_from(side, cfg, seed, down, saved.as_bytes())
+    }
+
+    /// [`Pair::restart`] with these saved bytes instead of what `side` holds (a state an
+    /// older version wrote, for instance).
+    pub fn restart_from(
+        &mut self,
+        side: Side,
+        cfg: PeerConfig,
+        seed: u64,
+        down: Duration,
+        saved: &[u8],
+    ) -> Result<strait_ike::Resumed, strait_ike::ResumeError> {
         let config = EndpointConfig::default();
+        let ep = match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        };
         *ep = Endpoint::new(config.clone(), Box::new(DeterministicRng::new(seed)));
         match side {
             Side::A => self.ev_a.clear(),
@@ -179,7 +196,7 @@ impl Pair {
         let mut ep = Endpoint::new(config, Box::new(DeterministicRng::new(seed)));
         ep.set_wall_clock(self.t0, WALL_CLOCK);
         let peer = ep.add_peer(cfg).unwrap();
-        let r = ep.resume(self.now, peer, saved.as_bytes());
+        let r = ep.resume(self.now, peer, saved);
         match side {
             Side::A => {
                 self.a = ep;

@@ -17,8 +17,8 @@ use crate::sa::established::{self, Established, Next};
 use crate::sa::ike_auth::Inner;
 use crate::sa::{Common, Ctx, RequestKind};
 
-/// Shortest wait before retrying a refused CHILD SA rekey whose hard expiry is near.
-const RETRY_FLOOR: Duration = Duration::from_millis(500);
+/// Shortest wait before retrying a refused rekey (CHILD or IKE SA) whose hard expiry is near.
+pub(super) const RETRY_FLOOR: Duration = Duration::from_millis(500);
 
 /// What we offered in a CHILD SA request of ours, a rekey or a new one ([`super::create`]):
 /// kept until the answer comes.

@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-use super::{Refusal, ike_rekey_time, lowest_nonce_in_first, retry_time};
+use super::{Refusal, lowest_nonce_in_first, retry_time};
 use crate::codec::message::notifies;
 use crate::codec::{
     Delete, ExchangeType, KeyExchange as KePayload, Nonce, Notify, NotifyType, Payload, Spi,
@@ -101,7 +101,7 @@ fn new_ike_sa(
         remote_identity: old.remote_identity.clone(),
     };
     let mut e = Established::new(keys);
-    e.ike_rekey_at = Some(ike_rekey_time(&c, ctx));
+    super::start_ike_timers(&mut e, &c, ctx);
     IkeSa {
         common: c,
         state: State::Established(e),
@@ -400,7 +400,26 @@ pub(crate) fn on_ike_response(
                 Some(g) if g != p.ke.group() => {
                     e.queue.push_front(RequestKind::RekeyIke { group: Some(g) });
                 }
-                _ => e.ike_rekey_at = Some(retry_time(ctx)),
+                _ => {
+                    // Retried before the hard lifetime would end the SA (a CHILD SA rekey in
+                    // flight at the peer answers TEMPORARY_FAILURE, and its usual retry delay
+                    // may outlast a short margin): at a random point between a quarter and half
+                    // of the way there, so the two ends' retries do not meet again and again.
+                    let at = retry_time(ctx);
+                    let now = ctx.now;
+                    let random = u64::from_be_bytes(ctx.random());
+                    e.ike_rekey_at = Some(match e.ike_expires_at {
+                        Some(hard) => {
+                            let quarter = hard.saturating_duration_since(now) / 4;
+                            let ms = u64::try_from(quarter.as_millis())
+                                .unwrap_or(u64::MAX)
+                                .max(1);
+                            let soon = now + quarter + Duration::from_millis(random % ms);
+                            at.min(soon).max(now + super::child::RETRY_FLOOR)
+                        }
+                        None => at,
+                    });
+                }
             }
             Next::Stay
         }

@@ -59,6 +59,13 @@ pub(crate) fn ike_rekey_time(c: &Common, ctx: &mut Ctx<'_>) -> Instant {
     ctx.now + timers::rekey_after(&c.cfg.ike_lifetime, random)
 }
 
+/// Starts a new IKE SA's clocks: its rekey, and its hard lifetime (never before the rekey).
+pub(crate) fn start_ike_timers(e: &mut Established, c: &Common, ctx: &mut Ctx<'_>) {
+    let rekey = ike_rekey_time(c, ctx);
+    e.ike_rekey_at = Some(rekey);
+    e.ike_expires_at = Some((ctx.now + c.cfg.ike_lifetime.life_time).max(rekey));
+}
+
 fn retry_time(ctx: &mut Ctx<'_>) -> Instant {
     let random = u64::from_be_bytes(ctx.random());
     ctx.now + RETRY_MIN + Duration::from_millis(random % RETRY_JITTER_MS)
