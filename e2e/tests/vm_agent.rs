@@ -569,6 +569,84 @@ fn c_rekeys_lose_nothing() {
     }
 }
 
+/// Byte limits (`spec.esp.rekeyBytes`, `lifeBytes`): the kernel counts each CHILD SA's bytes
+/// and reports the soft limit, and the agent rekeys on it, long before the 1 h lifetime; the
+/// hard limit, 50 kB later, is never reached, so nothing is lost.
+#[test]
+fn m_byte_limits_rekey_by_volume() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    let volume = "  esp: {proposals: [aes256gcm16-x25519], lifetime: 1h, rekeyBytes: 150000, lifeBytes: 200000}\n";
+    let cfg = |me: &Site, peer: &Site, init: &str, esp: &str| {
+        yaml(me, peer, &peer.addr.to_string(), init, "")
+            .replace("  esp: {proposals: [aes256gcm16-x25519]}\n", esp)
+    };
+    let r = start(
+        right,
+        &cfg(
+            right,
+            left,
+            "respond",
+            "  esp: {proposals: [aes256gcm16-x25519]}\n",
+        ),
+        &[],
+    );
+    let l = start(left, &cfg(left, right, "start", volume), &[]);
+    l.wait_tunnel(TUNNEL, Duration::from_secs(60), up).unwrap();
+    r.wait_tunnel(TUNNEL, Duration::from_secs(10), up).unwrap();
+    // the limits are in the kernel SAs the agent installed (ip xfrm prints them in bytes)
+    let states = netns::exec(&left.ns, &["ip", "-s", "xfrm", "state"])
+        .unwrap()
+        .stdout;
+    assert!(
+        states.contains("hard 200000(bytes)"),
+        "no byte limit in the kernel:\n{states}"
+    );
+    // 1000 echo requests of 1000 bytes at 100/s: about 1 MB through each SA
+    let p = netns::exec_command(
+        &left.ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.01",
+            "-s",
+            "1000",
+            "-c",
+            "1000",
+            "-W",
+            "2",
+            "-I",
+            &left.inner.to_string(),
+            &right.inner.to_string(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("ping");
+    let (sent, received, _) = ping_result(p);
+    let rekeys = metric(
+        &metrics(l.ns()),
+        &format!("strait_rekeys_total{{kind=\"child\",tunnel=\"{TUNNEL}\"}}"),
+    )
+    .unwrap_or(0.0) as u64;
+    println!(
+        "byte limits 150 kB soft / 200 kB hard: {rekeys} CHILD SA rekeys in 1000 pings of 1000 bytes, {} lost",
+        sent - received
+    );
+    assert!(rekeys >= 4, "only {rekeys} rekeys\n{}", l.log());
+    assert!(
+        rekeys <= 12,
+        "{rekeys} rekeys for ~1 MB: the jitter or the limit is off"
+    );
+    assert_eq!(sent, received, "lost across volume rekeys\n{}", l.log());
+}
+
 /// `kill -9` under traffic: the kernel SAs keep carrying it while no agent runs; the restarted
 /// agent brings up new SAs, then sweeps the old ones.
 ///
