@@ -908,18 +908,64 @@ pub struct CertFiles {
     pub san: Option<String>,
 }
 
-/// Makes test certificates with strongSwan's `pki`: a CA, and end-entity certificates signed by
-/// it with a SAN FQDN. All files land in `dir`: `ca.crt`/`ca.key`, `<name>.crt`/`<name>.key`.
+/// The tool a [`TestPki`] makes its keys and certificates with: what the remote sites' CAs
+/// use. They differ in ways a peer notices: OpenSSL writes DN strings as UTF8String where `pki`
+/// writes PrintableString, PKCS#8 keys, and its own extension order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maker {
+    /// strongSwan's `pki`.
+    Pki,
+    /// The `openssl` command (genpkey, req, x509).
+    Openssl,
+}
+
+/// Makes test certificates with strongSwan's `pki` (or OpenSSL, [`TestPki::new_by`]): a CA,
+/// and end-entity certificates signed by it with a SAN FQDN. All files land in `dir`:
+/// `ca.crt`/`ca.key`, `<name>.crt`/`<name>.key`.
 #[derive(Debug)]
 pub struct TestPki {
     dir: PathBuf,
+    maker: Maker,
     /// The CA.
     pub ca: CertFiles,
+}
+
+/// `C=CH, O=Strait Test, CN=x` as OpenSSL's `-subj` writes it.
+fn openssl_subj(dn: &str) -> String {
+    dn.split(", ").map(|rdn| format!("/{rdn}")).collect()
+}
+
+fn openssl_key(key: KeyType, path: &Path) -> Result<()> {
+    let opt = match key {
+        KeyType::Rsa(n) => ["RSA".to_owned(), format!("rsa_keygen_bits:{n}")],
+        KeyType::Ecdsa(n) => ["EC".to_owned(), format!("ec_paramgen_curve:P-{n}")],
+    };
+    cmd::run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            &opt[0],
+            "-pkeyopt",
+            &opt[1],
+            "-out",
+            path_str(path)?,
+        ],
+    )?;
+    Ok(())
 }
 
 impl TestPki {
     /// Creates a CA (`C=CH, O=Strait Test, CN=Strait Test CA`) with a key of type `key`.
     pub fn new(dir: &Path, key: KeyType) -> Result<Self> {
+        Self::new_by(dir, key, Maker::Pki)
+    }
+
+    /// The same, made by `maker`.
+    pub fn new_by(dir: &Path, key: KeyType, maker: Maker) -> Result<Self> {
+        if maker == Maker::Openssl {
+            return Self::new_openssl(dir, key);
+        }
         require_installed()?;
         fs::create_dir_all(dir)?;
         let ca_key = dir.join("ca.key");
@@ -946,6 +992,7 @@ impl TestPki {
         fs::write(&ca_cert, out.stdout)?;
         Ok(Self {
             dir: dir.to_owned(),
+            maker,
             ca: CertFiles {
                 cert: ca_cert,
                 key: ca_key,
@@ -955,8 +1002,107 @@ impl TestPki {
         })
     }
 
+    fn new_openssl(dir: &Path, key: KeyType) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let (ca_key, ca_cert) = (dir.join("ca.key"), dir.join("ca.crt"));
+        let dn = "C=CH, O=Strait Test, CN=Strait Test CA".to_owned();
+        openssl_key(key, &ca_key)?;
+        cmd::run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                path_str(&ca_key)?,
+                "-subj",
+                &openssl_subj(&dn),
+                "-days",
+                "3650",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-out",
+                path_str(&ca_cert)?,
+            ],
+        )?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            maker: Maker::Openssl,
+            ca: CertFiles {
+                cert: ca_cert,
+                key: ca_key,
+                dn,
+                san: None,
+            },
+        })
+    }
+
+    fn issue_openssl(&self, name: &str, fqdn: &str, key: KeyType) -> Result<CertFiles> {
+        let key_path = self.dir.join(format!("{name}.key"));
+        let (cert, csr, ext) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.csr")),
+            self.dir.join(format!("{name}.ext")),
+        );
+        let dn = format!("C=CH, O=Strait Test, CN={fqdn}");
+        openssl_key(key, &key_path)?;
+        cmd::run(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-key",
+                path_str(&key_path)?,
+                "-subj",
+                &openssl_subj(&dn),
+                "-out",
+                path_str(&csr)?,
+            ],
+        )?;
+        fs::write(
+            &ext,
+            format!(
+                "subjectAltName=DNS:{fqdn}\nextendedKeyUsage=serverAuth,clientAuth\n\
+                 keyUsage=critical,digitalSignature\n"
+            ),
+        )?;
+        cmd::run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                path_str(&csr)?,
+                "-CA",
+                path_str(&self.ca.cert)?,
+                "-CAkey",
+                path_str(&self.ca.key)?,
+                "-CAcreateserial",
+                "-CAserial",
+                path_str(&self.dir.join("ca.srl"))?,
+                "-days",
+                "730",
+                "-extfile",
+                path_str(&ext)?,
+                "-out",
+                path_str(&cert)?,
+            ],
+        )?;
+        Ok(CertFiles {
+            cert,
+            key: key_path,
+            dn,
+            san: Some(fqdn.to_owned()),
+        })
+    }
+
     /// Issues `<name>.crt` for `fqdn` (SAN and CN) with a new key of type `key`.
     pub fn issue(&self, name: &str, fqdn: &str, key: KeyType) -> Result<CertFiles> {
+        if self.maker == Maker::Openssl {
+            return self.issue_openssl(name, fqdn, key);
+        }
         let key_path = self.dir.join(format!("{name}.key"));
         let cert = self.dir.join(format!("{name}.crt"));
         let dn = format!("C=CH, O=Strait Test, CN={fqdn}");

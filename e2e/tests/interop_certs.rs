@@ -26,7 +26,8 @@ use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, assert_agree, dump, up};
 use strait_e2e::strongswan::{
-    self, CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, TestPki,
+    self, CertFiles, Charon, CharonConfig, ChildConfig, Connection, Endpoint, KeyType, Maker,
+    TestPki,
 };
 use strait_e2e::tunnel::{Auth, End, TunnelYaml};
 
@@ -140,7 +141,17 @@ fn assert_no_secrets(agent: &Agent, own: &CertFiles) {
 
 /// Two certificates of `key` type from one CA, for `left` and `right`.
 fn pki(dir: &Path, pair: &SitePair, key: KeyType) -> (TestPki, CertFiles, CertFiles) {
-    let pki = TestPki::new(dir, key).expect("test CA");
+    pki_by(dir, pair, key, Maker::Pki)
+}
+
+/// The same, made by `maker`.
+fn pki_by(
+    dir: &Path,
+    pair: &SitePair,
+    key: KeyType,
+    maker: Maker,
+) -> (TestPki, CertFiles, CertFiles) {
+    let pki = TestPki::new_by(dir, key, maker).expect("test CA");
     let left = pki.issue("left", pair.left.id, key).expect("left cert");
     let right = pki.issue("right", pair.right.id, key).expect("right cert");
     (pki, left, right)
@@ -148,14 +159,19 @@ fn pki(dir: &Path, pair: &SitePair, key: KeyType) -> (TestPki, CertFiles, CertFi
 
 /// The agent (left) initiates to charon (right).
 fn agent_initiates(key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
-    agent_initiates_to(None, key, ids)
+    agent_initiates_to(None, key, ids, Maker::Pki)
 }
 
 /// The same against the charon of `root` (`None`: the host's).
-fn agent_initiates_to(root: Option<PathBuf>, key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
+fn agent_initiates_to(
+    root: Option<PathBuf>,
+    key: KeyType,
+    ids: Ids,
+    maker: Maker,
+) -> (Agent, Charon, SitePair) {
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
-    let (pki, left, right) = pki(dir.path(), &pair, key);
+    let (pki, left, right) = pki_by(dir.path(), &pair, key, maker);
     let charon = Charon::start(
         &pair.right.ns,
         &CharonConfig {
@@ -193,14 +209,14 @@ fn agent_initiates_to(root: Option<PathBuf>, key: KeyType, ids: Ids) -> (Agent, 
 
 /// charon (left) initiates to the agent (right).
 fn charon_initiates(key: KeyType, ids: Ids) {
-    charon_initiates_from(None, key, ids);
+    charon_initiates_from(None, key, ids, Maker::Pki);
 }
 
 /// The same from the charon of `root` (`None`: the host's).
-fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids) {
+fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids, maker: Maker) {
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
-    let (pki, left, right) = pki(dir.path(), &pair, key);
+    let (pki, left, right) = pki_by(dir.path(), &pair, key, maker);
     let agent = start_agent(
         &pair.right,
         &pair.left,
@@ -235,6 +251,19 @@ fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids) {
     assert_eq!(ours["initiator"], false);
     assert_no_secrets(&agent, &right);
     eprintln!("{}", agent.status_text().unwrap());
+}
+
+/// Certificates from an OpenSSL CA (UTF8String DNs, PKCS#8 keys), as many remote sites have
+/// them: RSA with DN identities and ECDSA with FQDNs, each direction once, against charon
+/// 5.9.8 and 6.0.1.
+#[test]
+fn openssl_made_certificates_both_ways() {
+    let _serial = netns::serial();
+    let six = || Some(strongswan::strongswan6_root());
+    let _ = agent_initiates_to(None, KeyType::Rsa(2048), Ids::Dn, Maker::Openssl);
+    charon_initiates_from(None, KeyType::Ecdsa(256), Ids::Fqdn, Maker::Openssl);
+    let _ = agent_initiates_to(six(), KeyType::Ecdsa(384), Ids::Dn, Maker::Openssl);
+    charon_initiates_from(six(), KeyType::Rsa(3072), Ids::Dn, Maker::Openssl);
 }
 
 #[test]
@@ -714,11 +743,11 @@ fn fragmentation_both_ways_with_large_certificates() {
 fn strongswan6_rsa_dn_and_ecdsa_fqdn_both_directions() {
     let _serial = netns::serial();
     let six = || Some(strongswan::strongswan6_root());
-    let up = agent_initiates_to(six(), KeyType::Rsa(2048), Ids::Dn);
+    let up = agent_initiates_to(six(), KeyType::Rsa(2048), Ids::Dn, Maker::Pki);
     assert!(up.1.log().contains("strongSwan 6.0.1"), "{}", up.1.log());
     // the agent, charon, then the sites
     drop(up);
-    charon_initiates_from(six(), KeyType::Rsa(2048), Ids::Dn);
-    agent_initiates_to(six(), KeyType::Ecdsa(256), Ids::Fqdn);
-    charon_initiates_from(six(), KeyType::Ecdsa(384), Ids::Fqdn);
+    charon_initiates_from(six(), KeyType::Rsa(2048), Ids::Dn, Maker::Pki);
+    agent_initiates_to(six(), KeyType::Ecdsa(256), Ids::Fqdn, Maker::Pki);
+    charon_initiates_from(six(), KeyType::Ecdsa(384), Ids::Fqdn, Maker::Pki);
 }

@@ -11,6 +11,18 @@ use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 /// Whether `presented` (the DER Name of an ID_DER_ASN1_DN payload) is the configured DER Name
 /// `pattern`. Either failing to parse compares as bytes.
 pub(crate) fn matches(pattern: &[u8], presented: &[u8]) -> bool {
+    compare(pattern, presented, true)
+}
+
+/// Whether two DER Names are the same name, attribute by attribute, whatever string type each
+/// was written in; no wildcards. How the peer's ID_DER_ASN1_DN is bound to its certificate's
+/// subject: strongSwan sends its configured DN (PrintableString) with a certificate an OpenSSL
+/// CA wrote in UTF8String.
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    compare(a, b, false)
+}
+
+fn compare(pattern: &[u8], presented: &[u8], wildcards: bool) -> bool {
     if pattern == presented {
         return true;
     }
@@ -22,7 +34,8 @@ pub(crate) fn matches(pattern: &[u8], presented: &[u8]) -> bool {
     loop {
         match (p.next(), q.next()) {
             (None, None) => return true,
-            (Some(a), Some(b)) if a.attr_type() == b.attr_type() && value_matches(a, b) => {}
+            (Some(a), Some(b))
+                if a.attr_type() == b.attr_type() && value_matches(a, b, wildcards) => {}
             _ => return false,
         }
     }
@@ -39,9 +52,10 @@ pub(crate) fn text_of(der: &[u8]) -> Option<String> {
 fn value_matches(
     pattern: &AttributeTypeAndValue<'_>,
     presented: &AttributeTypeAndValue<'_>,
+    wildcards: bool,
 ) -> bool {
     match (text(pattern), text(presented)) {
-        (Some(p), _) if p == "*" => true,
+        (Some(p), _) if wildcards && p == "*" => true,
         (Some(p), Some(q)) => p.eq_ignore_ascii_case(&q),
         _ => pattern.as_slice() == presented.as_slice(),
     }
@@ -120,6 +134,17 @@ mod tests {
             (CN, UTF8, b"gw"),
         ]);
         assert!(matches(&ours, &bmp));
+        // binding an ID to a certificate compares the same way
+        assert!(same(&ours, &openssl) && same(&openssl, &ours));
+    }
+
+    #[test]
+    fn the_same_name_has_no_wildcards() {
+        let star = name(&[(C, PRINTABLE, b"CH"), (CN, UTF8, b"*")]);
+        let gw = name(&[(C, PRINTABLE, b"CH"), (CN, UTF8, b"gw")]);
+        assert!(matches(&star, &gw));
+        assert!(!same(&star, &gw) && !same(&gw, &star));
+        assert!(same(&star, &star));
     }
 
     #[test]

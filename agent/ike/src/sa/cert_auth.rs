@@ -122,11 +122,14 @@ pub(crate) fn verify_peer(
     checked.map_err(|_| Reason::AuthenticationFailed)
 }
 
-/// Whether the peer's ID payload names the certificate: its subject DN (compared as DER), or
-/// a subjectAltName of the same kind (DNS names and e-mail addresses without regard to case).
+/// Whether the peer's ID payload names the certificate: its subject DN (the same name, RDN by
+/// RDN, whatever string types either was written in), or a subjectAltName of the same kind
+/// (DNS names and e-mail addresses without regard to case).
 fn id_in_certificate(id: &Identification, cert: &Certificate) -> bool {
     if id.id_type == IdType::DER_ASN1_DN {
-        return cert.subject_der().is_ok_and(|dn| dn == id.data);
+        return cert
+            .subject_der()
+            .is_ok_and(|dn| crate::dn::same(&dn, &id.data));
     }
     let Ok(names) = cert.alt_names() else {
         return false;
