@@ -749,3 +749,101 @@ fn probe_tells_acceptance_refusal_silence_and_a_closed_port_apart() {
         assert_eq!(p["outcome"]["kind"], "unreachable", "{p}");
     }
 }
+
+/// Gives `ns`'s link to the other site the IPv6 address `addr`/64 (no duplicate detection, so
+/// it is usable at once).
+fn add_v6(ns: &str, addr: &str) {
+    let links = netns::exec(ns, &["ip", "-o", "link", "show"])
+        .unwrap()
+        .stdout;
+    let dev = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|d| d.split('@').next().unwrap_or(d))
+        .find(|d| *d != "lo")
+        .unwrap_or_else(|| panic!("no link in {ns}: {links}"))
+        .to_owned();
+    netns::exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]).unwrap();
+    netns::exec(
+        ns,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            &dev,
+            "nodad",
+        ],
+    )
+    .unwrap();
+}
+
+/// IPv6 outer addresses (the sites' inner subnets stay IPv4): the agent initiates to charon
+/// over IPv6, then charon to the agent; both sides agree, on IPv6 endpoints.
+#[test]
+fn ipv6_outer_addresses_both_directions() {
+    let _serial = netns::serial();
+    let (l6, r6) = ("2001:db8:5::1", "2001:db8:5::2");
+    for agent_starts in [true, false] {
+        let pair = SitePair::new(false).expect("topology");
+        add_v6(&pair.left.ns, l6);
+        add_v6(&pair.right.ns, r6);
+        let case = Case::default();
+        // the agent on left, charon on right
+        let mut cfg = charon_config(
+            &case,
+            &pair.right,
+            &pair.left,
+            (!agent_starts).then(|| l6.to_owned()),
+        );
+        cfg.connections[0].local_addrs = vec![r6.to_owned()];
+        let tunnel = TunnelYaml {
+            ike: vec!["aes256gcm16-prfsha256-x25519".into()],
+            esp: vec!["aes256gcm16-x25519".into()],
+            ..TunnelYaml::new(
+                TUNNEL,
+                End::new(pair.left.id, l6, pair.left.subnet),
+                End::new(pair.right.id, r6, pair.right.subnet),
+            )
+            .initiation(if agent_starts { "start" } else { "respond" })
+        };
+        let agent = Agent::start(
+            &pair.left.ns,
+            &tunnel.render(),
+            &[SecretFile {
+                name: "gw-psk".into(),
+                key: "psk".into(),
+                value: PSK.into(),
+            }],
+            "none",
+            &[],
+        )
+        .expect("start strait-agent");
+        let charon = Charon::start(&pair.right.ns, &cfg).expect("start charon");
+        if !agent_starts {
+            charon
+                .initiate(TUNNEL, "net", 20)
+                .unwrap_or_else(|e| panic!("charon initiate: {e:#}\n{}", dump(&agent, &charon)));
+        }
+        let ours = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+            .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+        let sas = charon
+            .wait_up(TUNNEL, "net", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
+        assert_agree_on(&sas, &ours, "aes256gcm16-prfsha256-x25519");
+        assert_eq!(ours["initiator"], agent_starts);
+        let remote = ours["remoteEndpoint"].as_str().unwrap_or_default();
+        assert!(remote.starts_with(&format!("[{r6}]:")), "{ours}");
+        let local = ours["localEndpoint"].as_str().unwrap_or_default();
+        assert!(local.starts_with(&format!("[{l6}]:")), "{ours}");
+        let theirs = sas
+            .ike(TUNNEL)
+            .and_then(|s| s.remote.clone())
+            .unwrap_or_default();
+        assert!(theirs.contains(l6), "charon sees us at {theirs:?}");
+        drop((agent, charon));
+    }
+}
