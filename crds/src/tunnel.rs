@@ -289,6 +289,10 @@ pub struct ProposalSpec {
     /// and many tunnels do not rekey at once (default: maxLifetime - lifetime); `rand_time`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rand_time: Option<Duration>,
+    /// IKE only: reauthenticate this often (strongSwan's `reauth_time`; off by default): a new
+    /// IKE SA with its CHILD SAs, authenticated afresh, up before the old ones are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauth_time: Option<Duration>,
     /// ESP only: rekey after this many bytes through a CHILD SA (either direction, counted by
     /// the kernel); strongSwan's `rekey_bytes`. Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -184,6 +184,20 @@ pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
             lifetime_rules(name, p, &mut err);
         }
     }
+    if let Some(r) = spec.esp.as_ref().and_then(|p| p.reauth_time) {
+        err(
+            "spec.esp.reauthTime".into(),
+            format!("{r}: reauthentication is of the IKE SA: set it in spec.ike"),
+        );
+    }
+    if let Some(r) = spec.ike.as_ref().and_then(|p| p.reauth_time)
+        && r.as_secs() < 60
+    {
+        err(
+            "spec.ike.reauthTime".into(),
+            format!("{r} is shorter than the minimum of 60s"),
+        );
+    }
     if let Some(p) = &spec.ike {
         for (field, v) in [
             ("rekeyBytes", p.rekey_bytes),

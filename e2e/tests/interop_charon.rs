@@ -847,3 +847,79 @@ fn ipv6_outer_addresses_both_directions() {
         drop((agent, charon));
     }
 }
+
+/// `spec.ike.reauthTime` against charon: every reauthentication (about 6 s under
+/// `--test-lifetime-scale 0.1` for an API `reauthTime: 1m`) is a new IKE SA that charon accepts
+/// beside the old one, which we then delete; the tunnel is up in every sample, and at the end
+/// charon holds exactly our one IKE SA.
+#[test]
+fn reauth_time_brings_new_ike_sas_that_charon_takes() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let charon = Charon::start(
+        &pair.right.ns,
+        &charon_config(&Case::default(), &pair.right, &pair.left, None),
+    )
+    .expect("start charon");
+    let yaml = TunnelYaml {
+        ike_lifetime: Some("2m".into()),
+        ..agent_tunnel(
+            &Case::default(),
+            &pair.left,
+            &pair.right,
+            &pair.right.addr.to_string(),
+            "start",
+        )
+    }
+    .render()
+    .replace("lifetime: 2m", "lifetime: 2m, reauthTime: 1m");
+    assert!(yaml.contains("reauthTime: 1m"), "{yaml}");
+    let agent = Agent::start(
+        &pair.left.ns,
+        &yaml,
+        &[SecretFile {
+            name: "gw-psk".into(),
+            key: "psk".into(),
+            value: PSK.into(),
+        }],
+        "none",
+        &["--test-lifetime-scale", "0.1"],
+    )
+    .expect("start strait-agent");
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let mut spis = std::collections::BTreeSet::new();
+    let end = std::time::Instant::now() + Duration::from_secs(16);
+    while std::time::Instant::now() < end {
+        let t = agent.tunnel(TUNNEL).unwrap();
+        assert!(up(&t), "down during reauthentication: {t}\n{}", agent.log());
+        spis.insert(t["ikeSpis"].to_string());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // initial + two reauthentications at least (an IKE rekey at ~12 s may add one)
+    assert!(spis.len() >= 3, "IKE SAs seen: {spis:?}\n{}", agent.log());
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
+        .unwrap();
+    let sas = charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap();
+    // the old ones are gone at charon too (deleted by us), within the linger
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let n = charon.list_sas().unwrap().ike_sas.len();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "charon holds {n} IKE SAs\n{}",
+            charon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_agree_on(&sas, &ours, "aes256gcm16-prfsha256-x25519");
+    let log = charon.log();
+    assert!(log.contains("received DELETE for IKE_SA"), "{log}");
+}

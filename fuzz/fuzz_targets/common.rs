@@ -50,6 +50,7 @@ pub fn config(initiator: bool) -> PeerConfig {
             .expect("ESP proposals"),
         // a short CHILD lifetime so that time steps reach rekeys; IKE rekeys too
         ike_lifetime: Lifetime::from_rekey(Duration::from_secs(600)),
+        reauth_time: None,
         child_lifetime: Lifetime::from_rekey(Duration::from_secs(120)),
         dpd: Some(strait_ike::Dpd {
             interval: Duration::from_secs(30),

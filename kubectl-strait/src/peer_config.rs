@@ -157,6 +157,9 @@ impl Plan<'_> {
         if let Some(r) = p.rand_time {
             out.push(format!("rand_time = {}s", r.as_secs()));
         }
+        if let (true, Some(r)) = (ike, p.reauth_time) {
+            out.push(format!("reauth_time = {}s", r.as_secs()));
+        }
         for (key, v) in [
             ("rekey_bytes", p.rekey_bytes),
             ("life_bytes", p.life_bytes),

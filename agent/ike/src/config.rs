@@ -348,6 +348,11 @@ pub struct PeerConfig {
     pub esp_proposals: Vec<EspProposal>,
     /// IKE SA lifetime.
     pub ike_lifetime: Lifetime,
+    /// Reauthenticate this often (strongSwan's `reauth_time`; `None`: never): a new IKE SA
+    /// and CHILD SAs, authenticated afresh, made before the old ones are deleted, by the side
+    /// that initiates the tunnel. Jittered by `ike_lifetime.rand_time`; an IKE rekey does not
+    /// restart the count.
+    pub reauth_time: Option<Duration>,
     /// CHILD SA lifetime.
     pub child_lifetime: Lifetime,
     /// Dead peer detection, if wanted.
@@ -418,6 +423,7 @@ impl PeerConfig {
             ike_proposals: Vec::new(),
             esp_proposals: Vec::new(),
             ike_lifetime: Lifetime::from_rekey(Duration::from_secs(24 * 3600)),
+            reauth_time: None,
             child_lifetime: Lifetime::from_rekey(Duration::from_secs(3600)),
             dpd: None,
             local_ts: Vec::new(),

@@ -138,3 +138,53 @@ fn a_new_role_or_remote_address_is_not_taken_in_place() {
     assert!(p.a.poll_transmit().is_none());
     assert_eq!(p.a.children(p.a_peer).len(), 1);
 }
+
+/// The tunnel's reauthentication interval (`reauth_time`, strongSwan's): every 300 s, jittered
+/// by the IKE rand_time, a new IKE SA comes up beside the old one and the old one is deleted,
+/// with a CHILD SA installed at every moment. IKE rekeys in between (every 100 s) do not
+/// restart the count, and the side that only responds never starts one.
+#[test]
+fn the_reauthentication_interval_brings_new_ike_sas_make_before_break() {
+    let mut a = config_a();
+    a.ike_lifetime = strait_ike::Lifetime::from_rekey(Duration::from_secs(100));
+    a.reauth_time = Some(Duration::from_secs(300));
+    let mut b = mirror(&a);
+    // the responder's own interval would be shorter: it is not the one that reauthenticates
+    b.reauth_time = Some(Duration::from_secs(120));
+    let mut p = Pair::new(a, b);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    let inits = |p: &Pair| {
+        p.exchanges()
+            .iter()
+            .filter(|x| x.1 == ExchangeType::IKE_SA_INIT && !x.2)
+            .map(|x| x.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(inits(&p).len(), 1);
+    // sample the CHILD SAs every second: never none
+    for _ in 0..700 {
+        p.run_for(Duration::from_secs(1));
+        assert!(
+            !p.a.children(p.a_peer).is_empty() && !p.b.children(p.b_peer).is_empty(),
+            "no CHILD SA at {:.0} s",
+            p.secs()
+        );
+    }
+    // two reauthentications (at 270..300 s and 540..600 s), each started by A
+    let starts = inits(&p);
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert!(starts.iter().all(|s| *s == util::Side::A));
+    assert_eq!(Pair::ups(&p.ev_a), 3);
+    // the old IKE SAs went by our Delete, not by INITIAL_CONTACT
+    let b_downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
+    assert_eq!(b_downs, [Reason::DeletedByPeer, Reason::DeletedByPeer]);
+    // IKE rekeys happened between them
+    let rekeys = p
+        .ev_a
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::IkeSaRekeyed { .. }))
+        .count();
+    assert!(rekeys >= 4, "{rekeys} IKE rekeys");
+    assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
+}

@@ -170,4 +170,5 @@ pub fn scale_lifetimes(cfg: &mut PeerConfig, f: f64, min_margin: Duration) {
         l.rand_time = l.rand_time.mul_f64(f);
         l.life_time = l.rekey_time + margin.max(min_margin);
     }
+    cfg.reauth_time = cfg.reauth_time.map(|r| r.mul_f64(f));
 }

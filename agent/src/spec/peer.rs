@@ -368,6 +368,11 @@ pub fn build_with(
         ike_proposals: ike,
         esp_proposals: esp,
         ike_lifetime: lifetime(&spec.ike, DEFAULT_IKE_LIFETIME),
+        reauth_time: spec
+            .ike
+            .as_ref()
+            .and_then(|p| p.reauth_time)
+            .map(|d| Duration::from_secs(d.as_secs())),
         child_lifetime: lifetime(&spec.esp, DEFAULT_ESP_LIFETIME),
         dpd: Some(dpd),
         local_ts: subnets("local", &spec.local.subnets)?,
@@ -726,7 +731,7 @@ auth:
     #[test]
     fn lifetimes_follow_strongswan_s_derivations() {
         let s = spec(&format!(
-            "{BASE}ike: {{lifetime: 4h, maxLifetime: 5h}}\n\
+            "{BASE}ike: {{lifetime: 4h, maxLifetime: 5h, reauthTime: 12h}}\n\
              esp: {{lifetime: 1h, randTime: 5m, rekeyBytes: 1000000, lifePackets: 20000}}\n"
         ));
         let c = build(&s, inputs()).unwrap().config;
@@ -741,6 +746,7 @@ auth:
             (h(4), h(5), h(1))
         );
         assert_eq!((c.ike_lifetime.bytes, c.ike_lifetime.packets), (None, None));
+        assert_eq!(c.reauth_time, Some(h(12)));
         // ESP: +10 % hard limit, the jitter given; bytes rekey at 1 MB and go at 1.1 MB;
         // only a packet hard limit: rekey at 90 % of it
         let l = &c.child_lifetime;

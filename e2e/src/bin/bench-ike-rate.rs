@@ -557,6 +557,7 @@ fn peer_config(i: usize, ike: &[IkeProposal], esp: &[EspProposal]) -> Result<Pee
         ike_proposals: ike.to_vec(),
         esp_proposals: esp.to_vec(),
         ike_lifetime: day,
+        reauth_time: None,
         child_lifetime: day,
         dpd: None,
         local_ts: vec![TsRange::subnet(inner(i).into(), 32).ok_or_else(|| anyhow!("ts"))?],

@@ -763,9 +763,38 @@ impl Endpoint {
             e.initial_contact = false;
             self.replace_older(now, id);
         }
+        let reauth = match self
+            .sas
+            .get_mut(&id)
+            .map(|sa| (sa.common.peer, &mut sa.state))
+        {
+            Some((peer, State::Established(e))) if e.reauth_due => {
+                e.reauth_due = false;
+                Some(peer)
+            }
+            _ => None,
+        };
         // IKE SAs born from a rekey get their own routing entry.
         for born in core::mem::take(&mut self.shared.spawned) {
             self.insert_sa(born);
+        }
+        if let Some(peer) = reauth {
+            self.reauthenticate_now(now, peer);
+        }
+    }
+
+    /// `reauth_time` came for an IKE SA of `peer`: a new IKE SA, make-before-break, as
+    /// [`Endpoint::reauthenticate`] with the configuration it has, unless one is under way.
+    fn reauthenticate_now(&mut self, now: Instant, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        if p.reauth.is_some() {
+            return;
+        }
+        let new = self.start_ike_sa(now, peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.reauth = new;
         }
     }
 

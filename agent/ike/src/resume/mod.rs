@@ -78,7 +78,8 @@ pub enum ResumeError {
 
 /// The first octets of saved state.
 pub(crate) const MAGIC: &[u8; 8] = b"STRAITSA";
-/// The format version written. Version 2 adds each IKE SA's hard-lifetime time; version 1
+/// The format version written. Version 2 adds each IKE SA's hard-lifetime and
+/// reauthentication times; version 1
 /// (written by the agent before it) is still read, so an upgrade resumes its SAs too.
 pub(crate) const VERSION: u8 = 2;
 /// The oldest version read.

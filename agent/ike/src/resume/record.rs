@@ -384,6 +384,8 @@ fn put_established(o: &mut Out, clock: &Clock, e: &Established, depth: u8) -> Re
     o.bool(e.initial_contact);
     o.opt(e.ike_rekey_at, |o, t| o.time(clock, t));
     o.opt(e.ike_expires_at, |o, t| o.time(clock, t));
+    o.opt(e.reauth_at, |o, t| o.time(clock, t));
+    o.bool(e.reauth_due);
     o.list(e.children.iter(), |o, ch| {
         o.u64(ch.id.0);
         o.raw(&ch.spi_in);
@@ -447,6 +449,10 @@ fn get_established(
     e.ike_rekey_at = i.opt("IKE rekey time", |i| i.time(&clock, "IKE rekey time"))?;
     if l.version >= 2 {
         e.ike_expires_at = i.opt("IKE hard lifetime", |i| i.time(&clock, "IKE hard lifetime"))?;
+        e.reauth_at = i.opt("reauthentication time", |i| {
+            i.time(&clock, "reauthentication time")
+        })?;
+        e.reauth_due = i.bool("reauthentication due")?;
     }
     let saved = i.list(34, "CHILD SAs", |i| {
         let id = i.u64("CHILD SA")?;

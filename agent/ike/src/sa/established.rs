@@ -32,6 +32,11 @@ pub(crate) struct Established {
     /// The IKE SA's hard lifetime: not rekeyed by then, it is deleted (`None`: resumed from
     /// a saved state that did not record it).
     pub ike_expires_at: Option<Instant>,
+    /// When the tunnel reauthenticates from this IKE SA (`PeerConfig::reauth_time`).
+    pub reauth_at: Option<Instant>,
+    /// That time has come: the endpoint starts the new IKE SA ([`crate::Endpoint`]'s
+    /// `with_sa`), as it acts on `initial_contact`.
+    pub reauth_due: bool,
 }
 
 impl Established {
@@ -46,6 +51,8 @@ impl Established {
             ike_rekey: None,
             ike_rekey_at: None,
             ike_expires_at: None,
+            reauth_at: None,
+            reauth_due: false,
         }
     }
 
@@ -76,6 +83,7 @@ impl Established {
             .filter_map(|ch| ch.rekey_at)
             .chain(self.ike_rekey_at)
             .chain(self.ike_expires_at)
+            .chain(self.reauth_at)
             .min();
         let dpd = c.cfg.dpd.and_then(|dpd| match c.win.outstanding() {
             Some(o) if o.kind == RequestKind::Dpd => Some(o.first_sent + dpd.timeout),
@@ -197,6 +205,10 @@ pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>)
         e.delete_all_children(c, ctx);
         c.down(ctx, Reason::LifetimeExpired);
         return Next::DeleteIke;
+    }
+    if e.reauth_at.is_some_and(|t| ctx.now >= t) {
+        e.reauth_at = None;
+        e.reauth_due = true;
     }
     rekey::schedule(e, ctx.now);
     let next = flush(e, c, ctx);

@@ -112,6 +112,10 @@ fn new_ike_sa(
 /// rekey and hands `new` to the endpoint.
 fn adopt(old_c: &Common, old_e: &mut Established, ctx: &mut Ctx<'_>, mut new: IkeSa) {
     if let State::Established(ne) = &mut new.state {
+        // a rekey keeps the keys' authentication: the reauthentication stays due when it was
+        // (strongSwan carries the reauth time over too)
+        ne.reauth_at = old_e.reauth_at.or(ne.reauth_at);
+        ne.reauth_due = old_e.reauth_due;
         ne.children.append(&mut old_e.children);
         ne.queue.extend(old_e.queue.drain(..).filter(|r| {
             matches!(

@@ -64,6 +64,17 @@ pub(crate) fn start_ike_timers(e: &mut Established, c: &Common, ctx: &mut Ctx<'_
     let rekey = ike_rekey_time(c, ctx);
     e.ike_rekey_at = Some(rekey);
     e.ike_expires_at = Some((ctx.now + c.cfg.ike_lifetime.life_time).max(rekey));
+    // only the side that starts the tunnel reauthenticates (strongSwan's initiator does)
+    if c.cfg.role != crate::Role::Respond
+        && let Some(every) = c.cfg.reauth_time
+    {
+        let random = u64::from_be_bytes(ctx.random());
+        let lt = crate::config::Lifetime {
+            rekey_time: every,
+            ..c.cfg.ike_lifetime
+        };
+        e.reauth_at = Some(ctx.now + timers::rekey_after(&lt, random));
+    }
 }
 
 fn retry_time(ctx: &mut Ctx<'_>) -> Instant {
