@@ -92,16 +92,26 @@ fn agent_config(case: &Case, me: &Site, peer: &Site, peer_addr: &str, initiation
 }
 
 fn start_agent(case: &Case, me: &Site, peer: &Site, peer_addr: &str, initiation: &str) -> Agent {
-    Agent::start(
+    start_yaml(
         &me.ns,
         &agent_config(case, me, peer, peer_addr, initiation),
+        case.agent_psk,
+        &[],
+    )
+}
+
+/// The agent in `ns` (`--dataplane none`) running `yaml`, with `psk` as its `gw-psk` Secret.
+fn start_yaml(ns: &str, yaml: &str, psk: &str, args: &[&str]) -> Agent {
+    Agent::start(
+        ns,
+        yaml,
         &[SecretFile {
             name: "gw-psk".into(),
             key: "psk".into(),
-            value: case.agent_psk.into(),
+            value: psk.into(),
         }],
         "none",
-        &[],
+        args,
     )
     .expect("start strait-agent")
 }
@@ -809,18 +819,7 @@ fn ipv6_outer_addresses_both_directions() {
             )
             .initiation(if agent_starts { "start" } else { "respond" })
         };
-        let agent = Agent::start(
-            &pair.left.ns,
-            &tunnel.render(),
-            &[SecretFile {
-                name: "gw-psk".into(),
-                key: "psk".into(),
-                value: PSK.into(),
-            }],
-            "none",
-            &[],
-        )
-        .expect("start strait-agent");
+        let agent = start_yaml(&pair.left.ns, &tunnel.render(), PSK, &[]);
         let charon = Charon::start(&pair.right.ns, &cfg).expect("start charon");
         if !agent_starts {
             charon
@@ -874,18 +873,7 @@ fn reauth_time_brings_new_ike_sas_that_charon_takes() {
     .render()
     .replace("lifetime: 2m", "lifetime: 2m, reauthTime: 1m");
     assert!(yaml.contains("reauthTime: 1m"), "{yaml}");
-    let agent = Agent::start(
-        &pair.left.ns,
-        &yaml,
-        &[SecretFile {
-            name: "gw-psk".into(),
-            key: "psk".into(),
-            value: PSK.into(),
-        }],
-        "none",
-        &["--test-lifetime-scale", "0.1"],
-    )
-    .expect("start strait-agent");
+    let agent = start_yaml(&pair.left.ns, &yaml, PSK, &["--test-lifetime-scale", "0.1"]);
     agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
