@@ -33,6 +33,7 @@ fn def(name: &str, yaml: &str, local_port: u16, remote_port: u16, psk: &[u8]) ->
         Inputs {
             local_ip: "127.0.0.1".parse().unwrap(),
             remote_ip: "127.0.0.1".parse().unwrap(),
+            fallback_ips: Vec::new(),
             ike_port: local_port,
             remote_port,
             psk: Some(SecretBytes::from_slice(psk)),

@@ -49,6 +49,7 @@ initiation: {init}
         Inputs {
             local_ip: "127.0.0.1".parse().unwrap(),
             remote_ip: "127.0.0.1".parse().unwrap(),
+            fallback_ips: Vec::new(),
             ike_port: ports.0,
             remote_port: ports.1,
             psk: Some(SecretBytes::from_slice(psk)),

@@ -164,7 +164,7 @@ fn the_table_keeps_tunnel_traffic_out_of_the_masquerade_and_clamps_the_mss() {
                     remote: vec![p("203.0.113.0/24")],
                     mtu_v4: Some(1400),
                     mtu_v6: None,
-                    peer: None,
+                    peers: Vec::new(),
                 }),
             )
             .await;
@@ -259,7 +259,7 @@ fn ike_is_admitted_only_from_the_tunnels_peers_and_the_rest_is_counted() {
                 Some(TunnelFilter {
                     local: vec![p("10.244.0.0/16")],
                     remote: vec![p("203.0.113.0/24")],
-                    peer: Some("192.0.2.2".parse().unwrap()),
+                    peers: vec!["192.0.2.2".parse().unwrap()],
                     ..TunnelFilter::default()
                 }),
             )

@@ -12,7 +12,18 @@ use crate::Duration;
 const SUBNETS_RULE: &str = "self.all(s, isCIDR(s) && cidr(s) == cidr(s).masked())";
 const SUBNETS_MESSAGE: &str =
     "each subnet must be in CIDR notation with no host bits set, e.g. 10.0.0.0/24";
-const REMOTE_ADDRESS_RULE: &str = "isIP(self) || self.matches('^[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?([.][a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*[.]?$')";
+/// A DNS name, as a CEL regular expression literal.
+macro_rules! dns_name_pattern {
+    () => {
+        "'^[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?([.][a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*[.]?$'"
+    };
+}
+const REMOTE_ADDRESS_RULE: &str = concat!("isIP(self) || self.matches(", dns_name_pattern!(), ")");
+const FALLBACK_ADDRESSES_RULE: &str = concat!(
+    "self.all(a, isIP(a) || a.matches(",
+    dns_name_pattern!(),
+    "))"
+);
 const PROPOSALS_RULE: &str = "self.all(p, p.lowerAscii().split('-').all(t, t in ['aes128', 'aes256', 'aes128gcm16', 'aes128gcm128', 'aes256gcm16', 'aes256gcm128', 'sha256', 'sha2_256', 'sha384', 'sha2_384', 'sha512', 'sha2_512', 'prfsha256', 'prfsha384', 'prfsha512', 'modp2048', 'modp3072', 'modp4096', 'ecp256', 'ecp384', 'ecp521', 'x25519', 'curve25519', 'esn', 'noesn']))";
 const PROPOSALS_MESSAGE: &str = "unknown or weak algorithm in a proposal: use strongSwan names such as aes256gcm16-prfsha384-x25519 or aes256-sha256-modp3072; 3des, des, md5, sha1, modp768/1024/1536 and null are refused as weak";
 
@@ -208,6 +219,18 @@ pub struct RemoteEndpoint {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new(REMOTE_ADDRESS_RULE).message("remote.address must be an IP address or a DNS name"))]
     pub address: String,
+    /// Further addresses of the peer (IP addresses or DNS names), tried in order after
+    /// `address` when an attempt to initiate fails; the peer may also initiate from any of
+    /// them. DNS names are resolved again before each attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new(FALLBACK_ADDRESSES_RULE).message("remote.fallbackAddresses must be IP addresses or DNS names"))]
+    pub fallback_addresses: Vec<String>,
+    /// The peer's IKE port (default 500). 4500 starts on the NAT-T port, with the non-ESP
+    /// marker; with any port but 500 no switch to 4500 happens when a NAT is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
     /// Remote subnets reachable through the tunnel, in CIDR notation.
     #[schemars(length(min = 1, max = 64), inner(length(max = 49)))]
     #[x_kube(validation = Rule::new(SUBNETS_RULE).message(SUBNETS_MESSAGE))]

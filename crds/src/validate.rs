@@ -155,6 +155,27 @@ pub fn validate(spec: &IPsecTunnelSpec) -> Vec<FieldError> {
             format!("{ra:?} is neither an IP address nor a DNS name"),
         );
     }
+    let family = |a: &str| a.parse::<IpAddr>().ok().map(|ip| ip.is_ipv4());
+    let first = family(ra).or_else(|| spec.local.address.as_deref().and_then(family));
+    for (i, a) in spec.remote.fallback_addresses.iter().enumerate() {
+        let field = format!("spec.remote.fallbackAddresses[{i}]");
+        if a.parse::<IpAddr>().is_err() && !is_dns_name(a) {
+            err(
+                field,
+                format!("{a:?} is neither an IP address nor a DNS name"),
+            );
+        } else if let (Some(f), Some(mine)) = (first, family(a))
+            && f != mine
+        {
+            err(
+                field,
+                format!("{a} is not of the address family of remote.address and local.address"),
+            );
+        }
+    }
+    if spec.remote.port == Some(0) {
+        err("spec.remote.port".into(), "must be 1 to 65535".into());
+    }
     for (side, id) in [("local", &spec.local.id), ("remote", &spec.remote.id)] {
         if id.trim().is_empty() {
             err(format!("spec.{side}.id"), "must not be empty".into());
@@ -294,6 +315,31 @@ mod tests {
         assert_eq!(
             fields,
             ["spec.dataPlane.routeMetric", "spec.dataPlane.routeMetric"]
+        );
+    }
+
+    #[test]
+    fn fallback_addresses_and_the_port_are_checked() {
+        let mut t = example();
+        t.spec.remote.fallback_addresses = vec!["192.0.2.9".into(), "gw2.example.net".into()];
+        t.spec.remote.port = Some(4500);
+        assert_eq!(validate(&t.spec), vec![]);
+        t.spec.remote.fallback_addresses = vec!["2001:db8::9".into(), "not a name!".into()];
+        t.spec.remote.port = Some(0);
+        let errs = validate(&t.spec);
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.remote.fallbackAddresses[0]",
+                "spec.remote.fallbackAddresses[1]",
+                "spec.remote.port"
+            ]
+        );
+        assert!(
+            errs[0].message.contains("address family"),
+            "{}",
+            errs[0].message
         );
     }
 

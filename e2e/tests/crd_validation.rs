@@ -33,6 +33,10 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
         EXAMPLE.to_owned(),
         CERT_EXAMPLE.to_owned(),
         EXAMPLE.replace("address: 192.0.2.2", "address: gw.dc2.example.com"),
+        EXAMPLE.replace(
+            "address: 192.0.2.2",
+            "address: 192.0.2.2\n    fallbackAddresses: [192.0.2.3, gw2.dc2.example.com]\n    port: 4500",
+        ),
         EXAMPLE.replace("203.0.113.0/24", "2001:db8:1::/48"),
         EXAMPLE.replace("aes256gcm16-prfsha384-x25519", "AES256-SHA256-MODP3072"),
         EXAMPLE.replace(
@@ -68,6 +72,19 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
             "remote address neither IP nor DNS name",
             EXAMPLE.replace("address: 192.0.2.2", "address: 'not an address!'"),
             "IP address or a DNS name",
+        ),
+        (
+            "a fallback address neither IP nor DNS name",
+            EXAMPLE.replace(
+                "address: 192.0.2.2",
+                "address: 192.0.2.2\n    fallbackAddresses: [192.0.2.3, 'not an address!']",
+            ),
+            "remote.fallbackAddresses must be IP addresses or DNS names",
+        ),
+        (
+            "a port beyond 65535",
+            EXAMPLE.replace("address: 192.0.2.2", "address: 192.0.2.2\n    port: 70000"),
+            "spec.remote.port",
         ),
         (
             "two auth methods",

@@ -760,19 +760,24 @@ fn probe_tells_acceptance_refusal_silence_and_a_closed_port_apart() {
     }
 }
 
-/// Gives `ns`'s link to the other site the IPv6 address `addr`/64 (no duplicate detection, so
-/// it is usable at once).
-fn add_v6(ns: &str, addr: &str) {
+/// The name of `ns`'s link to the other site (its one device besides `lo`).
+fn link_to_peer(ns: &str) -> String {
     let links = netns::exec(ns, &["ip", "-o", "link", "show"])
         .unwrap()
         .stdout;
-    let dev = links
+    links
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|d| d.split('@').next().unwrap_or(d))
         .find(|d| *d != "lo")
         .unwrap_or_else(|| panic!("no link in {ns}: {links}"))
-        .to_owned();
+        .to_owned()
+}
+
+/// Gives `ns`'s link to the other site the IPv6 address `addr`/64 (no duplicate detection, so
+/// it is usable at once).
+fn add_v6(ns: &str, addr: &str) {
+    let dev = link_to_peer(ns);
     netns::exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]).unwrap();
     netns::exec(
         ns,
@@ -910,4 +915,165 @@ fn reauth_time_brings_new_ike_sas_that_charon_takes() {
     assert_agree_on(&sas, &ours, "aes256gcm16-prfsha256-x25519");
     let log = charon.log();
     assert!(log.contains("received DELETE for IKE_SA"), "{log}");
+}
+
+/// Gives `ns`'s link to the other site one more IPv4 address (`addr` with its prefix).
+fn add_v4(ns: &str, addr: &str) {
+    let dev = link_to_peer(ns);
+    netns::exec(ns, &["ip", "addr", "add", addr, "dev", &dev]).unwrap();
+}
+
+/// The right site's second address: charon's tunnel is configured only there, so charon
+/// answers IKE_SA_INIT to the first one with NO_PROPOSAL_CHOSEN ("no IKE config found").
+const RIGHT_SECOND: &str = "192.0.2.3";
+
+/// charon on `right` with its tunnel on [`RIGHT_SECOND`] only, and `extra` strongswan.conf lines.
+fn charon_on_second_address(pair: &SitePair, extra: &[&str]) -> Charon {
+    add_v4(&pair.right.ns, &format!("{RIGHT_SECOND}/24"));
+    let mut cfg = charon_config(&Case::default(), &pair.right, &pair.left, None);
+    cfg.connections[0].local_addrs = vec![RIGHT_SECOND.to_owned()];
+    cfg.extra_charon = extra.iter().map(|s| (*s).to_owned()).collect();
+    Charon::start(&pair.right.ns, &cfg).expect("start charon")
+}
+
+/// The agent's tunnel to the right site at `address`, with `remote_extra` after it (YAML flow
+/// mapping entries such as `fallbackAddresses: [...]`).
+fn tunnel_to(pair: &SitePair, address: &str, remote_extra: &str) -> String {
+    let doc = TunnelYaml {
+        ike: vec!["aes256gcm16-prfsha256-x25519".into()],
+        esp: vec!["aes256gcm16-x25519".into()],
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(pair.left.id, pair.left.addr, pair.left.subnet),
+            End::new(pair.right.id, address, pair.right.subnet),
+        )
+        .initiation("start")
+    }
+    .render();
+    let from = format!(", address: {address},");
+    assert!(doc.contains(&from), "{doc}");
+    doc.replacen(&from, &format!(", address: {address}, {remote_extra},"), 1)
+}
+
+/// `remote.fallbackAddresses` and `remote.port` against charon listening on UDP 5500: the
+/// first address refuses (charon has no tunnel there), so the next attempt goes to the
+/// fallback, on the set port, without floating to 4500 (charon's NAT-T port is 5501).
+#[test]
+fn a_refusing_address_falls_back_to_the_next_on_the_set_port() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let charon = charon_on_second_address(&pair, &["port = 5500", "port_nat_t = 5501"]);
+    let yaml = tunnel_to(
+        &pair,
+        &pair.right.addr.to_string(),
+        &format!("fallbackAddresses: ['{RIGHT_SECOND}'], port: 5500"),
+    );
+    let agent = start_yaml(&pair.left.ns, &yaml, PSK, &[]);
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    assert_eq!(
+        ours["remoteEndpoint"],
+        format!("{RIGHT_SECOND}:5500"),
+        "{ours}"
+    );
+    let sas = charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
+    let local = sas
+        .ike(TUNNEL)
+        .and_then(|s| s.local.clone())
+        .unwrap_or_default();
+    assert!(
+        local.contains(&format!("{RIGHT_SECOND}[5500]")),
+        "charon's end: {local}"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("NO_PROPOSAL_CHOSEN"),
+        "the first attempt was refused at {}:\n{log}",
+        pair.right.addr
+    );
+    eprintln!("{}", agent.status_text().unwrap());
+}
+
+/// `/etc/netns/NS/hosts`, which `ip netns exec NS` binds over `/etc/hosts` for what it starts;
+/// written in place (the bind mount follows the inode), removed when dropped.
+struct NetnsHosts(PathBuf);
+
+impl NetnsHosts {
+    fn new(ns: &str, content: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = Self(dir);
+        f.write(content);
+        f
+    }
+
+    fn write(&self, content: &str) {
+        std::fs::write(self.0.join("hosts"), content).unwrap();
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // and /etc/netns itself when nothing else is in it
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// A DNS name is resolved again until it resolves, and before each attempt: the agent starts
+/// while the name does not resolve (`AddressUnresolved`), the name appears on the address where
+/// charon refuses (the tunnel starts and is refused), then moves, and the retry finds charon, on
+/// the NAT-T port `remote.port: 4500` asks for (with the non-ESP marker from the first message).
+#[test]
+fn a_dns_name_is_resolved_again_until_it_resolves_and_before_each_attempt() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let charon = charon_on_second_address(&pair, &[]);
+    let name = "peer.strait.test";
+    let hosts = NetnsHosts::new(&pair.left.ns, "127.0.0.1 localhost\n");
+    let agent = start_yaml(
+        &pair.left.ns,
+        &tunnel_to(&pair, name, "port: 4500"),
+        PSK,
+        &[],
+    );
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(5), |t| {
+            t["lastError"]["reason"] == "AddressUnresolved"
+        })
+        .unwrap();
+    hosts.write(&format!(
+        "127.0.0.1 localhost\n{} {name}\n",
+        pair.right.addr
+    ));
+    // mapped again within 10 s: the tunnel starts, and charon refuses it there
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["lastError"]["reason"] == "NoProposalChosen"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    hosts.write(&format!("127.0.0.1 localhost\n{RIGHT_SECOND} {name}\n"));
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    assert_eq!(
+        ours["remoteEndpoint"],
+        format!("{RIGHT_SECOND}:4500"),
+        "{ours}"
+    );
+    let log = agent.log();
+    assert!(log.contains("peer addresses resolve now"), "{log}");
+    assert!(
+        log.contains("the peer's names resolve to other addresses"),
+        "{log}"
+    );
+    charon
+        .wait_up(TUNNEL, "net", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
+    drop((agent, charon, hosts));
 }

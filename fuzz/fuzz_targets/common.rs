@@ -41,6 +41,7 @@ pub fn config(initiator: bool) -> PeerConfig {
     PeerConfig {
         local_addr: SocketAddr::new(me.into(), 500),
         remote_addr: SocketAddr::new(them.into(), 500),
+        fallback_addrs: Vec::new(),
         local_id: Identity::Fqdn(lid.into()),
         remote_id: Identity::Fqdn(rid.into()),
         auth: AuthConfig::Psk(SecretBytes::from_slice(b"fuzz-psk")),

@@ -196,6 +196,10 @@ pub fn probe_command(tunnel: &IPsecTunnel) -> Vec<String> {
     if let Some(a) = &s.local.address {
         cmd.extend(["--local".to_owned(), a.clone()]);
     }
+    // (4500 is probed anyway, with the non-ESP marker)
+    if let Some(p) = s.remote.port.filter(|p| *p != 500 && *p != 4500) {
+        cmd.extend(["--ike-port".to_owned(), p.to_string()]);
+    }
     for p in s.ike.iter().flat_map(|i| &i.proposals) {
         cmd.extend(["--ike-proposal".to_owned(), p.clone()]);
     }

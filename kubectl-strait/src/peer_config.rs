@@ -251,6 +251,13 @@ impl Plan<'_> {
             let _ = writeln!(o, "        # the cluster sends to {}", s.remote.address);
             let _ = writeln!(o, "        local_addrs = %any");
         }
+        if let Some(port) = s.remote.port.filter(|p| *p != 500) {
+            let _ = writeln!(
+                o,
+                "        # the cluster sends to this port: charon must listen on it (charon.port or port_nat_t in strongswan.conf)"
+            );
+            let _ = writeln!(o, "        local_port = {port}");
+        }
         let _ = writeln!(o, "        proposals = {}", self.ike.join(", "));
         let _ = writeln!(o, "        rekey_time = {}s", self.ike_lifetime());
         for l in self.swanctl_lifetimes(true) {
@@ -352,6 +359,10 @@ impl Plan<'_> {
         // Libreswan 5 reads it as keyexchange=ikev2; 4 knows only this spelling
         let _ = writeln!(o, "    ikev2=yes");
         let _ = writeln!(o, "    left=%defaultroute");
+        if let Some(port) = s.remote.port.filter(|p| *p != 500) {
+            let _ = writeln!(o, "    # the cluster sends to this port");
+            let _ = writeln!(o, "    leftikeport={port}");
+        }
         if s.remote.id != "%any" {
             let _ = writeln!(o, "    leftid={}", ls_id(&s.remote.id));
         }
@@ -674,6 +685,27 @@ spec:
             "{c}"
         );
         assert!(!c.contains("pfs="), "{c}");
+    }
+
+    #[test]
+    fn a_set_remote_port_is_where_the_remote_site_listens() {
+        let mut t = tunnel("");
+        t.spec.remote.port = Some(4501);
+        let c = render(&t, &side(), Flavor::Strongswan).unwrap();
+        assert!(c.contains("        local_port = 4501\n"), "{c}");
+        let c = render(&t, &side(), Flavor::Libreswan).unwrap();
+        assert!(c.contains("    leftikeport=4501\n"), "{c}");
+        t.spec.remote.port = None;
+        let c = render(&t, &side(), Flavor::Strongswan).unwrap();
+        assert!(!c.contains("local_port"), "{c}");
+        let probe = crate::facts::probe_command(&t);
+        assert!(!probe.contains(&"--ike-port".to_owned()));
+        t.spec.remote.port = Some(4501);
+        let probe = crate::facts::probe_command(&t);
+        assert!(
+            probe.windows(2).any(|w| w == ["--ike-port", "4501"]),
+            "{probe:?}"
+        );
     }
 
     #[test]

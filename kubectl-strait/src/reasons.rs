@@ -134,8 +134,8 @@ pub const TABLE: &[Advice] = &[
     ),
     a(
         "AddressUnresolved",
-        "the remote address does not resolve, or the node has no route to it",
-        "check spec.remote.address from the gateway node (DNS, default route)",
+        "no remote address resolves, or the node has no route to the first one",
+        "check spec.remote.address and fallbackAddresses from the gateway node (DNS, default route); the agent tries again every 10 s (standalone) or 30 s (cluster)",
     ),
     a(
         "SocketError",

@@ -336,6 +336,11 @@ pub struct PeerConfig {
     pub local_addr: SocketAddr,
     /// The peer's address; an unspecified IP accepts any peer (responder only).
     pub remote_addr: SocketAddr,
+    /// The peer's other addresses. An attempt to initiate that fails (no answer, a refusal,
+    /// failed authentication) makes the next attempt use the next address, in order and
+    /// round again; the address that worked is kept. As responder the peer is accepted from
+    /// any of them.
+    pub fallback_addrs: Vec<SocketAddr>,
     /// Our identity.
     pub local_id: Identity,
     /// The identity the peer must prove.
@@ -417,6 +422,7 @@ impl PeerConfig {
         Self {
             local_addr,
             remote_addr,
+            fallback_addrs: Vec::new(),
             local_id,
             remote_id,
             auth: AuthConfig::Psk(SecretBytes::from_slice(psk)),
@@ -461,6 +467,7 @@ impl PeerConfig {
         Self {
             local_addr: self.remote_addr,
             remote_addr: self.local_addr,
+            fallback_addrs: Vec::new(),
             local_id: self.remote_id.clone(),
             remote_id: self.local_id.clone(),
             local_ts: self.remote_ts.clone(),
@@ -468,6 +475,12 @@ impl PeerConfig {
             role: Role::Respond,
             ..self.clone()
         }
+    }
+
+    /// The peer's addresses in the order attempts use them: `remote_addr`, then
+    /// `fallback_addrs`.
+    pub fn remote_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        core::iter::once(self.remote_addr).chain(self.fallback_addrs.iter().copied())
     }
 
     /// Checks what the endpoint relies on.
@@ -497,8 +510,14 @@ impl PeerConfig {
         if self.role != Role::Respond && self.remote_addr.ip().is_unspecified() {
             return Err(ConfigError::NoRemoteAddress);
         }
-        if self.local_addr.is_ipv4() != self.remote_addr.is_ipv4() {
+        if self
+            .remote_addrs()
+            .any(|a| a.is_ipv4() != self.local_addr.is_ipv4())
+        {
             return Err(ConfigError::AddressFamilyMismatch);
+        }
+        if self.fallback_addrs.iter().any(|a| a.ip().is_unspecified()) {
+            return Err(ConfigError::NoRemoteAddress);
         }
         if let AuthConfig::Certificate(c) = &self.auth {
             c.validate()?;

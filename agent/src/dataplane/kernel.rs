@@ -74,8 +74,8 @@ struct TunnelRoutes {
     remote_ts: Vec<TsRange>,
     /// The peer's outer address, once known (configured, or from the CHILD SA).
     peer: Option<IpAddr>,
-    /// The peer's configured address (unspecified: any).
-    configured_peer: IpAddr,
+    /// The peer's configured addresses (empty: any).
+    configured_peers: Vec<IpAddr>,
     /// `spec.mtu`.
     spec_mtu: Option<u32>,
     /// The negotiated transform and whether ESP is in UDP, once a CHILD SA is in.
@@ -205,7 +205,7 @@ impl Plumbing {
             remote: prefixes(&t.remote_ts),
             mtu_v4: mtu(Family::V4),
             mtu_v6: mtu(Family::V6),
-            peer: Some(t.configured_peer).filter(|p| !p.is_unspecified()),
+            peers: t.configured_peers.clone(),
         })
     }
 
@@ -818,7 +818,7 @@ impl Dataplane for KernelDataplane {
                 local_ts: cfg.local_ts.clone(),
                 remote_ts: cfg.remote_ts.clone(),
                 peer: Some(cfg.remote_addr.ip()),
-                configured_peer: cfg.remote_addr.ip(),
+                configured_peers: configured_peers(cfg),
                 spec_mtu: mtu,
                 esp: None,
                 route_based: path.route_metric.is_some(),
@@ -826,6 +826,13 @@ impl Dataplane for KernelDataplane {
         );
         self.plumbing.sync(tunnel).await;
         Ok(())
+    }
+
+    async fn peers_changed(&mut self, tunnel: u32, cfg: &PeerConfig) {
+        if let Some(t) = self.plumbing.tunnels.get_mut(&tunnel) {
+            t.configured_peers = configured_peers(cfg);
+            self.plumbing.sync(tunnel).await;
+        }
     }
 
     async fn unguard(&mut self, tunnel: u32) -> Result<(), TunnelError> {
@@ -933,4 +940,12 @@ impl Dataplane for KernelDataplane {
         self.route_based.sweep_stale().await;
         Ok(())
     }
+}
+
+/// The addresses the IKE firewall admits for a tunnel: all its peer's (empty: any).
+fn configured_peers(cfg: &PeerConfig) -> Vec<IpAddr> {
+    if cfg.remote_addr.ip().is_unspecified() {
+        return Vec::new();
+    }
+    cfg.remote_addrs().map(|a| a.ip()).collect()
 }

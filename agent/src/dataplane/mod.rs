@@ -123,6 +123,16 @@ pub trait Dataplane: Send {
         async { Ok(()) }
     }
 
+    /// The tunnel's peer addresses changed (its DNS names resolved to others): the IKE
+    /// firewall admits the new ones.
+    fn peers_changed(
+        &mut self,
+        _tunnel: u32,
+        _cfg: &PeerConfig,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Removes a tunnel's fail-closed policies (the tunnel is gone).
     fn unguard(&mut self, _tunnel: u32) -> impl Future<Output = Result<(), TunnelError>> + Send {
         async { Ok(()) }

@@ -77,8 +77,9 @@ pub struct TunnelFilter {
     /// The route MTU of the tunnel's IPv4 and IPv6 traffic, when known.
     pub mtu_v4: Option<u32>,
     pub mtu_v6: Option<u32>,
-    /// The peer's configured address; `None` when the tunnel accepts any address.
-    pub peer: Option<IpAddr>,
+    /// The peer's configured addresses (`remote.address` and its fallbacks, names resolved);
+    /// empty when the tunnel accepts any address.
+    pub peers: Vec<IpAddr>,
 }
 
 /// The TCP MSS for a route MTU: the MTU less the IP and TCP headers.
@@ -189,16 +190,20 @@ pub fn replace_table(
     }
 }
 
-/// Every tunnel's fixed peer address, or `None` when there is no tunnel or one accepts any
+/// Every tunnel's fixed peer addresses, or `None` when there is no tunnel or one accepts any
 /// address (there is then nothing to guard, or no list to admit).
 fn known_peers(tunnels: &BTreeMap<u32, TunnelFilter>) -> Option<BTreeSet<IpAddr>> {
     if tunnels.is_empty() {
         return None;
     }
-    tunnels
-        .values()
-        .map(|t| t.peer.filter(|p| !p.is_unspecified()))
-        .collect()
+    let mut all = BTreeSet::new();
+    for t in tunnels.values() {
+        if t.peers.is_empty() || t.peers.iter().any(IpAddr::is_unspecified) {
+            return None;
+        }
+        all.extend(&t.peers);
+    }
+    Some(all)
 }
 
 /// The `input` chain: loopback and the peers pass, then IKE, NAT-T and ESP are dropped.
@@ -512,7 +517,7 @@ mod tests {
                 remote: vec![p("203.0.113.0/24")],
                 mtu_v4: Some(1400),
                 mtu_v6: None,
-                peer: None,
+                peers: Vec::new(),
             },
         );
         let v = json(&replace_table(TABLE, &t, None));
@@ -565,7 +570,7 @@ mod tests {
         TunnelFilter {
             local: vec![p("10.244.0.0/16")],
             remote: vec![p("203.0.113.0/24")],
-            peer: peer.map(|a| a.parse().unwrap()),
+            peers: peer.iter().map(|a| a.parse().unwrap()).collect(),
             ..TunnelFilter::default()
         }
     }
@@ -583,10 +588,13 @@ mod tests {
 
     #[test]
     fn the_firewall_admits_each_family_s_peers_and_drops_other_ike_and_esp() {
+        // tunnel 3 has a fallback address: both are admitted
+        let mut three = to(Some("192.0.2.3"));
+        three.peers.push("192.0.2.4".parse().unwrap());
         let t = BTreeMap::from([
             (1, to(Some("192.0.2.2"))),
             (2, to(Some("2001:db8::2"))),
-            (3, to(Some("192.0.2.3"))),
+            (3, three),
         ]);
         let v = json(&replace_table(TABLE, &t, Some(GUARD)));
         let rules = input_rules(&v);
@@ -596,7 +604,7 @@ mod tests {
         assert_eq!(v4["left"]["payload"]["protocol"], "ip");
         assert_eq!(
             v4["right"]["set"],
-            serde_json::json!(["192.0.2.2", "192.0.2.3"])
+            serde_json::json!(["192.0.2.2", "192.0.2.3", "192.0.2.4"])
         );
         assert_eq!(rules[1]["expr"][1], serde_json::json!({"accept": null}));
         assert_eq!(

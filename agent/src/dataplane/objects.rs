@@ -472,6 +472,7 @@ initiation: {initiation}"
         let inputs = crate::spec::peer::Inputs {
             local_ip: "192.0.2.1".parse().unwrap(),
             remote_ip: "192.0.2.2".parse().unwrap(),
+            fallback_ips: Vec::new(),
             ike_port: 500,
             remote_port: 500,
             psk: Some(SecretBytes::from_slice(b"secret")),

@@ -103,7 +103,23 @@ pub struct Driver<D: Dataplane> {
     /// When saved state no tunnel took is dropped ([`ADOPT_MAX`] after start, when the
     /// previous run's kernel objects are swept at the latest).
     resume_until: Option<Instant>,
+    /// DNS names resolved again before a retry ([`Driver::on_resolved`]), from the tasks that
+    /// resolve them, so a slow resolver holds up no other tunnel.
+    resolved_tx: mpsc::Sender<Resolved>,
+    resolved_rx: mpsc::Receiver<Resolved>,
 }
+
+/// A tunnel's peer addresses resolved again, for the retry that waits for them.
+#[derive(Debug)]
+struct Resolved {
+    tunnel: String,
+    /// The tunnel's endpoint peer when the lookup started (a restarted tunnel has another).
+    peer: PeerId,
+    addrs: Result<Vec<std::net::IpAddr>, String>,
+}
+
+/// How long a retry waits for its DNS names before it goes to the addresses it had.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<D: Dataplane> core::fmt::Debug for Driver<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -144,7 +160,10 @@ impl<D: Dataplane> Driver<D> {
                 .map_err(|e| tracing::error!(dir = %d.display(), error = %e, "IKE state cannot be saved there; restarts will renegotiate"))
                 .ok()
         });
+        let (resolved_tx, resolved_rx) = mpsc::channel(64);
         Self {
+            resolved_tx,
+            resolved_rx,
             settings,
             endpoint,
             dp,
@@ -231,6 +250,7 @@ impl<D: Dataplane> Driver<D> {
                     self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
                 }
                 () = timer => self.on_timer(),
+                Some(r) = self.resolved_rx.recv() => self.on_resolved(r).await,
                 Some(req) = status.recv() => {
                     let _ = req.send(self.status());
                 }
@@ -401,11 +421,83 @@ impl<D: Dataplane> Driver<D> {
             if t.take_retry(at)
                 && let Some(peer) = t.peer
             {
-                tracing::info!(tunnel = %t.def.name, "re-initiating");
                 t.initiating(now);
-                self.endpoint.initiate(now, peer);
+                if crate::spec::resolve::has_names(&t.def.spec) {
+                    // strongSwan resolves a peer's name again for each attempt: a site whose
+                    // address changed is found again without a restart
+                    let spec = t.def.spec.clone();
+                    let tunnel = t.def.name.clone();
+                    let tx = self.resolved_tx.clone();
+                    tokio::spawn(async move {
+                        let addrs = tokio::time::timeout(
+                            RESOLVE_TIMEOUT,
+                            crate::spec::resolve::remote_addresses(&spec),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err("DNS lookup timed out".into()));
+                        let _ = tx
+                            .send(Resolved {
+                                tunnel,
+                                peer,
+                                addrs,
+                            })
+                            .await;
+                    });
+                } else {
+                    tracing::info!(tunnel = %t.def.name, "re-initiating");
+                    self.endpoint.initiate(now, peer);
+                }
             }
         }
+    }
+
+    /// A retry's DNS names are resolved: the endpoint (and the IKE firewall) take the new
+    /// addresses if they changed, then the tunnel initiates. A failed lookup keeps the
+    /// addresses it had.
+    async fn on_resolved(&mut self, r: Resolved) {
+        let Some(t) = self.tunnels.get_mut(&r.tunnel) else {
+            return;
+        };
+        if t.peer != Some(r.peer) {
+            return;
+        }
+        let Ok(cfg) = t.def.peer.as_mut() else {
+            return;
+        };
+        match r.addrs {
+            Ok(ips) => {
+                let port = cfg.remote_addr.port();
+                let mut addrs = ips
+                    .into_iter()
+                    .map(|ip| std::net::SocketAddr::new(ip, port));
+                let before: Vec<_> = cfg.remote_addrs().collect();
+                if let Some(first) = addrs.next() {
+                    let rest: Vec<_> = addrs.collect();
+                    let now: Vec<_> = core::iter::once(first)
+                        .chain(rest.iter().copied())
+                        .collect();
+                    if now != before {
+                        match self.endpoint.set_remote_addrs(r.peer, first, rest.clone()) {
+                            Ok(()) => {
+                                tracing::info!(tunnel = %r.tunnel, ?before, ?now, "the peer's names resolve to other addresses");
+                                cfg.remote_addr = first;
+                                cfg.fallback_addrs = rest;
+                                let cfg = cfg.clone();
+                                self.dp.peers_changed(t.index, &cfg).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(tunnel = %r.tunnel, ?now, error = %e, "the peer's names resolve to unusable addresses; keeping the old ones");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %r.tunnel, error = %e, "the peer's names did not resolve again; trying the addresses known");
+            }
+        }
+        tracing::info!(tunnel = %r.tunnel, "re-initiating");
+        self.endpoint.initiate(Instant::now(), r.peer);
     }
 
     /// Acts on every queued event, then sends every queued datagram, until both are empty.

@@ -128,13 +128,14 @@ pub async fn definition(
         Some(m) => Err(TunnelError::new(StatusReason::SecretUnavailable, m)),
         None => match resolve::addresses(&spec).await {
             Err(m) => Err(TunnelError::new(StatusReason::AddressUnresolved, m)),
-            Ok((local_ip, remote_ip)) => peer::build_with(
+            Ok((local_ip, remote_ip, fallback_ips)) => peer::build_with(
                 &spec,
                 Inputs {
                     local_ip,
                     remote_ip,
+                    fallback_ips,
                     ike_port,
-                    remote_port: 500,
+                    remote_port: spec.remote.port.unwrap_or(resolve::DEFAULT_REMOTE_PORT),
                     psk,
                     // the driver falls back to responding when its data plane has no traps
                     on_traffic_supported: true,

@@ -149,9 +149,11 @@ pub struct Inputs {
     pub local_ip: IpAddr,
     /// The peer's outer address.
     pub remote_ip: IpAddr,
+    /// Its other addresses, tried in order after `remote_ip` (`remote.fallbackAddresses`).
+    pub fallback_ips: Vec<IpAddr>,
     /// Our IKE port (500).
     pub ike_port: u16,
-    /// The peer's IKE port (500).
+    /// The peer's IKE port (`remote.port`, 500).
     pub remote_port: u16,
     /// The pre-shared key.
     pub psk: Option<SecretBytes>,
@@ -362,6 +364,11 @@ pub fn build_with(
     let config = PeerConfig {
         local_addr: SocketAddr::new(inputs.local_ip, inputs.ike_port),
         remote_addr: SocketAddr::new(inputs.remote_ip, inputs.remote_port),
+        fallback_addrs: inputs
+            .fallback_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, inputs.remote_port))
+            .collect(),
         local_id,
         remote_id,
         auth,
@@ -568,6 +575,7 @@ auth: {psk: {secretRef: {name: p, key: psk}}}
         Inputs {
             local_ip: "192.0.2.1".parse().unwrap(),
             remote_ip: "192.0.2.2".parse().unwrap(),
+            fallback_ips: Vec::new(),
             ike_port: 500,
             remote_port: 500,
             psk: Some(SecretBytes::from_slice(b"secret")),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use strait_crds::IPsecTunnel;
+use strait_crds::contract::StatusReason;
 use strait_ike::EndpointConfig;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -54,12 +55,31 @@ pub struct Options {
 /// The file itself is unreadable or invalid.
 pub async fn definitions(opts: &Options, kind: Kind) -> anyhow::Result<Vec<TunnelDef>> {
     let tunnels = config::load(&opts.config)?;
+    Ok(build(opts, kind, &tunnels).await)
+}
+
+async fn build(opts: &Options, kind: Kind, tunnels: &[IPsecTunnel]) -> Vec<TunnelDef> {
     let mut out = Vec::new();
     for t in tunnels {
-        out.push(definition(opts, kind, t).await);
+        out.push(definition(opts, kind, t.clone()).await);
     }
-    Ok(out)
+    out
 }
+
+/// How many tunnels could not start because their peer's address did not resolve.
+fn unresolved(defs: &[TunnelDef]) -> usize {
+    defs.iter()
+        .filter(|d| {
+            d.peer
+                .as_ref()
+                .is_err_and(|e| e.reason == StatusReason::AddressUnresolved)
+        })
+        .count()
+}
+
+/// While a tunnel's peer name does not resolve (DNS not up yet at boot, a typo being fixed in
+/// DNS), the loaded config is mapped again this often; the file is read only on SIGHUP.
+const UNRESOLVED_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn definition(opts: &Options, _kind: Kind, t: IPsecTunnel) -> TunnelDef {
     let name = t.metadata.name.clone().unwrap_or_default();
@@ -88,7 +108,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Result<()> {
     let kind = dp.kind();
-    let defs = definitions(&opts, kind).await?;
+    let mut loaded = config::load(&opts.config)?;
+    let defs = build(&opts, kind, &loaded).await;
+    let mut pending = unresolved(&defs);
     let listener = status::bind(&opts.status_socket).map_err(|e| {
         anyhow::anyhow!(
             "cannot serve status at {}: {e}",
@@ -129,18 +151,34 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
             tracing::error!("cannot install signal handlers");
             return;
         };
+        let mut tick = tokio::time::interval(UNRESOLVED_RETRY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!(config = %config_path.display(), "SIGHUP: reloading");
-                    match definitions(&opts, kind).await {
-                        Ok(defs) => {
+                    match config::load(&opts.config) {
+                        Ok(tunnels) => {
+                            loaded = tunnels;
+                            let defs = build(&opts, kind, &loaded).await;
+                            pending = unresolved(&defs);
                             if cmd_tx.send(Command::Reload(defs)).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "reload refused; keeping the running tunnels"),
                     }
+                }
+                _ = tick.tick(), if pending > 0 => {
+                    let defs = build(&opts, kind, &loaded).await;
+                    let now = unresolved(&defs);
+                    if now < pending {
+                        tracing::info!(resolved = pending - now, "peer addresses resolve now: starting those tunnels");
+                        if cmd_tx.send(Command::Reload(defs)).await.is_err() {
+                            return;
+                        }
+                    }
+                    pending = now;
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,

@@ -551,6 +551,7 @@ fn peer_config(i: usize, ike: &[IkeProposal], esp: &[EspProposal]) -> Result<Pee
     Ok(PeerConfig {
         local_addr: SocketAddr::new(src.into(), 500),
         remote_addr: SocketAddr::new(RESPONDER.into(), 500),
+        fallback_addrs: Vec::new(),
         local_id: Identity::Ipv4(src),
         remote_id: Identity::Ipv4(RESPONDER),
         auth: AuthConfig::Psk(SecretBytes::from_slice(PSK.as_bytes())),

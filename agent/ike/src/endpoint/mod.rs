@@ -68,6 +68,11 @@ struct Peer {
     /// The IKE SA of a make-before-break reauthentication under way
     /// ([`Endpoint::reauthenticate`]): once it has a CHILD SA the tunnel's other IKE SAs go.
     reauth: Option<SaId>,
+    /// Which of [`PeerConfig::remote_addrs`] the next attempt to initiate goes to.
+    next_addr: usize,
+    /// Our IKE SA being set up to the peer by [`Endpoint::initiate`] (or a reauthentication):
+    /// if it ends before it is established, the next attempt uses the next address.
+    attempt: Option<SaId>,
 }
 
 /// What every transition borrows from the endpoint, besides the SA itself and the SPI table:
@@ -242,19 +247,67 @@ impl Endpoint {
         cfg.validate()?;
         self.next_peer = self.next_peer.wrapping_add(1);
         let id = PeerId(self.next_peer);
-        self.peers_by_remote
-            .entry(remote_key(&cfg))
-            .or_default()
-            .insert(id);
+        for key in remote_keys(&cfg) {
+            self.peers_by_remote.entry(key).or_default().insert(id);
+        }
         self.peers.insert(
             id,
             Peer {
                 cfg: Arc::new(cfg),
                 recovery: children::Recovery::default(),
                 reauth: None,
+                next_addr: 0,
+                attempt: None,
             },
         );
         Ok(id)
+    }
+
+    /// Gives a tunnel new peer addresses (its DNS names resolved again): `remote` first, then
+    /// `fallbacks`, as [`PeerConfig::remote_addrs`]. IKE SAs up or being set up keep theirs;
+    /// the next attempt to initiate uses the new ones, from the address it would have used if
+    /// that is still among them, else from the first. Unknown tunnels are ignored.
+    ///
+    /// # Errors
+    /// An address is unusable for the tunnel (another family, unspecified for an initiator);
+    /// the tunnel is left as it was.
+    pub fn set_remote_addrs(
+        &mut self,
+        peer: PeerId,
+        remote: SocketAddr,
+        fallbacks: Vec<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Ok(());
+        };
+        let mut cfg = PeerConfig::clone(&p.cfg);
+        cfg.remote_addr = remote;
+        cfg.fallback_addrs = fallbacks;
+        cfg.validate()?;
+        let current = p.cfg.remote_addrs().nth(p.next_addr);
+        p.next_addr = current
+            .and_then(|a| cfg.remote_addrs().position(|b| b == a))
+            .unwrap_or(0);
+        let old = remote_keys(&p.cfg);
+        let new = remote_keys(&cfg);
+        p.cfg = Arc::new(cfg);
+        self.unfile(peer, &old);
+        for key in new {
+            self.peers_by_remote.entry(key).or_default().insert(peer);
+        }
+        Ok(())
+    }
+
+    /// Takes `peer` out of [`Endpoint::peers_by_remote`] under `keys`.
+    fn unfile(&mut self, peer: PeerId, keys: &[Option<IpAddr>]) {
+        for key in keys {
+            if let Some(set) = self.peers_by_remote.get_mut(key) {
+                set.remove(&peer);
+                if set.is_empty() {
+                    self.peers_by_remote.remove(key);
+                }
+            }
+        }
     }
 
     /// Gives a tunnel a new configuration (typically new credentials: a changed PSK, a renewed
@@ -282,7 +335,7 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&peer) else {
             return Ok(false);
         };
-        if remote_key(&cfg) != remote_key(&p.cfg) || cfg.role != p.cfg.role {
+        if remote_keys(&cfg) != remote_keys(&p.cfg) || cfg.role != p.cfg.role {
             return Err(ConfigError::NotInPlace);
         }
         let role = cfg.role;
@@ -411,6 +464,10 @@ impl Endpoint {
     fn start_ike_sa(&mut self, now: Instant, peer: PeerId) -> Option<SaId> {
         let p = self.peers.get(&peer)?;
         let cfg = Arc::clone(&p.cfg);
+        let remote = cfg
+            .remote_addrs()
+            .nth(p.next_addr)
+            .unwrap_or(cfg.remote_addr);
         // RFC 7296 §2.4: INITIAL_CONTACT says this is the only IKE SA between the two
         // identities, and charon drops every other one with them, whatever the tunnel. So it
         // is sent only when no IKE SA of this tunnel, nor one of another tunnel between the
@@ -420,10 +477,14 @@ impl Endpoint {
         let others = self.sas.values().any(|s| shares_contact(s, peer, &cfg));
         let mut ctx = self.shared.ctx(now, &self.by_spi);
         let spi = ctx.ike_spi(Side::Initiator);
-        let id = match InitSent::start(&mut ctx, peer, cfg, spi) {
+        let id = match InitSent::start(&mut ctx, peer, cfg, remote, spi) {
             Ok(mut sa) => {
                 sa.common.initial_contact = !others;
-                Some(self.insert_sa(sa))
+                let id = self.insert_sa(sa);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.attempt = Some(id);
+                }
+                Some(id)
             }
             Err(reason) => {
                 self.shared.events.push_back(Event::IkeSaDown {
@@ -464,13 +525,7 @@ impl Endpoint {
     /// gone at once).
     pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
         if let Some(p) = self.peers.remove(&peer) {
-            let key = remote_key(&p.cfg);
-            if let Some(set) = self.peers_by_remote.get_mut(&key) {
-                set.remove(&peer);
-                if set.is_empty() {
-                    self.peers_by_remote.remove(&key);
-                }
-            }
+            self.unfile(peer, &remote_keys(&p.cfg));
         }
         for id in self.index.of_peer(peer) {
             self.with_sa(now, id, established::delete_locally);
@@ -875,10 +930,21 @@ impl Endpoint {
             .iter()
             .filter_map(|id| self.sas.get(id).map(|sa| sa.common.peer))
             .collect();
+        let mut failed = Vec::new();
         for id in dirty {
             let Some(sa) = self.sas.get(&id) else {
                 continue;
             };
+            if let Some(p) = self.peers.get_mut(&sa.common.peer)
+                && p.attempt == Some(id)
+            {
+                if matches!(sa.state, State::Established(_)) {
+                    p.attempt = None;
+                } else if sa.finished(now) || matches!(sa.state, State::Closing { .. }) {
+                    p.attempt = None;
+                    failed.push(sa.common.peer);
+                }
+            }
             if !sa.finished(now) {
                 self.index.update(id, sa, &self.shared.config);
                 continue;
@@ -890,6 +956,20 @@ impl Endpoint {
                 && self.by_init.get(&key) == Some(&id)
             {
                 self.by_init.remove(&key);
+            }
+        }
+        for peer in failed {
+            // the address did not work (unless another IKE SA made the attempt moot): the
+            // next attempt tries the next one
+            let up = self.index.of_peer(peer).into_iter().any(|id| {
+                self.sas
+                    .get(&id)
+                    .is_some_and(|s| matches!(s.state, State::Established(_)))
+            });
+            if let Some(p) = self.peers.get_mut(&peer)
+                && !up
+            {
+                p.next_addr = (p.next_addr + 1) % (1 + p.cfg.fallback_addrs.len());
             }
         }
         self.withdraw_initial_contact();
@@ -990,8 +1070,14 @@ fn shares_contact(s: &IkeSa, peer: PeerId, cfg: &PeerConfig) -> bool {
         }
 }
 
-/// Where [`Endpoint::peers_by_remote`] files a tunnel.
-fn remote_key(cfg: &PeerConfig) -> Option<IpAddr> {
-    let ip = cfg.remote_addr.ip();
-    (!ip.is_unspecified()).then_some(ip)
+/// Where [`Endpoint::peers_by_remote`] files a tunnel: under each of its addresses, or `None`
+/// for any.
+fn remote_keys(cfg: &PeerConfig) -> Vec<Option<IpAddr>> {
+    if cfg.remote_addr.ip().is_unspecified() {
+        return vec![None];
+    }
+    let mut keys: Vec<Option<IpAddr>> = cfg.remote_addrs().map(|a| Some(a.ip())).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }

@@ -139,15 +139,23 @@ impl InitSent {
         ctx: &mut Ctx<'_>,
         peer: PeerId,
         cfg: Arc<PeerConfig>,
+        remote: SocketAddr,
         spi_i: Spi,
     ) -> Result<IkeSa, Reason> {
         let group = first_group(&cfg)?;
         let ke = KeyExchange::generate(group, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?;
         let fake_natd = cfg.force_encapsulation.then(|| ctx.random::<20>());
+        // RFC 7296 §2.23: a peer reached on the NAT-T port hears us on ours, with the marker
+        let port = if remote.port() == ctx.cfg.natt_port {
+            ctx.cfg.natt_port
+        } else {
+            ctx.cfg.ike_port
+        };
+        let local = SocketAddr::new(cfg.local_addr.ip(), port);
         let mut c = Common {
             peer,
-            local: cfg.local_addr,
-            remote: cfg.remote_addr,
+            local,
+            remote,
             cfg,
             initiator: true,
             spi_i,
@@ -162,7 +170,6 @@ impl InitSent {
             frags: Default::default(),
             remote_identity: None,
         };
-        c.local.set_port(ctx.cfg.ike_port);
         let st = InitSent {
             ke,
             ni: ctx.nonce(),

@@ -343,8 +343,13 @@ impl Common {
         Some(cfg.fragment_size.saturating_sub(ip + 8 + marker))
     }
 
-    /// Moves IKE to the NAT-T port (RFC 7296 §2.23) when NAT was detected or forced.
+    /// Moves IKE to the NAT-T port (RFC 7296 §2.23) when NAT was detected or forced. An
+    /// initiator configured with another port than the IKE port for the peer stays on it, as
+    /// strongSwan's `remote_port` does: only the peer's operator knows where its NAT-T port is.
     pub fn float_if_natted(&mut self, cfg: &EndpointConfig) {
+        if self.initiator && self.remote.port() != cfg.ike_port {
+            return;
+        }
         if self.nat.encapsulate() && self.local.port() != cfg.natt_port {
             self.local.set_port(cfg.natt_port);
             self.remote.set_port(cfg.natt_port);
