@@ -12,6 +12,9 @@ tiers=("$@"); [ ${#tiers[@]} -eq 0 ] && tiers=(lint unit e2e vm fuzz demo nodes)
 LOGS=${STRAIT_LOGS:-$(mktemp -d /tmp/strait-test.XXXXXX)}
 mkdir -p "$LOGS"
 passed=0 failed=0 ignored=0 failures=()
+# where the interop tests record the matrix cells they judge (strait_e2e::matrix)
+export STRAIT_MATRIX_DIR="$LOGS/matrix"
+rm -rf "$STRAIT_MATRIX_DIR"
 
 # Sum cargo's "test result:" lines of one log into the totals.
 count() {
@@ -112,6 +115,15 @@ for t in "${tiers[@]}"; do
     *) die "unknown tier '$t' (lint unit e2e vm fuzz demo nodes)" ;;
   esac
 done
+
+# docs/interop.md's matrix must be this run's: it needs every interop case, so only a run of
+# both the e2e and the vm tier judges it (`cargo run -p strait-e2e --bin interop-matrix -- $STRAIT_LOGS/matrix --write docs/interop.md` regenerates it)
+if [[ " ${tiers[*]} " == *" e2e "* && " ${tiers[*]} " == *" vm "* ]]; then
+  step matrix cargo run -q --locked -p strait-e2e --bin interop-matrix -- "$STRAIT_MATRIX_DIR" --check docs/interop.md
+  cargo run -q --locked -p strait-e2e --bin interop-matrix -- "$STRAIT_MATRIX_DIR" > "$LOGS/interop-matrix.md" 2>&1 || true
+else
+  say "matrix: docs/interop.md's interop matrix not checked (it needs the e2e and vm tiers)"
+fi
 
 # the background release build, if a tier started it and none waited for it
 if [ -n "${prebuild:-}" ]; then wait "$prebuild" 2>/dev/null || true; fi

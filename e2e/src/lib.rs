@@ -11,6 +11,7 @@ pub mod controlplane;
 pub mod flood;
 pub mod kube;
 pub mod libreswan;
+pub mod matrix;
 pub mod netns;
 pub mod nodes;
 pub mod product;

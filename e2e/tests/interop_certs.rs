@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
+use strait_e2e::matrix::{self, Cell, Dir, Peer};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, assert_agree, dump, up};
 use strait_e2e::strongswan::{
@@ -157,6 +158,22 @@ fn pki_by(
     (pki, left, right)
 }
 
+/// The interop matrix's cell: the peer of `root`, the certificates of `key` made by `maker`.
+fn judged(root: Option<&PathBuf>, key: KeyType, maker: Maker, dir: Dir) -> matrix::Judged {
+    let peer = if root.is_some() {
+        Peer::Strongswan6
+    } else {
+        Peer::Strongswan5
+    };
+    let auth = match (key, maker) {
+        (KeyType::Rsa(_), Maker::Pki) => matrix::Auth::RsaPki,
+        (KeyType::Ecdsa(_), Maker::Pki) => matrix::Auth::EcdsaPki,
+        (KeyType::Rsa(_), Maker::Openssl) => matrix::Auth::RsaOpenssl,
+        (KeyType::Ecdsa(_), Maker::Openssl) => matrix::Auth::EcdsaOpenssl,
+    };
+    matrix::judge(module_path!(), &[Cell::new(peer, dir).auth(auth)])
+}
+
 /// The agent (left) initiates to charon (right).
 fn agent_initiates(key: KeyType, ids: Ids) -> (Agent, Charon, SitePair) {
     agent_initiates_to(None, key, ids, Maker::Pki)
@@ -169,6 +186,7 @@ fn agent_initiates_to(
     ids: Ids,
     maker: Maker,
 ) -> (Agent, Charon, SitePair) {
+    let judgement = judged(root.as_ref(), key, maker, Dir::We);
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
     let (pki, left, right) = pki_by(dir.path(), &pair, key, maker);
@@ -204,6 +222,7 @@ fn agent_initiates_to(
         "charon did not log a successful authentication of us:\n{log}"
     );
     eprintln!("{}", agent.status_text().unwrap());
+    judgement.pass();
     (agent, charon, pair)
 }
 
@@ -214,6 +233,7 @@ fn charon_initiates(key: KeyType, ids: Ids) {
 
 /// The same from the charon of `root` (`None`: the host's).
 fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids, maker: Maker) {
+    let judgement = judged(root.as_ref(), key, maker, Dir::They);
     let pair = SitePair::new(false).expect("topology");
     let dir = tempfile::tempdir().unwrap();
     let (pki, left, right) = pki_by(dir.path(), &pair, key, maker);
@@ -251,6 +271,7 @@ fn charon_initiates_from(root: Option<PathBuf>, key: KeyType, ids: Ids, maker: M
     assert_eq!(ours["initiator"], false);
     assert_no_secrets(&agent, &right);
     eprintln!("{}", agent.status_text().unwrap());
+    judgement.pass();
 }
 
 /// Certificates from an OpenSSL CA (UTF8String DNs, PKCS#8 keys), as many remote sites have

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::capture::{self, AES256GCM16, Capture, Exchange};
+use strait_e2e::matrix::{self, Cell, Dir, Peer, Suite};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::scenario::{TUNNEL, assert_agree, charon_for, dump, up};
 use strait_e2e::strongswan::{self, Charon, CharonConfig, ListSas};
@@ -63,6 +64,32 @@ impl Default for Case {
             root: None,
         }
     }
+}
+
+/// The interop matrix's cell for `case` (`None` for a suite outside the matrix's three).
+fn cell(case: &Case, dir: Dir, nat: bool) -> Option<Cell> {
+    let peer = if case.root.is_some() {
+        Peer::Strongswan6
+    } else {
+        Peer::Strongswan5
+    };
+    let ike = case.agent_ike.first().copied().unwrap_or_default();
+    let suite = if ike.contains("gcm16") && ike.ends_with("x25519") {
+        Suite::GcmX25519
+    } else if ike.ends_with("ecp384") {
+        Suite::Ecp384
+    } else if ike.contains("modp") && !ike.contains("gcm") {
+        Suite::CbcModp
+    } else {
+        return None;
+    };
+    let c = Cell::new(peer, dir).suite(suite);
+    Some(if nat { c.nat() } else { c })
+}
+
+/// A [`matrix::Judged`] for `case`, if it is a cell of the matrix.
+fn judged(case: &Case, dir: Dir, nat: bool) -> Option<matrix::Judged> {
+    cell(case, dir, nat).map(|c| matrix::judge(module_path!(), &[c]))
 }
 
 /// The agent's IPsecTunnel: `me` is the agent's site, `peer_addr` where the peer is.
@@ -222,6 +249,7 @@ fn agent_to_charon(case: &Case, nat: bool) -> (SitePair, Charon, Agent) {
 /// Agent on `left` initiates to charon on `right`; both sides agree once up.
 fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
     let _serial = netns::serial();
+    let judgement = judged(case, Dir::We, nat);
     let (pair, charon, agent) = agent_to_charon(case, nat);
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
@@ -250,6 +278,9 @@ fn agent_initiates(case: &Case, nat: bool, expect_ike: &str) {
         );
     }
     eprintln!("{}", agent.status_text().unwrap());
+    if let Some(j) = judgement {
+        j.pass();
+    }
 }
 
 #[test]
@@ -260,6 +291,12 @@ fn agent_initiates_charon_responds() {
 /// charon on `left` (behind the NAT with `nat`) initiates to the agent on `right`, which knows
 /// it at `left`'s public address; returns our status once up, both sides agreeing.
 fn charon_initiates(case: &Case, nat: bool) -> (Value, SitePair) {
+    charon_initiates_with(case, nat, "aes256gcm16-prfsha256-x25519")
+}
+
+/// [`charon_initiates`] where the IKE SA must come up with `expect_ike`.
+fn charon_initiates_with(case: &Case, nat: bool, expect_ike: &str) -> (Value, SitePair) {
+    let judgement = judged(case, Dir::They, nat);
     let pair = SitePair::new(nat).expect("topology");
     let agent = start_agent(
         case,
@@ -287,11 +324,10 @@ fn charon_initiates(case: &Case, nat: bool) -> (Value, SitePair) {
     let ours = agent
         .wait_tunnel(TUNNEL, Duration::from_secs(10), up)
         .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    assert_agree_on(
-        &charon.list_sas().expect("list-sas"),
-        &ours,
-        "aes256gcm16-prfsha256-x25519",
-    );
+    assert_agree_on(&charon.list_sas().expect("list-sas"), &ours, expect_ike);
+    if let Some(j) = judgement {
+        j.pass();
+    }
     (ours, pair)
 }
 
@@ -352,6 +388,15 @@ fn proposals(peer: fn(Case) -> Case) {
         };
         eprintln!("proposal row: ike {ike} / esp {esp}");
         agent_initiates(&case, false, expect);
+        // the matrix's other two suites with charon initiating too (GCM/X25519 has its own
+        // cases both ways)
+        if matches!(
+            cell(&case, Dir::They, false).map(|c| c.suite),
+            Some(Suite::CbcModp | Suite::Ecp384)
+        ) {
+            let _serial = netns::serial();
+            drop(charon_initiates_with(&case, false, expect));
+        }
     }
 }
 
@@ -796,16 +841,27 @@ fn add_v6(ns: &str, addr: &str) {
 }
 
 /// IPv6 outer addresses (the sites' inner subnets stay IPv4): the agent initiates to charon
-/// over IPv6, then charon to the agent; both sides agree, on IPv6 endpoints.
+/// over IPv6, then charon to the agent, against 5.9.8 and 6.0.1; both sides agree, on IPv6
+/// endpoints.
 #[test]
 fn ipv6_outer_addresses_both_directions() {
     let _serial = netns::serial();
     let (l6, r6) = ("2001:db8:5::1", "2001:db8:5::2");
-    for agent_starts in [true, false] {
+    for (root, agent_starts) in [
+        (None, true),
+        (None, false),
+        (Some(strongswan::strongswan6_root()), true),
+        (Some(strongswan::strongswan6_root()), false),
+    ] {
         let pair = SitePair::new(false).expect("topology");
         add_v6(&pair.left.ns, l6);
         add_v6(&pair.right.ns, r6);
-        let case = Case::default();
+        let case = Case {
+            root,
+            ..Case::default()
+        };
+        let dir = if agent_starts { Dir::We } else { Dir::They };
+        let judgement = cell(&case, dir, false).map(|c| matrix::judge(module_path!(), &[c.v6()]));
         // the agent on left, charon on right
         let mut cfg = charon_config(
             &case,
@@ -848,6 +904,12 @@ fn ipv6_outer_addresses_both_directions() {
             .and_then(|s| s.remote.clone())
             .unwrap_or_default();
         assert!(theirs.contains(l6), "charon sees us at {theirs:?}");
+        if case.root.is_some() {
+            assert_is_six(&charon);
+        }
+        if let Some(j) = judgement {
+            j.pass();
+        }
         drop((agent, charon));
     }
 }

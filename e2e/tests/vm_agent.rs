@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_e2e::agent::{Agent, SecretFile};
 use strait_e2e::libreswan::{self, Pluto};
+use strait_e2e::matrix::{self, Cell, Dir, Peer};
 use strait_e2e::netns::{self, Site, SitePair};
 use strait_e2e::prometheus::{Prometheus, dashboard_queries, metric_names};
 use strait_e2e::scenario::{TUNNEL, charon_for, up};
@@ -2173,6 +2174,15 @@ const PSK_PLACEHOLDER: &str = "PASTE-THE-0s-VALUE-HERE";
 /// CHILD and IKE SAs under traffic.
 fn libreswan_case(version: libreswan::Version) {
     let _serial = netns::serial();
+    let peer = match version {
+        libreswan::Version::V4 => Peer::Libreswan4,
+        libreswan::Version::V5 => Peer::Libreswan5,
+    };
+    let certificates = matrix::judge(
+        module_path!(),
+        &[Cell::new(peer, Dir::They).auth(matrix::Auth::RsaPki)],
+    );
+    let psk_cell = matrix::judge(module_path!(), &[Cell::new(peer, Dir::We)]);
     libreswan::require_installed(version).expect("the Libreswan root");
     let pair = SitePair::new(false).expect("topology");
     let (left, right) = (&pair.left, &pair.right);
@@ -2269,6 +2279,7 @@ fn libreswan_case(version: libreswan::Version) {
     println!(
         "{name} -> agent, RSA certificates: ping both ways; our bytes in {bin} out {bout}; pluto's {theirs:?}"
     );
+    certificates.pass();
     drop(pluto);
     drop(agent);
 
@@ -2340,6 +2351,7 @@ fn libreswan_case(version: libreswan::Version) {
         );
         thread::sleep(Duration::from_millis(300));
     }
+    psk_cell.pass();
 }
 
 #[test]

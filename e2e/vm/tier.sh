@@ -74,6 +74,8 @@ rc=0
 cp "$(dirname "$0")/strait-agent" /tmp/strait-agent && export STRAIT_AGENT_BIN=/tmp/strait-agent
 export KUBECTL_STRAIT_BIN=$(dirname "$0")/kubectl-strait
 export STRAIT_AGENT_START_TIMEOUT_SECS=${STRAIT_AGENT_START_TIMEOUT_SECS:-60}
+# the interop matrix's records (strait_e2e::matrix), copied out by the host
+mkdir -p "$(dirname "$0")/matrix" && export STRAIT_MATRIX_DIR=$(dirname "$0")/matrix
 for b in "$@"; do
   echo "===== vm tier: $(basename "$b")"
   "$b" --test-threads=1 --nocapture "${filter[@]}" || rc=1
@@ -88,6 +90,11 @@ if [ ${#bins[@]} -gt 0 ]; then
   say "vm tier: ${#bins[@]} binaries, one VM boot"
   vmrc=0
   e2e/vm/run.sh --timeout "${STRAIT_VM_TIMEOUT:-1500}" --mem 1G --rwdir "$stage" -- "$stage/run-all.sh" "${bins[@]}" || vmrc=$?
+  if [ -n "${STRAIT_MATRIX_DIR:-}" ] && [ -d "$stage/matrix" ]; then
+    mkdir -p "$STRAIT_MATRIX_DIR"
+    # (the guest's pids are not the host's: a prefix keeps its files apart)
+    for f in "$stage/matrix/"*.jsonl; do [ -e "$f" ] && cp "$f" "$STRAIT_MATRIX_DIR/vm-$(basename "$f")"; done
+  fi
   case $vmrc in
     42) ;;
     43) rc=1 ;;
