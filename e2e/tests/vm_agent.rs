@@ -2178,10 +2178,13 @@ fn libreswan_case(version: libreswan::Version) {
         libreswan::Version::V4 => Peer::Libreswan4,
         libreswan::Version::V5 => Peer::Libreswan5,
     };
-    let certificates = matrix::judge(
-        module_path!(),
-        &[Cell::new(peer, Dir::They).auth(matrix::Auth::RsaPki)],
-    );
+    // RSA certificates against 4.10, ECDSA (P-256) against 5.2: each key type once, in the
+    // same time
+    let (key, auth) = match version {
+        libreswan::Version::V4 => (KeyType::Rsa(2048), matrix::Auth::RsaPki),
+        libreswan::Version::V5 => (KeyType::Ecdsa(256), matrix::Auth::EcdsaPki),
+    };
+    let certificates = matrix::judge(module_path!(), &[Cell::new(peer, Dir::They).auth(auth)]);
     let psk_cell = matrix::judge(module_path!(), &[Cell::new(peer, Dir::We)]);
     libreswan::require_installed(version).expect("the Libreswan root");
     let pair = SitePair::new(false).expect("topology");
@@ -2218,17 +2221,15 @@ fn libreswan_case(version: libreswan::Version) {
     };
     let conn = format!("strait-{TUNNEL}");
 
-    // 1. certificates (strongSwan's pki, RSA), the agent only responds: the config says
-    // auto=start and how to fill pluto's NSS database; pluto initiates (default lifetimes: no
-    // rekey while the counters are compared). With an ECDSA key pluto 5.2 needs
-    // `leftauth=ecdsa`, which peer-config only mentions (it does not know the site's key).
+    // 1. certificates (strongSwan's pki), the agent only responds: the config says auto=start
+    // and how to fill pluto's NSS database; pluto initiates (default lifetimes: no rekey while
+    // the counters are compared). With an ECDSA key pluto needs `leftauth=ecdsa`, which
+    // peer-config only mentions (it does not know the site's key): added as a user would.
     let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), KeyType::Rsa(2048)).expect("test CA");
-    let ours = pki
-        .issue("left", left.id, KeyType::Rsa(2048))
-        .expect("our certificate");
+    let pki = TestPki::new(dir.path(), key).expect("test CA");
+    let ours = pki.issue("left", left.id, key).expect("our certificate");
     let theirs = pki
-        .issue("right", right.id, KeyType::Rsa(2048))
+        .issue("right", right.id, key)
         .expect("pluto's certificate");
     let secrets = SecretFile::certificate(&ours, &pki.ca.cert).expect("certificate files");
     let config = TunnelYaml {
@@ -2247,6 +2248,16 @@ fn libreswan_case(version: libreswan::Version) {
         psk.is_empty() && conf.contains("    auto=start\n"),
         "{conf}"
     );
+    let conf = if matches!(key, KeyType::Ecdsa(_)) {
+        assert!(conf.contains("add leftauth=ecdsa and rightauth="), "{conf}");
+        conf.replacen(
+            "    leftcert=",
+            "    leftauth=ecdsa\n    rightauth=ecdsa\n    leftcert=",
+            1,
+        )
+    } else {
+        conf
+    };
     let nickname = conf
         .lines()
         .find_map(|l| l.trim().strip_prefix("leftcert="))
@@ -2277,7 +2288,7 @@ fn libreswan_case(version: libreswan::Version) {
         "{name} counted no traffic: {theirs:?}"
     );
     println!(
-        "{name} -> agent, RSA certificates: ping both ways; our bytes in {bin} out {bout}; pluto's {theirs:?}"
+        "{name} -> agent, {key:?} certificates: ping both ways; our bytes in {bin} out {bout}; pluto's {theirs:?}"
     );
     certificates.pass();
     drop(pluto);

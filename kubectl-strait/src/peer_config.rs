@@ -384,7 +384,7 @@ impl Plan<'_> {
             // default (or explicit) `authby=rsasig,ecdsa`, 5.2 tried an RSA signature and failed
             let _ = writeln!(
                 o,
-                "    # an ECDSA key on this site: add leftauth=ecdsa (pluto signs RSA unless told)"
+                "    # an ECDSA key on this site: add leftauth=ecdsa and rightauth= the cluster's key (rsasig or ecdsa): pluto signs RSA unless told, and wants both"
             );
             let _ = writeln!(
                 o,
