@@ -90,7 +90,8 @@ pub enum Diagnostic {
         /// How many tunnels fitted its address.
         candidates: usize,
     },
-    /// A CHILD SA's selectors after narrowing (with `diagnostics`).
+    /// A CHILD SA's selectors after narrowing (with `diagnostics`), and what the peer's
+    /// request offered.
     TsNarrowed {
         /// The tunnel.
         peer: PeerId,
@@ -98,6 +99,10 @@ pub enum Diagnostic {
         local: Vec<String>,
         /// The peer's side.
         remote: Vec<String>,
+        /// The request's selectors for our side (its TSr).
+        offered_local: Vec<String>,
+        /// The request's selectors for its side (its TSi).
+        offered_remote: Vec<String>,
     },
     /// A datagram was dropped (with `diagnostics`).
     Dropped {
@@ -199,12 +204,29 @@ impl fmt::Display for Diagnostic {
                 f,
                 "tunnel chosen for {remote} identifying as {identity} ({candidates} tunnel(s) fit its address)"
             ),
-            Self::TsNarrowed { local, remote, .. } => write!(
-                f,
-                "CHILD SA selectors: ours {} === theirs {}",
-                list(local),
-                list(remote)
-            ),
+            Self::TsNarrowed {
+                local,
+                remote,
+                offered_local,
+                offered_remote,
+                ..
+            } => {
+                write!(
+                    f,
+                    "CHILD SA selectors: ours {} === theirs {}",
+                    list(local),
+                    list(remote)
+                )?;
+                if offered_local != local || offered_remote != remote {
+                    write!(
+                        f,
+                        ", narrowed from ours {} === theirs {}",
+                        list(offered_local),
+                        list(offered_remote)
+                    )?;
+                }
+                Ok(())
+            }
             Self::Dropped { remote, why } => write!(f, "dropped a datagram from {remote}: {why}"),
         }
     }

@@ -623,3 +623,57 @@ fn a_child_rekey_retries_with_the_pfs_group_the_responder_asks_for() {
     assert_eq!(p.log.len() - n0, 6);
     assert_eq!(requests(&p, Side::A, ExchangeType::CREATE_CHILD_SA), 2);
 }
+
+/// RFC 7296 §2.9.2: a rekeyed CHILD SA keeps the old one's traffic selectors. B narrowed A's
+/// offer (10.2.0.0/16) to 10.2.1.0/24; A's rekey offers the narrowed selectors it has, not its
+/// configured ones again (a responder that picks among several, or whose configuration
+/// changed, could otherwise agree to other selectors than the SA it replaces). B's diagnostics
+/// show what each request offered.
+#[test]
+fn a_rekey_offers_the_selectors_of_the_sa_it_replaces() {
+    let mut a = config_a();
+    a.child_lifetime = lifetime(30);
+    let mut b = mirror(&a);
+    // only A rekeys
+    b.child_lifetime = lifetime(3600);
+    b.local_ts = vec![util::net("10.2.1.0/24")];
+    let eb = EndpointConfig {
+        diagnostics: true,
+        ..EndpointConfig::default()
+    };
+    let mut p = Pair::with_endpoint_config(a, b, EndpointConfig::default(), eb);
+    p.initiate();
+    p.run_for(Duration::from_secs(70));
+    let installs = Pair::installs(&p.ev_a);
+    assert!(installs.len() >= 3, "fewer than two rekeys: {installs:?}");
+    assert!(
+        installs
+            .iter()
+            .all(|i| i.remote_ts == vec![util::net("10.2.1.0/24")]),
+        "{installs:?}"
+    );
+    let offers: Vec<String> = p
+        .ev_b
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Diagnostic(d)
+                if matches!(**d, strait_ike::diagnostic::Diagnostic::TsNarrowed { .. }) =>
+            {
+                Some(d.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offers.len(), installs.len(), "{offers:?}");
+    // IKE_AUTH offered the configured /16 and was narrowed; every rekey offered the /24
+    assert!(
+        offers[0].contains("narrowed from ours 10.2.0.0/16"),
+        "{offers:?}"
+    );
+    for o in &offers[1..] {
+        assert!(
+            !o.contains("narrowed"),
+            "a rekey offered other selectors: {o}"
+        );
+    }
+}

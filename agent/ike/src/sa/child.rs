@@ -179,12 +179,19 @@ pub(crate) fn failed(c: &Common, ctx: &mut Ctx<'_>, reason: Reason) {
     });
 }
 
-/// The initiator's CHILD SA request payloads: SA, TSi, TSr.
-pub(crate) fn request_payloads(c: &Common, spi_in: [u8; 4], with_ke: bool) -> [Payload; 3] {
+/// The initiator's CHILD SA request payloads: SA, TSi, TSr. The selectors are `ts` (ours,
+/// the peer's) when given, else the tunnel's configured ones.
+pub(crate) fn request_payloads(
+    c: &Common,
+    spi_in: [u8; 4],
+    with_ke: bool,
+    ts: Option<(&[TsRange], &[TsRange])>,
+) -> [Payload; 3] {
+    let (local, remote) = ts.unwrap_or((&c.cfg.local_ts, &c.cfg.remote_ts));
     [
         Payload::Sa(proposals::esp_offer(&c.cfg.esp_proposals, spi_in, with_ke)),
-        Payload::TsInitiator(ts::payload(&c.cfg.local_ts)),
-        Payload::TsResponder(ts::payload(&c.cfg.remote_ts)),
+        Payload::TsInitiator(ts::payload(local)),
+        Payload::TsResponder(ts::payload(remote)),
     ]
 }
 
@@ -259,6 +266,8 @@ pub(crate) fn respond(
         peer: c.peer,
         local: diagnostic::selectors(&tsr),
         remote: diagnostic::selectors(&tsi),
+        offered_local: diagnostic::selectors(&theirs_r),
+        offered_remote: diagnostic::selectors(&theirs_i),
     });
     Ok(Agreed {
         number,

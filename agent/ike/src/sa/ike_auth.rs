@@ -163,7 +163,7 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
             payloads.push(Payload::IdResponder(idr));
         }
         payloads.push(Payload::Auth(auth_p));
-        payloads.extend(child::request_payloads(c, spi_in, false));
+        payloads.extend(child::request_payloads(c, spi_in, false, None));
         c.send_request(
             ctx,
             &init.keys,

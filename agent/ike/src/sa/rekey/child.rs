@@ -6,7 +6,7 @@ use core::time::Duration;
 use super::{Refusal, lowest_nonce_in_first, retry_time};
 use crate::codec::message::notifies;
 use crate::codec::{
-    ExchangeType, KeyExchange as KePayload, Nonce, Notify, NotifyType, Payload, ProtocolId,
+    ExchangeType, KeyExchange as KePayload, Nonce, Notify, NotifyType, Payload, ProtocolId, TsRange,
 };
 use crate::crypto::alg::KeGroup;
 use crate::crypto::ke::KeyExchange;
@@ -72,11 +72,13 @@ fn pfs_group(c: &Common) -> Option<KeGroup> {
 
 /// The body of a CHILD SA request of ours (RFC 7296 §1.3.1, §1.3.3): SA, Ni, [KEi], TSi, TSr,
 /// with a key exchange in `group`, else in the first PFS group configured, else none. A rekey
-/// puts N(REKEY_SA) in front; a new CHILD SA sends it as is.
+/// puts N(REKEY_SA) in front and offers the selectors of the SA it replaces (`ts`); a new
+/// CHILD SA sends it as is, with the configured selectors.
 pub(super) fn offer(
     c: &Common,
     ctx: &mut Ctx<'_>,
     group: Option<KeGroup>,
+    ts: Option<(&[TsRange], &[TsRange])>,
 ) -> Result<(Offer, Vec<Payload>), Reason> {
     let ke = match group.or_else(|| pfs_group(c)) {
         Some(g) => Some(KeyExchange::generate(g, &mut *ctx.rng).map_err(|_| Reason::LocalCrypto)?),
@@ -84,7 +86,7 @@ pub(super) fn offer(
     };
     let spi_in = ctx.esp_spi(c.local.ip(), c.remote.ip());
     let ni = ctx.nonce();
-    let [sa_p, tsi, tsr] = child::request_payloads(c, spi_in, ke.is_some());
+    let [sa_p, tsi, tsr] = child::request_payloads(c, spi_in, ke.is_some(), ts);
     let mut payloads = vec![sa_p];
     payloads.extend(Nonce::new(ni.clone()).map(Payload::Nonce));
     if let Some(k) = &ke {
@@ -115,7 +117,12 @@ pub(crate) fn start_child(
         return Ok(());
     };
     let old_spi = ch.spi_in;
-    let (offer, body) = offer(c, ctx, group)?;
+    // RFC 7296 §2.9.2: the new SA keeps the old one's selectors. Offering the configured ones
+    // again would let a responder that narrowed the first time narrow differently now (its
+    // configuration changed, or it picks among several), and traffic of the old selectors
+    // would lose its SA.
+    let (local_ts, remote_ts) = (ch.local_ts.clone(), ch.remote_ts.clone());
+    let (offer, body) = offer(c, ctx, group, Some((&local_ts, &remote_ts)))?;
     let mut payloads = vec![Payload::Notify(Notify::for_child(
         NotifyType::REKEY_SA,
         ProtocolId::ESP,

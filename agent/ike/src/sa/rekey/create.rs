@@ -79,7 +79,7 @@ pub(crate) fn start_create(
     if e.has_child() {
         return Ok(());
     }
-    let (offer, payloads) = child::offer(c, ctx, group)?;
+    let (offer, payloads) = child::offer(c, ctx, group, None)?;
     c.send_request(
         ctx,
         &e.keys,
