@@ -318,6 +318,18 @@ impl Pluto {
         }
     }
 
+    /// Kills pluto with SIGKILL: no DELETE goes out, as when its site loses power.
+    ///
+    /// # Errors
+    /// The signal or the wait failed.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// The instance's directory (config, secrets, NSS database, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

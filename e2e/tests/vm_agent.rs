@@ -2210,6 +2210,9 @@ fn libreswan_case(version: libreswan::Version) {
             auth: Auth::Psk("gw-psk".into()),
             ike_lifetime: lifetimes.map(|l| l.0.to_owned()),
             esp_lifetime: lifetimes.map(|l| l.1.to_owned()),
+            // short DPD: pluto must answer every liveness check through the rekeys, and its
+            // death be noticed within seconds
+            dpd: Some(("2s".into(), "6s".into())),
             ..TunnelYaml::new(
                 TUNNEL,
                 End::new(left.id, left.addr, left.subnet),
@@ -2363,6 +2366,23 @@ fn libreswan_case(version: libreswan::Version) {
         thread::sleep(Duration::from_millis(300));
     }
     psk_cell.pass();
+
+    // 3. DPD: our liveness checks were answered all along (the tunnel never went down); pluto
+    // killed without a DELETE is declared unreachable within interval + timeout (2 s + 6 s)
+    let mut pluto = pluto;
+    let killed = Instant::now();
+    pluto.kill().unwrap();
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            t["lastError"]["reason"] == "PeerUnreachable" && t["ready"] == false
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(4),
+        "unreachable after {after:?}, sooner than DPD could tell: {t}"
+    );
+    println!("{name}: killed, PeerUnreachable after {after:.1?}");
 }
 
 #[test]
