@@ -71,6 +71,10 @@ pub struct EndpointConfig {
     /// narrowed selectors) and one per dropped datagram; failures are emitted regardless. The
     /// agent turns it on when its debug log is enabled.
     pub diagnostics: bool,
+    /// As responder, answer SINGLE_PAIR_REQUIRED (RFC 7296 §3.10.1) to a CHILD SA request
+    /// whose selectors are more than one range on either side, as some gateways do. For
+    /// tests and simulations of such peers: the agent never sets it.
+    pub single_pair_only: bool,
 }
 
 impl Default for EndpointConfig {
@@ -87,6 +91,7 @@ impl Default for EndpointConfig {
             fragment_size: 1280,
             nat_keepalive: Some(Duration::from_secs(20)),
             diagnostics: false,
+            single_pair_only: false,
         }
     }
 }

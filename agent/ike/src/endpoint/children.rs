@@ -80,7 +80,7 @@ impl Endpoint {
             };
             match &sa.state {
                 State::Established(e) => {
-                    if e.has_child() {
+                    if !e.needs_child(&sa.common.cfg) {
                         return Children::Up;
                     }
                     coming |= e.creating();
@@ -187,7 +187,7 @@ impl Endpoint {
     pub(super) fn create_child(&mut self, now: Instant, id: SaId) {
         self.with_sa(now, id, |sa, ctx| {
             sa.with_established(ctx, |e, c, ctx| {
-                if e.queue_create() {
+                if e.queue_create(&c.cfg) {
                     established::flush(e, c, ctx)
                 } else {
                     Next::Stay

@@ -358,9 +358,10 @@ impl Endpoint {
         let Some(new) = self.peers.get(&peer).and_then(|p| p.reauth) else {
             return false;
         };
-        let done = match self.sas.get(&new).map(|sa| &sa.state) {
-            Some(State::Established(e)) => e.has_child(),
-            Some(State::InitSent(_) | State::AuthSent(_)) => false,
+        let done = match self.sas.get(&new).map(|sa| (&sa.state, &sa.common.cfg)) {
+            // every subnet pair too, when the peer takes one per CHILD SA
+            Some((State::Established(e), cfg)) => e.has_child() && !e.needs_child(cfg),
+            Some((State::InitSent(_) | State::AuthSent(_), _)) => false,
             // failed, or gone: the old SAs carry on
             _ => {
                 if let Some(p) = self.peers.get_mut(&peer) {

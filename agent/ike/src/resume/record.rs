@@ -516,6 +516,8 @@ fn get_established(
             Ok((offer, collision))
         })?
         .map(|(offer, collision)| ChildCreateOut {
+            // (not saved: a resumed request for one pair is judged as one for the tunnel)
+            pair: None,
             offer,
             collision: collision.map(|(id, ni, nr)| (l.child_ref(id.0), ni, nr)),
         });

@@ -246,6 +246,9 @@ pub(crate) fn respond(
         return Err(NotifyType::NO_PROPOSAL_CHOSEN);
     };
     let (theirs_i, theirs_r) = (ts::ranges(tsi), ts::ranges(tsr));
+    if ctx.cfg.single_pair_only && (theirs_i.len() > 1 || theirs_r.len() > 1) {
+        return Err(NotifyType::SINGLE_PAIR_REQUIRED);
+    }
     let tsi = ts::narrow(&theirs_i, &c.cfg.remote_ts);
     let tsr = ts::narrow(&theirs_r, &c.cfg.local_ts);
     if tsi.is_empty() || tsr.is_empty() {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::child::{Child, ChildState};
 use super::rekey::{self, ChildCreateOut, ChildRekeyOut, IkeRekeyOut};
 use super::{Common, Ctx, IkeSa, Keys, RequestKind, State};
-use crate::codec::{Delete, ExchangeType, Payload, ProtocolId};
+use crate::codec::{Delete, ExchangeType, Payload, ProtocolId, TsRange};
 use crate::config::EndpointConfig;
 use crate::event::{EspSpi, Event};
 use crate::reason::Reason;
@@ -37,6 +37,12 @@ pub(crate) struct Established {
     /// That time has come: the endpoint starts the new IKE SA ([`crate::Endpoint`]'s
     /// `with_sa`), as it acts on `initial_contact`.
     pub reauth_due: bool,
+    /// The peer answered SINGLE_PAIR_REQUIRED (RFC 7296 §3.10.1): our CHILD SAs are created
+    /// one per (local subnet, remote subnet) pair ([`super::rekey::create`]).
+    pub single_pair: bool,
+    /// Pairs offered on their own that the peer refused or narrowed to less: not offered again
+    /// on this IKE SA.
+    pub pairs_tried: Vec<(TsRange, TsRange)>,
 }
 
 impl Established {
@@ -53,6 +59,8 @@ impl Established {
             ike_expires_at: None,
             reauth_at: None,
             reauth_due: false,
+            single_pair: false,
+            pairs_tried: Vec::new(),
         }
     }
 

@@ -261,6 +261,15 @@ impl AuthSent {
                     Err(r) => child::failed(c, ctx, r),
                 }
             }
+            Err(_)
+                if notifies(payloads).any(|n| n.ty == NotifyType::SINGLE_PAIR_REQUIRED)
+                    && c.cfg.role != crate::config::Role::Respond =>
+            {
+                // the peer takes one subnet pair per CHILD SA: create them one by one
+                est.single_pair = true;
+                est.queue
+                    .push_back(RequestKind::CreateChild { group: None });
+            }
             Err(r) => {
                 let reason = notifies(payloads)
                     .find(|n| n.ty.is_error())

@@ -22,7 +22,8 @@
 use super::child::{self, Offer, nonce_of};
 use super::lowest_nonce_in_first;
 use crate::codec::message::notifies;
-use crate::codec::{ExchangeType, NotifyType, Payload};
+use crate::codec::{ExchangeType, NotifyType, Payload, TsRange};
+use crate::config::PeerConfig;
 use crate::config::Role;
 use crate::crypto::alg::KeGroup;
 use crate::event::ChildSaId;
@@ -30,11 +31,15 @@ use crate::reason::Reason;
 use crate::sa::child::{ChildState, mark_redundant};
 use crate::sa::established::{Established, child_delete_event};
 use crate::sa::{Common, Ctx, RequestKind};
+use crate::ts;
 
 /// Our new-CHILD-SA request in flight.
 #[derive(Debug)]
 pub(crate) struct ChildCreateOut {
     pub offer: Offer,
+    /// The one subnet pair it offers (after SINGLE_PAIR_REQUIRED), or `None`: the tunnel's
+    /// selectors.
+    pub pair: Option<(TsRange, TsRange)>,
     /// The peer created a CHILD SA meanwhile and we answered: that SA and its (Ni, Nr).
     pub collision: Option<(ChildSaId, Vec<u8>, Vec<u8>)>,
 }
@@ -56,10 +61,39 @@ impl Established {
                 .any(|r| matches!(r, RequestKind::CreateChild { .. }))
     }
 
-    /// Queues a new CHILD SA request unless one is queued or in flight or a CHILD SA is in
-    /// use. Returns whether it did. The caller flushes the queue.
-    pub fn queue_create(&mut self) -> bool {
-        if self.creating() || self.has_child() {
+    /// Whether a CHILD SA is wanted: none is in use, or (after SINGLE_PAIR_REQUIRED) a subnet
+    /// pair has none and was not refused yet on this IKE SA.
+    pub fn needs_child(&self, cfg: &PeerConfig) -> bool {
+        !self.has_child() || self.next_pair(cfg).is_some()
+    }
+
+    /// After SINGLE_PAIR_REQUIRED: the first (local subnet, remote subnet) pair of the
+    /// tunnel that no CHILD SA in use covers and that was not tried on its own already.
+    pub fn next_pair(&self, cfg: &PeerConfig) -> Option<(TsRange, TsRange)> {
+        if !self.single_pair {
+            return None;
+        }
+        let covered = |l: &TsRange, r: &TsRange| {
+            self.children.iter().any(|ch| {
+                ch.state == ChildState::Installed
+                    && ch.local_ts.iter().any(|x| ts::within(l, x))
+                    && ch.remote_ts.iter().any(|x| ts::within(r, x))
+            })
+        };
+        cfg.local_ts.iter().find_map(|l| {
+            cfg.remote_ts
+                .iter()
+                .find(|r| {
+                    !covered(l, r) && !self.pairs_tried.iter().any(|(tl, tr)| tl == l && tr == *r)
+                })
+                .map(|r| (*l, *r))
+        })
+    }
+
+    /// Queues a new CHILD SA request unless one is queued or in flight or none is needed.
+    /// Returns whether it did. The caller flushes the queue.
+    pub fn queue_create(&mut self, cfg: &PeerConfig) -> bool {
+        if self.creating() || !self.needs_child(cfg) {
             return false;
         }
         self.queue
@@ -68,18 +102,23 @@ impl Established {
     }
 }
 
-/// Sends our new CHILD SA request: SA, Ni, [KEi], TSi, TSr. Does nothing when a CHILD SA is in
-/// use by now (the peer created one meanwhile).
+/// Sends our new CHILD SA request: SA, Ni, [KEi], TSi, TSr (the tunnel's selectors, or after
+/// SINGLE_PAIR_REQUIRED the next pair without a CHILD SA). Does nothing when none is needed by
+/// now (the peer created one meanwhile).
 pub(crate) fn start_create(
     e: &mut Established,
     c: &mut Common,
     ctx: &mut Ctx<'_>,
     group: Option<KeGroup>,
 ) -> Result<(), Reason> {
-    if e.has_child() {
+    if !e.needs_child(&c.cfg) {
         return Ok(());
     }
-    let (offer, payloads) = child::offer(c, ctx, group, None)?;
+    let pair = e.next_pair(&c.cfg);
+    let ts = pair
+        .as_ref()
+        .map(|(l, r)| (core::slice::from_ref(l), core::slice::from_ref(r)));
+    let (offer, payloads) = child::offer(c, ctx, group, ts)?;
     c.send_request(
         ctx,
         &e.keys,
@@ -89,6 +128,7 @@ pub(crate) fn start_create(
     )?;
     e.child_create = Some(ChildCreateOut {
         offer,
+        pair,
         collision: None,
     });
     Ok(())
@@ -114,7 +154,7 @@ pub(crate) fn replace_lost(e: &mut Established, c: &Common, ctx: &mut Ctx<'_>, o
         let ch = e.children.remove(pos);
         ctx.events.push_back(child_delete_event(c, &ch));
     }
-    if c.cfg.role != Role::Respond && !e.creating() && !e.has_child() {
+    if c.cfg.role != Role::Respond && !e.creating() && e.needs_child(&c.cfg) {
         e.queue.push_front(RequestKind::CreateChild { group: None });
     }
 }
@@ -130,7 +170,20 @@ pub(crate) fn on_create_response(
     let Some(p) = e.child_create.take() else {
         return;
     };
+    if let Some(n) = notifies(payloads).find(|n| n.ty.is_error())
+        && n.ty == NotifyType::SINGLE_PAIR_REQUIRED
+        && p.pair.is_none()
+        && !e.single_pair
+    {
+        // the peer takes one subnet pair per CHILD SA: offer them one by one
+        e.single_pair = true;
+        e.queue.push_front(RequestKind::CreateChild { group: None });
+        return;
+    }
     if let Some(n) = notifies(payloads).find(|n| n.ty.is_error()) {
+        if let Some(pair) = p.pair {
+            e.pairs_tried.push(pair);
+        }
         if n.ty == NotifyType::INVALID_KE_PAYLOAD && p.collision.is_none() {
             let wanted = n.requested_group().and_then(KeGroup::from_id);
             let offered = wanted.filter(|g| c.cfg.esp_proposals.iter().any(|x| x.ke.contains(g)));
@@ -145,6 +198,9 @@ pub(crate) fn on_create_response(
         if p.collision.is_none() && n.ty != NotifyType::TEMPORARY_FAILURE {
             crate::sa::child::failed(c, ctx, Reason::from_notify(n.ty));
         }
+        if p.pair.is_some() && c.cfg.role != Role::Respond && e.next_pair(&c.cfg).is_some() {
+            e.queue.push_back(RequestKind::CreateChild { group: None });
+        }
         // With a collision, the peer's CHILD SA stands.
         return;
     }
@@ -152,6 +208,15 @@ pub(crate) fn on_create_response(
         Ok(mut new) => {
             let Some((theirs, ni2, nr2)) = p.collision else {
                 e.children.push(new);
+                if let Some(pair) = p.pair {
+                    // narrowed to less than the pair: not offered again on this IKE SA
+                    if e.next_pair(&c.cfg).as_ref() == Some(&pair) {
+                        e.pairs_tried.push(pair);
+                    }
+                    if c.cfg.role != Role::Respond && e.next_pair(&c.cfg).is_some() {
+                        e.queue.push_back(RequestKind::CreateChild { group: None });
+                    }
+                }
                 return;
             };
             let ours_redundant =

@@ -116,6 +116,8 @@ fn adopt(old_c: &Common, old_e: &mut Established, ctx: &mut Ctx<'_>, mut new: Ik
         // (strongSwan carries the reauth time over too)
         ne.reauth_at = old_e.reauth_at.or(ne.reauth_at);
         ne.reauth_due = old_e.reauth_due;
+        ne.single_pair = old_e.single_pair;
+        ne.pairs_tried.append(&mut old_e.pairs_tried);
         ne.children.append(&mut old_e.children);
         ne.queue.extend(old_e.queue.drain(..).filter(|r| {
             matches!(
