@@ -136,6 +136,12 @@ pub struct IPsecTunnelSpec {
     /// matching traffic) or `respond` (wait for the peer).
     #[serde(default)]
     pub initiation: Initiation,
+    /// How the subnets are carried: `one` CHILD SA for all of them (the default), or
+    /// `perSubnetPair`, a CHILD SA for each (local subnet, remote subnet) pair, as Libreswan's
+    /// `leftsubnets=`/`rightsubnets=` and many route-less gateways want. A peer that answers
+    /// SINGLE_PAIR_REQUIRED gets `perSubnetPair` either way.
+    #[serde(default, skip_serializing_if = "ChildSas::is_one")]
+    pub child_sas: ChildSas,
     /// MTU of the inner packets; derived from the path MTU and ESP overhead when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000))]
@@ -354,6 +360,24 @@ pub struct NatTraversalSpec {
     /// Encapsulate ESP in UDP/4500 even when no NAT is detected.
     #[serde(default)]
     pub force_encapsulation: bool,
+}
+
+/// How many CHILD SAs carry a tunnel's subnets.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ChildSas {
+    /// One CHILD SA with every subnet.
+    #[default]
+    One,
+    /// One CHILD SA per (local subnet, remote subnet) pair.
+    PerSubnetPair,
+}
+
+impl ChildSas {
+    /// Whether this is the default (`one`).
+    pub fn is_one(&self) -> bool {
+        *self == Self::One
+    }
 }
 
 /// Who starts the tunnel.

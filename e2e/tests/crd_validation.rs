@@ -38,6 +38,10 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
             "address: 192.0.2.2\n    fallbackAddresses: [192.0.2.3, gw2.dc2.example.com]\n    port: 4500",
         ),
         EXAMPLE.replace("203.0.113.0/24", "2001:db8:1::/48"),
+        EXAMPLE.replace(
+            "initiation: start",
+            "initiation: start\n  childSas: perSubnetPair",
+        ),
         EXAMPLE.replace("aes256gcm16-prfsha384-x25519", "AES256-SHA256-MODP3072"),
         EXAMPLE.replace(
             "initiation: start",
@@ -106,6 +110,11 @@ fn the_api_server_refuses_bad_tunnels_with_readable_messages() {
                 "",
             ),
             "spec.remote: Required value",
+        ),
+        (
+            "unknown childSas",
+            EXAMPLE.replace("initiation: start", "initiation: start\n  childSas: many"),
+            "spec.childSas",
         ),
         (
             "unknown initiation",

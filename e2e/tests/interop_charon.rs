@@ -1139,3 +1139,70 @@ fn a_dns_name_is_resolved_again_until_it_resolves_and_before_each_attempt() {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
     drop((agent, charon, hosts));
 }
+
+/// `childSas: perSubnetPair` against charon: the tunnel's two remote subnets get a CHILD SA
+/// each on one IKE SA (IKE_AUTH carries the first pair, a CREATE_CHILD_SA the second); charon,
+/// with one child config holding both, narrows each request to its pair and installs both.
+#[test]
+fn per_subnet_pair_child_sas_against_charon() {
+    let _serial = netns::serial();
+    let pair = SitePair::new(false).expect("topology");
+    let second = "198.18.7.0/24";
+    // charon routes each CHILD SA from an address of its own inside the local selector
+    netns::exec(
+        &pair.right.ns,
+        &["ip", "addr", "add", "198.18.7.1/32", "dev", "lo"],
+    )
+    .unwrap();
+    let mut cfg = charon_config(&Case::default(), &pair.right, &pair.left, None);
+    cfg.connections[0].children[0]
+        .local_ts
+        .push(second.to_owned());
+    let charon = Charon::start(&pair.right.ns, &cfg).expect("start charon");
+    let mut tunnel = agent_tunnel(
+        &Case::default(),
+        &pair.left,
+        &pair.right,
+        &pair.right.addr.to_string(),
+        "start",
+    );
+    tunnel.remote.subnets.push(second.to_owned());
+    tunnel.extra.push_str("  childSas: perSubnetPair\n");
+    let agent = start_yaml(&pair.left.ns, &tunnel.render(), PSK, &[]);
+    let ours = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(20), |t| {
+            up(t) && t["childSas"].as_array().is_some_and(|c| c.len() == 2)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+    let remotes: Vec<String> = ours["childSas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["remoteTs"].to_string())
+        .collect();
+    assert!(
+        remotes.iter().any(|r| r.contains("203.0.113.0/24"))
+            && remotes.iter().any(|r| r.contains(second))
+            && remotes
+                .iter()
+                .all(|r| !(r.contains("203.0.113.0/24") && r.contains(second))),
+        "one pair each: {remotes:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sas = charon.list_sas().unwrap();
+        let installed = sas.ike(TUNNEL).map_or(0, |s| {
+            s.children.iter().filter(|c| c.state == "INSTALLED").count()
+        });
+        if installed == 2 {
+            assert_eq!(sas.ike_sas.len(), 1, "{}", sas.raw);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "charon installed {installed}:\n{}",
+            sas.raw
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

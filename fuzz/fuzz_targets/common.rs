@@ -65,6 +65,7 @@ pub fn config(initiator: bool) -> PeerConfig {
             Role::Respond
         },
         force_encapsulation: false,
+        child_per_pair: false,
     }
 }
 

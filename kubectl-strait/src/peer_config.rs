@@ -296,28 +296,38 @@ impl Plan<'_> {
         }
         let _ = writeln!(o, "        }}");
         let _ = writeln!(o, "        children {{");
-        let _ = writeln!(o, "            {} {{", self.name);
-        let _ = writeln!(
-            o,
-            "                local_ts = {}",
-            s.remote.subnets.join(", ")
-        );
-        let _ = writeln!(
-            o,
-            "                remote_ts = {}",
-            s.local.subnets.join(", ")
-        );
-        let _ = writeln!(o, "                esp_proposals = {}", self.esp.join(", "));
-        let _ = writeln!(o, "                rekey_time = {}s", self.esp_lifetime());
-        for l in self.swanctl_lifetimes(false) {
-            let _ = writeln!(o, "                {l}");
+        // childSas: perSubnetPair asks for a CHILD SA per pair: one child each here
+        let children: Vec<(String, String, String)> = match s.child_sas {
+            strait_crds::ChildSas::One => vec![(
+                self.name.clone(),
+                s.remote.subnets.join(", "),
+                s.local.subnets.join(", "),
+            )],
+            strait_crds::ChildSas::PerSubnetPair => s
+                .local
+                .subnets
+                .iter()
+                .flat_map(|l| s.remote.subnets.iter().map(move |r| (r.clone(), l.clone())))
+                .enumerate()
+                .map(|(i, (site, cluster))| (format!("{}-{}", self.name, i + 1), site, cluster))
+                .collect(),
+        };
+        for (child, site, cluster) in children {
+            let _ = writeln!(o, "            {child} {{");
+            let _ = writeln!(o, "                local_ts = {site}");
+            let _ = writeln!(o, "                remote_ts = {cluster}");
+            let _ = writeln!(o, "                esp_proposals = {}", self.esp.join(", "));
+            let _ = writeln!(o, "                rekey_time = {}s", self.esp_lifetime());
+            for l in self.swanctl_lifetimes(false) {
+                let _ = writeln!(o, "                {l}");
+            }
+            let _ = writeln!(o, "                # {why}");
+            let _ = writeln!(o, "                start_action = {start}");
+            let restart = if start == "none" { "clear" } else { "restart" };
+            let _ = writeln!(o, "                dpd_action = {restart}");
+            let _ = writeln!(o, "                close_action = {restart}");
+            let _ = writeln!(o, "            }}");
         }
-        let _ = writeln!(o, "                # {why}");
-        let _ = writeln!(o, "                start_action = {start}");
-        let restart = if start == "none" { "clear" } else { "restart" };
-        let _ = writeln!(o, "                dpd_action = {restart}");
-        let _ = writeln!(o, "                close_action = {restart}");
-        let _ = writeln!(o, "            }}");
         let _ = writeln!(o, "        }}");
         let _ = writeln!(o, "    }}");
         let _ = writeln!(o, "}}");
@@ -685,6 +695,20 @@ spec:
             "{c}"
         );
         assert!(!c.contains("pfs="), "{c}");
+    }
+
+    #[test]
+    fn per_subnet_pair_gives_a_swanctl_child_per_pair() {
+        let mut t = tunnel("");
+        t.spec.child_sas = strait_crds::ChildSas::PerSubnetPair;
+        let c = render(&t, &side(), Flavor::Strongswan).unwrap();
+        for want in [
+            "            strait-site-b-1 {\n                local_ts = 10.2.0.0/16\n                remote_ts = 10.1.0.0/16\n",
+            "            strait-site-b-2 {\n                local_ts = 10.2.0.0/16\n                remote_ts = 10.3.0.0/24\n",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in:\n{c}");
+        }
+        assert!(!c.contains("            strait-site-b {"), "{c}");
     }
 
     #[test]

@@ -375,6 +375,10 @@ pub struct PeerConfig {
     pub role: Role,
     /// Encapsulate ESP in UDP even without a NAT (we fake the NAT-D hash, as strongSwan does).
     pub force_encapsulation: bool,
+    /// Create our CHILD SAs one per (local, remote) selector pair from the start, as after a
+    /// SINGLE_PAIR_REQUIRED: IKE_AUTH's carries the first pair, the others follow in
+    /// CREATE_CHILD_SAs.
+    pub child_per_pair: bool,
 }
 
 /// A configuration the endpoint cannot use.
@@ -441,6 +445,7 @@ impl PeerConfig {
             remote_ts: Vec::new(),
             role: Role::Start,
             force_encapsulation: false,
+            child_per_pair: false,
         }
     }
 

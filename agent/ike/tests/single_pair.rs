@@ -118,3 +118,41 @@ fn a_lost_pair_child_sa_is_created_again() {
     assert_eq!(live_remote(&p), both());
     assert_eq!(Pair::installs(&p.ev_a).len(), 3);
 }
+
+#[test]
+fn per_pair_from_the_start_with_a_peer_that_takes_both() {
+    // `childSas: perSubnetPair`: no refusal needed; IKE_AUTH carries the first pair
+    let mut a = config_a();
+    a.remote_ts = vec![net("10.2.1.0/24"), net("10.2.3.0/24")];
+    a.child_per_pair = true;
+    let b = mirror(&a);
+    let mut p = Pair::new(a, b);
+    p.initiate();
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(live_remote(&p), both());
+    assert_eq!(Pair::installs(&p.ev_a).len(), 2);
+    assert_eq!(p.b.children(p.b_peer).len(), 2);
+    assert_eq!(failures(&p.ev_a), 0);
+}
+
+#[test]
+fn a_pair_the_peer_lacks_is_refused_once() {
+    // B has only one of A's two remote subnets: that pair comes up, the other is refused once
+    // (TS_UNACCEPTABLE) and not offered again, whatever the recovery timer does
+    let mut a = config_a();
+    a.remote_ts = vec![net("10.2.1.0/24"), net("10.2.3.0/24")];
+    a.child_per_pair = true;
+    let mut b = mirror(&a);
+    b.local_ts = vec![net("10.2.1.0/24")];
+    let mut p = Pair::new(a, b);
+    p.initiate();
+    p.run_for(Duration::from_secs(120));
+    assert_eq!(
+        live_remote(&p),
+        [ts(&[net("10.2.1.0/24")])].into_iter().collect()
+    );
+    assert_eq!(
+        Pair::child_failures(&p.ev_a),
+        [strait_ike::Reason::TsUnacceptable]
+    );
+}

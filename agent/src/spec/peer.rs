@@ -389,6 +389,7 @@ pub fn build_with(
             .nat_traversal
             .as_ref()
             .is_some_and(|n| n.force_encapsulation),
+        child_per_pair: spec.child_sas == strait_crds::ChildSas::PerSubnetPair,
     };
     config.validate()?;
     Ok(Built { config, notes })

@@ -568,6 +568,7 @@ fn peer_config(i: usize, ike: &[IkeProposal], esp: &[EspProposal]) -> Result<Pee
         ],
         role: Role::Start,
         force_encapsulation: false,
+        child_per_pair: false,
     })
 }
 

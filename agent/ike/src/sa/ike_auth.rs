@@ -163,7 +163,14 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
             payloads.push(Payload::IdResponder(idr));
         }
         payloads.push(Payload::Auth(auth_p));
-        payloads.extend(child::request_payloads(c, spi_in, false, None));
+        // one pair per CHILD SA: the first one here, the others once the IKE SA is up
+        let first = c
+            .cfg
+            .child_per_pair
+            .then(|| c.cfg.local_ts.first().zip(c.cfg.remote_ts.first()))
+            .flatten()
+            .map(|(l, r)| (core::slice::from_ref(l), core::slice::from_ref(r)));
+        payloads.extend(child::request_payloads(c, spi_in, false, first));
         c.send_request(
             ctx,
             &init.keys,
@@ -241,6 +248,7 @@ impl AuthSent {
         }
         c.remote_identity = inner.idr.cloned();
         let mut est = Established::new(self.init.keys);
+        est.single_pair = c.cfg.child_per_pair;
         super::rekey::start_ike_timers(&mut est, c, ctx);
         up(c, ctx, &est);
         match child::accepted(c, inner.sa, inner.tsi, inner.tsr, false) {
@@ -260,6 +268,22 @@ impl AuthSent {
                     Ok(ch) => est.children.push(ch),
                     Err(r) => child::failed(c, ctx, r),
                 }
+                if est.single_pair {
+                    // the first pair narrowed to less: not offered again
+                    let first = c
+                        .cfg
+                        .local_ts
+                        .first()
+                        .copied()
+                        .zip(c.cfg.remote_ts.first().copied());
+                    if first.is_some() && est.next_pair(&c.cfg) == first {
+                        est.pairs_tried.extend(first);
+                    }
+                }
+                if est.next_pair(&c.cfg).is_some() {
+                    est.queue
+                        .push_back(RequestKind::CreateChild { group: None });
+                }
             }
             Err(_)
                 if notifies(payloads).any(|n| n.ty == NotifyType::SINGLE_PAIR_REQUIRED)
@@ -275,6 +299,20 @@ impl AuthSent {
                     .find(|n| n.ty.is_error())
                     .map_or(r, |n| Reason::from_notify(n.ty));
                 child::failed(c, ctx, reason);
+                if est.single_pair {
+                    // the first pair was refused: on to the others
+                    est.pairs_tried.extend(
+                        c.cfg
+                            .local_ts
+                            .first()
+                            .copied()
+                            .zip(c.cfg.remote_ts.first().copied()),
+                    );
+                    if est.next_pair(&c.cfg).is_some() {
+                        est.queue
+                            .push_back(RequestKind::CreateChild { group: None });
+                    }
+                }
                 if inner.sa.is_some() {
                     // The responder installed something we cannot accept: delete it.
                     est.queue
