@@ -10,20 +10,8 @@ use std::time::{Duration, Instant};
 
 use strait_ike::codec::{ExchangeType, Header};
 use strait_ike::proposal::parse_esp_list;
-use strait_ike::{
-    ChildSaInstall, Dpd, EndpointConfig, Event, Lifetime, PeerConfig, Reason, Role, Transmit,
-};
-use util::{Fate, Pair, Side, config_a, mirror, net};
-
-fn lifetime(secs: u64) -> Lifetime {
-    Lifetime {
-        rekey_time: Duration::from_secs(secs),
-        rand_time: Duration::ZERO,
-        life_time: Duration::from_secs(secs + secs / 10),
-        bytes: None,
-        packets: None,
-    }
-}
+use strait_ike::{ChildSaInstall, Dpd, EndpointConfig, Event, PeerConfig, Reason, Role, Transmit};
+use util::{Fate, Pair, Side, config_a, lifetime, mirror, net};
 
 fn up(a: &PeerConfig, b: &PeerConfig, seeds: (u64, u64)) -> Pair {
     let mut p = Pair::with_seeds(

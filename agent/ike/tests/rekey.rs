@@ -8,17 +8,7 @@ use std::time::{Duration, Instant};
 
 use strait_ike::codec::ExchangeType;
 use strait_ike::{ChildSaInstall, EndpointConfig, Event, IkeSpis, Lifetime, PeerConfig};
-use util::{Fate, Pair, Side, config_a, mirror};
-
-fn lifetime(secs: u64) -> Lifetime {
-    Lifetime {
-        rekey_time: Duration::from_secs(secs),
-        rand_time: Duration::ZERO,
-        life_time: Duration::from_secs(secs + secs / 10),
-        bytes: None,
-        packets: None,
-    }
-}
+use util::{Fate, Pair, Side, config_a, lifetime, mirror};
 
 fn up(a: &PeerConfig, b: &PeerConfig, seeds: (u64, u64)) -> Pair {
     let mut p = Pair::with_seeds(

@@ -12,20 +12,10 @@ use std::time::{Duration, Instant};
 use strait_ike::codec::ExchangeType;
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::{
-    ChildSaId, Dpd, Endpoint, EndpointConfig, EspSpi, Event, IkeSpis, Lifetime, PeerConfig,
-    ResumeError, Resumed,
+    ChildSaId, Dpd, Endpoint, EndpointConfig, EspSpi, Event, IkeSpis, PeerConfig, ResumeError,
+    Resumed,
 };
-use util::{Fate, Pair, Side, WALL_CLOCK, config_a, mirror};
-
-fn lifetime(secs: u64) -> Lifetime {
-    Lifetime {
-        rekey_time: Duration::from_secs(secs),
-        rand_time: Duration::ZERO,
-        life_time: Duration::from_secs(secs + secs / 10),
-        bytes: None,
-        packets: None,
-    }
-}
+use util::{Fate, Pair, Side, WALL_CLOCK, config_a, lifetime, mirror};
 
 /// A tunnel that rekeys its CHILD SA every 40 s and its IKE SA every 100 s and checks
 /// liveness after 15 quiet seconds.

@@ -9,18 +9,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use strait_ike::codec::TsRange;
-use strait_ike::{EndpointConfig, Event, Lifetime};
-use util::{Pair, config_a, mirror, net};
-
-fn lifetime(secs: u64) -> Lifetime {
-    Lifetime {
-        rekey_time: Duration::from_secs(secs),
-        rand_time: Duration::ZERO,
-        life_time: Duration::from_secs(secs + secs / 10),
-        bytes: None,
-        packets: None,
-    }
-}
+use strait_ike::{EndpointConfig, Event};
+use util::{Pair, config_a, lifetime, mirror, net};
 
 /// A with one local and two remote subnets; B answers SINGLE_PAIR_REQUIRED to more than one
 /// range a side.

@@ -75,6 +75,17 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
+/// A lifetime that rekeys after `secs` without jitter, hard limit 10 % later.
+pub fn lifetime(secs: u64) -> strait_ike::Lifetime {
+    strait_ike::Lifetime {
+        rekey_time: Duration::from_secs(secs),
+        rand_time: Duration::ZERO,
+        life_time: Duration::from_secs(secs + secs / 10),
+        bytes: None,
+        packets: None,
+    }
+}
+
 /// A's side of the tunnel (initiator by default); B's is [`mirror`].
 pub fn config_a() -> PeerConfig {
     PeerConfig::psk(
