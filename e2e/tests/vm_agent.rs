@@ -2367,8 +2367,18 @@ fn libreswan_case(version: libreswan::Version) {
     }
     psk_cell.pass();
 
-    // 3. DPD: our liveness checks were answered all along (the tunnel never went down); pluto
-    // killed without a DELETE is declared unreachable within interval + timeout (2 s + 6 s)
+    // 3. DPD, on a fresh agent with the default lifetimes (a scaled IKE SA's hard limit could
+    // otherwise come before DPD once pluto is gone): liveness checks every 2 s are answered
+    // (the tunnel stays up through three of them); pluto killed without a DELETE is declared
+    // unreachable within interval + timeout (2 s + 6 s)
+    drop(agent);
+    let agent = start(left, &cfg("start", None), &[]);
+    agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(30), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
+    thread::sleep(Duration::from_secs(7));
+    let t = agent.tunnel(TUNNEL).unwrap();
+    assert!(up(&t) && t.get("lastError").is_none(), "DPD against a live pluto: {t}");
     let mut pluto = pluto;
     let killed = Instant::now();
     pluto.kill().unwrap();
