@@ -2378,7 +2378,10 @@ fn libreswan_case(version: libreswan::Version) {
         .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
     thread::sleep(Duration::from_secs(7));
     let t = agent.tunnel(TUNNEL).unwrap();
-    assert!(up(&t) && t.get("lastError").is_none(), "DPD against a live pluto: {t}");
+    assert!(
+        up(&t) && t.get("lastError").is_none(),
+        "DPD against a live pluto: {t}"
+    );
     let mut pluto = pluto;
     let killed = Instant::now();
     pluto.kill().unwrap();
