@@ -493,6 +493,14 @@ impl PeerConfig {
         core::iter::once(self.remote_addr).chain(self.fallback_addrs.iter().copied())
     }
 
+    /// The first (local, remote) selector pair: what IKE_AUTH offers with `child_per_pair`.
+    pub fn first_pair(&self) -> Option<(TsRange, TsRange)> {
+        self.local_ts
+            .first()
+            .copied()
+            .zip(self.remote_ts.first().copied())
+    }
+
     /// Checks what the endpoint relies on.
     ///
     /// # Errors

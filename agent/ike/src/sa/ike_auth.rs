@@ -164,11 +164,9 @@ pub(crate) fn send_auth(c: &mut Common, ctx: &mut Ctx<'_>, init: InitDone) -> St
         }
         payloads.push(Payload::Auth(auth_p));
         // one pair per CHILD SA: the first one here, the others once the IKE SA is up
-        let first = c
-            .cfg
-            .child_per_pair
-            .then(|| c.cfg.local_ts.first().zip(c.cfg.remote_ts.first()))
-            .flatten()
+        let first = c.cfg.child_per_pair.then(|| c.cfg.first_pair()).flatten();
+        let first = first
+            .as_ref()
             .map(|(l, r)| (core::slice::from_ref(l), core::slice::from_ref(r)));
         payloads.extend(child::request_payloads(c, spi_in, false, first));
         c.send_request(
@@ -270,12 +268,7 @@ impl AuthSent {
                 }
                 if est.single_pair {
                     // the first pair narrowed to less: not offered again
-                    let first = c
-                        .cfg
-                        .local_ts
-                        .first()
-                        .copied()
-                        .zip(c.cfg.remote_ts.first().copied());
+                    let first = c.cfg.first_pair();
                     if first.is_some() && est.next_pair(&c.cfg) == first {
                         est.pairs_tried.extend(first);
                     }
@@ -301,13 +294,7 @@ impl AuthSent {
                 child::failed(c, ctx, reason);
                 if est.single_pair {
                     // the first pair was refused: on to the others
-                    est.pairs_tried.extend(
-                        c.cfg
-                            .local_ts
-                            .first()
-                            .copied()
-                            .zip(c.cfg.remote_ts.first().copied()),
-                    );
+                    est.pairs_tried.extend(c.cfg.first_pair());
                     if est.next_pair(&c.cfg).is_some() {
                         est.queue
                             .push_back(RequestKind::CreateChild { group: None });
