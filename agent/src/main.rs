@@ -163,6 +163,25 @@ struct DaemonArgs {
     /// `keep_alive`, default 20).
     #[arg(long, default_value = "20", value_name = "SECONDS|off")]
     nat_keepalive: String,
+    /// Half-open IKE SAs from one address at which its further IKE_SA_INIT requests are dropped
+    /// unanswered, before any cookie or key exchange (strongSwan's `block_threshold`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    block_threshold: u16,
+    /// Half-open IKE SAs in all at which IKE_SA_INIT requests are dropped unanswered
+    /// (strongSwan's `init_limit_half_open`; 0, the default, is no limit).
+    #[arg(long, default_value_t = 0)]
+    init_limit_half_open: u32,
+}
+
+impl DaemonArgs {
+    /// The half-open limits as `EndpointConfig` takes them.
+    fn half_open_limits(&self) -> strait_agent::driver::HalfOpenLimits {
+        strait_agent::driver::HalfOpenLimits {
+            per_address: self.block_threshold.into(),
+            total: (self.init_limit_half_open > 0)
+                .then(|| usize::try_from(self.init_limit_half_open).unwrap_or(usize::MAX)),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -310,6 +329,7 @@ fn run_standalone(args: &RunArgs) -> anyhow::Result<()> {
         lifetime_scale: args.test_lifetime_scale,
         state_dir: d.state_dir.clone(),
         nat_keepalive: nat_keepalive(&d.nat_keepalive)?,
+        half_open: d.half_open_limits(),
     };
     runtime()?.block_on(standalone::run::run(opts))
 }
@@ -357,6 +377,7 @@ fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
         metrics_addr: metrics::parse_addr(&d.metrics_addr).map_err(anyhow::Error::msg)?,
         state_dir: d.state_dir.clone(),
         nat_keepalive: nat_keepalive(&d.nat_keepalive)?,
+        half_open: d.half_open_limits(),
     };
     runtime()?.block_on(cluster::run(opts))
 }
@@ -504,5 +525,37 @@ mod tests {
             panic!("not standalone");
         };
         assert_eq!(a.daemon.nat_keepalive, "20");
+    }
+
+    #[test]
+    fn half_open_limits_default_as_strongswan_and_refuse_zero_per_address() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "strait-agent",
+                "standalone",
+                "--config",
+                "c.yaml",
+                "--secrets-dir",
+                "s",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let Command::Standalone(a) = parse(&[]).unwrap().command else {
+            panic!("not standalone");
+        };
+        let limits = a.daemon.half_open_limits();
+        assert_eq!((limits.per_address, limits.total), (5, None));
+        let Command::Standalone(a) =
+            parse(&["--block-threshold", "12", "--init-limit-half-open", "1000"])
+                .unwrap()
+                .command
+        else {
+            panic!("not standalone");
+        };
+        let limits = a.daemon.half_open_limits();
+        assert_eq!((limits.per_address, limits.total), (12, Some(1000)));
+        let e = parse(&["--block-threshold", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--block-threshold"), "{e}");
     }
 }

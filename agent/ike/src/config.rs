@@ -50,6 +50,19 @@ pub struct EndpointConfig {
     pub cookie_threshold: usize,
     /// Half-open IKE SAs from one IP address above which a cookie is required (charon: 3).
     pub cookie_threshold_per_ip: usize,
+    /// Half-open IKE SAs from one IP address at which its IKE_SA_INIT requests are dropped
+    /// unanswered, cookie or not (strongSwan's `block_threshold`, 5): a cookie only proves
+    /// that the source can receive, so without it one real host makes us compute a key
+    /// exchange and keep state for every request it sends (review S-1).
+    pub block_threshold_per_ip: usize,
+    /// Half-open IKE SAs in all at which IKE_SA_INIT requests are dropped unanswered
+    /// (strongSwan's `init_limit_half_open`; `None`: no limit, strongSwan's default).
+    pub half_open_limit: Option<usize>,
+    /// Most octets of SKF fragments a half-open SA (the peer has not authenticated yet)
+    /// collects for one message; beyond them its fragments are dropped. The peer holds the SA's
+    /// keys after IKE_SA_INIT alone, so this bounds what any source can make us buffer. An
+    /// IKE_AUTH with a chain of three RSA-4096 certificates is about 7 KiB.
+    pub preauth_fragment_bytes: usize,
     /// How long a cookie secret is used before it is replaced (the previous one is still
     /// accepted for one more period).
     pub cookie_secret_lifetime: Duration,
@@ -86,6 +99,9 @@ impl Default for EndpointConfig {
             half_open_timeout: Duration::from_secs(30),
             cookie_threshold: 30,
             cookie_threshold_per_ip: 3,
+            block_threshold_per_ip: 5,
+            half_open_limit: None,
+            preauth_fragment_bytes: 16 * 1024,
             cookie_secret_lifetime: Duration::from_secs(120),
             fragmentation: true,
             fragment_size: 1280,

@@ -63,6 +63,17 @@ pub enum Stop {
     Leave,
 }
 
+/// How many half-open IKE SAs the endpoint holds before it drops IKE_SA_INIT requests
+/// (`--block-threshold`, `--init-limit-half-open`; `EndpointConfig::block_threshold_per_ip`,
+/// `half_open_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HalfOpenLimits {
+    /// From one address.
+    pub per_address: usize,
+    /// In all (`None`: no limit).
+    pub total: Option<usize>,
+}
+
 /// What the driver runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {

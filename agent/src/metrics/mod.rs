@@ -83,13 +83,14 @@ pub struct Metrics {
 }
 
 /// Why an IKE datagram was dropped (`strait_ike_datagrams_dropped_total{reason}`).
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "malformed",
     "nat_keepalive",
     "unknown_spi",
     "integrity_failed",
     "unexpected",
     "no_peer_config",
+    "half_open_limit",
 ];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -381,6 +382,7 @@ impl Metrics {
             s.integrity_failed,
             s.unexpected,
             s.no_peer_config,
+            s.init_blocked,
         ]) {
             to(&self.ike_dropped.with_label_values(&[reason]), v);
         }

@@ -46,6 +46,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// `EndpointConfig::nat_keepalive` (`--nat-keepalive`).
     pub nat_keepalive: Option<std::time::Duration>,
+    /// When IKE_SA_INIT requests are dropped for too many half-open IKE SAs.
+    pub half_open: crate::driver::HalfOpenLimits,
 }
 
 /// Loads the file and its secrets into driver definitions. A tunnel whose secret or addresses
@@ -124,6 +126,8 @@ async fn run_with<D: Dataplane + 'static>(opts: Options, dp: D) -> anyhow::Resul
             ike_port: opts.ike_port,
             natt_port: opts.natt_port,
             nat_keepalive: opts.nat_keepalive,
+            block_threshold_per_ip: opts.half_open.per_address,
+            half_open_limit: opts.half_open.total,
             // the tunnel chosen, the selectors, each dropped datagram: only when they are logged
             diagnostics: tracing::enabled!(target: "strait_agent::driver", tracing::Level::DEBUG),
             ..EndpointConfig::default()

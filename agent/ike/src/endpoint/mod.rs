@@ -58,6 +58,9 @@ pub struct Stats {
     pub cookies_sent: u64,
     /// IKE_SA_INIT requests from addresses no peer is configured for.
     pub no_peer_config: u64,
+    /// IKE_SA_INIT requests dropped unanswered for too many half-open SAs, from their address
+    /// or in all (`block_threshold_per_ip`, `half_open_limit`).
+    pub init_blocked: u64,
 }
 
 #[derive(Debug)]

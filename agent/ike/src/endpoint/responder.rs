@@ -95,6 +95,12 @@ impl Endpoint {
                 .dropped(remote, "IKE_SA_INIT from an address no tunnel accepts");
             return;
         };
+        if let Some(why) = self.blocked(remote) {
+            // before any cookie or key exchange: a blocked source costs us nothing (S-1)
+            self.shared.stats.init_blocked += 1;
+            self.shared.dropped(remote, why);
+            return;
+        }
         let lifetime = self.shared.config.cookie_secret_lifetime;
         if self.cookie_required(remote)
             && !self
@@ -127,6 +133,20 @@ impl Endpoint {
             }
             Err(InitRefused::Answer(m)) => self.send_stateless(local, remote, &m),
             Err(InitRefused::Drop) => self.shared.stats.unexpected += 1,
+        }
+    }
+
+    /// Why a new IKE_SA_INIT from `remote` is dropped unanswered: too many half-open SAs from
+    /// its address, or in all.
+    fn blocked(&self, remote: SocketAddr) -> Option<&'static str> {
+        let (all, from_ip) = self.index.half_open(remote.ip());
+        let c = &self.shared.config;
+        if from_ip >= c.block_threshold_per_ip {
+            Some("IKE_SA_INIT blocked: too many half-open IKE SAs from this address")
+        } else if c.half_open_limit.is_some_and(|limit| all >= limit) {
+            Some("IKE_SA_INIT blocked: too many half-open IKE SAs")
+        } else {
+            None
         }
     }
 

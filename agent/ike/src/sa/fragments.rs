@@ -60,7 +60,9 @@ pub(crate) struct Reassembly {
 }
 
 impl Reassembly {
-    /// Adds an authenticated fragment of the message `message_id` (a response if `response`).
+    /// Adds an authenticated fragment of the message `message_id` (a response if `response`),
+    /// refusing a message longer than `max_len` (at most [`MAX_MESSAGE_LEN`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         response: bool,
@@ -69,6 +71,7 @@ impl Reassembly {
         fragment: Fragment,
         first_payload: PayloadType,
         plain: Zeroizing<Vec<u8>>,
+        max_len: usize,
     ) -> Added {
         let Fragment { number, total } = fragment;
         if total > MAX_FRAGMENTS || number == 0 || number > total {
@@ -102,7 +105,7 @@ impl Reassembly {
             return Added::Pending;
         }
         let len = p.len.saturating_add(plain.len());
-        if len > MAX_MESSAGE_LEN {
+        if len > MAX_MESSAGE_LEN.min(max_len) {
             // The message can never complete within the limit.
             *slot = None;
             return Added::Refused;
@@ -141,6 +144,49 @@ mod tests {
 
     const X: ExchangeType = ExchangeType::IKE_AUTH;
 
+    /// `add` without a budget of its own: the limits are the module's.
+    impl Reassembly {
+        #[allow(clippy::too_many_arguments)]
+        fn put(
+            &mut self,
+            response: bool,
+            message_id: u32,
+            exchange: ExchangeType,
+            fragment: Fragment,
+            first_payload: PayloadType,
+            plain: Zeroizing<Vec<u8>>,
+        ) -> Added {
+            self.add(
+                response,
+                message_id,
+                exchange,
+                fragment,
+                first_payload,
+                plain,
+                MAX_MESSAGE_LEN,
+            )
+        }
+    }
+
+    #[test]
+    fn a_smaller_budget_refuses_what_would_exceed_it() {
+        let mut r = Reassembly::default();
+        let ten = [0u8; 10];
+        assert!(matches!(
+            r.add(false, 1, X, frag(1, 3), PayloadType::IDI, bytes(&ten), 25),
+            Added::Pending
+        ));
+        assert!(matches!(
+            r.add(false, 1, X, frag(2, 3), PayloadType::NONE, bytes(&ten), 25),
+            Added::Pending
+        ));
+        assert!(matches!(
+            r.add(false, 1, X, frag(3, 3), PayloadType::NONE, bytes(&ten), 25),
+            Added::Refused
+        ));
+        assert!(r.request.is_none(), "the refused message is dropped whole");
+    }
+
     fn complete(a: Added) -> (PayloadType, Vec<u8>) {
         match a {
             Added::Complete(t, p) => (t, p.to_vec()),
@@ -152,19 +198,19 @@ mod tests {
     fn any_order_duplicates_ignored() {
         let mut r = Reassembly::default();
         assert!(matches!(
-            r.add(false, 1, X, frag(3, 3), PayloadType::NONE, bytes(b"c")),
+            r.put(false, 1, X, frag(3, 3), PayloadType::NONE, bytes(b"c")),
             Added::Pending
         ));
         assert!(matches!(
-            r.add(false, 1, X, frag(1, 3), PayloadType::IDI, bytes(b"a")),
+            r.put(false, 1, X, frag(1, 3), PayloadType::IDI, bytes(b"a")),
             Added::Pending
         ));
         // A duplicate does not replace the stored piece.
         assert!(matches!(
-            r.add(false, 1, X, frag(1, 3), PayloadType::SA, bytes(b"z")),
+            r.put(false, 1, X, frag(1, 3), PayloadType::SA, bytes(b"z")),
             Added::Pending
         ));
-        let (t, p) = complete(r.add(false, 1, X, frag(2, 3), PayloadType::NONE, bytes(b"b")));
+        let (t, p) = complete(r.put(false, 1, X, frag(2, 3), PayloadType::NONE, bytes(b"b")));
         assert_eq!((t, p.as_slice()), (PayloadType::IDI, &b"abc"[..]));
         // The slot is free again.
         assert!(r.request.is_none());
@@ -174,43 +220,43 @@ mod tests {
     fn directions_are_separate_and_single_fragment_messages_work() {
         let mut r = Reassembly::default();
         assert!(matches!(
-            r.add(true, 7, X, frag(1, 2), PayloadType::IDR, bytes(b"r1")),
+            r.put(true, 7, X, frag(1, 2), PayloadType::IDR, bytes(b"r1")),
             Added::Pending
         ));
-        let (t, p) = complete(r.add(false, 3, X, frag(1, 1), PayloadType::SA, bytes(b"q")));
+        let (t, p) = complete(r.put(false, 3, X, frag(1, 1), PayloadType::SA, bytes(b"q")));
         assert_eq!((t, p.as_slice()), (PayloadType::SA, &b"q"[..]));
-        let (t, p) = complete(r.add(true, 7, X, frag(2, 2), PayloadType::NONE, bytes(b"r2")));
+        let (t, p) = complete(r.put(true, 7, X, frag(2, 2), PayloadType::NONE, bytes(b"r2")));
         assert_eq!((t, p.as_slice()), (PayloadType::IDR, &b"r1r2"[..]));
     }
 
     #[test]
     fn totals_message_ids_and_limits() {
         let mut r = Reassembly::default();
-        let _ = r.add(false, 1, X, frag(1, 2), PayloadType::IDI, bytes(b"a"));
+        let _ = r.put(false, 1, X, frag(1, 2), PayloadType::IDI, bytes(b"a"));
         // Fewer fragments announced: dropped, the collection stays.
         assert!(matches!(
-            r.add(false, 1, X, frag(1, 1), PayloadType::IDI, bytes(b"x")),
+            r.put(false, 1, X, frag(1, 1), PayloadType::IDI, bytes(b"x")),
             Added::Refused
         ));
         // More fragments announced: start over with this one.
         assert!(matches!(
-            r.add(false, 1, X, frag(3, 3), PayloadType::NONE, bytes(b"3")),
+            r.put(false, 1, X, frag(3, 3), PayloadType::NONE, bytes(b"3")),
             Added::Pending
         ));
         assert!(matches!(
-            r.add(false, 1, X, frag(2, 3), PayloadType::NONE, bytes(b"2")),
+            r.put(false, 1, X, frag(2, 3), PayloadType::NONE, bytes(b"2")),
             Added::Pending
         ));
-        let (_, p) = complete(r.add(false, 1, X, frag(1, 3), PayloadType::IDI, bytes(b"1")));
+        let (_, p) = complete(r.put(false, 1, X, frag(1, 3), PayloadType::IDI, bytes(b"1")));
         assert_eq!(p, b"123");
         // Another message ID replaces a partial one.
-        let _ = r.add(false, 2, X, frag(1, 2), PayloadType::IDI, bytes(b"old"));
-        let _ = r.add(false, 3, X, frag(1, 2), PayloadType::IDI, bytes(b"new"));
-        let (_, p) = complete(r.add(false, 3, X, frag(2, 2), PayloadType::NONE, bytes(b"!")));
+        let _ = r.put(false, 2, X, frag(1, 2), PayloadType::IDI, bytes(b"old"));
+        let _ = r.put(false, 3, X, frag(1, 2), PayloadType::IDI, bytes(b"new"));
+        let (_, p) = complete(r.put(false, 3, X, frag(2, 2), PayloadType::NONE, bytes(b"!")));
         assert_eq!(p, b"new!");
         // Limits.
         assert!(matches!(
-            r.add(
+            r.put(
                 false,
                 4,
                 X,
@@ -222,11 +268,11 @@ mod tests {
         ));
         let big = vec![0u8; MAX_MESSAGE_LEN / 2 + 1];
         assert!(matches!(
-            r.add(false, 5, X, frag(1, 3), PayloadType::IDI, bytes(&big)),
+            r.put(false, 5, X, frag(1, 3), PayloadType::IDI, bytes(&big)),
             Added::Pending
         ));
         assert!(matches!(
-            r.add(false, 5, X, frag(2, 3), PayloadType::NONE, bytes(&big)),
+            r.put(false, 5, X, frag(2, 3), PayloadType::NONE, bytes(&big)),
             Added::Refused
         ));
         assert!(r.request.is_none());

@@ -27,6 +27,7 @@ pub(crate) enum Outcome {
 fn on_fragment(
     c: &mut Common,
     ctx: &mut Ctx<'_>,
+    preauth: bool,
     h: &Header,
     fragment: crate::codec::Fragment,
     first_payload: crate::codec::PayloadType,
@@ -57,6 +58,12 @@ fn on_fragment(
         }
     }
     c.last_heard = ctx.now;
+    // review S-1: before IKE_AUTH the peer is anyone who sent an IKE_SA_INIT
+    let max_len = if preauth {
+        ctx.cfg.preauth_fragment_bytes
+    } else {
+        super::fragments::MAX_MESSAGE_LEN
+    };
     match c.frags.add(
         response,
         h.message_id,
@@ -64,6 +71,7 @@ fn on_fragment(
         fragment,
         first_payload,
         plain,
+        max_len,
     ) {
         Added::Pending => Err(Outcome::Handled),
         Added::Refused => Err(Outcome::Unexpected),
@@ -123,7 +131,15 @@ pub(crate) fn on_message(
             fragment,
             first_payload,
             plain,
-        }) => match on_fragment(&mut sa.common, ctx, h, fragment, first_payload, plain) {
+        }) => match on_fragment(
+            &mut sa.common,
+            ctx,
+            matches!(sa.state, State::InitReplied(_)),
+            h,
+            fragment,
+            first_payload,
+            plain,
+        ) {
             Ok(p) => p,
             Err(outcome) => return outcome,
         },
