@@ -341,6 +341,13 @@ impl Drop for Pluto {
         if let Err(e) = self.stop() {
             eprintln!("libreswan: {e:#}");
         }
+        // pluto 4.10 leaves its IPv6 neighbour-discovery bypass policies behind, and a killed
+        // pluto its SAs: the namespace is the test's, so nothing else of its XFRM is lost
+        for what in ["policy", "state"] {
+            if let Err(e) = netns::exec(&self.ns, &["ip", "xfrm", what, "flush"]) {
+                eprintln!("libreswan: {e:#}");
+            }
+        }
         if std::env::var_os("STRAIT_KEEP_LOGS").is_some() {
             eprintln!("libreswan: keeping {}", self.dir.path().display());
             self.dir.disable_cleanup(true);

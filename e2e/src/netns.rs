@@ -116,7 +116,8 @@ fn nft_file(ns: &str, rules: &str) -> Result<()> {
 }
 
 /// The XFRM policies in `ns` (`ip xfrm policy` lines starting with `src`) but the IKE sockets'
-/// bypass policies, which show as 0.0.0.0/0 <-> 0.0.0.0/0 (one per socket and direction).
+/// bypass policies, which show as 0.0.0.0/0 <-> 0.0.0.0/0, or ::/0 <-> ::/0 for an IPv6
+/// socket (one per socket and direction, with no other selector).
 ///
 /// # Errors
 /// `ip` fails.
@@ -124,7 +125,13 @@ pub fn xfrm_policies(ns: &str) -> Result<Vec<String>> {
     Ok(exec(ns, &["ip", "xfrm", "policy"])?
         .stdout
         .lines()
-        .filter(|l| l.starts_with("src ") && !l.starts_with("src 0.0.0.0/0 dst 0.0.0.0/0"))
+        .filter(|l| {
+            l.starts_with("src ")
+                && !matches!(
+                    l.trim_end(),
+                    "src 0.0.0.0/0 dst 0.0.0.0/0" | "src ::/0 dst ::/0"
+                )
+        })
         .map(str::to_owned)
         .collect())
 }

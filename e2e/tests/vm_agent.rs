@@ -2407,3 +2407,179 @@ fn l_libreswan4_peer_config_certificates_psk_and_rekeys() {
 fn l_libreswan5_peer_config_certificates_psk_and_rekeys() {
     libreswan_case(libreswan::Version::V5);
 }
+
+/// `peer-config`'s ipsec.conf with `right=` (the cluster's address) set to `addr`: what its
+/// comment tells the site's admin to do when the cluster's gateway is behind a NAT.
+fn with_right(conf: &str, addr: &str) -> String {
+    let line = conf
+        .lines()
+        .find(|l| l.trim_start().starts_with("right="))
+        .unwrap_or_else(|| panic!("no right=:\n{conf}"));
+    conf.replacen(line, &format!("    right={addr}"), 1)
+}
+
+/// Pluto's CHILD SA is up and carries the pings both ways, as do ours, all in UDP 4500 when
+/// `encapsulated`.
+fn libreswan_carries(pair: &SitePair, agent: &Agent, pluto: &Pluto, conn: &str, nat: bool) {
+    let waited = Instant::now();
+    let t = agent
+        .wait_tunnel(TUNNEL, Duration::from_secs(60), up)
+        .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
+    eprintln!("up {:.1?} after pluto started", waited.elapsed());
+    assert_eq!(t["natDetected"], nat, "{t}");
+    assert_eq!(t["childSas"][0]["encapsulated"], nat, "{t}");
+    pluto
+        .wait_up(conn, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\n--- agent:\n{}", agent.log()));
+    ping(pair, &pair.left, &pair.right);
+    ping(pair, &pair.right, &pair.left);
+    check_counters(agent);
+    assert_exact_objects(agent);
+    assert!(
+        xfrm_states(agent.ns()).iter().all(|s| s.encap == nat),
+        "ESP in UDP expected: {nat}"
+    );
+    let theirs = pluto.traffic().unwrap();
+    assert!(
+        theirs
+            .iter()
+            .any(|t| t.conn == conn && t.in_bytes > 0 && t.out_bytes > 0),
+        "pluto counted no traffic: {theirs:?}"
+    );
+}
+
+/// The agent against pluto through a NAT (each side behind it once) and over IPv6 (each side
+/// initiating once), PSK, pluto configured by `peer-config` as in [`libreswan_case`].
+fn libreswan_nat_and_ipv6_case(version: libreswan::Version) {
+    let _serial = netns::serial();
+    let peer = match version {
+        libreswan::Version::V4 => Peer::Libreswan4,
+        libreswan::Version::V5 => Peer::Libreswan5,
+    };
+    libreswan::require_installed(version).expect("the Libreswan root");
+    let name = version.name();
+    let conn = format!("strait-{TUNNEL}");
+    let began = Instant::now();
+
+    // 1. through a NAT, the agent behind it initiating: pluto sees the NAT's address, so its
+    // right= is that one, as peer-config's comment says
+    let nat_we = matrix::judge(module_path!(), &[Cell::new(peer, Dir::We).nat()]);
+    let pair = SitePair::new(true).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    pair.topology
+        .exec(
+            right.node,
+            &["ip", "route", "replace", "default", "via", "192.0.2.129"],
+        )
+        .unwrap();
+    let agent = start(
+        left,
+        &yaml(left, right, &right.addr.to_string(), "start", ""),
+        &[],
+    );
+    let (conf, secrets) = libreswan_peer_config(&agent);
+    let conf = with_right(&conf, &left.public_addr.to_string());
+    let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+    libreswan_carries(&pair, &agent, &pluto, &conn, true);
+    println!(
+        "agent behind a NAT -> {name}: ESP in UDP, ping both ways ({:.1?})",
+        began.elapsed()
+    );
+    nat_we.pass();
+    drop(pluto);
+    drop(agent);
+
+    // 2. through the NAT the other way: pluto behind it initiates (auto=start) to a responding
+    // agent that knows the NAT's address
+    let nat_they = matrix::judge(module_path!(), &[Cell::new(peer, Dir::They).nat()]);
+    route(&pair, right, left.subnet, &left.public_addr.to_string());
+    let agent = start(
+        right,
+        &yaml(right, left, &left.public_addr.to_string(), "respond", ""),
+        &[],
+    );
+    let (conf, secrets) = libreswan_peer_config(&agent);
+    assert!(conf.contains("    auto=start\n"), "{conf}");
+    let pluto = Pluto::start(&left.ns, version, &conf, &secrets).expect("pluto");
+    libreswan_carries(&pair, &agent, &pluto, &conn, true);
+    let t = agent.tunnel(TUNNEL).unwrap();
+    assert_eq!(t["initiator"], false, "{t}");
+    println!(
+        "{name} behind a NAT -> agent: ESP in UDP, ping both ways ({:.1?})",
+        began.elapsed()
+    );
+    nat_they.pass();
+    drop(pluto);
+    drop(agent);
+    drop(pair);
+
+    // 3. and 4. over IPv6 (the inner subnets stay IPv4): the agent initiates, then pluto
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let (l6, r6) = ("2001:db8:12::1", "2001:db8:12::2");
+    for (site, addr, peer_addr) in [(left, l6, r6), (right, r6, l6)] {
+        let iface = pair
+            .topology
+            .interface(
+                site.node,
+                if site.node == "left" { "right" } else { "left" },
+            )
+            .unwrap();
+        let cidr = format!("{addr}/64");
+        pair.topology
+            .exec(
+                site.node,
+                &["ip", "-6", "addr", "add", &cidr, "dev", &iface, "nodad"],
+            )
+            .unwrap();
+        pair.topology
+            .exec(
+                site.node,
+                &["ip", "-6", "route", "replace", "default", "via", peer_addr],
+            )
+            .unwrap();
+    }
+    // the inner (IPv4) routes over the IPv4 link, as in `h_dual_stack_and_protocol_selectors`:
+    // the policies then carry the packets in IPv6
+    route(&pair, left, right.subnet, &right.addr.to_string());
+    route(&pair, right, left.subnet, &left.addr.to_string());
+    let end = |site: &Site, addr: &str| End::new(site.id, addr, site.subnet);
+    let v6_yaml = |me: &Site, my6: &str, peer: &Site, peer6: &str, initiation: &str| {
+        TunnelYaml {
+            auth: Auth::Psk("gw-psk".into()),
+            ..TunnelYaml::new(TUNNEL, end(me, my6), end(peer, peer6))
+                .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+                .initiation(initiation)
+        }
+        .render()
+    };
+    for (dir, initiation) in [(Dir::We, "start"), (Dir::They, "respond")] {
+        let cell = matrix::judge(module_path!(), &[Cell::new(peer, dir).v6()]);
+        let agent = start(left, &v6_yaml(left, l6, right, r6, initiation), &[]);
+        let (conf, secrets) = libreswan_peer_config(&agent);
+        assert!(conf.contains(&format!("    right={l6}\n")), "{conf}");
+        let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+        libreswan_carries(&pair, &agent, &pluto, &conn, false);
+        let t = agent.tunnel(TUNNEL).unwrap();
+        assert_eq!(t["initiator"], dir == Dir::We, "{t}");
+        assert!(
+            xfrm_states(agent.ns()).iter().all(|s| s.src.contains(':')),
+            "IPv6 outer addresses expected"
+        );
+        println!(
+            "agent and {name} over IPv6, {dir:?} initiate: ping both ways ({:.1?})",
+            began.elapsed()
+        );
+        cell.pass();
+    }
+}
+
+#[test]
+fn n_libreswan4_through_nat_and_over_ipv6() {
+    libreswan_nat_and_ipv6_case(libreswan::Version::V4);
+}
+
+#[test]
+fn n_libreswan5_through_nat_and_over_ipv6() {
+    libreswan_nat_and_ipv6_case(libreswan::Version::V5);
+}
