@@ -1,5 +1,5 @@
 //! RFC 7296 details the protocol review found missing (`ike-protocol-review.md`, M-1a..f), each
-//! a case that failed before its fix.
+//! a case that failed before its fix (M-1e's checked by removing the check).
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 mod util;
@@ -13,7 +13,7 @@ use strait_ike::crypto::keys::SecretBytes;
 use strait_ike::crypto::rng::DeterministicRng;
 use strait_ike::probe::Probe;
 use strait_ike::{AuthConfig, Endpoint, EndpointConfig, Reason, Transmit};
-use util::{A_IP, B_IP, Fate, Pair, Side, addr, config_a, mirror};
+use util::{A_IP, B_IP, Fate, Pair, Side, WALL_CLOCK, addr, config_a, mirror};
 
 /// B's endpoint as a responder for A, and an IKE_SA_INIT request from A (the probe's: the
 /// tunnel's own proposals).
@@ -140,4 +140,70 @@ fn m1f_a_lost_authentication_failed_is_answered_again_from_the_closing_sa() {
     p.run_for(Duration::from_secs(20));
     let downs: Vec<Reason> = Pair::downs(&p.ev_a).into_iter().map(|d| d.1).collect();
     assert_eq!(downs, [Reason::AuthenticationFailed]);
+}
+
+/// The exchange, message ID and direction of a transmit.
+fn kind(t: &Transmit) -> (ExchangeType, u32, bool) {
+    let h = Header::peek(&t.payload).unwrap().header;
+    (h.exchange_type, h.message_id, h.flags.is_response())
+}
+
+/// M-1e: an authentic response whose exchange type is not the request's is no answer to it.
+/// Forging one needs the SA's keys, so A is cloned from its own saved state: the clone asks B
+/// something else (an INFORMATIONAL deleting the CHILD SA) under the message ID of A's
+/// CREATE_CHILD_SA, and B's authentic INFORMATIONAL answer is given to A. A must leave its
+/// request outstanding and retransmit it; taking the answer as its own left the rekey hanging
+/// with nothing retransmitted.
+#[test]
+fn m1e_an_answer_in_another_exchange_is_left_and_the_request_retransmitted() {
+    let a_cfg = config_a();
+    let mut p = Pair::new(a_cfg.clone(), mirror(&a_cfg));
+    p.set_wall_clock();
+    p.initiate();
+    p.run_for(Duration::from_secs(2));
+    p.assert_children_match();
+    let spi = Pair::installs(&p.ev_a)[0].spi_in;
+    let mut clone = Endpoint::new(
+        EndpointConfig::default(),
+        Box::new(DeterministicRng::new(9)),
+    );
+    clone.set_wall_clock(p.t0, WALL_CLOCK);
+    let clone_peer = clone.add_peer(a_cfg).unwrap();
+    let saved = p.a.save(p.now, p.a_peer).unwrap();
+    clone.resume(p.now, clone_peer, saved.as_bytes()).unwrap();
+    while clone.poll_event().is_some() {}
+
+    let now = p.now;
+    p.a.expire_child(now, p.a_peer, spi, false);
+    let rekey = p.a.poll_transmit().expect("A's CREATE_CHILD_SA");
+    let (x, id, response) = kind(&rekey);
+    assert_eq!((x, response), (ExchangeType::CREATE_CHILD_SA, false));
+    clone.expire_child(now, clone_peer, spi, true);
+    let delete = std::iter::from_fn(|| clone.poll_transmit())
+        .find(|t| kind(t) == (ExchangeType::INFORMATIONAL, id, false))
+        .expect("the clone's INFORMATIONAL under the same message ID");
+    p.b.handle(now, delete.remote, delete.local, &delete.payload);
+    let answer = std::iter::from_fn(|| p.b.poll_transmit())
+        .find(|t| kind(t) == (ExchangeType::INFORMATIONAL, id, true))
+        .expect("B's INFORMATIONAL answer");
+
+    let unexpected = p.a.stats().unexpected;
+    p.a.handle(now, answer.remote, answer.local, &answer.payload);
+    assert_eq!(p.a.stats().unexpected, unexpected + 1, "{:?}", p.a.stats());
+    assert!(p.a.poll_transmit().is_none(), "A answered B's answer");
+    // A's retransmission timer still runs for the request
+    let at = p.a.poll_timeout().expect("A's retransmission timer");
+    assert!(
+        at > now && at <= now + Duration::from_secs(5),
+        "{:?}",
+        at - now
+    );
+    p.a.handle_timeout(at);
+    let again = std::iter::from_fn(|| p.a.poll_transmit())
+        .find(|t| kind(t) == (ExchangeType::CREATE_CHILD_SA, id, false));
+    assert_eq!(
+        again.map(|t| t.payload),
+        Some(rekey.payload),
+        "A did not retransmit its CREATE_CHILD_SA"
+    );
 }
