@@ -2583,3 +2583,124 @@ fn n_libreswan4_through_nat_and_over_ipv6() {
 fn n_libreswan5_through_nat_and_over_ipv6() {
     libreswan_nat_and_ipv6_case(libreswan::Version::V5);
 }
+
+/// `childSas: perSubnetPair` against pluto, whose `leftsubnets={...}` (what peer-config writes
+/// for several subnets) makes one CHILD SA per subnet pair: the agent initiating its two pairs,
+/// then pluto initiating them to a responding agent. Each pair carries its own pings, on SAs of
+/// its own at both ends.
+fn libreswan_per_subnet_pair_case(version: libreswan::Version) {
+    let _serial = netns::serial();
+    libreswan::require_installed(version).expect("the Libreswan root");
+    let name = version.name();
+    let pair = SitePair::new(false).expect("topology");
+    let (left, right) = (&pair.left, &pair.right);
+    let (second, second_host) = ("198.18.7.0/24", std::net::Ipv4Addr::new(198, 18, 7, 1));
+    for cmd in [
+        vec!["ip", "route", "replace", "default", "via", "192.0.2.1"],
+        vec!["ip", "addr", "add", "198.18.7.1/32", "dev", "lo"],
+    ] {
+        pair.topology.exec(right.node, &cmd).unwrap();
+    }
+    let conn = format!("strait-{TUNNEL}");
+    for initiation in ["start", "respond"] {
+        let began = Instant::now();
+        let mut tunnel = TunnelYaml {
+            auth: Auth::Psk("gw-psk".into()),
+            ..TunnelYaml::new(
+                TUNNEL,
+                End::new(left.id, left.addr, left.subnet),
+                End::new(right.id, right.addr, right.subnet),
+            )
+            .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+            .initiation(initiation)
+        };
+        tunnel.remote.subnets.push(second.to_owned());
+        tunnel.extra.push_str("  childSas: perSubnetPair\n");
+        let agent = start(left, &tunnel.render(), &[]);
+        let (conf, secrets) = libreswan_peer_config(&agent);
+        assert!(
+            conf.contains(&format!("leftsubnets={{{} {second}}}", right.subnet)),
+            "{conf}"
+        );
+        let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+        let t = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(60), |t| {
+                up(t) && t["childSas"].as_array().is_some_and(|c| c.len() == 2)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}\n--- pluto:\n{}", pluto.log()));
+        assert_eq!(t["initiator"], initiation == "start", "{t}");
+        let remotes: Vec<String> = t["childSas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["remoteTs"].to_string())
+            .collect();
+        assert!(
+            remotes.iter().any(|r| r.contains(right.subnet))
+                && remotes.iter().any(|r| r.contains(second))
+                && remotes
+                    .iter()
+                    .all(|r| !(r.contains(right.subnet) && r.contains(second))),
+            "one pair each: {remotes:?}"
+        );
+        for dst in [right.inner, second_host] {
+            pair.topology
+                .ping(left.node, Some(left.inner), dst, 3)
+                .unwrap_or_else(|e| panic!("ping {dst}: {e:#}\n--- pluto:\n{}", pluto.log()));
+        }
+        ping(&pair, right, left);
+        let states = xfrm_states(agent.ns());
+        assert_eq!(states.len(), 4, "two SAs per pair: {states:?}");
+        assert!(
+            states.iter().all(|s| s.packets > 0),
+            "a pair's SA carried nothing: {states:?}"
+        );
+        // the tunnel's counters are the sum over both pairs' SAs
+        let body = metrics(agent.ns());
+        let ours = left.addr.to_string();
+        let sum = |inbound: bool| -> u64 {
+            states
+                .iter()
+                .filter(|s| (s.dst == ours) == inbound)
+                .map(|s| s.bytes)
+                .sum()
+        };
+        assert_eq!(
+            traffic_metric(&body, "bytes", "in"),
+            sum(true),
+            "{states:?}"
+        );
+        assert_eq!(
+            traffic_metric(&body, "bytes", "out"),
+            sum(false),
+            "{states:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let theirs = loop {
+            let theirs: Vec<_> = pluto
+                .traffic()
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.conn.starts_with(&conn))
+                .collect();
+            if theirs.len() == 2 && theirs.iter().all(|t| t.in_bytes > 0 && t.out_bytes > 0) {
+                break theirs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pluto's CHILD SAs: {theirs:?}\n{}",
+                pluto.log()
+            );
+            thread::sleep(Duration::from_millis(300));
+        };
+        println!(
+            "agent ({initiation}) and {name}, a CHILD SA per subnet pair: {theirs:?} ({:.1?})",
+            began.elapsed()
+        );
+    }
+}
+
+#[test]
+fn o_libreswan5_a_child_sa_per_subnet_pair() {
+    libreswan_per_subnet_pair_case(libreswan::Version::V5);
+}

@@ -365,6 +365,16 @@ impl Plan<'_> {
             "trap" => "ondemand",
             _ => "add",
         };
+        let several = s.local.subnets.len() > 1 || s.remote.subnets.len() > 1;
+        if several && s.child_sas == strait_crds::ChildSas::One {
+            // pluto makes a connection, so a CHILD SA, of each pair of leftsubnets= and
+            // rightsubnets=; the agent's one CHILD SA with every subnet would be narrowed to
+            // one pair
+            let _ = writeln!(
+                o,
+                "# Several subnets: pluto negotiates a CHILD SA per subnet pair. Set the tunnel's spec.childSas: perSubnetPair to match."
+            );
+        }
         let _ = writeln!(o, "conn {}", self.name);
         // Libreswan 5 reads it as keyexchange=ikev2; 4 knows only this spelling
         let _ = writeln!(o, "    ikev2=yes");
@@ -709,6 +719,13 @@ spec:
             assert!(c.contains(want), "missing {want:?} in:\n{c}");
         }
         assert!(!c.contains("            strait-site-b {"), "{c}");
+        // pluto makes a CHILD SA per pair of leftsubnets= anyway: only `one` gets the hint
+        let l = render(&t, &side(), Flavor::Libreswan).unwrap();
+        assert!(l.contains("rightsubnets={10.1.0.0/16 10.3.0.0/24}"), "{l}");
+        assert!(!l.contains("childSas"), "{l}");
+        t.spec.child_sas = strait_crds::ChildSas::One;
+        let l = render(&t, &side(), Flavor::Libreswan).unwrap();
+        assert!(l.contains("spec.childSas: perSubnetPair"), "{l}");
     }
 
     #[test]
