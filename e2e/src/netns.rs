@@ -284,14 +284,15 @@ impl TopologyBuilder {
         self
     }
 
-    /// Makes `node` a router: IPv4 forwarding on.
+    /// Makes `node` a router: IPv4 and IPv6 forwarding on.
     pub fn router(mut self, node: &str) -> Self {
         self.routers.push(node.to_owned());
         self
     }
 
-    /// Makes `node` a NAT router: forwarding on, and nftables masquerade (table `ip strait_nat`)
-    /// on everything it sends out of its link towards `wan_peer`.
+    /// Makes `node` a NAT router: forwarding on, and nftables masquerade (tables `ip strait_nat`
+    /// and `ip6 strait_nat`, NAT66 for a test that gives the links IPv6 addresses) on
+    /// everything it sends out of its link towards `wan_peer`.
     pub fn nat_router(mut self, node: &str, wan_peer: &str) -> Self {
         self.routers.push(node.to_owned());
         self.masquerade.push((node.to_owned(), wan_peer.to_owned()));
@@ -359,16 +360,30 @@ impl TopologyBuilder {
         }
         for node in &self.routers {
             let ns = topo.ns(node)?.to_owned();
-            exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            exec(
+                &ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                ],
+            )?;
         }
         for (node, wan_peer) in &self.masquerade {
             let ns = topo.ns(node)?.to_owned();
             topo.ns(wan_peer)?;
-            let rules = format!(
-                "table ip strait_nat {{\n  chain postrouting {{\n    type nat hook postrouting \
-                 priority srcnat; policy accept;\n    oifname \"{}\" masquerade\n  }}\n}}\n",
-                ifname(wan_peer)
-            );
+            let rules: String = ["ip", "ip6"]
+                .iter()
+                .map(|family| {
+                    format!(
+                        "table {family} strait_nat {{\n  chain postrouting {{\n    type nat hook \
+                         postrouting priority srcnat; policy accept;\n    oifname \"{}\" \
+                         masquerade\n  }}\n}}\n",
+                        ifname(wan_peer)
+                    )
+                })
+                .collect();
             nft_apply(&ns, &rules).with_context(|| format!("NAT on {node}"))?;
         }
         for r in &self.routes {
@@ -564,7 +579,56 @@ pub struct SitePair {
     pub nat: Option<String>,
 }
 
+/// IPv6 addresses a NAT pair's links get from [`SitePair::add_ipv6_through_nat`].
+#[derive(Debug, Clone, Copy)]
+pub struct Nat66 {
+    /// The left site's, behind the NAT.
+    pub inside: &'static str,
+    /// The NAT router's on the left link: the left site's default route.
+    pub nat_in: &'static str,
+    /// The NAT router's on the right link: the address the right site sees the left one at.
+    pub nat_out: &'static str,
+    /// The right site's.
+    pub outside: &'static str,
+}
+
 impl SitePair {
+    /// Gives the links of a pair built with a NAT IPv6 addresses ([`Nat66`], /64 each, no
+    /// duplicate detection), and the left site a default route through the NAT, which
+    /// masquerades IPv6 as it does IPv4. The right site has no route to the left's prefix.
+    ///
+    /// # Errors
+    /// The pair has no NAT, or `ip` fails.
+    pub fn add_ipv6_through_nat(&self) -> Result<Nat66> {
+        let a = Nat66 {
+            inside: "2001:db8:6::1",
+            nat_in: "2001:db8:6::fe",
+            nat_out: "2001:db8:7::fe",
+            outside: "2001:db8:7::2",
+        };
+        if self.nat.is_none() {
+            bail!("the pair has no NAT");
+        }
+        for (node, peer, addr) in [
+            ("left", "nat", a.inside),
+            ("nat", "left", a.nat_in),
+            ("nat", "right", a.nat_out),
+            ("right", "nat", a.outside),
+        ] {
+            let dev = self.topology.interface(node, peer)?;
+            let cidr = format!("{addr}/64");
+            self.topology.exec(
+                node,
+                &["ip", "-6", "addr", "add", &cidr, "dev", &dev, "nodad"],
+            )?;
+        }
+        self.topology.exec(
+            "left",
+            &["ip", "-6", "route", "add", "default", "via", a.nat_in],
+        )?;
+        Ok(a)
+    }
+
     /// Builds the two sites, with a masquerading router between them when `nat` is true.
     ///
     /// # Errors

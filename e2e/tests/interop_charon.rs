@@ -914,6 +914,107 @@ fn ipv6_outer_addresses_both_directions() {
     }
 }
 
+/// IPv6 outer addresses through a NAT66 (the NAT router masquerades IPv6 as it does IPv4;
+/// the right site has no route to the left's prefix, so nothing passes unNATed): the agent
+/// behind it initiates to charon, then charon behind it to the agent, against 5.9.8 and
+/// 6.0.1. Both sides agree, and each sees the other where the NAT puts it.
+#[test]
+fn ipv6_through_a_nat_both_ways() {
+    let _serial = netns::serial();
+    for (root, agent_behind) in [
+        (None, true),
+        (None, false),
+        (Some(strongswan::strongswan6_root()), true),
+        (Some(strongswan::strongswan6_root()), false),
+    ] {
+        let pair = SitePair::new(true).expect("topology");
+        let netns::Nat66 {
+            inside,
+            nat_out,
+            outside,
+            ..
+        } = pair.add_ipv6_through_nat().unwrap();
+        let case = Case {
+            root,
+            ..Case::default()
+        };
+        let dir = if agent_behind { Dir::We } else { Dir::They };
+        let judgement = cell(&case, dir, true).map(|c| matrix::judge(module_path!(), &[c.v6()]));
+        // the one behind the NAT (left) initiates; the one outside knows it as the NAT
+        let (agent_site, charon_site) = if agent_behind {
+            (&pair.left, &pair.right)
+        } else {
+            (&pair.right, &pair.left)
+        };
+        let (agent_addr, charon_addr) = if agent_behind {
+            (inside, outside)
+        } else {
+            (outside, inside)
+        };
+        let (agent_sees, charon_sees) = if agent_behind {
+            (outside, nat_out)
+        } else {
+            (nat_out, outside)
+        };
+        let mut cfg = charon_config(
+            &case,
+            charon_site,
+            agent_site,
+            Some(if agent_behind { nat_out } else { outside }.to_owned()),
+        );
+        cfg.connections[0].local_addrs = vec![charon_addr.to_owned()];
+        let tunnel = TunnelYaml {
+            ike: vec!["aes256gcm16-prfsha256-x25519".into()],
+            esp: vec!["aes256gcm16-x25519".into()],
+            ..TunnelYaml::new(
+                TUNNEL,
+                End::new(agent_site.id, agent_addr, agent_site.subnet),
+                End::new(charon_site.id, agent_sees, charon_site.subnet),
+            )
+            .initiation(if agent_behind { "start" } else { "respond" })
+        };
+        let agent = start_yaml(&agent_site.ns, &tunnel.render(), PSK, &[]);
+        let charon = Charon::start(&charon_site.ns, &cfg).expect("start charon");
+        if !agent_behind {
+            charon
+                .initiate(TUNNEL, "net", 20)
+                .unwrap_or_else(|e| panic!("charon initiate: {e:#}\n{}", dump(&agent, &charon)));
+        }
+        let ours = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+            .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+        let sas = charon
+            .wait_up(TUNNEL, "net", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", dump(&agent, &charon)));
+        assert_agree_on(&sas, &ours, "aes256gcm16-prfsha256-x25519");
+        assert_eq!(ours["initiator"], agent_behind);
+        assert_eq!(ours["natDetected"], true, "{ours}");
+        let remote = ours["remoteEndpoint"].as_str().unwrap_or_default();
+        assert!(remote.starts_with(&format!("[{agent_sees}]:")), "{ours}");
+        let local = ours["localEndpoint"].as_str().unwrap_or_default();
+        assert!(local.starts_with(&format!("[{agent_addr}]:")), "{ours}");
+        let theirs = sas
+            .ike(TUNNEL)
+            .and_then(|s| s.remote.clone())
+            .unwrap_or_default();
+        assert!(
+            theirs.contains(charon_sees),
+            "charon sees us at {theirs:?}, not at {charon_sees}"
+        );
+        if agent_behind {
+            // our own end floated to 4500 from behind the NAT
+            assert!(local.ends_with(":4500"), "{ours}");
+        }
+        if case.root.is_some() {
+            assert_is_six(&charon);
+        }
+        if let Some(j) = judgement {
+            j.pass();
+        }
+        drop((agent, charon));
+    }
+}
+
 /// `spec.ike.reauthTime` against charon: every reauthentication (about 6 s under
 /// `--test-lifetime-scale 0.1` for an API `reauthTime: 1m`) is a new IKE SA that charon accepts
 /// beside the old one, which we then delete; the tunnel is up in every sample, and at the end

@@ -2408,6 +2408,12 @@ fn l_libreswan5_peer_config_certificates_psk_and_rekeys() {
     libreswan_case(libreswan::Version::V5);
 }
 
+/// Stops the agent with SIGTERM while pluto still answers its DELETEs, then pluto.
+fn stop(mut agent: Agent, pluto: Pluto) {
+    agent.terminate(Duration::from_secs(10)).unwrap();
+    drop(pluto);
+}
+
 /// `peer-config`'s ipsec.conf with `right=` (the cluster's address) set to `addr`: what its
 /// comment tells the site's admin to do when the cluster's gateway is behind a NAT.
 fn with_right(conf: &str, addr: &str) -> String {
@@ -2448,9 +2454,10 @@ fn libreswan_carries(pair: &SitePair, agent: &Agent, pluto: &Pluto, conn: &str, 
     );
 }
 
-/// The agent against pluto through a NAT (each side behind it once) and over IPv6 (each side
-/// initiating once), PSK, pluto configured by `peer-config` as in [`libreswan_case`].
-fn libreswan_nat_and_ipv6_case(version: libreswan::Version) {
+/// The agent against pluto through a NAT (each side behind it once), and with `ipv6` through
+/// a NAT66 (the agent behind it) and over IPv6 (each side initiating once), PSK, pluto
+/// configured by `peer-config` as in [`libreswan_case`].
+fn libreswan_nat_and_ipv6_case(version: libreswan::Version, ipv6: bool) {
     let _serial = netns::serial();
     let peer = match version {
         libreswan::Version::V4 => Peer::Libreswan4,
@@ -2486,8 +2493,9 @@ fn libreswan_nat_and_ipv6_case(version: libreswan::Version) {
         began.elapsed()
     );
     nat_we.pass();
-    drop(pluto);
-    drop(agent);
+    // SIGTERM: the agent deletes its SAs and takes its policies and firewall with it, which
+    // a SIGKILL would leave in the namespace for the next case
+    stop(agent, pluto);
 
     // 2. through the NAT the other way: pluto behind it initiates (auto=start) to a responding
     // agent that knows the NAT's address
@@ -2509,11 +2517,53 @@ fn libreswan_nat_and_ipv6_case(version: libreswan::Version) {
         began.elapsed()
     );
     nat_they.pass();
-    drop(pluto);
-    drop(agent);
+    // SIGTERM: the agent deletes its SAs and takes its policies and firewall with it, which
+    // a SIGKILL would leave in the namespace for the next case
+    stop(agent, pluto);
+    if !ipv6 {
+        return;
+    }
+
+    // 3. IPv6 through the NAT (NAT66), the agent behind it initiating; pluto finds its own
+    // address by its IPv6 default route
+    let nat6 = matrix::judge(module_path!(), &[Cell::new(peer, Dir::We).nat().v6()]);
+    let a6 = pair.add_ipv6_through_nat().unwrap();
+    pair.topology
+        .exec(
+            right.node,
+            &["ip", "-6", "route", "add", "default", "via", a6.nat_out],
+        )
+        .unwrap();
+    let tunnel = TunnelYaml {
+        auth: Auth::Psk("gw-psk".into()),
+        ..TunnelYaml::new(
+            TUNNEL,
+            End::new(left.id, a6.inside, left.subnet),
+            End::new(right.id, a6.outside, right.subnet),
+        )
+        .proposals("aes256gcm16-prfsha256-x25519", "aes256gcm16-x25519")
+        .initiation("start")
+    };
+    let agent = start(left, &tunnel.render(), &[]);
+    let (conf, secrets) = libreswan_peer_config(&agent);
+    let conf = with_right(&conf, a6.nat_out);
+    let pluto = Pluto::start(&right.ns, version, &conf, &secrets).expect("pluto");
+    libreswan_carries(&pair, &agent, &pluto, &conn, true);
+    assert!(
+        xfrm_states(agent.ns()).iter().all(|s| s.src.contains(':')),
+        "IPv6 outer addresses expected"
+    );
+    println!(
+        "agent behind a NAT66 -> {name}: ESP in UDP over IPv6, ping both ways ({:.1?})",
+        began.elapsed()
+    );
+    nat6.pass();
+    // SIGTERM: the agent deletes its SAs and takes its policies and firewall with it, which
+    // a SIGKILL would leave in the namespace for the next case
+    stop(agent, pluto);
     drop(pair);
 
-    // 3. and 4. over IPv6 (the inner subnets stay IPv4): the agent initiates, then pluto
+    // 4. and 5. over IPv6 (the inner subnets stay IPv4): the agent initiates, then pluto
     let pair = SitePair::new(false).expect("topology");
     let (left, right) = (&pair.left, &pair.right);
     let (l6, r6) = ("2001:db8:12::1", "2001:db8:12::2");
@@ -2571,17 +2621,19 @@ fn libreswan_nat_and_ipv6_case(version: libreswan::Version) {
             began.elapsed()
         );
         cell.pass();
+        stop(agent, pluto);
     }
 }
 
+/// NAT only: IPv6 runs against 5.2 (CI's time; the paths are the same code on our side).
 #[test]
-fn n_libreswan4_through_nat_and_over_ipv6() {
-    libreswan_nat_and_ipv6_case(libreswan::Version::V4);
+fn n_libreswan4_through_nat() {
+    libreswan_nat_and_ipv6_case(libreswan::Version::V4, false);
 }
 
 #[test]
 fn n_libreswan5_through_nat_and_over_ipv6() {
-    libreswan_nat_and_ipv6_case(libreswan::Version::V5);
+    libreswan_nat_and_ipv6_case(libreswan::Version::V5, true);
 }
 
 /// `childSas: perSubnetPair` against pluto, whose `leftsubnets={...}` (what peer-config writes
@@ -2697,6 +2749,7 @@ fn libreswan_per_subnet_pair_case(version: libreswan::Version) {
             "agent ({initiation}) and {name}, a CHILD SA per subnet pair: {theirs:?} ({:.1?})",
             began.elapsed()
         );
+        stop(agent, pluto);
     }
 }
 
