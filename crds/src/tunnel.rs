@@ -320,6 +320,7 @@ pub struct ProposalSpec {
     pub rand_time: Option<Duration>,
     /// IKE only: reauthenticate this often (strongSwan's `reauth_time`; off by default): a new
     /// IKE SA with its CHILD SAs, authenticated afresh, up before the old ones are deleted.
+    /// Jittered by `randTime`, by at most a tenth of this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reauth_time: Option<Duration>,
     /// ESP only: rekey after this many bytes through a CHILD SA (either direction, counted by

@@ -376,8 +376,8 @@ pub struct PeerConfig {
     pub ike_lifetime: Lifetime,
     /// Reauthenticate this often (strongSwan's `reauth_time`; `None`: never): a new IKE SA
     /// and CHILD SAs, authenticated afresh, made before the old ones are deleted, by the side
-    /// that initiates the tunnel. Jittered by `ike_lifetime.rand_time`; an IKE rekey does not
-    /// restart the count.
+    /// that initiates the tunnel. Jittered by `ike_lifetime.rand_time`, at most a tenth of the
+    /// interval; an IKE rekey does not restart the count.
     pub reauth_time: Option<Duration>,
     /// CHILD SA lifetime.
     pub child_lifetime: Lifetime,

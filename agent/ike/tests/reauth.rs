@@ -188,3 +188,40 @@ fn the_reauthentication_interval_brings_new_ike_sas_make_before_break() {
     assert!(rekeys >= 4, "{rekeys} IKE rekeys");
     assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
 }
+
+/// A reauthentication interval shorter than the IKE lifetime's jitter (1 h lifetime: 6 min of
+/// jitter; here 60 s between reauthentications) used to cut every interval to the 1 s floor,
+/// so the tunnel reauthenticated every second (found against pluto 5.2 in the kernel VM). The
+/// jitter is now at most a tenth of the interval: 54..60 s apart.
+#[test]
+fn a_reauthentication_interval_shorter_than_the_lifetimes_jitter_keeps_its_pace() {
+    let mut a = config_a();
+    a.ike_lifetime = strait_ike::Lifetime::from_rekey(Duration::from_secs(3600));
+    assert!(a.ike_lifetime.rand_time > Duration::from_secs(60));
+    a.reauth_time = Some(Duration::from_secs(60));
+    let mut p = Pair::new(a.clone(), mirror(&a));
+    p.initiate();
+    p.run_for(Duration::from_secs(301));
+    let ups: Vec<f64> = p
+        .ev_a
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::IkeSaUp { .. }))
+        .map(|(t, _)| (*t - p.t0).as_secs_f64())
+        .collect();
+    // the first, then one per 54..60 s: 5 or 6 in 300 s, not ~300
+    assert!((5..=6).contains(&ups.len()), "IKE SAs up at {ups:?}");
+    for w in ups.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            (53.0..=61.0).contains(&gap),
+            "reauthentications {gap:.1} s apart: {ups:?}"
+        );
+    }
+    // each old IKE SA went by our Delete (B keeps a deleted one a while to answer a
+    // retransmitted Delete, so its count lags)
+    let b_downs: Vec<Reason> = Pair::downs(&p.ev_b).into_iter().map(|d| d.1).collect();
+    assert!(
+        b_downs.len() + 2 >= ups.len() && b_downs.iter().all(|r| *r == Reason::DeletedByPeer),
+        "{b_downs:?}"
+    );
+}

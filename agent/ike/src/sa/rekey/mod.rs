@@ -69,8 +69,12 @@ pub(crate) fn start_ike_timers(e: &mut Established, c: &Common, ctx: &mut Ctx<'_
         && let Some(every) = c.cfg.reauth_time
     {
         let random = u64::from_be_bytes(ctx.random());
+        // the IKE lifetime's jitter, but at most a tenth of the interval: a jitter beyond it
+        // (a 1 h lifetime has 6 min, a 24 h one 2.4 h) cut every interval to the 1 s floor,
+        // a reauthentication each second
         let lt = crate::config::Lifetime {
             rekey_time: every,
+            rand_time: c.cfg.ike_lifetime.rand_time.min(every / 10),
             ..c.cfg.ike_lifetime
         };
         e.reauth_at = Some(ctx.now + timers::rekey_after(&lt, random));
