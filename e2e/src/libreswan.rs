@@ -259,6 +259,20 @@ impl Pluto {
         Ok(c)
     }
 
+    /// How many established IKE SAs pluto holds (`whack --showstates`: `ESTABLISHED_IKE_SA`
+    /// in 5, `STATE_V2_ESTABLISHED_IKE_SA` in 4).
+    ///
+    /// # Errors
+    /// whack fails.
+    pub fn established_ike_sas(&self) -> Result<usize> {
+        Ok(self
+            .whack(&["--showstates"])?
+            .stdout
+            .lines()
+            .filter(|l| l.contains("ESTABLISHED_IKE_SA"))
+            .count())
+    }
+
     /// Runs `whack ARGS...`, checked; errors carry pluto's log tail.
     pub fn whack(&self, args: &[&str]) -> Result<Output> {
         cmd::check(&mut self.whack_command(args)?).map_err(|e| e.context(self.log_excerpt()))

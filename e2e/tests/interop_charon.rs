@@ -498,39 +498,58 @@ fn mismatched_proposals_are_no_proposal_chosen_on_both_sides() {
     }
 }
 
+/// DPD against 5.9.8 and 6.0.1: liveness checks every 2 s are answered while charon lives (the
+/// tunnel stays up without an error through three of them), and a SIGKILLed charon is
+/// declared unreachable within interval + timeout.
 #[test]
 fn dpd_declares_a_killed_charon_unreachable() {
     let _serial = netns::serial();
-    let case = Case {
-        dpd: Some(("2s", "6s")),
-        ..Case::default()
-    };
-    let (_pair, charon, agent) = agent_to_charon(&case, false);
-    agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
-        .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
-    let pid = charon.pid().expect("charon runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let killed = std::time::Instant::now();
-    // quiet for up to `interval`, then unanswered for `timeout`: 2 s + 6 s, plus slack
-    let ours = agent
-        .wait_tunnel(TUNNEL, Duration::from_secs(12), |t| {
-            t["lastError"]["reason"] == "PeerUnreachable"
-        })
+    for root in [None, Some(strongswan::strongswan6_root())] {
+        let case = Case {
+            dpd: Some(("2s", "6s")),
+            root,
+            ..Case::default()
+        };
+        let (_pair, charon, agent) = agent_to_charon(&case, false);
+        agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(20), up)
+            .unwrap_or_else(|e| panic!("{e:#}\n--- charon log:\n{}", charon.log()));
+        std::thread::sleep(Duration::from_secs(7));
+        let t = agent.tunnel(TUNNEL).unwrap();
+        assert!(
+            up(&t) && t.get("lastError").is_none(),
+            "DPD against a live charon: {t}"
+        );
+        let pid = charon.pid().expect("charon runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
         .unwrap();
-    let took = killed.elapsed();
-    eprintln!("PeerUnreachable {took:?} after charon was killed");
-    assert!(took <= Duration::from_secs(10), "took {took:?}");
-    assert_ne!(ours["ikeState"], "Established");
-    assert_eq!(ours["ready"], false);
-    assert!(
-        ours["childSas"].as_array().is_none_or(Vec::is_empty),
-        "{ours}"
-    );
+        let killed = std::time::Instant::now();
+        // quiet for up to `interval`, then unanswered for `timeout`: 2 s + 6 s, plus slack
+        let ours = agent
+            .wait_tunnel(TUNNEL, Duration::from_secs(12), |t| {
+                t["lastError"]["reason"] == "PeerUnreachable"
+            })
+            .unwrap();
+        let took = killed.elapsed();
+        eprintln!(
+            "{}: PeerUnreachable {took:?} after charon was killed",
+            if case.root.is_some() {
+                "6.0.1"
+            } else {
+                "5.9.8"
+            }
+        );
+        assert!(took <= Duration::from_secs(10), "took {took:?}");
+        assert_ne!(ours["ikeState"], "Established");
+        assert_eq!(ours["ready"], false);
+        assert!(
+            ours["childSas"].as_array().is_none_or(Vec::is_empty),
+            "{ours}"
+        );
+    }
 }
 
 /// A capture of a whole agent lifetime (IKE_SA_INIT, IKE_AUTH, and the DELETE that SIGTERM
@@ -1022,16 +1041,29 @@ fn ipv6_through_a_nat_both_ways() {
 #[test]
 fn reauth_time_brings_new_ike_sas_that_charon_takes() {
     let _serial = netns::serial();
+    reauth_case(&Case::default());
+}
+
+#[test]
+fn strongswan6_reauth_time_brings_new_ike_sas_that_charon_takes() {
+    let _serial = netns::serial();
+    reauth_case(&six(Case::default()));
+}
+
+fn reauth_case(case: &Case) {
     let pair = SitePair::new(false).expect("topology");
     let charon = Charon::start(
         &pair.right.ns,
-        &charon_config(&Case::default(), &pair.right, &pair.left, None),
+        &charon_config(case, &pair.right, &pair.left, None),
     )
     .expect("start charon");
+    if case.root.is_some() {
+        assert_is_six(&charon);
+    }
     let yaml = TunnelYaml {
         ike_lifetime: Some("2m".into()),
         ..agent_tunnel(
-            &Case::default(),
+            case,
             &pair.left,
             &pair.right,
             &pair.right.addr.to_string(),
