@@ -500,6 +500,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `strait-agent standalone` with a config, a secrets dir and `extra` flags.
+    fn standalone(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "strait-agent",
+            "standalone",
+            "--config",
+            "c.yaml",
+            "--secrets-dir",
+            "s",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Standalone(a) => Ok(a),
+            _ => panic!("not standalone"),
+        }
+    }
+
     #[test]
     fn nat_keepalive_takes_seconds_or_off_and_names_itself_otherwise() {
         assert_eq!(
@@ -512,50 +529,21 @@ mod tests {
             assert!(e.contains("--nat-keepalive"), "{bad}: {e}");
         }
         // the flag reaches the parser with its default
-        let cli = Cli::try_parse_from([
-            "strait-agent",
-            "standalone",
-            "--config",
-            "c.yaml",
-            "--secrets-dir",
-            "s",
-        ])
-        .unwrap();
-        let Command::Standalone(a) = cli.command else {
-            panic!("not standalone");
-        };
-        assert_eq!(a.daemon.nat_keepalive, "20");
+        assert_eq!(standalone(&[]).unwrap().daemon.nat_keepalive, "20");
     }
 
     #[test]
     fn half_open_limits_default_as_strongswan_and_refuse_zero_per_address() {
-        let parse = |extra: &[&str]| {
-            let mut argv = vec![
-                "strait-agent",
-                "standalone",
-                "--config",
-                "c.yaml",
-                "--secrets-dir",
-                "s",
-            ];
-            argv.extend_from_slice(extra);
-            Cli::try_parse_from(argv)
-        };
-        let Command::Standalone(a) = parse(&[]).unwrap().command else {
-            panic!("not standalone");
-        };
-        let limits = a.daemon.half_open_limits();
+        let limits = standalone(&[]).unwrap().daemon.half_open_limits();
         assert_eq!((limits.per_address, limits.total), (5, None));
-        let Command::Standalone(a) =
-            parse(&["--block-threshold", "12", "--init-limit-half-open", "1000"])
-                .unwrap()
-                .command
-        else {
-            panic!("not standalone");
-        };
-        let limits = a.daemon.half_open_limits();
+        let limits = standalone(&["--block-threshold", "12", "--init-limit-half-open", "1000"])
+            .unwrap()
+            .daemon
+            .half_open_limits();
         assert_eq!((limits.per_address, limits.total), (12, Some(1000)));
-        let e = parse(&["--block-threshold", "0"]).unwrap_err().to_string();
+        let e = standalone(&["--block-threshold", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--block-threshold"), "{e}");
     }
 }
