@@ -2193,19 +2193,7 @@ fn libreswan_case(version: libreswan::Version) {
     let name = version.name();
     // a remote site has a default route: the config's `left=%defaultroute` finds its address
     // by it
-    pair.topology
-        .exec(
-            right.node,
-            &[
-                "ip",
-                "route",
-                "replace",
-                "default",
-                "via",
-                &left.addr.to_string(),
-            ],
-        )
-        .unwrap();
+    default_route(&pair, right, &left.addr.to_string());
     let cfg = |init: &str, lifetimes: Option<(&str, &str)>| {
         TunnelYaml {
             auth: Auth::Psk("gw-psk".into()),
@@ -2409,6 +2397,14 @@ fn l_libreswan5_peer_config_certificates_psk_and_rekeys() {
     libreswan_case(libreswan::Version::V5);
 }
 
+/// A default route for `site` via `gw`: a remote site has one, and pluto's
+/// `left=%defaultroute` finds its own address by it.
+fn default_route(pair: &SitePair, site: &Site, gw: &str) {
+    pair.topology
+        .exec(site.node, &["ip", "route", "replace", "default", "via", gw])
+        .expect("default route");
+}
+
 /// Stops the agent with SIGTERM while pluto still answers its DELETEs, then pluto.
 fn stop(mut agent: Agent, pluto: Pluto) {
     agent.terminate(Duration::from_secs(10)).unwrap();
@@ -2474,12 +2470,7 @@ fn libreswan_nat_and_ipv6_case(version: libreswan::Version, ipv6: bool) {
     let nat_we = matrix::judge(module_path!(), &[Cell::new(peer, Dir::We).nat()]);
     let pair = SitePair::new(true).expect("topology");
     let (left, right) = (&pair.left, &pair.right);
-    pair.topology
-        .exec(
-            right.node,
-            &["ip", "route", "replace", "default", "via", "192.0.2.129"],
-        )
-        .unwrap();
+    default_route(&pair, right, &left.public_addr.to_string());
     let agent = start(
         left,
         &yaml(left, right, &right.addr.to_string(), "start", ""),
@@ -2771,12 +2762,7 @@ fn p_libreswan5_reauthentication_is_make_before_break() {
     libreswan::require_installed(version).expect("the Libreswan root");
     let pair = SitePair::new(false).expect("topology");
     let (left, right) = (&pair.left, &pair.right);
-    pair.topology
-        .exec(
-            right.node,
-            &["ip", "route", "replace", "default", "via", "192.0.2.1"],
-        )
-        .unwrap();
+    default_route(&pair, right, &left.addr.to_string());
     let config = TunnelYaml {
         auth: Auth::Psk("gw-psk".into()),
         // an IKE lifetime neither side rekeys within the test: every new IKE SA is a
