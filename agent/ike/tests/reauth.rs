@@ -225,3 +225,137 @@ fn a_reauthentication_interval_shorter_than_the_lifetimes_jitter_keeps_its_pace(
         "{b_downs:?}"
     );
 }
+
+#[test]
+fn a_peers_reauthentication_beside_an_sa_we_rekeyed_keeps_the_new_sa() {
+    // Found by the agent's driver simulation (strait-agent `tests/driver_sim.rs`): B only
+    // responds, but rekeyed the IKE SA itself, so the SA it held was one B had initiated. A's
+    // reauthentication then looked to B like a race of two setups, B dropped the new SA (the
+    // lower SPIs), A deleted the old one as a reauthentication does, and the tunnel had none.
+    let a = config_a();
+    let mut b = mirror(&a);
+    b.ike_lifetime = util::lifetime(20);
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate();
+    p.run_for(Duration::from_secs(25));
+    // only B's IKE lifetime is short: the rekey was B's
+    let rekeyed = |e: &Event| matches!(e, Event::IkeSaRekeyed { .. });
+    assert!(
+        first(&p.ev_b, rekeyed).is_some(),
+        "B did not rekey the IKE SA"
+    );
+    let b_downs_before = Pair::downs(&p.ev_b).len();
+    // B is told the new PSK first, then A reauthenticates with it, well before B's next rekey
+    let now = p.now;
+    let rotated = with_psk(&a, b"the new pre-shared key");
+    let mut b_rotated = mirror(&rotated);
+    b_rotated.ike_lifetime = util::lifetime(20);
+    assert!(!p.b.reauthenticate(now, p.b_peer, b_rotated).unwrap());
+    assert!(p.a.reauthenticate(now, p.a_peer, rotated).unwrap());
+    p.run_for(Duration::from_secs(3));
+
+    // B lost only the old SA, to A's Delete; the new one is up on both sides
+    let b_downs: Vec<Reason> = Pair::downs(&p.ev_b)[b_downs_before..]
+        .iter()
+        .map(|d| d.1)
+        .collect();
+    assert_eq!(b_downs, vec![Reason::DeletedByPeer]);
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    let (ia, ib) = (Pair::installs(&p.ev_a), Pair::installs(&p.ev_b));
+    let (na, nb) = (ia.last().unwrap(), ib.last().unwrap());
+    assert_eq!((na.spi_in, na.spi_out), (nb.spi_out, nb.spi_in));
+    assert_ne!(
+        na.spi_in, ia[0].spi_in,
+        "A's CHILD SA is the first one still"
+    );
+}
+
+/// The CHILD SAs `ev` says are installed after each event: never 0 once one was in means the
+/// tunnel had no moment without one.
+fn installed_counts(ev: &[(std::time::Instant, Event)]) -> Vec<usize> {
+    let mut n = 0usize;
+    ev.iter()
+        .filter_map(|(_, e)| match e {
+            Event::ChildSaInstall(_) => {
+                n += 1;
+                Some(n)
+            }
+            Event::ChildSaDelete { .. } => {
+                n = n.saturating_sub(1);
+                Some(n)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn both_ends_reauthenticating_at_once_keep_one_new_sa() {
+    // Found by the agent's driver simulation: a tunnel that both ends start, given a new PSK on
+    // both at once. Each end, its own new SA up, deleted every other SA of the tunnel, the
+    // peer's new one too, and the tunnel was left with none until a retry.
+    let a = config_a();
+    let b = PeerConfig {
+        role: Role::Start,
+        ..mirror(&a)
+    };
+    let mut p = Pair::new(a.clone(), b);
+    p.initiate();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(Pair::ups(&p.ev_a), 1);
+    let now = p.now;
+    let rotated = with_psk(&a, b"the new pre-shared key");
+    let b_rotated = PeerConfig {
+        role: Role::Start,
+        ..mirror(&rotated)
+    };
+    assert!(p.b.reauthenticate(now, p.b_peer, b_rotated).unwrap());
+    assert!(p.a.reauthenticate(now, p.a_peer, rotated).unwrap());
+    p.run_for(Duration::from_secs(5));
+
+    for (side, ev) in [("A", &p.ev_a), ("B", &p.ev_b)] {
+        let counts = installed_counts(ev);
+        assert!(
+            counts.iter().all(|c| *c > 0),
+            "{side} was left without a CHILD SA: {counts:?}\nA: {:#?}\nB: {:#?}",
+            p.ev_a
+                .iter()
+                .map(|e| format!("{:?} {}", e.0 - p.ev_a[0].0, brief(&e.1)))
+                .collect::<Vec<_>>(),
+            p.ev_b
+                .iter()
+                .map(|e| format!("{:?} {}", e.0 - p.ev_a[0].0, brief(&e.1)))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(p.a.children(p.a_peer).len(), 1);
+    assert_eq!(p.b.children(p.b_peer).len(), 1);
+    p.run_for(Duration::from_secs(30));
+    assert_eq!((p.a.ike_sa_count(), p.b.ike_sa_count()), (1, 1));
+    let (ia, ib) = (Pair::installs(&p.ev_a), Pair::installs(&p.ev_b));
+    let survivor = |ev: &[(std::time::Instant, Event)], v: &[strait_ike::ChildSaInstall]| {
+        v.iter()
+            .find(|i| {
+                !ev.iter().any(
+                    |(_, e)| matches!(e, Event::ChildSaDelete { child, .. } if *child == i.child),
+                )
+            })
+            .cloned()
+            .unwrap()
+    };
+    let (sa, sb) = (survivor(&p.ev_a, &ia), survivor(&p.ev_b, &ib));
+    assert_eq!((sa.spi_in, sa.spi_out), (sb.spi_out, sb.spi_in));
+    assert_ne!(sa.spi_in, ia[0].spi_in, "the old CHILD SA survived");
+}
+
+fn brief(e: &Event) -> String {
+    match e {
+        Event::IkeSaUp { spis, .. } => format!("up {spis:?}"),
+        Event::IkeSaDown { spis, reason, .. } => format!("down {spis:?} {reason:?}"),
+        Event::ChildSaInstall(i) => format!("install {:?} in {:?}", i.child, i.spi_in),
+        Event::ChildSaDelete { child, spi_in, .. } => format!("delete {child:?} in {spi_in:?}"),
+        Event::IkeSaRekeyed { .. } => "ike rekeyed".into(),
+        _ => "other".into(),
+    }
+}

@@ -379,15 +379,20 @@ impl Endpoint {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.reauth = None;
         }
+        // The SAs set up before ours began. One the peer began since is its own new SA (both
+        // ends reauthenticating at once, after both were given new credentials): deleting it
+        // here while the peer deletes ours left neither (the driver simulation found that); the
+        // two new ones are a race that `drop_duplicate` settles the same way at both ends.
+        let started = self.sas.get(&new).map(|sa| sa.common.started);
         let older: Vec<SaId> = self
             .index
             .of_peer(peer)
             .into_iter()
             .filter(|id| *id != new)
             .filter(|id| {
-                self.sas
-                    .get(id)
-                    .is_some_and(|sa| sa.established().is_some())
+                self.sas.get(id).is_some_and(|sa| {
+                    sa.established().is_some() && started.is_none_or(|s| sa.common.started < s)
+                })
             })
             .collect();
         let any = !older.is_empty();
@@ -401,11 +406,12 @@ impl Endpoint {
     /// slow handshake: the tunnel ends up with two IKE SAs, each with a CHILD SA for the same
     /// selectors, and would keep both, rekeying each, for ever (the simulator found both). The
     /// one with the lower initiator SPI (then responder SPI) goes, as soon as an end holds both
-    /// with their CHILD SAs: when one is each end's, both ends drop the same one without a
-    /// message (a Delete crossing the peer's own is answered like any other); when both are
-    /// one end's, that end does. Nothing is dropped while we reauthenticate (our two SAs are
-    /// then on purpose) or an IKE SA rekey is under way. An older SA without a CHILD SA beside
-    /// one with goes too. Returns whether one was deleted.
+    /// with their CHILD SAs: the end that initiated the survivor deletes the other (the peer,
+    /// holding the same two, waits for that Delete, or for any word on the survivor, since its
+    /// IKE_AUTH answer may not have arrived yet); when both are one end's, that end does.
+    /// Nothing is dropped while we reauthenticate (our two SAs are then on purpose) or an IKE
+    /// SA rekey is under way. An older SA without a CHILD SA beside one with goes too. Returns
+    /// whether one was deleted.
     fn drop_duplicate(&mut self, now: Instant, peer: PeerId) -> bool {
         if self.peers.get(&peer).is_none_or(|p| p.reauth.is_some()) {
             return false;
@@ -429,6 +435,8 @@ impl Endpoint {
                     Some(ch) => up.push(UpSa {
                         spis: (sa.common.spi_i.0, sa.common.spi_r.0),
                         id,
+                        setup: (sa.common.started, e.since),
+                        settled: e.settled(&sa.common),
                         ours: sa.common.initiator,
                         identity: sa.common.remote_identity.as_ref(),
                         ts: (&ch.local_ts, &ch.remote_ts),
@@ -446,12 +454,17 @@ impl Endpoint {
             .iter()
             .find(|(id, who)| up.iter().any(|u| u.id > *id && u.identity == *who))
             .map(|(id, _)| *id);
-        let Some(loser) = up
+        let pair = up
             .iter()
-            .find(|u| up.iter().any(|o| u.duplicates(o)))
-            .map(|u| u.id)
-            .or(stale)
-        else {
+            .find_map(|u| up.iter().find(|o| u.duplicates(o)).map(|o| (u, o)));
+        // Not while either is one we answered and the peer may not have our answer yet: a
+        // Delete overtaking the answer is dropped by a peer still waiting for it, which then
+        // sends on an SA we deleted, or is left with none (the driver simulation found both).
+        // The SA's settle timer brings us back here.
+        if pair.is_some_and(|(u, o)| !u.settled || !o.settled) {
+            return false;
+        }
+        let Some(loser) = pair.map(|(u, _)| u.id).or(stale) else {
             return false;
         };
         self.with_sa(now, loser, established::delete_locally);
@@ -1036,6 +1049,10 @@ impl Endpoint {
 struct UpSa<'a> {
     spis: ([u8; 8], [u8; 8]),
     id: SaId,
+    /// When its setup began and when it was established.
+    setup: (Instant, Instant),
+    /// The peer surely holds it ([`crate::sa::established::Established::settled`]).
+    settled: bool,
     /// We initiated it.
     ours: bool,
     identity: Option<&'a crate::codec::Identification>,
@@ -1046,13 +1063,19 @@ struct UpSa<'a> {
 impl UpSa<'_> {
     /// Duplicates: two SAs authenticating the same identity and carrying the same selectors (a
     /// tunnel that accepts several identities, or whose selectors several narrower tunnels of
-    /// the peer fit in, keeps each), at least one of them ours. Two of the peer's are left to
-    /// the peer: it may be reauthenticating.
+    /// the peer fit in, keeps each), at least one of them ours, set up at the same time (each
+    /// began before the other was established: a race). Two of the peer's are left to the
+    /// peer, and so is one it began beside an SA already up, ours or its own: it is
+    /// reauthenticating and deletes the old SA itself (the driver simulation found a responder
+    /// dropping the new SA of its peer's reauthentication because the old one came from an IKE
+    /// rekey it had started, and the tunnel lost both).
     fn duplicates(&self, other: &Self) -> bool {
         self.id != other.id
             && (self.ours || other.ours)
             && self.identity == other.identity
             && self.ts == other.ts
+            && self.setup.0 <= other.setup.1
+            && other.setup.0 <= self.setup.1
     }
 }
 

@@ -86,7 +86,7 @@ pub(crate) fn put_sa(o: &mut Out, clock: &Clock, sa: &IkeSa, depth: u8) -> Resul
 pub(crate) fn get_sa(i: &mut In<'_>, l: &mut Loader<'_>, depth: u8) -> Result<IkeSa, ResumeError> {
     let mut common = get_common(i, l)?;
     let keys = get_keys(i, common.initiator)?;
-    let e = get_established(i, l, keys, depth)?;
+    let e = get_established(i, l, keys, common.started, depth)?;
     // The window was read before the CHILD SAs its request may name.
     if let Some(o) = common.win.outstanding_mut() {
         remap_kind(&mut o.kind, l)?;
@@ -162,6 +162,7 @@ fn get_common(i: &mut In<'_>, l: &mut Loader<'_>) -> Result<Common, ResumeError>
         nat,
         win,
         last_heard,
+        started: last_heard,
         last_sent,
         keepalive,
         initial_contact,
@@ -441,10 +442,11 @@ fn get_established(
     i: &mut In<'_>,
     l: &mut Loader<'_>,
     keys: Keys,
+    since: std::time::Instant,
     depth: u8,
 ) -> Result<Established, ResumeError> {
     let clock = l.clock;
-    let mut e = Established::new(keys);
+    let mut e = Established::new(keys, since);
     e.initial_contact = i.bool("initial contact flag")?;
     e.ike_rekey_at = i.opt("IKE rekey time", |i| i.time(&clock, "IKE rekey time"))?;
     if l.version >= 2 {

@@ -16,6 +16,8 @@ use crate::reason::Reason;
 #[derive(Debug)]
 pub(crate) struct Established {
     pub keys: Keys,
+    /// When it was established (for a resumed SA: when it was loaded).
+    pub since: Instant,
     pub children: Vec<Child>,
     /// Requests waiting for the window (one outstanding at a time).
     pub queue: VecDeque<RequestKind>,
@@ -34,6 +36,10 @@ pub(crate) struct Established {
     pub ike_expires_at: Option<Instant>,
     /// When the tunnel reauthenticates from this IKE SA (`PeerConfig::reauth_time`).
     pub reauth_at: Option<Instant>,
+    /// An SA we answered IKE_AUTH for: until then our answer may still be on its way (or
+    /// lost), so it is not yet taken as one the peer holds, for `Endpoint::drop_duplicate`;
+    /// anything heard on it since settles it sooner ([`Established::settled`]).
+    pub settle_at: Option<Instant>,
     /// That time has come: the endpoint starts the new IKE SA ([`crate::Endpoint`]'s
     /// `with_sa`), as it acts on `initial_contact`.
     pub reauth_due: bool,
@@ -46,9 +52,10 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    pub fn new(keys: Keys) -> Self {
+    pub fn new(keys: Keys, since: Instant) -> Self {
         Self {
             keys,
+            since,
             children: Vec::new(),
             queue: VecDeque::new(),
             initial_contact: false,
@@ -58,6 +65,7 @@ impl Established {
             ike_rekey_at: None,
             ike_expires_at: None,
             reauth_at: None,
+            settle_at: None,
             reauth_due: false,
             single_pair: false,
             pairs_tried: Vec::new(),
@@ -92,6 +100,7 @@ impl Established {
             .chain(self.ike_rekey_at)
             .chain(self.ike_expires_at)
             .chain(self.reauth_at)
+            .chain(self.settle_at)
             .min();
         let dpd = c.cfg.dpd.and_then(|dpd| match c.win.outstanding() {
             Some(o) if o.kind == RequestKind::Dpd => Some(o.first_sent + dpd.timeout),
@@ -102,6 +111,12 @@ impl Established {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Whether the peer surely holds this SA: we initiated it (the peer answered), or we
+    /// answered and [`Established::settle_at`] has passed, or the peer spoke on it since.
+    pub fn settled(&self, c: &Common) -> bool {
+        self.settle_at.is_none() || c.last_heard > self.since
     }
 
     /// Emits [`Event::ChildSaDelete`] for every CHILD SA and forgets them.
@@ -217,6 +232,10 @@ pub(crate) fn on_timeout(e: &mut Established, c: &mut Common, ctx: &mut Ctx<'_>)
     if e.reauth_at.is_some_and(|t| ctx.now >= t) {
         e.reauth_at = None;
         e.reauth_due = true;
+    }
+    if e.settle_at.is_some_and(|t| ctx.now >= t) {
+        // the endpoint settles the tunnel after every timer: a duplicate waiting on this goes
+        e.settle_at = None;
     }
     rekey::schedule(e, ctx.now);
     let next = flush(e, c, ctx);

@@ -18,6 +18,11 @@ use crate::diagnostic::{self, Diagnostic};
 use crate::event::Event;
 use crate::reason::Reason;
 
+/// How long after answering IKE_AUTH an SA is not taken as one the peer holds, for the
+/// duplicate check ([`Established::settle_at`]): longer than datagrams between two sites are
+/// reordered, shorter than a retransmission.
+pub(crate) const DUPLICATE_SETTLE: core::time::Duration = core::time::Duration::from_secs(2);
+
 /// The payloads of a decrypted message, first of each kind.
 #[derive(Debug, Default)]
 pub(crate) struct Inner<'a> {
@@ -245,7 +250,7 @@ impl AuthSent {
             };
         }
         c.remote_identity = inner.idr.cloned();
-        let mut est = Established::new(self.init.keys);
+        let mut est = Established::new(self.init.keys, ctx.now);
         est.single_pair = c.cfg.child_per_pair;
         super::rekey::start_ike_timers(&mut est, c, ctx);
         up(c, ctx, &est);
@@ -393,7 +398,8 @@ impl InitReplied {
                 .map_or_else(String::new, diagnostic::identification),
             candidates,
         });
-        let mut est = Established::new(init.keys);
+        let mut est = Established::new(init.keys, ctx.now);
+        est.settle_at = Some(ctx.now + DUPLICATE_SETTLE);
         super::rekey::start_ike_timers(&mut est, c, ctx);
         est.initial_contact = notifies(payloads).any(|n| n.ty == NotifyType::INITIAL_CONTACT);
         let mut out = vec![Payload::IdResponder(idr)];

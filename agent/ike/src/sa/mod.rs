@@ -233,6 +233,11 @@ pub(crate) struct Common {
     pub win: Window<RequestKind>,
     /// Last time an authenticated message (or, before IKE_AUTH, any valid one) arrived.
     pub last_heard: Instant,
+    /// When this IKE SA's setup began: its IKE_SA_INIT sent or received (a rekeyed SA keeps its
+    /// predecessor's); for a resumed one, when the peer was last heard. The endpoint tells a
+    /// race of two setups from a reauthentication by it (`Endpoint::drop_duplicate`), and a
+    /// reauthentication's old SAs from the peer's own new one (`Endpoint::maintain_reauth`).
+    pub started: Instant,
     /// Last time anything was sent to the peer: a NAT keepalive is due `keepalive` after it.
     pub last_sent: Instant,
     /// [`crate::EndpointConfig::nat_keepalive`] when the SA was made.

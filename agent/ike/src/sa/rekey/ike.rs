@@ -93,6 +93,8 @@ fn new_ike_sa(
         nat: old.nat,
         win: Window::new(0, 0),
         last_heard: ctx.now,
+        // a rekey continues the SA: its setup is the original one's
+        started: old.started,
         last_sent: ctx.now,
         keepalive: ctx.cfg.nat_keepalive,
         initial_contact: false,
@@ -100,7 +102,7 @@ fn new_ike_sa(
         frags: Default::default(),
         remote_identity: old.remote_identity.clone(),
     };
-    let mut e = Established::new(keys);
+    let mut e = Established::new(keys, ctx.now);
     super::start_ike_timers(&mut e, &c, ctx);
     IkeSa {
         common: c,
