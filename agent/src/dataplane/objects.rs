@@ -391,7 +391,7 @@ pub(crate) fn fallback_policies(tunnel: u32, cfg: &PeerConfig) -> Result<Vec<Pol
 
 /// When a CHILD SA's outbound SA goes into the kernel (which sends on the newest one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     /// With the inbound SA: a CHILD SA of IKE_AUTH (either role), an additional one, or a rekey
     /// we started (the peer installed the new pair before answering).
     Now,
@@ -402,11 +402,10 @@ pub(crate) enum Outbound {
     Never,
 }
 
-pub(crate) fn outbound_plan(
-    replaces: Option<ChildSaId>,
-    initiator: bool,
-    redundant: bool,
-) -> Outbound {
+/// When the outbound SA of a CHILD SA goes in, from [`ChildSaInstall`]'s `replaces`,
+/// `initiator` and `redundant` (the kernel data plane follows it, and so does the driver
+/// simulation's kernel).
+pub fn outbound_plan(replaces: Option<ChildSaId>, initiator: bool, redundant: bool) -> Outbound {
     match (redundant, replaces) {
         (true, _) => Outbound::Never,
         (false, Some(old)) if !initiator => Outbound::AfterDeleteOf(old),

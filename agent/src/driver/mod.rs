@@ -13,6 +13,7 @@ mod sockets;
 mod tunnel;
 
 pub use adopt::{ADOPT_MAX, ADOPT_SETTLE};
+pub use sockets::{Datagram, SimNetwork};
 pub use tunnel::{RETRY_MAX, RETRY_MIN};
 
 use std::cmp::Reverse;
@@ -118,6 +119,8 @@ pub struct Driver<D: Dataplane> {
     /// resolve them, so a slow resolver holds up no other tunnel.
     resolved_tx: mpsc::Sender<Resolved>,
     resolved_rx: mpsc::Receiver<Resolved>,
+    /// In a simulation: the wall clock's anchor ([`set_wall_clock`]).
+    simulated_wall_clock: Option<(Instant, u64)>,
 }
 
 /// A tunnel's peer addresses resolved again, for the retry that waits for them.
@@ -141,11 +144,25 @@ impl<D: Dataplane> core::fmt::Debug for Driver<D> {
     }
 }
 
+/// The monotonic clock, read through tokio's: the same as `Instant::now()` in the agent, and
+/// the simulated clock when a test pauses tokio's time (`Driver::simulated`).
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Tells the endpoint the wall-clock time (for certificate validity). A system clock before
-/// 1970 leaves it unset: certificate authentication then fails with `ClockUnset`.
-fn set_wall_clock(endpoint: &mut Endpoint) {
-    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => endpoint.set_wall_clock(Instant::now(), d.as_secs()),
+/// 1970 leaves it unset: certificate authentication then fails with `ClockUnset`. In a
+/// simulation, `simulated` (an instant and the unix time then) stands for the system clock, so
+/// wall time moves with the simulated monotonic clock.
+fn set_wall_clock(endpoint: &mut Endpoint, simulated: Option<(Instant, u64)>) {
+    let unix = match simulated {
+        Some((at, unix)) => Ok(unix + clock().saturating_duration_since(at).as_secs()),
+        None => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs()),
+    };
+    match unix {
+        Ok(secs) => endpoint.set_wall_clock(clock(), secs),
         Err(_) => {
             tracing::error!("the system clock is before 1970; certificates cannot be checked")
         }
@@ -156,11 +173,41 @@ impl<D: Dataplane> Driver<D> {
     /// A driver with no tunnel yet.
     pub fn new(settings: Settings, dp: D) -> Self {
         let sockets = Sockets::new(settings.endpoint.ike_port, settings.endpoint.natt_port);
-        let mut endpoint = Endpoint::new(
-            settings.endpoint.clone(),
+        Self::with_parts(
+            settings,
+            dp,
+            sockets,
             Box::new(crate::rng::OsRng::new()),
-        );
-        set_wall_clock(&mut endpoint);
+            None,
+        )
+    }
+
+    /// A driver for a deterministic simulation: it binds no socket (the simulator carries its
+    /// datagrams through the returned [`SimNetwork`]), draws its randomness from `rng`, and
+    /// takes `unix_time` as the wall clock now. Run it on a current-thread tokio runtime with
+    /// paused time, so its timers run on the simulated clock; then, with the same seed, inputs
+    /// and data plane, a run repeats exactly.
+    pub fn simulated(
+        settings: Settings,
+        dp: D,
+        rng: Box<dyn strait_ike::crypto::rng::Rng + Send>,
+        unix_time: u64,
+    ) -> (Self, SimNetwork) {
+        let (sockets, net) =
+            Sockets::simulated(settings.endpoint.ike_port, settings.endpoint.natt_port);
+        let d = Self::with_parts(settings, dp, sockets, rng, Some((clock(), unix_time)));
+        (d, net)
+    }
+
+    fn with_parts(
+        settings: Settings,
+        dp: D,
+        sockets: Sockets,
+        rng: Box<dyn strait_ike::crypto::rng::Rng + Send>,
+        simulated_wall_clock: Option<(Instant, u64)>,
+    ) -> Self {
+        let mut endpoint = Endpoint::new(settings.endpoint.clone(), rng);
+        set_wall_clock(&mut endpoint, simulated_wall_clock);
         let mut dp = dp;
         if let Some(spis) = dp.spi_source() {
             endpoint.set_spi_source(spis);
@@ -194,6 +241,7 @@ impl<D: Dataplane> Driver<D> {
             state,
             to_resume: HashMap::new(),
             resume_until: None,
+            simulated_wall_clock,
         }
     }
 
@@ -238,11 +286,11 @@ impl<D: Dataplane> Driver<D> {
         mut status: mpsc::Receiver<StatusRequest>,
     ) {
         if self.dp.adopt().await > 0 {
-            self.adoption.start(Instant::now());
+            self.adoption.start(clock());
         }
         if let Some(state) = &self.state {
             self.to_resume = state.load_all();
-            self.resume_until = Some(Instant::now() + ADOPT_MAX);
+            self.resume_until = Some(clock() + ADOPT_MAX);
         }
         self.reload(initial).await;
         self.flush().await;
@@ -256,20 +304,11 @@ impl<D: Dataplane> Driver<D> {
                     None => std::future::pending().await,
                 }
             };
+            // Biased, in this order: a simulation repeats exactly (tokio's default picks among
+            // ready branches at random), and a flood of datagrams cannot hold up timers,
+            // commands or kernel events, which are few.
             tokio::select! {
-                Some(d) = self.sockets.recv() => {
-                    self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
-                }
-                () = timer => self.on_timer(),
-                Some(r) = self.resolved_rx.recv() => self.on_resolved(r).await,
-                Some(req) = status.recv() => {
-                    let _ = req.send(self.status());
-                }
-                Some(ev) = recv_opt(&mut self.kernel_events) => self.on_kernel_event(ev),
-                Some(req) = recv_opt(&mut self.scrapes) => {
-                    let text = self.scrape().await;
-                    let _ = req.send(text);
-                }
+                biased;
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reload(defs)) => self.reload(defs).await,
                     Some(Command::Shutdown(how, done)) => {
@@ -282,6 +321,19 @@ impl<D: Dataplane> Driver<D> {
                         return;
                     }
                 },
+                Some(req) = status.recv() => {
+                    let _ = req.send(self.status());
+                }
+                Some(ev) = recv_opt(&mut self.kernel_events) => self.on_kernel_event(ev),
+                () = timer => self.on_timer(),
+                Some(r) = self.resolved_rx.recv() => self.on_resolved(r).await,
+                Some(req) = recv_opt(&mut self.scrapes) => {
+                    let text = self.scrape().await;
+                    let _ = req.send(text);
+                }
+                Some(d) = self.sockets.recv() => {
+                    self.endpoint.handle(clock(), d.local, d.remote, &d.data);
+                }
             }
             self.flush().await;
         }
@@ -312,7 +364,7 @@ impl<D: Dataplane> Driver<D> {
             .values()
             .filter(|t| t.peer.is_some())
             .all(|t| t.status.ready);
-        let Some(sweep) = self.adoption.check(Instant::now(), all_up) else {
+        let Some(sweep) = self.adoption.check(clock(), all_up) else {
             return;
         };
         if sweep == Sweep::TimedOut {
@@ -326,7 +378,7 @@ impl<D: Dataplane> Driver<D> {
     }
 
     fn on_kernel_event(&mut self, ev: KernelEvent) {
-        let now = Instant::now();
+        let now = clock();
         let index = match ev {
             KernelEvent::Expire { tunnel, .. }
             | KernelEvent::Acquire { tunnel }
@@ -413,7 +465,7 @@ impl<D: Dataplane> Driver<D> {
     }
 
     fn on_timer(&mut self) {
-        let now = Instant::now();
+        let now = clock();
         self.endpoint.handle_timeout(now);
         let (due, later): (Vec<_>, Vec<_>) = self.refused.drain(..).partition(|r| r.0 <= now);
         self.refused = later;
@@ -508,7 +560,7 @@ impl<D: Dataplane> Driver<D> {
             }
         }
         tracing::info!(tunnel = %r.tunnel, "re-initiating");
-        self.endpoint.initiate(Instant::now(), r.peer);
+        self.endpoint.initiate(clock(), r.peer);
     }
 
     /// Acts on every queued event, then sends every queued datagram, until both are empty.
@@ -543,8 +595,8 @@ impl<D: Dataplane> Driver<D> {
 
     async fn reload(&mut self, defs: Vec<TunnelDef>) {
         // certificates are checked against it; a SIGHUP also picks up a corrected clock
-        set_wall_clock(&mut self.endpoint);
-        let now = Instant::now();
+        set_wall_clock(&mut self.endpoint, self.simulated_wall_clock);
+        let now = clock();
         let mut incoming: BTreeMap<String, TunnelDef> =
             defs.into_iter().map(|d| (d.name.clone(), d)).collect();
         let names: Vec<String> = self.tunnels.keys().cloned().collect();
@@ -635,7 +687,7 @@ impl<D: Dataplane> Driver<D> {
                     // the resumed IKE SA carries on: nothing to initiate
                 } else if role == Role::Start {
                     tracing::info!(tunnel = %name, "initiating");
-                    let now = Instant::now();
+                    let now = clock();
                     t.initiating(now);
                     self.endpoint.initiate(now, peer);
                 } else {
@@ -656,7 +708,7 @@ impl<D: Dataplane> Driver<D> {
 
     /// Drops the saved state no tunnel took in time: its kernel objects are swept by now.
     fn expire_saved(&mut self) {
-        if self.resume_until.is_none_or(|t| Instant::now() < t) {
+        if self.resume_until.is_none_or(|t| clock() < t) {
             return;
         }
         self.resume_until = None;
@@ -668,7 +720,7 @@ impl<D: Dataplane> Driver<D> {
 
     /// Resumes a tunnel's saved IKE SAs: whether any was taken back.
     fn resume(&mut self, name: &str, peer: PeerId, s: &saved::Saved) -> bool {
-        match self.endpoint.resume(Instant::now(), peer, &s.ike) {
+        match self.endpoint.resume(clock(), peer, &s.ike) {
             Ok(r) => {
                 tracing::info!(tunnel = %name, ike_sas = r.ike_sas, child_sas = r.child_sas, "resumed saved IKE state");
                 r.ike_sas > 0
@@ -687,7 +739,7 @@ impl<D: Dataplane> Driver<D> {
     fn save_changed(&mut self) {
         let changed = self.endpoint.take_changed();
         let Some(state) = &self.state else { return };
-        let now = Instant::now();
+        let now = clock();
         for peer in changed {
             let Some(t) = self.by_peer.get(&peer).and_then(|n| self.tunnels.get(n)) else {
                 continue;
@@ -742,7 +794,7 @@ impl<D: Dataplane> Driver<D> {
         let Ok((cfg, _)) = self.peer_config(&def) else {
             return Some(def);
         };
-        match self.endpoint.reauthenticate(Instant::now(), peer, cfg) {
+        match self.endpoint.reauthenticate(clock(), peer, cfg) {
             Ok(started) => {
                 tracing::info!(
                     tunnel = %def.name,
@@ -785,7 +837,7 @@ impl<D: Dataplane> Driver<D> {
     }
 
     async fn shutdown(&mut self, how: Stop) {
-        let now = Instant::now();
+        let now = clock();
         let peers: Vec<PeerId> = self.tunnels.values().filter_map(|t| t.peer).collect();
         if how == Stop::Restart && self.state.is_some() {
             // A restart: the next agent resumes the saved IKE SAs and keeps the kernel's SAs,
@@ -810,7 +862,7 @@ impl<D: Dataplane> Driver<D> {
         while self.endpoint.ike_sa_count() > 0 {
             tokio::select! {
                 Some(d) = self.sockets.recv() => {
-                    self.endpoint.handle(Instant::now(), d.local, d.remote, &d.data);
+                    self.endpoint.handle(clock(), d.local, d.remote, &d.data);
                 }
                 () = tokio::time::sleep_until(deadline) => break,
             }
@@ -889,7 +941,7 @@ impl<D: Dataplane> Driver<D> {
                         local_addr,
                         remote_addr,
                     };
-                    let took = t.on_ike_up(up, Instant::now());
+                    let took = t.on_ike_up(up, clock());
                     if resumed {
                         t.on_ike_resumed();
                     }
@@ -918,7 +970,7 @@ impl<D: Dataplane> Driver<D> {
             Event::IkeSaDown { peer, spis, reason } => {
                 let metrics = self.metrics.clone();
                 if let Some(t) = self.tunnel_of(peer) {
-                    let down = t.on_ike_down(spis, reason, Instant::now());
+                    let down = t.on_ike_down(spis, reason, clock());
                     if let Some(m) = &metrics {
                         if down.dpd_failure {
                             m.dpd_failures.inc();
@@ -997,7 +1049,7 @@ impl<D: Dataplane> Driver<D> {
                 // (review R-4) instead of leaving a half-installed SA that black-holes traffic.
                 // A CHILD SA we answered for only exists at the peer once our answer is
                 // handled there, so its Delete waits a moment.
-                let now = Instant::now();
+                let now = clock();
                 if sa.initiator {
                     self.endpoint.child_install_failed(now, sa.peer, sa.child);
                 } else {
@@ -1028,7 +1080,7 @@ impl<D: Dataplane> Driver<D> {
                 tracing::warn!(tunnel = %t.def.name, reason = %e.reason, message = %e.message, "a resumed CHILD SA is not in the data plane: deleting it at the peer");
                 t.on_child_install_failed(e);
                 self.endpoint
-                    .child_install_failed(Instant::now(), sa.peer, sa.child);
+                    .child_install_failed(clock(), sa.peer, sa.child);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The IKE sockets: one UDP socket per local address on the IKE port and one on the NAT-T port,
 //! each read by a task of its own into one queue that the driver drains, and the choice of
-//! socket to send each datagram from.
+//! socket to send each datagram from. In a simulation ([`SimNetwork`]) the same queue is fed by
+//! the simulator and sends go to it instead: nothing is bound.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,11 +20,24 @@ use crate::error::TunnelError;
 const QUEUE: usize = 1024;
 
 /// One received datagram.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    /// The address it was sent to (ours).
+    pub local: SocketAddr,
+    /// Where it came from.
+    pub remote: SocketAddr,
+    /// The UDP payload.
+    pub data: Vec<u8>,
+}
+
+/// A driver's network in a simulation (`Driver::simulated`): the simulator delivers datagrams
+/// on `deliver` and takes what the driver sends from `sent`.
 #[derive(Debug)]
-pub(crate) struct Datagram {
-    pub(crate) local: SocketAddr,
-    pub(crate) remote: SocketAddr,
-    pub(crate) data: Vec<u8>,
+pub struct SimNetwork {
+    /// Datagrams for the driver, as if received on a socket.
+    pub deliver: mpsc::Sender<Datagram>,
+    /// What the driver sent, in order.
+    pub sent: mpsc::UnboundedReceiver<strait_ike::Transmit>,
 }
 
 #[derive(Debug)]
@@ -39,6 +53,8 @@ pub(crate) struct Sockets {
     ike_port: u16,
     natt_port: u16,
     bound: Vec<Socket>,
+    /// In a simulation: where sends go (and nothing is bound).
+    simulated: Option<mpsc::UnboundedSender<strait_ike::Transmit>>,
     tx: mpsc::Sender<Datagram>,
     rx: mpsc::Receiver<Datagram>,
 }
@@ -50,9 +66,23 @@ impl Sockets {
             ike_port,
             natt_port,
             bound: Vec::new(),
+            simulated: None,
             tx,
             rx,
         }
+    }
+
+    /// Sockets that bind nothing: the simulator behind the returned [`SimNetwork`] carries
+    /// every datagram.
+    pub(crate) fn simulated(ike_port: u16, natt_port: u16) -> (Self, SimNetwork) {
+        let mut s = Self::new(ike_port, natt_port);
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        s.simulated = Some(sent_tx);
+        let net = SimNetwork {
+            deliver: s.tx.clone(),
+            sent,
+        };
+        (s, net)
     }
 
     /// The next received datagram.
@@ -63,6 +93,9 @@ impl Sockets {
     /// Binds the IKE and NAT-T sockets on `ip` unless they are bound already, and lets the data
     /// plane prepare them (ESP-in-UDP, bypass policies).
     pub(crate) fn ensure(&mut self, ip: IpAddr, dp: &impl Dataplane) -> Result<(), TunnelError> {
+        if self.simulated.is_some() {
+            return Ok(());
+        }
         let err = |m: String| TunnelError::new(StatusReason::SocketError, m);
         for (port, natt) in [(self.ike_port, false), (self.natt_port, true)] {
             let want = SocketAddr::new(ip, port);
@@ -92,6 +125,11 @@ impl Sockets {
 
     /// Sends from the socket bound to `t.local`, or else from one on the same port and family.
     pub(crate) async fn send(&self, t: &strait_ike::Transmit) {
+        if let Some(net) = &self.simulated {
+            // the simulator gone means the simulation is over
+            let _ = net.send(t.clone());
+            return;
+        }
         let sock = self.bound.iter().find(|s| s.local == t.local).or_else(|| {
             self.bound.iter().find(|s| {
                 s.local.port() == t.local.port() && s.local.is_ipv4() == t.remote.is_ipv4()
