@@ -178,7 +178,9 @@ fn parse_error(raw: &RawMsg<'_>) -> (i32, Option<String>) {
             tlvs = tlvs.get(len.div_ceil(4) * 4..).unwrap_or(&[]);
         }
     }
-    (-code, detail)
+    // i32::MIN has no negation: an answer no kernel sends, read as an I/O error (the fuzz
+    // target found the overflow)
+    (code.checked_neg().unwrap_or(libc::EIO), detail)
 }
 
 /// A native-endian u16 at `at`, if the bytes are there.
@@ -382,5 +384,16 @@ mod tests {
         let mut d = vec![0u8; 20];
         d[0] = 200;
         assert!(split(&d).next().is_some_and(|r| r.is_err()));
+    }
+    #[test]
+    fn an_error_code_without_a_negation_is_an_io_error() {
+        let payload = i32::MIN.to_ne_bytes();
+        let raw = RawMsg {
+            mtype: NLMSG_ERROR,
+            flags: 0,
+            seq: 1,
+            payload: &payload,
+        };
+        assert_eq!(parse_error(&raw), (libc::EIO, None));
     }
 }
