@@ -15,6 +15,8 @@ pub mod diagnostic;
 pub(crate) mod dn;
 pub mod endpoint;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod natd;
 pub mod probe;
 pub mod proposal;

@@ -146,7 +146,7 @@ impl Xfrm {
     }
 }
 
-fn decode(data: &[u8], out: &mut VecDeque<Result<Event>>) {
+pub(crate) fn decode(data: &[u8], out: &mut VecDeque<Result<Event>>) {
     const OP: &str = "decode XFRM event";
     for raw in split(data) {
         let raw = match raw {

@@ -17,6 +17,8 @@
 pub mod counters;
 pub mod error;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod host;
 mod netlink;
 pub mod ownership;
