@@ -206,4 +206,125 @@ mod tests {
             assert!(e.starts_with("t.yaml"), "{e}");
         }
     }
+
+    /// Seeded mutations of the example (YAML-significant characters, deleted and repeated
+    /// spans, extreme values): `parse`, and the endpoint configuration a standalone agent then
+    /// builds from each tunnel, answer every one with a value or an error that names the file,
+    /// never a panic. 20,000 cases; the seed is fixed, so a failure repeats.
+    #[test]
+    #[allow(clippy::indexing_slicing)]
+    fn mutated_configs_are_refused_or_taken_never_a_panic() {
+        use strait_ike::crypto::keys::SecretBytes;
+        use strait_ike::crypto::rng::{DeterministicRng, Rng};
+
+        const TOKENS: [&str; 16] = [
+            ":",
+            "-",
+            " ",
+            "\n",
+            "[",
+            "]",
+            "{",
+            "'",
+            "\"",
+            "*a",
+            "&a",
+            "!!int",
+            "~",
+            "99999999999999999999",
+            "-1",
+            "::/0",
+        ];
+        const VALUES: [&str; 10] = [
+            "0s",
+            "1000000h",
+            "0.0.0.0/0",
+            "10.0.0.1/33",
+            "256.1.1.1",
+            "fe80::/129",
+            "",
+            "null",
+            "[]",
+            "{}",
+        ];
+        let mut rng = DeterministicRng::new(0x0057_417d);
+        let mut draw = |n: usize| {
+            let mut b = [0u8; 8];
+            rng.fill(&mut b);
+            (u64::from_be_bytes(b) % n.max(1) as u64) as usize
+        };
+        let (mut taken, mut refused) = (0, 0);
+        for case in 0..20_000 {
+            let mut text = EXAMPLE.as_bytes().to_vec();
+            for _ in 0..1 + draw(4) {
+                let at = draw(text.len() + 1);
+                match draw(5) {
+                    0 => {
+                        let t = TOKENS[draw(TOKENS.len())].as_bytes();
+                        text.splice(at..at, t.iter().copied());
+                    }
+                    1 => {
+                        let end = (at + draw(40)).min(text.len());
+                        text.drain(at..end);
+                    }
+                    2 => {
+                        let end = (at + draw(80)).min(text.len());
+                        let span = text[at..end].to_vec();
+                        text.splice(at..at, span);
+                    }
+                    3 if at < text.len() => text[at] = b"x:- \n#{[0"[draw(9)],
+                    _ => {
+                        // a value after some `key: ` replaced
+                        let s = String::from_utf8_lossy(&text).into_owned();
+                        let keys: Vec<usize> = s.match_indices(": ").map(|(i, _)| i + 2).collect();
+                        if let Some(&k) = keys.get(draw(keys.len())) {
+                            let end = s[k..].find('\n').map_or(s.len(), |e| k + e);
+                            let v = VALUES[draw(VALUES.len())];
+                            text = format!("{}{v}{}", &s[..k], &s[end..]).into_bytes();
+                        }
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(text) else {
+                continue;
+            };
+            let outcome = std::panic::catch_unwind(|| match parse("m.yaml", &text) {
+                Ok(tunnels) => {
+                    for t in &tunnels {
+                        let _ = crate::spec::peer::build(
+                            &t.spec,
+                            crate::spec::peer::Inputs {
+                                local_ip: "192.0.2.1"
+                                    .parse()
+                                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                                remote_ip: "192.0.2.2"
+                                    .parse()
+                                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                                fallback_ips: Vec::new(),
+                                ike_port: 500,
+                                remote_port: 500,
+                                psk: Some(SecretBytes::from_slice(b"a key")),
+                                on_traffic_supported: true,
+                            },
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            });
+            match outcome {
+                Ok(Ok(())) => taken += 1,
+                Ok(Err(e)) => {
+                    assert!(e.starts_with("m.yaml"), "case {case}: {e}\n{text}");
+                    refused += 1;
+                }
+                Err(_) => panic!("case {case} panicked on:\n{text}"),
+            }
+        }
+        // the mutations reached both outcomes in numbers
+        assert!(
+            taken > 1000 && refused > 5000,
+            "taken {taken}, refused {refused}"
+        );
+    }
 }
