@@ -69,7 +69,7 @@ for t in "${tiers[@]}"; do
       step benches cargo test --workspace --bench '*' --locked
       # The deterministic simulator on fresh seeds (printed: a failure replays from its line);
       # --workspace for the same reason (its release build is then the demo's too).
-      step simulation env STRAIT_SIM_SCHEDULES="${STRAIT_SIM_SCHEDULES:-12000}" \
+      step simulation env STRAIT_SIM_SCHEDULES="${STRAIT_SIM_SCHEDULES:-10000}" \
         cargo test --release --locked --workspace --test simulation -- --nocapture ;;
     e2e)
       # The demo and the node tier need a release build (7 min cold on 2 cores). Start it now at

@@ -129,8 +129,17 @@ impl Scenario {
     /// The scenario of `seed`: every field drawn from it.
     pub fn from_seed(seed: u64) -> Self {
         let mut r = SimRng::new(seed ^ 0x5eed_5eed_5eed_5eed);
-        let endpoints = 2 + r.below(3) as usize;
-        let n = 1 + r.below(if endpoints == 2 { 2 } else { 4 }) as usize;
+        // mostly two to four endpoints; one schedule in seven five to ten, with more tunnels
+        let endpoints = if r.chance(15) {
+            5 + r.below(6) as usize
+        } else {
+            2 + r.below(3) as usize
+        };
+        let n = 1 + r.below(match endpoints {
+            2 => 2,
+            3 | 4 => 4,
+            _ => 10,
+        }) as usize;
         let mut tunnels = (0..n)
             .map(|_| {
                 let a = r.below(endpoints as u64) as usize;
