@@ -137,12 +137,18 @@ struct Schedule {
 impl Schedule {
     fn generate(seed: u64, clean: bool) -> Self {
         let mut d = Draw(DeterministicRng::new(seed ^ 0x5eed_d81e));
-        let nodes = 2 + d.below(3) as usize;
+        // two to four agents, one schedule in six five or six (with sparser tunnels)
+        let nodes = if d.chance(16) {
+            5 + d.below(2) as usize
+        } else {
+            2 + d.below(3) as usize
+        };
+        let density = if nodes > 4 { 35 } else { 70 };
         let mut tunnels = Vec::new();
         for a in 0..nodes {
             for b in a + 1..nodes {
                 let count = if d.chance(25) { 2 } else { 1 };
-                if tunnels.is_empty() || d.chance(70) {
+                if tunnels.is_empty() || d.chance(density) {
                     for k in 0..count {
                         let init = match d.below(5) {
                             0 => ["start", "start"],
