@@ -1174,9 +1174,8 @@ async fn run_schedule(sc: Schedule) -> Outcome {
         }
     }
     let mut found = check_end(&sim).await;
-    // retries back off: two new IKE_SA_INITs of one node for one tunnel... are at least
-    // RETRY_MIN apart unless the retransmission of another tunnel's; checked per node in total:
-    // no more than one new IKE_SA_INIT per tunnel per RETRY_MIN on average over the run.
+    // retries back off: over the run, no node starts more IKE SAs than one per tunnel per
+    // RETRY_MIN (the shortest retry delay), plus the first
     let span = sc.faults_end + SETTLE;
     for n in 0..sc.nodes {
         let tunnels = sc.tunnels.iter().filter(|t| t.a == n || t.b == n).count() as u64;
