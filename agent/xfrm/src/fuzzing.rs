@@ -10,14 +10,14 @@ use crate::policy::PolicyInfo;
 use crate::sa::SaInfo;
 
 /// What one datagram came to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Parsed {
     /// Events decoded from it, as the event socket reads them (errors included).
     pub events: usize,
     /// SAs and policies a dump answer with it would list.
     pub listed: usize,
     /// Whether it ended the answer, or the error it was.
-    pub answer: Option<Result<bool, String>>,
+    pub answer: Result<bool, String>,
 }
 
 /// Runs `data` through the event decoder, and through the dump reader as an answer to request
@@ -49,6 +49,6 @@ pub fn parse(data: &[u8], seq: u32) -> Parsed {
     Parsed {
         events: events.len(),
         listed,
-        answer: Some(answer),
+        answer,
     }
 }
